@@ -1,0 +1,43 @@
+"""Advantage estimators, registered by name: each maps group rewards [G, n] to advantages [G, n].
+
+A group is the set of samples that share a context: the n completions of one prompt for GRPO,
+the siblings of one tree node for TreeRPO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from treerl.errors import UserError
+
+AdvantageFn = Callable[..., torch.Tensor]
+ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    def wrap(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGES[name] = fn
+        return fn
+    return wrap
+
+
+def compute_advantages(name: str, rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    if name not in ADVANTAGES:
+        raise UserError(f"unknown advantage estimator algo.name='{name}'; available: {', '.join(sorted(ADVANTAGES))}")
+    return ADVANTAGES[name](rewards, eps=eps)
+
+
+@register_advantage("grpo")
+def grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(r - group mean) / (group std + eps), std with Bessel's correction as in DeepSeekMath and TRL."""
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True) if rewards.shape[-1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + eps)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """r - group mean: Dr. GRPO drops the std division that favours too easy and too hard prompts."""
+    return rewards - rewards.mean(-1, keepdim=True)

@@ -1,0 +1,114 @@
+"""`treerl` command line: train, eval, pretrain. User mistakes end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from treerl.errors import UserError
+
+OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see docs/config.md)"
+
+
+def _train(args: argparse.Namespace) -> None:
+    from treerl.config import dump_config, load_config
+    from treerl.train.trainer import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {run_dir}: no config.yaml there; give the directory of an earlier run")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        dump_config(cfg, run_dir / "config.yaml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.out or cfg.output.dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        if (run_dir / "config.yaml").exists():
+            raise UserError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
+                            "or choose another --out")
+        cfg.output.dir = str(run_dir)
+    train(cfg, run_dir, resume=bool(args.resume))
+    print(f"run directory: {run_dir}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from treerl.config import load_config
+    from treerl.eval import eval_work, evaluate, print_eval
+    from treerl.models import load_policy
+    from treerl.progress import progress_bar
+    from treerl.tasks import make_task
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.name_or_path={args.model}")
+    cfg = load_config(args.config, overrides)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
+    unknown = set(cfg.eval.levels or []) - set(task.levels)
+    if unknown:
+        raise UserError(f"eval.levels: {sorted(unknown)} not levels of task '{task.name}'; levels: {task.levels}")
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype)
+    with progress_bar(cfg.output.progress and not args.json) as bar:
+        job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
+        results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
+    if args.json:
+        print(json.dumps({"model": cfg.model.name_or_path, "task": task.name, "levels": results}, indent=2))
+    else:
+        print_eval(results, title=f"{cfg.model.name_or_path} on {task.name} (accuracy %, greedy)")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from treerl.config import load_config
+    from treerl.train.pretrain import PretrainConfig, pretrain
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    pretrain(load_config(args.config, overrides, PretrainConfig))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a policy with RL (no arguments: the embedded demo)")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("--out", help="run directory (default runs/<timestamp>)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="accuracy per level (greedy), avg@k and pass@k (eval.samples=k)")
+    ev.add_argument("--config", help="YAML config file")
+    ev.add_argument("--model", help="'tiny', a run's checkpoint or any local HF causal LM directory")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    ev.set_defaults(func=_eval)
+
+    pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
+    pre.add_argument("--config", help="YAML file of pretrain settings")
+    pre.add_argument("--out", help="output directory for the HF model (default runs/pretrain)")
+    pre.add_argument("overrides", nargs="*", help="e.g. steps=1200 level_mix.hard=0.05")
+    pre.set_defaults(func=_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"treerl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("treerl: interrupted; what was written so far is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

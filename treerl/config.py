@@ -1,0 +1,173 @@
+"""Typed run configuration: YAML files plus dotted `key=value` overrides, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from treerl.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field("tiny", description="'tiny' (the embedded model) or a local HF causal LM directory")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TaskConfig(Section):
+    name: str = "arithmetic"
+    format_reward: float = Field(0.0, ge=0.0, le=1.0, description="share of the reward for a well-formed answer line")
+
+
+class RolloutConfig(Section):
+    n: int = Field(8, ge=1, description="samples per prompt (the group size)")
+    prompts_per_step: int = Field(16, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class AlgoConfig(Section):
+    name: str = Field("grpo", description="advantage estimator, see treerl.algo.advantages")
+    clip_low: float = Field(0.2, ge=0.0, le=1.0)
+    clip_high: float = Field(0.28, ge=0.0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    kl_coef: float = Field(0.0, ge=0.0, description="0 means no reference model is loaded")
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    entropy_coef: float = Field(0.0, ge=0.0)
+    std_eps: float = Field(1e-6, gt=0.0)
+
+
+class CurriculumConfig(Section):
+    name: str = "balanced"
+    levels: list[str] = Field(default_factory=lambda: ["medium", "hard"], min_length=1,
+                              description="training levels the curriculum samples from")
+
+
+class TrainConfig(Section):
+    steps: int = Field(300, ge=0)
+    lr: float = Field(5e-5, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optim_steps_per_batch: int = Field(1, ge=1, description="optimizer steps per rollout batch (mini-batches)")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="0 = only before and after training")
+    problems: int = Field(200, ge=1, description="held-out problems per level")
+    levels: list[str] | None = Field(None, description="levels to evaluate; default: all of the task's levels")
+    samples: int = Field(0, ge=0, description="k samples per problem for avg@k / pass@k; 0 = greedy only")
+    temperature: float = Field(1.0, gt=0.0)
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class OutputConfig(Section):
+    dir: str | None = Field(None, description="run directory; default runs/<timestamp>")
+    progress: bool = True
+
+
+class Config(Section):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algo: AlgoConfig = AlgoConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ['a.b=1', 'c=x'] into a nested dict; values are read as YAML scalars or lists."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{pair}' is not key=value (for example train.lr=1e-5)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{pair}' conflicts with another override of '{part}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file '{path}'{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _describe(err: ValidationError, schema: type[BaseModel]) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent = schema
+        for part in first["loc"][:-1]:
+            field = parent.model_fields.get(str(part))
+            if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+                break
+            parent = field.annotation
+        allowed = ", ".join(parent.model_fields)
+        return f"unknown config key '{key}'; allowed here: {allowed}"
+    got = first.get("input")
+    return f"config key '{key}': {first['msg']} (got {got!r})"
+
+
+def build(schema: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_describe(err, schema)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                schema: type[BaseModel] = Config) -> Any:
+    """Defaults <- YAML file <- dotted overrides, validated into `schema`."""
+    data = read_yaml(path) if path else {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return build(schema, data)
+
+
+def dump_config(cfg: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

@@ -1,0 +1,34 @@
+"""Architecture and tokenizer of the embedded model: a character-level Qwen2 of a few million parameters."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
+CHARACTERS = list("0123456789+-*/=()<>.,:;?!'\"_ \n") + [chr(c) for c in range(ord("A"), ord("Z") + 1)] \
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character: a BPE model without merges, decoded by plain concatenation."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", model_max_length=512)
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, hidden: int = 256, layers: int = 4,
+                heads: int = 4, seed: int = 0) -> Qwen2ForCausalLM:
+    import torch
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)

@@ -1,0 +1,46 @@
+"""Atomic checkpoints: `checkpoints/step_N/` holds an HF model plus optimizer, scheduler, RNG and data state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any]) -> Path:
+    """Write into a temporary folder, then rename it: a crash never leaves a half-written step_N."""
+    root = run_dir / "checkpoints"
+    final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = [p for p in (run_dir / "checkpoints").glob("step_*") if (p / TRAINER_STATE).is_file()]
+    return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / TRAINER_STATE, weights_only=False)

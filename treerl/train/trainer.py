@@ -1,0 +1,250 @@
+"""The RL training loop: sample problems, roll out, verify, compute advantages, update, log, evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from treerl.algo.advantages import compute_advantages
+from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
+from treerl.config import Config, dump_config
+from treerl.curriculum.levels import level_weights
+from treerl.errors import UserError
+from treerl.eval import eval_work, evaluate, print_eval
+from treerl.models import load_policy
+from treerl.progress import progress_bar
+from treerl.rollout.engine import generate
+from treerl.tasks import make_task
+from treerl.tasks.base import Problem, Task
+from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
+from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
+
+
+@dataclass
+class Rollout:
+    """One step's training data: prompts x n completions with rewards and advantages."""
+    problems: list[Problem]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    old_logprobs: list[torch.Tensor]
+    rewards: torch.Tensor
+    """[P, n]"""
+    correct: torch.Tensor
+    advantages: torch.Tensor
+    """[P, n]"""
+
+
+def training_levels(task: Task, levels: list[str]) -> list[str]:
+    for level in levels:
+        if level not in task.levels:
+            raise UserError(f"curriculum.levels: '{level}' is not a level of task '{task.name}'; levels: {task.levels}")
+        if level in task.eval_only_levels:
+            raise UserError(f"curriculum.levels: '{level}' is for evaluation only; train on {task.levels[:-1]}")
+    return levels
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Linear warm-up, then constant or cosine decay to 10% of train.lr."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random,
+            generator: torch.Generator) -> Rollout:
+    levels = training_levels(task, cfg.curriculum.levels)
+    weights = level_weights(cfg.curriculum.name, step, cfg.train.steps, len(levels))
+    problems = [task.sample(level, rng) for level in rng.choices(levels, weights, k=cfg.rollout.prompts_per_step)]
+    n = cfg.rollout.n
+    gen = generate(policy, tokenizer, [p.prompt for p in problems for _ in range(n)],
+                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                   top_p=cfg.rollout.top_p, generator=generator)
+    owners = [p for p in problems for _ in range(n)]
+    rewards = torch.tensor([task.verify(text, p) for text, p in zip(gen.texts, owners)]).view(-1, n)
+    correct = torch.tensor([task.is_correct(text, p) for text, p in zip(gen.texts, owners)]).float().view(-1, n)
+    advantages = compute_advantages(cfg.algo.name, rewards, cfg.algo.std_eps)
+    return Rollout(owners, gen.prompt_ids, gen.completion_ids, gen.logprobs, rewards, correct, advantages)
+
+
+def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generator: torch.Generator) -> dict[str, float]:
+    """optim_steps_per_batch optimizer steps over shuffled mini-batches, each accumulated over micro-batches."""
+    algo = cfg.algo
+    advantages = rollout.advantages.flatten()
+    order = torch.randperm(len(advantages), generator=generator).tolist()
+    minibatches = [order[i::cfg.train.optim_steps_per_batch] for i in range(cfg.train.optim_steps_per_batch)]
+    sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
+    if reference is not None:
+        sums["kl"] = 0.0
+    policy.train()
+    for minibatch in minibatches:
+        total_seqs = len(minibatch)
+        total_tokens = sum(len(rollout.completion_ids[i]) for i in minibatch)
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(minibatch), cfg.train.micro_batch_size):
+            rows = minibatch[start:start + cfg.train.micro_batch_size]
+            batch = make_batch([rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows])
+            mask = batch.completion_mask
+            old = scatter_completion_values([rollout.old_logprobs[i] for i in rows], batch)
+            logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
+            pg, clipped = clipped_policy_loss(logprobs, old, advantages[rows, None], algo.clip_low, algo.clip_high)
+
+            def agg(values: torch.Tensor) -> torch.Tensor:
+                return aggregate(values, mask, algo.loss_agg, total_seqs=total_seqs, total_tokens=total_tokens,
+                                 norm_len=cfg.rollout.max_new_tokens)
+
+            policy_loss = agg(pg)
+            entropy_term = agg(entropy)
+            loss = policy_loss - algo.entropy_coef * entropy_term
+            if reference is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
+                kl = agg(kl_penalty(logprobs, ref_logprobs, algo.kl_estimator))
+                loss = loss + algo.kl_coef * kl
+                sums["kl"] += kl.item()
+            loss.backward()
+            sums["loss/policy"] += policy_loss.item()
+            sums["entropy"] += entropy_term.item()
+            sums["clip_frac"] += float((clipped * mask).sum()) / max(total_tokens, 1)
+            sums["ppo_kl"] += float(((old - logprobs.detach()) * mask).sum()) / max(total_tokens, 1)
+        sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm))
+        optimizer.step()
+    return {key: value / len(minibatches) for key, value in sums.items()}
+
+
+def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
+                 lr: float) -> dict[str, Any]:
+    lengths = torch.tensor([len(c) for c in rollout.completion_ids], dtype=torch.float)
+    correct = rollout.correct
+    metrics: dict[str, Any] = {
+        "step": step,
+        "reward/mean": rollout.rewards.mean().item(),
+        "acc/mean": correct.mean().item(),
+        "response_length/mean": lengths.mean().item(),
+        "tokens/generated": int(lengths.sum().item()),
+        "kl": None,
+        **learner,
+        "lr": lr,
+        "groups/all_correct": (correct.min(-1).values == 1).float().mean().item(),
+        "groups/none_correct": (correct.max(-1).values == 0).float().mean().item(),
+        **timings,
+    }
+    levels = [p.level for p in rollout.problems[::correct.shape[1]]]
+    for level in sorted(set(levels)):
+        rows = [i for i, name in enumerate(levels) if name == level]
+        metrics[f"acc/{level}"] = correct[rows].mean().item()
+    return metrics
+
+
+class Run:
+    """A run directory: config.yaml, metrics.jsonl, eval.json, checkpoints/."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.metrics_path = path / "metrics.jsonl"
+        self.eval_path = path / "eval.json"
+
+    def evals(self) -> dict[str, Any]:
+        return json.loads(self.eval_path.read_text()) if self.eval_path.is_file() else {}
+
+    def truncate_to(self, step: int) -> None:
+        """Forget what was logged after `step` (work lost in a crash, to be redone on resume)."""
+        if self.metrics_path.is_file():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+            write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+        write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def record_eval(self, step: int, results: dict[str, Any]) -> None:
+        write_json(self.eval_path, {**self.evals(), str(step): results})
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Train from cfg into run_dir (or continue the run there); returns {'before': eval, 'after': eval}."""
+    console = console or Console()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
+    training_levels(task, cfg.curriculum.levels)
+    level_weights(cfg.curriculum.name, 0, cfg.train.steps, len(cfg.curriculum.levels))
+    compute_advantages(cfg.algo.name, torch.zeros(1, 2))
+    run = Run(run_dir)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    policy, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype)
+    reference = load_policy(cfg.model.name_or_path, cfg.model.dtype)[0].eval() if cfg.algo.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    rng = random.Random(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    if checkpoint:
+        state = load_trainer_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"]["problems"])
+        generator.set_state(state["rng"]["sampling"])
+        start = state["step"]
+        run.truncate_to(start)
+        console.print(f"resuming {run_dir} from step {start}")
+    elif resume:
+        run.truncate_to(0)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+
+    def trainer_state() -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": {"problems": rng.getstate(), "sampling": generator.get_state()}}
+
+    with progress_bar(cfg.output.progress) as bar:
+        def run_eval(step: int) -> None:
+            job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
+            results = evaluate(policy, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
+            bar.remove_task(job)
+            run.record_eval(step, results)
+
+        if "0" not in run.evals():
+            run_eval(0)
+        job = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
+        for step in range(start + 1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            rollout = collect(policy, tokenizer, task, cfg, step, rng, generator)
+            t1 = time.perf_counter()
+            learner = update(policy, reference, optimizer, rollout, cfg, generator)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            t2 = time.perf_counter()
+            metrics = step_metrics(step, rollout, learner, {"timing/rollout_s": t1 - t0, "timing/update_s": t2 - t1,
+                                                            "timing/step_s": t2 - t0}, lr)
+            run.log(metrics)
+            bar.update(job, advance=1, info=f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
+                                             f"{metrics['timing/step_s']:.2f} s/step")
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+                run_eval(step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save_checkpoint(run_dir, step, policy, tokenizer, trainer_state())
+        final = cfg.train.steps
+        if str(final) not in run.evals():
+            run_eval(final)
+    if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{final}":
+        save_checkpoint(run_dir, final, policy, tokenizer, trainer_state())
+    evals = run.evals()
+    before, after = evals["0"], evals[str(final)]
+    print_eval(after, before, title=f"held-out accuracy (%), step 0 -> {final}", console=console)
+    return {"before": before, "after": after}
