@@ -41,7 +41,7 @@ def _eval(args: argparse.Namespace) -> None:
     from treerl.eval import eval_work, evaluate, print_eval
     from treerl.models import load_policy
     from treerl.progress import progress_bar
-    from treerl.tasks import make_task
+    from treerl.tasks import check_levels, make_task
 
     overrides = list(args.overrides)
     if args.model:
@@ -50,9 +50,7 @@ def _eval(args: argparse.Namespace) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
-    unknown = set(cfg.eval.levels or []) - set(task.levels)
-    if unknown:
-        raise UserError(f"eval.levels: {sorted(unknown)} not levels of task '{task.name}'; levels: {task.levels}")
+    check_levels(task, cfg.eval.levels or [], "eval.levels")
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype)
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")

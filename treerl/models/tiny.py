@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
@@ -11,10 +12,17 @@ CHARACTERS = list("0123456789+-*/=()<>.,:;?!'\"_ \n") + [chr(c) for c in range(o
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character: a BPE model without merges, decoded by plain concatenation."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    """One token per character: a byte-level BPE without merges, the pipeline of Qwen2's own tokenizer.
+
+    AutoTokenizer loads a tokenizer saved beside a qwen2 config.json as Qwen2Tokenizer, which
+    rebuilds the byte-level pre-tokenizer; the vocabulary is therefore written in byte-level form
+    (space is 'Ġ', newline 'Ċ') so that both loaders split text the same way.
+    """
+    as_unicode = bytes_to_unicode()
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + [as_unicode[ord(c)] for c in CHARACTERS])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>", model_max_length=512)

@@ -1,12 +1,12 @@
-"""Chains of + and - on two-digit numbers; the level is the number of operands.
+"""Chains of + and - on one-digit numbers; the level is the number of operands.
 
 A worked solution rewrites the remaining expression after each step, one step per line,
 and ends with an answer line:
 
-    prompt    37+52-18+64
-    solution  89-18+64
-              71+64
-              Answer: 135
+    prompt    7+5-8+6
+    solution  12-8+6
+              4+6
+              Answer: 10
 
 Held-out problems are a fixed tenth of all expressions (by hash), so training never sees them.
 """
@@ -17,11 +17,13 @@ import hashlib
 import random
 import re
 
+from treerl.errors import UserError
 from treerl.tasks import register_task
 from treerl.tasks.base import Problem
 
 OPERANDS = {"trivial": 2, "easy": 3, "medium": 4, "hard": 5, "ood": 6}
-MAX_OPERAND = 99
+MAX_OPERAND = 9
+DRAWS_PER_EVAL_PROBLEM = 200
 MAX_COMPLETION_CHARS = 4096
 ANSWER_LINE = re.compile(r"^Answer:[ \t]*(-?\d{1,12})[ \t]*$", re.MULTILINE)
 
@@ -86,9 +88,14 @@ class Arithmetic:
                 return self._problem(level, numbers, ops)
 
     def eval_problems(self, level: str, n: int) -> list[Problem]:
+        """Up to n; fewer when the level has fewer held-out expressions (two operands: about a dozen)."""
+        if level not in OPERANDS:
+            raise UserError(f"unknown arithmetic level '{level}'; levels: {', '.join(OPERANDS)}")
         rng = random.Random(f"arithmetic-eval-{level}")
         seen: dict[str, Problem] = {}
-        while len(seen) < n:
+        for _ in range(DRAWS_PER_EVAL_PROBLEM * n):
+            if len(seen) == n:
+                break
             numbers, ops = random_expression(OPERANDS[level], rng)
             expression = render(numbers, ops)
             if is_held_out(expression) and expression not in seen:
@@ -99,6 +106,8 @@ class Arithmetic:
         return parse_answer(completion) == int(problem.answer)
 
     def verify(self, completion: str, problem: Problem) -> float:
+        """Linear-time regex work on at most MAX_COMPLETION_CHARS characters: bounded in time by construction."""
+        completion = completion[:MAX_COMPLETION_CHARS]
         correct = float(self.is_correct(completion, problem))
         if self.format_reward == 0.0:
             return correct

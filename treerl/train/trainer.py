@@ -17,12 +17,11 @@ from treerl.algo.advantages import compute_advantages
 from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
 from treerl.config import Config, dump_config
 from treerl.curriculum.levels import level_weights
-from treerl.errors import UserError
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy
 from treerl.progress import progress_bar
 from treerl.rollout.engine import generate
-from treerl.tasks import make_task
+from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
@@ -42,15 +41,6 @@ class Rollout:
     """[P, n]"""
 
 
-def training_levels(task: Task, levels: list[str]) -> list[str]:
-    for level in levels:
-        if level not in task.levels:
-            raise UserError(f"curriculum.levels: '{level}' is not a level of task '{task.name}'; levels: {task.levels}")
-        if level in task.eval_only_levels:
-            raise UserError(f"curriculum.levels: '{level}' is for evaluation only; train on {task.levels[:-1]}")
-    return levels
-
-
 def lr_factor(step: int, cfg: Config) -> float:
     """Linear warm-up, then constant or cosine decay to 10% of train.lr."""
     t = cfg.train
@@ -64,7 +54,7 @@ def lr_factor(step: int, cfg: Config) -> float:
 
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random,
             generator: torch.Generator) -> Rollout:
-    levels = training_levels(task, cfg.curriculum.levels)
+    levels = cfg.curriculum.levels
     weights = level_weights(cfg.curriculum.name, step, cfg.train.steps, len(levels))
     problems = [task.sample(level, rng) for level in rng.choices(levels, weights, k=cfg.rollout.prompts_per_step)]
     n = cfg.rollout.n
@@ -181,7 +171,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
-    training_levels(task, cfg.curriculum.levels)
+    check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
+    check_levels(task, cfg.eval.levels or [], "eval.levels")
     level_weights(cfg.curriculum.name, 0, cfg.train.steps, len(cfg.curriculum.levels))
     compute_advantages(cfg.algo.name, torch.zeros(1, 2))
     run = Run(run_dir)

@@ -1,0 +1,20 @@
+# The two commands of the README: `make demo` (train the embedded default) and `make test`.
+# Both create .venv and install everything on first use. torch is pinned to 2.13.0, which pip
+# takes from the local CPU wheel on this kind of machine; on a GPU machine install your CUDA
+# build of torch into .venv first and this step keeps it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: demo test
+demo: $(VENV)/.installed
+	$(BIN)/treerl train
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny random character-level model saved as a local HF directory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The models here are tiny: a second intra-op thread only adds contention on a busy 2-core machine
+    (test_engine.py took ~50 s with 2 threads next to another CPU job, ~4 s with 1). The trainer tests
+    set train.threads=1, which does the same for the rest of the session anyway."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    from treerl.models.tiny import build_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("small-model")
+    tok = build_tokenizer()
+    model = build_model(tok, hidden=32, layers=2, heads=2)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def policy(model_dir):
+    """(model, tokenizer) loaded the way the trainer loads them; treat as read-only."""
+    from treerl.models import load_policy
+
+    model, tokenizer = load_policy(str(model_dir))
+    return model.eval(), tokenizer

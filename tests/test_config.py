@@ -1,0 +1,128 @@
+import pytest
+
+from treerl.cli import main
+from treerl.config import AlgoConfig, Config, load_config
+from treerl.errors import UserError
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg == Config()
+    assert cfg.algo.name == "grpo" and cfg.rollout.n >= 1
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 0.001\n  steps: 7\nrollout:\n  n: 3\n")
+    cfg = load_config(path, ["train.lr=1e-5", "curriculum.levels=[easy,hard]", "output.progress=false"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)   # override wins over the file
+    assert cfg.train.steps == 7 and cfg.rollout.n == 3                 # the file wins over defaults
+    assert cfg.curriculum.levels == ["easy", "hard"]
+    assert cfg.output.progress is False
+    assert cfg.algo == AlgoConfig()                                    # untouched sections keep defaults
+
+
+def test_empty_yaml_is_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["algo.clip_hgh=0.3"])
+    message = str(err.value)
+    assert "algo.clip_hgh" in message
+    for allowed in AlgoConfig.model_fields:
+        assert allowed in message
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(UserError, match="bogus"):
+        load_config(None, ["bogus.x=1"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rollout.n=abc", "rollout.n"),
+    ("rollout.n=0", "rollout.n"),
+    ("algo.clip_low=1.5", "algo.clip_low"),
+    ("train.lr=-1", "train.lr"),
+    ("algo.loss_agg=seq-sum", "algo.loss_agg"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(UserError, match="train.lr"):
+        load_config(None, ["train.lr"])
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(UserError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(UserError, match="bad.yaml"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError):
+        load_config(listing)
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("treerl: error:")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_cli_bad_override_is_one_line(in_tmp, capsys):
+    assert main(["train", "algo.bogus=1"]) == 2
+    assert "algo.bogus" in one_error_line(capsys)
+    assert not (in_tmp / "runs").exists()
+
+
+def test_cli_missing_model_path(in_tmp, capsys):
+    missing = in_tmp / "no-such-model"
+    assert main(["train", "--out", str(in_tmp / "run"), f"model.name_or_path={missing}", "output.progress=false"]) == 2
+    assert str(missing) in one_error_line(capsys)
+    assert not (in_tmp / "run" / "config.yaml").exists()  # a retry with the same --out must not be refused
+
+
+def test_cli_resume_needs_a_run(in_tmp, capsys):
+    (in_tmp / "empty").mkdir()
+    assert main(["train", "--resume", str(in_tmp / "empty")]) == 2
+    assert "config.yaml" in one_error_line(capsys)
+
+
+def test_cli_out_refuses_existing_run(in_tmp, capsys):
+    run = in_tmp / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 3\n")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--out", str(run), "output.progress=false"]) == 2
+    assert str(run) in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_cli_unknown_eval_level_is_a_user_error(in_tmp, capsys, model_dir):
+    run = in_tmp / "run"
+    code = main(["train", "--out", str(run), f"model.name_or_path={model_dir}", "eval.levels=[easy,bogus]",
+                 "output.progress=false", "train.steps=1", "eval.problems=1", "rollout.prompts_per_step=1",
+                 "rollout.n=2", "rollout.max_new_tokens=2", "eval.max_new_tokens=2"])
+    assert code == 2
+    assert "bogus" in one_error_line(capsys)
+    assert not (run / "config.yaml").exists()

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from treerl.rollout.engine import generate
+from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
+
+PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]   # different lengths: left padding in the engine
+
+
+def sample(policy, prompts=PROMPTS, seed=0, **kwargs):
+    model, tok = policy
+    kwargs.setdefault("max_new_tokens", 12)
+    generator = None if kwargs.get("greedy") else torch.Generator().manual_seed(seed)
+    return generate(model, tok, prompts, generator=generator, **kwargs)
+
+
+def test_same_seed_same_samples(policy):
+    a, b = sample(policy, seed=3), sample(policy, seed=3)
+    assert a.completion_ids == b.completion_ids and a.texts == b.texts
+    assert all(torch.equal(x, y) for x, y in zip(a.logprobs, b.logprobs))
+
+
+def test_different_seed_different_samples(policy):
+    assert sample(policy, seed=3).completion_ids != sample(policy, seed=4).completion_ids
+
+
+def test_greedy_is_deterministic_and_argmax(policy):
+    a, b = sample(policy, greedy=True), sample(policy, greedy=True)
+    assert a.completion_ids == b.completion_ids
+    model, _ = policy
+    # first greedy token is the argmax of a plain forward pass over the unpadded prompt
+    for prompt_ids, completion in zip(a.prompt_ids, a.completion_ids):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids])).logits[0, -1]
+        assert completion[0] == int(logits.argmax())
+
+
+def test_completions_stop_at_eos(policy):
+    _, tok = policy
+    gen = sample(policy, prompts=["1+2\n"] * 32, seed=0, max_new_tokens=32)
+    assert any(gen.finished), "a near-uniform random model should emit EOS in 32 x 32 draws"
+    for ids, logps, finished, text in zip(gen.completion_ids, gen.logprobs, gen.finished, gen.texts):
+        assert len(ids) == len(logps) >= 1
+        assert tok.eos_token_id not in ids[:-1]
+        assert finished == (ids[-1] == tok.eos_token_id)
+        if not finished:
+            assert len(ids) == 32
+        assert "<eos>" not in text
+    assert gen.num_tokens == sum(len(ids) for ids in gen.completion_ids)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_behaviour_logprobs_match_full_forward(policy, temperature):
+    model, tok = policy
+    gen = sample(policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, max_new_tokens=10)
+    batch = make_batch(gen.prompt_ids, gen.completion_ids, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = completion_logprobs(model, batch, temperature=temperature)
+    behaviour = scatter_completion_values(gen.logprobs, batch)
+    mask = batch.completion_mask
+    assert mask.sum().item() == gen.num_tokens
+    assert ((logprobs - behaviour).abs() * mask).max().item() < 1e-4
+
+
+def test_left_padding_does_not_change_a_prompt(policy):
+    alone = sample(policy, prompts=["9\n"], greedy=True)
+    padded = sample(policy, prompts=["1+2-3+4-5+6+7+8\n", "9\n"], greedy=True)
+    assert padded.completion_ids[1] == alone.completion_ids[0]
+    assert torch.allclose(padded.logprobs[1], alone.logprobs[0], atol=1e-5)
+
+
+def test_tiny_top_p_is_greedy(policy):
+    greedy = sample(policy, greedy=True)
+    for seed in range(3):
+        nucleus = sample(policy, seed=seed, top_p=1e-6)
+        assert nucleus.completion_ids == greedy.completion_ids
+
+
+def test_generate_restores_training_mode(policy):
+    model, _ = policy
+    model.train()
+    try:
+        sample(policy, max_new_tokens=2)
+        assert model.training
+    finally:
+        model.eval()

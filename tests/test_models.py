@@ -1,0 +1,32 @@
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from treerl.errors import UserError
+from treerl.models import TINY_DIR, load_policy
+from treerl.models.tiny import build_tokenizer
+
+TEXT = "7+5-8+6\n12-8+6\n4+6\nAnswer: 10"
+
+
+def test_saved_tokenizer_keeps_whitespace_when_loaded_by_auto_tokenizer(model_dir):
+    """AutoTokenizer loads it as Qwen2Tokenizer (the config is qwen2); newlines and spaces must survive."""
+    built, loaded = build_tokenizer(), AutoTokenizer.from_pretrained(model_dir)
+    ids = loaded(TEXT, add_special_tokens=False)["input_ids"]
+    assert ids == built(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(TEXT)  # one token per character
+    assert loaded.decode(ids) == TEXT
+
+
+def test_embedded_model_loads_with_plain_transformers():
+    model = AutoModelForCausalLM.from_pretrained(TINY_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
+    assert 1e6 <= sum(p.numel() for p in model.parameters()) <= 2e7
+    assert tokenizer.decode(tokenizer(TEXT)["input_ids"]) == TEXT
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_missing_model_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_policy(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no config.json"):
+        load_policy(str(tmp_path))

@@ -1,0 +1,132 @@
+import itertools
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import treerl.train.trainer as trainer
+from treerl.config import load_config
+from treerl.tasks.arithmetic import Arithmetic
+from treerl.train.checkpoint import TRAINER_STATE
+
+STEP_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "loss/policy", "kl", "entropy", "grad_norm",
+             "timing/rollout_s", "timing/update_s", "timing/step_s", "tokens/generated"}
+
+
+def tiny_config(model_dir, *overrides):
+    return load_config(None, [
+        f"model.name_or_path={model_dir}", "rollout.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=16",
+        "eval.problems=4", "eval.max_new_tokens=16", "output.progress=false", "train.threads=1", "train.steps=2",
+        *overrides])
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(model):
+    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+
+
+def changed(before, model):
+    after = model.state_dict()
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+def test_two_step_run_writes_its_directory(model_dir, tmp_path):
+    run = tmp_path / "run"
+    result = trainer.train(tiny_config(model_dir), run)
+    assert (run / "config.yaml").is_file()
+    assert load_config(run / "config.yaml").rollout.n == 4
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert STEP_KEYS <= set(m), STEP_KEYS - set(m)
+        assert m["tokens/generated"] == pytest.approx(m["response_length/mean"] * 2 * 4)
+        assert 1 <= m["response_length/mean"] <= 16
+    evals = json.loads((run / "eval.json").read_text())
+    assert set(evals) == {"0", "2"}
+    assert set(evals["0"]) == set(Arithmetic.levels)
+    assert all(row["problems"] == 4 for row in evals["2"].values())
+    assert result == {"before": evals["0"], "after": evals["2"]}
+    ckpt = run / "checkpoints" / "step_2"
+    assert (ckpt / TRAINER_STATE).is_file()
+    assert torch.load(ckpt / TRAINER_STATE, weights_only=False)["step"] == 2
+    AutoModelForCausalLM.from_pretrained(ckpt)
+
+
+def final_model(run):
+    return AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2")
+
+
+def test_varying_rewards_change_the_weights(model_dir, tmp_path, monkeypatch):
+    calls = itertools.count()
+    monkeypatch.setattr(Arithmetic, "verify", lambda self, completion, problem: float(next(calls) % 2))
+    run = tmp_path / "run"
+    trainer.train(tiny_config(model_dir), run)
+    assert [m["reward/mean"] for m in read_metrics(run)] == [0.5, 0.5]  # alternating 1, 0 in every group
+    initial = weights(AutoModelForCausalLM.from_pretrained(model_dir))
+    assert changed(initial, final_model(run))
+
+
+def test_equal_rewards_give_no_update(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Arithmetic, "verify", lambda self, completion, problem: 0.0)
+    run = tmp_path / "run"
+    cfg = tiny_config(model_dir, "algo.kl_coef=0", "algo.entropy_coef=0")
+    assert cfg.train.weight_decay == 0.0  # AdamW's decay would move the weights even without gradients
+    trainer.train(cfg, run)
+    assert all(m["grad_norm"] == 0.0 for m in read_metrics(run))
+    initial = weights(AutoModelForCausalLM.from_pretrained(model_dir))
+    assert changed(initial, final_model(run)) == []
+
+
+def parity_reward(self, completion, problem):
+    """A reward that depends on the sampled text, so that the policy (and optimizer state) actually move."""
+    return float(sum(map(ord, completion)) % 2)
+
+
+def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Arithmetic, "verify", parity_reward)
+    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.warmup_steps=1",
+                      "train.lr=1e-3", "algo.kl_coef=0.1")
+    trainer.train(cfg, tmp_path / "a")
+    assert any(m["grad_norm"] > 0 for m in read_metrics(tmp_path / "a")[2:])
+
+    real_update, calls = trainer.update, itertools.count(1)
+
+    def crash_on_third(*args, **kwargs):
+        if next(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "update", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(cfg, tmp_path / "b")
+    assert [m["step"] for m in read_metrics(tmp_path / "b")] == [1, 2]
+    trainer.train(cfg, tmp_path / "b", resume=True)
+
+    def strip(metrics):
+        return [{k: v for k, v in m.items() if not k.startswith("timing/")} for m in metrics]
+
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    assert strip(a) == strip(b)
+    assert all(isinstance(m["kl"], float) for m in a)
+    assert json.loads((tmp_path / "a" / "eval.json").read_text()) == json.loads((tmp_path / "b" / "eval.json").read_text())
+    final_a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "checkpoints" / "step_4")
+    assert changed(weights(final_a), AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "checkpoints" / "step_4")) == []
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeypatch, loss_agg):
+    monkeypatch.setattr(Arithmetic, "verify", parity_reward)
+    runs = {}
+    for micro in (8, 3):  # 8 sequences per step: one pass, or passes of 3 + 3 + 2
+        cfg = tiny_config(model_dir, "train.steps=1", f"train.micro_batch_size={micro}", f"algo.loss_agg={loss_agg}",
+                          "eval.levels=[trivial]", "eval.problems=1")
+        trainer.train(cfg, tmp_path / str(micro))
+        runs[micro] = read_metrics(tmp_path / str(micro))[0]
+    assert runs[8]["grad_norm"] > 0
+    for key in ("loss/policy", "entropy", "grad_norm", "clip_frac"):
+        assert runs[3][key] == pytest.approx(runs[8][key], rel=1e-5, abs=1e-7), key
