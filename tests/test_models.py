@@ -20,7 +20,7 @@ def test_saved_tokenizer_keeps_whitespace_when_loaded_by_auto_tokenizer(model_di
 def test_embedded_model_loads_with_plain_transformers():
     model = AutoModelForCausalLM.from_pretrained(TINY_DIR)
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
-    assert 1e6 <= sum(p.numel() for p in model.parameters()) <= 2e7
+    assert 5e5 <= sum(p.numel() for p in model.parameters()) <= 2e7
     assert tokenizer.decode(tokenizer(TEXT)["input_ids"]) == TEXT
     assert model.config.eos_token_id == tokenizer.eos_token_id
 

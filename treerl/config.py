@@ -28,7 +28,7 @@ class TaskConfig(Section):
 class RolloutConfig(Section):
     n: int = Field(8, ge=1, description="samples per prompt (the group size)")
     prompts_per_step: int = Field(16, ge=1)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
@@ -69,7 +69,7 @@ class EvalConfig(Section):
     levels: list[str] | None = Field(None, description="levels to evaluate; default: all of the task's levels")
     samples: int = Field(0, ge=0, description="k samples per problem for avg@k / pass@k; 0 = greedy only")
     temperature: float = Field(1.0, gt=0.0)
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(256, ge=1)
 
 

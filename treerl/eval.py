@@ -71,18 +71,18 @@ def eval_work(task: Task, cfg: EvalConfig) -> int:
 
 def eval_table(results: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None,
                title: str = "evaluation") -> Table:
-    table = Table(title=title)
-    table.add_column("level")
-    table.add_column("problems", justify="right")
+    table = Table(title=title, caption="acc: greedy accuracy %; len: mean response tokens")
+    table.add_column("level", no_wrap=True)
+    table.add_column("n", justify="right")
     if before is not None:
-        table.add_column("acc before", justify="right")
-    table.add_column("accuracy", justify="right")
+        table.add_column("before", justify="right")
+    table.add_column("acc", justify="right")
     if before is not None:
         table.add_column("change", justify="right")
     extra = [key for key in next(iter(results.values())) if "@" in key]
     for key in extra:
         table.add_column(key, justify="right")
-    table.add_column("length", justify="right")
+    table.add_column("len", justify="right")
     for level, row in results.items():
         cells = [level, str(int(row["problems"]))]
         if before is not None:

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field, field_validator
 
 from treerl.config import EvalConfig, Section, dump_config
+from treerl.errors import UserError
 from treerl.eval import evaluate, print_eval
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar
@@ -23,15 +24,15 @@ class PretrainConfig(Section):
     seed: int = 0
     out: str = "runs/pretrain"
     task: str = "arithmetic"
-    steps: int = Field(1200, ge=1)
-    batch_size: int = Field(64, ge=1)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     warmup_steps: int = Field(50, ge=0)
-    hidden: int = Field(192, ge=16)
+    hidden: int = Field(128, ge=16)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     level_mix: dict[str, float] = Field(
-        default_factory=lambda: {"trivial": 0.45, "easy": 0.45, "medium": 0.08, "hard": 0.02},
+        default_factory=lambda: {"trivial": 0.25, "easy": 0.65, "medium": 0.07, "hard": 0.03},
         description="share of each level in the warm-up data; the hard levels get little, RL does the rest")
     eval_problems: int = Field(200, ge=1)
     threads: int = Field(0, ge=0)
@@ -50,7 +51,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task = make_task(cfg.task)
     unknown = set(cfg.level_mix) - set(task.levels)
     if unknown:
-        from treerl.errors import UserError
         raise UserError(f"pretrain.level_mix names unknown levels {sorted(unknown)}; levels: {task.levels}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

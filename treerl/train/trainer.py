@@ -96,7 +96,7 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
 
             policy_loss = agg(pg)
             entropy_term = agg(entropy)
-            loss = policy_loss - algo.entropy_coef * entropy_term
+            loss = policy_loss - algo.entropy_coef * entropy_term if algo.entropy_coef else policy_loss
             if reference is not None:
                 with torch.no_grad():
                     ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
