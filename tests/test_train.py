@@ -130,3 +130,16 @@ def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeyp
     assert runs[8]["grad_norm"] > 0
     for key in ("loss/policy", "entropy", "grad_norm", "clip_frac"):
         assert runs[3][key] == pytest.approx(runs[8][key], rel=1e-5, abs=1e-7), key
+
+
+def test_two_steps_on_the_embedded_model_learn_from_real_rewards(tmp_path):
+    """The shipped warm-up model solves some hard problems and misses others, so GRPO has signal."""
+    run = tmp_path / "tiny-run"
+    cfg = load_config(None, ["rollout.prompts_per_step=8", "rollout.n=8", "eval.problems=20", "output.progress=false",
+                             "train.threads=1", "train.steps=2", "curriculum.levels=[hard]", "eval.levels=[hard]"])
+    result = trainer.train(cfg, run)
+    metrics = read_metrics(run)
+    assert all(0.0 < m["acc/hard"] < 1.0 for m in metrics)  # mixed groups: a real learning signal
+    assert all(m["grad_norm"] > 0.0 for m in metrics)
+    assert 0.0 < result["before"]["hard"]["accuracy"] < 1.0
+    assert AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2").config.model_type == "qwen2"

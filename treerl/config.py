@@ -29,7 +29,7 @@ class RolloutConfig(Section):
     n: int = Field(8, ge=1, description="samples per prompt (the group size)")
     prompts_per_step: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
 
@@ -51,13 +51,13 @@ class CurriculumConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(300, ge=0)
+    steps: int = Field(500, ge=0)
     lr: float = Field(5e-5, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    optim_steps_per_batch: int = Field(1, ge=1, description="optimizer steps per rollout batch (mini-batches)")
+    optim_steps_per_batch: int = Field(2, ge=1, description="optimizer steps per rollout batch (mini-batches)")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
     checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
