@@ -51,9 +51,9 @@ class CurriculumConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(500, ge=0)
+    steps: int = Field(600, ge=0)
     lr: float = Field(5e-5, gt=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
