@@ -30,3 +30,17 @@ def test_missing_model_path_is_a_user_error(tmp_path):
         load_policy(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no config.json"):
         load_policy(str(tmp_path))
+
+
+def test_device_names_are_checked():
+    import torch
+
+    from treerl.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="is not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="torch sees none"):
+            resolve_device("cuda")

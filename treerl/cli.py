@@ -39,7 +39,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     from treerl.config import load_config
     from treerl.eval import eval_work, evaluate, print_eval
-    from treerl.models import load_policy
+    from treerl.models import load_policy, resolve_device
     from treerl.progress import progress_bar
     from treerl.tasks import check_levels, make_task
 
@@ -51,7 +51,7 @@ def _eval(args: argparse.Namespace) -> None:
         torch.set_num_threads(cfg.train.threads)
     task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype)
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device))
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
         results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))

@@ -18,6 +18,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field("tiny", description="'tiny' (the embedded model) or a local HF causal LM directory")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
 
 
 class TaskConfig(Section):

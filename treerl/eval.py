@@ -46,7 +46,7 @@ def _correct(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalCon
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: EvalConfig,
              seed: int = 0, advance: Callable[[int], None] = lambda n: None) -> dict[str, dict[str, float]]:
     """Metrics per level: accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     results: dict[str, dict[str, float]] = {}
     for level in cfg.levels or task.levels:
         problems = task.eval_problems(level, cfg.problems)

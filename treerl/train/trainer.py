@@ -18,7 +18,7 @@ from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
 from treerl.config import Config, dump_config
 from treerl.curriculum.levels import level_weights
 from treerl.eval import eval_work, evaluate, print_eval
-from treerl.models import load_policy
+from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar
 from treerl.rollout.engine import generate
 from treerl.tasks import check_levels, make_task
@@ -71,8 +71,9 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
 def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generator: torch.Generator) -> dict[str, float]:
     """optim_steps_per_batch optimizer steps over shuffled mini-batches, each accumulated over micro-batches."""
     algo = cfg.algo
-    advantages = rollout.advantages.flatten()
-    order = torch.randperm(len(advantages), generator=generator).tolist()
+    device = next(policy.parameters()).device
+    advantages = rollout.advantages.flatten().to(device)
+    order = torch.randperm(len(advantages), generator=generator, device=generator.device).tolist()
     minibatches = [order[i::cfg.train.optim_steps_per_batch] for i in range(cfg.train.optim_steps_per_batch)]
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
     if reference is not None:
@@ -84,7 +85,8 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(minibatch), cfg.train.micro_batch_size):
             rows = minibatch[start:start + cfg.train.micro_batch_size]
-            batch = make_batch([rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows])
+            batch = make_batch([rollout.prompt_ids[i] for i in rows],
+                               [rollout.completion_ids[i] for i in rows]).to(device)
             mask = batch.completion_mask
             old = scatter_completion_values([rollout.old_logprobs[i] for i in rows], batch)
             logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
@@ -177,12 +179,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     compute_advantages(cfg.algo.name, torch.zeros(1, 2))
     run = Run(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    policy, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype)
-    reference = load_policy(cfg.model.name_or_path, cfg.model.dtype)[0].eval() if cfg.algo.kl_coef > 0 else None
+    device = resolve_device(cfg.model.device)
+    policy, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype, device)
+    reference = (load_policy(cfg.model.name_or_path, cfg.model.dtype, device)[0].eval()
+                 if cfg.algo.kl_coef > 0 else None)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     rng = random.Random(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     start = 0
     if checkpoint:
         state = load_trainer_state(checkpoint)
