@@ -49,3 +49,15 @@ def test_unknown_estimator_lists_available_names():
     for name in ADVANTAGES:
         assert name in message
     assert {"grpo", "dr_grpo"} <= set(ADVANTAGES)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("curriculum.name=hardest_first", "unknown curriculum.name 'hardest_first'; available: balanced"),
+    ("task.name=chess", "unknown task.name 'chess'; available: arithmetic"),
+])
+def test_every_registry_names_the_config_key_and_the_choices(override, message, capsys, tmp_path):
+    from treerl.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "run"), override]) == 2
+    assert capsys.readouterr().err.strip() == f"treerl: error: {message}"
+    assert not (tmp_path / "run").exists()  # checked before anything is written

@@ -10,23 +10,15 @@ from collections.abc import Callable
 
 import torch
 
-from treerl.errors import UserError
+from treerl.registry import Registry
 
 AdvantageFn = Callable[..., torch.Tensor]
-ADVANTAGES: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    def wrap(fn: AdvantageFn) -> AdvantageFn:
-        ADVANTAGES[name] = fn
-        return fn
-    return wrap
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator algo.name")
+register_advantage = ADVANTAGES.register
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    if name not in ADVANTAGES:
-        raise UserError(f"unknown advantage estimator algo.name='{name}'; available: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name](rewards, eps=eps)
+    return ADVANTAGES.lookup(name)(rewards, eps=eps)
 
 
 @register_advantage("grpo")

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from treerl.errors import UserError
+from treerl.registry import Registry
 
 Schedule = Callable[[int, int, int], list[float]]
 """(step, total_steps, number of levels) -> one weight per level, easiest first."""
-SCHEDULES: dict[str, Schedule] = {}
-
-
-def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
-    def wrap(fn: Schedule) -> Schedule:
-        SCHEDULES[name] = fn
-        return fn
-    return wrap
+SCHEDULES: Registry[Schedule] = Registry("curriculum.name")
+register_schedule = SCHEDULES.register
 
 
 def level_weights(name: str, step: int, total_steps: int, num_levels: int) -> list[float]:
-    if name not in SCHEDULES:
-        raise UserError(f"unknown curriculum.name='{name}'; available: {', '.join(sorted(SCHEDULES))}")
-    return SCHEDULES[name](step, total_steps, num_levels)
+    return SCHEDULES.lookup(name)(step, total_steps, num_levels)
 
 
 @register_schedule("balanced")

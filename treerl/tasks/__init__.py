@@ -5,22 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from treerl.errors import UserError
+from treerl.registry import Registry
 from treerl.tasks.base import Problem, Task
 
-TASKS: dict[str, Callable[..., Task]] = {}
-
-
-def register_task(name: str):
-    def wrap(factory: Callable[..., Task]) -> Callable[..., Task]:
-        TASKS[name] = factory
-        return factory
-    return wrap
+TASKS: Registry[Callable[..., Task]] = Registry("task.name")
+register_task = TASKS.register
 
 
 def make_task(name: str, **kwargs) -> Task:
-    if name not in TASKS:
-        raise UserError(f"unknown task '{name}'; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name](**kwargs)
+    return TASKS.lookup(name)(**kwargs)
 
 
 def check_levels(task: Task, levels: list[str], key: str, trainable: bool = False) -> list[str]:
