@@ -18,10 +18,7 @@ class Generation:
     """log pi(token) under the sampling distribution (logits / temperature), one per completion token."""
     texts: list[str]
     finished: list[bool]
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(c) for c in self.completion_ids)
+    """Whether each sequence stopped at EOS (False: it ran out of max_new_tokens)."""
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
