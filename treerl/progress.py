@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+LOG_LINES = 20
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -10,3 +13,12 @@ def progress_bar(enabled: bool = True) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                     disable=not enabled, transient=False)
+
+
+def step_done(bar: Progress, job: TaskID, info: str) -> None:
+    """Advance a job by one; where no live bar can be drawn (a log file, CI), print a line every 5%."""
+    bar.update(job, advance=1, info=info)
+    task = bar.tasks[bar.task_ids.index(job)]
+    every = max(1, int(task.total or 1) // LOG_LINES)
+    if not bar.disable and not bar.console.is_terminal and int(task.completed) % every == 0:
+        bar.console.print(f"{task.description} {int(task.completed)}/{int(task.total or 0)}  {info}")

@@ -15,7 +15,7 @@ from treerl.config import EvalConfig, Section, dump_config
 from treerl.errors import UserError
 from treerl.eval import evaluate, print_eval
 from treerl.models.tiny import build_model, build_tokenizer
-from treerl.progress import progress_bar
+from treerl.progress import progress_bar, step_done
 from treerl.tasks import make_task
 from treerl.train.batch import completion_logprobs, make_batch
 
@@ -79,7 +79,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            bar.update(job, advance=1, info=f"loss {loss.item():.4f}")
+            step_done(bar, job, f"loss {loss.item():.4f}")
     seconds = time.time() - start
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

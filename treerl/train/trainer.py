@@ -19,7 +19,7 @@ from treerl.config import Config, dump_config
 from treerl.curriculum.levels import level_weights
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
-from treerl.progress import progress_bar
+from treerl.progress import progress_bar, step_done
 from treerl.rollout.engine import generate
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
@@ -228,8 +228,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             metrics = step_metrics(step, rollout, learner, {"timing/rollout_s": t1 - t0, "timing/update_s": t2 - t1,
                                                             "timing/step_s": t2 - t0}, lr)
             run.log(metrics)
-            bar.update(job, advance=1, info=f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
-                                             f"{metrics['timing/step_s']:.2f} s/step")
+            step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
+                                f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
