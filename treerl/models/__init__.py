@@ -47,5 +47,4 @@ def load_policy(name_or_path: str, dtype: str = "float32",
     """Model and tokenizer from 'tiny' or a local HF directory, with a pad token set."""
     path = resolve_model_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
-    model.generation_config.pad_token_id = None
     return model, load_tokenizer(name_or_path)

@@ -12,11 +12,10 @@ import torch
 from pydantic import Field, field_validator
 
 from treerl.config import EvalConfig, Section, dump_config
-from treerl.errors import UserError
 from treerl.eval import evaluate, print_eval
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
-from treerl.tasks import make_task
+from treerl.tasks import check_levels, make_task
 from treerl.train.batch import completion_logprobs, make_batch
 
 
@@ -49,9 +48,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = make_task(cfg.task)
-    unknown = set(cfg.level_mix) - set(task.levels)
-    if unknown:
-        raise UserError(f"pretrain.level_mix names unknown levels {sorted(unknown)}; levels: {task.levels}")
+    check_levels(task, list(cfg.level_mix), "level_mix")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "pretrain_config.yaml")

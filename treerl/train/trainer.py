@@ -237,7 +237,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         final = cfg.train.steps
         if str(final) not in run.evals():
             run_eval(final)
-    if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{final}":
+    saved = latest_checkpoint(run_dir)
+    if saved is None or saved.name != f"step_{final}":
         save_checkpoint(run_dir, final, policy, tokenizer, trainer_state())
     evals = run.evals()
     before, after = evals["0"], evals[str(final)]
