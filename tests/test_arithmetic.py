@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from treerl.tasks import make_task
+from treerl.tasks import get_task, score
 from treerl.tasks.arithmetic import MAX_OPERAND, OPERANDS, Arithmetic, is_held_out, worked_solution
 from treerl.tasks.base import Problem
 
@@ -35,7 +35,7 @@ def test_levels_set_operand_count():
     assert task.eval_only_levels == ["ood"]
     for level in task.levels:
         for _ in range(20):
-            prompt = task.sample(level, rng).prompt
+            prompt = task.sample(level, rng).question
             assert prompt.endswith("\n")
             assert len(re.findall(r"\d+", prompt)) == OPERANDS[level]
     counts = [OPERANDS[level] for level in task.levels]
@@ -47,10 +47,10 @@ def test_answers_and_solutions_are_right(level):
     task, rng = Arithmetic(), random.Random(1)
     problems = [task.sample(level, rng) for _ in range(300)] + task.eval_problems(level, 100)
     for p in problems:
-        value, totals = evaluate_chain(p.prompt.strip())
-        assert int(p.answer) == value
+        value, totals = evaluate_chain(p.question.strip())
+        assert int(p.reference) == value
         assert min(totals) >= 0
-        assert all(1 <= int(n) <= MAX_OPERAND for n in re.findall(r"\d+", p.prompt))
+        assert all(1 <= int(n) <= MAX_OPERAND for n in re.findall(r"\d+", p.question))
         lines = p.solution.split("\n")
         assert lines[-1] == f"Answer: {value}"
         # each step line is the remaining expression, with the same value
@@ -62,9 +62,9 @@ def test_answers_and_solutions_are_right(level):
 @pytest.mark.parametrize("level", TRAIN_LEVELS + ["ood"])
 def test_train_and_eval_are_disjoint(level):
     task, rng = Arithmetic(), random.Random(2)
-    train = {task.sample(level, rng).prompt for _ in range(3000)}
+    train = {task.sample(level, rng).question for _ in range(3000)}
     evals = task.eval_problems(level, 200)
-    eval_prompts = [p.prompt for p in evals]
+    eval_prompts = [p.question for p in evals]
     assert not any(is_held_out(p.strip()) for p in train)
     assert all(is_held_out(p.strip()) for p in eval_prompts)
     assert len(set(eval_prompts)) == len(eval_prompts) == (200 if level != "trivial" else len(evals))
@@ -85,7 +85,7 @@ def test_training_samples_follow_the_rng():
     assert a == b
 
 
-PROBLEM = Problem(prompt="37+52-18+64\n", answer="135", level="medium")  # the verifier reads any integer
+PROBLEM = Problem(question="37+52-18+64\n", reference="135", level="medium")  # the verifier reads any integer
 
 
 @pytest.mark.parametrize("completion, reward", [
@@ -103,8 +103,9 @@ PROBLEM = Problem(prompt="37+52-18+64\n", answer="135", level="medium")  # the v
     ("Answer: 135\nAnswer: 1", 0.0),
 ])
 def test_verify_binary(completion, reward):
-    assert make_task("arithmetic").verify(completion, PROBLEM) == reward
-    assert make_task("arithmetic").is_correct(completion, PROBLEM) == (reward == 1.0)
+    assert get_task("arithmetic").verify(completion, PROBLEM.reference) == reward
+    assert get_task("arithmetic").grade(completion, PROBLEM.reference).correct == (reward == 1.0)
+    assert score("arithmetic", completion, "135") == reward
 
 
 @pytest.mark.parametrize("completion, reward", [
@@ -114,8 +115,8 @@ def test_verify_binary(completion, reward):
     ("Answer: 135\nso that is it", 0.9),  # right answer, but the answer line is not last
 ])
 def test_verify_with_format_reward(completion, reward):
-    task = make_task("arithmetic", format_reward=0.1)
-    assert task.verify(completion, PROBLEM) == pytest.approx(reward)
+    task = get_task("arithmetic", format_reward=0.1)
+    assert task.verify(completion, PROBLEM.reference) == pytest.approx(reward)
 
 
 @pytest.mark.parametrize("format_reward", [0.0, 0.1])
@@ -126,9 +127,9 @@ def test_verify_with_format_reward(completion, reward):
     " " * 10_000_000 + "Answer: 135",
 ], ids=["digits", "answer-lines", "long-number", "leading-spaces"])
 def test_verify_is_bounded_on_huge_completions(completion, format_reward):
-    task = make_task("arithmetic", format_reward=format_reward)
+    task = get_task("arithmetic", format_reward=format_reward)
     start = time.perf_counter()
-    reward = task.verify(completion, PROBLEM)
+    reward = task.verify(completion, PROBLEM.reference)
     assert time.perf_counter() - start < 1.0
     assert 0.0 <= reward <= 1.0
 
@@ -140,7 +141,7 @@ def test_a_level_with_few_held_out_problems_gives_all_of_them_without_hanging():
     start = time.perf_counter()
     problems = Arithmetic().eval_problems("trivial", 200)
     assert time.perf_counter() - start < 5.0
-    assert {p.prompt for p in problems} == held_out
+    assert {p.question for p in problems} == held_out
 
 
 def test_unknown_level_is_a_user_error():

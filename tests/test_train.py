@@ -62,7 +62,7 @@ def final_model(run):
 
 def test_varying_rewards_change_the_weights(model_dir, tmp_path, monkeypatch):
     calls = itertools.count()
-    monkeypatch.setattr(Arithmetic, "verify", lambda self, completion, problem: float(next(calls) % 2))
+    monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, float(next(calls) % 2)))
     run = tmp_path / "run"
     trainer.train(tiny_config(model_dir), run)
     assert [m["reward/mean"] for m in read_metrics(run)] == [0.5, 0.5]  # alternating 1, 0 in every group
@@ -71,7 +71,7 @@ def test_varying_rewards_change_the_weights(model_dir, tmp_path, monkeypatch):
 
 
 def test_equal_rewards_give_no_update(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(Arithmetic, "verify", lambda self, completion, problem: 0.0)
+    monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))
     run = tmp_path / "run"
     cfg = tiny_config(model_dir, "algo.kl_coef=0", "algo.entropy_coef=0")
     assert cfg.train.weight_decay == 0.0  # AdamW's decay would move the weights even without gradients
@@ -81,13 +81,13 @@ def test_equal_rewards_give_no_update(model_dir, tmp_path, monkeypatch):
     assert changed(initial, final_model(run)) == []
 
 
-def parity_reward(self, completion, problem):
+def parity_reward(self, completion, reference):
     """A reward that depends on the sampled text, so that the policy (and optimizer state) actually move."""
-    return float(sum(map(ord, completion)) % 2)
+    return False, float(sum(map(ord, completion)) % 2)
 
 
 def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(Arithmetic, "verify", parity_reward)
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.warmup_steps=1",
                       "train.lr=1e-3", "algo.kl_coef=0.1")
     trainer.train(cfg, tmp_path / "a")
@@ -120,7 +120,7 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeypatch, loss_agg):
-    monkeypatch.setattr(Arithmetic, "verify", parity_reward)
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     runs = {}
     for micro in (8, 3):  # 8 sequences per step: one pass, or passes of 3 + 3 + 2
         cfg = tiny_config(model_dir, "train.steps=1", f"train.micro_batch_size={micro}", f"algo.loss_agg={loss_agg}",

@@ -42,23 +42,34 @@ def _eval(args: argparse.Namespace) -> None:
     from treerl.models import load_policy, resolve_device
     from treerl.progress import progress_bar
     from treerl.tasks import check_levels, make_task
+    from treerl.tasks.loaders import BENCHMARKS
 
-    overrides = list(args.overrides)
+    overrides = []
+    if args.benchmark:
+        if args.benchmark not in BENCHMARKS:
+            raise UserError(f"--benchmark {args.benchmark}: not a benchmark; choose from {', '.join(BENCHMARKS)} "
+                            "(for another file: task.name=math task.eval_data=PATH eval.levels=[all])")
+        overrides += [f"task.name={BENCHMARKS[args.benchmark].task}", f"task.eval_data={args.benchmark}",
+                      "eval.levels=[all]", "eval.problems=0"]
     if args.model:
         overrides.append(f"model.name_or_path={args.model}")
-    cfg = load_config(args.config, overrides)
+    if args.samples is not None:
+        overrides.append(f"eval.samples={args.samples}")
+    cfg = load_config(args.config, overrides + list(args.overrides))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
-    check_levels(task, cfg.eval.levels or [], "eval.levels")
+    task = make_task(cfg.task)
+    if cfg.eval.levels:
+        check_levels(task, cfg.eval.levels, "eval.levels")
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device))
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
         results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
     if args.json:
-        print(json.dumps({"model": cfg.model.name_or_path, "task": task.name, "levels": results}, indent=2))
+        print(json.dumps({"model": cfg.model.name_or_path, "task": task.name, "benchmark": args.benchmark,
+                          "groups": results}, indent=2))
     else:
-        print_eval(results, title=f"{cfg.model.name_or_path} on {task.name} (accuracy %, greedy)")
+        print_eval(results, title=f"{cfg.model.name_or_path} on {args.benchmark or task.name} (accuracy %, greedy)")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -83,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy per level (greedy), avg@k and pass@k (eval.samples=k)")
     ev.add_argument("--config", help="YAML config file")
     ev.add_argument("--model", help="'tiny', a run's checkpoint or any local HF causal LM directory")
+    ev.add_argument("--benchmark", help="a math benchmark: math500, gsm8k, aime24, amc23, minerva_math, olympiadbench")
+    ev.add_argument("--samples", type=int, help="k samples per problem for avg@k and pass@k (eval.samples)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=_eval)

@@ -22,8 +22,18 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    name: str = "arithmetic"
-    format_reward: float = Field(0.0, ge=0.0, le=1.0, description="share of the reward for a well-formed answer line")
+    """The task and its options; an option left at null takes the task's own default (docs/tasks.md)."""
+    name: str = Field("arithmetic", description="arithmetic, math, gsm8k, countdown or blocksworld")
+    format_reward: float = Field(0.0, ge=0.0, le=1.0,
+                                 description="share of the reward for an answer in the template's format")
+    template: Literal["plain", "boxed", "think"] | None = Field(
+        None, description="prompt template; null = the task's default (docs/tasks.md)")
+    train_data: str | None = Field(None, description="math, gsm8k: named dataset, .jsonl/.parquet path or HF name")
+    eval_data: str | None = Field(None, description="math, gsm8k: held-out set, same forms as train_data")
+    fields: dict[str, str] | None = Field(
+        None, description="math, gsm8k: field names of a custom file (problem, answer, answer_format, level, subject)")
+    verify_timeout: float | None = Field(None, gt=0.0, description="math, gsm8k: seconds per math-verify call")
+    plan_shaping: bool | None = Field(None, description="blocksworld: credit optimal/length for longer correct plans")
 
 
 class RolloutConfig(Section):
@@ -66,7 +76,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="0 = only before and after training")
-    problems: int = Field(200, ge=1, description="held-out problems per level")
+    problems: int = Field(200, ge=0, description="held-out problems per level; 0 = all (dataset tasks only)")
     levels: list[str] | None = Field(None, description="levels to evaluate; default: all of the task's levels")
     samples: int = Field(0, ge=0, description="k samples per problem for avg@k / pass@k; 0 = greedy only")
     temperature: float = Field(1.0, gt=0.0)

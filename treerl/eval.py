@@ -13,6 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from treerl.config import EvalConfig
 from treerl.rollout.engine import generate
 from treerl.tasks.base import Problem, Task
+from treerl.tasks.loaders import ALL_LEVELS
+from treerl.tasks.prompts import render_prompt
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,49 +32,70 @@ def k_values(samples: int) -> list[int]:
     return sorted(set(ks + [samples]))
 
 
-def _correct(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfig, greedy: bool,
-             generator: torch.Generator | None, advance: Callable[[int], None]) -> tuple[list[bool], list[int]]:
+def eval_set(task: Task, cfg: EvalConfig) -> list[Problem]:
+    """The held-out problems `evaluate` runs on: cfg.problems of each level in cfg.levels (default: all levels)."""
+    return [p for level in cfg.levels or task.levels for p in task.eval_problems(level, cfg.problems)]
+
+
+def eval_work(task: Task, cfg: EvalConfig) -> int:
+    """Number of generations `evaluate` will run, for a progress bar."""
+    return len(eval_set(task, cfg)) * (1 + cfg.samples)
+
+
+def _grade(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfig, greedy: bool,
+           generator: torch.Generator | None, advance: Callable[[int], None]) -> tuple[list[bool], list[int]]:
     correct, lengths = [], []
     for start in range(0, len(problems), cfg.batch_size):
         chunk = problems[start:start + cfg.batch_size]
-        gen = generate(model, tokenizer, [p.prompt for p in chunk], max_new_tokens=cfg.max_new_tokens,
+        prompts = [render_prompt(task.template, p.question, tokenizer) for p in chunk]
+        gen = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                        temperature=cfg.temperature, greedy=greedy, generator=generator)
-        correct += [task.is_correct(text, p) for text, p in zip(gen.texts, chunk)]
+        correct += [task.grade(text, p.reference).correct for text, p in zip(gen.texts, chunk)]
         lengths += [len(c) for c in gen.completion_ids]
         advance(len(chunk))
     return correct, lengths
 
 
+def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
+    """Row indices per level, per subject ('subject:<name>') when rows have one, and with `overall` all of them."""
+    out: dict[str, list[int]] = {}
+    for i, p in enumerate(problems):
+        out.setdefault(p.level, []).append(i)
+    for i, p in enumerate(problems):
+        if p.subject:
+            out.setdefault(f"subject:{p.subject}", []).append(i)
+    if overall:
+        out[ALL_LEVELS] = list(range(len(problems)))
+    return out
+
+
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: EvalConfig,
              seed: int = 0, advance: Callable[[int], None] = lambda n: None) -> dict[str, dict[str, float]]:
-    """Metrics per level: accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j."""
+    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    problems = eval_set(task, cfg)
+    correct, lengths = _grade(model, tokenizer, task, problems, cfg, True, None, advance)
+    hits = None
+    if cfg.samples:
+        repeated = [p for p in problems for _ in range(cfg.samples)]
+        sampled, _ = _grade(model, tokenizer, task, repeated, cfg, False, generator, advance)
+        hits = np.array(sampled).reshape(len(problems), cfg.samples).sum(1)
     results: dict[str, dict[str, float]] = {}
-    for level in cfg.levels or task.levels:
-        problems = task.eval_problems(level, cfg.problems)
-        correct, lengths = _correct(model, tokenizer, task, problems, cfg, True, None, advance)
-        row = {"problems": len(problems), "accuracy": float(np.mean(correct)),
-               "response_length": float(np.mean(lengths))}
-        if cfg.samples:
-            repeated = [p for p in problems for _ in range(cfg.samples)]
-            hits, _ = _correct(model, tokenizer, task, repeated, cfg, False, generator, advance)
-            per_problem = np.array(hits).reshape(len(problems), cfg.samples).sum(1)
-            row[f"avg@{cfg.samples}"] = float(per_problem.mean() / cfg.samples)
+    for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():
+        row = {"problems": len(rows), "accuracy": float(np.mean([correct[i] for i in rows])),
+               "response_length": float(np.mean([lengths[i] for i in rows]))}
+        if hits is not None:
+            row[f"avg@{cfg.samples}"] = float(hits[rows].mean() / cfg.samples)
             for k in k_values(cfg.samples):
-                row[f"pass@{k}"] = float(np.mean([pass_at_k(cfg.samples, int(c), k) for c in per_problem]))
-        results[level] = row
+                row[f"pass@{k}"] = float(np.mean([pass_at_k(cfg.samples, int(hits[i]), k) for i in rows]))
+        results[name] = row
     return results
-
-
-def eval_work(task: Task, cfg: EvalConfig) -> int:
-    """Number of generations `evaluate` will run, for a progress bar."""
-    return len(cfg.levels or task.levels) * cfg.problems * (1 + cfg.samples)
 
 
 def eval_table(results: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None,
                title: str = "evaluation") -> Table:
     table = Table(title=title, caption="acc: greedy accuracy %; len: mean response tokens")
-    table.add_column("level", no_wrap=True)
+    table.add_column("group", no_wrap=True)
     table.add_column("n", justify="right")
     if before is not None:
         table.add_column("before", justify="right")

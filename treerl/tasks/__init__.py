@@ -1,19 +1,36 @@
-"""Tasks registered by name."""
+"""Tasks registered by name, and the public scoring API: `get_task`, `score`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from typing import Any
 
 from treerl.errors import UserError
 from treerl.registry import Registry
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Grade, Problem, Task
 
-TASKS: Registry[Callable[..., Task]] = Registry("task.name")
+TASKS: Registry[type[Task]] = Registry("task.name")
 register_task = TASKS.register
 
 
-def make_task(name: str, **kwargs) -> Task:
-    return TASKS.lookup(name)(**kwargs)
+def get_task(name: str, **options: Any) -> Task:
+    """The task registered as `name`, built with its options (e.g. format_reward=0.1, template='think')."""
+    cls = TASKS.lookup(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in options:
+        if key not in accepted:
+            raise UserError(f"task.{key} does not apply to task '{name}'; its options: {', '.join(accepted)}")
+    return cls(**options)
+
+
+def make_task(cfg) -> Task:
+    """The task of a TaskConfig, with the options the config sets."""
+    return get_task(cfg.name, **cfg.model_dump(exclude_none=True, exclude={"name"}))
+
+
+def score(name: str, completion: str, reference: Any, **options: Any) -> float:
+    """The reward of one completion: with default options 1.0 for a correct answer, else 0.0."""
+    return get_task(name, **options).verify(completion, reference)
 
 
 def check_levels(task: Task, levels: list[str], key: str, trainable: bool = False) -> list[str]:
@@ -26,6 +43,6 @@ def check_levels(task: Task, levels: list[str], key: str, trainable: bool = Fals
     return levels
 
 
-from treerl.tasks import arithmetic  # noqa: E402,F401  (registers itself)
+from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: E402,F401  (each module registers itself)
 
-__all__ = ["Problem", "Task", "TASKS", "check_levels", "register_task", "make_task"]
+__all__ = ["Grade", "Problem", "Task", "TASKS", "check_levels", "get_task", "make_task", "register_task", "score"]

@@ -19,13 +19,13 @@ import re
 
 from treerl.errors import UserError
 from treerl.tasks import register_task
-from treerl.tasks.base import Problem
+from treerl.tasks.base import Problem, Task
+from treerl.tasks.prompts import ANSWER_LINE
 
 OPERANDS = {"trivial": 2, "easy": 3, "medium": 4, "hard": 5, "ood": 6}
 MAX_OPERAND = 9
 DRAWS_PER_EVAL_PROBLEM = 200
-MAX_COMPLETION_CHARS = 4096
-ANSWER_LINE = re.compile(r"^Answer:[ \t]*(-?\d{1,12})[ \t]*$", re.MULTILINE)
+INTEGER = re.compile(r"-?\d{1,12}")
 
 
 def is_held_out(expression: str) -> bool:
@@ -65,21 +65,20 @@ def worked_solution(numbers: list[int], ops: list[str]) -> tuple[str, int]:
 
 def parse_answer(completion: str) -> int | None:
     """The integer on the last 'Answer:' line, or None when there is none."""
-    matches = ANSWER_LINE.findall(completion[:MAX_COMPLETION_CHARS])
-    return int(matches[-1]) if matches else None
+    matches = ANSWER_LINE.findall(completion)
+    answer = matches[-1].strip(" \t") if matches else ""
+    return int(answer) if INTEGER.fullmatch(answer) else None
 
 
-class Arithmetic:
+class Arithmetic(Task):
     name = "arithmetic"
+    default_template = "plain"
     levels = list(OPERANDS)
     eval_only_levels = ["ood"]
 
-    def __init__(self, format_reward: float = 0.0):
-        self.format_reward = format_reward
-
     def _problem(self, level: str, numbers: list[int], ops: list[str]) -> Problem:
         solution, answer = worked_solution(numbers, ops)
-        return Problem(prompt=render(numbers, ops) + "\n", answer=str(answer), level=level, solution=solution)
+        return Problem(question=render(numbers, ops) + "\n", reference=str(answer), level=level, solution=solution)
 
     def sample(self, level: str, rng: random.Random) -> Problem:
         while True:
@@ -88,9 +87,11 @@ class Arithmetic:
                 return self._problem(level, numbers, ops)
 
     def eval_problems(self, level: str, n: int) -> list[Problem]:
-        """Up to n; fewer when the level has fewer held-out expressions (two operands: about a dozen)."""
+        """Up to n; two operands have only about a dozen held-out expressions."""
         if level not in OPERANDS:
             raise UserError(f"unknown arithmetic level '{level}'; levels: {', '.join(OPERANDS)}")
+        if n < 1:
+            raise UserError("eval.problems must be >= 1 for task arithmetic (0 means all, for dataset tasks)")
         rng = random.Random(f"arithmetic-eval-{level}")
         seen: dict[str, Problem] = {}
         for _ in range(DRAWS_PER_EVAL_PROBLEM * n):
@@ -102,17 +103,10 @@ class Arithmetic:
                 seen[expression] = self._problem(level, numbers, ops)
         return list(seen.values())
 
-    def is_correct(self, completion: str, problem: Problem) -> bool:
-        return parse_answer(completion) == int(problem.answer)
-
-    def verify(self, completion: str, problem: Problem) -> float:
-        """Linear-time regex work on at most MAX_COMPLETION_CHARS characters: bounded in time by construction."""
-        completion = completion[:MAX_COMPLETION_CHARS]
-        correct = float(self.is_correct(completion, problem))
-        if self.format_reward == 0.0:
-            return correct
-        well_formed = ANSWER_LINE.fullmatch(completion.strip().rsplit("\n", 1)[-1]) is not None
-        return (1.0 - self.format_reward) * correct + self.format_reward * float(well_formed)
+    def judge(self, completion: str, reference: str) -> tuple[bool, float]:
+        """Linear-time regex work on a bounded string: bounded in time by construction."""
+        correct = parse_answer(completion) == int(reference)
+        return correct, float(correct)
 
 
 register_task("arithmetic")(Arithmetic)

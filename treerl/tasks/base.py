@@ -1,34 +1,74 @@
-"""What every task gives the trainer: problems with a difficulty level, prompts, and a verifier."""
+"""What every task gives the trainer: problems with a difficulty level, and a verifier."""
 
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar
+
+from treerl.tasks.prompts import TEMPLATES
+
+MAX_COMPLETION_CHARS = 1 << 16
+"""Verifiers read at most this many characters from the end of a completion (answers come last)."""
 
 
 @dataclass(frozen=True)
 class Problem:
-    prompt: str
-    answer: str
+    question: str
+    """The task text, before a prompt template wraps it."""
+    reference: Any
+    """What `Task.verify` compares a completion with: a string, or a JSON-like dict for synthetic tasks."""
     level: str
+    subject: str = ""
     solution: str = ""
+    """A worked solution in the task's answer format, where the task has one (used for warm-up)."""
 
 
-class Task(Protocol):
-    name: str
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    """The final answer is right: what accuracy counts."""
+    reward: float
+    """The reward in [0, 1]: answer credit plus the format reward, when one is configured."""
+
+
+class Task(ABC):
+    """A registered task: levels easiest first, problems per level, and `verify(completion, reference)`.
+
+    Subclasses implement `sample`, `eval_problems` and `judge`; the format reward is shared.
+    """
+
+    name: ClassVar[str]
+    default_template: ClassVar[str]
     levels: list[str]
     """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
-    eval_only_levels: list[str]
+    eval_only_levels: list[str] = []
 
+    def __init__(self, format_reward: float = 0.0, template: str | None = None):
+        self.format_reward = format_reward
+        self.template = TEMPLATES.lookup(template or self.default_template)
+
+    @abstractmethod
     def sample(self, level: str, rng: random.Random) -> Problem:
-        """One training problem; never one of the held-out problems."""
+        """One training problem of a level; never one of the held-out problems."""
 
+    @abstractmethod
     def eval_problems(self, level: str, n: int) -> list[Problem]:
-        """The first n held-out problems of a level, the same on every call."""
+        """The first n held-out problems of a level, the same on every call; n = 0 means all (dataset tasks)."""
 
-    def verify(self, completion: str, problem: Problem) -> float:
-        """Reward in [0, 1] for a completion; bounded in time, never evaluates the text."""
+    @abstractmethod
+    def judge(self, completion: str, reference: Any) -> tuple[bool, float]:
+        """(correct, answer credit in [0, 1]); bounded in time, never evaluates the text."""
 
-    def is_correct(self, completion: str, problem: Problem) -> bool:
-        """Whether the final answer is right (accuracy, independent of format reward)."""
+    def grade(self, completion: str, reference: Any) -> Grade:
+        completion = completion[-MAX_COMPLETION_CHARS:]
+        correct, credit = self.judge(completion, reference)
+        if self.format_reward == 0.0:
+            return Grade(correct, credit)
+        formatted = float(self.template.well_formed(completion))
+        return Grade(correct, (1.0 - self.format_reward) * credit + self.format_reward * formatted)
+
+    def verify(self, completion: str, reference: Any) -> float:
+        """The reward in [0, 1] for a completion."""
+        return self.grade(completion, reference).reward

@@ -15,7 +15,8 @@ from treerl.config import EvalConfig, Section, dump_config
 from treerl.eval import evaluate, print_eval
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
-from treerl.tasks import check_levels, make_task
+from treerl.tasks import check_levels, get_task
+from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch
 
 
@@ -47,7 +48,7 @@ class PretrainConfig(Section):
 def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = make_task(cfg.task)
+    task = get_task(cfg.task)
     check_levels(task, list(cfg.level_mix), "level_mix")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         job = bar.add_task("pretrain", total=cfg.steps, info="")
         for step in range(cfg.steps):
             problems = [task.sample(rng.choices(levels, weights)[0], rng) for _ in range(cfg.batch_size)]
-            prompts = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+            texts = [render_prompt(task.template, p.question, tokenizer) for p in problems]
+            prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
             targets = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [eos] for p in problems]
             batch = make_batch(prompts, targets, tokenizer.pad_token_id)
             logprobs, _ = completion_logprobs(model, batch)

@@ -23,6 +23,7 @@ from treerl.progress import progress_bar, step_done
 from treerl.rollout.engine import generate
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
+from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
 
@@ -58,12 +59,13 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
     weights = level_weights(cfg.curriculum.name, step, cfg.train.steps, len(levels))
     problems = [task.sample(level, rng) for level in rng.choices(levels, weights, k=cfg.rollout.prompts_per_step)]
     n = cfg.rollout.n
-    gen = generate(policy, tokenizer, [p.prompt for p in problems for _ in range(n)],
+    owners = [p for p in problems for _ in range(n)]
+    gen = generate(policy, tokenizer, [render_prompt(task.template, p.question, tokenizer) for p in owners],
                    max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                    top_p=cfg.rollout.top_p, generator=generator)
-    owners = [p for p in problems for _ in range(n)]
-    rewards = torch.tensor([task.verify(text, p) for text, p in zip(gen.texts, owners)]).view(-1, n)
-    correct = torch.tensor([task.is_correct(text, p) for text, p in zip(gen.texts, owners)]).float().view(-1, n)
+    grades = [task.grade(text, p.reference) for text, p in zip(gen.texts, owners)]
+    rewards = torch.tensor([g.reward for g in grades]).view(-1, n)
+    correct = torch.tensor([g.correct for g in grades]).float().view(-1, n)
     advantages = compute_advantages(cfg.algo.name, rewards, cfg.algo.std_eps)
     return Rollout(owners, gen.prompt_ids, gen.completion_ids, gen.logprobs, rewards, correct, advantages)
 
@@ -172,7 +174,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task.name, format_reward=cfg.task.format_reward)
+    task = make_task(cfg.task)
     check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     level_weights(cfg.curriculum.name, 0, cfg.train.steps, len(cfg.curriculum.levels))

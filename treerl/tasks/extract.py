@@ -1,0 +1,71 @@
+"""Finding the final answer in a completion; linear time on any input."""
+
+from __future__ import annotations
+
+import re
+
+ANSWER_MARKER = re.compile(r"the (?:final )?answer is:?|answer:|^[ \t]*a:|####", re.IGNORECASE | re.MULTILINE)
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def matching_braces(text: str) -> dict[int, int]:
+    """Position of each '{' -> position of its '}', for the braces that close; one pass."""
+    open_at: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, char in enumerate(text):
+        if char == "{":
+            open_at.append(i)
+        elif char == "}" and open_at:
+            pairs[open_at.pop()] = i
+    return pairs
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last complete `\boxed{...}` (or `\fbox{...}`), nested braces handled."""
+    starts = sorted(m.start() for command in BOX_COMMANDS for m in re.finditer(re.escape(command), text))
+    if not starts:
+        return None
+    pairs = matching_braces(text)
+    for start in reversed(starts):
+        command = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
+        after = start + len(command)
+        brace = after + len(text[after:after + 8]) - len(text[after:after + 8].lstrip())
+        if brace < len(text) and text[brace] == "{" and brace in pairs:
+            return text[brace + 1:pairs[brace]].strip()
+        if text.startswith(" ", after) and command == "\\boxed":  # \boxed 5
+            word = text[after:].split(None, 1)
+            if word:
+                return word[0].split("$")[0]
+    return None
+
+
+def last_answer_tag(text: str) -> str | None:
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>"):end].strip() if start >= 0 else None
+
+
+def last_answer_line(text: str) -> str | None:
+    """What follows the last 'The answer is', 'Answer:', 'A:' (at a line start) or '####', to the end of its line."""
+    last = None
+    for last in ANSWER_MARKER.finditer(text):
+        pass
+    if last is None:
+        return None
+    rest = text[last.end():].split("\n", 1)[0]
+    return rest.strip().rstrip(".").strip() or None
+
+
+def last_number(text: str) -> str | None:
+    numbers = NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def final_answer(text: str, numeric: bool = False) -> str | None:
+    r"""The last `\boxed{}`, else the last `<answer>`, else a final answer line, else (numeric) the last number."""
+    for find in (last_boxed, last_answer_tag, last_answer_line):
+        answer = find(text)
+        if answer:
+            return answer
+    return last_number(text) if numeric else None

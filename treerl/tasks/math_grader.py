@@ -1,0 +1,114 @@
+r"""Grading math answers as the field does: extract, normalise, compare as numbers, else math-verify.
+
+Normalisation handles what math-verify leaves to the caller: `\text{}` and units, thousands separators,
+percent, degrees, currency, `\dfrac`, `x = ...`, a trailing period. Numbers compare as numbers
+(`18`, `18.0`, `\$18`, `18.00` agree). Anything else goes to math-verify's LaTeX parser (never sympy's
+`parse_expr`, which evaluates Python) in a child process bounded in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from fractions import Fraction
+from functools import lru_cache
+
+from treerl.tasks.bounded import BoundedWorker
+from treerl.tasks.extract import final_answer
+
+MAX_ANSWER_CHARS = 1000
+UNITS = (r"(?:square |cubic )?(?:centi|milli|kilo)?(?:meters?|metres?|grams?|liters?|litres?)|"
+         r"(?:sq\.? )?(?:cm|mm|km|kg|mg|ml|ft|yd|mph|km/h)(?:\^?\{?[23]\}?)?|"
+         r"inches|inch|feet|foot|yards?|miles?|seconds?|minutes?|hours?|days?|weeks?|months?|years?|"
+         r"dollars?|cents?|units?|degrees?|points?|people|students?|times|ways|sec|mins?|hrs?")
+TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+TRAILING_UNIT = re.compile(rf"(?<=[\d}}])\s*(?:{UNITS})\.?\s*$", re.IGNORECASE)
+SPACING = re.compile(r"\\[,;:!> ]|\\(?:quad|qquad|displaystyle|left|right)\b|~")
+DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+VARIABLE_EQUALS = re.compile(r"^[a-zA-Z]\s*=\s*(?=\S)")
+NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?$", re.IGNORECASE)
+BASE_SUBSCRIPT = re.compile(r"^\w+_\{?\d+\}?$")
+FRACTION = re.compile(r"^(-?)\\frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}$|^(-?\d{1,30})/(\d{1,30})$")
+
+
+def normalize(answer: str) -> str:
+    """A canonical string for an extracted answer; linear-time regex work on a bounded string."""
+    s = answer.strip()
+    for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            s = s[len(left):-len(right)].strip()
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "").replace("$", "")
+    s = TEXT_COMMAND.sub(lambda m: m.group(1), s)
+    s = SPACING.sub(" ", s)
+    s = DEGREES.sub("", s)
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.strip().rstrip(".").strip()
+    s = TRAILING_UNIT.sub("", s).strip()
+    s = VARIABLE_EQUALS.sub("", s)
+    if THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return " ".join(s.split())
+
+
+def as_number(s: str) -> Fraction | float | None:
+    """The value of a plain number or an integer fraction (`\\frac{14}{3}`, `14/3`); None for anything else."""
+    if NUMBER.match(s):
+        try:
+            return Fraction(s) if "e" not in s.lower() else float(s)
+        except (ValueError, OverflowError):
+            return None
+    m = FRACTION.match(s)
+    if m:
+        sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) else ("", m.group(4), m.group(5))
+        if int(den) != 0:
+            return (-1 if sign else 1) * Fraction(int(num), int(den))
+    return None
+
+
+def numbers_equal(a: Fraction | float, b: Fraction | float) -> bool:
+    return a == b or math.isclose(float(a), float(b), rel_tol=1e-9)
+
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we bound time ourselves
+
+
+@lru_cache(maxsize=8192)
+def _parsed(answer: str) -> list:
+    from math_verify import LatexExtractionConfig, parse
+    return parse(f"\\boxed{{{answer}}}", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
+
+
+def math_verify_equal(prediction: str, reference: str) -> bool:
+    """math-verify's verdict on two normalised answers; runs inside the bounded worker."""
+    from math_verify import verify
+    gold, guess = _parsed(reference), _parsed(prediction)
+    return bool(gold and guess and verify(gold, guess, timeout_seconds=None))
+
+
+MATH_VERIFY = BoundedWorker(math_verify_equal, default=False)
+
+
+def answers_match(prediction: str, reference: str, timeout: float) -> bool:
+    """Whether an extracted answer equals the reference answer; at most `timeout` seconds in math-verify."""
+    if len(prediction) > MAX_ANSWER_CHARS:
+        return False
+    pred, ref = normalize(prediction), normalize(reference)
+    pred_key, ref_key = pred.replace(" ", ""), ref.replace(" ", "")
+    if not pred_key:
+        return False
+    if pred_key == ref_key:
+        return True
+    pred_value, ref_value = as_number(pred_key), as_number(ref_key)
+    if pred_value is not None and ref_value is not None:
+        return numbers_equal(pred_value, ref_value)
+    if BASE_SUBSCRIPT.match(ref_key):  # 52_8 is a numeral in base 8: only the same digits are equal
+        return False
+    return MATH_VERIFY(pred, ref, timeout=timeout)
+
+
+def is_correct(completion: str, reference: str, numeric: bool, timeout: float) -> bool:
+    """Extract the final answer of a completion (the last number too when `numeric`) and compare it."""
+    answer = final_answer(completion, numeric=numeric)
+    return answer is not None and answers_match(answer, reference, timeout)

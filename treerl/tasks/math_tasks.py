@@ -1,0 +1,78 @@
+"""Math word problems from datasets: `math` (MATH, AIME, AMC, Minerva, OlympiadBench) and `gsm8k`.
+
+Training problems come from `train_data`, held-out ones from `eval_data` (a named dataset, a file, or a
+cached HF dataset; see treerl.tasks.loaders). Levels are the training set's levels when its rows have
+one, plus `all`; without levels there is only `all`. Evaluation rows keep their own level and subject.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cached_property
+
+from treerl.errors import UserError
+from treerl.tasks import register_task
+from treerl.tasks.base import Problem, Task
+from treerl.tasks.loaders import ALL_LEVELS, load_problems, with_fields
+from treerl.tasks.math_grader import is_correct
+
+
+def level_order(level: str) -> tuple[bool, int | str]:
+    return (not level.isdigit(), int(level) if level.isdigit() else level)
+
+
+class MathTask(Task):
+    name = "math"
+    default_template = "boxed"
+    numeric = False
+    """Whether a bare last number in the text counts as the answer when nothing marks one."""
+    default_train_data = "math_train"
+    default_eval_data = "math500"
+
+    def __init__(self, format_reward: float = 0.0, template: str | None = None, train_data: str | None = None,
+                 eval_data: str | None = None, fields: dict[str, str] | None = None, verify_timeout: float = 3.0):
+        super().__init__(format_reward, template)
+        self.train_data = train_data or self.default_train_data
+        self.eval_data = eval_data or self.default_eval_data
+        self.fields = with_fields(fields)
+        self.verify_timeout = verify_timeout
+
+    @cached_property
+    def train_pools(self) -> dict[str, list[Problem]]:
+        problems = load_problems(self.train_data, self.fields, "train")
+        pools: dict[str, list[Problem]] = {}
+        for problem in problems:
+            pools.setdefault(problem.level, []).append(problem)
+        pools[ALL_LEVELS] = list(problems)
+        return pools
+
+    @property
+    def levels(self) -> list[str]:
+        return sorted(self.train_pools, key=lambda lvl: (lvl == ALL_LEVELS, *level_order(lvl)))
+
+    def sample(self, level: str, rng: random.Random) -> Problem:
+        return rng.choice(self.train_pools[level])
+
+    def eval_problems(self, level: str, n: int) -> list[Problem]:
+        rows = [p for p in load_problems(self.eval_data, self.fields, "test") if level in (ALL_LEVELS, p.level)]
+        if not rows:
+            raise UserError(f"{self.eval_data} has no problems of level '{level}'")
+        return rows[:n] if n else rows
+
+    def judge(self, completion: str, reference: str | int | float) -> tuple[bool, float]:
+        if isinstance(reference, bool) or not isinstance(reference, str | int | float):
+            raise UserError(f"a {self.name} reference is the answer as a string, like '18' or '\\frac{{14}}{{3}}'; "
+                            f"got {type(reference).__name__}")
+        correct = is_correct(completion, str(reference), self.numeric, self.verify_timeout)
+        return correct, float(correct)
+
+
+class GSM8K(MathTask):
+    name = "gsm8k"
+    numeric = True
+    default_train_data = "gsm8k_train"
+    default_eval_data = "gsm8k"
+
+
+register_task("math")(MathTask)
+register_task("gsm8k")(GSM8K)
