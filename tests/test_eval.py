@@ -1,8 +1,11 @@
+import json
 from math import comb
 
 import pytest
 
-from treerl.eval import k_values, pass_at_k
+from treerl.config import EvalConfig
+from treerl.eval import evaluate, k_values, pass_at_k
+from treerl.tasks.base import Problem, Task
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -39,3 +42,52 @@ def test_k_larger_than_n_raises():
                                                (9, [1, 2, 4, 8, 9])])
 def test_k_values(samples, expected):
     assert k_values(samples) == expected
+
+
+class Judged(Task):
+    """Eval problems with levels and subjects whose reference says whether any completion counts as correct."""
+    name = "judged"
+    default_template = "plain"
+    levels = ["all"]
+
+    def sample(self, level, rng):
+        raise NotImplementedError
+
+    def eval_problems(self, level, n):
+        rows = [("2", "Algebra", "yes"), ("1", "Geometry", "no"), ("1", "Algebra", "yes"), ("2", "Algebra", "no")]
+        return [Problem(question=f"{i}+1\n", reference=ref, level=lvl, subject=subj)
+                for i, (lvl, subj, ref) in enumerate(rows)]
+
+    def judge(self, completion, reference):
+        return reference == "yes", float(reference == "yes")
+
+
+def test_evaluate_groups_by_level_and_subject_with_an_overall_row(policy):
+    model, tokenizer = policy
+    results = evaluate(model, tokenizer, Judged(), EvalConfig(samples=2, max_new_tokens=2))
+    assert list(results) == ["1", "2", "subject:Algebra", "subject:Geometry", "all"]
+    assert [results[g]["problems"] for g in results] == [2, 2, 3, 1, 4]
+    assert results["1"]["accuracy"] == 0.5 and results["2"]["accuracy"] == 0.5
+    assert results["subject:Algebra"]["accuracy"] == pytest.approx(2 / 3)
+    assert results["subject:Geometry"]["avg@2"] == 0.0 and results["subject:Geometry"]["pass@2"] == 0.0
+    assert results["all"]["accuracy"] == results["all"]["avg@2"] == results["all"]["pass@1"] == 0.5
+
+
+def test_cli_evaluates_a_benchmark_with_samples(model_dir, capsys):
+    from treerl.cli import main
+
+    assert main(["eval", "--model", str(model_dir), "--benchmark", "amc23", "--samples", "4", "--json",
+                 "eval.max_new_tokens=4", "output.progress=false"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["task"], out["benchmark"]) == ("math", "amc23")
+    row = out["groups"]["all"]
+    assert row["problems"] == 40
+    assert {"accuracy", "avg@4", "pass@1", "pass@2", "pass@4", "response_length"} <= set(row)
+    assert 0.0 <= row["pass@1"] <= row["pass@2"] <= row["pass@4"] <= 1.0
+
+
+def test_cli_unknown_benchmark_is_a_user_error(capsys):
+    from treerl.cli import main
+
+    assert main(["eval", "--benchmark", "mmlu"]) == 2
+    assert capsys.readouterr().err.startswith("treerl: error: --benchmark mmlu: not a benchmark; choose from math500")

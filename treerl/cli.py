@@ -59,7 +59,7 @@ def _eval(args: argparse.Namespace) -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = make_task(cfg.task)
-    if cfg.eval.levels:
+    if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device))
     with progress_bar(cfg.output.progress and not args.json) as bar:

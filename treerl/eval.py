@@ -61,7 +61,9 @@ def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, p in enumerate(problems):
         out.setdefault(p.level, []).append(i)
-    for i, p in enumerate(problems):
+    if all(level.isdigit() for level in out):  # dataset levels 1..5: in order, whatever order the rows came in
+        out = dict(sorted(out.items(), key=lambda item: int(item[0])))
+    for i, p in sorted(enumerate(problems), key=lambda item: item[1].subject):
         if p.subject:
             out.setdefault(f"subject:{p.subject}", []).append(i)
     if overall:

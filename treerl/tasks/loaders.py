@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -98,7 +99,8 @@ def reference_answer(value: Any, answer_format: str) -> str:
     return as_text(value)
 
 
-def to_problem(row: Any, fields: Fields) -> Problem:
+def to_problem(row: Any, fields: Fields) -> Problem | None:
+    """The row as a Problem; None when its answer is empty (real sets have a few such rows)."""
     if not isinstance(row, dict):
         raise ValueError("is not a JSON object")
     try:
@@ -108,8 +110,10 @@ def to_problem(row: Any, fields: Fields) -> Problem:
         subject = as_text(field(row, fields.subject)) if fields.subject else ""
     except KeyError as missing:
         raise ValueError(f"has no field {missing} (fields: {', '.join(row)}); set task.fields") from None
-    if not question or not answer:
-        raise ValueError("has an empty problem or answer")
+    if not question:
+        raise ValueError("has an empty problem")
+    if not answer:
+        return None
     return Problem(question=question, reference=answer, level=level, subject=subject)
 
 
@@ -133,14 +137,20 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def to_problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str | Path) -> list[Problem]:
-    problems = []
+    problems, skipped = [], []
     for where, row in rows:
         try:
-            problems.append(to_problem(row, fields))
+            problem = to_problem(row, fields)
         except ValueError as error:
             raise UserError(f"{where}: the row {error}") from None
+        if problem is None:
+            skipped.append(where)
+        else:
+            problems.append(problem)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} row(s) with an empty answer: {'; '.join(skipped[:5])}", stacklevel=2)
     if not problems:
-        raise UserError(f"{source}: no rows")
+        raise UserError(f"{source}: no rows with a problem and an answer")
     return problems
 
 
@@ -185,4 +195,6 @@ def with_fields(fields: dict[str, str] | None) -> Fields | None:
     if unknown:
         raise UserError(f"task.fields: unknown key(s) {', '.join(sorted(unknown))}; "
                         f"keys: {', '.join(Fields.__dataclass_fields__)}")
+    if fields.get("answer_format", "plain") not in ("plain", "boxed", "gsm8k"):
+        raise UserError(f"task.fields.answer_format: '{fields['answer_format']}' is not plain, boxed or gsm8k")
     return replace(Fields(), **fields)
