@@ -101,6 +101,20 @@ def test_rows_without_an_answer_are_skipped_with_a_warning(tmp_path):
         assert len(load_problems(path)) == 1
 
 
+def test_a_hugging_face_dataset_folder_with_splits(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"question": "2+2?", "gold": 4}])
+    write_jsonl(folder / "test.jsonl", [{"question": "1+1?", "gold": 2}])
+    task = get_task("gsm8k", train_data=str(folder), eval_data=str(folder), fields={"problem": "question", "answer": "gold"})
+    assert [p.reference for p in task.train_pools["all"]] == ["4"]               # train_data: the train split
+    assert [p.reference for p in task.eval_problems("all", 0)] == ["2"]          # eval_data: the test split
+    assert [p.reference for p in load_problems(f"{folder}:train", Fields(problem="question", answer="gold"))] == ["4"]
+
+
 def test_unknown_sources_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="data file .*missing.jsonl not found"):
         load_problems(str(tmp_path / "missing.jsonl"))

@@ -155,10 +155,9 @@ def to_problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str | P
 
 
 def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
-    """A dataset from the local Hugging Face cache: 'name' or 'name:split'; nothing is downloaded."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    """A Hugging Face dataset from the local cache or a local folder: 'name' or 'name:split'; nothing is downloaded."""
     import datasets
+    datasets.disable_progress_bars()
     repo, _, split = name.partition(":")
     try:
         rows = datasets.load_dataset(repo, split=split or default_split)
