@@ -98,3 +98,25 @@ def test_bad_options_and_references_are_user_errors():
         get_task("math", template="fancy")
     with pytest.raises(UserError, match="reference is the answer as a string"):
         score("math", r"\boxed{1}", ["1"])
+
+
+@pytest.mark.parametrize("prediction", [
+    "9^{9^{9^{9}}}", "10^{10^{10}}", "9**9**9", "2^{1234567}", "99999999!",   # sympy would compute these
+    "(" * 300 + "1" + ")" * 300, "x" * 900,                                   # ANTLR would take seconds
+])
+def test_answers_far_bigger_than_the_reference_are_wrong_without_math_verify(prediction, monkeypatch):
+    import treerl.tasks.math_grader as grader
+
+    monkeypatch.setattr(grader, "MATH_VERIFY", lambda *args, **kwargs: pytest.fail("math-verify was called"))
+    assert not answers_match(prediction, r"\sqrt{2}", timeout=10)
+
+
+def test_a_reference_with_a_power_tower_still_reaches_math_verify():
+    assert answers_match("2^{2^{3}}", "2^{2^3}", timeout=10)
+    assert answers_match("256", "2^{2^{3}}", timeout=10)
+
+
+def test_gsm8k_compares_numbers_only():
+    assert score("gsm8k", r"\boxed{\frac{36}{2}}", "18") == 1.0
+    assert score("gsm8k", r"\boxed{2 \times 9}", "18") == 0.0
+    assert score("math", r"\boxed{2 \times 9}", "18") == 1.0

@@ -1,11 +1,12 @@
 """Run a function in a child process with a wall-clock bound per call; a call that runs over kills the child.
 
-The child is `python -m treerl.tasks.bounded module:function`, talking length-prefixed pickles over its
+The child is a fresh `python -c` that imports `module:function` and talks length-prefixed pickles over its
 stdin/stdout, so it never re-imports the caller's script (as multiprocessing's spawn would).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import pickle
@@ -54,9 +55,11 @@ class BoundedWorker:
         self.default = default
         self.process: subprocess.Popen | None = None
         self.timeouts = 0
+        atexit.register(self.stop)
 
     def _start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "treerl.tasks.bounded", self.target],
+        child = f"from treerl.tasks.bounded import serve; serve({self.target!r})"
+        self.process = subprocess.Popen([sys.executable, "-c", child],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         if self._response(STARTUP_TIMEOUT_S) != (True, "ready"):
             self.stop()
@@ -109,7 +112,3 @@ def serve(target: str) -> None:
             write_frame(stdout, (True, fn(*args)))
         except Exception as error:  # the caller treats a failed call as `default`
             write_frame(stdout, (False, repr(error)))
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1])

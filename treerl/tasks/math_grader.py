@@ -29,6 +29,9 @@ DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 VARIABLE_EQUALS = re.compile(r"^[a-zA-Z]\s*=\s*(?=\S)")
 NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?$", re.IGNORECASE)
+NESTED_EXPONENT = re.compile(r"\^\s*\{[^{}]*\^|\^\s*[\w.]*\s*\^|\*\*[^*]*\*\*")
+BIG_EXPONENT = re.compile(r"(?:\^|\*\*)\s*\{?\s*-?\d{6,}")
+BIG_FACTORIAL = re.compile(r"\d{4,}\s*!")
 BASE_SUBSCRIPT = re.compile(r"^\w+_\{?\d+\}?$")
 FRACTION = re.compile(r"^(-?)\\frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}$|^(-?\d{1,30})/(\d{1,30})$")
 
@@ -67,6 +70,27 @@ def as_number(s: str) -> Fraction | float | None:
     return None
 
 
+def nesting_depth(s: str) -> int:
+    depth = deepest = 0
+    for char in s:
+        if char in "({[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")}]":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def too_costly(prediction: str, reference: str) -> bool:
+    """Whether a prediction is so much bigger than the reference that it cannot be worth math-verify's time:
+    more than twice as long plus 50 characters, 4 more levels of nesting, or a power tower, a huge exponent
+    or a huge factorial that the reference does not have (sympy would try to compute them)."""
+    if len(prediction) > 2 * len(reference) + 50 or nesting_depth(prediction) > nesting_depth(reference) + 3:
+        return True
+    return any(pattern.search(prediction) and not pattern.search(reference)
+               for pattern in (NESTED_EXPONENT, BIG_EXPONENT, BIG_FACTORIAL))
+
+
 def numbers_equal(a: Fraction | float, b: Fraction | float) -> bool:
     """Equal to a relative 1e-9, compared exactly: float() of a big Fraction would overflow."""
     if a == b:
@@ -96,8 +120,9 @@ def math_verify_equal(prediction: str, reference: str) -> bool:
 MATH_VERIFY = BoundedWorker(math_verify_equal, default=False)
 
 
-def answers_match(prediction: str, reference: str, timeout: float) -> bool:
-    """Whether an extracted answer equals the reference answer; at most `timeout` seconds in math-verify."""
+def answers_match(prediction: str, reference: str, timeout: float, symbolic: bool = True) -> bool:
+    """Whether an extracted answer equals the reference answer; with `symbolic`, math-verify decides what
+    string and number comparison cannot, in at most `timeout` seconds."""
     if len(prediction) > MAX_ANSWER_CHARS:
         return False
     pred, ref = normalize(prediction), normalize(reference)
@@ -109,12 +134,13 @@ def answers_match(prediction: str, reference: str, timeout: float) -> bool:
     pred_value, ref_value = as_number(pred_key), as_number(ref_key)
     if pred_value is not None and ref_value is not None:
         return numbers_equal(pred_value, ref_value)
-    if BASE_SUBSCRIPT.match(ref_key):  # 52_8 is a numeral in base 8: only the same digits are equal
+    if not symbolic or BASE_SUBSCRIPT.match(ref_key) or too_costly(pred_key, ref_key):  # 52_8: only the same digits
         return False
     return MATH_VERIFY(pred, ref, timeout=timeout)
 
 
 def is_correct(completion: str, reference: str, numeric: bool, timeout: float) -> bool:
-    """Extract the final answer of a completion (the last number too when `numeric`) and compare it."""
+    """Extract the final answer of a completion and compare it; `numeric` answers (GSM8K) may be a bare last
+    number and compare only as numbers, as GSM8K is graded."""
     answer = final_answer(completion, numeric=numeric)
-    return answer is not None and answers_match(answer, reference, timeout)
+    return answer is not None and answers_match(answer, reference, timeout, symbolic=not numeric)

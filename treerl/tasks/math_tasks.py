@@ -25,7 +25,7 @@ class MathTask(Task):
     name = "math"
     default_template = "boxed"
     numeric = False
-    """Whether a bare last number in the text counts as the answer when nothing marks one."""
+    """Answers are numbers: a bare last number counts when nothing marks an answer, and only numbers compare."""
     default_train_data = "math_train"
     default_eval_data = "math500"
 
