@@ -30,7 +30,7 @@ from treerl.tasks.bounded import BoundedWorker
 from treerl.tasks.countdown import Countdown
 from treerl.tasks.math_grader import MATH_VERIFY
 
-EXAMPLES = 500
+EXAMPLES = 10_000
 MATH_TIMEOUT = 1.0
 """verify_timeout of the math tasks under test."""
 MATH_SLACK = 1.5
@@ -144,7 +144,8 @@ non_utf8 = st.one_of(
 
 odd_text = st.one_of(
     st.text(),
-    st.text(st.characters(exclude_categories=())),  # lone surrogates, private use, unassigned, controls
+    st.text(st.one_of(st.characters(), st.characters(categories=["Cs"]))),  # with lone surrogates
+    st.text(st.characters(categories=["Co", "Cn", "Cc", "Cf", "Mn", "Me"])),  # private use, unassigned, controls, marks
     st.text(st.characters(categories=["Nd", "No", "Nl", "Sm", "Zs", "Zl", "Zp", "Cc", "Cf"])),
 )
 
@@ -192,6 +193,7 @@ class Verifier:
     calls: int = 0
     slowest: float = 0.0
     credited: int = 0
+    seconds: float = 0.0
 
 
 def variants(name: str, **options) -> list:
@@ -241,6 +243,7 @@ def verify_once(name: str, completion: str, pick: int) -> None:
     assert elapsed <= verifier.bound, f"{name} took {elapsed:.2f} s (bound {verifier.bound} s) on {completion[:200]!r}"
     verifier.calls += 1
     verifier.slowest = max(verifier.slowest, elapsed)
+    verifier.seconds += elapsed
     verifier.credited += reward > 0
 
 
@@ -274,9 +277,9 @@ def sentinel_dir():
     shutil.rmtree(SENTINEL_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def warm_math_verify():
-    """Start the math-verify child once, with its imports, outside the timed calls."""
+    """A running math-verify child that has imported math-verify, started outside the timed calls."""
     assert get_task("math", verify_timeout=60.0).verify("\\boxed{1+1}", "2") == 1.0
 
 
@@ -284,7 +287,7 @@ def test_adversarial_completions_are_safe_for_every_verifier(warm_math_verify):
     timeouts_before = MATH_VERIFY.timeouts
     started = time.perf_counter()
     check_every_verifier()
-    summary = ", ".join(f"{name} {v.calls} calls (slowest {v.slowest:.2f} s, {v.credited} credited)"
+    summary = ", ".join(f"{name} {v.calls} calls ({v.seconds:.0f} s, slowest {v.slowest:.2f} s, {v.credited} credited)"
                         for name, v in VERIFIERS.items())
     print(f"\n{summary}; math-verify timeouts {MATH_VERIFY.timeouts - timeouts_before}; "
           f"{time.perf_counter() - started:.0f} s")
@@ -298,7 +301,7 @@ def test_math_verify_timeout_kills_the_child_and_the_next_call_works(warm_math_v
     pid = MATH_VERIFY.process.pid
     timeouts = MATH_VERIFY.timeouts
     start = time.perf_counter()
-    reward = task.verify("\\boxed{9^{9^{9^{9}}}}", "2")  # sympy tries to compute 9^(9^387420489)
+    reward = task.verify("\\boxed{9^{9^{9^{9}}}}", "9^{9^{9}}")  # sympy tries to compute 9^387420489
     elapsed = time.perf_counter() - start
     assert reward == 0.0
     assert MATH_TIMEOUT <= elapsed <= MATH_TIMEOUT + MATH_SLACK

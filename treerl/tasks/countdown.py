@@ -39,6 +39,8 @@ MAX_EXPRESSION_CHARS = 256
 MAX_MAGNITUDE = 10**12
 """Literals and intermediate values larger than this make an answer wrong (bounded work)."""
 EXPRESSION_CHARS = re.compile(r"[\d+\-*/().\s]*")
+SYMBOLS = {"\\times": "*", "\\cdot": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/", "−": "-"}
+"""Operator spellings models write, mapped to the ASCII the parser takes."""
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 REFERENCE_SHAPE = '{"numbers": [...], "target": N}'
 
@@ -160,6 +162,8 @@ class Countdown(Task):
         answer = final_answer(completion)
         if answer is None:
             return False, 0.0
+        for symbol, ascii_op in SYMBOLS.items():
+            answer = answer.replace(symbol, ascii_op)
         evaluated = evaluate(answer.split("=", 1)[0])  # '(1 + 2) * 3 = 9' -> the left side
         correct = (evaluated is not None and sorted(evaluated[1]) == sorted(numbers)
                    and abs(evaluated[0] - target) < Fraction(1, 10**5))
