@@ -12,10 +12,10 @@ from __future__ import annotations
 import builtins
 import os
 import random
-import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -37,9 +37,8 @@ MATH_SLACK = 1.5
 """Beyond MATH_TIMEOUT: killing the child after a timeout, restarting it on the next call."""
 IN_PROCESS_BOUND = 1.0
 
-SENTINEL_DIR = tempfile.mkdtemp(prefix="treerl-verifier-safety-")
-SENTINEL = os.path.join(SENTINEL_DIR, "SENTINEL")
-"""Every code payload below would create this file if anything ran it."""
+SENTINEL = os.path.join(tempfile.gettempdir(), f"treerl-verifier-safety-{uuid.uuid4().hex}")
+"""Every code payload below would create this file if anything ran it (nothing creates it otherwise)."""
 
 # ---------------------------------------------------------------------------------------------- references
 
@@ -272,9 +271,10 @@ def check_every_verifier(completion: str, pick: int) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def sentinel_dir():
+def remove_sentinel():
     yield
-    shutil.rmtree(SENTINEL_DIR, ignore_errors=True)
+    if os.path.exists(SENTINEL):  # only after a failure
+        os.remove(SENTINEL)
 
 
 @pytest.fixture

@@ -50,15 +50,18 @@ class BoundedWorker:
     timeout, so no input can hang the caller, whatever C code fn ends up in.
     """
 
-    def __init__(self, fn: Callable[..., Any], default: Any = None):
+    def __init__(self, fn: Callable[..., Any], default: Any = None, warmup: tuple = ()):
+        """`warmup`: arguments of a first call the child makes before it reports ready, so that the lazy
+        imports of fn do not count against a real call's bound."""
         self.target = f"{fn.__module__}:{fn.__qualname__}"
         self.default = default
+        self.warmup = warmup
         self.process: subprocess.Popen | None = None
         self.timeouts = 0
         atexit.register(self.stop)
 
     def _start(self) -> None:
-        child = f"from treerl.tasks.bounded import serve; serve({self.target!r})"
+        child = f"from treerl.tasks.bounded import serve; serve({self.target!r}, {self.warmup!r})"
         self.process = subprocess.Popen([sys.executable, "-c", child],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         if self._response(STARTUP_TIMEOUT_S) != (True, "ready"):
@@ -96,10 +99,12 @@ class BoundedWorker:
         return value if ok else self.default
 
 
-def serve(target: str) -> None:
+def serve(target: str, warmup: tuple = ()) -> None:
     """The child's loop: read argument tuples, write (ok, result) frames."""
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(module), name)
+    if warmup:
+        fn(*warmup)
     stdin, stdout = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
     sys.stdout = sys.stderr  # stray prints from fn must not corrupt the frames
     write_frame(stdout, (True, "ready"))

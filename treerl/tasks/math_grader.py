@@ -117,7 +117,7 @@ def math_verify_equal(prediction: str, reference: str) -> bool:
     return bool(gold and guess and verify(gold, guess, timeout_seconds=None))
 
 
-MATH_VERIFY = BoundedWorker(math_verify_equal, default=False)
+MATH_VERIFY = BoundedWorker(math_verify_equal, default=False, warmup=("1+1", "2"))
 
 
 def answers_match(prediction: str, reference: str, timeout: float, symbolic: bool = True) -> bool:
