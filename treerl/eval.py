@@ -124,4 +124,7 @@ def eval_table(results: dict[str, dict[str, float]], before: dict[str, dict[str,
 
 def print_eval(results: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None,
                title: str = "evaluation", console: Console | None = None) -> None:
-    (console or Console()).print(eval_table(results, before, title))
+    console = console or Console()
+    if not console.is_terminal:  # a log file or a pipe: as wide as the table needs, not 80 columns
+        console.width = max(console.width, 160)
+    console.print(eval_table(results, before, title))
