@@ -1,0 +1,5 @@
+"""Advantage estimators and losses."""
+
+from treerl.algo.treerpo import treerpo_advantages
+
+__all__ = ["treerpo_advantages"]
