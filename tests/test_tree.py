@@ -1,6 +1,7 @@
 """The reasoning tree and TreeRPO's step-level advantages, on small trees worked by hand."""
 
 import pytest
+import torch
 
 from treerl.algo import treerpo_advantages
 from treerl.rollout.tree import Node, ReasoningTree
@@ -76,3 +77,59 @@ def test_prefix_and_text_ids_follow_the_path():
     assert tree.prefix_ids((0, 1)) == [1, 2, 5, 6]
     assert tree.text_ids((0, 1)) == [5, 6, 8]
     assert tree.root.value == 0.5
+
+
+def sample(policy, prompts, seed=0, **kwargs):
+    from treerl.rollout.tree import sample_trees
+
+    model, tokenizer = policy
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    generator = torch.Generator().manual_seed(seed)
+    return sample_trees(model, tokenizer, ids, generator=generator, **kwargs)
+
+
+def test_depth_one_is_plain_sampling(policy):
+    from treerl.rollout.engine import generate
+
+    trees, _ = sample(policy, ["1+2\n", "7-3+1\n"], branching=3, depth=1, step_tokens=6, temperature=0.9)
+    gen = generate(*policy, ["1+2\n"] * 3 + ["7-3+1\n"] * 3, max_new_tokens=6, temperature=0.9,
+                   generator=torch.Generator().manual_seed(0))
+    leaves = [node.token_ids for tree in trees for _, node in tree.leaves()]
+    assert leaves == gen.completion_ids
+
+
+def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
+    trees, stats = sample(policy, ["1+2\n", "5+5-1\n"], branching=3, depth=3, step_tokens=4, temperature=1.0)
+    total = 0
+    for tree in trees:
+        for path, node in tree.walk():
+            total += len(node.token_ids)
+            if path:
+                assert 1 <= len(node.token_ids) <= 4
+                assert len(node.logprobs) == len(node.token_ids)
+            if node.children:
+                assert len(node.children) == 3 and not node.finished, path
+            elif path:
+                assert node.finished or len(path) == 3, path
+    assert total == stats.generated_tokens
+    assert stats.refed_tokens > 0 and stats.prefix_tokens_saved > stats.refed_tokens
+
+
+def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
+    """The log-probs stored while sampling from a forked cache equal those of re-encoding the whole prefix."""
+    from treerl.train.batch import completion_logprobs, make_batch
+
+    model, tokenizer = policy
+    trees, _ = sample(policy, ["3+4-2\n", "9\n"], branching=2, depth=3, step_tokens=3, temperature=0.8, seed=3)
+    contexts, segments, stored = [], [], []
+    for tree in trees:
+        for path, node in tree.walk():
+            if path:
+                contexts.append(tree.prefix_ids(path))
+                segments.append(node.token_ids)
+                stored.append(torch.tensor(node.logprobs))
+    batch = make_batch(contexts, segments, tokenizer.pad_token_id)
+    with torch.no_grad():
+        fresh, _ = completion_logprobs(model, batch, 0.8)
+    for i, values in enumerate(stored):
+        assert torch.allclose(fresh[i, batch.completion_mask[i].bool()], values, atol=1e-4), i

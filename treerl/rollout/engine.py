@@ -46,6 +46,84 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+@dataclass
+class DecodeState:
+    """A batch of sequences mid-generation: its KV cache and attention mask, both `width` wide, where the first
+    `prompt_width` columns are the left-padded prompts and the rest the `generated` tokens fed so far."""
+    cache: DynamicCache
+    mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    prompt_width: int
+    logits: torch.Tensor
+    """Next-token logits of each row."""
+
+    @property
+    def generated(self) -> int:
+        return self.mask.shape[1] - self.prompt_width
+
+
+def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) -> DecodeState:
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], out.logits[:, -1].float())
+
+
+def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor) -> None:
+    """Append one token per row to the state and compute the next logits."""
+    state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+    positions = state.prompt_lengths + state.generated - 1
+    out = model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=positions[:, None],
+                past_key_values=state.cache, use_cache=True)
+    state.logits = out.logits[:, -1].float()
+
+
+def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_id: int, pad_id: int,
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to max_new_tokens tokens per row, [B, T] with pad after EOS, and their log-probs; advances the state."""
+    finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
+    tokens_per_step, logps_per_step = [], []
+    for _ in range(max_new_tokens):
+        if greedy:
+            tokens = state.logits.argmax(-1)
+            logp = F.log_softmax(state.logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+        else:
+            tokens, logp = sample_tokens(state.logits, temperature, top_p, generator)
+        tokens = tokens.masked_fill(finished, pad_id)
+        tokens_per_step.append(tokens)
+        logps_per_step.append(logp)
+        finished |= tokens == eos_id
+        if finished.all():
+            break
+        feed(model, state, tokens)
+    return torch.stack(tokens_per_step, 1), torch.stack(logps_per_step, 1)
+
+
+def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[int, int, list[int]]],
+         generated: int) -> DecodeState:
+    """A new state continuing rows of earlier states after their first `generated` tokens, without re-encoding
+    their prefixes: picks are (state index, row, tokens generated so far), one per new row. The states must
+    share the prompt width and have fed at least generated - 1 tokens; the last prefix token is fed again."""
+    width = states[0].prompt_width + generated - 1
+    layers = []
+    for layer in range(len(states[0].cache.layers)):
+        keys = torch.cat([states[s].cache.layers[layer].keys[[row], :, :width] for s, row, _ in picks])
+        values = torch.cat([states[s].cache.layers[layer].values[[row], :, :width] for s, row, _ in picks])
+        layers.append((keys, values))
+    state = DecodeState(DynamicCache(ddp_cache_data=layers),
+                        torch.cat([states[s].mask[[row], :width] for s, row, _ in picks]),
+                        torch.cat([states[s].prompt_lengths[[row]] for s, row, _ in picks]),
+                        states[0].prompt_width, logits=None)
+    last = torch.tensor([tokens[generated - 1] for _, _, tokens in picks], device=state.mask.device)
+    feed(model, state, last)
+    return state
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str] | list[list[int]], *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
@@ -54,45 +132,24 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
                   for p in prompts]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompt_ids, pad)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
     was_training = model.training
     model.eval()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    next_position = positions[:, -1] + 1
-    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
-    tokens_per_step, logps_per_step = [], []
-    for _ in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
-        if greedy:
-            tokens = logits.argmax(-1)
-            logp = F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-        else:
-            tokens, logp = sample_tokens(logits, temperature, top_p, generator)
-        tokens = tokens.masked_fill(finished, pad)
-        tokens_per_step.append(tokens)
-        logps_per_step.append(logp)
-        finished |= tokens == eos
-        if finished.all():
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                    past_key_values=cache, use_cache=True)
-        next_position = next_position + 1
+    state = prefill(model, prompt_ids, pad)
+    tokens, logps = decode(model, state, max_new_tokens, eos, pad, temperature, top_p, greedy, generator)
     model.train(was_training)
+    return package(tokenizer, prompt_ids, tokens.cpu(), logps.cpu())
 
-    all_tokens = torch.stack(tokens_per_step, 1).cpu()
-    all_logps = torch.stack(logps_per_step, 1).cpu()
+
+def package(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], tokens: torch.Tensor,
+            logps: torch.Tensor) -> Generation:
+    """A Generation from decoded [B, T] tokens: each completion cut after its EOS."""
+    eos = tokenizer.eos_token_id
     completions, logprobs, texts, done = [], [], [], []
     for row in range(len(prompt_ids)):
-        seq = all_tokens[row].tolist()
+        seq = tokens[row].tolist()
         stop = seq.index(eos) + 1 if eos in seq else len(seq)
         completions.append(seq[:stop])
-        logprobs.append(all_logps[row, :stop].clone())
+        logprobs.append(logps[row, :stop].clone())
         texts.append(tokenizer.decode(seq[:stop], skip_special_tokens=True))
         done.append(eos in seq)
     return Generation(prompt_ids, completions, logprobs, texts, done)

@@ -14,6 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Union
 
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from treerl.rollout.engine import DecodeState, decode, fork, prefill
+
 Path = tuple[int, ...]
 Nested = Union[float, list["Nested"]]
 
@@ -100,3 +105,79 @@ class ReasoningTree:
     def text_ids(self, path: Path) -> list[int]:
         """The generated tokens from the root to a node (its ancestors' segments and its own)."""
         return self.prefix_ids(path)[len(self.prompt_ids):] + self.node(path).token_ids
+
+
+@dataclass
+class Segment:
+    """Where a node's tokens came from: row `row` of generation batch `batch`, which holds the whole rollout."""
+    node: Node
+    depth: int
+    batch: int
+    row: int
+
+
+@dataclass
+class TreeStats:
+    generated_tokens: int = 0
+    """Tokens sampled, all of which end up in some node."""
+    refed_tokens: int = 0
+    """Tokens fed again to fork a cache: one per new continuation."""
+    prefix_tokens_saved: int = 0
+    """Prompt and prefix tokens that re-encoding each continuation from scratch would have cost."""
+
+
+@torch.no_grad()
+def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,
+                 branching: int, depth: int, step_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[list[ReasoningTree], TreeStats]:
+    """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of depth x step_tokens,
+    cut into step_tokens slices; then at each depth every unfinished node below `depth` gets branching - 1
+    fresh continuations of the remaining budget, its own rollout supplying its first child. Continuations
+    fork the KV cache of their prefix instead of re-encoding it. Rewards are left to the caller."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    trees = [ReasoningTree(prompt_ids=list(p)) for p in prompt_ids]
+    states: list[DecodeState] = []
+    rows: list[list[list[int]]] = []
+    """rows[batch][row]: all generated tokens of that row, inherited prefix included."""
+    stats = TreeStats()
+
+    def run(state: DecodeState, parents: list[Node], prefixes: list[list[int]], start_depth: int) -> list[Segment]:
+        """Decode the remaining budget for each row of `state`, hang its slices under `parents`."""
+        tokens, logps = decode(model, state, (depth - start_depth) * step_tokens, eos, pad, temperature, top_p,
+                               False, generator)
+        states.append(state)
+        batch, tokens, logps = len(states) - 1, tokens.cpu(), logps.cpu()
+        rows.append([])
+        segments = []
+        for row, (parent, prefix) in enumerate(zip(parents, prefixes)):
+            seq = tokens[row].tolist()
+            stop = seq.index(eos) + 1 if eos in seq else len(seq)
+            rows[batch].append(prefix + seq[:stop])
+            stats.generated_tokens += stop
+            for d, start in enumerate(range(0, stop, step_tokens), start_depth + 1):
+                ids = seq[start:min(start + step_tokens, stop)]
+                node = Node(token_ids=ids, logprobs=logps[row, start:start + len(ids)].tolist(),
+                            finished=ids[-1] == eos)
+                parent.children.append(node)
+                segments.append(Segment(node, d, batch, row))
+                parent = node
+        return segments
+
+    state = prefill(model, [p for p in prompt_ids for _ in range(branching)], pad)
+    segments = run(state, [t.root for t in trees for _ in range(branching)], [[] for _ in range(state.mask.shape[0])], 0)
+    for level in range(1, depth):
+        open_nodes = [s for s in segments if s.depth == level and not s.node.finished]
+        if not open_nodes or branching < 2:
+            break
+        picks = [(s.batch, s.row, rows[s.batch][s.row]) for s in open_nodes for _ in range(branching - 1)]
+        forked = fork(model, states, picks, level * step_tokens)
+        stats.refed_tokens += len(picks)
+        stats.prefix_tokens_saved += sum(int(forked.prompt_lengths[i]) + level * step_tokens - 1
+                                         for i in range(len(picks)))
+        parents = [s.node for s in open_nodes for _ in range(branching - 1)]
+        prefixes = [tokens[:level * step_tokens] for _, _, tokens in picks]
+        segments += run(forked, parents, prefixes, level)
+    model.train(was_training)
+    return trees, stats
