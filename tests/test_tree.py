@@ -133,3 +133,23 @@ def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
         fresh, _ = completion_logprobs(model, batch, 0.8)
     for i, values in enumerate(stored):
         assert torch.allclose(fresh[i, batch.completion_mask[i].bool()], values, atol=1e-4), i
+
+
+def test_each_kept_node_is_a_sample_whose_mask_covers_only_its_segment():
+    from treerl.train.batch import make_batch
+
+    leaf = lambda ids, reward: Node(token_ids=ids, logprobs=[-0.5] * len(ids), reward=reward, finished=True)  # noqa: E731
+    root = Node(children=[Node(token_ids=[10, 11], logprobs=[-1.0, -1.0], children=[leaf([12], 1.0), leaf([13, 14], 0.0)]),
+                          leaf([20, 21, 22], 0.0)])
+    tree = ReasoningTree(root, prompt_ids=[1, 2, 3])
+    tree.backup()
+    samples = tree.training_samples(treerpo_advantages(tree))
+    # root group (0.5, 0): mu 0.25, d = 0.1875 -> +-4/3; group under (0,): (1, 0) -> +-2
+    assert [(s.path, s.context_ids, s.segment_ids) for s in samples] == [
+        ((0,), [1, 2, 3], [10, 11]), ((0, 0), [1, 2, 3, 10, 11], [12]), ((0, 1), [1, 2, 3, 10, 11], [13, 14]),
+        ((1,), [1, 2, 3], [20, 21, 22])]
+    assert [s.advantage for s in samples] == pytest.approx([4 / 3, 2.0, -2.0, -4 / 3], rel=1e-5)
+    batch = make_batch([s.context_ids for s in samples], [s.segment_ids for s in samples])
+    # the mask marks exactly the segment's tokens, shifted one left (a position predicts the next token)
+    assert batch.completion_mask.sum(-1).tolist() == [2, 1, 2, 3]
+    assert batch.completion_mask[1].tolist()[:6] == [0, 0, 0, 0, 1, 0]

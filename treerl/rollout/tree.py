@@ -41,6 +41,17 @@ class Node:
         return not self.children
 
 
+@dataclass(frozen=True)
+class TrainingSample:
+    path: Path
+    context_ids: list[int]
+    """The prompt and the node's ancestors' segments: conditioned on, not trained."""
+    segment_ids: list[int]
+    """The node's own tokens: every one carries `advantage`."""
+    old_logprobs: list[float]
+    advantage: float
+
+
 class ReasoningTree:
     def __init__(self, root: Node | None = None, prompt_ids: list[int] | None = None):
         self.root = root or Node()
@@ -101,6 +112,11 @@ class ReasoningTree:
             node = node.children[index]
             ids += node.token_ids
         return ids
+
+    def training_samples(self, advantages: dict[Path, float]) -> list[TrainingSample]:
+        """One sample per node with an advantage: its prefix as context, its own segment as the trained tokens."""
+        return [TrainingSample(path, self.prefix_ids(path), self.node(path).token_ids, self.node(path).logprobs,
+                               advantage) for path, advantage in sorted(advantages.items())]
 
     def text_ids(self, path: Path) -> list[int]:
         """The generated tokens from the root to a node (its ancestors' segments and its own)."""
