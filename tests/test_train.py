@@ -143,3 +143,27 @@ def test_two_steps_on_the_embedded_model_learn_from_real_rewards(tmp_path):
     assert all(m["grad_norm"] > 0.0 for m in metrics)
     assert 0.0 < result["before"]["hard"]["accuracy"] < 1.0
     assert AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2").config.model_type == "qwen2"
+
+
+def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    run = tmp_path / "run"
+    trainer.train(tiny_config(model_dir, "algo.name=treerpo", "tree.depth=2", "rollout.n=3",
+                              "rollout.max_new_tokens=8", "tree.prune_tau=0"), run)
+    for m in read_metrics(run):
+        # 2 prompts x (3 + 9 nodes) when nothing stops early; every inner node has 3 children
+        assert m["tree/depth"] == 2
+        assert m["tree/nodes"] == 2 * 3 + 3 * (m["tree/nodes"] - 2 * 3) // 3
+        assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2 + (m["tree/nodes"] - 2 * 3) // 3
+        assert m["tokens/trained"] <= m["tokens/generated"]
+        assert 1 <= m["response_length/mean"] <= 8
+    assert changed(weights(AutoModelForCausalLM.from_pretrained(model_dir)), final_model(run))
+
+
+def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
+    run = tmp_path / "run"
+    trainer.train(tiny_config(model_dir), run)
+    for m in read_metrics(run):
+        assert (m["tree/depth"], m["tree/nodes"], m["tree/leaves"]) == (1, 8, 8)   # 2 prompts x 4 samples
+        assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2
+        assert m["tokens/trained"] == m["tokens/generated"]

@@ -55,6 +55,14 @@ class AlgoConfig(Section):
     std_eps: float = Field(1e-6, gt=0.0)
 
 
+class TreeConfig(Section):
+    """Tree sampling for algo.name=treerpo: rollout.n children per inner node (the paper's N)."""
+    depth: int = Field(3, ge=1, description="levels of the tree (the paper's D)")
+    step_tokens: int | None = Field(None, ge=1, description="tokens per node; null = rollout.max_new_tokens // depth")
+    prune_tau: float = Field(0.1, ge=0.0, description="drop a sibling group whose values spread less than this")
+    norm: Literal["bernoulli", "std", "none"] = Field("bernoulli", description="advantage divisor, see docs/methods.md")
+
+
 class CurriculumConfig(Section):
     name: str = "balanced"
     levels: list[str] = Field(default_factory=lambda: ["medium", "hard"], min_length=1,
@@ -95,6 +103,7 @@ class Config(Section):
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
+    tree: TreeConfig = TreeConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+from treerl.errors import UserError
 from treerl.registry import Registry
+from treerl.rollout.tree import Path, ReasoningTree
 
 AdvantageFn = Callable[..., torch.Tensor]
 ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator algo.name")
@@ -33,3 +35,17 @@ def grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def dr_grpo(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """r - group mean: Dr. GRPO drops the std division that favours too easy and too hard prompts."""
     return rewards - rewards.mean(-1, keepdim=True)
+
+
+def tree_advantages(name: str, tree: ReasoningTree, eps: float = 1e-6, prune_tau: float = 0.1,
+                    norm: str = "bernoulli") -> dict[Path, float]:
+    """{path: advantage} of a backed-up tree: `treerpo` scores every sibling group; a group estimator
+    (grpo, dr_grpo, ...) scores the root's children, so GRPO is TreeRPO's depth-1 case."""
+    from treerl.algo.treerpo import treerpo_advantages
+
+    if name == "treerpo":
+        return treerpo_advantages(tree, prune_tau, norm, eps)
+    if name not in ADVANTAGES:
+        raise UserError(f"unknown algo.name '{name}'; available: {', '.join(sorted([*ADVANTAGES, 'treerpo']))}")
+    values = torch.tensor([[child.value for child in tree.root.children]])
+    return {(i,): float(a) for i, a in enumerate(compute_advantages(name, values, eps)[0])}

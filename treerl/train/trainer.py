@@ -13,14 +13,14 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from treerl.algo.advantages import compute_advantages
+from treerl.algo.advantages import tree_advantages
 from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
 from treerl.config import Config, dump_config
 from treerl.curriculum.levels import level_weights
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
-from treerl.rollout.engine import generate
+from treerl.rollout.tree import ReasoningTree, TrainingSample, sample_trees
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
@@ -30,16 +30,17 @@ from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_
 
 @dataclass
 class Rollout:
-    """One step's training data: prompts x n completions with rewards and advantages."""
+    """One step's training data: a reasoning tree per prompt, its leaves graded, one sample per kept node."""
     problems: list[Problem]
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    old_logprobs: list[torch.Tensor]
-    rewards: torch.Tensor
-    """[P, n]"""
-    correct: torch.Tensor
-    advantages: torch.Tensor
-    """[P, n]"""
+    trees: list[ReasoningTree]
+    samples: list[TrainingSample]
+    rewards: list[torch.Tensor]
+    """Leaf rewards of each tree."""
+    correct: list[torch.Tensor]
+    """Whether each leaf's answer is right."""
+    generated_tokens: int
+    groups_kept: int
+    """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
 
 
 def lr_factor(step: int, cfg: Config) -> float:
@@ -53,50 +54,69 @@ def lr_factor(step: int, cfg: Config) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def tree_shape(cfg: Config) -> tuple[int, int]:
+    """(depth, step_tokens): TreeRPO's tree, or for the group estimators a depth-1 tree of full responses."""
+    if cfg.algo.name != "treerpo":
+        return 1, cfg.rollout.max_new_tokens
+    return cfg.tree.depth, cfg.tree.step_tokens or max(1, cfg.rollout.max_new_tokens // cfg.tree.depth)
+
+
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random,
             generator: torch.Generator) -> Rollout:
     levels = cfg.curriculum.levels
     weights = level_weights(cfg.curriculum.name, step, cfg.train.steps, len(levels))
     problems = [task.sample(level, rng) for level in rng.choices(levels, weights, k=cfg.rollout.prompts_per_step)]
-    n = cfg.rollout.n
-    owners = [p for p in problems for _ in range(n)]
-    gen = generate(policy, tokenizer, [render_prompt(task.template, p.question, tokenizer) for p in owners],
-                   max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                   top_p=cfg.rollout.top_p, generator=generator)
-    grades = [task.grade(text, p.reference) for text, p in zip(gen.texts, owners)]
-    rewards = torch.tensor([g.reward for g in grades]).view(-1, n)
-    correct = torch.tensor([g.correct for g in grades]).float().view(-1, n)
-    advantages = compute_advantages(cfg.algo.name, rewards, cfg.algo.std_eps)
-    return Rollout(owners, gen.prompt_ids, gen.completion_ids, gen.logprobs, rewards, correct, advantages)
+    prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
+                  for p in problems]
+    depth, step_tokens = tree_shape(cfg)
+    trees, stats = sample_trees(policy, tokenizer, prompt_ids, branching=cfg.rollout.n, depth=depth,
+                                step_tokens=step_tokens, temperature=cfg.rollout.temperature,
+                                top_p=cfg.rollout.top_p, generator=generator)
+    rewards, correct, samples, groups_kept = [], [], [], 0
+    for tree, problem in zip(trees, problems):
+        leaves = tree.leaves()
+        grades = [task.grade(tokenizer.decode(tree.text_ids(path), skip_special_tokens=True), problem.reference)
+                  for path, _ in leaves]
+        for (_, leaf), grade in zip(leaves, grades):
+            leaf.reward = grade.reward
+        tree.backup()
+        rewards.append(torch.tensor([g.reward for g in grades]))
+        correct.append(torch.tensor([g.correct for g in grades], dtype=torch.float))
+        advantages = tree_advantages(cfg.algo.name, tree, cfg.algo.std_eps, cfg.tree.prune_tau, cfg.tree.norm)
+        groups_kept += len({path[:-1] for path in advantages})
+        samples += tree.training_samples(advantages)
+    return Rollout(problems, trees, samples, rewards, correct, stats.generated_tokens, groups_kept)
 
 
 def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generator: torch.Generator) -> dict[str, float]:
     """optim_steps_per_batch optimizer steps over shuffled mini-batches, each accumulated over micro-batches."""
     algo = cfg.algo
     device = next(policy.parameters()).device
-    advantages = rollout.advantages.flatten().to(device)
-    order = torch.randperm(len(advantages), generator=generator, device=generator.device).tolist()
+    samples = rollout.samples
+    advantages = torch.tensor([sample.advantage for sample in samples], device=device)
+    order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
     minibatches = [order[i::cfg.train.optim_steps_per_batch] for i in range(cfg.train.optim_steps_per_batch)]
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
     if reference is not None:
         sums["kl"] = 0.0
     policy.train()
     for minibatch in minibatches:
+        if not minibatch:  # every group pruned: nothing to learn from this batch
+            continue
         total_seqs = len(minibatch)
-        total_tokens = sum(len(rollout.completion_ids[i]) for i in minibatch)
+        total_tokens = sum(len(samples[i].segment_ids) for i in minibatch)
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(minibatch), cfg.train.micro_batch_size):
             rows = minibatch[start:start + cfg.train.micro_batch_size]
-            batch = make_batch([rollout.prompt_ids[i] for i in rows],
-                               [rollout.completion_ids[i] for i in rows]).to(device)
+            batch = make_batch([samples[i].context_ids for i in rows], [samples[i].segment_ids for i in rows]).to(device)
             mask = batch.completion_mask
-            old = scatter_completion_values([rollout.old_logprobs[i] for i in rows], batch)
+            old = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
             logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
             pg, clipped = clipped_policy_loss(logprobs, old, advantages[rows, None], algo.clip_low, algo.clip_high)
 
             def agg(values: torch.Tensor) -> torch.Tensor:
                 return aggregate(values, mask, algo.loss_agg, total_seqs=total_seqs, total_tokens=total_tokens,
-                                 norm_len=cfg.rollout.max_new_tokens)
+                                 norm_len=tree_shape(cfg)[1])
 
             policy_loss = agg(pg)
             entropy_term = agg(entropy)
@@ -119,25 +139,33 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
 
 def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
                  lr: float) -> dict[str, Any]:
-    lengths = torch.tensor([len(c) for c in rollout.completion_ids], dtype=torch.float)
-    correct = rollout.correct
+    """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape and token counts."""
+    lengths = torch.tensor([len(tree.text_ids(path)) for tree in rollout.trees for path, _ in tree.leaves()],
+                           dtype=torch.float)
+    correct = torch.cat(rollout.correct)
+    inner = sum(1 for tree in rollout.trees for _, node in tree.walk() if node.children)
     metrics: dict[str, Any] = {
         "step": step,
-        "reward/mean": rollout.rewards.mean().item(),
+        "reward/mean": torch.cat(rollout.rewards).mean().item(),
         "acc/mean": correct.mean().item(),
         "response_length/mean": lengths.mean().item(),
-        "tokens/generated": int(lengths.sum().item()),
+        "tokens/generated": rollout.generated_tokens,
+        "tokens/trained": sum(len(sample.segment_ids) for sample in rollout.samples),
         "kl": None,
         **learner,
         "lr": lr,
-        "groups/all_correct": (correct.min(-1).values == 1).float().mean().item(),
-        "groups/none_correct": (correct.max(-1).values == 0).float().mean().item(),
+        "groups/all_correct": sum(bool(c.min() == 1) for c in rollout.correct) / len(rollout.correct),
+        "groups/none_correct": sum(bool(c.max() == 0) for c in rollout.correct) / len(rollout.correct),
+        "tree/nodes": sum(1 for tree in rollout.trees for path, _ in tree.walk() if path),
+        "tree/leaves": len(lengths),
+        "tree/depth": max(tree.depth for tree in rollout.trees),
+        "tree/groups_kept": rollout.groups_kept,
+        "tree/groups_pruned": inner - rollout.groups_kept,
         **timings,
     }
-    levels = [p.level for p in rollout.problems[::correct.shape[1]]]
-    for level in sorted(set(levels)):
-        rows = [i for i, name in enumerate(levels) if name == level]
-        metrics[f"acc/{level}"] = correct[rows].mean().item()
+    for level in sorted({p.level for p in rollout.problems}):
+        metrics[f"acc/{level}"] = torch.cat([c for c, p in zip(rollout.correct, rollout.problems)
+                                             if p.level == level]).mean().item()
     return metrics
 
 
@@ -178,7 +206,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     level_weights(cfg.curriculum.name, 0, cfg.train.steps, len(cfg.curriculum.levels))
-    compute_advantages(cfg.algo.name, torch.zeros(1, 2))
+    tree_advantages(cfg.algo.name, ReasoningTree.from_leaf_rewards([1, 0]))
     run = Run(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     device = resolve_device(cfg.model.device)
