@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from treerl.cli import main
@@ -126,3 +128,10 @@ def test_cli_unknown_eval_level_is_a_user_error(in_tmp, capsys, model_dir):
     assert code == 2
     assert "bogus" in one_error_line(capsys)
     assert not (run / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_ready_configs_load(path):
+    cfg = load_config(path)
+    if cfg.algo.name == "treerpo":
+        assert cfg.tree.depth * cfg.tree.step_tokens == cfg.rollout.max_new_tokens
