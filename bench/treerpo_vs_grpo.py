@@ -1,0 +1,77 @@
+"""GRPO vs TreeRPO on the arithmetic task with the tiny model, several seeds, equal wall-clock budget.
+
+    .venv/bin/python bench/treerpo_vs_grpo.py --seeds 0 1 2 --out runs/bench-tvg
+
+GRPO runs the default recipe (`treerl train`). TreeRPO runs configs/treerpo_demo.yaml for as many steps as
+fit in the same seed's GRPO training time, measured by a 10-step probe. Two runs go at a time, each on one
+thread. A run whose directory already holds a finished run is read, not redone, so the bench resumes.
+Prints one JSON line per run and a summary: greedy held-out accuracy per level, mean response length,
+generated tokens per prompt and training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+LEVELS = ["easy", "medium", "hard", "ood"]
+TREERPO = "configs/treerpo_demo.yaml"
+
+
+def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
+    """Run `treerl train` into run_dir unless it finished there already; its metrics and last eval."""
+    metrics_path = run_dir / "metrics.jsonl"
+    if not (run_dir / "eval.json").is_file() or len(json.loads((run_dir / "eval.json").read_text())) < 2:
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        command = [sys.executable, "-m", "treerl.cli", "train", "--out", str(run_dir)]
+        command += ["--config", config] if config else []
+        subprocess.run(command + ["output.progress=false", "train.threads=1", *overrides], check=True,
+                       stdout=subprocess.DEVNULL)
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    evals = json.loads((run_dir / "eval.json").read_text())
+    return {"metrics": metrics, "before": evals["0"], "after": evals[max(evals, key=int)]}
+
+
+def summary(name: str, seed: int, run: dict, prompts_per_step: int) -> dict:
+    metrics = run["metrics"]
+    return {
+        "algo": name, "seed": seed, "steps": len(metrics),
+        "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
+        "generated_tokens_per_prompt": round(sum(m["tokens/generated"] for m in metrics)
+                                             / (prompts_per_step * len(metrics)), 1),
+        "accuracy": {lvl: {"before": run["before"][lvl]["accuracy"], "after": run["after"][lvl]["accuracy"]}
+                     for lvl in LEVELS},
+        "response_length_after": {lvl: run["after"][lvl]["response_length"] for lvl in LEVELS},
+    }
+
+
+def seed_pair(out: Path, seed: int) -> list[dict]:
+    grpo = summary("grpo", seed, train(out / f"grpo-seed{seed}", f"seed={seed}"), 16)
+    probe = train(out / f"treerpo-probe-seed{seed}", f"seed={seed}", "train.steps=10", "eval.problems=1",
+                  config=TREERPO)
+    per_step = sum(m["timing/step_s"] for m in probe["metrics"]) / len(probe["metrics"])
+    steps = max(1, round(grpo["train_s"] / per_step))
+    tree = summary("treerpo", seed, train(out / f"treerpo-seed{seed}", f"seed={seed}", f"train.steps={steps}",
+                                          config=TREERPO), 16)
+    for row in (grpo, tree):
+        print(json.dumps(row), flush=True)
+    return [grpo, tree]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench-tvg")
+    args = parser.parse_args()
+    out = Path(args.out)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rows = [row for pair in pool.map(lambda s: seed_pair(out, s), args.seeds) for row in pair]
+    print(json.dumps({"runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
