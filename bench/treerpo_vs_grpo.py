@@ -49,17 +49,14 @@ def summary(name: str, seed: int, run: dict, prompts_per_step: int) -> dict:
     }
 
 
-def seed_pair(out: Path, seed: int) -> list[dict]:
-    grpo = summary("grpo", seed, train(out / f"grpo-seed{seed}", f"seed={seed}"), 16)
+def treerpo_run(out: Path, seed: int, grpo: dict) -> dict:
+    """TreeRPO for as many steps as fit in the GRPO run's training time, measured by a 10-step probe."""
     probe = train(out / f"treerpo-probe-seed{seed}", f"seed={seed}", "train.steps=10", "eval.problems=1",
                   config=TREERPO)
     per_step = sum(m["timing/step_s"] for m in probe["metrics"]) / len(probe["metrics"])
     steps = max(1, round(grpo["train_s"] / per_step))
-    tree = summary("treerpo", seed, train(out / f"treerpo-seed{seed}", f"seed={seed}", f"train.steps={steps}",
+    return summary("treerpo", seed, train(out / f"treerpo-seed{seed}", f"seed={seed}", f"train.steps={steps}",
                                           config=TREERPO), 16)
-    for row in (grpo, tree):
-        print(json.dumps(row), flush=True)
-    return [grpo, tree]
 
 
 def main() -> None:
@@ -68,9 +65,15 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-tvg")
     args = parser.parse_args()
     out = Path(args.out)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        rows = [row for pair in pool.map(lambda s: seed_pair(out, s), args.seeds) for row in pair]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # every GRPO run first, so no worker waits long on its budget
+        grpo = {s: pool.submit(lambda s=s: summary("grpo", s, train(out / f"grpo-seed{s}", f"seed={s}"), 16))
+                for s in args.seeds}
+        tree = {s: pool.submit(lambda s=s: treerpo_run(out, s, grpo[s].result())) for s in args.seeds}
+        rows = [future.result() for s in args.seeds for future in (grpo[s], tree[s])]
+    for row in rows:
+        print(json.dumps(row), flush=True)
     print(json.dumps({"runs": rows}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"runs": rows}, indent=2))
 
 
 if __name__ == "__main__":
