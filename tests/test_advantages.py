@@ -52,7 +52,7 @@ def test_unknown_estimator_lists_available_names():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("curriculum.name=hardest_first", "unknown curriculum.name 'hardest_first'; available: balanced"),
+    ("curriculum.name=hardest_first", "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian"),
     ("task.name=chess", "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math"),
 ])
 def test_every_registry_names_the_config_key_and_the_choices(override, message, capsys, tmp_path):

@@ -86,13 +86,10 @@ def parity_reward(self, completion, reference):
     return False, float(sum(map(ord, completion)) % 2)
 
 
-def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
-    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.warmup_steps=1",
-                      "train.lr=1e-3", "algo.kl_coef=0.1")
+def crash_and_resume(cfg, tmp_path, monkeypatch):
+    """Train cfg straight through into a/, and into b/ with a crash in the third update and a resume:
+    the two runs' metrics (but timings), evals and final weights must be equal."""
     trainer.train(cfg, tmp_path / "a")
-    assert any(m["grad_norm"] > 0 for m in read_metrics(tmp_path / "a")[2:])
-
     real_update, calls = trainer.update, itertools.count(1)
 
     def crash_on_third(*args, **kwargs):
@@ -104,6 +101,7 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.train(cfg, tmp_path / "b")
     assert [m["step"] for m in read_metrics(tmp_path / "b")] == [1, 2]
+    monkeypatch.setattr(trainer, "update", real_update)
     trainer.train(cfg, tmp_path / "b", resume=True)
 
     def strip(metrics):
@@ -112,10 +110,32 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     assert strip(a) == strip(b)
-    assert all(isinstance(m["kl"], float) for m in a)
     assert json.loads((tmp_path / "a" / "eval.json").read_text()) == json.loads((tmp_path / "b" / "eval.json").read_text())
     final_a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "checkpoints" / "step_4")
     assert changed(weights(final_a), AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "checkpoints" / "step_4")) == []
+    return a
+
+
+def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.warmup_steps=1",
+                      "train.lr=1e-3", "algo.kl_coef=0.1")
+    metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
+    assert any(m["grad_norm"] > 0 for m in metrics[2:])
+    assert all(isinstance(m["kl"], float) for m in metrics)
+
+
+def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, monkeypatch):
+    """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
+    and weighs them the same."""
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.lr=1e-3", "algo.name=treerpo",
+                      "tree.depth=2", "rollout.n=2", "rollout.max_new_tokens=8", "curriculum.pool_size=3",
+                      "curriculum.name=gaussian", "curriculum.levels=[easy,medium,hard]",
+                      "reschedule.rank_by=rscore", "reschedule.scores=online", "reschedule.mix=linear")
+    metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
+    assert {m["reschedule/weight_mean"] for m in metrics} != {1.0}
+    assert all(m["reschedule/score_mean"] is not None for m in metrics)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
@@ -167,3 +187,27 @@ def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
         assert (m["tree/depth"], m["tree/nodes"], m["tree/leaves"]) == (1, 8, 8)   # 2 prompts x 4 samples
         assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2
         assert m["tokens/trained"] == m["tokens/generated"]
+
+
+def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):
+    run = tmp_path / "run"
+    trainer.train(tiny_config(model_dir, "train.steps=3", "curriculum.name=classic", "rollout.prompts_per_step=3",
+                              "curriculum.levels=[easy,medium,hard]"), run)
+    metrics = read_metrics(run)
+    for m, level in zip(metrics, ["easy", "medium", "hard"]):  # classic over 3 steps: one level per step
+        assert m[f"curriculum/p/{level}"] == 1.0 and m[f"curriculum/share/{level}"] == 1.0
+        assert m["reschedule/weight_mean"] == 1.0 and m["reschedule/score_mean"] is None
+
+
+def test_query_weights_multiply_the_policy_loss(model_dir, tmp_path, monkeypatch):
+    """With w_min = w_max = 2 every query weighs 2: the same step has twice the policy loss and gradient."""
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    common = ["train.steps=1", "train.max_grad_norm=1e9", "eval.levels=[trivial]", "eval.problems=1"]
+    trainer.train(tiny_config(model_dir, *common), tmp_path / "plain")
+    trainer.train(tiny_config(model_dir, *common, "reschedule.rank_by=acc", "reschedule.scores=online",
+                              "reschedule.w_min=2", "reschedule.w_max=2"), tmp_path / "weighted")
+    plain, weighted = read_metrics(tmp_path / "plain")[0], read_metrics(tmp_path / "weighted")[0]
+    assert plain["grad_norm"] > 0 and weighted["reschedule/weight_mean"] == 2.0
+    assert weighted["loss/policy"] == pytest.approx(2 * plain["loss/policy"], rel=1e-5)
+    assert weighted["grad_norm"] == pytest.approx(2 * plain["grad_norm"], rel=1e-5)
+    assert weighted["entropy"] == pytest.approx(plain["entropy"], rel=1e-6)

@@ -115,6 +115,24 @@ def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
     assert stats.refed_tokens > 0 and stats.prefix_tokens_saved > stats.refed_tokens
 
 
+def test_the_last_level_holds_the_rest_of_the_response(policy):
+    """Re-Schedule's scoring tree: branch every step_tokens down to depth d, then one full completion."""
+    trees, stats = sample(policy, ["1+2\n", "5+5-1\n"], branching=2, depth=2, step_tokens=3, max_new_tokens=12,
+                          temperature=1.0)
+    deepest = 0
+    for tree in trees:
+        for path, node in tree.walk():
+            if len(path) == 1 and node.children:
+                assert len(node.token_ids) == 3
+            if len(path) == 2:
+                assert 1 <= len(node.token_ids) <= 9 and not node.children
+                deepest = max(deepest, len(node.token_ids))
+        assert all(len(tree.text_ids(path)) <= 12 for path, _ in tree.leaves())
+    assert deepest > 3   # some completion ran past one step
+    with pytest.raises(ValueError, match="leaves nothing for depth 3"):
+        sample(policy, ["1+2\n"], branching=2, depth=3, step_tokens=4, max_new_tokens=8)
+
+
 def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
     """The log-probs stored while sampling from a forked cache equal those of re-encoding the whole prefix."""
     from treerl.train.batch import completion_logprobs, make_batch

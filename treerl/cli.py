@@ -1,4 +1,4 @@
-"""`treerl` command line: train, eval, pretrain. User mistakes end in one line on stderr and exit code 2."""
+"""`treerl` command line: train, eval, score, pretrain. User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -80,6 +80,27 @@ def _pretrain(args: argparse.Namespace) -> None:
     pretrain(load_config(args.config, overrides, PretrainConfig))
 
 
+def _score(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from treerl.config import load_config
+    from treerl.curriculum.score import score_queries
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    rows = score_queries(cfg, out, limit=args.limit)
+    table = Table(title=f"r-scores of {len(rows)} queries -> {out}")
+    for column in ("level", "queries", "mean r-score", "mean leaf accuracy", "mean leaves"):
+        table.add_column(column, justify="left" if column == "level" else "right")
+    for level in cfg.curriculum.levels:
+        mine = [row for row in rows if row["level"] == level]
+        if mine:
+            table.add_row(level, str(len(mine)), *(f"{sum(r[k] for r in mine) / len(mine):.3f}"
+                                                   for k in ("r_score", "leaf_acc", "leaves")))
+    Console().print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=_eval)
+
+    sc = sub.add_parser("score", help="Re-Schedule: sample a tree per training query, write r-scores as JSONL")
+    sc.add_argument("--config", help="YAML config file (model, task, curriculum.levels/pool_size, rscore.*)")
+    sc.add_argument("--out", required=True, help="JSONL file to write (for reschedule.scores_file)")
+    sc.add_argument("--limit", type=int, default=0, help="score only the first N queries (0 = all)")
+    sc.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    sc.set_defaults(func=_score)
 
     pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
     pre.add_argument("--config", help="YAML file of pretrain settings")

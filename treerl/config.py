@@ -64,9 +64,37 @@ class TreeConfig(Section):
 
 
 class CurriculumConfig(Section):
-    name: str = "balanced"
+    """Which levels each step samples (E2H schedules, docs/methods.md)."""
+    name: str = Field("balanced", description="level schedule: balanced, classic, cosine (E2H-C) or gaussian (E2H-G)")
     levels: list[str] = Field(default_factory=lambda: ["medium", "hard"], min_length=1,
-                              description="training levels the curriculum samples from")
+                              description="training levels the curriculum samples from, easiest first")
+    params: dict[str, float | None] = Field(default_factory=dict,
+                                            description="the schedule's parameters (gaussian: beta, sigma, p_min)")
+    pool_size: int = Field(0, ge=0, description="generated tasks: 0 = a fresh problem per draw, N = a fixed pool "
+                                                "of N problems per level (Re-Schedule needs one)")
+
+
+class RescheduleConfig(Section):
+    """Re-Schedule's loss weights: each query's policy-loss terms times w(rank, t) (docs/methods.md)."""
+    rank_by: Literal["off", "rscore", "acc"] = Field(
+        "off", description="rank queries by r-score (Re-Schedule), by pass rate (the ACC baseline), or no weights")
+    scores: Literal["static", "online"] = Field(
+        "static", description="static: from reschedule.scores_file (treerl score); online: from training's trees")
+    scores_file: str | None = Field(None, description="JSONL written by `treerl score`")
+    mix: Literal["linear", "sigmoid"] = "sigmoid"
+    w_min: float = Field(0.5, ge=0.0)
+    w_max: float = Field(2.0, ge=0.0)
+
+
+class RScoreConfig(Section):
+    """The r-score and the tree `treerl score` samples for it: k-ary, a branch every step_tokens, depth d."""
+    branching: int = Field(4, ge=1, description="k children per branch point")
+    depth: int = Field(4, ge=1, description="d: branch points from the start of the response")
+    step_tokens: int = Field(200, ge=1, description="l: tokens between branch points")
+    max_new_tokens: int | None = Field(None, ge=1, description="response budget; null = rollout.max_new_tokens")
+    batch_prompts: int = Field(8, ge=1, description="queries whose trees are sampled together")
+    top_m: int = Field(4, ge=1, description="greedy picks at most")
+    eligible: Literal["all", "reference"] = Field("all", description="nodes the greedy may pick (docs/methods.md)")
 
 
 class TrainConfig(Section):
@@ -105,6 +133,8 @@ class Config(Section):
     algo: AlgoConfig = AlgoConfig()
     tree: TreeConfig = TreeConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    reschedule: RescheduleConfig = RescheduleConfig()
+    rscore: RScoreConfig = RScoreConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()

@@ -34,6 +34,8 @@ class Node:
     """The segment ends in EOS."""
     reward: float | None = None
     """Leaves only: the verifier's reward of the root-to-leaf text."""
+    correct: bool | None = None
+    """Leaves only: whether that text's final answer is right (what accuracy and the r-score count)."""
     value: float = 0.0
 
     @property
@@ -50,6 +52,8 @@ class TrainingSample:
     """The node's own tokens: every one carries `advantage`."""
     old_logprobs: list[float]
     advantage: float
+    weight: float = 1.0
+    """How much this sample's policy-loss terms count (Re-Schedule's query weight)."""
 
 
 class ReasoningTree:
@@ -59,13 +63,14 @@ class ReasoningTree:
 
     @classmethod
     def from_leaf_rewards(cls, nested: list[Nested]) -> ReasoningTree:
-        """A tree from nested rewards: a list is an inner node, a number is a leaf, e.g. [[1, 0], [[0, 1], 1]]."""
+        """A tree from nested rewards: a list is an inner node, a number is a leaf, e.g. [[1, 0], [[0, 1], 1]];
+        a leaf counts as correct when its reward is 1."""
         def build(item: Nested) -> Node:
             if isinstance(item, list):
                 if not item:
                     raise ValueError("an inner node needs at least one child")
                 return Node(children=[build(child) for child in item])
-            return Node(reward=float(item), finished=True)
+            return Node(reward=float(item), correct=float(item) == 1.0, finished=True)
 
         if not isinstance(nested, list):
             raise ValueError("the root is a list of its children")
@@ -144,12 +149,17 @@ class TreeStats:
 
 @torch.no_grad()
 def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,
-                 branching: int, depth: int, step_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 branching: int, depth: int, step_tokens: int, max_new_tokens: int | None = None,
+                 temperature: float = 1.0, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> tuple[list[ReasoningTree], TreeStats]:
-    """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of depth x step_tokens,
-    cut into step_tokens slices; then at each depth every unfinished node below `depth` gets branching - 1
-    fresh continuations of the remaining budget, its own rollout supplying its first child. Continuations
-    fork the KV cache of their prefix instead of re-encoding it. Rewards are left to the caller."""
+    """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of max_new_tokens
+    (default depth x step_tokens), cut into step_tokens slices down to `depth`, where the last node holds the
+    rest of its rollout; then at each depth every unfinished node below `depth` gets branching - 1 fresh
+    continuations of the remaining budget, its own rollout supplying its first child. Continuations fork the
+    KV cache of their prefix instead of re-encoding it. Rewards are left to the caller."""
+    budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
+    if budget <= (depth - 1) * step_tokens:
+        raise ValueError(f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     was_training = model.training
     model.eval()
@@ -161,7 +171,7 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
 
     def run(state: DecodeState, parents: list[Node], prefixes: list[list[int]], start_depth: int) -> list[Segment]:
         """Decode the remaining budget for each row of `state`, hang its slices under `parents`."""
-        tokens, logps = decode(model, state, (depth - start_depth) * step_tokens, eos, pad, temperature, top_p,
+        tokens, logps = decode(model, state, budget - start_depth * step_tokens, eos, pad, temperature, top_p,
                                False, generator)
         states.append(state)
         batch, tokens, logps = len(states) - 1, tokens.cpu(), logps.cpu()
@@ -172,8 +182,9 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
             stop = seq.index(eos) + 1 if eos in seq else len(seq)
             rows[batch].append(prefix + seq[:stop])
             stats.generated_tokens += stop
-            for d, start in enumerate(range(0, stop, step_tokens), start_depth + 1):
-                ids = seq[start:min(start + step_tokens, stop)]
+            starts = list(range(0, stop, step_tokens))[:depth - start_depth]
+            for d, start in enumerate(starts, start_depth + 1):
+                ids = seq[start:stop if d == depth else min(start + step_tokens, stop)]
                 node = Node(token_ids=ids, logprobs=logps[row, start:start + len(ids)].tolist(),
                             finished=ids[-1] == eos)
                 parent.children.append(node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ class Problem:
     subject: str = ""
     solution: str = ""
     """A worked solution in the task's answer format, where the task has one (used for warm-up)."""
+
+    @property
+    def id(self) -> str:
+        """A stable id from the question text: the same problem has the same id in every run and file."""
+        return hashlib.sha1(self.question.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class Task(ABC):
     @abstractmethod
     def sample(self, level: str, rng: random.Random) -> Problem:
         """One training problem of a level; never one of the held-out problems."""
+
+    def train_pool(self, level: str) -> list[Problem] | None:
+        """A dataset task's training problems of a level; None for a task that generates them without end."""
+        return None
 
     @abstractmethod
     def eval_problems(self, level: str, n: int) -> list[Problem]:

@@ -53,6 +53,9 @@ class MathTask(Task):
     def sample(self, level: str, rng: random.Random) -> Problem:
         return rng.choice(self.train_pools[level])
 
+    def train_pool(self, level: str) -> list[Problem]:
+        return self.train_pools[level]
+
     def eval_problems(self, level: str, n: int) -> list[Problem]:
         rows = [p for p in load_problems(self.eval_data, self.fields, "test") if level in (ALL_LEVELS, p.level)]
         if not rows:

@@ -6,7 +6,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,16 @@ from rich.console import Console
 from treerl.algo.advantages import tree_advantages
 from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
 from treerl.config import Config, dump_config
-from treerl.curriculum.levels import level_weights
+from treerl.curriculum.reschedule import ScoreBook, loss_weight
+from treerl.curriculum.rscore import leaf_accuracy, r_score
+from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
+from treerl.curriculum.score import read_scores
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
+from treerl.rollout.grading import grade_tree
 from treerl.rollout.tree import ReasoningTree, TrainingSample, sample_trees
-from treerl.tasks import check_levels, make_task
+from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
@@ -41,6 +45,12 @@ class Rollout:
     generated_tokens: int
     groups_kept: int
     """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
+    level_probs: list[float]
+    """The schedule's p(t) over curriculum.levels at this step."""
+    weights: list[float]
+    """Re-Schedule's loss weight of each problem (1.0 when off)."""
+    scores: list[float | None]
+    """Each problem's score (r-score or pass rate) as ranked this step; None when it has none."""
 
 
 def lr_factor(step: int, cfg: Config) -> float:
@@ -61,31 +71,40 @@ def tree_shape(cfg: Config) -> tuple[int, int]:
     return cfg.tree.depth, cfg.tree.step_tokens or max(1, cfg.rollout.max_new_tokens // cfg.tree.depth)
 
 
-def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random,
-            generator: torch.Generator) -> Rollout:
-    levels = cfg.curriculum.levels
-    weights = level_weights(cfg.curriculum.name, step, cfg.train.steps, len(levels))
-    problems = [task.sample(level, rng) for level in rng.choices(levels, weights, k=cfg.rollout.prompts_per_step)]
+def query_score(tree: ReasoningTree, cfg: Config) -> float:
+    """What Re-Schedule ranks a query by: its tree's r-score, or its pass rate for the ACC baseline."""
+    return r_score(tree, cfg.rscore.top_m, cfg.rscore.eligible) if cfg.reschedule.rank_by == "rscore" \
+        else leaf_accuracy(tree)
+
+
+def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random, generator: torch.Generator,
+            sampler: ProblemSampler, book: ScoreBook) -> Rollout:
+    probs = sampler.probs(step)
+    problems = sampler.draw(step, cfg.rollout.prompts_per_step, rng)
     prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
                   for p in problems]
     depth, step_tokens = tree_shape(cfg)
     trees, stats = sample_trees(policy, tokenizer, prompt_ids, branching=cfg.rollout.n, depth=depth,
-                                step_tokens=step_tokens, temperature=cfg.rollout.temperature,
-                                top_p=cfg.rollout.top_p, generator=generator)
-    rewards, correct, samples, groups_kept = [], [], [], 0
+                                step_tokens=step_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
+                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=generator)
+    rs = cfg.reschedule
+    rewards, correct, samples, groups_kept, weights = [], [], [], 0, []
     for tree, problem in zip(trees, problems):
-        leaves = tree.leaves()
-        grades = [task.grade(tokenizer.decode(tree.text_ids(path), skip_special_tokens=True), problem.reference)
-                  for path, _ in leaves]
-        for (_, leaf), grade in zip(leaves, grades):
-            leaf.reward = grade.reward
-        tree.backup()
+        grades = grade_tree(tree, problem, task, tokenizer)
         rewards.append(torch.tensor([g.reward for g in grades]))
         correct.append(torch.tensor([g.correct for g in grades], dtype=torch.float))
+        if rs.rank_by != "off" and rs.scores == "online":
+            book.update(problem.id, query_score(tree, cfg))
+    for tree, problem in zip(trees, problems):
+        weight = 1.0 if rs.rank_by == "off" else loss_weight(book.rank(problem.id), step - 1, cfg.train.steps,
+                                                               rs.mix, rs.w_min, rs.w_max)
+        weights.append(weight)
         advantages = tree_advantages(cfg.algo.name, tree, cfg.algo.std_eps, cfg.tree.prune_tau, cfg.tree.norm)
         groups_kept += len({path[:-1] for path in advantages})
-        samples += tree.training_samples(advantages)
-    return Rollout(problems, trees, samples, rewards, correct, stats.generated_tokens, groups_kept)
+        samples += [replace(sample, weight=weight) for sample in tree.training_samples(advantages)]
+    scores = [book.scores.get(problem.id) for problem in problems]
+    return Rollout(problems, trees, samples, rewards, correct, stats.generated_tokens, groups_kept, probs, weights,
+                   scores)
 
 
 def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generator: torch.Generator) -> dict[str, float]:
@@ -94,6 +113,7 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
     device = next(policy.parameters()).device
     samples = rollout.samples
     advantages = torch.tensor([sample.advantage for sample in samples], device=device)
+    weights = torch.tensor([sample.weight for sample in samples], device=device)
     order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
     minibatches = [order[i::cfg.train.optim_steps_per_batch] for i in range(cfg.train.optim_steps_per_batch)]
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
@@ -113,6 +133,7 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
             old = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
             logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
             pg, clipped = clipped_policy_loss(logprobs, old, advantages[rows, None], algo.clip_low, algo.clip_high)
+            pg = pg * weights[rows, None]
 
             def agg(values: torch.Tensor) -> torch.Tensor:
                 return aggregate(values, mask, algo.loss_agg, total_seqs=total_seqs, total_tokens=total_tokens,
@@ -138,8 +159,8 @@ def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generato
 
 
 def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
-                 lr: float) -> dict[str, Any]:
-    """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape and token counts."""
+                 lr: float, levels: list[str]) -> dict[str, Any]:
+    """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape, token counts, curriculum."""
     lengths = torch.tensor([len(tree.text_ids(path)) for tree in rollout.trees for path, _ in tree.leaves()],
                            dtype=torch.float)
     correct = torch.cat(rollout.correct)
@@ -162,7 +183,13 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         "tree/groups_kept": rollout.groups_kept,
         "tree/groups_pruned": inner - rollout.groups_kept,
         **timings,
+        "reschedule/weight_mean": sum(rollout.weights) / len(rollout.weights),
+        "reschedule/score_mean": (sum(known) / len(known)) if (known := [s for s in rollout.scores if s is not None])
+        else None,
     }
+    for level, p in zip(levels, rollout.level_probs):
+        metrics[f"curriculum/p/{level}"] = p
+        metrics[f"curriculum/share/{level}"] = sum(q.level == level for q in rollout.problems) / len(rollout.problems)
     for level in sorted({p.level for p in rollout.problems}):
         metrics[f"acc/{level}"] = torch.cat([c for c, p in zip(rollout.correct, rollout.problems)
                                              if p.level == level]).mean().item()
@@ -202,10 +229,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task)
-    check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
+    task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
-    level_weights(cfg.curriculum.name, 0, cfg.train.steps, len(cfg.curriculum.levels))
+    sampler.probs(1)
+    book = ScoreBook(read_scores(cfg.reschedule.scores_file, cfg.reschedule.rank_by)
+                     if cfg.reschedule.rank_by != "off" and cfg.reschedule.scores == "static" else None)
     tree_advantages(cfg.algo.name, ReasoningTree.from_leaf_rewards([1, 0]))
     run = Run(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
@@ -224,6 +252,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         scheduler.load_state_dict(state["scheduler"])
         rng.setstate(state["rng"]["problems"])
         generator.set_state(state["rng"]["sampling"])
+        sampler.load_state_dict(state["curriculum"]["sampler"])
+        book.load_state_dict(state["curriculum"]["scores"])
         start = state["step"]
         run.truncate_to(start)
         console.print(f"resuming {run_dir} from step {start}")
@@ -235,7 +265,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
 
     def trainer_state() -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": {"problems": rng.getstate(), "sampling": generator.get_state()}}
+                "rng": {"problems": rng.getstate(), "sampling": generator.get_state()},
+                "curriculum": {"sampler": sampler.state_dict(), "scores": book.state_dict()}}
 
     with progress_bar(cfg.output.progress) as bar:
         def run_eval(step: int) -> None:
@@ -249,14 +280,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         job = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
-            rollout = collect(policy, tokenizer, task, cfg, step, rng, generator)
+            rollout = collect(policy, tokenizer, task, cfg, step, rng, generator, sampler, book)
             t1 = time.perf_counter()
             learner = update(policy, reference, optimizer, rollout, cfg, generator)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             t2 = time.perf_counter()
             metrics = step_metrics(step, rollout, learner, {"timing/rollout_s": t1 - t0, "timing/update_s": t2 - t1,
-                                                            "timing/step_s": t2 - t0}, lr)
+                                                            "timing/step_s": t2 - t0}, lr, cfg.curriculum.levels)
             run.log(metrics)
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")

@@ -1,0 +1,248 @@
+"""E2H schedules, the r-score, ranks and Re-Schedule weights against hand-worked numbers; the problem sampler."""
+
+import math
+import random
+
+import pytest
+
+from treerl.curriculum import level_probs, loss_weight, r_score, ranks
+from treerl.curriculum.reschedule import ScoreBook
+from treerl.curriculum.rscore import greedy_choices, leaf_accuracy
+from treerl.curriculum.sampler import ProblemSampler, generated_pool
+from treerl.errors import UserError
+from treerl.rollout.tree import ReasoningTree
+from treerl.tasks import get_task
+
+T = 100
+
+
+def approx(values):
+    return pytest.approx(values, abs=5e-6)
+
+
+# E2H schedules, K = 4 levels, T = 100 steps, at t = 0, T/4, T/2, T
+
+def test_balanced_is_uniform_throughout():
+    for t in (0, 25, 50, 100):
+        assert level_probs("balanced", t, T, 4) == [0.25] * 4
+
+
+def test_classic_moves_through_k_equal_stages():
+    assert [level_probs("classic", t, T, 4) for t in (0, 25, 50, 100)] == [
+        [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    # K = 3 over 10 steps: floor(t * 3 / 10) -> stages [0, 3), [4, 6), [7, 10]
+    assert [level_probs("classic", t, 10, 3).index(1) for t in range(11)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+
+
+def test_cosine_mirrors_the_linear_ramp():
+    # t=0: a=1, p_k = (K-k)/Z with Z=10; t=T/2: a=1/2, p_k = (K+1)/(2Z) = 1/4; t=T: a=0, p_k = (k+1)/Z
+    assert level_probs("cosine", 0, T, 4) == approx([0.4, 0.3, 0.2, 0.1])
+    # t=T/4: a = (1 + cos(pi/4))/2 = 0.8535534; p_0 = 0.4a + 0.1(1-a) = 0.3560660
+    assert level_probs("cosine", 25, T, 4) == approx([0.3560660, 0.2853553, 0.2146447, 0.1439340])
+    assert level_probs("cosine", 50, T, 4) == approx([0.25] * 4)
+    assert level_probs("cosine", 100, T, 4) == approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_gaussian_follows_its_mean_with_a_floor():
+    # beta = sigma = 0.5, p_min = 2/(4*5) = 0.1, so p_k = 0.1 + 0.6 q_k with q_k ~ exp(-2 (k - mu)^2)
+    # t=0: mu=0, q ~ (1, e^-2, e^-8, e^-18) / 1.1356700
+    assert level_probs("gaussian", 0, T, 4) == approx([0.6283216, 0.1715002, 0.1001772, 0.1000000])
+    # t=T/4: mu = sqrt(1/4) * 3 = 1.5, q ~ (e^-4.5, e^-0.5, e^-0.5, e^-4.5) / 1.2352787
+    assert level_probs("gaussian", 25, T, 4) == approx([0.1053957, 0.3946043, 0.3946043, 0.1053957])
+    # t=T/2: mu = sqrt(1/2) * 3 = 2.1213203, (k - mu)^2 = (4.5, 1.2573593, 0.0147186, 0.7720779),
+    # q ~ (0.0001234, 0.0808857, 0.9709918, 0.2134920) / 1.2654929
+    assert level_probs("gaussian", 50, T, 4) == approx([0.1000585, 0.1383498, 0.5603701, 0.2012216])
+    # t=T: mu=3, the mirror of t=0
+    assert level_probs("gaussian", 100, T, 4) == approx([0.1000000, 0.1001772, 0.1715002, 0.6283216])
+
+
+def test_gaussian_parameters():
+    # p_min = 0: pure normalised Gaussian; K=2 at t=0: q ~ (1, e^-2)
+    assert level_probs("gaussian", 0, T, 2, p_min=0.0) == approx([1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))])
+    # beta = 1: mu moves linearly, at T/2 it is 1.5 of 0..3: symmetric
+    p = level_probs("gaussian", 50, T, 4, beta=1.0)
+    assert p == approx(p[::-1]) and sum(p) == pytest.approx(1.0)
+    with pytest.raises(UserError, match="p_min must be in"):
+        level_probs("gaussian", 0, T, 4, p_min=0.3)
+
+
+def test_schedule_parameters_are_checked_by_name():
+    with pytest.raises(UserError, match="schedule 'cosine' has no parameter 'beta'; it takes: none"):
+        level_probs("cosine", 0, T, 4, beta=0.5)
+    with pytest.raises(UserError, match="has no parameter 'mu'; it takes: beta, sigma, p_min"):
+        level_probs("gaussian", 0, T, 4, mu=1.0)
+    with pytest.raises(UserError, match="unknown curriculum.name 'linear'"):
+        level_probs("linear", 0, T, 4)
+
+
+@pytest.mark.parametrize("schedule", ["balanced", "classic", "cosine", "gaussian"])
+def test_every_schedule_is_a_distribution(schedule):
+    for k in (1, 2, 3, 5):
+        for t in range(0, 21):
+            p = level_probs(schedule, t, 20, k)
+            assert len(p) == k and min(p) >= 0 and sum(p) == pytest.approx(1.0)
+
+
+# r-score
+
+def test_r_score_greedy_on_a_small_tree():
+    # leaves 1 0 | 0 1 1: ACC = 3/5. Gains: root +1/15 (via [[0,1],1]), (0,) +3/20, (1,) +1/15, (1, 0) +3/20.
+    # Pick (0,) (first of the tie, preorder) -> ACC 3/4; then the root, (1,) and (1,0) all gain 1/4: the root wins.
+    tree = ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])
+    assert greedy_choices(tree) == [((0,), 0, pytest.approx(0.15)), ((), 0, pytest.approx(0.25))]
+    assert r_score(tree) == pytest.approx(0.4)
+    assert r_score(tree, top_m=1) == pytest.approx(0.15)
+    # reference: no root, no depth-1 node, no node whose children are all leaves -> nothing to pick
+    assert r_score(tree, eligible="reference") == 0.0
+
+
+def test_r_score_of_all_correct_and_all_wrong_trees_is_zero():
+    assert r_score(ReasoningTree.from_leaf_rewards([[1, 1], [1, 1]])) == 0.0
+    assert r_score(ReasoningTree.from_leaf_rewards([[0, 0], [0, [0, 0]]])) == 0.0
+
+
+def test_r_score_on_an_unbalanced_tree_with_early_leaves():
+    # A chain with an early EOS leaf at every depth: root -> X | 0, X -> Y | 0, Y -> Z | 0, Z -> 1 | 0.
+    # Leaves 1 0 0 0 0: ACC = 1/5. Every candidate gains 1/20 at first; preorder picks the root, then X (+1/12),
+    # then Y (+1/6), then Z (+1/2): 1/20 + 1/12 + 1/6 + 1/2 = 4/5 = 1 - 1/5.
+    tree = ReasoningTree.from_leaf_rewards([[[[1, 0], 0], 0], 0])
+    assert [path for path, _, _ in greedy_choices(tree)] == [(), (0,), (0, 0), (0, 0, 0)]
+    assert r_score(tree) == pytest.approx(0.8)
+    assert r_score(tree, top_m=3) == pytest.approx(0.3)
+    # reference: only Y = (0, 0) qualifies (depth 2, one inner child): keep Z -> leaves 1 0 0 0 -> +1/20
+    assert greedy_choices(tree, eligible="reference") == [((0, 0), 0, pytest.approx(0.05))]
+
+
+def test_r_score_prefers_the_larger_gain_over_preorder():
+    # root children: [0, 0] and [0, 1, 0, 0]; the root is first in preorder but (1,) gains more:
+    # ACC = 1/6; (0,): keep a 0 -> 1/5 (+1/30); (1,): keep the 1 -> 1/3 (+1/6); root: keep (1,) -> 1/4 (+1/12)
+    tree = ReasoningTree.from_leaf_rewards([[0, 0], [0, 1, 0, 0]])
+    assert greedy_choices(tree, top_m=1) == [((1,), 1, pytest.approx(1 / 6))]
+
+
+def test_leaf_accuracy():
+    assert leaf_accuracy(ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])) == pytest.approx(0.6)
+    assert leaf_accuracy(ReasoningTree.from_leaf_rewards([0.5, 1])) == 0.5  # partial credit is not correct
+
+
+# ranks and weights
+
+def test_ranks_put_the_highest_score_first_and_share_ties():
+    assert ranks({"a": 0.5, "b": 0.5, "c": 0.1, "d": 0.9}) == {"d": 0.0, "a": 0.5, "b": 0.5, "c": 1.0}
+    assert ranks({"a": 0.3, "b": 0.2, "c": 0.1}) == {"a": 0.0, "b": 0.5, "c": 1.0}
+    assert ranks({"a": 1.0}) == {"a": 0.5}
+
+
+def test_weights_move_from_simple_to_complex_queries():
+    # linear: t=0 -> w = 0.5 + 1.5 (1 - rank); t=T -> w = 0.5 + 1.5 rank
+    assert [loss_weight(r, 0, T, "linear") for r in (0.0, 0.5, 1.0)] == [2.0, 1.25, 0.5]
+    assert [loss_weight(r, T, T, "linear") for r in (0.0, 0.5, 1.0)] == [0.5, 1.25, 2.0]
+    # sigmoid: gamma(0) = 1/(1+e^5) = 0.0066929 -> 0.5 + 1.5 * 0.9933071 = 1.4899606 + 0.5
+    assert loss_weight(0.0, 0, T, "sigmoid") == pytest.approx(1.9899606)
+    assert loss_weight(1.0, T, T, "sigmoid") == pytest.approx(1.9899606)
+    assert loss_weight(0.0, 50, T, "sigmoid") == pytest.approx(1.25) == loss_weight(1.0, 50, T, "sigmoid")
+    assert loss_weight(0.25, 0, T, "linear", w_min=1.0, w_max=3.0) == pytest.approx(2.5)
+
+
+def test_score_book_ranks_unseen_queries_at_the_median():
+    book = ScoreBook({"a": 0.9, "b": 0.1})
+    assert (book.rank("a"), book.rank("b"), book.rank("new")) == (0.0, 1.0, 0.5)
+    book.update("c", 1.0)
+    assert (book.rank("c"), book.rank("a"), book.rank("b")) == (0.0, 0.5, 1.0)
+    restored = ScoreBook()
+    restored.load_state_dict(book.state_dict())
+    assert restored.rank("a") == 0.5
+
+
+# the problem sampler
+
+def test_a_pool_is_walked_once_per_pass_and_resumes_exactly():
+    task = get_task("arithmetic")
+    sampler = ProblemSampler(task, ["easy", "medium"], "balanced", {}, 10, pool_size=5)
+    assert [len(sampler.pools[level]) for level in ("easy", "medium")] == [5, 5]
+    rng = random.Random(0)
+    first_pass = [sampler.next("easy", rng).id for _ in range(5)]
+    assert sorted(first_pass) == sorted(p.id for p in sampler.pools["easy"])
+    state, rng_state = sampler.state_dict(), rng.getstate()
+    continued = [sampler.next("easy", rng).id for _ in range(7)]
+    again = ProblemSampler(task, ["easy", "medium"], "balanced", {}, 10, pool_size=5)
+    again.load_state_dict(state)
+    rng.setstate(rng_state)
+    assert [again.next("easy", rng).id for _ in range(7)] == continued
+    assert sorted(continued[:5]) == sorted(first_pass)
+
+
+def test_generated_pools_are_the_same_in_every_run_and_distinct():
+    task = get_task("countdown")
+    pool = generated_pool(task, "easy", 20)
+    assert [p.id for p in pool] == [p.id for p in generated_pool(task, "easy", 20)]
+    assert len({p.id for p in pool}) == 20
+
+
+def test_classic_draws_only_the_current_stage():
+    task = get_task("arithmetic")
+    sampler = ProblemSampler(task, ["easy", "medium", "hard"], "classic", {}, 9)
+    rng = random.Random(1)
+    assert {p.level for p in sampler.draw(1, 30, rng)} == {"easy"}      # t = 0
+    assert {p.level for p in sampler.draw(5, 30, rng)} == {"medium"}    # t = 4: floor(4*3/9) = 1
+    assert {p.level for p in sampler.draw(9, 30, rng)} == {"hard"}      # t = 8: floor(8*3/9) = 2
+
+
+# treerl score, and training from its file
+
+def score_args(model_dir, out, *extra):
+    return ["score", "--out", str(out), f"model.name_or_path={model_dir}", "output.progress=false", "train.threads=1",
+            "curriculum.levels=[easy,medium]", "curriculum.pool_size=3", "rscore.branching=2", "rscore.depth=2",
+            "rscore.step_tokens=4", "rollout.max_new_tokens=12", *extra]
+
+
+def test_score_writes_one_row_per_query_and_training_reads_it(model_dir, tmp_path, capsys):
+    import json
+
+    from treerl.cli import main
+    from treerl.config import load_config
+    from treerl.train import trainer
+
+    out = tmp_path / "scores.jsonl"
+    assert main(score_args(model_dir, out)) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {row["level"] for row in rows} == {"easy", "medium"}
+    for row in rows:
+        assert 0.0 <= row["r_score"] <= 1.0 - row["leaf_acc"] + 1e-9   # the greedy can at most fix every leaf
+        assert 2 <= row["leaves"] <= 4 and 0.0 <= row["rank"] <= 1.0
+    assert sorted(row["rank"] for row in rows) == sorted(ranks({r["id"]: r["r_score"] for r in rows}).values())
+    assert "r-scores of 6 queries" in capsys.readouterr().out
+
+    cfg = load_config(None, [f"model.name_or_path={model_dir}", "output.progress=false", "train.threads=1",
+                             "train.steps=2", "rollout.prompts_per_step=2", "rollout.n=2",
+                             "rollout.max_new_tokens=8", "eval.problems=2", "curriculum.levels=[easy,medium]",
+                             "curriculum.pool_size=3", "reschedule.rank_by=rscore",
+                             f"reschedule.scores_file={out}"])
+    trainer.train(cfg, tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["reschedule/score_mean"] is not None for m in metrics)
+
+
+def test_score_needs_a_fixed_pool_for_generated_tasks(model_dir, tmp_path, capsys):
+    from treerl.cli import main
+
+    assert main(score_args(model_dir, tmp_path / "s.jsonl", "curriculum.pool_size=0")) == 2
+    assert "set curriculum.pool_size=N" in capsys.readouterr().err
+    assert main(score_args(model_dir, tmp_path / "s.jsonl", "rscore.depth=4")) == 2
+    assert "never reaches depth 4" in capsys.readouterr().err
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_a_bad_score_file_names_its_line(tmp_path):
+    from treerl.curriculum.score import read_scores
+
+    path = tmp_path / "scores.jsonl"
+    path.write_text('{"id": "a", "r_score": 0.5, "leaf_acc": 0.25}\n\n{"id": "b", "leaf_acc": 1}\n')
+    assert read_scores(str(path), "acc") == {"a": 0.25, "b": 1.0}
+    path.write_text('{"id": "a", "r_score": 0.5, "leaf_acc": 0.25}\n{"id": "b"}\n')
+    with pytest.raises(UserError, match=r"scores.jsonl:2: not a score row .* 'r_score'"):
+        read_scores(str(path), "rscore")
+    with pytest.raises(UserError, match="does not exist"):
+        read_scores(str(tmp_path / "missing.jsonl"), "rscore")
+    with pytest.raises(UserError, match="needs reschedule.scores_file"):
+        read_scores(None, "rscore")
