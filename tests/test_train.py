@@ -34,6 +34,17 @@ def changed(before, model):
     return [name for name in before if not torch.equal(before[name], after[name])]
 
 
+def test_every_logged_metric_is_documented(model_dir, tmp_path):
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    trainer.train(tiny_config(model_dir, "train.steps=1", "reschedule.rank_by=acc", "reschedule.scores=online"),
+                  tmp_path / "run")
+    for key in read_metrics(tmp_path / "run")[0]:
+        generic = "/".join(key.split("/")[:-1] + ["<level>"])
+        assert f"`{key}`" in doc or f"`{generic}`" in doc, key
+
+
 def test_two_step_run_writes_its_directory(model_dir, tmp_path):
     run = tmp_path / "run"
     result = trainer.train(tiny_config(model_dir), run)
@@ -177,6 +188,8 @@ def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
         assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2 + (m["tree/nodes"] - 2 * 3) // 3
         assert m["tokens/trained"] <= m["tokens/generated"]
         assert 1 <= m["response_length/mean"] <= 8
+        # every continuation forks its prefix: at least the prompt is not encoded again
+        assert m["tokens/prefix_reused"] >= (m["tree/nodes"] - 2 * 3) // 3 * 2 * len("1+1\n")
     assert changed(weights(AutoModelForCausalLM.from_pretrained(model_dir)), final_model(run))
 
 
@@ -187,6 +200,7 @@ def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
         assert (m["tree/depth"], m["tree/nodes"], m["tree/leaves"]) == (1, 8, 8)   # 2 prompts x 4 samples
         assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2
         assert m["tokens/trained"] == m["tokens/generated"]
+        assert m["tokens/prefix_reused"] == 0
 
 
 def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):

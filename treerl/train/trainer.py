@@ -24,7 +24,7 @@ from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
 from treerl.rollout.grading import grade_tree
-from treerl.rollout.tree import ReasoningTree, TrainingSample, sample_trees
+from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats, sample_trees
 from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
@@ -42,7 +42,8 @@ class Rollout:
     """Leaf rewards of each tree."""
     correct: list[torch.Tensor]
     """Whether each leaf's answer is right."""
-    generated_tokens: int
+    stats: TreeStats
+    """Tokens sampled, and prefix tokens not re-encoded thanks to forked KV caches."""
     groups_kept: int
     """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
     level_probs: list[float]
@@ -103,7 +104,7 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
         groups_kept += len({path[:-1] for path in advantages})
         samples += [replace(sample, weight=weight) for sample in tree.training_samples(advantages)]
     scores = [book.scores.get(problem.id) for problem in problems]
-    return Rollout(problems, trees, samples, rewards, correct, stats.generated_tokens, groups_kept, probs, weights,
+    return Rollout(problems, trees, samples, rewards, correct, stats, groups_kept, probs, weights,
                    scores)
 
 
@@ -170,7 +171,8 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         "reward/mean": torch.cat(rollout.rewards).mean().item(),
         "acc/mean": correct.mean().item(),
         "response_length/mean": lengths.mean().item(),
-        "tokens/generated": rollout.generated_tokens,
+        "tokens/generated": rollout.stats.generated_tokens,
+        "tokens/prefix_reused": rollout.stats.prefix_tokens_saved,
         "tokens/trained": sum(len(sample.segment_ids) for sample in rollout.samples),
         "kl": None,
         **learner,
