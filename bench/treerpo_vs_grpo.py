@@ -13,27 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from runs import train
+
 LEVELS = ["easy", "medium", "hard", "ood"]
 TREERPO = "configs/treerpo_demo.yaml"
-
-
-def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
-    """Run `treerl train` into run_dir unless it finished there already; its metrics and last eval."""
-    metrics_path = run_dir / "metrics.jsonl"
-    if not (run_dir / "eval.json").is_file() or len(json.loads((run_dir / "eval.json").read_text())) < 2:
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        command = [sys.executable, "-m", "treerl.cli", "train", "--out", str(run_dir)]
-        command += ["--config", config] if config else []
-        subprocess.run(command + ["output.progress=false", "train.threads=1", *overrides], check=True,
-                       stdout=subprocess.DEVNULL)
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    evals = json.loads((run_dir / "eval.json").read_text())
-    return {"metrics": metrics, "before": evals["0"], "after": evals[max(evals, key=int)]}
 
 
 def summary(name: str, seed: int, run: dict, prompts_per_step: int) -> dict:
