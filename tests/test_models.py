@@ -44,3 +44,20 @@ def test_device_names_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="torch sees none"):
             resolve_device("cuda")
+
+
+def test_pretrain_warms_up_a_model_on_another_task_and_template(tmp_path):
+    import json
+
+    from treerl.models import load_policy
+    from treerl.train.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path / "warm"
+    cfg = PretrainConfig(task="countdown", template="plain", steps=3, batch_size=4, hidden=16, layers=1, heads=2,
+                         level_mix={"trivial": 1.0}, eval_problems=2, eval_max_new_tokens=8, threads=1, out=str(out))
+    summary = pretrain(cfg)
+    assert set(summary["eval"]) == {"trivial", "easy", "medium", "hard", "ood"}
+    assert all(group["problems"] == 2 and group["response_length"] <= 8 for group in summary["eval"].values())
+    assert json.loads((out / "pretrain.json").read_text())["parameters"] == summary["parameters"]
+    model, _ = load_policy(str(out))
+    assert model.config.hidden_size == 16

@@ -24,6 +24,7 @@ class PretrainConfig(Section):
     seed: int = 0
     out: str = "runs/pretrain"
     task: str = "arithmetic"
+    template: str | None = Field(None, description="prompt template; null = the task's default")
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0.0)
@@ -35,6 +36,7 @@ class PretrainConfig(Section):
         default_factory=lambda: {"trivial": 0.25, "easy": 0.65, "medium": 0.07, "hard": 0.03},
         description="share of each level in the warm-up data; the hard levels get little, RL does the rest")
     eval_problems: int = Field(200, ge=1)
+    eval_max_new_tokens: int = Field(64, ge=1)
     threads: int = Field(0, ge=0)
 
     @field_validator("level_mix")
@@ -48,7 +50,7 @@ class PretrainConfig(Section):
 def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, template=cfg.template)
     check_levels(task, list(cfg.level_mix), "level_mix")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     seconds = time.time() - start
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    results = evaluate(model, tokenizer, task, EvalConfig(problems=cfg.eval_problems))
+    results = evaluate(model, tokenizer, task, EvalConfig(problems=cfg.eval_problems, max_new_tokens=cfg.eval_max_new_tokens))
     print_eval(results, title=f"warm-up model ({seconds / 60:.1f} min of training)")
     summary = {"train_seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()), "eval": results}
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
