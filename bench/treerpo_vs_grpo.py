@@ -22,13 +22,13 @@ LEVELS = ["easy", "medium", "hard", "ood"]
 TREERPO = "configs/treerpo_demo.yaml"
 
 
-def summary(name: str, seed: int, run: dict, prompts_per_step: int) -> dict:
+def summary(name: str, seed: int, run: dict, batch_prompts: int) -> dict:
     metrics = run["metrics"]
     return {
         "algo": name, "seed": seed, "steps": len(metrics),
         "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
         "generated_tokens_per_prompt": round(sum(m["tokens/generated"] for m in metrics)
-                                             / (prompts_per_step * len(metrics)), 1),
+                                             / (batch_prompts * len(metrics)), 1),
         "accuracy": {lvl: {"before": run["before"][lvl]["accuracy"], "after": run["after"][lvl]["accuracy"]}
                      for lvl in LEVELS},
         "response_length_after": {lvl: run["after"][lvl]["response_length"] for lvl in LEVELS},

@@ -123,7 +123,7 @@ def test_cli_out_refuses_existing_run(in_tmp, capsys):
 def test_cli_unknown_eval_level_is_a_user_error(in_tmp, capsys, model_dir):
     run = in_tmp / "run"
     code = main(["train", "--out", str(run), f"model.name_or_path={model_dir}", "eval.levels=[easy,bogus]",
-                 "output.progress=false", "train.steps=1", "eval.problems=1", "rollout.prompts_per_step=1",
+                 "output.progress=false", "train.steps=1", "eval.problems=1", "rollout.batch_prompts=1",
                  "rollout.n=2", "rollout.max_new_tokens=2", "eval.max_new_tokens=2"])
     assert code == 2
     assert "bogus" in one_error_line(capsys)

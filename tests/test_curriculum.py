@@ -214,7 +214,7 @@ def test_score_writes_one_row_per_query_and_training_reads_it(model_dir, tmp_pat
     assert "r-scores of 6 queries" in capsys.readouterr().out
 
     cfg = load_config(None, [f"model.name_or_path={model_dir}", "output.progress=false", "train.threads=1",
-                             "train.steps=2", "rollout.prompts_per_step=2", "rollout.n=2",
+                             "train.steps=2", "rollout.batch_prompts=2", "rollout.n=2",
                              "rollout.max_new_tokens=8", "eval.problems=2", "curriculum.levels=[easy,medium]",
                              "curriculum.pool_size=3", "reschedule.rank_by=rscore",
                              f"reschedule.scores_file={out}"])

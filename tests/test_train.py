@@ -16,7 +16,7 @@ STEP_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "loss/po
 
 def tiny_config(model_dir, *overrides):
     return load_config(None, [
-        f"model.name_or_path={model_dir}", "rollout.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=16",
+        f"model.name_or_path={model_dir}", "rollout.batch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=16",
         "eval.problems=4", "eval.max_new_tokens=16", "output.progress=false", "train.threads=1", "train.steps=2",
         *overrides])
 
@@ -116,7 +116,7 @@ def crash_and_resume(cfg, tmp_path, monkeypatch):
     trainer.train(cfg, tmp_path / "b", resume=True)
 
     def strip(metrics):
-        return [{k: v for k, v in m.items() if not k.startswith("timing/")} for m in metrics]
+        return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/"))} for m in metrics]
 
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
@@ -154,7 +154,7 @@ def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeyp
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     runs = {}
     for micro in (8, 3):  # 8 sequences per step: one pass, or passes of 3 + 3 + 2
-        cfg = tiny_config(model_dir, "train.steps=1", f"train.micro_batch_size={micro}", f"algo.loss_agg={loss_agg}",
+        cfg = tiny_config(model_dir, "train.steps=1", f"train.micro_batch={micro}", f"algo.loss_agg={loss_agg}",
                           "eval.levels=[trivial]", "eval.problems=1")
         trainer.train(cfg, tmp_path / str(micro))
         runs[micro] = read_metrics(tmp_path / str(micro))[0]
@@ -166,7 +166,7 @@ def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeyp
 def test_two_steps_on_the_embedded_model_learn_from_real_rewards(tmp_path):
     """The shipped warm-up model solves some hard problems and misses others, so GRPO has signal."""
     run = tmp_path / "tiny-run"
-    cfg = load_config(None, ["rollout.prompts_per_step=8", "rollout.n=8", "eval.problems=20", "output.progress=false",
+    cfg = load_config(None, ["rollout.batch_prompts=8", "rollout.n=8", "eval.problems=20", "output.progress=false",
                              "train.threads=1", "train.steps=2", "curriculum.levels=[hard]", "eval.levels=[hard]"])
     result = trainer.train(cfg, run)
     metrics = read_metrics(run)
@@ -205,7 +205,7 @@ def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
 
 def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):
     run = tmp_path / "run"
-    trainer.train(tiny_config(model_dir, "train.steps=3", "curriculum.name=classic", "rollout.prompts_per_step=3",
+    trainer.train(tiny_config(model_dir, "train.steps=3", "curriculum.name=classic", "rollout.batch_prompts=3",
                               "curriculum.levels=[easy,medium,hard]"), run)
     metrics = read_metrics(run)
     for m, level in zip(metrics, ["easy", "medium", "hard"]):  # classic over 3 steps: one level per step

@@ -38,7 +38,12 @@ class TaskConfig(Section):
 
 class RolloutConfig(Section):
     n: int = Field(8, ge=1, description="samples per prompt (the group size)")
-    prompts_per_step: int = Field(16, ge=1)
+    batch_prompts: int = Field(16, ge=1, description="prompts sampled per training step: the rollout buffer is "
+                                                       "batch_prompts x n sequences (or one tree each)")
+    generation_batch: int = Field(0, ge=0, description="prompts per generation call; 0 = the whole buffer at once "
+                                                       "(DASH's preemptive sampling)")
+    refill: int = Field(0, ge=0, description="extra sampling rounds while filtering leaves fewer than batch_prompts "
+                                             "prompts with signal (DAPO dynamic sampling); needs train.filter_tau")
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -104,8 +109,13 @@ class TrainConfig(Section):
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    optim_steps_per_batch: int = Field(2, ge=1, description="optimizer steps per rollout batch (mini-batches)")
-    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    mini_batch: int = Field(64, ge=1, description="sequences per optimizer step: the buffer is split into "
+                                                  "ceil(buffer / mini_batch) equal mini-batches")
+    micro_batch: int = Field(64, ge=1, description="sequences per forward/backward pass (gradient accumulation)")
+    epochs: int = Field(1, ge=1, description="passes over the buffer; every optimizer step after the first is "
+                                             "off-policy, corrected by the clipped ratio")
+    filter_tau: float | None = Field(None, ge=0.0, description="null = train every sample; a number = drop "
+                                                               "samples with |advantage| <= tau before any forward")
     checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 

@@ -146,6 +146,12 @@ class TreeStats:
     prefix_tokens_saved: int = 0
     """Prompt and prefix tokens that re-encoding each continuation from scratch would have cost."""
 
+    def __iadd__(self, other: TreeStats) -> TreeStats:
+        self.generated_tokens += other.generated_tokens
+        self.refed_tokens += other.refed_tokens
+        self.prefix_tokens_saved += other.prefix_tokens_saved
+        return self
+
 
 @torch.no_grad()
 def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,

@@ -20,6 +20,7 @@ from treerl.curriculum.reschedule import ScoreBook, loss_weight
 from treerl.curriculum.rscore import leaf_accuracy, r_score
 from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
 from treerl.curriculum.score import read_scores
+from treerl.errors import UserError
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
@@ -30,6 +31,7 @@ from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
+from treerl.train.timing import print_time_summary, time_summary
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Rollout:
     """Re-Schedule's loss weight of each problem (1.0 when off)."""
     scores: list[float | None]
     """Each problem's score (r-score or pass rate) as ranked this step; None when it has none."""
+    timings: dict[str, float]
+    """Seconds spent generating (timing/rollout_s) and grading and scoring (timing/reward_s)."""
 
 
 def lr_factor(step: int, cfg: Config) -> float:
@@ -80,83 +84,123 @@ def query_score(tree: ReasoningTree, cfg: Config) -> float:
 
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random, generator: torch.Generator,
             sampler: ProblemSampler, book: ScoreBook) -> Rollout:
-    probs = sampler.probs(step)
-    problems = sampler.draw(step, cfg.rollout.prompts_per_step, rng)
-    prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
-                  for p in problems]
+    """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each), generated
+    rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill, more rounds while fewer
+    than batch_prompts prompts have a sample that survives train.filter_tau."""
+    ro, rs = cfg.rollout, cfg.reschedule
     depth, step_tokens = tree_shape(cfg)
-    trees, stats = sample_trees(policy, tokenizer, prompt_ids, branching=cfg.rollout.n, depth=depth,
-                                step_tokens=step_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
-                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=generator)
-    rs = cfg.reschedule
-    rewards, correct, samples, groups_kept, weights = [], [], [], 0, []
-    for tree, problem in zip(trees, problems):
-        grades = grade_tree(tree, problem, task, tokenizer)
-        rewards.append(torch.tensor([g.reward for g in grades]))
-        correct.append(torch.tensor([g.correct for g in grades], dtype=torch.float))
-        if rs.rank_by != "off" and rs.scores == "online":
-            book.update(problem.id, query_score(tree, cfg))
-    for tree, problem in zip(trees, problems):
-        weight = 1.0 if rs.rank_by == "off" else loss_weight(book.rank(problem.id), step - 1, cfg.train.steps,
-                                                               rs.mix, rs.w_min, rs.w_max)
-        weights.append(weight)
-        advantages = tree_advantages(cfg.algo.name, tree, cfg.algo.std_eps, cfg.tree.prune_tau, cfg.tree.norm)
-        groups_kept += len({path[:-1] for path in advantages})
-        samples += [replace(sample, weight=weight) for sample in tree.training_samples(advantages)]
+    timings = {"timing/rollout_s": 0.0, "timing/reward_s": 0.0}
+    problems: list[Problem] = []
+    trees: list[ReasoningTree] = []
+    stats = TreeStats()
+    rewards, correct, per_prompt, groups_kept, weights = [], [], [], 0, []
+    for _ in range(1 + ro.refill):
+        new = sampler.draw(step, ro.batch_prompts, rng)
+        t0 = time.perf_counter()
+        chunk = ro.generation_batch or len(new)
+        for start in range(0, len(new), chunk):
+            prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer),
+                                    add_special_tokens=False)["input_ids"] for p in new[start:start + chunk]]
+            chunk_trees, chunk_stats = sample_trees(
+                policy, tokenizer, prompt_ids, branching=ro.n, depth=depth, step_tokens=step_tokens,
+                max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p, generator=generator)
+            trees += chunk_trees
+            stats += chunk_stats
+        t1 = time.perf_counter()
+        timings["timing/rollout_s"] += t1 - t0
+        for tree, problem in zip(trees[len(problems):], new):
+            grades = grade_tree(tree, problem, task, tokenizer)
+            rewards.append(torch.tensor([g.reward for g in grades]))
+            correct.append(torch.tensor([g.correct for g in grades], dtype=torch.float))
+            if rs.rank_by != "off" and rs.scores == "online":
+                book.update(problem.id, query_score(tree, cfg))
+        for tree, problem in zip(trees[len(problems):], new):
+            weight = 1.0 if rs.rank_by == "off" else loss_weight(book.rank(problem.id), step - 1, cfg.train.steps,
+                                                                   rs.mix, rs.w_min, rs.w_max)
+            weights.append(weight)
+            advantages = tree_advantages(cfg.algo.name, tree, cfg.algo.std_eps, cfg.tree.prune_tau, cfg.tree.norm)
+            groups_kept += len({path[:-1] for path in advantages})
+            per_prompt.append([replace(sample, weight=weight) for sample in tree.training_samples(advantages)])
+        problems += new
+        timings["timing/reward_s"] += time.perf_counter() - t1
+        with_signal = [group for group in per_prompt if any(trainable(sample, cfg) for sample in group)]
+        if len(with_signal) >= ro.batch_prompts:
+            break
+    buffer = with_signal[:ro.batch_prompts] if ro.refill else per_prompt
     scores = [book.scores.get(problem.id) for problem in problems]
-    return Rollout(problems, trees, samples, rewards, correct, stats, groups_kept, probs, weights,
-                   scores)
+    return Rollout(problems, trees, [sample for group in buffer for sample in group], rewards, correct, stats,
+                   groups_kept, sampler.probs(step), weights, scores, timings)
 
 
-def update(policy, reference, optimizer, rollout: Rollout, cfg: Config, generator: torch.Generator) -> dict[str, float]:
-    """optim_steps_per_batch optimizer steps over shuffled mini-batches, each accumulated over micro-batches."""
-    algo = cfg.algo
+def trainable(sample: TrainingSample, cfg: Config) -> bool:
+    """Whether a sample goes through forward and backward: always without train.filter_tau, else |A| > tau."""
+    return cfg.train.filter_tau is None or abs(sample.advantage) > cfg.train.filter_tau
+
+
+def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Config,
+           generator: torch.Generator) -> dict[str, float]:
+    """train.epochs passes over the buffer, each in ceil(buffer / train.mini_batch) shuffled mini-batches of equal
+    size, one optimizer step each, accumulated over train.micro_batch sequences per pass. Filtered samples skip the
+    forward and backward passes, but the loss keeps its mini-batch's denominators (all its sequences and tokens),
+    so dropping a zero-advantage sample leaves the gradient unchanged."""
+    algo, t = cfg.algo, cfg.train
     device = next(policy.parameters()).device
-    samples = rollout.samples
     advantages = torch.tensor([sample.advantage for sample in samples], device=device)
     weights = torch.tensor([sample.weight for sample in samples], device=device)
-    order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
-    minibatches = [order[i::cfg.train.optim_steps_per_batch] for i in range(cfg.train.optim_steps_per_batch)]
+    kept = [trainable(sample, cfg) for sample in samples]
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
     if reference is not None:
         sums["kl"] = 0.0
+    optimizer_steps = 0
     policy.train()
-    for minibatch in minibatches:
-        if not minibatch:  # every group pruned: nothing to learn from this batch
-            continue
-        total_seqs = len(minibatch)
-        total_tokens = sum(len(samples[i].segment_ids) for i in minibatch)
-        optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(minibatch), cfg.train.micro_batch_size):
-            rows = minibatch[start:start + cfg.train.micro_batch_size]
-            batch = make_batch([samples[i].context_ids for i in rows], [samples[i].segment_ids for i in rows]).to(device)
-            mask = batch.completion_mask
-            old = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
-            logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
-            pg, clipped = clipped_policy_loss(logprobs, old, advantages[rows, None], algo.clip_low, algo.clip_high)
-            pg = pg * weights[rows, None]
+    for _ in range(t.epochs):
+        order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
+        parts = max(1, math.ceil(len(order) / t.mini_batch))
+        for minibatch in (order[i::parts] for i in range(parts)):
+            rows_kept = [i for i in minibatch if kept[i]]
+            if not rows_kept:  # nothing with signal in this mini-batch: no step
+                continue
+            total_seqs = len(minibatch)
+            total_tokens = sum(len(samples[i].segment_ids) for i in minibatch)
+            trained_tokens = sum(len(samples[i].segment_ids) for i in rows_kept)
+            optimizer.zero_grad(set_to_none=True)
+            for start in range(0, len(rows_kept), t.micro_batch):
+                rows = rows_kept[start:start + t.micro_batch]
+                batch = make_batch([samples[i].context_ids for i in rows],
+                                   [samples[i].segment_ids for i in rows]).to(device)
+                mask = batch.completion_mask
+                old = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
+                logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
+                pg, clipped = clipped_policy_loss(logprobs, old, advantages[rows, None], algo.clip_low,
+                                                  algo.clip_high)
+                pg = pg * weights[rows, None]
 
-            def agg(values: torch.Tensor) -> torch.Tensor:
-                return aggregate(values, mask, algo.loss_agg, total_seqs=total_seqs, total_tokens=total_tokens,
-                                 norm_len=tree_shape(cfg)[1])
+                def agg(values: torch.Tensor) -> torch.Tensor:
+                    return aggregate(values, mask, algo.loss_agg, total_seqs=total_seqs, total_tokens=total_tokens,
+                                     norm_len=tree_shape(cfg)[1])
 
-            policy_loss = agg(pg)
-            entropy_term = agg(entropy)
-            loss = policy_loss - algo.entropy_coef * entropy_term if algo.entropy_coef else policy_loss
-            if reference is not None:
-                with torch.no_grad():
-                    ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
-                kl = agg(kl_penalty(logprobs, ref_logprobs, algo.kl_estimator))
-                loss = loss + algo.kl_coef * kl
-                sums["kl"] += kl.item()
-            loss.backward()
-            sums["loss/policy"] += policy_loss.item()
-            sums["entropy"] += entropy_term.item()
-            sums["clip_frac"] += float((clipped * mask).sum()) / max(total_tokens, 1)
-            sums["ppo_kl"] += float(((old - logprobs.detach()) * mask).sum()) / max(total_tokens, 1)
-        sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm))
-        optimizer.step()
-    return {key: value / len(minibatches) for key, value in sums.items()}
+                policy_loss = agg(pg)
+                entropy_term = agg(entropy)
+                loss = policy_loss - algo.entropy_coef * entropy_term if algo.entropy_coef else policy_loss
+                if reference is not None:
+                    with torch.no_grad():
+                        ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
+                    kl = agg(kl_penalty(logprobs, ref_logprobs, algo.kl_estimator))
+                    loss = loss + algo.kl_coef * kl
+                    sums["kl"] += kl.item()
+                loss.backward()
+                sums["loss/policy"] += policy_loss.item()
+                sums["entropy"] += entropy_term.item()
+                sums["clip_frac"] += float((clipped * mask).sum()) / trained_tokens
+                sums["ppo_kl"] += float(((old - logprobs.detach()) * mask).sum()) / trained_tokens
+            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm))
+            optimizer.step()
+            optimizer_steps += 1
+    learner = {key: value / max(1, optimizer_steps) for key, value in sums.items()}
+    learner["train/optimizer_steps"] = optimizer_steps
+    learner["tokens/trained"] = sum(len(s.segment_ids) for s, keep in zip(samples, kept) if keep)
+    learner["filter/dropped_frac"] = (1.0 - sum(kept) / len(samples)) if samples else 0.0
+    return learner
 
 
 def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
@@ -173,7 +217,6 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         "response_length/mean": lengths.mean().item(),
         "tokens/generated": rollout.stats.generated_tokens,
         "tokens/prefix_reused": rollout.stats.prefix_tokens_saved,
-        "tokens/trained": sum(len(sample.segment_ids) for sample in rollout.samples),
         "kl": None,
         **learner,
         "lr": lr,
@@ -206,6 +249,10 @@ class Run:
         self.metrics_path = path / "metrics.jsonl"
         self.eval_path = path / "eval.json"
 
+    def metrics(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
+            if self.metrics_path.is_file() else []
+
     def evals(self) -> dict[str, Any]:
         return json.loads(self.eval_path.read_text()) if self.eval_path.is_file() else {}
 
@@ -231,6 +278,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
+    if cfg.rollout.refill and cfg.train.filter_tau is None:
+        raise UserError("rollout.refill resamples prompts whose samples are all filtered: set train.filter_tau "
+                        "(for example 0 to drop zero-advantage groups)")
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     sampler.probs(1)
@@ -270,12 +320,21 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                 "rng": {"problems": rng.getstate(), "sampling": generator.get_state()},
                 "curriculum": {"sampler": sampler.state_dict(), "scores": book.state_dict()}}
 
+    spent = {"eval": 0.0, "checkpoint": 0.0}
+
+    def checkpoint_now(step: int) -> None:
+        t0 = time.perf_counter()
+        save_checkpoint(run_dir, step, policy, tokenizer, trainer_state())
+        spent["checkpoint"] += time.perf_counter() - t0
+
     with progress_bar(cfg.output.progress) as bar:
         def run_eval(step: int) -> None:
+            t0 = time.perf_counter()
             job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
             results = evaluate(policy, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
             bar.remove_task(job)
             run.record_eval(step, results)
+            spent["eval"] += time.perf_counter() - t0
 
         if "0" not in run.evals():
             run_eval(0)
@@ -284,26 +343,32 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             t0 = time.perf_counter()
             rollout = collect(policy, tokenizer, task, cfg, step, rng, generator, sampler, book)
             t1 = time.perf_counter()
-            learner = update(policy, reference, optimizer, rollout, cfg, generator)
+            learner = update(policy, reference, optimizer, rollout.samples, cfg, generator)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             t2 = time.perf_counter()
-            metrics = step_metrics(step, rollout, learner, {"timing/rollout_s": t1 - t0, "timing/update_s": t2 - t1,
+            metrics = step_metrics(step, rollout, learner, {**rollout.timings, "timing/update_s": t2 - t1,
                                                             "timing/step_s": t2 - t0}, lr, cfg.curriculum.levels)
+            metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(metrics["timing/rollout_s"], 1e-9)
+            metrics["throughput/train_tok_s"] = (metrics["tokens/trained"] * cfg.train.epochs
+                                                 / max(metrics["timing/update_s"], 1e-9))
             run.log(metrics)
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                save_checkpoint(run_dir, step, policy, tokenizer, trainer_state())
+                checkpoint_now(step)
         final = cfg.train.steps
         if str(final) not in run.evals():
             run_eval(final)
     saved = latest_checkpoint(run_dir)
     if saved is None or saved.name != f"step_{final}":
-        save_checkpoint(run_dir, final, policy, tokenizer, trainer_state())
+        checkpoint_now(final)
     evals = run.evals()
     before, after = evals["0"], evals[str(final)]
     print_eval(after, before, title=f"held-out accuracy (%), step 0 -> {final}", console=console)
+    timing = time_summary(run.metrics(), spent["eval"], spent["checkpoint"])
+    write_json(run_dir / "timing.json", timing)
+    print_time_summary(timing, console)
     return {"before": before, "after": after}
