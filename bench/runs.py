@@ -25,4 +25,4 @@ def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
                        stdout=subprocess.DEVNULL)
         evals = json.loads((run_dir / "eval.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"metrics": metrics, "before": evals["0"], "after": evals[max(evals, key=int)]}
+    return {"metrics": metrics, "evals": evals, "before": evals["0"], "after": evals[max(evals, key=int)]}

@@ -1,0 +1,77 @@
+"""DASH against standard GRPO on the tiny model: wall-clock time to a held-out accuracy target, several seeds.
+
+    .venv/bin/python bench/dash.py --seeds 0 1 2 --target 0.70 --out runs/bench-dash
+
+Both run the default recipe (arithmetic, medium + hard, 16 prompts x 8 samples, 2 optimizer steps per buffer,
+lr 5e-5) with backpropagation in micro-batches of 8 sequences, and evaluate greedy accuracy on 200 held-out
+hard problems every `--every` steps. They differ only in how they sample and what they train on:
+- `standard`: each micro-batch's rollouts are generated just before its update (rollout.generation_batch=1,
+  one prompt x 8 samples = one micro-batch), and every sample is trained on (no filtering);
+- `dash`: the whole buffer is generated in one call (rollout.generation_batch=0) and samples with |A| <= 0.1
+  skip forward and backward (train.filter_tau=0.1, the paper's tau).
+Both train for --steps steps. Time to target is the training time (evaluation excluded, from metrics.jsonl)
+up to the first evaluation that reaches the target; final accuracy is that of the last step. The two methods
+of a seed run side by side, one thread each, so their ratio is measured in one run on the same machine state.
+Finished runs are read back, not redone. Writes summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from runs import train
+
+COMMON = ["train.micro_batch=8", "eval.levels=[hard]", "eval.problems=200"]
+METHODS = {
+    "standard": ["rollout.generation_batch=1"],
+    "dash": ["rollout.generation_batch=0", "train.filter_tau=0.1"],
+}
+
+
+def run(out: Path, seed: int, method: str, target: float, every: int, steps: int) -> dict:
+    """Train for `steps` steps with an evaluation every `every`; time to the first evaluation at the target."""
+    result = train(out / f"{method}-seed{seed}", f"seed={seed}", f"train.steps={steps}", f"eval.every={every}",
+                   *COMMON, *METHODS[method])
+    metrics, evals = result["metrics"], result["evals"]
+    hard = {int(s): evals[s]["hard"]["accuracy"] for s in evals}
+    reached = min((s for s, acc in hard.items() if s > 0 and acc >= target), default=None)
+    return {
+        "method": method, "seed": seed, "steps": len(metrics), "target": target, "reached_at_step": reached,
+        "train_s_to_target": round(sum(m["timing/step_s"] for m in metrics[:reached]), 1) if reached else None,
+        "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
+        "hard_before": hard[0], "hard_final": hard[len(metrics)], "hard_best": max(hard.values()),
+        "hard_by_step": {str(s): hard[s] for s in sorted(hard)},
+        "mean_rollout_s": round(statistics.mean(m["timing/rollout_s"] for m in metrics), 3),
+        "mean_update_s": round(statistics.mean(m["timing/update_s"] for m in metrics), 3),
+        "dropped_frac": round(statistics.mean(m["filter/dropped_frac"] for m in metrics), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=0.70, help="greedy accuracy on hard to reach")
+    parser.add_argument("--every", type=int, default=25, help="evaluate every this many steps")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--out", default="runs/bench-dash")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = []
+    for seed in args.seeds:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pair = list(pool.map(lambda m: run(out, seed, m, args.target, args.every, args.steps), METHODS))
+        standard, dash = pair
+        ratio = (standard["train_s_to_target"] / dash["train_s_to_target"]
+                 if standard["train_s_to_target"] and dash["train_s_to_target"] else None)
+        rows += [*pair, {"seed": seed, "speedup_to_target": round(ratio, 2) if ratio else None}]
+        for row in rows[-3:]:
+            print(json.dumps(row), flush=True)
+    (out / "summary.json").write_text(json.dumps({"target": args.target, "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
