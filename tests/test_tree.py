@@ -17,6 +17,13 @@ def test_values_back_up_as_means_of_children():
     assert [path for path, _ in tree.leaves()] == [(0, 0), (0, 1), (1, 0, 0), (1, 0, 1), (1, 1)]
 
 
+def test_the_tree_is_exported_at_the_top_level():
+    import treerl
+
+    assert treerl.ReasoningTree is ReasoningTree
+    assert treerl.ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]]).root.value == pytest.approx(5 / 8)  # mean(1/2, mean(1/2, 1))
+
+
 def test_walk_visits_parents_before_children_in_order():
     tree = ReasoningTree.from_leaf_rewards([[1, 0], 1])
     assert [path for path, _ in tree.walk()] == [(), (0,), (0, 0), (0, 1), (1,)]
