@@ -129,7 +129,7 @@ def crash_and_resume(cfg, tmp_path, monkeypatch):
 
 def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
-    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.warmup_steps=1",
+    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "train.warmup_steps=1",
                       "train.lr=1e-3", "algo.kl_coef=0.1")
     metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
     assert any(m["grad_norm"] > 0 for m in metrics[2:])
@@ -140,7 +140,7 @@ def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, m
     """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
     and weighs them the same."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
-    cfg = tiny_config(model_dir, "train.steps=4", "train.checkpoint_every=2", "train.lr=1e-3", "algo.name=treerpo",
+    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "train.lr=1e-3", "algo.name=treerpo",
                       "tree.depth=2", "rollout.n=2", "rollout.max_new_tokens=8", "curriculum.pool_size=3",
                       "curriculum.name=gaussian", "curriculum.levels=[easy,medium,hard]",
                       "reschedule.rank_by=rscore", "reschedule.scores=online", "reschedule.mix=linear")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from treerl.errors import UserError
+from treerl.errors import RunStopped, UserError
 
 OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see docs/config.md)"
 
@@ -61,7 +61,8 @@ def _eval(args: argparse.Namespace) -> None:
     task = make_task(cfg.task)
     if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device))
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device),
+                                   cfg.model.trust_remote_code)
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
         results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"treerl: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stop:
+        print(f"treerl: {stop}", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("treerl: interrupted; what was written so far is kept", file=sys.stderr)
         return 130

@@ -19,6 +19,8 @@ class ModelConfig(Section):
     name_or_path: str = Field("tiny", description="'tiny' (the embedded model) or a local HF causal LM directory")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    trust_remote_code: bool = Field(False, description="run the model directory's own Python code (only for "
+                                                       "models you trust)")
 
 
 class TaskConfig(Section):
@@ -116,7 +118,10 @@ class TrainConfig(Section):
                                              "off-policy, corrected by the clipped ratio")
     filter_tau: float | None = Field(None, ge=0.0, description="null = train every sample; a number = drop "
                                                                "samples with |advantage| <= tau before any forward")
-    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="the newest this many checkpoints are kept")
+    max_bad_steps: int = Field(3, ge=1, description="stop after this many steps in a row with a non-finite "
+                                                    "loss or gradient (each skips its update)")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 
 

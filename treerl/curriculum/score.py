@@ -40,7 +40,7 @@ def score_queries(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]
         raise UserError(f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a branch every "
                         f"{r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth")
     device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device)
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
     with progress_bar(cfg.output.progress) as bar:

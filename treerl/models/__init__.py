@@ -35,16 +35,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_policy(name_or_path: str, dtype: str = "float32",
-                device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer from 'tiny' or a local HF directory, with a pad token set."""
+def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu",
+                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (weights through safetensors) and tokenizer from 'tiny' or a local HF directory, with a pad token
+    set; the directory's own code runs only with trust_remote_code."""
     path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
-    return model, load_tokenizer(name_or_path)
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"model path '{name_or_path}' has no .safetensors weights; treerl loads weights only through "
+                        "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                 use_safetensors=True).to(device)
+    return model, load_tokenizer(name_or_path, trust_remote_code)

@@ -23,8 +23,9 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any]) -> Path:
-    """Write into a temporary folder, then rename it: a crash never leaves a half-written step_N."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep: int = 0) -> Path:
+    """Write into a temporary folder, then rename it: a crash never leaves a half-written step_N. With keep > 0,
+    only the newest `keep` checkpoints stay."""
     root = run_dir / "checkpoints"
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -34,13 +35,20 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    if keep:
+        for old in sorted(checkpoints(run_dir), key=lambda p: int(p.name.split("_")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run (a temporary folder of an interrupted save is never one)."""
+    return [p for p in (run_dir / "checkpoints").glob("step_*") if (p / TRAINER_STATE).is_file()]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = [p for p in (run_dir / "checkpoints").glob("step_*") if (p / TRAINER_STATE).is_file()]
-    return max(steps, key=lambda p: int(p.name.split("_")[1]), default=None)
+    return max(checkpoints(run_dir), key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+    return torch.load(checkpoint / TRAINER_STATE, weights_only=True)

@@ -20,7 +20,7 @@ from treerl.curriculum.reschedule import ScoreBook, loss_weight
 from treerl.curriculum.rscore import leaf_accuracy, r_score
 from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
 from treerl.curriculum.score import read_scores
-from treerl.errors import UserError
+from treerl.errors import RunStopped, UserError
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
@@ -31,6 +31,7 @@ from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
+from treerl.train.signals import stop_signals
 from treerl.train.timing import print_time_summary, time_summary
 
 
@@ -151,7 +152,7 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "grad_norm": 0.0}
     if reference is not None:
         sums["kl"] = 0.0
-    optimizer_steps = 0
+    optimizer_steps = skipped = 0
     policy.train()
     for _ in range(t.epochs):
         order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
@@ -164,6 +165,7 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
             total_tokens = sum(len(samples[i].segment_ids) for i in minibatch)
             trained_tokens = sum(len(samples[i].segment_ids) for i in rows_kept)
             optimizer.zero_grad(set_to_none=True)
+            step_sums = dict.fromkeys(sums, 0.0)
             for start in range(0, len(rows_kept), t.micro_batch):
                 rows = rows_kept[start:start + t.micro_batch]
                 batch = make_batch([samples[i].context_ids for i in rows],
@@ -187,17 +189,24 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
                         ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
                     kl = agg(kl_penalty(logprobs, ref_logprobs, algo.kl_estimator))
                     loss = loss + algo.kl_coef * kl
-                    sums["kl"] += kl.item()
+                    step_sums["kl"] += kl.item()
                 loss.backward()
-                sums["loss/policy"] += policy_loss.item()
-                sums["entropy"] += entropy_term.item()
-                sums["clip_frac"] += float((clipped * mask).sum()) / trained_tokens
-                sums["ppo_kl"] += float(((old - logprobs.detach()) * mask).sum()) / trained_tokens
-            sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm))
+                step_sums["loss/policy"] += policy_loss.item()
+                step_sums["entropy"] += entropy_term.item()
+                step_sums["clip_frac"] += float((clipped * mask).sum()) / trained_tokens
+                step_sums["ppo_kl"] += float(((old - logprobs.detach()) * mask).sum()) / trained_tokens
+            step_sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm))
+            if not all(math.isfinite(value) for value in step_sums.values()):
+                optimizer.zero_grad(set_to_none=True)   # a non-finite loss or gradient: skip this update
+                skipped += 1
+                continue
             optimizer.step()
             optimizer_steps += 1
+            for key, value in step_sums.items():
+                sums[key] += value
     learner = {key: value / max(1, optimizer_steps) for key, value in sums.items()}
     learner["train/optimizer_steps"] = optimizer_steps
+    learner["train/skipped_updates"] = skipped
     learner["tokens/trained"] = sum(len(s.segment_ids) for s, keep in zip(samples, kept) if keep)
     learner["filter/dropped_frac"] = (1.0 - sum(kept) / len(samples)) if samples else 0.0
     return learner
@@ -250,8 +259,16 @@ class Run:
         self.eval_path = path / "eval.json"
 
     def metrics(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()] \
-            if self.metrics_path.is_file() else []
+        """The logged steps; a torn last line (the process was killed while writing it) is left out."""
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise
+        return records
 
     def evals(self) -> dict[str, Any]:
         return json.loads(self.eval_path.read_text()) if self.eval_path.is_file() else {}
@@ -259,9 +276,8 @@ class Run:
     def truncate_to(self, step: int) -> None:
         """Forget what was logged after `step` (work lost in a crash, to be redone on resume)."""
         if self.metrics_path.is_file():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
-            write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+            kept = [m for m in self.metrics() if m["step"] <= step]
+            write_atomic(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
 
     def log(self, metrics: dict[str, Any]) -> None:
@@ -290,8 +306,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     run = Run(run_dir)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     device = resolve_device(cfg.model.device)
-    policy, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype, device)
-    reference = (load_policy(cfg.model.name_or_path, cfg.model.dtype, device)[0].eval()
+    policy, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype, device,
+                                    cfg.model.trust_remote_code)
+    reference = (load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)[0].eval()
                  if cfg.algo.kl_coef > 0 else None)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -324,10 +341,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
 
     def checkpoint_now(step: int) -> None:
         t0 = time.perf_counter()
-        save_checkpoint(run_dir, step, policy, tokenizer, trainer_state())
+        save_checkpoint(run_dir, step, policy, tokenizer, trainer_state(), keep=cfg.train.keep_checkpoints)
         spent["checkpoint"] += time.perf_counter() - t0
 
-    with progress_bar(cfg.output.progress) as bar:
+    with stop_signals() as stop, progress_bar(cfg.output.progress) as bar:
+        bad_steps = 0
+
         def run_eval(step: int) -> None:
             t0 = time.perf_counter()
             job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
@@ -357,8 +376,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+            if cfg.train.save_every and step % cfg.train.save_every == 0:
                 checkpoint_now(step)
+            bad_steps = bad_steps + 1 if learner["train/skipped_updates"] else 0
+            if bad_steps >= cfg.train.max_bad_steps:
+                checkpoint_now(step)
+                raise UserError(f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step {step}), "
+                                f"so their updates were skipped; the last good state is saved in "
+                                f"{run_dir}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
+                                f"continue with --resume {run_dir}")
+            if stop.signal is not None:
+                if not (cfg.train.save_every and step % cfg.train.save_every == 0):
+                    checkpoint_now(step)
+                raise RunStopped(f"stopped by {stop.signal.name} after step {step} of {cfg.train.steps}; the "
+                                 f"checkpoint is saved: continue with treerl train --resume {run_dir}")
         final = cfg.train.steps
         if str(final) not in run.evals():
             run_eval(final)
