@@ -24,7 +24,7 @@ def overrides(model_dir, steps=8):
     return [f"model.name_or_path={model_dir}", f"train.steps={steps}", "train.save_every=2", "train.lr=1e-3",
             "algo.entropy_coef=0.01", "rollout.batch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=8",
             "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=8", "output.progress=false",
-            "train.threads=1"]
+            "train.threads=1", "train.filter_tau=null"]
 
 
 def cli(*args):

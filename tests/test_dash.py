@@ -44,7 +44,7 @@ def weights_of(model):
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_dropping_zero_advantage_rows_leaves_the_gradient_unchanged(policy, loss_agg):
     samples = samples_with(policy, [1.0, 0.0, -0.5, 0.0, 0.0, 2.0])
-    full, full_stats = updated(policy, samples, f"algo.loss_agg={loss_agg}")
+    full, full_stats = updated(policy, samples, f"algo.loss_agg={loss_agg}", "train.filter_tau=null")
     kept, kept_stats = updated(policy, samples, f"algo.loss_agg={loss_agg}", "train.filter_tau=0")
     assert kept_stats["filter/dropped_frac"] == pytest.approx(0.5)
     assert full_stats["filter/dropped_frac"] == 0.0
@@ -68,6 +68,9 @@ def test_the_filter_keeps_exactly_the_rows_above_tau(policy, monkeypatch):
     assert seen == [3]   # 0.1000001, -2.0 and 0.5: |A| <= 0.1 never reaches a forward pass
     assert stats["filter/dropped_frac"] == pytest.approx(4 / 7)
     assert stats["tokens/trained"] == sum(len(samples[i].segment_ids) for i in (2, 3, 5))
+    seen.clear()
+    _, stats = updated(policy, samples_with(policy, [float("nan"), 0.0]), "train.filter_tau=0.1")
+    assert seen == [1] and stats["train/skipped_updates"] == 1   # a NaN advantage is not filtered away silently
     seen.clear()
     _, stats = updated(policy, samples_with(policy, [0.0, 0.0]), "train.filter_tau=0")
     assert seen == [] and stats["train/optimizer_steps"] == 0 and stats["grad_norm"] == 0.0
@@ -136,6 +139,7 @@ def test_refill_samples_until_enough_prompts_have_signal(model_dir, tmp_path, mo
 def test_refill_needs_a_filter(model_dir, tmp_path, capsys):
     from treerl.cli import main
 
-    assert main(["train", "--out", str(tmp_path / "r"), f"model.name_or_path={model_dir}", "rollout.refill=1"]) == 2
+    assert main(["train", "--out", str(tmp_path / "r"), f"model.name_or_path={model_dir}", "rollout.refill=1",
+                 "train.filter_tau=null"]) == 2
     assert "set train.filter_tau" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

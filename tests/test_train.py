@@ -195,7 +195,7 @@ def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
 
 def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
     run = tmp_path / "run"
-    trainer.train(tiny_config(model_dir), run)
+    trainer.train(tiny_config(model_dir, "train.filter_tau=null"), run)
     for m in read_metrics(run):
         assert (m["tree/depth"], m["tree/nodes"], m["tree/leaves"]) == (1, 8, 8)   # 2 prompts x 4 samples
         assert m["tree/groups_kept"] + m["tree/groups_pruned"] == 2

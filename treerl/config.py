@@ -116,7 +116,7 @@ class TrainConfig(Section):
     micro_batch: int = Field(64, ge=1, description="sequences per forward/backward pass (gradient accumulation)")
     epochs: int = Field(1, ge=1, description="passes over the buffer; every optimizer step after the first is "
                                              "off-policy, corrected by the clipped ratio")
-    filter_tau: float | None = Field(None, ge=0.0, description="null = train every sample; a number = drop "
+    filter_tau: float | None = Field(0.1, ge=0.0, description="null = train every sample; a number = drop "
                                                                "samples with |advantage| <= tau before any forward")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="the newest this many checkpoints are kept")

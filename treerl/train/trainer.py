@@ -134,8 +134,9 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
 
 
 def trainable(sample: TrainingSample, cfg: Config) -> bool:
-    """Whether a sample goes through forward and backward: always without train.filter_tau, else |A| > tau."""
-    return cfg.train.filter_tau is None or abs(sample.advantage) > cfg.train.filter_tau
+    """Whether a sample goes through forward and backward: always without train.filter_tau, else unless
+    |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and the update skipped)."""
+    return cfg.train.filter_tau is None or not abs(sample.advantage) <= cfg.train.filter_tau
 
 
 def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Config,
