@@ -11,15 +11,19 @@ CHARACTERS = list("0123456789+-*/=()<>.,:;?!'\"_ \n") + [chr(c) for c in range(o
     + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character: a byte-level BPE without merges, the pipeline of Qwen2's own tokenizer.
+def build_tokenizer(extra: str = "") -> PreTrainedTokenizerFast:
+    """One token per character of CHARACTERS, then of `extra` (a task's other characters, appended so that
+    the ids of the base set never move): a byte-level BPE without merges, the pipeline of Qwen2's tokenizer.
 
     AutoTokenizer loads a tokenizer saved beside a qwen2 config.json as Qwen2Tokenizer, which
     rebuilds the byte-level pre-tokenizer; the vocabulary is therefore written in byte-level form
     (space is 'Ġ', newline 'Ċ') so that both loaders split text the same way.
     """
     as_unicode = bytes_to_unicode()
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + [as_unicode[ord(c)] for c in CHARACTERS])}
+    characters = CHARACTERS + [c for c in dict.fromkeys(extra) if c not in CHARACTERS]
+    if any(ord(c) > 255 for c in characters):
+        raise ValueError("the character tokenizer covers single-byte characters only")
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + [as_unicode[ord(c)] for c in characters])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()

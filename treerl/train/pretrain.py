@@ -47,6 +47,23 @@ class PretrainConfig(Section):
         return mix
 
 
+CHARSET_PROBLEMS = 500
+"""Problems per level read to find the characters a task's prompts and solutions use."""
+
+
+def task_characters(task, levels: list[str]) -> str:
+    """Every character of the task's rendered prompts and worked solutions (a fixed sample per level), sorted:
+    the tokenizer must cover them all, or the warm-up trains on <unk> and a reloaded tokenizer drops them."""
+    base = build_tokenizer()
+    rng = random.Random("charset")
+    seen: set[str] = set()
+    for level in levels:
+        for _ in range(CHARSET_PROBLEMS):
+            problem = task.sample(level, rng)
+            seen.update(render_prompt(task.template, problem.question, base) + problem.solution)
+    return "".join(sorted(seen))
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -55,7 +72,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "pretrain_config.yaml")
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(task_characters(task, list(cfg.level_mix)))
     model = build_model(tokenizer, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed)
     rng = random.Random(cfg.seed)
     levels, weights = zip(*cfg.level_mix.items())
