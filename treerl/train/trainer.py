@@ -83,13 +83,30 @@ def query_score(tree: ReasoningTree, cfg: Config) -> float:
         else leaf_accuracy(tree)
 
 
+def generate_trees(policy, tokenizer, task: Task, cfg: Config, problems: list[Problem], generator: torch.Generator,
+                   stats: TreeStats) -> list[ReasoningTree]:
+    """One tree per problem, rollout.generation_batch prompts per sampling call (0 = all in one); adds to stats."""
+    ro = cfg.rollout
+    depth, step_tokens = tree_shape(cfg)
+    chunk = ro.generation_batch or len(problems)
+    trees: list[ReasoningTree] = []
+    for start in range(0, len(problems), chunk):
+        prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)
+                      ["input_ids"] for p in problems[start:start + chunk]]
+        chunk_trees, chunk_stats = sample_trees(
+            policy, tokenizer, prompt_ids, branching=ro.n, depth=depth, step_tokens=step_tokens,
+            max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p, generator=generator)
+        trees += chunk_trees
+        stats += chunk_stats
+    return trees
+
+
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.Random, generator: torch.Generator,
             sampler: ProblemSampler, book: ScoreBook) -> Rollout:
     """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each), generated
     rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill, more rounds while fewer
     than batch_prompts prompts have a sample that survives train.filter_tau."""
     ro, rs = cfg.rollout, cfg.reschedule
-    depth, step_tokens = tree_shape(cfg)
     timings = {"timing/rollout_s": 0.0, "timing/reward_s": 0.0}
     problems: list[Problem] = []
     trees: list[ReasoningTree] = []
@@ -98,15 +115,7 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
     for _ in range(1 + ro.refill):
         new = sampler.draw(step, ro.batch_prompts, rng)
         t0 = time.perf_counter()
-        chunk = ro.generation_batch or len(new)
-        for start in range(0, len(new), chunk):
-            prompt_ids = [tokenizer(render_prompt(task.template, p.question, tokenizer),
-                                    add_special_tokens=False)["input_ids"] for p in new[start:start + chunk]]
-            chunk_trees, chunk_stats = sample_trees(
-                policy, tokenizer, prompt_ids, branching=ro.n, depth=depth, step_tokens=step_tokens,
-                max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p, generator=generator)
-            trees += chunk_trees
-            stats += chunk_stats
+        trees += generate_trees(policy, tokenizer, task, cfg, new, generator, stats)
         t1 = time.perf_counter()
         timings["timing/rollout_s"] += t1 - t0
         for tree, problem in zip(trees[len(problems):], new):
