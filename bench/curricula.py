@@ -33,8 +33,8 @@ TASKS = {
         "report": ["hard", "ood"],
     },
     "countdown": {
-        "model": "runs/tiny-countdown",
-        "common": ["task.name=countdown", "curriculum.levels=[trivial,easy,medium,hard]", "curriculum.pool_size=256",
+        "model": "tiny-countdown",
+        "common": ["task.name=countdown", "task.template=plain", "curriculum.levels=[trivial,easy,medium,hard]", "curriculum.pool_size=256",
                    "train.steps=150", "rollout.max_new_tokens=128", "eval.max_new_tokens=128",
                    "eval.levels=[hard,ood]", "eval.problems=100"],
         "score": ["rscore.branching=3", "rscore.depth=3", "rscore.step_tokens=24", "rscore.batch_prompts=16"],

@@ -72,7 +72,7 @@ def test_the_embedded_countdown_model_solves_some_countdown_problems():
     model, tokenizer = load_policy("tiny-countdown")
     task = get_task("countdown", template="plain")
     results = evaluate(model, tokenizer, task, EvalConfig(problems=20, levels=["trivial"], max_new_tokens=80))
-    assert results["trivial"]["accuracy"] >= 0.3   # 70% on 100 held-out problems after its warm-up
+    assert results["trivial"]["accuracy"] >= 0.5   # 80% on 100 held-out problems after its warm-up
 
 
 def test_a_task_tokenizer_covers_its_characters_and_reloads_identically(tmp_path):

@@ -16,7 +16,8 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field("tiny", description="'tiny' (the embedded model) or a local HF causal LM directory")
+    name_or_path: str = Field("tiny", description="'tiny' (the embedded model), 'tiny-countdown' (its Countdown "
+                                                    "twin) or a local HF causal LM directory")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     trust_remote_code: bool = Field(False, description="run the model directory's own Python code (only for "

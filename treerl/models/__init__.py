@@ -12,14 +12,16 @@ from treerl.errors import UserError
 
 hf_logging.disable_progress_bar()
 TINY_DIR = Path(__file__).parent / "tiny"
+EMBEDDED = {"tiny": TINY_DIR, "tiny-countdown": Path(__file__).parent / "tiny_countdown"}
+"""Models shipped in the package: the arithmetic warm-up (the default) and a Countdown warm-up."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    path = TINY_DIR if name_or_path == "tiny" else Path(name_or_path).expanduser()
+    path = EMBEDDED.get(name_or_path) or Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise UserError(f"model path '{name_or_path}' {what}; give 'tiny' or a local Hugging Face model directory")
+        raise UserError(f"model path '{name_or_path}' {what}; give 'tiny', 'tiny-countdown' or a local Hugging Face model directory")
     return path
 
 
