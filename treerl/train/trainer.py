@@ -133,6 +133,8 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, rng: random.R
             per_prompt.append([replace(sample, weight=weight) for sample in tree.training_samples(advantages)])
         problems += new
         timings["timing/reward_s"] += time.perf_counter() - t1
+        if not ro.refill:
+            break
         with_signal = [group for group in per_prompt if any(trainable(sample, cfg) for sample in group)]
         if len(with_signal) >= ro.batch_prompts:
             break
