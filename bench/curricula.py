@@ -76,7 +76,19 @@ def run_variant(out: Path, task: dict, name: str, config: str | None, overrides:
     return {"variant": name, "seed": seed, "steps": len(metrics),
             "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
             "accuracy": {level: {"before": run["before"][level]["accuracy"], "after": run["after"][level]["accuracy"]}
-                         for level in task["report"]}}
+                         for level in task["report"]},
+            "train_acc_last25": train_accuracy(metrics[-25:])}
+
+
+def train_accuracy(metrics: list[dict]) -> dict[str, float]:
+    """Mean accuracy (%) of the sampled answers per training level over these steps (levels not sampled are left out)."""
+    levels = sorted({key.removeprefix("acc/") for m in metrics for key in m if key.startswith("acc/") and key != "acc/mean"})
+    means = {}
+    for level in levels:
+        values = [m[f"acc/{level}"] for m in metrics if m.get(f"acc/{level}") is not None]
+        if values:
+            means[level] = round(100 * statistics.mean(values), 1)
+    return means
 
 
 def table(rows: list[dict], levels: list[str]) -> str:
