@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,23 +16,30 @@ OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see d
 
 def _train(args: argparse.Namespace) -> None:
     from treerl.config import dump_config, load_config
+    from treerl.models import resolve_device
+    from treerl.train.parallel import close_parallel, init_parallel
     from treerl.train.trainer import train
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"--resume {run_dir}: no config.yaml there; give the directory of an earlier run")
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
-        dump_config(cfg, run_dir / "config.yaml")
-    else:
-        cfg = load_config(args.config, args.overrides)
-        run_dir = Path(args.out or cfg.output.dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir / "config.yaml").exists():
-            raise UserError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
-                            "or choose another --out")
-        cfg.output.dir = str(run_dir)
-    train(cfg, run_dir, resume=bool(args.resume))
-    print(f"run directory: {run_dir}")
+    if args.resume and not (Path(args.resume) / "config.yaml").is_file():
+        raise UserError(f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run")
+    cfg = load_config(Path(args.resume) / "config.yaml" if args.resume else args.config, args.overrides)
+    par = init_parallel(cfg.train.strategy, resolve_device(cfg.model.device))
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if par.main:
+                dump_config(cfg, run_dir / "config.yaml")
+        else:
+            run_dir = Path(args.out or cfg.output.dir or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
+            if (run_dir / "config.yaml").exists():
+                raise UserError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
+                                "or choose another --out")
+            cfg.output.dir = str(run_dir)
+        train(cfg, run_dir, resume=bool(args.resume), par=par)
+    finally:
+        close_parallel()
+    if par.main:
+        print(f"run directory: {run_dir}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -142,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as err:
-        print(f"treerl: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":   # under torchrun every rank stops alike; rank 0 says why
+            print(f"treerl: error: {err}", file=sys.stderr)
         return 2
     except RunStopped as stop:
-        print(f"treerl: {stop}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"treerl: {stop}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
         print("treerl: interrupted; what was written so far is kept", file=sys.stderr)

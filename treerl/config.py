@@ -124,6 +124,9 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="stop after this many steps in a row with a non-finite "
                                                     "loss or gradient (each skips its update)")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="under torchrun: ddp (a full copy per process) or "
+                                                                 "fsdp2 (parameters, gradients and optimizer state "
+                                                                 "sharded across processes); see docs/scale.md")
 
 
 class EvalConfig(Section):

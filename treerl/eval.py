@@ -15,6 +15,7 @@ from treerl.rollout.engine import generate
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.loaders import ALL_LEVELS
 from treerl.tasks.prompts import render_prompt
+from treerl.train.parallel import Parallel
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -72,15 +73,17 @@ def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: EvalConfig,
-             seed: int = 0, advance: Callable[[int], None] = lambda n: None) -> dict[str, dict[str, float]]:
-    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+             seed: int = 0, advance: Callable[[int], None] = lambda n: None,
+             par: Parallel = Parallel()) -> dict[str, dict[str, float]]:
+    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j.
+    Under torchrun every rank grades its share of the problems and every rank returns the whole result."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
-    correct, lengths = _grade(model, tokenizer, task, problems, cfg, True, None, advance)
+    correct, lengths = map(par.unshare, _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance))
     hits = None
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]
-        sampled, _ = _grade(model, tokenizer, task, repeated, cfg, False, generator, advance)
+        sampled = par.unshare(_grade(model, tokenizer, task, par.share(repeated), cfg, False, generator, advance)[0])
         hits = np.array(sampled).reshape(len(problems), cfg.samples).sum(1)
     results: dict[str, dict[str, float]] = {}
     for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():

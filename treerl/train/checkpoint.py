@@ -23,14 +23,15 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict[str, Any], keep: int = 0) -> Path:
-    """Write into a temporary folder, then rename it: a crash never leaves a half-written step_N. With keep > 0,
-    only the newest `keep` checkpoints stay."""
+def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, torch.Tensor], tokenizer,
+                    trainer_state: dict[str, Any], keep: int = 0) -> Path:
+    """Write model_state as the HF model's weights, and the trainer state, into a temporary folder, then rename it:
+    a crash never leaves a half-written step_N. With keep > 0, only the newest `keep` checkpoints stay."""
     root = run_dir / "checkpoints"
     final, tmp = root / f"step_{step}", root / f".step_{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
     torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
     shutil.rmtree(final, ignore_errors=True)
