@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -215,6 +216,7 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
             optimizer_steps += 1
             for key, value in step_sums.items():
                 sums[key] += value
+    optimizer.zero_grad(set_to_none=True)   # free the gradients before the next rollout needs the memory
     learner: dict[str, float] = {key: value / max(1, optimizer_steps) for key, value in sums.items()}
     learner["train/optimizer_steps"] = optimizer_steps
     learner["train/skipped_updates"] = skipped
@@ -340,6 +342,18 @@ class Run:
         write_json(self.eval_path, {**self.evals(), str(step): results})
 
 
+def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | None]:
+    """GiB, the largest over ranks: the peak GPU memory torch allocated since the last call (null on CPU) and
+    the resident memory of the process now (null where /proc is missing)."""
+    statm = Path("/proc/self/statm")
+    rss = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30 if statm.is_file() else None
+    gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    gpu_max, rss_max = par.max([gpu or 0.0, rss or 0.0])
+    return {"memory/gpu_peak_gib": None if gpu is None else gpu_max, "memory/rss_gib": None if rss is None else rss_max}
+
+
 def merged(rollout: Rollout, par: Parallel) -> Rollout:
     """Every rank's rollout in one, for metrics (the training samples left out); timings are the slowest rank's."""
     if par.world == 1:
@@ -460,6 +474,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(metrics["timing/rollout_s"], 1e-9)
             metrics["throughput/train_tok_s"] = (metrics["tokens/trained"] * cfg.train.epochs
                                                  / max(metrics["timing/update_s"], 1e-9))
+            metrics.update(memory_metrics(device, par))
             if par.main:
                 run.log(metrics)
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
