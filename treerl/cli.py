@@ -110,6 +110,18 @@ def _score(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from treerl.report import write_report
+
+    print(f"report: {write_report(Path(args.run_dir))}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from treerl.report import write_comparison
+
+    print(f"comparison: {write_comparison([Path(d) for d in args.run_dirs], Path(args.out))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--limit", type=int, default=0, help="score only the first N queries (0 = all)")
     sc.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     sc.set_defaults(func=_score)
+
+    rep = sub.add_parser("report", help="a run's plots (RUN_DIR/plots/*.png) and RUN_DIR/report.html")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep.set_defaults(func=_report)
+
+    cmp_ = sub.add_parser("compare", help="several runs overlaid on one HTML page")
+    cmp_.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    cmp_.add_argument("--out", default="compare.html", help="HTML file to write (its plots go beside it)")
+    cmp_.set_defaults(func=_compare)
 
     pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
     pre.add_argument("--config", help="YAML file of pretrain settings")

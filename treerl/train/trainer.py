@@ -26,6 +26,7 @@ from treerl.errors import RunStopped, UserError
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
+from treerl.report import write_report
 from treerl.rollout.grading import grade_tree
 from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats, sample_trees
 from treerl.tasks import check_levels
@@ -509,4 +510,5 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         timing = time_summary(run.metrics(), spent["eval"], spent["checkpoint"])
         write_json(run_dir / "timing.json", timing)
         print_time_summary(timing, console)
+        console.print(f"report: {write_report(run_dir)}")
     return {"before": before, "after": after}
