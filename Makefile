@@ -16,5 +16,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/treerl train
 
+# tests/test_browser.py renders pages in Debian's chromium; it is skipped (and says so) where none can be installed.
+APT := $(if $(filter 0,$(shell id -u)),apt-get,sudo -n apt-get)
+
 test: $(VENV)/.installed
+	@command -v chromium >/dev/null 2>&1 || $(APT) install -y -q chromium >/dev/null 2>&1 \
+		|| ($(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q chromium >/dev/null 2>&1) \
+		|| echo "chromium could not be installed: tests/test_browser.py will be skipped"
 	$(BIN)/python -m pytest -q

@@ -116,7 +116,7 @@ def crash_and_resume(cfg, tmp_path, monkeypatch):
     trainer.train(cfg, tmp_path / "b", resume=True)
 
     def strip(metrics):
-        return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/"))} for m in metrics]
+        return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/", "memory/"))} for m in metrics]
 
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [m["step"] for m in b] == [1, 2, 3, 4]

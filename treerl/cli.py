@@ -122,6 +122,23 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"comparison: {write_comparison([Path(d) for d in args.run_dirs], Path(args.out))}")
 
 
+def _tree(args: argparse.Namespace) -> None:
+    from treerl.config import load_config
+    from treerl.viewer import TREES_FILE, pick_tree, read_trees, render_tree, sample_tree_record
+
+    if args.run:
+        record = pick_tree(read_trees(Path(args.run) / TREES_FILE), args.step, args.problem)
+    else:
+        if not args.problem:
+            raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
+        overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
+                     *([f"task.name={args.task}"] if args.task else [])]
+        record = sample_tree_record(load_config(args.config, overrides), args.problem)
+    out = Path(args.out or (Path(args.run) / "tree.html" if args.run else "tree.html"))
+    out.write_text(render_tree(record))
+    print(f"tree of problem {record['id']}: {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     cmp_.add_argument("--out", default="compare.html", help="HTML file to write (its plots go beside it)")
     cmp_.set_defaults(func=_compare)
+
+    tr = sub.add_parser("tree", help="one reasoning tree as an HTML page: sampled now, or saved in training")
+    tr.add_argument("--run", metavar="RUN_DIR", help="show a tree the run saved (output.save_trees=N)")
+    tr.add_argument("--step", type=int, help="with --run: a tree of this step (default: the last saved)")
+    tr.add_argument("--problem", metavar="ID", help="the problem's id (as in `treerl score` files and trees.jsonl)")
+    tr.add_argument("--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory")
+    tr.add_argument("--task", help="the task of the problem (task.name)")
+    tr.add_argument("--config", help="YAML config file (tree.*, rollout.n/max_new_tokens/temperature)")
+    tr.add_argument("--out", help="HTML file to write (default tree.html, or RUN_DIR/tree.html)")
+    tr.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    tr.set_defaults(func=_tree)
 
     pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
     pre.add_argument("--config", help="YAML file of pretrain settings")

@@ -142,6 +142,13 @@ class EvalConfig(Section):
 class OutputConfig(Section):
     dir: str | None = Field(None, description="run directory; default runs/<timestamp>")
     progress: bool = True
+    tensorboard: bool = Field(False, description="also write the metrics as TensorBoard events to <run dir>/tensorboard")
+    wandb: bool = Field(False, description="also log the metrics to Weights & Biases")
+    wandb_project: str = "treerl"
+    wandb_mode: Literal["online", "offline", "disabled"] = Field(
+        "offline", description="W&B mode: offline keeps the run in <run dir>/wandb (upload later with wandb sync)")
+    save_trees: int = Field(0, ge=0, description="save the first N reasoning trees of every step to "
+                                                 "<run dir>/trees.jsonl for `treerl tree --run`; 0 = none")
 
 
 class Config(Section):

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import time
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from torch.distributed.tensor import DTensor
 
 from treerl.algo.advantages import tree_advantages
 from treerl.algo.loss import aggregate, clipped_policy_loss, kl_penalty
-from treerl.config import Config, dump_config
+from treerl.config import Config, OutputConfig, dump_config
 from treerl.curriculum.reschedule import ScoreBook, loss_weight
 from treerl.curriculum.rscore import leaf_accuracy, r_score
 from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
@@ -27,6 +28,8 @@ from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
+from treerl.trackers import Trackers
+from treerl.viewer import TREES_FILE, read_trees, tree_record
 from treerl.rollout.grading import grade_tree
 from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats, sample_trees
 from treerl.tasks import check_levels
@@ -334,10 +337,17 @@ class Run:
             kept = [m for m in self.metrics() if m["step"] <= step]
             write_atomic(self.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
         write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
+        if (self.path / TREES_FILE).is_file():
+            kept = [r for r in read_trees(self.path / TREES_FILE) if r["step"] <= step]
+            write_atomic(self.path / TREES_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, metrics: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+
+    def save_trees(self, records: list[dict[str, Any]]) -> None:
+        with (self.path / TREES_FILE).open("a") as f:
+            f.write("".join(json.dumps(record) + "\n" for record in records))
 
     def record_eval(self, step: int, results: dict[str, Any]) -> None:
         write_json(self.eval_path, {**self.evals(), str(step): results})
@@ -443,7 +453,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         par.barrier()
         spent["checkpoint"] += time.perf_counter() - t0
 
-    with stop_signals() as stop, progress_bar(cfg.output.progress and par.main) as bar:
+    trackers = Trackers(cfg.output if par.main else OutputConfig(), run_dir, cfg.model_dump())
+    with stop_signals() as stop, progress_bar(cfg.output.progress and par.main) as bar, closing(trackers):
         bad_steps = 0
 
         def run_eval(step: int) -> None:
@@ -455,6 +466,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             bar.remove_task(job)
             if par.main:
                 run.record_eval(step, results)
+                trackers.log_eval(step, results)
             spent["eval"] += time.perf_counter() - t0
 
         if "0" not in par.broadcast(run.evals()):
@@ -478,6 +490,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             metrics.update(memory_metrics(device, par))
             if par.main:
                 run.log(metrics)
+                trackers.log(metrics)
+                if cfg.output.save_trees:
+                    run.save_trees([tree_record(tree, problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m,
+                                                cfg.rscore.eligible, step)
+                                    for tree, problem in list(zip(rollout.trees, rollout.problems))
+                                    [:cfg.output.save_trees]])
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:

@@ -1,0 +1,73 @@
+"""The report and a tree page as a user sees them: rendered by headless Chromium (Debian's chromium package,
+which `make test` installs), every plot and the tree drawn, the buttons working, no error in the console.
+Screenshots are saved in the test's temporary directory."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from treerl.config import load_config
+from treerl.train.trainer import train
+from treerl.viewer import read_trees, render_tree
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+
+PROBE = """<script>
+const seen = [];
+window.addEventListener('error', e => seen.push(e.message));
+window.addEventListener('load', () => {
+  const b = document.body, images = [...document.images];
+  b.dataset.images = images.length;
+  b.dataset.drawn = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  if (document.getElementById('tree')) {
+    zoom(1.25); b.dataset.scale = document.getElementById('tree').style.transform;
+    openAll(false); b.dataset.closed = document.querySelectorAll('details:not([open])').length;
+    openAll(true); b.dataset.open = document.querySelectorAll('details[open]').length;
+  }
+  b.dataset.errors = seen.length ? seen.join(' | ') : 'none';
+});
+</script>"""
+
+
+def browse(page, tmp_path, name):
+    """(data attributes of the rendered body, console lines) of a page with the probe in front of its own
+    scripts; a screenshot beside it."""
+    probed = tmp_path / f"{name}.html"
+    probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
+    subprocess.run([*flags, f"--screenshot={tmp_path / f'{name}.png'}", "--window-size=1400,2200", probed.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    return dict(re.findall(r'data-(\w+)="([^"]*)"', body)), console
+
+
+@pytest.fixture(scope="module")
+def run_dir(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("browser") / "run"
+    train(load_config(None, [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=3",
+                             "rollout.max_new_tokens=8", "rollout.batch_prompts=2", "output.save_trees=1",
+                             "eval.problems=2", "eval.max_new_tokens=4", "output.progress=false", "train.threads=1",
+                             "train.steps=3", "curriculum.name=cosine"]), out)
+    return out
+
+
+def test_report_draws_every_plot_without_console_errors(run_dir, tmp_path):
+    seen, console = browse((run_dir / "report.html").read_text(), tmp_path, "report")
+    assert seen["images"] == seen["drawn"] == "6"
+    assert seen["errors"] == "none" and console == []
+
+
+def test_tree_page_draws_the_tree_and_its_buttons_work(run_dir, tmp_path):
+    record = read_trees(run_dir / "trees.jsonl")[-1]
+    inner = 1 + sum(1 for child in record["root"]["children"] if child["children"])
+    seen, console = browse(render_tree(record), tmp_path, "tree")
+    assert seen["scale"] == "scale(1.25)"
+    assert seen["closed"] == seen["open"] == str(inner)
+    assert seen["errors"] == "none" and console == []

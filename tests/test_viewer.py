@@ -1,0 +1,101 @@
+"""The reasoning-tree viewer: records of graded trees, their HTML page, trees saved in training, `treerl tree`."""
+
+import json
+
+import pytest
+
+from treerl.cli import main
+from treerl.config import load_config
+from treerl.rollout.tree import ReasoningTree
+from treerl.tasks.base import Problem
+from treerl.train.trainer import train
+from treerl.viewer import read_trees, render_tree, tree_record
+
+
+class Letters:
+    """A stand-in tokenizer: token i decodes to the i-th letter."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def hand_tree():
+    # root -> A (two leaves 1, 0: values differ by 1, kept) and B (two leaves 0, 0: pruned at any tau > 0)
+    tree = ReasoningTree.from_leaf_rewards([[1, 0], [0, 0]])
+    tree.prompt_ids = [2, 3]
+    for path, node in tree.walk():
+        node.token_ids = [len(path)] * 2 if path else []
+    return tree
+
+
+def test_record_marks_pruned_groups_picks_and_leaves():
+    record = tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1)
+    root = record["root"]
+    assert root["value"] == 0.25 and not root["pruned"]        # children's values 0.5 and 0.0 differ by 0.5
+    assert not root["children"][0]["pruned"] and root["children"][1]["pruned"]
+    assert [leaf["correct"] for child in root["children"] for leaf in child["children"]] == [True, False, False, False]
+    assert root["children"][0]["text"] == "bb" and record["prompt"] == "cd"
+    # r-score: keeping child A of the root makes ACC 1/2 (gain 1/4), then keeping its first leaf makes it 1 (1/2)
+    assert record["picks"] == [[[], 0, 0.25], [[0], 0, 0.5]] and record["r_score"] == pytest.approx(0.75)
+
+
+def test_page_shows_every_node_with_its_marks():
+    page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
+    assert page.count("<details") == 3                          # the root and the two inner nodes collapse
+    assert page.count("class='node right") == 1 and page.count("class='node wrong") == 3
+    assert page.count("group pruned") == 1 and page.count("r-score pick") == 2
+    assert "1 of 4 leaves correct" in page and "http" not in page
+
+
+@pytest.fixture(scope="module")
+def run_dir(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trees") / "run"
+    train(load_config(None, [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=2",
+                             "rollout.max_new_tokens=8", "rollout.batch_prompts=3", "output.save_trees=2",
+                             "eval.problems=2", "eval.max_new_tokens=4", "output.progress=false", "train.threads=1",
+                             "train.steps=3", "train.save_every=1"]), out)
+    return out
+
+
+def test_training_saves_trees_and_resume_drops_the_lost_ones(run_dir, tmp_path):
+    trees = read_trees(run_dir / "trees.jsonl")
+    assert [t["step"] for t in trees] == [1, 1, 2, 2, 3, 3]
+    assert all(len(t["root"]["children"]) == 2 for t in trees)
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("trees.jsonl", "metrics.jsonl", "eval.json"):
+        (copy / name).write_text((run_dir / name).read_text())
+    from treerl.train.trainer import Run
+    Run(copy).truncate_to(2)
+    assert [t["step"] for t in read_trees(copy / "trees.jsonl")] == [1, 1, 2, 2]
+
+
+def test_tree_command_shows_a_saved_tree_and_says_what_is_missing(run_dir, tmp_path, capsys):
+    first = read_trees(run_dir / "trees.jsonl")[0]
+    out = tmp_path / "t.html"
+    assert main(["tree", "--run", str(run_dir), "--step", "1", "--problem", first["id"], "--out", str(out)]) == 0
+    assert first["id"] in out.read_text()
+    assert main(["tree", "--run", str(run_dir), "--step", "9"]) == 2
+    assert "saved steps: 1..3" in capsys.readouterr().err
+    assert main(["tree", "--model", "tiny", "--problem", "no-such-id"]) == 2
+    assert "not among" in capsys.readouterr().err
+
+
+def test_tree_command_samples_a_held_out_problem(model_dir, tmp_path):
+    from treerl.tasks import get_task
+
+    problem = get_task("arithmetic").eval_problems("easy", 1)[0]
+    out = tmp_path / "fresh.html"
+    assert main(["tree", "--model", str(model_dir), "--problem", problem.id, "--out", str(out), "rollout.n=2",
+                 "tree.depth=2", "rollout.max_new_tokens=6", "output.progress=false"]) == 0
+    page = out.read_text()
+    assert problem.id in page and page.count("<details") == 3    # root + 2 inner nodes of a 2 x 2 tree
+
+
+def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
+    path = tmp_path / "trees.jsonl"
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(Exception, match="trees.jsonl:2"):
+        read_trees(path)
+    path.write_text('{"step": 1}\n{"step": 2, "ro')           # a torn last line is dropped
+    assert read_trees(path) == [json.loads('{"step": 1}')]

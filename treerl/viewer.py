@@ -1,0 +1,160 @@
+"""The reasoning-tree viewer: a graded tree as a JSON record (saved during training with output.save_trees) and
+as one HTML page: each node's text, value and leaf correctness, TreeRPO's pruned sibling groups and the
+r-score's greedy picks, with collapsible branches and zoom (`treerl tree`)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from treerl.curriculum.rscore import greedy_choices, r_score
+from treerl.errors import UserError
+from treerl.rollout.tree import Node, ReasoningTree
+from treerl.tasks.base import Problem
+
+TREES_FILE = "trees.jsonl"
+"""Where a training run saves output.save_trees trees per step."""
+
+
+def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
+                top_m: int = 4, eligible: str = "all", step: int | None = None) -> dict[str, Any]:
+    """A graded tree as plain data: nested nodes with their decoded text, the pruned groups and greedy picks."""
+    def node_record(node: Node) -> dict[str, Any]:
+        values = [child.value for child in node.children]
+        return {"text": tokenizer.decode(node.token_ids, skip_special_tokens=True), "value": round(node.value, 4),
+                "reward": node.reward, "correct": node.correct, "finished": node.finished,
+                "pruned": bool(values) and max(values) - min(values) < prune_tau,
+                "children": [node_record(child) for child in node.children]}
+
+    return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
+            "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
+            "r_score": r_score(tree, top_m, eligible), "prune_tau": prune_tau,
+            "picks": [[list(path), child, gain] for path, child, gain in greedy_choices(tree, top_m, eligible)],
+            "root": node_record(tree.root)}
+
+
+def read_trees(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: train with output.save_trees=N to save trees, or sample one "
+                        "with treerl tree --model PATH --problem ID")
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):   # only the last line may be torn (the run was killed while writing it)
+                raise UserError(f"{path}:{number}: not a saved tree (a JSON object per line)") from None
+    return records
+
+
+def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None) -> dict[str, Any]:
+    """The last saved tree that matches the step and the problem id (either may be None: any)."""
+    matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
+    if not matches:
+        steps = sorted({t["step"] for t in trees})
+        raise UserError(f"no saved tree for step {step} and problem {problem}; saved steps: "
+                        f"{steps[0]}..{steps[-1]} ({len(trees)} trees)" if trees else "no tree saved in the file")
+    return matches[-1]
+
+
+def _node_html(node: dict[str, Any], path: list[int], picked: dict[tuple[int, ...], int]) -> str:
+    key = tuple(path)
+    classes = ["node"]
+    badge = ""
+    if not node["children"]:
+        classes.append("right" if node["correct"] else "wrong")
+        badge = "&#10003;" if node["correct"] else "&#10007;"
+    if len(path) and picked.get(key[:-1]) == key[-1]:
+        classes.append("picked")
+    label = (f"<span class='path'>{'.'.join(map(str, path)) or 'root'}</span> "
+             f"<span class='value'>v={node['value']:.2f}</span> <span class='badge'>{badge}</span>"
+             + (" <span class='tag'>child group pruned</span>" if node["pruned"] else "")
+             + (" <span class='tag pick'>r-score pick</span>" if "picked" in classes else ""))
+    text = f"<pre>{html.escape(node['text'])}</pre>" if node["text"] else ""
+    if not node["children"]:
+        return f"<div class='{' '.join(classes)}'>{label}{text}</div>"
+    children = "".join(_node_html(child, path + [i], picked) for i, child in enumerate(node["children"]))
+    return (f"<details open class='{' '.join(classes)}'><summary>{label}</summary>{text}"
+            f"<div class='children'>{children}</div></details>")
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em}
+#tree{transform-origin:0 0}
+.node{border-left:3px solid #bbb;margin:0.3em 0 0.3em 1.2em;padding-left:0.5em}
+.right{border-color:#2a2}.wrong{border-color:#c33}.picked{background:#fff6d5}
+pre{white-space:pre-wrap;margin:0.2em 0;font-size:0.9em;background:#f6f6f6;padding:0.3em}
+.path{color:#666}.value{font-weight:bold}.right>.badge,.right .badge{color:#2a2}.wrong .badge{color:#c33}
+.tag{font-size:0.8em;background:#eee;padding:0 0.4em;border-radius:0.3em}.tag.pick{background:#fc6}
+summary{cursor:pointer}"""
+
+SCRIPT = """let scale = 1;
+function zoom(f) { scale = f ? scale * f : 1; document.getElementById('tree').style.transform = 'scale(' + scale + ')'; }
+function openAll(open) { document.querySelectorAll('#tree details').forEach(d => d.open = open); }"""
+
+
+def render_tree(record: dict[str, Any]) -> str:
+    """One self-contained page (inline style and script, nothing fetched)."""
+    picked = {tuple(path): child for path, child, _ in record["picks"]}
+    leaves = []
+
+    def collect(node: dict[str, Any]) -> None:
+        if not node["children"]:
+            leaves.append(node["correct"])
+        for child in node["children"]:
+            collect(child)
+
+    collect(record["root"])
+    step = f" at step {record['step']}" if record.get("step") is not None else ""
+    head = (f"<h1>reasoning tree{step}</h1><p>problem <code>{html.escape(record['id'])}</code> "
+            f"(level {html.escape(str(record['level']))}): {sum(map(bool, leaves))} of {len(leaves)} leaves "
+            f"correct, r-score {record['r_score']:.3f}, sibling groups whose values differ by less than "
+            f"{record['prune_tau']} are pruned by TreeRPO.</p><pre>{html.escape(record['prompt'])}</pre>"
+            "<p><button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
+            "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
+            "<button onclick='openAll(false)'>collapse all</button></p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(record['id'][:12])}</title>"
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{head}"
+            f"<div id='tree'>{_node_html(record['root'], [], picked)}</div></body></html>")
+
+
+def find_problem(cfg, problem_id: str) -> tuple[Any, Problem]:
+    """(task, problem) for an id among the training pools of curriculum.levels and every level's held-out
+    problems (eval.problems of each)."""
+    from treerl.curriculum.sampler import task_and_sampler
+
+    task, sampler = task_and_sampler(cfg)
+    candidates = sampler.problems() + [p for level in task.levels
+                                       for p in task.eval_problems(level, cfg.eval.problems)]
+    for problem in candidates:
+        if problem.id == problem_id:
+            return task, problem
+    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool and held-out problems "
+                    f"of task '{task.name}'; ids are in a `treerl score` file or a run's {TREES_FILE}")
+
+
+def sample_tree_record(cfg, problem_id: str) -> dict[str, Any]:
+    """Sample and grade one problem's tree in TreeRPO's shape (rollout.n children per node, tree.depth levels,
+    tree.step_tokens per segment, rollout.max_new_tokens in all) and return its record."""
+    import torch
+
+    from treerl.models import load_policy, resolve_device
+    from treerl.rollout.grading import grade_tree
+    from treerl.rollout.tree import sample_trees
+    from treerl.tasks.prompts import render_prompt
+
+    task, problem = find_problem(cfg, problem_id)
+    device = resolve_device(cfg.model.device)
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    ro, t = cfg.rollout, cfg.tree
+    prompt = tokenizer(render_prompt(task.template, problem.question, tokenizer), add_special_tokens=False)
+    (tree,), _ = sample_trees(model, tokenizer, [prompt["input_ids"]], branching=ro.n, depth=t.depth,
+                              step_tokens=t.step_tokens or max(1, ro.max_new_tokens // t.depth),
+                              max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p,
+                              generator=torch.Generator(device=device).manual_seed(cfg.seed))
+    grade_tree(tree, problem, task, tokenizer)
+    return tree_record(tree, problem, tokenizer, t.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)
