@@ -18,7 +18,11 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field("tiny", description="'tiny' (the embedded model), 'tiny-countdown' (its Countdown "
                                                     "twin) or a local HF causal LM directory")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype (and the "
+                                                              "optimizer state's)")
+    autocast: Literal["bfloat16", "float16"] | None = Field(
+        None, description="compute forward passes in this dtype under torch.autocast (weights stay in model.dtype): "
+                          "mixed precision")
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     trust_remote_code: bool = Field(False, description="run the model directory's own Python code (only for "
                                                        "models you trust)")

@@ -7,7 +7,7 @@ import math
 import os
 import random
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
 from treerl.curriculum.score import read_scores
 from treerl.errors import RunStopped, UserError
 from treerl.eval import eval_work, evaluate, print_eval
-from treerl.models import load_policy, resolve_device
+from treerl.models import DTYPES, load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
 from treerl.trackers import Trackers
@@ -353,6 +353,13 @@ class Run:
         write_json(self.eval_path, {**self.evals(), str(step): results})
 
 
+def mixed_precision(cfg: Config, device: torch.device):
+    """torch.autocast in model.autocast's dtype, or nothing."""
+    if cfg.model.autocast is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[cfg.model.autocast])
+
+
 def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | None]:
     """GiB, the largest over ranks: the peak GPU memory torch allocated since the last call (null on CPU) and
     the resident memory of the process now (null where /proc is missing)."""
@@ -460,7 +467,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         def run_eval(step: int) -> None:
             t0 = time.perf_counter()
             job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
-            with sampling_model(policy) as sampling_policy:
+            with sampling_model(policy) as sampling_policy, mixed_precision(cfg, device):
                 results = evaluate(sampling_policy, tokenizer, task, cfg.eval, seed=cfg.seed,
                                    advance=lambda k: bar.advance(job, k * par.world), par=par)
             bar.remove_task(job)
@@ -474,10 +481,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         job = bar.add_task("train", total=cfg.train.steps, completed=start, info="")
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
-            with sampling_model(policy) as sampling_policy:
+            with sampling_model(policy) as sampling_policy, mixed_precision(cfg, device):
                 rollout = collect(sampling_policy, tokenizer, task, cfg, step, rng, generator, sampler, book, par)
             t1 = time.perf_counter()
-            learner = update(policy, reference, optimizer, rollout.samples, cfg, generator, par)
+            with mixed_precision(cfg, device):
+                learner = update(policy, reference, optimizer, rollout.samples, cfg, generator, par)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             t2 = time.perf_counter()
