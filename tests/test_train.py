@@ -225,3 +225,16 @@ def test_query_weights_multiply_the_policy_loss(model_dir, tmp_path, monkeypatch
     assert weighted["loss/policy"] == pytest.approx(2 * plain["loss/policy"], rel=1e-5)
     assert weighted["grad_norm"] == pytest.approx(2 * plain["grad_norm"], rel=1e-5)
     assert weighted["entropy"] == pytest.approx(plain["entropy"], rel=1e-6)
+
+
+def test_autocast_computes_in_bf16_and_keeps_fp32_weights(model_dir, tmp_path):
+    runs = {}
+    for name, autocast in (("fp32", "null"), ("bf16", "bfloat16")):
+        trainer.train(tiny_config(model_dir, "train.steps=1", "train.filter_tau=null", "algo.entropy_coef=0.01",
+                                  f"model.autocast={autocast}"), tmp_path / name)
+        runs[name] = read_metrics(tmp_path / name)[0]
+    # bf16 matmuls change the numbers a little, not the picture; the saved weights stay fp32
+    assert runs["bf16"]["entropy"] != runs["fp32"]["entropy"]
+    assert runs["bf16"]["entropy"] == pytest.approx(runs["fp32"]["entropy"], rel=0.05)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "checkpoints" / "step_1")
+    assert all(p.dtype == torch.float32 for p in saved.parameters())
