@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/vs_trl.py --rounds 3 --warmup 2 --steps 8 --out runs/bench-vs-trl
     .venv/bin/python bench/vs_trl.py --precision bf16 ...
-    .venv/bin/python bench/vs_trl.py --defaults ...      # each tool at its own defaults, not at equal work
+    .venv/bin/python bench/vs_trl.py --defaults ...      # treerl with its default filter, not at equal work
 
 Both tools load the embedded tiny model from its Hugging Face directory and train GRPO on hard arithmetic
 prompts: --prompts-per-step prompts x --n samples, up to --max-new-tokens tokens, the same temperature and
 learning rate, one optimizer step per generation, no KL, clipping 0.2 / 0.28. At equal work treerl trains
-every sample (train.filter_tau=null), as TRL does. The two run alternately, --rounds times each, and the first
+every sample (train.filter_tau=null), as TRL does; --defaults keeps treerl's default filter, which skips the
+samples whose advantage is near 0. --precision bf16 runs both with bf16 autocast (TRL's bf16=True, treerl's
+model.autocast=bfloat16); the weights stay fp32 in both. The two run alternately, --rounds times each, and the first
 --warmup steps of every run are not timed. TRL is installed into its own environment (--venv, created on first
 use with the same torch and transformers as treerl); it is never a treerl dependency.
 
@@ -79,16 +81,17 @@ def run_trl(python: Path, args, prompts: Path, out: Path) -> list[dict]:
 def run_treerl(args, out: Path) -> list[dict]:
     run = out / "treerl"
     subprocess.run(["rm", "-rf", str(run)], check=True)
-    equal_work = [] if args.defaults else [
-        "curriculum.levels=[hard]", f"rollout.batch_prompts={args.prompts_per_step}", f"rollout.n={args.n}",
-        f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.temperature={args.temperature}",
-        f"train.lr={args.lr}", "train.lr_schedule=constant", "train.warmup_steps=0", "train.filter_tau=null",
-        f"train.mini_batch={args.prompts_per_step * args.n}", f"train.micro_batch={args.prompts_per_step * args.n}",
-        f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}"]
+    same = ["curriculum.levels=[hard]", f"rollout.batch_prompts={args.prompts_per_step}", f"rollout.n={args.n}",
+            f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.temperature={args.temperature}",
+            f"train.lr={args.lr}", "train.lr_schedule=constant", "train.warmup_steps=0",
+            f"train.mini_batch={args.prompts_per_step * args.n}", f"train.micro_batch={args.prompts_per_step * args.n}",
+            *(["model.autocast=bfloat16"] if args.precision == "bf16" else []),
+            *([] if args.defaults else ["train.filter_tau=null"])]
     subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run), f"train.steps={args.warmup + args.steps}",
-                    "eval.levels=[trivial]", "eval.problems=1", "output.progress=false", *equal_work],
+                    "eval.levels=[trivial]", "eval.problems=1", "output.progress=false", *same],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return [{"seconds": m["timing/step_s"], "generated": m["tokens/generated"], "trained": m["tokens/trained"]}
+    return [{"seconds": m["timing/step_s"], "generated": m["tokens/generated"], "trained": m["tokens/trained"],
+             "update_seconds": m["timing/update_s"]}
             for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())][args.warmup:]
 
 
@@ -98,10 +101,16 @@ def summary(steps: list[dict], prompt_len: float, batch: int, params: int, peak:
     trained = statistics.mean(s["trained"] for s in steps)
     trained_rows = trained / max(generated, 1) * batch   # sequences trained (all of them at equal work)
     flops = 2 * params * (generated + prompt_len * batch) + 6 * params * (trained + prompt_len * trained_rows)
-    return {"step_s": round(seconds, 4), "steps_timed": len(steps), "generated_tokens": round(generated, 1),
-            "trained_tokens": round(trained, 1), "gen_tok_s": round(generated / seconds, 1),
-            "train_tok_s": round(trained / seconds, 1), "gflop_s": round(flops / seconds / 1e9, 2),
-            "of_matmul_peak": round(flops / seconds / peak, 4)}
+    result = {"step_s": round(seconds, 4), "steps_timed": len(steps), "generated_tokens": round(generated, 1),
+              "trained_tokens": round(trained, 1), "gen_tok_s": round(generated / seconds, 1),
+              "train_tok_s": round(trained / seconds, 1), "gflop_s": round(flops / seconds / 1e9, 2),
+              "of_matmul_peak": round(flops / seconds / peak, 4)}
+    if "update_seconds" in steps[0]:   # treerl times its update apart: the training side's own rate
+        update_flops = 6 * params * (trained + prompt_len * trained_rows)
+        update_s = statistics.median(s["update_seconds"] for s in steps)
+        result["update_gflop_s"] = round(update_flops / update_s / 1e9, 2)
+        result["update_of_matmul_peak"] = round(update_flops / update_s / peak, 4)
+    return result
 
 
 def main() -> None:
@@ -115,7 +124,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--defaults", action="store_true", help="treerl at its own defaults (TRL at equal settings)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="treerl with its default gradient filter (train.filter_tau=0.1) instead of training every sample")
     parser.add_argument("--venv", default="runs/venv-trl")
     parser.add_argument("--out", default="runs/bench-vs-trl")
     args = parser.parse_args()
