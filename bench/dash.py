@@ -27,7 +27,7 @@ from runs import train
 
 COMMON = ["train.micro_batch=8", "eval.levels=[hard]", "eval.problems=200"]
 METHODS = {
-    "standard": ["rollout.generation_batch=1"],
+    "standard": ["rollout.generation_batch=1", "train.filter_tau=null"],
     "dash": ["rollout.generation_batch=0", "train.filter_tau=0.1"],
 }
 
