@@ -11,7 +11,8 @@ hard problems every `--every` steps. They differ only in how they sample and wha
   skip forward and backward (train.filter_tau=0.1, the paper's tau).
 Both train for --steps steps. Time to target is the training time (evaluation excluded, from metrics.jsonl)
 up to the first evaluation that reaches the target; final accuracy is that of the last step. The two methods
-of a seed run side by side, one thread each, so their ratio is measured in one run on the same machine state.
+of a seed run side by side (--jobs runs at a time), one thread each, so their ratio is measured in one run on
+the same machine state.
 Finished runs are read back, not redone. Writes summary.json.
 """
 
@@ -57,17 +58,20 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.70, help="greedy accuracy on hard to reach")
     parser.add_argument("--every", type=int, default=25, help="evaluate every this many steps")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (2 on the 2-core machine: the two "
+                                                              "arms of a seed side by side; 6 on a GPU machine)")
     parser.add_argument("--out", default="runs/bench-dash")
     args = parser.parse_args()
     out = Path(args.out)
+    jobs = [(seed, method) for seed in args.seeds for method in METHODS]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(jobs, pool.map(lambda job: run(out, *job, args.target, args.every, args.steps), jobs)))
     rows = []
     for seed in args.seeds:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            pair = list(pool.map(lambda m: run(out, seed, m, args.target, args.every, args.steps), METHODS))
-        standard, dash = pair
+        standard, dash = done[(seed, "standard")], done[(seed, "dash")]
         ratio = (standard["train_s_to_target"] / dash["train_s_to_target"]
                  if standard["train_s_to_target"] and dash["train_s_to_target"] else None)
-        rows += [*pair, {"seed": seed, "speedup_to_target": round(ratio, 2) if ratio else None}]
+        rows += [standard, dash, {"seed": seed, "speedup_to_target": round(ratio, 2) if ratio else None}]
         for row in rows[-3:]:
             print(json.dumps(row), flush=True)
     (out / "summary.json").write_text(json.dumps({"target": args.target, "runs": rows}, indent=2))
