@@ -1,5 +1,7 @@
 import itertools
 import json
+import math
+import shutil
 
 import pytest
 import torch
@@ -238,3 +240,15 @@ def test_autocast_computes_in_bf16_and_keeps_fp32_weights(model_dir, tmp_path):
     assert runs["bf16"]["entropy"] == pytest.approx(runs["fp32"]["entropy"], rel=0.05)
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "checkpoints" / "step_1")
     assert all(p.dtype == torch.float32 for p in saved.parameters())
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend needs a C/C++ compiler")
+def test_compiled_forward_trains(model_dir, tmp_path):
+    trainer.train(tiny_config(model_dir, "train.compile=true", "train.filter_tau=null", "algo.entropy_coef=0.01",
+                              "train.lr=1e-3"), tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss/policy"]) for m in metrics)
+    before = AutoModelForCausalLM.from_pretrained(model_dir)
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step_2")
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))

@@ -413,6 +413,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     device = par.device
     model, tokenizer = load_policy(str(checkpoint) if checkpoint else cfg.model.name_or_path, cfg.model.dtype, device,
                                    cfg.model.trust_remote_code)
+    if cfg.train.compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
     policy = wrap_policy(model, par)
     reference = (load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)[0].eval()
                  if cfg.algo.kl_coef > 0 else None)
