@@ -39,13 +39,17 @@ TASKS = {
                    "eval.levels=[hard,ood]", "eval.problems=100"],
         "score": ["rscore.branching=3", "rscore.depth=3", "rscore.step_tokens=24", "rscore.batch_prompts=16"],
         "report": ["hard", "ood"],
+        # the demo's 4 x 4 x 4 trees of 128-token answers cost ~50 s a step on 2 cores (68k tokens); depth 2 over
+        # 8 prompts samples about what the GRPO variants do (~10k tokens)
+        "treerpo": ["tree.depth=2", "rollout.batch_prompts=8"],
     },
 }
 
 
-def variants(scores: Path) -> dict[str, tuple[str | None, list[str]]]:
+def variants(task: dict, scores: Path) -> dict[str, tuple[str | None, list[str]]]:
     """name -> (config file, overrides)."""
     static = [f"reschedule.scores_file={scores}", "reschedule.scores=static"]
+    tree = task.get("treerpo", [])
     return {
         "balanced": (None, ["curriculum.name=balanced"]),
         "classic": (None, ["curriculum.name=classic"]),
@@ -53,8 +57,8 @@ def variants(scores: Path) -> dict[str, tuple[str | None, list[str]]]:
         "e2h-gaussian": (None, ["curriculum.name=gaussian"]),
         "reschedule-static": (None, ["reschedule.rank_by=rscore", *static]),
         "acc-static": (None, ["reschedule.rank_by=acc", *static]),
-        "treerpo-balanced": (TREERPO, ["curriculum.name=balanced"]),
-        "reschedule-online": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online"]),
+        "treerpo-balanced": (TREERPO, ["curriculum.name=balanced", *tree]),
+        "reschedule-online": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online", *tree]),
     }
 
 
@@ -116,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     task = TASKS[args.task]
     out = Path(args.out) / args.task
-    chosen = {name: spec for name, spec in variants(score_pool(task, out)).items()
+    chosen = {name: spec for name, spec in variants(task, score_pool(task, out)).items()
               if not args.variants or name in args.variants}
     jobs = [(name, config, overrides, seed) for seed in args.seeds for name, (config, overrides) in chosen.items()]
     with ThreadPoolExecutor(max_workers=2) as pool:
