@@ -57,6 +57,8 @@ def variants(task: dict, scores: Path) -> dict[str, tuple[str | None, list[str]]
         "e2h-gaussian": (None, ["curriculum.name=gaussian"]),
         "reschedule-static": (None, ["reschedule.rank_by=rscore", *static]),
         "acc-static": (None, ["reschedule.rank_by=acc", *static]),
+        # the weighted runs' mean loss weight is about 1.25: balanced at 1.25 x lr separates the two effects
+        "balanced-lr1.25": (None, ["curriculum.name=balanced", "train.lr=6.25e-5"]),
         "treerpo-balanced": (TREERPO, ["curriculum.name=balanced", *tree]),
         "reschedule-online": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online", *tree]),
     }
