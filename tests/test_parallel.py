@@ -17,9 +17,10 @@ from treerl.train.trainer import train_pass
 def overrides(model_dir, steps=1):
     # top_p near 0 samples greedily, so that every rank draws what the single process draws (one prompt per
     # generation call: the same shapes too); greedy groups have no advantage, entropy_coef moves the weights.
-    # Four prompts of 3 samples over 2 ranks in micro-batches of 2: uneven passes, a stand-in pass on one rank.
+    # Three prompts of 3 samples over 2 ranks in micro-batches of 5: rank 0 trains 6 samples in 2 passes, rank 1
+    # trains 3 in 1 pass and then joins the second gradient reduction with a stand-in pass.
     return [f"model.name_or_path={model_dir}", f"train.steps={steps}", "train.lr=1e-2", "train.warmup_steps=0",
-            "algo.entropy_coef=0.1", "train.filter_tau=null", "rollout.batch_prompts=4", "rollout.n=3",
+            "algo.entropy_coef=0.1", "train.filter_tau=null", "rollout.batch_prompts=3", "rollout.n=3",
             "rollout.top_p=1e-6", "rollout.generation_batch=1", "rollout.max_new_tokens=6", "train.micro_batch=5",
             "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=4", "output.progress=false",
             "train.save_every=1"]
@@ -52,7 +53,7 @@ def test_two_ranks_make_the_single_process_update(strategy, single, model_dir, t
     assert done.stdout.count("run directory:") == 1          # only rank 0 prints
     one, two = metrics(single)[0], metrics(out)[0]
     assert two["tokens/generated"] == one["tokens/generated"] and two["tokens/trained"] == one["tokens/trained"]
-    assert two["tree/leaves"] == one["tree/leaves"] == 12
+    assert two["tree/leaves"] == one["tree/leaves"] == 9
     for key in ("loss/policy", "entropy", "grad_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
     before = load_file(model_dir / "model.safetensors")
