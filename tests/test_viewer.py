@@ -6,6 +6,7 @@ import pytest
 
 from treerl.cli import main
 from treerl.config import load_config
+from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.tasks.base import Problem
 from treerl.train.trainer import train
@@ -95,7 +96,7 @@ def test_tree_command_samples_a_held_out_problem(model_dir, tmp_path):
 def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
     path = tmp_path / "trees.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
-    with pytest.raises(Exception, match="trees.jsonl:2"):
+    with pytest.raises(UserError, match="trees.jsonl:2"):
         read_trees(path)
     path.write_text('{"step": 1}\n{"step": 2, "ro')           # a torn last line is dropped
     assert read_trees(path) == [json.loads('{"step": 1}')]

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from treerl.errors import UserError  # noqa: E402
+from treerl.train.checkpoint import read_jsonl  # noqa: E402
 
 SMOOTH = 10
 """Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""
@@ -42,12 +43,7 @@ def load_run(run_dir: Path) -> RunData:
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl; give the directory of a treerl train run")
-    metrics = []
-    for line in metrics_path.read_text().splitlines():
-        try:
-            metrics.append(json.loads(line))
-        except json.JSONDecodeError:   # a torn last line of a killed run
-            continue
+    metrics = read_jsonl(metrics_path)
     evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     return RunData(run_dir.name, metrics, evals, config)

@@ -5,16 +5,16 @@ r-score's greedy picks, with collapsible branches and zoom (`treerl tree`)."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from treerl.curriculum.rscore import greedy_choices, r_score
+from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
 from treerl.rollout.tree import Node, ReasoningTree
 from treerl.tasks.base import Problem
+from treerl.train.checkpoint import read_jsonl
 
 TREES_FILE = "trees.jsonl"
 """Where a training run saves output.save_trees trees per step."""
@@ -30,26 +30,18 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
                 "pruned": bool(values) and max(values) - min(values) < prune_tau,
                 "children": [node_record(child) for child in node.children]}
 
+    picks = greedy_choices(tree, top_m, eligible)
     return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
             "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
-            "r_score": r_score(tree, top_m, eligible), "prune_tau": prune_tau,
-            "picks": [[list(path), child, gain] for path, child, gain in greedy_choices(tree, top_m, eligible)],
-            "root": node_record(tree.root)}
+            "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,   # r_score's definition
+            "picks": [[list(path), child, gain] for path, child, gain in picks], "root": node_record(tree.root)}
 
 
 def read_trees(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path} does not exist: train with output.save_trees=N to save trees, or sample one "
                         "with treerl tree --model PATH --problem ID")
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):   # only the last line may be torn (the run was killed while writing it)
-                raise UserError(f"{path}:{number}: not a saved tree (a JSON object per line)") from None
-    return records
+    return read_jsonl(path)
 
 
 def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None) -> dict[str, Any]:
@@ -139,22 +131,19 @@ def find_problem(cfg, problem_id: str) -> tuple[Any, Problem]:
 
 def sample_tree_record(cfg, problem_id: str) -> dict[str, Any]:
     """Sample and grade one problem's tree in TreeRPO's shape (rollout.n children per node, tree.depth levels,
-    tree.step_tokens per segment, rollout.max_new_tokens in all) and return its record."""
+    tree.step_tokens per segment, rollout.max_new_tokens in all), as training does, and return its record."""
     import torch
 
     from treerl.models import load_policy, resolve_device
     from treerl.rollout.grading import grade_tree
-    from treerl.rollout.tree import sample_trees
-    from treerl.tasks.prompts import render_prompt
+    from treerl.rollout.tree import TreeStats
+    from treerl.train.trainer import generate_trees
 
     task, problem = find_problem(cfg, problem_id)
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-    ro, t = cfg.rollout, cfg.tree
-    prompt = tokenizer(render_prompt(task.template, problem.question, tokenizer), add_special_tokens=False)
-    (tree,), _ = sample_trees(model, tokenizer, [prompt["input_ids"]], branching=ro.n, depth=t.depth,
-                              step_tokens=t.step_tokens or max(1, ro.max_new_tokens // t.depth),
-                              max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_p=ro.top_p,
-                              generator=torch.Generator(device=device).manual_seed(cfg.seed))
+    as_treerpo = cfg.model_copy(update={"algo": cfg.algo.model_copy(update={"name": "treerpo"})})
+    (tree,) = generate_trees(model, tokenizer, task, as_treerpo, [problem],
+                             torch.Generator(device=device).manual_seed(cfg.seed), TreeStats())
     grade_tree(tree, problem, task, tokenizer)
-    return tree_record(tree, problem, tokenizer, t.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)
+    return tree_record(tree, problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from treerl.errors import UserError
+
 TRAINER_STATE = "trainer_state.pt"
 
 
@@ -21,6 +23,21 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2))
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """One JSON value per line of a file a run appends to. A torn last line (the process was killed while writing
+    it) is left out; a bad line before it is not a torn write, so it is a UserError naming the file and line."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}:{number}: not a JSON line; the file is damaged (only a torn last line "
+                                "is expected after a crash)") from None
+    return records
 
 
 def save_checkpoint(run_dir: Path, step: int, model, model_state: dict[str, torch.Tensor], tokenizer,

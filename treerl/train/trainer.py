@@ -28,19 +28,20 @@ from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import DTYPES, load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
-from treerl.trackers import Trackers
-from treerl.viewer import TREES_FILE, read_trees, tree_record
 from treerl.rollout.grading import grade_tree
 from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats, sample_trees
 from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
+from treerl.trackers import Trackers
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
-from treerl.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic, write_json
+from treerl.train.checkpoint import (latest_checkpoint, load_trainer_state, read_jsonl, save_checkpoint, write_atomic,
+                                     write_json)
 from treerl.train.parallel import (Parallel, full_state, gradient_sync, load_optimizer_state, sampling_model,
                                    unwrap, wrap_policy)
 from treerl.train.signals import stop_signals
 from treerl.train.timing import print_time_summary, time_summary
+from treerl.viewer import TREES_FILE, read_trees, tree_record
 
 
 @dataclass
@@ -318,15 +319,7 @@ class Run:
 
     def metrics(self) -> list[dict[str, Any]]:
         """The logged steps; a torn last line (the process was killed while writing it) is left out."""
-        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise
-        return records
+        return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
 
     def evals(self) -> dict[str, Any]:
         return json.loads(self.eval_path.read_text()) if self.eval_path.is_file() else {}
@@ -504,8 +497,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                 if cfg.output.save_trees:
                     run.save_trees([tree_record(tree, problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m,
                                                 cfg.rscore.eligible, step)
-                                    for tree, problem in list(zip(rollout.trees, rollout.problems))
-                                    [:cfg.output.save_trees]])
+                                    for tree, problem in zip(rollout.trees[:cfg.output.save_trees],
+                                                             rollout.problems)])
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
