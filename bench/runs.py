@@ -23,6 +23,11 @@ def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
         command += ["--config", config] if config else []
         subprocess.run(command + ["output.progress=false", "train.threads=1", *overrides], check=True,
                        stdout=subprocess.DEVNULL)
-        evals = json.loads((run_dir / "eval.json").read_text())
+    return read(run_dir)
+
+
+def read(run_dir: Path) -> dict:
+    """A run's metrics and evals as they stand: one stopped by a time limit is read as far as it got."""
+    evals = json.loads((run_dir / "eval.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"metrics": metrics, "evals": evals, "before": evals["0"], "after": evals[max(evals, key=int)]}
