@@ -1,4 +1,5 @@
-"""Batched KV-cached sampling on any HF causal LM, returning the behaviour log-prob of every token."""
+"""Batched KV-cached sampling on any HF causal LM, returning the behaviour log-prob of every token. Llama-family
+models run through the lean forward of `lean.py`, others through their transformers forward."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from treerl.rollout.lean import KVCache, LeanDecoder, lean_decoder
 
 
 @dataclass
@@ -50,16 +53,24 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 class DecodeState:
     """A batch of sequences mid-generation: its KV cache and attention mask, both `width` wide, where the first
     `prompt_width` columns are the left-padded prompts and the rest the `generated` tokens fed so far."""
-    cache: DynamicCache
+    cache: DynamicCache | KVCache
+    """A KVCache when `lean` runs the model, else the transformers cache."""
     mask: torch.Tensor
     prompt_lengths: torch.Tensor
     prompt_width: int
     logits: torch.Tensor
     """Next-token logits of each row."""
+    lean: LeanDecoder | None
 
     @property
     def generated(self) -> int:
         return self.mask.shape[1] - self.prompt_width
+
+    def cached(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer, [rows, kv heads, columns, head dim]."""
+        if self.lean:
+            return self.cache.layers[layer]
+        return self.cache.layers[layer].keys, self.cache.layers[layer].values
 
 
 def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) -> DecodeState:
@@ -67,19 +78,33 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) ->
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], out.logits[:, -1].float())
+    lean = lean_decoder(model)
+    if lean:
+        cache = KVCache.empty(lean, *ids.shape, like=lean.embed)
+        width = ids.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
+        attend = causal & mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)
+        logits = lean.forward(ids, positions, cache, attend[:, None])
+    else:
+        cache = DynamicCache()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float(), lean)
 
 
 def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor) -> None:
     """Append one token per row to the state and compute the next logits."""
     state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
     positions = state.prompt_lengths + state.generated - 1
-    out = model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=positions[:, None],
-                past_key_values=state.cache, use_cache=True)
-    state.logits = out.logits[:, -1].float()
+    if state.lean:
+        state.cache.reserve(1)
+        logits = state.lean.forward(tokens[:, None], positions[:, None], state.cache,
+                                    state.mask.bool()[:, None, None])
+    else:
+        logits = model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=positions[:, None],
+                       past_key_values=state.cache, use_cache=True).logits[:, -1]
+    state.logits = logits.float()
 
 
 def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_id: int, pad_id: int,
@@ -87,6 +112,8 @@ def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to max_new_tokens tokens per row, [B, T] with pad after EOS, and their log-probs; advances the state."""
     finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
+    if state.lean:
+        state.cache.reserve(max_new_tokens)
     tokens_per_step, logps_per_step = [], []
     for _ in range(max_new_tokens):
         if greedy:
@@ -112,13 +139,14 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
     width = states[0].prompt_width + generated - 1
     layers = []
     for layer in range(len(states[0].cache.layers)):
-        keys = torch.cat([states[s].cache.layers[layer].keys[[row], :, :width] for s, row, _ in picks])
-        values = torch.cat([states[s].cache.layers[layer].values[[row], :, :width] for s, row, _ in picks])
+        keys = torch.cat([states[s].cached(layer)[0][[row], :, :width] for s, row, _ in picks])
+        values = torch.cat([states[s].cached(layer)[1][[row], :, :width] for s, row, _ in picks])
         layers.append((keys, values))
-    state = DecodeState(DynamicCache(ddp_cache_data=layers),
+    lean = states[0].lean
+    state = DecodeState(KVCache(layers, width) if lean else DynamicCache(ddp_cache_data=layers),
                         torch.cat([states[s].mask[[row], :width] for s, row, _ in picks]),
                         torch.cat([states[s].prompt_lengths[[row]] for s, row, _ in picks]),
-                        states[0].prompt_width, logits=None)
+                        states[0].prompt_width, logits=None, lean=lean)
     last = torch.tensor([tokens[generated - 1] for _, _, tokens in picks], device=state.mask.device)
     feed(model, state, last)
     return state

@@ -1,0 +1,103 @@
+"""The lean forward samples exactly what the transformers forward samples, and steps aside where it does not fit."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from treerl.rollout import engine
+from treerl.rollout.engine import generate
+from treerl.rollout.lean import KVCache, lean_decoder
+from treerl.rollout.tree import sample_trees
+
+PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"] * 3   # different lengths: left padding
+
+
+@pytest.fixture
+def transformers_only(monkeypatch):
+    """Sampling through the transformers forward, as for a model the lean forward does not cover."""
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+
+
+def draw(model, tok, prompts, **kwargs):
+    return generate(model, tok, prompts, max_new_tokens=16, temperature=0.7,
+                    generator=torch.Generator().manual_seed(5), **kwargs)
+
+
+def test_the_tiny_model_runs_lean(policy):
+    assert lean_decoder(policy[0]) is not None
+
+
+def test_lean_samples_equal_transformers_samples(policy, monkeypatch):
+    model, tok = policy
+    lean = draw(model, tok, PROMPTS)
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    reference = draw(model, tok, PROMPTS)
+    assert lean.completion_ids == reference.completion_ids
+    for a, b in zip(lean.logprobs, reference.logprobs):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_lean_greedy_equals_transformers_greedy(policy, monkeypatch):
+    model, tok = policy
+    lean = generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True)
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    assert generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True).completion_ids == lean.completion_ids
+
+
+def trees(model, tok):
+    found, _ = sample_trees(model, tok, [[3, 4, 5], [6, 7]], branching=3, depth=3, step_tokens=4,
+                            temperature=1.0, generator=torch.Generator().manual_seed(2))
+    return [[(node.token_ids, node.logprobs) for _, node in tree.walk()] for tree in found]
+
+
+def test_forked_lean_caches_give_the_transformers_trees(policy, monkeypatch):
+    model, tok = policy
+    lean = trees(model, tok)
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    reference = trees(model, tok)
+    assert [[ids for ids, _ in tree] for tree in lean] == [[ids for ids, _ in tree] for tree in reference]
+    for tree, other in zip(lean, reference):
+        for (_, a), (_, b) in zip(tree, other):
+            assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_grouped_query_attention_with_biasless_llama(policy, monkeypatch):
+    """Two query heads per key-value head, no projection biases: the lean forward's log-probs match."""
+    _, tok = policy
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+    assert lean_decoder(model) is not None
+    lean = draw(model, tok, PROMPTS)
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    reference = draw(model, tok, PROMPTS)
+    assert lean.completion_ids == reference.completion_ids
+    for a, b in zip(lean.logprobs, reference.logprobs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_other_architectures_sample_through_transformers(policy):
+    _, tok = policy
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    assert lean_decoder(model) is None
+    gen = draw(model, tok, PROMPTS)
+    assert all(1 <= len(ids) <= 16 for ids in gen.completion_ids)
+
+
+def test_scaled_rope_is_left_to_transformers():
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    assert lean_decoder(model) is None
+
+
+def test_reserve_grows_the_buffers_and_keeps_what_they_held():
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    cache = KVCache([(keys.clone(), -keys.clone())], width=3)
+    cache.reserve(0)
+    assert cache.layers[0][0].shape[2] == 3
+    cache.reserve(5)
+    grown_keys, grown_values = cache.layers[0]
+    assert grown_keys.shape == (2, 1, 8, 2) and cache.width == 3
+    assert torch.equal(grown_keys[:, :, :3], keys) and torch.equal(grown_values[:, :, :3], -keys)

@@ -1,0 +1,108 @@
+"""A lean inference forward for Llama-family decoders (Llama, Qwen2, Mistral) over a preallocated KV cache.
+
+It runs the model's own weights through the same operations as the transformers forward (so samples and
+log-probs are bit-identical on the CPU) without its per-call machinery: no mask building, no cache objects,
+no rotary module call per layer. Models it does not cover sample through the transformers forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+LLAMA_FAMILY = ("llama", "qwen2", "mistral")
+
+
+def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
+    """A LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    plain = (config.model_type in LLAMA_FAMILY and config.hidden_act == "silu"
+             and rope.get("rope_type", "default") == "default"
+             and not getattr(config, "use_sliding_window", False)
+             and (config.model_type != "mistral" or config.sliding_window is None)
+             and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or []))
+    plain_tensors = all(type(p) is torch.nn.Parameter for p in model.parameters())   # not FSDP2's DTensors
+    return LeanDecoder(model) if plain and plain_tensors else None
+
+
+def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """The layer applied without its module call (hooks and dispatch cost more than the matmul here)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+class KVCache:
+    """Keys and values of every layer, [rows, kv heads, capacity, head dim], filled up to `width` columns."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], width: int):
+        self.layers = layers
+        self.width = width
+
+    @classmethod
+    def empty(cls, decoder: LeanDecoder, rows: int, capacity: int, like: torch.Tensor) -> KVCache:
+        shape = (rows, decoder.kv_heads, capacity, decoder.head_dim)
+        return cls([(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers], 0)
+
+    def reserve(self, columns: int) -> None:
+        """Room for `columns` more tokens, copying into larger buffers when needed."""
+        capacity = self.layers[0][0].shape[2]
+        if self.width + columns > capacity:
+            grown = []
+            for keys, values in self.layers:
+                shape = (*keys.shape[:2], self.width + columns, keys.shape[3])
+                new_keys, new_values = keys.new_zeros(shape), values.new_zeros(shape)
+                new_keys[:, :, :self.width] = keys[:, :, :self.width]
+                new_values[:, :, :self.width] = values[:, :, :self.width]
+                grown.append((new_keys, new_values))
+            self.layers = grown
+
+
+class LeanDecoder:
+    def __init__(self, model: PreTrainedModel):
+        config, body = model.config, model.model
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.embed, self.norm, self.head = body.embed_tokens.weight, body.norm.weight, model.lm_head.weight
+        self.inv_freq = body.rotary_emb.inv_freq
+        self.layers = body.layers
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        dtype, x = x.dtype, x.float()
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+
+    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
+        mask [B, 1, T, width + T] says which cached and new columns each new token attends to."""
+        rows, length = ids.shape
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(positions, x.dtype)
+        start, end = cache.width, cache.width + length
+        for layer, (keys, values) in zip(self.layers, cache.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            h = self.rms_norm(x, layer.input_layernorm.weight)
+            q = linear(h, attn.q_proj).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
+            k = linear(h, attn.k_proj).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = linear(h, attn.v_proj).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            keys[:, :, start:end] = self.rotate(k, cos, sin)
+            values[:, :, start:end] = v
+            out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
+                                                 attn_mask=mask, scale=attn.scaling,
+                                                 enable_gqa=self.heads != self.kv_heads)
+            x = x + linear(out.transpose(1, 2).reshape(rows, length, -1), attn.o_proj)
+            h = self.rms_norm(x, layer.post_attention_layernorm.weight)
+            x = x + linear(F.silu(linear(h, mlp.gate_proj)) * linear(h, mlp.up_proj), mlp.down_proj)
+        cache.width = end
+        return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
