@@ -7,6 +7,8 @@ no rotary module call per layer. Models it does not cover sample through the tra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -27,9 +29,27 @@ def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
     return LeanDecoder(model) if plain and plain_tensors else None
 
 
-def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    """The layer applied without its module call (hooks and dispatch cost more than the matmul here)."""
-    return F.linear(x, layer.weight, layer.bias)
+@dataclass
+class LayerWeights:
+    """One decoder layer's tensors, looked up once: a module call or attribute lookup costs more than a matmul
+    of a small model. Linear layers are (weight, bias)."""
+    input_norm: torch.Tensor
+    q: tuple[torch.Tensor, torch.Tensor | None]
+    k: tuple[torch.Tensor, torch.Tensor | None]
+    v: tuple[torch.Tensor, torch.Tensor | None]
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    scaling: float
+    post_norm: torch.Tensor
+    gate: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+    @classmethod
+    def of(cls, layer: torch.nn.Module) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+        return cls(layer.input_layernorm.weight, *((m.weight, m.bias) for m in (attn.q_proj, attn.k_proj,
+                   attn.v_proj, attn.o_proj)), attn.scaling, layer.post_attention_layernorm.weight,
+                   *((m.weight, m.bias) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)))
 
 
 class KVCache:
@@ -66,7 +86,7 @@ class LeanDecoder:
         self.eps = config.rms_norm_eps
         self.embed, self.norm, self.head = body.embed_tokens.weight, body.norm.weight, model.lm_head.weight
         self.inv_freq = body.rotary_emb.inv_freq
-        self.layers = body.layers
+        self.layers = [LayerWeights.of(layer) for layer in body.layers]
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         dtype, x = x.dtype, x.float()
@@ -90,19 +110,17 @@ class LeanDecoder:
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(positions, x.dtype)
         start, end = cache.width, cache.width + length
-        for layer, (keys, values) in zip(self.layers, cache.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            h = self.rms_norm(x, layer.input_layernorm.weight)
-            q = linear(h, attn.q_proj).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
-            k = linear(h, attn.k_proj).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = linear(h, attn.v_proj).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        for w, (keys, values) in zip(self.layers, cache.layers):
+            h = self.rms_norm(x, w.input_norm)
+            q = F.linear(h, *w.q).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
+            k = F.linear(h, *w.k).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             keys[:, :, start:end] = self.rotate(k, cos, sin)
             values[:, :, start:end] = v
             out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
-                                                 attn_mask=mask, scale=attn.scaling,
-                                                 enable_gqa=self.heads != self.kv_heads)
-            x = x + linear(out.transpose(1, 2).reshape(rows, length, -1), attn.o_proj)
-            h = self.rms_norm(x, layer.post_attention_layernorm.weight)
-            x = x + linear(F.silu(linear(h, mlp.gate_proj)) * linear(h, mlp.up_proj), mlp.down_proj)
+                                                 attn_mask=mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
+            x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
+            h = self.rms_norm(x, w.post_norm)
+            x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
         cache.width = end
         return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
