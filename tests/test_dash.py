@@ -59,7 +59,7 @@ def test_the_filter_keeps_exactly_the_rows_above_tau(policy, monkeypatch):
     real = trainer.completion_logprobs
 
     def spy(model, batch, *args, **kwargs):
-        seen.append(batch.input_ids.shape[0])
+        seen.append(batch.completion_ids.shape[0])
         return real(model, batch, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "completion_logprobs", spy)

@@ -175,6 +175,8 @@ def test_each_kept_node_is_a_sample_whose_mask_covers_only_its_segment():
         ((1,), [1, 2, 3], [20, 21, 22])]
     assert [s.advantage for s in samples] == pytest.approx([4 / 3, 2.0, -2.0, -4 / 3], rel=1e-5)
     batch = make_batch([s.context_ids for s in samples], [s.segment_ids for s in samples])
-    # the mask marks exactly the segment's tokens, shifted one left (a position predicts the next token)
-    assert batch.completion_mask.sum(-1).tolist() == [2, 1, 2, 3]
-    assert batch.completion_mask[1].tolist()[:6] == [0, 0, 0, 0, 1, 0]
+    # each distinct context is encoded once; the mask marks exactly each segment's tokens
+    assert batch.context_ids.tolist() == [[0, 0, 1, 2, 3], [1, 2, 3, 10, 11]]
+    assert batch.context_index.tolist() == [0, 1, 1, 0]
+    assert batch.completion_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert batch.completion_ids.tolist() == [[10, 11, 0], [12, 0, 0], [13, 14, 0], [20, 21, 22]]

@@ -1,55 +1,86 @@
-"""Packing prompt + completion token ids into padded batches, and per-token log-probs of completions."""
+"""Batches of completions with their contexts, and the per-token log-probs of completions.
+
+Each distinct context (the prompt, or a tree node's prompt + prefix) is encoded once per batch, however many
+completions continue it: with n samples per prompt the prompt tokens cost 1/n of a forward and backward pass."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
+
+from treerl.rollout.engine import left_pad
 
 
 @dataclass
 class TokenBatch:
-    input_ids: torch.Tensor
-    """[B, T] prompt followed by completion, right-padded."""
-    attention_mask: torch.Tensor
+    context_ids: torch.Tensor
+    """[U, C] the distinct contexts, left-padded."""
+    context_mask: torch.Tensor
+    context_index: torch.Tensor
+    """[B] the context each completion continues."""
+    completion_ids: torch.Tensor
+    """[B, T] right-padded."""
     completion_mask: torch.Tensor
-    """[B, T-1] float, 1 where the target token (input_ids[:, 1:]) belongs to the completion."""
+    """[B, T] float, 1 on completion tokens; per-token values (log-probs, losses) share this layout."""
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
+        return TokenBatch(*(t.to(device) for t in (self.context_ids, self.context_mask, self.context_index,
+                                                    self.completion_ids, self.completion_mask)))
 
 
-def make_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int = 0) -> TokenBatch:
-    """Right-padded prompt + completion; padding is masked out, so any valid id serves as pad_id."""
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    completion = torch.zeros((len(prompt_ids), width - 1))
-    for row, (prompt, comp) in enumerate(zip(prompt_ids, completion_ids)):
-        ids[row, :len(prompt) + len(comp)] = torch.tensor(prompt + comp)
-        attention[row, :len(prompt) + len(comp)] = 1
-        completion[row, len(prompt) - 1:len(prompt) + len(comp) - 1] = 1.0
-    return TokenBatch(ids, attention, completion)
+def make_batch(context_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int = 0) -> TokenBatch:
+    """Contexts deduplicated and left-padded, completions right-padded; padding is masked out, so any valid id
+    serves as pad_id."""
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(context), len(distinct)) for context in context_ids]
+    contexts, context_mask = left_pad([list(context) for context in distinct], pad_id)
+    width = max(len(c) for c in completion_ids)
+    ids = torch.full((len(completion_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(completion_ids), width))
+    for row, completion in enumerate(completion_ids):
+        ids[row, :len(completion)] = torch.tensor(completion, dtype=torch.long)
+        mask[row, :len(completion)] = 1.0
+    return TokenBatch(contexts, context_mask, torch.tensor(index), ids, mask)
 
 
 def scatter_completion_values(values: list[torch.Tensor], batch: TokenBatch) -> torch.Tensor:
-    """Place one value per completion token (e.g. behaviour log-probs) at its target position [B, T-1]."""
+    """Place one value per completion token (e.g. behaviour log-probs) in the batch's layout [B, T]."""
     out = torch.zeros_like(batch.completion_mask)
-    flat = torch.cat(values).to(out)
-    out[batch.completion_mask.bool()] = flat
+    out[batch.completion_mask.bool()] = torch.cat(values).to(out)
     return out
+
+
+def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
+    """Logits predicting each completion token [B, T, V]: the contexts run once with their KV cache kept, which
+    every completion of a context then attends to (a differentiable gather, so gradients reach the context)."""
+    positions = (batch.context_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    first = model(input_ids=batch.context_ids, attention_mask=batch.context_mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits[batch.context_index]
+    index, width = batch.context_index, batch.completion_ids.shape[1]
+    cache = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+    # The last token predicts nothing that is trained, but one-token completions still run this second forward:
+    # under DDP every rank must make the same number of forward calls.
+    fed = max(1, width - 1)
+    inputs = batch.completion_ids[:, :fed]
+    mask = torch.cat([batch.context_mask[index], batch.completion_mask[:, :fed].long()], dim=1)
+    positions = batch.context_mask.sum(-1)[index, None] + torch.arange(fed, device=inputs.device)
+    rest = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=True).logits
+    return torch.cat([first, rest[:, :width - 1]], dim=1)
 
 
 def completion_logprobs(model: PreTrainedModel, batch: TokenBatch, temperature: float = 1.0,
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(target | prefix) at every position [B, T-1] for logits / temperature, and optionally the entropy."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    """log pi(token | prefix) of every completion token [B, T] for logits / temperature, and optionally the
+    entropy of each of those distributions."""
+    logits = completion_logits(model, batch).float()
     if temperature != 1.0:
         logits = logits / temperature
     log_norm = logits.logsumexp(-1)
-    targets = batch.input_ids[:, 1:]
-    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - log_norm
+    logprobs = logits.gather(-1, batch.completion_ids[..., None]).squeeze(-1) - log_norm
     entropy = None
     if with_entropy:
         probs = (logits - log_norm[..., None]).exp()

@@ -1,0 +1,60 @@
+"""Encoding each distinct context once gives the log-probs and gradients of encoding every sequence whole."""
+
+import copy
+
+import pytest
+import torch
+
+from treerl.train.batch import completion_logprobs, make_batch
+
+CONTEXTS = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [8, 9], [8, 9], [5, 6, 7, 10, 11, 12], [4]]
+COMPLETIONS = [[20, 21, 1], [22], [23, 24, 25, 26], [30, 31], [32, 33, 34], [40, 1], [50, 51, 52]]
+
+
+def whole_sequence_logprobs(model, temperature: float) -> list[torch.Tensor]:
+    """Each sequence alone, unpadded: the log-prob of every completion token."""
+    out = []
+    for context, completion in zip(CONTEXTS, COMPLETIONS):
+        ids = torch.tensor([context + completion])
+        logits = model(input_ids=ids).logits[0, len(context) - 1:-1].float() / temperature
+        out.append(logits.log_softmax(-1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1))
+    return out
+
+
+def test_each_distinct_context_is_encoded_once():
+    batch = make_batch(CONTEXTS, COMPLETIONS)
+    assert batch.context_ids.shape == (4, 6)
+    assert batch.context_index.tolist() == [0, 0, 0, 1, 1, 2, 3]
+    assert batch.context_mask.sum(-1).tolist() == [3, 2, 6, 1]
+    assert batch.completion_mask.sum(-1).tolist() == [len(c) for c in COMPLETIONS]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_contexts_give_the_whole_sequence_logprobs_and_gradient(policy, temperature):
+    model = copy.deepcopy(policy[0]).train()
+    weights = [torch.linspace(-1, 1, len(c)) for c in COMPLETIONS]
+    reference = whole_sequence_logprobs(model, temperature)
+    sum(((r * w).sum() for r, w in zip(reference, weights)), torch.tensor(0.0)).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    batch = make_batch(CONTEXTS, COMPLETIONS)
+    logprobs, _ = completion_logprobs(model, batch, temperature)
+    mask = batch.completion_mask.bool()
+    for row, values in enumerate(reference):
+        assert torch.allclose(logprobs[row][mask[row]], values, atol=1e-5), row
+    per_token = torch.zeros_like(logprobs)
+    per_token[mask] = torch.cat(weights)
+    (logprobs * per_token).sum().backward()
+    for got, want in zip((p.grad for p in model.parameters()), expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_one_token_completions(policy):
+    model = policy[0]
+    batch = make_batch([[5, 6], [7]], [[1], [2]])
+    with torch.no_grad():
+        logprobs, entropy = completion_logprobs(model, batch, with_entropy=True)
+        alone = model(input_ids=torch.tensor([[7]])).logits[0, -1].log_softmax(-1)[2]
+    assert logprobs.shape == entropy.shape == (2, 1)
+    assert logprobs[1, 0] == pytest.approx(float(alone), abs=1e-5)
