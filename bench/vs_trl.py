@@ -3,6 +3,7 @@
     .venv/bin/python bench/vs_trl.py --rounds 3 --warmup 2 --steps 8 --out runs/bench-vs-trl
     .venv/bin/python bench/vs_trl.py --precision bf16 ...
     .venv/bin/python bench/vs_trl.py --defaults ...      # treerl with its default filter, not at equal work
+    .venv/bin/python bench/vs_trl.py --compile --warmup 4 ...   # treerl with train.compile=true
 
 Both tools load the embedded tiny model from its Hugging Face directory and train GRPO on hard arithmetic
 prompts: --prompts-per-step prompts x --n samples, up to --max-new-tokens tokens, the same temperature and
@@ -86,6 +87,7 @@ def run_treerl(args, out: Path) -> list[dict]:
             f"train.lr={args.lr}", "train.lr_schedule=constant", "train.warmup_steps=0",
             f"train.mini_batch={args.prompts_per_step * args.n}", f"train.micro_batch={args.prompts_per_step * args.n}",
             *(["model.autocast=bfloat16"] if args.precision == "bf16" else []),
+            *(["train.compile=true"] if args.compile else []),
             *([] if args.defaults else ["train.filter_tau=null"])]
     subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run), f"train.steps={args.warmup + args.steps}",
                     "eval.levels=[trivial]", "eval.problems=1", "output.progress=false", *same],
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--defaults", action="store_true",
                         help="treerl with its default gradient filter (train.filter_tau=0.1) instead of training every sample")
+    parser.add_argument("--compile", action="store_true",
+                        help="treerl with train.compile=true (give --warmup enough steps to leave the compiles out)")
     parser.add_argument("--venv", default="runs/venv-trl")
     parser.add_argument("--out", default="runs/bench-vs-trl")
     args = parser.parse_args()
@@ -149,7 +153,8 @@ def main() -> None:
               "trl": summary(runs["trl"], prompt_len, batch, params, peak),
               "treerl": summary(runs["treerl"], prompt_len, batch, params, peak)}
     result["speedup"] = round(result["trl"]["step_s"] / result["treerl"]["step_s"], 2)
-    (out / f"summary-{args.precision}{'-defaults' if args.defaults else ''}.json").write_text(json.dumps(result, indent=2))
+    name = f"summary-{args.precision}{'-defaults' if args.defaults else ''}{'-compile' if args.compile else ''}.json"
+    (out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
