@@ -1,14 +1,12 @@
 """The lean forward samples exactly what the transformers forward samples, and steps aside where it does not fit."""
 
-import copy
-
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from treerl.rollout import engine
 from treerl.rollout.engine import generate
-from treerl.rollout.lean import KVCache, compile_lean, lean_decoder
+from treerl.rollout.lean import KVCache, lean_decoder
 from treerl.rollout.tree import sample_trees
 
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"] * 3   # different lengths: left padding
@@ -104,12 +102,3 @@ def test_reserve_grows_the_buffers_and_keeps_what_they_held():
     assert grown_keys.shape == (2, 1, 8, 2) and cache.width == 3
     assert torch.equal(grown_keys[:, :, :3], keys) and torch.equal(grown_values[:, :, :3], -keys)
 
-
-def test_compile_lean_compiles_the_one_decoder_sampling_uses(policy, monkeypatch):
-    model = copy.deepcopy(policy[0])
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append((fn, options)) or fn)
-    compile_lean(model)
-    decoder = lean_decoder(model)
-    assert decoder is lean_decoder(model)
-    assert compiled == [(decoder.forward, {"dynamic": True})]

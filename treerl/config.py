@@ -128,7 +128,8 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="stop after this many steps in a row with a non-finite "
                                                     "loss or gradient (each skips its update)")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
-    compile: bool = Field(False, description="torch.compile the model's forward and its lean sampling forward; the "
+    compile: bool = Field(False, description="torch.compile the model's forward (training, and sampling for models "
+                                             "outside the lean forward of rollout/lean.py); the "
                                              "first steps compile for a minute or more, so it pays off in long runs")
     strategy: Literal["ddp", "fsdp2"] = Field("ddp", description="under torchrun: ddp (a full copy per process) or "
                                                                  "fsdp2 (parameters, gradients and optimizer state "

@@ -8,19 +8,16 @@ no rotary module call per layer. Models it does not cover sample through the tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
-DECODERS: WeakKeyDictionary[PreTrainedModel, LeanDecoder] = WeakKeyDictionary()
-"""One decoder per model, so that a compiled forward (compile_lean) is compiled once."""
 
 
 def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
-    """The LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder."""
+    """A LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder."""
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     plain = (config.model_type in LLAMA_FAMILY and config.hidden_act == "silu"
@@ -29,18 +26,7 @@ def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
              and (config.model_type != "mistral" or config.sliding_window is None)
              and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or []))
     plain_tensors = all(type(p) is torch.nn.Parameter for p in model.parameters())   # not FSDP2's DTensors
-    if not (plain and plain_tensors):
-        return None
-    if model not in DECODERS:
-        DECODERS[model] = LeanDecoder(model)
-    return DECODERS[model]
-
-
-def compile_lean(model: PreTrainedModel) -> None:
-    """torch.compile the model's lean forward (dynamic shapes), where it has one."""
-    decoder = lean_decoder(model)
-    if decoder:
-        decoder.forward = torch.compile(decoder.forward, dynamic=True)
+    return LeanDecoder(model) if plain and plain_tensors else None
 
 
 @dataclass

@@ -29,7 +29,6 @@ from treerl.models import DTYPES, load_policy, resolve_device
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
 from treerl.rollout.grading import grade_tree
-from treerl.rollout.lean import compile_lean
 from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats, sample_trees
 from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
@@ -409,7 +408,6 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                                    cfg.model.trust_remote_code)
     if cfg.train.compile:
         model.forward = torch.compile(model.forward, dynamic=True)
-        compile_lean(model)
     policy = wrap_policy(model, par)
     reference = (load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)[0].eval()
                  if cfg.algo.kl_coef > 0 else None)
