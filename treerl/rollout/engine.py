@@ -3,6 +3,7 @@ models run through the lean forward of `lean.py`, others through their transform
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
+    forward = getattr(model, "module", model).forward   # a DDP wrapper's forward takes **kwargs
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -88,8 +95,8 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) ->
         logits = lean.forward(ids, positions, cache, attend[:, None])
     else:
         cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_argument(model): cache}).logits[:, -1]
     return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float(), lean)
 
 
@@ -103,7 +110,7 @@ def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor) -> No
                                     state.mask.bool()[:, None, None])
     else:
         logits = model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=positions[:, None],
-                       past_key_values=state.cache, use_cache=True).logits[:, -1]
+                       use_cache=True, **{cache_argument(model): state.cache}).logits[:, -1]
     state.logits = logits.float()
 
 

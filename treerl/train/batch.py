@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from treerl.rollout.engine import left_pad
+from treerl.rollout.engine import cache_argument, left_pad
 
 
 @dataclass
@@ -58,7 +58,7 @@ def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor
     positions = (batch.context_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     first = model(input_ids=batch.context_ids, attention_mask=batch.context_mask, position_ids=positions,
-                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits[batch.context_index]
+                  use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits[batch.context_index]
     index, width = batch.context_index, batch.completion_ids.shape[1]
     cache = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
     # The last token predicts nothing that is trained, but one-token completions still run this second forward:
@@ -67,8 +67,8 @@ def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor
     inputs = batch.completion_ids[:, :fed]
     mask = torch.cat([batch.context_mask[index], batch.completion_mask[:, :fed].long()], dim=1)
     positions = batch.context_mask.sum(-1)[index, None] + torch.arange(fed, device=inputs.device)
-    rest = model(input_ids=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                 use_cache=True).logits
+    rest = model(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
+                 **{cache_argument(model): cache}).logits
     return torch.cat([first, rest[:, :width - 1]], dim=1)
 
 
