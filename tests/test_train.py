@@ -252,3 +252,18 @@ def test_compiled_forward_trains(model_dir, tmp_path):
     before = AutoModelForCausalLM.from_pretrained(model_dir)
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step_2")
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+
+def test_two_threads_give_the_same_run_twice(tmp_path):
+    """The default recipe on two threads, run twice in fresh processes: the same losses to the last bit (the
+    context gather once made them differ from run to run in the seventh digit, through a parallel backward)."""
+    import subprocess
+    import sys
+
+    losses = []
+    for name in ("first", "second"):
+        subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(tmp_path / name), "train.steps=3",
+                        "train.threads=2", "eval.problems=2", "eval.levels=[hard]", "output.progress=false"],
+                       check=True, capture_output=True)
+        losses.append([(m["loss/policy"], m["grad_norm"]) for m in read_metrics(tmp_path / name)])
+    assert losses[0] == losses[1]

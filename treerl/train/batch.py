@@ -58,9 +58,13 @@ def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor
     positions = (batch.context_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     first = model(input_ids=batch.context_ids, attention_mask=batch.context_mask, position_ids=positions,
-                  use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits[batch.context_index]
+                  use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits
+    # index_select, not tensor[index]: the backward of indexing (index_put_ with accumulate) made two runs on
+    # two CPU threads differ in the seventh digit; index_select's backward gives the same bits every time
     index, width = batch.context_index, batch.completion_ids.shape[1]
-    cache = DynamicCache(ddp_cache_data=[(layer.keys[index], layer.values[index]) for layer in cache.layers])
+    first = first.index_select(0, index)
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                         for layer in cache.layers])
     # The last token predicts nothing that is trained, but one-token completions still run this second forward:
     # under DDP every rank must make the same number of forward calls.
     fed = max(1, width - 1)
