@@ -97,8 +97,8 @@ def main() -> None:
     for name, (phase, flops) in phases.items():
         measured = timed(phase, args.rounds, args.top)
         result[name] = {"seconds": measured["seconds"], "gflop": round(flops / 1e9, 2),
-                        "floor_s": round(flops / peak, 4), "of_matmul_peak": round(flops / peak / measured["seconds"], 3),
-                        "top_ops": measured["top_ops"]}
+                        "floor_s": round(flops / peak, 4),
+                        "of_matmul_peak": round(flops / peak / measured["seconds"], 3), "top_ops": measured["top_ops"]}
     print(json.dumps(result, indent=2))
 
 

@@ -118,7 +118,8 @@ class LeanDecoder:
             keys[:, :, start:end] = self.rotate(k, cos, sin)
             values[:, :, start:end] = v
             out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
-                                                 attn_mask=mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
+                                                 attn_mask=mask, scale=w.scaling,
+                                                 enable_gqa=self.heads != self.kv_heads)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
             h = self.rms_norm(x, w.post_norm)
             x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
