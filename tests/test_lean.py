@@ -12,15 +12,21 @@ from treerl.rollout.tree import sample_trees
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"] * 3   # different lengths: left padding
 
 
-@pytest.fixture
-def transformers_only(monkeypatch):
-    """Sampling through the transformers forward, as for a model the lean forward does not cover."""
+def draw(model, tok):
+    return generate(model, tok, PROMPTS, max_new_tokens=16, temperature=0.7, generator=torch.Generator().manual_seed(5))
+
+
+def lean_then_transformers(sample, monkeypatch):
+    """What `sample()` gives through the lean forward, then through the transformers forward."""
+    lean = sample()
     monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    return lean, sample()
 
 
-def draw(model, tok, prompts, **kwargs):
-    return generate(model, tok, prompts, max_new_tokens=16, temperature=0.7,
-                    generator=torch.Generator().manual_seed(5), **kwargs)
+def assert_same_samples(lean, reference, atol):
+    assert lean.completion_ids == reference.completion_ids
+    for a, b in zip(lean.logprobs, reference.logprobs):
+        assert torch.allclose(a, b, atol=atol)
 
 
 def test_the_tiny_model_runs_lean(policy):
@@ -28,20 +34,13 @@ def test_the_tiny_model_runs_lean(policy):
 
 
 def test_lean_samples_equal_transformers_samples(policy, monkeypatch):
-    model, tok = policy
-    lean = draw(model, tok, PROMPTS)
-    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    reference = draw(model, tok, PROMPTS)
-    assert lean.completion_ids == reference.completion_ids
-    for a, b in zip(lean.logprobs, reference.logprobs):
-        assert torch.allclose(a, b, atol=1e-6)
+    assert_same_samples(*lean_then_transformers(lambda: draw(*policy), monkeypatch), atol=1e-6)
 
 
 def test_lean_greedy_equals_transformers_greedy(policy, monkeypatch):
-    model, tok = policy
-    lean = generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True)
-    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    assert generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True).completion_ids == lean.completion_ids
+    lean, reference = lean_then_transformers(lambda: generate(*policy, PROMPTS, max_new_tokens=16, greedy=True),
+                                             monkeypatch)
+    assert lean.completion_ids == reference.completion_ids
 
 
 def trees(model, tok):
@@ -51,10 +50,7 @@ def trees(model, tok):
 
 
 def test_forked_lean_caches_give_the_transformers_trees(policy, monkeypatch):
-    model, tok = policy
-    lean = trees(model, tok)
-    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    reference = trees(model, tok)
+    lean, reference = lean_then_transformers(lambda: trees(*policy), monkeypatch)
     assert [[ids for ids, _ in tree] for tree in lean] == [[ids for ids, _ in tree] for tree in reference]
     for tree, other in zip(lean, reference):
         for (_, a), (_, b) in zip(tree, other):
@@ -69,12 +65,7 @@ def test_grouped_query_attention_with_biasless_llama(policy, monkeypatch):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
     assert lean_decoder(model) is not None
-    lean = draw(model, tok, PROMPTS)
-    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    reference = draw(model, tok, PROMPTS)
-    assert lean.completion_ids == reference.completion_ids
-    for a, b in zip(lean.logprobs, reference.logprobs):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_same_samples(*lean_then_transformers(lambda: draw(model, tok), monkeypatch), atol=1e-5)
 
 
 def test_other_architectures_sample_through_transformers(policy):
@@ -82,7 +73,7 @@ def test_other_architectures_sample_through_transformers(policy):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
     assert lean_decoder(model) is None
-    gen = draw(model, tok, PROMPTS)
+    gen = draw(model, tok)
     assert all(1 <= len(ids) <= 16 for ids in gen.completion_ids)
 
 
