@@ -3,6 +3,7 @@ models run through the lean forward of `lean.py`, others through their transform
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -38,8 +39,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
-    forward = getattr(model, "module", model).forward   # a DDP wrapper's forward takes **kwargs
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return cache_argument_of(type(getattr(model, "module", model)))   # a DDP wrapper's forward takes **kwargs
+
+
+@functools.cache
+def cache_argument_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
