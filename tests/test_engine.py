@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from treerl.rollout.engine import generate
+from treerl.rollout import engine
+from treerl.rollout.engine import generate, prefill
+from treerl.rollout.lean import LeanDecoder
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]   # different lengths: left padding in the engine
@@ -83,3 +85,31 @@ def test_generate_restores_training_mode(policy):
         assert model.training
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
+    """n samples of a prompt share one encoding of it, and each row starts as the prompt encoded alone would."""
+    model, tok = policy
+    encoded_rows = []
+    if lean:
+        forward = LeanDecoder.forward
+        monkeypatch.setattr(LeanDecoder, "forward", lambda self, ids, *args: encoded_rows.append(len(ids))
+                            or forward(self, ids, *args))
+    else:
+        monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+        forward = model.forward
+        monkeypatch.setattr(model, "forward", lambda input_ids, **kwargs: encoded_rows.append(len(input_ids))
+                            or forward(input_ids=input_ids, **kwargs))
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    rows = [0, 1, 0, 2, 0, 1]
+    state = prefill(model, [ids[i] for i in rows], tok.pad_token_id)
+    assert encoded_rows == [3]
+    for row, i in enumerate(rows):
+        alone = prefill(model, [ids[i]], tok.pad_token_id)
+        assert torch.allclose(state.logits[row], alone.logits[0], atol=1e-5)
+        assert state.mask[row, state.prompt_width - len(ids[i]):].all() and state.prompt_lengths[row] == len(ids[i])
+        for layer in range(len(model.model.layers)):
+            for shared, own in zip(state.cached(layer), alone.cached(layer)):
+                assert torch.allclose(shared[row, :, state.prompt_width - len(ids[i]):state.prompt_width],
+                                      own[0, :, :len(ids[i])], atol=1e-5)

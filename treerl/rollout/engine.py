@@ -86,8 +86,12 @@ class DecodeState:
 
 
 def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) -> DecodeState:
+    """Encode the prompts; a prompt repeated in the batch (n samples of it) is encoded once and its KV cache
+    copied to each of its rows."""
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompt_ids, pad_id)
+    distinct: dict[tuple[int, ...], int] = {}
+    index = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids], device=device)
+    ids, mask = left_pad([list(p) for p in distinct], pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     lean = lean_decoder(model)
@@ -98,11 +102,15 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) ->
         # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
         attend = causal & mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)
         logits = lean.forward(ids, positions, cache, attend[:, None])
+        cache.layers = [(keys.index_select(0, index), values.index_select(0, index)) for keys, values in cache.layers]
     else:
         cache = DynamicCache()
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1, **{cache_argument(model): cache}).logits[:, -1]
-    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float(), lean)
+        cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                             for layer in cache.layers])
+    mask = mask.index_select(0, index)
+    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float().index_select(0, index), lean)
 
 
 def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor) -> None:
