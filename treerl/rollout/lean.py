@@ -93,14 +93,17 @@ class LeanDecoder:
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
 
     def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the rotary angles, the first half of sin negated (see `rotate`)."""
         freqs = positions[..., None].float() * self.inv_freq.float()
         angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+        sin, half = angles.sin(), freqs.shape[-1]
+        return angles.cos().to(dtype)[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1).to(dtype)[:, None]
 
     @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits: rotate_half(x) is x with
+        its halves swapped and the first one negated, and -a * b == a * -b exactly."""
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 mask: torch.Tensor) -> torch.Tensor:
