@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (TRL's autocast)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "default"], default="fp32",
+                        help="bf16: bf16 mixed precision (TRL's autocast); default: TRL's own default (bf16)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (TRL's default; off at equal work)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -73,7 +76,9 @@ def main() -> None:
         num_generations=args.n, max_completion_length=args.max_new_tokens, temperature=args.temperature,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, beta=0.0, num_iterations=1,
         gradient_accumulation_steps=1, epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, max_steps=args.steps,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(), bf16=args.bf16,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
+        bf16={"fp32": False, "bf16": True, "default": None}[args.precision],
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=args.model, reward_funcs=correct, args=config, processing_class=tokenizer,
                           train_dataset=Dataset.from_list(rows))

@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/vs_trl.py --rounds 3 --warmup 2 --steps 8 --out runs/bench-vs-trl
     .venv/bin/python bench/vs_trl.py --precision bf16 ...
-    .venv/bin/python bench/vs_trl.py --defaults ...      # treerl with its default filter, not at equal work
+    .venv/bin/python bench/vs_trl.py --defaults ...      # each tool at its defaults, not at equal work
     .venv/bin/python bench/vs_trl.py --compile --warmup 4 ...   # treerl with train.compile=true
 
 Both tools load the embedded tiny model from its Hugging Face directory and train GRPO on hard arithmetic
 prompts: --prompts-per-step prompts x --n samples, up to --max-new-tokens tokens, the same temperature and
 learning rate, one optimizer step per generation, no KL, clipping 0.2 / 0.28. At equal work treerl trains
-every sample (train.filter_tau=null), as TRL does; --defaults keeps treerl's default filter, which skips the
-samples whose advantage is near 0. --precision bf16 runs both with bf16 autocast (TRL's bf16=True, treerl's
-model.autocast=bfloat16); the weights stay fp32 in both. The two run alternately, --rounds times each, and the first
---warmup steps of every run are not timed. TRL is installed into its own environment (--venv, created on first
+every sample (train.filter_tau=null), as TRL does, and TRL keeps every activation for the backward pass
+(gradient_checkpointing=False), as treerl does. --precision bf16 runs both with bf16 autocast (TRL's bf16=True,
+treerl's model.autocast=bfloat16); the weights stay fp32 in both. --defaults runs each tool with its own defaults
+for what the user does not have to choose: TRL with bf16 and gradient checkpointing, treerl with its precision and
+its filter, which skips the samples whose advantage is near 0. The two run alternately, --rounds times each, and the
+first --warmup steps of every run are not timed. TRL is installed into its own environment (--venv, created on first
 use with the same torch and transformers as treerl); it is never a treerl dependency.
 
 Prints JSON: per tool the median seconds per step, generated and trained tokens per second, the achieved
@@ -72,7 +74,8 @@ def run_trl(python: Path, args, prompts: Path, out: Path) -> list[dict]:
                     "--steps", str(args.warmup + args.steps), "--prompts-per-step", str(args.prompts_per_step),
                     "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
                     "--temperature", str(args.temperature), "--lr", str(args.lr), "--out", str(steps),
-                    *(["--bf16"] if args.precision == "bf16" else [])],
+                    "--precision", "default" if args.defaults else args.precision,
+                    *(["--gradient-checkpointing"] if args.defaults else [])],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     batch = args.prompts_per_step * args.n
     return [{"seconds": s["seconds"], "generated": s["mean_length"] * batch, "trained": s["mean_length"] * batch}
@@ -86,7 +89,7 @@ def run_treerl(args, out: Path) -> list[dict]:
             f"rollout.max_new_tokens={args.max_new_tokens}", f"rollout.temperature={args.temperature}",
             f"train.lr={args.lr}", "train.lr_schedule=constant", "train.warmup_steps=0",
             f"train.mini_batch={args.prompts_per_step * args.n}", f"train.micro_batch={args.prompts_per_step * args.n}",
-            *(["model.autocast=bfloat16"] if args.precision == "bf16" else []),
+            *(["model.autocast=bfloat16"] if args.precision == "bf16" and not args.defaults else []),
             *(["train.compile=true"] if args.compile else []),
             *([] if args.defaults else ["train.filter_tau=null"])]
     subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run), f"train.steps={args.warmup + args.steps}",
@@ -127,19 +130,22 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--defaults", action="store_true",
-                        help="treerl with its default gradient filter (train.filter_tau=0.1) instead of training every sample")
+                        help="each tool at its defaults: TRL with bf16 and gradient checkpointing, treerl with its "
+                             "precision and gradient filter (train.filter_tau=0.1); not at equal work")
     parser.add_argument("--compile", action="store_true",
                         help="treerl with train.compile=true (give --warmup enough steps to leave the compiles out)")
     parser.add_argument("--venv", default="runs/venv-trl")
     parser.add_argument("--out", default="runs/bench-vs-trl")
     args = parser.parse_args()
+    if args.defaults and args.precision != "fp32":
+        parser.error("--defaults runs each tool in its default precision: leave out --precision")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     python = trl_python(Path(args.venv))
     batch = args.prompts_per_step * args.n
     prompts = out / "prompts.jsonl"
     prompt_len = write_prompts(prompts, batch // args.n * (args.warmup + args.steps) * 2, seed=0)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if args.precision == "bf16" or args.defaults else torch.float32   # the faster peak
     peak = matmul_peak(dtype, model_shapes(json.loads((TINY_DIR / "config.json").read_text()),
                                           batch * args.max_new_tokens))
     params = sum(t.numel() for t in load_file(TINY_DIR / "model.safetensors").values())   # tied weights once
@@ -153,7 +159,7 @@ def main() -> None:
               "trl": summary(runs["trl"], prompt_len, batch, params, peak),
               "treerl": summary(runs["treerl"], prompt_len, batch, params, peak)}
     result["speedup"] = round(result["trl"]["step_s"] / result["treerl"]["step_s"], 2)
-    name = f"summary-{args.precision}{'-defaults' if args.defaults else ''}{'-compile' if args.compile else ''}.json"
+    name = f"summary-{'defaults' if args.defaults else args.precision}{'-compile' if args.compile else ''}.json"
     (out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

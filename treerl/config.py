@@ -22,7 +22,7 @@ class ModelConfig(Section):
                                                               "optimizer state's)")
     autocast: Literal["bfloat16", "float16"] | None = Field(
         None, description="compute forward passes in this dtype under torch.autocast (weights stay in model.dtype): "
-                          "mixed precision")
+                          "mixed precision; on the CPU attention stays fp32, which is faster there")
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     trust_remote_code: bool = Field(False, description="run the model directory's own Python code (only for "
                                                        "models you trust)")

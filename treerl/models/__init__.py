@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as hf_logging
 
 from treerl.errors import UserError
+from treerl.models.attention import use_fp32_attention_on_cpu
 
 hf_logging.disable_progress_bar()
 TINY_DIR = Path(__file__).parent / "tiny"
@@ -54,4 +55,5 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.d
                         "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                                  use_safetensors=True).to(device)
+    use_fp32_attention_on_cpu(model)
     return model, load_tokenizer(name_or_path, trust_remote_code)

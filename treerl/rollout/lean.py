@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from treerl.models.attention import attention_dtype_context
+
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
 
 
@@ -120,9 +122,10 @@ class LeanDecoder:
             v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             keys[:, :, start:end] = self.rotate(k, cos, sin)
             values[:, :, start:end] = v
-            out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
-                                                 attn_mask=mask, scale=w.scaling,
-                                                 enable_gqa=self.heads != self.kv_heads)
+            with attention_dtype_context(x.device):
+                out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
+                                                     attn_mask=mask, scale=w.scaling,
+                                                     enable_gqa=self.heads != self.kv_heads)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
             h = self.rms_norm(x, w.post_norm)
             x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
