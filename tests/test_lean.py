@@ -93,3 +93,15 @@ def test_reserve_grows_the_buffers_and_keeps_what_they_held():
     assert grown_keys.shape == (2, 1, 8, 2) and cache.width == 3
     assert torch.equal(grown_keys[:, :, :3], keys) and torch.equal(grown_values[:, :, :3], -keys)
 
+
+
+def test_select_copies_chosen_rows_with_room_to_grow():
+    keys = torch.arange(3 * 1 * 4 * 2, dtype=torch.float32).view(3, 1, 4, 2)
+    cache = KVCache([(keys.clone(), -keys.clone())], width=2)   # columns 2 and 3 are not filled yet
+    chosen = cache.select(torch.tensor([2, 0, 2]), room=3)
+    chosen_keys, chosen_values = chosen.layers[0]
+    assert chosen_keys.shape == (3, 1, 5, 2) and chosen.width == 2
+    assert torch.equal(chosen_keys[:, :, :2], keys[[2, 0, 2], :, :2])
+    assert torch.equal(chosen_values[:, :, :2], -keys[[2, 0, 2], :, :2])
+    chosen_keys[0, 0, 0, 0] = -1.0
+    assert keys[2, 0, 0, 0] != -1.0 and cache.layers[0][0][2, 0, 0, 0] != -1.0   # a copy, not a view

@@ -85,9 +85,9 @@ class DecodeState:
         return self.cache.layers[layer].keys, self.cache.layers[layer].values
 
 
-def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) -> DecodeState:
+def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, room: int = 0) -> DecodeState:
     """Encode the prompts; a prompt repeated in the batch (n samples of it) is encoded once and its KV cache
-    copied to each of its rows."""
+    copied to each of its rows. A lean cache gets room for `room` tokens to come."""
     device = next(model.parameters()).device
     distinct: dict[tuple[int, ...], int] = {}
     index = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids], device=device)
@@ -102,7 +102,7 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int) ->
         # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
         attend = causal & mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)
         logits = lean.forward(ids, positions, cache, attend[:, None])
-        cache.layers = [(keys.index_select(0, index), values.index_select(0, index)) for keys, values in cache.layers]
+        cache = cache.select(index, room)
     else:
         cache = DynamicCache()
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -152,10 +152,11 @@ def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_
 
 
 def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[int, int, list[int]]],
-         generated: int) -> DecodeState:
+         generated: int, room: int = 0) -> DecodeState:
     """A new state continuing rows of earlier states after their first `generated` tokens, without re-encoding
     their prefixes: picks are (state index, row, tokens generated so far), one per new row. The states must
-    share the prompt width and have fed at least generated - 1 tokens; the last prefix token is fed again."""
+    share the prompt width and have fed at least generated - 1 tokens; the last prefix token is fed again.
+    A lean cache gets room for `room` tokens after it."""
     width = states[0].prompt_width + generated - 1
     layers = []
     for layer in range(len(states[0].cache.layers)):
@@ -163,7 +164,7 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
         values = torch.cat([states[s].cached(layer)[1][[row], :, :width] for s, row, _ in picks])
         layers.append((keys, values))
     lean = states[0].lean
-    state = DecodeState(KVCache(layers, width) if lean else DynamicCache(ddp_cache_data=layers),
+    state = DecodeState(KVCache(layers, width).select(room=1 + room) if lean else DynamicCache(ddp_cache_data=layers),
                         torch.cat([states[s].mask[[row], :width] for s, row, _ in picks]),
                         torch.cat([states[s].prompt_lengths[[row]] for s, row, _ in picks]),
                         states[0].prompt_width, logits=None, lean=lean)
@@ -182,7 +183,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     was_training = model.training
     model.eval()
-    state = prefill(model, prompt_ids, pad)
+    state = prefill(model, prompt_ids, pad, room=max_new_tokens)
     tokens, logps = decode(model, state, max_new_tokens, eos, pad, temperature, top_p, greedy, generator)
     model.train(was_training)
     return package(tokenizer, prompt_ids, tokens.cpu(), logps.cpu())

@@ -66,18 +66,25 @@ class KVCache:
         shape = (rows, decoder.kv_heads, capacity, decoder.head_dim)
         return cls([(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers], 0)
 
+    def select(self, index: torch.Tensor | None = None, room: int = 0) -> KVCache:
+        """A copy of rows `index` (all rows when None; a row may repeat) with room for `room` more columns, which
+        are left uninitialised: attention reads only the first `width`."""
+        layers = []
+        for pair in self.layers:
+            copies = []
+            for cached in pair:
+                filled = cached[:, :, :self.width]
+                filled = filled if index is None else filled.index_select(0, index)
+                copy = cached.new_empty((filled.shape[0], cached.shape[1], self.width + room, cached.shape[3]))
+                copy[:, :, :self.width] = filled
+                copies.append(copy)
+            layers.append((copies[0], copies[1]))
+        return KVCache(layers, self.width)
+
     def reserve(self, columns: int) -> None:
         """Room for `columns` more tokens, copying into larger buffers when needed."""
-        capacity = self.layers[0][0].shape[2]
-        if self.width + columns > capacity:
-            grown = []
-            for keys, values in self.layers:
-                shape = (*keys.shape[:2], self.width + columns, keys.shape[3])
-                new_keys, new_values = keys.new_zeros(shape), values.new_zeros(shape)
-                new_keys[:, :, :self.width] = keys[:, :, :self.width]
-                new_values[:, :, :self.width] = values[:, :, :self.width]
-                grown.append((new_keys, new_values))
-            self.layers = grown
+        if self.width + columns > self.layers[0][0].shape[2]:
+            self.layers = self.select(room=columns).layers
 
 
 class LeanDecoder:

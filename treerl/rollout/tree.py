@@ -198,14 +198,14 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
                 parent = node
         return segments
 
-    state = prefill(model, [p for p in prompt_ids for _ in range(branching)], pad)
-    segments = run(state, [t.root for t in trees for _ in range(branching)], [[] for _ in range(state.mask.shape[0])], 0)
+    state = prefill(model, [p for p in prompt_ids for _ in range(branching)], pad, room=budget)
+    segments = run(state, [t.root for t in trees for _ in range(branching)], [[] for _ in state.prompt_lengths], 0)
     for level in range(1, depth):
         open_nodes = [s for s in segments if s.depth == level and not s.node.finished]
         if not open_nodes or branching < 2:
             break
         picks = [(s.batch, s.row, rows[s.batch][s.row]) for s in open_nodes for _ in range(branching - 1)]
-        forked = fork(model, states, picks, level * step_tokens)
+        forked = fork(model, states, picks, level * step_tokens, room=budget - level * step_tokens)
         stats.refed_tokens += len(picks)
         stats.prefix_tokens_saved += sum(int(forked.prompt_lengths[i]) + level * step_tokens - 1
                                          for i in range(len(picks)))
