@@ -95,13 +95,14 @@ def test_reserve_grows_the_buffers_and_keeps_what_they_held():
 
 
 
-def test_select_copies_chosen_rows_with_room_to_grow():
+def test_gather_copies_chosen_rows_of_several_caches_with_room_to_grow():
     keys = torch.arange(3 * 1 * 4 * 2, dtype=torch.float32).view(3, 1, 4, 2)
-    cache = KVCache([(keys.clone(), -keys.clone())], width=2)   # columns 2 and 3 are not filled yet
-    chosen = cache.select(torch.tensor([2, 0, 2]), room=3)
+    roomy = KVCache([(keys.clone(), -keys.clone())], width=2)   # columns 2 and 3 are not filled yet
+    tight = KVCache([(keys[:, :, :2] + 100, -keys[:, :, :2] - 100)], width=2)   # no spare column: copied apart
+    chosen = KVCache.gather([(roomy, torch.tensor([2, 0, 2])), (tight, torch.tensor([1]))], width=2, room=2)
     chosen_keys, chosen_values = chosen.layers[0]
-    assert chosen_keys.shape == (3, 1, 5, 2) and chosen.width == 2
-    assert torch.equal(chosen_keys[:, :, :2], keys[[2, 0, 2], :, :2])
-    assert torch.equal(chosen_values[:, :, :2], -keys[[2, 0, 2], :, :2])
+    assert chosen_keys.shape == (4, 1, 4, 2) and chosen.width == 2
+    expected = torch.cat([keys[[2, 0, 2], :, :2], keys[[1], :, :2] + 100])
+    assert torch.equal(chosen_keys[:, :, :2], expected) and torch.equal(chosen_values[:, :, :2], -expected)
     chosen_keys[0, 0, 0, 0] = -1.0
-    assert keys[2, 0, 0, 0] != -1.0 and cache.layers[0][0][2, 0, 0, 0] != -1.0   # a copy, not a view
+    assert roomy.layers[0][0][2, 0, 0, 0] != -1.0   # a copy, not a view

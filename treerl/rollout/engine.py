@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,7 +104,7 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, ro
         # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
         attend = causal & mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)
         logits = lean.forward(ids, positions, cache, attend[:, None])
-        cache = cache.select(index, room)
+        cache = KVCache.gather([(cache, index)], cache.width, room)
     else:
         cache = DynamicCache()
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -158,17 +160,24 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
     share the prompt width and have fed at least generated - 1 tokens; the last prefix token is fed again.
     A lean cache gets room for `room` tokens after it."""
     width = states[0].prompt_width + generated - 1
-    layers = []
-    for layer in range(len(states[0].cache.layers)):
-        keys = torch.cat([states[s].cached(layer)[0][[row], :, :width] for s, row, _ in picks])
-        values = torch.cat([states[s].cached(layer)[1][[row], :, :width] for s, row, _ in picks])
-        layers.append((keys, values))
+    device = states[0].mask.device
+    runs = [(states[s], torch.tensor([row for _, row, _ in run], device=device))
+            for s, run in itertools.groupby(picks, key=lambda pick: pick[0])]   # consecutive picks of one state
+
+    def picked(per_state: Callable[[DecodeState], torch.Tensor]) -> torch.Tensor:
+        """The picked rows of a tensor of each state, in the order of picks."""
+        return torch.cat([per_state(source).index_select(0, rows) for source, rows in runs])
+
     lean = states[0].lean
-    state = DecodeState(KVCache(layers, width).select(room=1 + room) if lean else DynamicCache(ddp_cache_data=layers),
-                        torch.cat([states[s].mask[[row], :width] for s, row, _ in picks]),
-                        torch.cat([states[s].prompt_lengths[[row]] for s, row, _ in picks]),
-                        states[0].prompt_width, logits=None, lean=lean)
-    last = torch.tensor([tokens[generated - 1] for _, _, tokens in picks], device=state.mask.device)
+    if lean:
+        cache = KVCache.gather([(source.cache, rows) for source, rows in runs], width, 1 + room)
+    else:
+        cache = DynamicCache(ddp_cache_data=[(picked(lambda source: source.cached(layer)[0][:, :, :width]),
+                                              picked(lambda source: source.cached(layer)[1][:, :, :width]))
+                                             for layer in range(len(states[0].cache.layers))])
+    state = DecodeState(cache, picked(lambda source: source.mask[:, :width]),
+                        picked(lambda source: source.prompt_lengths), states[0].prompt_width, logits=None, lean=lean)
+    last = torch.tensor([tokens[generated - 1] for _, _, tokens in picks], device=device)
     feed(model, state, last)
     return state
 

@@ -66,25 +66,36 @@ class KVCache:
         shape = (rows, decoder.kv_heads, capacity, decoder.head_dim)
         return cls([(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers], 0)
 
-    def select(self, index: torch.Tensor | None = None, room: int = 0) -> KVCache:
-        """A copy of rows `index` (all rows when None; a row may repeat) with room for `room` more columns, which
-        are left uninitialised: attention reads only the first `width`."""
+    @classmethod
+    @torch.no_grad()
+    def gather(cls, parts: list[tuple[KVCache, torch.Tensor]], width: int, room: int = 0) -> KVCache:
+        """The first `width` columns of rows `index` of each (cache, index) part, one part after another (a row
+        may repeat), with room for `room` more columns, which are not initialised: attention reads the first
+        `width` only. One copy per layer where the sources have that capacity already."""
+        capacity, rows = width + room, sum(len(index) for _, index in parts)
         layers = []
-        for pair in self.layers:
-            copies = []
-            for cached in pair:
-                filled = cached[:, :, :self.width]
-                filled = filled if index is None else filled.index_select(0, index)
-                copy = cached.new_empty((filled.shape[0], cached.shape[1], self.width + room, cached.shape[3]))
-                copy[:, :, :self.width] = filled
-                copies.append(copy)
-            layers.append((copies[0], copies[1]))
-        return KVCache(layers, self.width)
+        for layer in range(len(parts[0][0].layers)):
+            pair = []
+            for kind in (0, 1):
+                like = parts[0][0].layers[layer][kind]
+                out = like.new_empty((rows, like.shape[1], capacity, like.shape[3]))
+                start = 0
+                for cache, index in parts:
+                    source, stop = cache.layers[layer][kind], start + len(index)
+                    if source.shape[2] >= capacity:
+                        torch.index_select(source[:, :, :capacity], 0, index, out=out[start:stop])
+                    else:
+                        out[start:stop, :, :width] = source[:, :, :width].index_select(0, index)
+                    start = stop
+                pair.append(out)
+            layers.append((pair[0], pair[1]))
+        return cls(layers, width)
 
     def reserve(self, columns: int) -> None:
         """Room for `columns` more tokens, copying into larger buffers when needed."""
         if self.width + columns > self.layers[0][0].shape[2]:
-            self.layers = self.select(room=columns).layers
+            every_row = torch.arange(self.layers[0][0].shape[0], device=self.layers[0][0].device)
+            self.layers = KVCache.gather([(self, every_row)], self.width, columns).layers
 
 
 class LeanDecoder:
