@@ -11,7 +11,8 @@ second of each, the ratio, and the achieved FLOP/s (2 x parameters per token, pr
 machine's matmul peak.
 
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch (plain
-batched generation per level), trees of the same shape; wall seconds and prefix tokens encoded by each.
+batched generation per level), trees of the same shape; wall seconds and prefix tokens encoded by each (the
+engine encodes a repeated prompt or prefix once, in both).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, genera
     gen = generate(model, tokenizer, [p for p in prompt_ids for _ in range(branching)],
                    max_new_tokens=depth * step_tokens, temperature=0.7, generator=generator)
     rollouts = [(p, c) for p, c in zip(gen.prompt_ids, gen.completion_ids)]
-    encoded = sum(len(p) for p in gen.prompt_ids)
+    encoded = sum(map(len, set(map(tuple, gen.prompt_ids))))
     for level in range(1, depth):
         cut = level * step_tokens
         open_rows = [(p, c) for p, c in rollouts if len(c) > cut and eos not in c[:cut]]
@@ -91,7 +92,7 @@ def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, genera
         prefixes = [p + c[:cut] for p, c in open_rows for _ in range(branching - 1)]
         gen = generate(model, tokenizer, prefixes, max_new_tokens=(depth - level) * step_tokens, temperature=0.7,
                        generator=generator)
-        encoded += sum(len(p) for p in prefixes)
+        encoded += sum(map(len, set(map(tuple, prefixes))))
         rollouts += [(p[:len(p) - cut], p[len(p) - cut:] + c) for p, c in zip(prefixes, gen.completion_ids)]
     return {"seconds": round(time.perf_counter() - start, 2), "prefix_tokens_encoded": encoded}
 
@@ -102,7 +103,7 @@ def fork_vs_reencode(model, tokenizer, prompt_ids: list[list[int]], args) -> dic
     trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7,
                                 generator=torch.Generator().manual_seed(0), **shape)
     forked = {"seconds": round(time.perf_counter() - start, 2),
-              "prefix_tokens_encoded": sum(map(len, prompt_ids)) * args.branching + stats.refed_tokens,
+              "prefix_tokens_encoded": sum(map(len, prompt_ids)) + stats.refed_tokens,
               "generated_tokens": stats.generated_tokens,
               "nodes": sum(1 for tree in trees for path, _ in tree.walk() if path)}
     baseline = reencode(model, tokenizer, prompt_ids, generator=torch.Generator().manual_seed(0), **shape)
