@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer on the embedded tiny model: the other half of bench/vs_trl.py, run in the bench's own
 environment (TRL is never a treerl dependency). Reads prompts from a JSONL file, trains, and writes one JSON
-line per optimizer step: seconds, generated tokens and trained tokens.
+line per optimizer step: seconds (and of them generating), generated tokens and trained tokens.
 
     runs/venv-trl/bin/python bench/trl_side.py --model DIR --prompts P.jsonl --steps 10 --out steps.jsonl
 """
@@ -30,13 +30,24 @@ def correct(completions: list[str], answer: list[str], **_) -> list[float]:
 
 
 class StepClock(TrainerCallback):
-    """Wall-clock seconds of every optimizer step (generation, rewards, forward, backward, optimizer)."""
+    """Wall-clock seconds of every optimizer step (generation, rewards, forward, backward, optimizer), and of
+    the generation in it: GRPOTrainer._generate (TRL 1.16) is wrapped with a timer."""
 
     def __init__(self, out: str):
-        self.out, self.t0 = open(out, "w"), 0.0
+        self.out, self.t0, self.generate_seconds = open(out, "w"), 0.0, 0.0
+        generate = GRPOTrainer._generate
+
+        def timed_generate(trainer, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return generate(trainer, *args, **kwargs)
+            finally:
+                self.generate_seconds += time.perf_counter() - start
+
+        GRPOTrainer._generate = timed_generate
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
+        self.t0, self.generate_seconds = time.perf_counter(), 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds = time.perf_counter() - self.t0
@@ -44,6 +55,7 @@ class StepClock(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "completions/mean_length" in logs:
             self.out.write(json.dumps({"step": state.global_step, "seconds": self.seconds,
+                                       "generate_seconds": self.generate_seconds,
                                        "mean_length": logs["completions/mean_length"]}) + "\n")
             self.out.flush()
 

@@ -16,9 +16,10 @@ its filter, which skips the samples whose advantage is near 0. The two run alter
 first --warmup steps of every run are not timed. TRL is installed into its own environment (--venv, created on first
 use with the same torch and transformers as treerl); it is never a treerl dependency.
 
-Prints JSON: per tool the median seconds per step, generated and trained tokens per second, the achieved
-FLOP/s (2 x parameters per generated token, 6 x parameters per trained token, prompt tokens included in the
-update) and its share of the machine's matmul peak (a probe at the model's shapes and at 2048^3), and the ratio.
+Prints JSON: per tool the median seconds per step and of them generating, generated and trained tokens per
+second, the achieved FLOP/s (2 x parameters per generated token, 6 x parameters per trained token, prompt tokens
+included in the update) and its share of the machine's matmul peak (a probe at the model's shapes and at
+2048^3), and the ratio.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def run_trl(python: Path, args, prompts: Path, out: Path) -> list[dict]:
                     *(["--gradient-checkpointing"] if args.defaults else [])],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     batch = args.prompts_per_step * args.n
-    return [{"seconds": s["seconds"], "generated": s["mean_length"] * batch, "trained": s["mean_length"] * batch}
+    return [{"seconds": s["seconds"], "generate_seconds": s["generate_seconds"],
+             "generated": s["mean_length"] * batch, "trained": s["mean_length"] * batch}
             for s in map(json.loads, steps.read_text().splitlines())][args.warmup:]
 
 
@@ -95,8 +97,8 @@ def run_treerl(args, out: Path) -> list[dict]:
     subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run), f"train.steps={args.warmup + args.steps}",
                     "eval.levels=[trivial]", "eval.problems=1", "output.progress=false", *same],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return [{"seconds": m["timing/step_s"], "generated": m["tokens/generated"], "trained": m["tokens/trained"],
-             "update_seconds": m["timing/update_s"]}
+    return [{"seconds": m["timing/step_s"], "generate_seconds": m["timing/rollout_s"],
+             "generated": m["tokens/generated"], "trained": m["tokens/trained"], "update_seconds": m["timing/update_s"]}
             for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())][args.warmup:]
 
 
@@ -106,7 +108,9 @@ def summary(steps: list[dict], prompt_len: float, batch: int, params: int, peak:
     trained = statistics.mean(s["trained"] for s in steps)
     trained_rows = trained / max(generated, 1) * batch   # sequences trained (all of them at equal work)
     flops = 2 * params * (generated + prompt_len * batch) + 6 * params * (trained + prompt_len * trained_rows)
-    result = {"step_s": round(seconds, 4), "steps_timed": len(steps), "generated_tokens": round(generated, 1),
+    generate_s = statistics.median(s["generate_seconds"] for s in steps)
+    result = {"step_s": round(seconds, 4), "generate_s": round(generate_s, 4),
+              "steps_timed": len(steps), "generated_tokens": round(generated, 1),
               "trained_tokens": round(trained, 1), "gen_tok_s": round(generated / seconds, 1),
               "train_tok_s": round(trained / seconds, 1), "gflop_s": round(flops / seconds / 1e9, 2),
               "of_matmul_peak": round(flops / seconds / peak, 4)}
