@@ -12,7 +12,8 @@ machine's matmul peak.
 
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch (plain
 batched generation per level), trees of the same shape; wall seconds and prefix tokens encoded by each (the
-engine encodes a repeated prompt or prefix once, in both).
+engine encodes a repeated prompt or prefix once, in both). --wider HIDDEN LAYERS replaces the tiny model by a
+randomly initialised one of its shape, wider and deeper, where a token costs more.
 """
 
 from __future__ import annotations
@@ -123,10 +124,20 @@ def main() -> None:
     parser.add_argument("--step-tokens", type=int, default=12)
     parser.add_argument("--level", default="hard")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    parser.add_argument("--wider", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
+                        help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, MLP "
+                             "3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_policy(str(TINY_DIR), "float32", "cpu")
+    if args.wider:
+        hidden, layers = args.wider
+        torch.manual_seed(0)
+        model = type(model)(model.config.__class__(**{
+            **model.config.to_dict(), "hidden_size": hidden, "intermediate_size": 3 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": hidden // 32, "num_key_value_heads": hidden // 32,
+            "layer_types": ["full_attention"] * layers}))
     model.eval()
     task, rng = get_task("arithmetic"), random.Random(0)
     prompt_ids = [tokenizer(render_prompt(task.template, task.sample(args.level, rng).question, tokenizer),
@@ -135,7 +146,8 @@ def main() -> None:
         result = fork_vs_reencode(model, tokenizer, prompt_ids, args)
     else:
         result = engine_vs_generate(model, tokenizer, [p for p in prompt_ids for _ in range(args.n)], args)
-    print(json.dumps({"threads": torch.get_num_threads(), **result}, indent=2))
+    print(json.dumps({"threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters()),
+                      **result}, indent=2))
 
 
 if __name__ == "__main__":
