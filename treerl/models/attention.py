@@ -1,8 +1,8 @@
 """On the CPU, attention runs in fp32 even under bf16 autocast; the matmuls around it keep autocast's dtype.
 
-The CPU's bf16 flash attention is slow where its matmuls are fast: at the tiny model's training shapes its
-backward takes about 6x the fp32 one (3.5 ms against 0.6 ms a layer), while the bf16 matmuls run 3.6x faster
-than fp32 (bench/profile_step.py). GPUs keep bf16 attention. `load_policy` gives every sdpa model this
+The CPU's bf16 flash attention is slow where its matmuls are fast: in the tiny model's update its backward
+takes about 6x the fp32 one (3.5 ms against 0.6 ms a call on average), while bf16 matmuls of those shapes run
+3.6x faster than fp32 (docs/performance.md). GPUs keep bf16 attention. `load_policy` gives every sdpa model this
 attention, and the lean sampling forward follows the same rule, so sampling and training compute alike."""
 
 from __future__ import annotations
