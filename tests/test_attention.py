@@ -55,6 +55,16 @@ def test_training_attention_is_fp32_and_the_matmuls_bf16(policy, attention_calls
     assert set(attention_calls) == {(torch.float32, False)}
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_bf16_weights_under_bf16_autocast_attend_in_fp32_too(model_dir, attention_calls, monkeypatch, lean):
+    model, tok = load_policy(str(model_dir), dtype="bfloat16")
+    if not lean:
+        monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate(model, tok, ["1+2\n"] * 2, max_new_tokens=3, greedy=True)
+    assert attention_calls and set(attention_calls) == {(torch.float32, False)}
+
+
 def test_without_autocast_attention_keeps_the_model_dtype(model_dir, attention_calls):
     model, tok = load_policy(str(model_dir), dtype="bfloat16")
     generate(model, tok, ["1+2\n"], max_new_tokens=2, greedy=True)

@@ -7,7 +7,9 @@ attention, and the lean sampling forward follows the same rule, so sampling and 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
@@ -15,23 +17,24 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_fp32_on_cpu"
+T = TypeVar("T")
 
 
-def attention_dtype_context(device: torch.device):
-    """Around an attention call: autocast off where it would run attention in a low precision on the CPU."""
-    on_cpu_autocast = device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    return torch.autocast("cpu", enabled=False) if on_cpu_autocast else nullcontext()
+def attend_fp32_on_cpu(attend: Callable[..., T], query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       mask: torch.Tensor | None, **kwargs) -> T:
+    """attend(query, key, value, mask, **kwargs); under CPU autocast, in fp32 with autocast off."""
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return attend(query, key, value, mask, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        mask = mask.float() if mask is not None and mask.is_floating_point() else mask
+        return attend(query.float(), key.float(), value.float(), mask, **kwargs)
 
 
 def sdpa_fp32_on_cpu(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' sdpa attention, in fp32 under CPU autocast."""
-    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        query, key, value = query.float(), key.float(), value.float()
-        if attention_mask is not None and attention_mask.is_floating_point():
-            attention_mask = attention_mask.float()
-    with attention_dtype_context(query.device):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attend_fp32_on_cpu(functools.partial(sdpa_attention_forward, module), query, key, value, attention_mask,
+                              **kwargs)
 
 
 AttentionInterface.register(NAME, sdpa_fp32_on_cpu)

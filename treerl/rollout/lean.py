@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from treerl.models.attention import attention_dtype_context
+from treerl.models.attention import attend_fp32_on_cpu
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")
 
@@ -140,10 +140,8 @@ class LeanDecoder:
             v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             keys[:, :, start:end] = self.rotate(k, cos, sin)
             values[:, :, start:end] = v
-            with attention_dtype_context(x.device):
-                out = F.scaled_dot_product_attention(self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end],
-                                                     attn_mask=mask, scale=w.scaling,
-                                                     enable_gqa=self.heads != self.kv_heads)
+            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, self.rotate(q, cos, sin), keys[:, :, :end],
+                                     values[:, :, :end], mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
             h = self.rms_norm(x, w.post_norm)
             x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
