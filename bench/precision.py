@@ -43,6 +43,13 @@ def run(out: Path, precision: str, seed: int, threads: int, window: int) -> dict
     }
 
 
+def mean_over_seeds(runs: list[dict]) -> dict:
+    return {"hard_after": round(statistics.mean(r["heldout"]["hard"]["after"] for r in runs), 4),
+            "step_s": round(statistics.mean(r["step_s"] for r in runs), 4),
+            "update_s": round(statistics.mean(r["update_s"] for r in runs), 4),
+            "train_acc_hard": [round(statistics.mean(v), 4) for v in zip(*(r["train_acc_hard"] for r in runs))]}
+
+
 def plot(rows: list[dict], window: int, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for precision, color in zip(PRECISIONS, ("tab:blue", "tab:orange")):
@@ -73,12 +80,8 @@ def main() -> None:
     jobs = [(precision, seed) for seed in args.seeds for precision in PRECISIONS]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run(out, *job, args.threads, args.window), jobs))
-    summary = {"runs": rows, "mean": {
-        precision: {"hard_after": round(statistics.mean(r["heldout"]["hard"]["after"] for r in mine), 4),
-                    "step_s": round(statistics.mean(r["step_s"] for r in mine), 4),
-                    "update_s": round(statistics.mean(r["update_s"] for r in mine), 4),
-                    "train_acc_hard": [round(statistics.mean(v), 4) for v in zip(*(r["train_acc_hard"] for r in mine))]}
-        for precision in PRECISIONS for mine in [[r for r in rows if r["precision"] == precision]]}}
+    summary = {"runs": rows, "mean": {precision: mean_over_seeds([r for r in rows if r["precision"] == precision])
+                                      for precision in PRECISIONS}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.window, out / "precision.png")
     print(json.dumps(summary["mean"], indent=2))

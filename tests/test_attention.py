@@ -33,9 +33,10 @@ def test_loaded_models_use_it_and_do_not_save_it(model_dir, tmp_path):
     assert load_policy(str(tmp_path))[0].config._attn_implementation == NAME
 
 
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
 @pytest.mark.parametrize("lean", [True, False])
-def test_sampling_attention_is_fp32_under_bf16_autocast(policy, attention_calls, monkeypatch, lean):
-    model, tok = policy
+def test_sampling_attention_is_fp32_under_bf16_autocast(model_dir, attention_calls, monkeypatch, lean, weights):
+    model, tok = load_policy(str(model_dir), dtype=weights)
     if not lean:
         monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -53,16 +54,6 @@ def test_training_attention_is_fp32_and_the_matmuls_bf16(policy, attention_calls
     logprobs.sum().backward()
     model.zero_grad(set_to_none=True)
     assert set(attention_calls) == {(torch.float32, False)}
-
-
-@pytest.mark.parametrize("lean", [True, False])
-def test_bf16_weights_under_bf16_autocast_attend_in_fp32_too(model_dir, attention_calls, monkeypatch, lean):
-    model, tok = load_policy(str(model_dir), dtype="bfloat16")
-    if not lean:
-        monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        generate(model, tok, ["1+2\n"] * 2, max_new_tokens=3, greedy=True)
-    assert attention_calls and set(attention_calls) == {(torch.float32, False)}
 
 
 def test_without_autocast_attention_keeps_the_model_dtype(model_dir, attention_calls):
