@@ -13,7 +13,8 @@ machine's matmul peak.
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch (plain
 batched generation per level), trees of the same shape; wall seconds and prefix tokens encoded by each (the
 engine encodes a repeated prompt or prefix once, in both). --wider HIDDEN LAYERS replaces the tiny model by a
-randomly initialised one of its shape, wider and deeper, where a token costs more.
+randomly initialised one of its shape, wider and deeper, where a token costs more. --device cuda runs both on
+the GPU, where the engine replays each decode step as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from probe import matmul_peak, model_shapes
 
 from treerl.models import TINY_DIR, load_policy
+from treerl.rollout import engine
 from treerl.rollout.engine import generate
 from treerl.rollout.tree import sample_trees
 from treerl.tasks import get_task
@@ -37,8 +39,8 @@ from treerl.tasks.prompts import render_prompt
 def hf_generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float) -> int:
     """transformers' sampling over the left-padded batch; the tokens generated up to each row's EOS."""
     width = max(map(len, prompt_ids))
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompt_ids])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=model.device)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_k=0,
                          top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id)[:, width:].tolist()
@@ -51,7 +53,7 @@ def engine_vs_generate(model, tokenizer, prompt_ids: list[list[int]], args) -> d
     prompt_tokens = sum(map(len, prompt_ids))
     rates: dict[str, list[float]] = {"treerl": [], "generate": []}
     tokens: dict[str, list[int]] = {"treerl": [], "generate": []}
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(model.device).manual_seed(0)
     for round_ in range(args.rounds + 1):
         for name in ("treerl", "generate"):
             t0 = time.perf_counter()
@@ -65,7 +67,7 @@ def engine_vs_generate(model, tokenizer, prompt_ids: list[list[int]], args) -> d
             if round_:   # round 0 warms up
                 rates[name].append(count / seconds)
                 tokens[name].append(count)
-    peak = matmul_peak(torch.float32, model_shapes(model.config.to_dict(), len(prompt_ids)))
+    peak = matmul_peak(torch.float32, model_shapes(model.config.to_dict(), len(prompt_ids)), device=args.device)
     result = {"sequences": len(prompt_ids), "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
               "matmul_peak_gflop_s": round(peak / 1e9, 1)}
     for name in rates:
@@ -100,14 +102,19 @@ def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, genera
 
 def fork_vs_reencode(model, tokenizer, prompt_ids: list[list[int]], args) -> dict:
     shape = {"branching": args.branching, "depth": args.depth, "step_tokens": args.step_tokens}
+
+    def seeded() -> torch.Generator:
+        return torch.Generator(model.device).manual_seed(0)
+
+    sample_trees(model, tokenizer, prompt_ids[:2], temperature=0.7, generator=seeded(), **shape)   # warm-up
+    reencode(model, tokenizer, prompt_ids[:2], generator=seeded(), **shape)
     start = time.perf_counter()
-    trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7,
-                                generator=torch.Generator().manual_seed(0), **shape)
+    trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7, generator=seeded(), **shape)
     forked = {"seconds": round(time.perf_counter() - start, 2),
               "prefix_tokens_encoded": sum(map(len, prompt_ids)) + stats.refed_tokens,
               "generated_tokens": stats.generated_tokens,
               "nodes": sum(1 for tree in trees for path, _ in tree.walk() if path)}
-    baseline = reencode(model, tokenizer, prompt_ids, generator=torch.Generator().manual_seed(0), **shape)
+    baseline = reencode(model, tokenizer, prompt_ids, generator=seeded(), **shape)
     return {**shape, "prompts": len(prompt_ids), "fork": forked, "reencode": baseline}
 
 
@@ -124,10 +131,14 @@ def main() -> None:
     parser.add_argument("--step-tokens", type=int, default=12)
     parser.add_argument("--level", default="hard")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda")
+    parser.add_argument("--eager", action="store_true", help="on a GPU, decode without CUDA graphs (what they bring)")
     parser.add_argument("--wider", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
                         help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, MLP "
                              "3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more")
     args = parser.parse_args()
+    if args.eager:
+        engine.GraphedStep = lambda *args: None   # decode() then feeds every step eagerly
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_policy(str(TINY_DIR), "float32", "cpu")
@@ -138,7 +149,7 @@ def main() -> None:
             **model.config.to_dict(), "hidden_size": hidden, "intermediate_size": 3 * hidden,
             "num_hidden_layers": layers, "num_attention_heads": hidden // 32, "num_key_value_heads": hidden // 32,
             "layer_types": ["full_attention"] * layers}))
-    model.eval()
+    model.to(args.device).eval()
     task, rng = get_task("arithmetic"), random.Random(0)
     prompt_ids = [tokenizer(render_prompt(task.template, task.sample(args.level, rng).question, tokenizer),
                             add_special_tokens=False)["input_ids"] for _ in range(args.prompts)]

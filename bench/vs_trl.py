@@ -151,7 +151,8 @@ def main() -> None:
     prompt_len = write_prompts(prompts, batch // args.n * (args.warmup + args.steps) * 2, seed=0)
     dtype = torch.bfloat16 if args.precision == "bf16" or args.defaults else torch.float32   # the faster peak
     peak = matmul_peak(dtype, model_shapes(json.loads((TINY_DIR / "config.json").read_text()),
-                                          batch * args.max_new_tokens))
+                                          batch * args.max_new_tokens),
+                       device="cuda" if torch.cuda.is_available() else "cpu")   # where both tools train
     params = sum(t.numel() for t in load_file(TINY_DIR / "model.safetensors").values())   # tied weights once
     runs: dict[str, list[dict]] = {"trl": [], "treerl": []}
     for _ in range(args.rounds):
@@ -160,6 +161,7 @@ def main() -> None:
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("venv", "out")},
               "parameters": params, "prompt_tokens": round(prompt_len, 1),
               "matmul_peak_gflop_s": round(peak / 1e9, 1), "threads": torch.get_num_threads(),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "trl": summary(runs["trl"], prompt_len, batch, params, peak),
               "treerl": summary(runs["treerl"], prompt_len, batch, params, peak)}
     result["speedup"] = round(result["trl"]["step_s"] / result["treerl"]["step_s"], 2)

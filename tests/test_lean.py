@@ -1,11 +1,15 @@
 """The lean forward samples exactly what the transformers forward samples, and steps aside where it does not fit."""
 
+import copy
+from types import SimpleNamespace
+
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from treerl.rollout import engine
-from treerl.rollout.engine import generate
-from treerl.rollout.lean import KVCache, lean_decoder
+from treerl.rollout.engine import feed, generate, prefill, sample_tokens
+from treerl.rollout.lean import GraphedStep, KVCache, lean_decoder
 from treerl.rollout.tree import sample_trees
 
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"] * 3   # different lengths: left padding
@@ -90,7 +94,6 @@ def test_reserve_grows_the_buffers_and_keeps_what_they_held():
     assert torch.equal(grown_keys[:, :, :3], keys) and torch.equal(grown_values[:, :, :3], -keys)
 
 
-
 def test_gather_copies_chosen_rows_of_several_caches_with_room_to_grow():
     keys = torch.arange(3 * 1 * 4 * 2, dtype=torch.float32).view(3, 1, 4, 2)
     roomy = KVCache([(keys.clone(), -keys.clone())], width=2)   # columns 2 and 3 are not filled yet
@@ -102,3 +105,57 @@ def test_gather_copies_chosen_rows_of_several_caches_with_room_to_grow():
     assert torch.equal(chosen_keys[:, :, :2], expected) and torch.equal(chosen_values[:, :, :2], -expected)
     chosen_keys[0, 0, 0, 0] = -1.0
     assert roomy.layers[0][0][2, 0, 0, 0] != -1.0   # a copy, not a view
+
+
+class EagerReplay(GraphedStep):
+    """GraphedStep with each capture replaced by running its step eagerly: the static-shape steps, on the CPU."""
+
+    def capture(self, span):
+        logits = self.step(span)
+        return SimpleNamespace(replay=lambda: logits.copy_(self.step(span))), logits
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("autocast", [False, True])
+def test_static_shape_steps_give_the_logits_of_growing_ones(policy, monkeypatch, autocast):
+    """What CUDA graphs replay: a fixed attention span under a mask, the column to write as a tensor, fp32 weights
+    and cache under bf16 autocast too. The room past the prompt starts as NaN, as uninitialised memory may."""
+    model, tok = policy
+    monkeypatch.setattr(GraphedStep, "SPAN_STEP", 8)   # 12-column prompts and room for 16: three spans
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+
+    def run(static: bool):
+        state = prefill(model, prompt_ids, tok.pad_token_id, room=16)
+        for keys, values in state.cache.layers:
+            keys[:, :, state.cache.width:] = values[:, :, state.cache.width:] = float("nan")
+        step = EagerReplay(state.lean, state.cache, state.mask) if static else None
+        generator, logits = torch.Generator().manual_seed(3), [state.logits]
+        for _ in range(15):
+            feed(model, state, sample_tokens(state.logits, 1.0, 1.0, generator)[0], step)
+            logits.append(state.logits)
+        return torch.stack(logits), state, step
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        growing, grown, _ = run(static=False)
+        fixed, state, step = run(static=True)
+    assert sorted(step.graphs) == [16, 24, 28] and state.cache.width == grown.cache.width == 12 + 15
+    assert torch.allclose(fixed, growing, rtol=0.0, atol=1e-5)   # bf16 matmuls on the same inputs: same bits
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_graph_sampling_matches_eager_sampling(policy, monkeypatch, autocast):
+    model, tok = copy.deepcopy(policy[0]).cuda(), policy[1]
+    monkeypatch.setattr(GraphedStep, "SPAN_STEP", 8)
+
+    def sample():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            return generate(model, tok, PROMPTS, max_new_tokens=100, greedy=True)
+
+    graphed = sample()
+    monkeypatch.setattr(engine, "GraphedStep", lambda *args: None)
+    eager = sample()
+    assert max(map(len, eager.completion_ids)) > 8   # past the first span
+    assert graphed.completion_ids == eager.completion_ids
+    for a, b in zip(graphed.logprobs, eager.logprobs):
+        assert torch.allclose(a, b, rtol=0.0, atol=1e-3 if autocast else 1e-5)

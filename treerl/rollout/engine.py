@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.rollout.lean import KVCache, LeanDecoder, lean_decoder
+from treerl.rollout.lean import GraphedStep, KVCache, LeanDecoder, lean_decoder
 
 
 @dataclass
@@ -115,11 +115,14 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, ro
     return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float().index_select(0, index), lean)
 
 
-def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor) -> None:
-    """Append one token per row to the state and compute the next logits."""
+def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor,
+         graphed: GraphedStep | None = None) -> None:
+    """Append one token per row to the state and compute the next logits, through `graphed` where given."""
     state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
     positions = state.prompt_lengths + state.generated - 1
-    if state.lean:
+    if graphed:
+        logits = graphed(tokens, positions)
+    elif state.lean:
         state.cache.reserve(1)
         logits = state.lean.forward(tokens[:, None], positions[:, None], state.cache,
                                     state.mask.bool()[:, None, None])
@@ -134,8 +137,11 @@ def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to max_new_tokens tokens per row, [B, T] with pad after EOS, and their log-probs; advances the state."""
     finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
+    graphed = None
     if state.lean:
         state.cache.reserve(max_new_tokens)
+        if state.mask.is_cuda and max_new_tokens > 1:
+            graphed = GraphedStep(state.lean, state.cache, state.mask)
     tokens_per_step, logps_per_step = [], []
     for _ in range(max_new_tokens):
         if greedy:
@@ -149,7 +155,7 @@ def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_
         finished |= tokens == eos_id
         if finished.all():
             break
-        feed(model, state, tokens)
+        feed(model, state, tokens, graphed)
     return torch.stack(tokens_per_step, 1), torch.stack(logps_per_step, 1)
 
 

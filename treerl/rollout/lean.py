@@ -125,25 +125,89 @@ class LeanDecoder:
         its halves swapped and the first one negated, and -a * b == a * -b exactly."""
         return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor,
+                column: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
-        mask [B, 1, T, width + T] says which cached and new columns each new token attends to."""
+        mask [B, 1, T, width + T] says which cached and new columns each new token attends to. With `column` (one
+        token per row, a one-element index tensor, for a CUDA graph) the token is written to that column, the
+        first mask.shape[-1] columns are attended, and the cache's width is left to the caller."""
         rows, length = ids.shape
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(positions, x.dtype)
         start, end = cache.width, cache.width + length
+        span = end if column is None else mask.shape[-1]
         for w, (keys, values) in zip(self.layers, cache.layers):
             h = self.rms_norm(x, w.input_norm)
             q = F.linear(h, *w.q).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
             k = F.linear(h, *w.k).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            keys[:, :, start:end] = self.rotate(k, cos, sin)
-            values[:, :, start:end] = v
-            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, self.rotate(q, cos, sin), keys[:, :, :end],
-                                     values[:, :, :end], mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
+            if column is None:
+                keys[:, :, start:end] = self.rotate(k, cos, sin)
+                values[:, :, start:end] = v
+            else:
+                keys.index_copy_(2, column, self.rotate(k, cos, sin).to(keys.dtype))   # as the slice assignment casts
+                values.index_copy_(2, column, v.to(values.dtype))
+            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, self.rotate(q, cos, sin), keys[:, :, :span],
+                                     values[:, :, :span], mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
             h = self.rms_norm(x, w.post_norm)
             x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
-        cache.width = end
+        if column is None:
+            cache.width = end
         return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
+
+
+class GraphedStep:
+    """The lean forward of one token per row on a GPU, captured as CUDA graphs and replayed at each step: a small
+    model's decode step is mostly kernel launches, which a replay issues at once. A graph needs fixed shapes, so
+    attention reads the cache up to the next multiple of SPAN_STEP columns under a mask that hides the columns
+    not yet written; one graph per such span, captured when decoding first reaches it."""
+
+    SPAN_STEP = 64
+
+    def __init__(self, decoder: LeanDecoder, cache: KVCache, mask: torch.Tensor):
+        rows, device = mask.shape[0], mask.device
+        self.decoder, self.cache, self.capacity = decoder, cache, cache.layers[0][0].shape[2]
+        for keys, values in cache.layers:   # room is gathered uninitialised, and a hidden NaN still gives 0 * NaN
+            keys[:, :, cache.width:].zero_()
+            values[:, :, cache.width:].zero_()
+        self.ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.column = torch.full((1,), cache.width, dtype=torch.long, device=device)
+        self.mask = torch.zeros(rows, 1, 1, self.capacity, dtype=torch.bool, device=device)
+        self.mask[:, 0, 0, :mask.shape[1]] = mask.bool()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def capture(self, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """The graph of a step attending `span` columns, and its logits buffer. Its warm-up writes the column the
+        next step writes again."""
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), autocast:
+            self.step(span)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), autocast:
+            logits = self.step(span)
+        return graph, logits
+
+    def step(self, span: int) -> torch.Tensor:
+        """The forward the graphs hold, on the static inputs."""
+        return self.decoder.forward(self.ids, self.positions, self.cache, self.mask[..., :span], self.column)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits after feeding tokens [B] at positions [B]; the cache grows by one column."""
+        width = self.cache.width
+        span = min(self.capacity, -(-(width + 1) // self.SPAN_STEP) * self.SPAN_STEP)
+        self.ids.copy_(tokens[:, None])
+        self.positions.copy_(positions[:, None])
+        self.column.fill_(width)
+        self.mask[:, :, :, width] = True
+        if span not in self.graphs:
+            self.graphs[span] = self.capture(span)
+        graph, logits = self.graphs[span]
+        graph.replay()
+        self.cache.width = width + 1
+        return logits.clone()
