@@ -1,5 +1,6 @@
 """Batched KV-cached sampling on any HF causal LM, returning the behaviour log-prob of every token. Llama-family
-models run through the lean forward of `lean.py`, others through their transformers forward."""
+models run through the lean forward of `lean.py` (on a GPU, each decode step replayed as a CUDA graph), others
+through their transformers forward."""
 
 from __future__ import annotations
 
