@@ -11,8 +11,9 @@ second of each, the ratio, and the achieved FLOP/s (2 x parameters per token, pr
 machine's matmul peak.
 
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch (plain
-batched generation per level), trees of the same shape; wall seconds and prefix tokens encoded by each (the
-engine encodes a repeated prompt or prefix once, in both). --wider HIDDEN LAYERS replaces the tiny model by a
+batched generation per level), trees of the same shape, alternately for --rounds rounds after a warm-up;
+median wall seconds, prefix tokens encoded (the engine encodes a repeated prompt or prefix once, in both),
+tokens generated, and achieved FLOP/s against the matmul peak. --wider HIDDEN LAYERS replaces the tiny model by a
 randomly initialised one of its shape, wider and deeper, where a token costs more. --device cuda runs both on
 the GPU, where the engine replays each decode step as a CUDA graph.
 """
@@ -82,11 +83,11 @@ def engine_vs_generate(model, tokenizer, prompt_ids: list[list[int]], args) -> d
 def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, generator) -> dict:
     """Level by level, each unfinished node's N - 1 continuations generated from its full prefix."""
     eos = tokenizer.eos_token_id
-    start = time.perf_counter()
     gen = generate(model, tokenizer, [p for p in prompt_ids for _ in range(branching)],
                    max_new_tokens=depth * step_tokens, temperature=0.7, generator=generator)
     rollouts = [(p, c) for p, c in zip(gen.prompt_ids, gen.completion_ids)]
     encoded = sum(map(len, set(map(tuple, gen.prompt_ids))))
+    generated = sum(map(len, gen.completion_ids))
     for level in range(1, depth):
         cut = level * step_tokens
         open_rows = [(p, c) for p, c in rollouts if len(c) > cut and eos not in c[:cut]]
@@ -96,26 +97,44 @@ def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, genera
         gen = generate(model, tokenizer, prefixes, max_new_tokens=(depth - level) * step_tokens, temperature=0.7,
                        generator=generator)
         encoded += sum(map(len, set(map(tuple, prefixes))))
+        generated += sum(map(len, gen.completion_ids))
         rollouts += [(p[:len(p) - cut], p[len(p) - cut:] + c) for p, c in zip(prefixes, gen.completion_ids)]
-    return {"seconds": round(time.perf_counter() - start, 2), "prefix_tokens_encoded": encoded}
+    return {"prefix_tokens_encoded": encoded, "generated_tokens": generated}
+
+
+def fork(model, tokenizer, prompt_ids, branching, depth, step_tokens, generator) -> dict:
+    """The tree sampler: continuations fork their prefix's KV cache."""
+    trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7, generator=generator,
+                                branching=branching, depth=depth, step_tokens=step_tokens)
+    return {"prefix_tokens_encoded": sum(map(len, prompt_ids)) + stats.refed_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "nodes": sum(1 for tree in trees for path, _ in tree.walk() if path)}
 
 
 def fork_vs_reencode(model, tokenizer, prompt_ids: list[list[int]], args) -> dict:
+    """Both ways, alternately for --rounds rounds after a warm-up: median seconds, and FLOP/s (2 x parameters
+    per token encoded or generated) against the matmul peak."""
     shape = {"branching": args.branching, "depth": args.depth, "step_tokens": args.step_tokens}
-
-    def seeded() -> torch.Generator:
-        return torch.Generator(model.device).manual_seed(0)
-
-    sample_trees(model, tokenizer, prompt_ids[:2], temperature=0.7, generator=seeded(), **shape)   # warm-up
-    reencode(model, tokenizer, prompt_ids[:2], generator=seeded(), **shape)
-    start = time.perf_counter()
-    trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7, generator=seeded(), **shape)
-    forked = {"seconds": round(time.perf_counter() - start, 2),
-              "prefix_tokens_encoded": sum(map(len, prompt_ids)) + stats.refed_tokens,
-              "generated_tokens": stats.generated_tokens,
-              "nodes": sum(1 for tree in trees for path, _ in tree.walk() if path)}
-    baseline = reencode(model, tokenizer, prompt_ids, generator=seeded(), **shape)
-    return {**shape, "prompts": len(prompt_ids), "fork": forked, "reencode": baseline}
+    params = sum(p.numel() for p in model.parameters())
+    peak = matmul_peak(torch.float32, model_shapes(model.config.to_dict(), len(prompt_ids) * args.branching),
+                       device=args.device)
+    seconds: dict[str, list[float]] = {"fork": [], "reencode": []}
+    counts: dict[str, dict] = {}
+    for round_ in range(args.rounds + 1):
+        for name, way in (("fork", fork), ("reencode", reencode)):
+            t0 = time.perf_counter()
+            counts[name] = way(model, tokenizer, prompt_ids, generator=torch.Generator(model.device).manual_seed(0),
+                               **shape)
+            if round_:   # round 0 warms up
+                seconds[name].append(time.perf_counter() - t0)
+    result = {**shape, "prompts": len(prompt_ids), "rounds": args.rounds, "matmul_peak_gflop_s": round(peak / 1e9, 1)}
+    for name, count in counts.items():
+        median = statistics.median(seconds[name])
+        flops_per_s = 2 * params * (count["prefix_tokens_encoded"] + count["generated_tokens"]) / median
+        result[name] = {"seconds": round(median, 3), **count, "gflop_s": round(flops_per_s / 1e9, 3),
+                        "of_matmul_peak": round(flops_per_s / peak, 4)}
+    result["speedup"] = round(result["reencode"]["seconds"] / result["fork"]["seconds"], 2)
+    return result
 
 
 def main() -> None:
