@@ -161,7 +161,8 @@ class GraphedStep:
     """The lean forward of one token per row on a GPU, captured as CUDA graphs and replayed at each step: a small
     model's decode step is mostly kernel launches, which a replay issues at once. A graph needs fixed shapes, so
     attention reads the cache up to the next multiple of SPAN_STEP columns under a mask that hides the columns
-    not yet written; one graph per such span, captured when decoding first reaches it."""
+    not yet written; one graph per such span, captured when decoding reaches it. The cache only grows, so a span
+    left behind is never replayed again: its graph and memory are let go."""
 
     SPAN_STEP = 64
 
@@ -176,7 +177,7 @@ class GraphedStep:
         self.column = torch.full((1,), cache.width, dtype=torch.long, device=device)
         self.mask = torch.zeros(rows, 1, 1, self.capacity, dtype=torch.bool, device=device)
         self.mask[:, 0, 0, :mask.shape[1]] = mask.bool()
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.span, self.graph, self.logits = 0, None, None
 
     def capture(self, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """The graph of a step attending `span` columns, and its logits buffer. Its warm-up writes the column the
@@ -205,9 +206,9 @@ class GraphedStep:
         self.positions.copy_(positions[:, None])
         self.column.fill_(width)
         self.mask[:, :, :, width] = True
-        if span not in self.graphs:
-            self.graphs[span] = self.capture(span)
-        graph, logits = self.graphs[span]
-        graph.replay()
+        if span != self.span:
+            self.graph = self.logits = None   # the last span's memory goes back before the next capture
+            self.span, (self.graph, self.logits) = span, self.capture(span)
+        self.graph.replay()
         self.cache.width = width + 1
-        return logits.clone()
+        return self.logits.clone()
