@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from treerl.errors import UserError
 
@@ -57,18 +57,22 @@ class RolloutConfig(Section):
 
 
 class AlgoConfig(Section):
-    name: str = Field("grpo", description="advantage estimator, see treerl.algo.advantages")
+    name: str = Field("grpo", description="advantage estimator: grpo, dr_grpo, rloo or treerpo (docs/methods.md)")
+    policy_loss: str = Field("clipped", description="clipped (PPO, clip_low / clip_high) or dual_clip (also "
+                                                    "bounds A < 0 terms by clip_ratio_c)")
     clip_low: float = Field(0.2, ge=0.0, le=1.0)
     clip_high: float = Field(0.28, ge=0.0)
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    clip_ratio_c: float = Field(3.0, gt=1.0, description="dual_clip: the bound c of -A c for tokens with A < 0")
+    loss_agg: str = Field("token-mean", description="token-mean, seq-mean-token-mean or seq-mean-token-sum-norm")
     kl_coef: float = Field(0.0, ge=0.0, description="0 means no reference model is loaded")
-    kl_estimator: Literal["k1", "k3"] = "k3"
+    kl_estimator: str = Field("k3", description="k1, k2 or k3 (Schulman's estimators)")
     entropy_coef: float = Field(0.0, ge=0.0)
     std_eps: float = Field(1e-6, gt=0.0)
 
 
 class TreeConfig(Section):
-    """Tree sampling for algo.name=treerpo: rollout.n children per inner node (the paper's N)."""
+    """Deep trees, for estimators that sample them (treerpo) and `treerl tree`: rollout.n children per inner node
+    (the paper's N)."""
     depth: int = Field(3, ge=1, description="levels of the tree (the paper's D)")
     step_tokens: int | None = Field(None, ge=1, description="tokens per node; null = rollout.max_new_tokens // depth")
     prune_tau: float = Field(0.1, ge=0.0, description="drop a sibling group whose values spread less than this")
@@ -172,6 +176,17 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.rollout.refill and self.train.filter_tau is None:
+            raise ValueError("rollout.refill resamples prompts whose samples are all filtered: set train.filter_tau "
+                             "(for example 0 to drop zero-advantage groups)")
+        if self.reschedule.rank_by != "off" and self.reschedule.scores == "static" \
+                and self.reschedule.scores_file is None:
+            raise ValueError("reschedule.scores=static needs reschedule.scores_file (write one with `treerl score`), "
+                             "or set reschedule.scores=online")
+        return self
+
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn ['a.b=1', 'c=x'] into a nested dict; values are read as YAML scalars or lists."""
@@ -223,6 +238,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def _describe(err: ValidationError, schema: type[BaseModel]) -> str:
     first = err.errors()[0]
+    if not first["loc"]:   # a check across keys (Config's model validator): its own message
+        return str(first.get("ctx", {}).get("error", first["msg"]))
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         parent = schema
@@ -252,5 +269,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build(schema, data)
 
 
-def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+def config_yaml(cfg: BaseModel) -> str:
+    """A config as the YAML that load_config reads back."""
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from treerl.errors import UserError  # noqa: E402
-from treerl.train.checkpoint import read_jsonl  # noqa: E402
+from treerl.rundir import REPORT_FILE, RunDir  # noqa: E402
 
 SMOOTH = 10
 """Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""
@@ -40,13 +40,10 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise UserError(f"{run_dir} has no metrics.jsonl; give the directory of a treerl train run")
-    metrics = read_jsonl(metrics_path)
-    evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    return RunData(run_dir.name, metrics, evals, config)
+    run = RunDir(run_dir)
+    if not run.metrics_path.is_file():
+        raise UserError(f"{run_dir} has no {run.metrics_path.name}; give the directory of a treerl train run")
+    return RunData(run_dir.name, run.metrics(), run.evals(), run.config_text())
 
 
 def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
@@ -181,7 +178,7 @@ def write_report(run_dir: Path) -> Path:
     images = draw([run], run_dir / "plots")
     body = (f"<h2>final evaluation</h2>{eval_table(run)}"
             f"<h2>config</h2><pre>{html.escape(run.config)}</pre>")
-    out = run_dir / "report.html"
+    out = run_dir / REPORT_FILE
     out.write_text(page(f"treerl run {run.name} ({len(run.metrics)} steps)", images, body))
     return out
 

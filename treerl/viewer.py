@@ -1,6 +1,6 @@
-"""The reasoning-tree viewer: a graded tree as a JSON record (saved during training with output.save_trees) and
-as one HTML page: each node's text, value and leaf correctness, TreeRPO's pruned sibling groups and the
-r-score's greedy picks, with collapsible branches and zoom (`treerl tree`)."""
+"""The reasoning-tree viewer: a graded tree as a JSON record (saved during training with output.save_trees, in
+the run directory's trees.jsonl) and as one HTML page: each node's text, value and leaf correctness, TreeRPO's
+pruned sibling groups and the r-score's greedy picks, with collapsible branches and zoom (`treerl tree`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
 from treerl.rollout.tree import Node, ReasoningTree
 from treerl.tasks.base import Problem
-from treerl.train.checkpoint import read_jsonl
-
-TREES_FILE = "trees.jsonl"
-"""Where a training run saves output.save_trees trees per step."""
 
 
 def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
@@ -35,13 +31,6 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
             "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
             "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,   # r_score's definition
             "picks": [[list(path), child, gain] for path, child, gain in picks], "root": node_record(tree.root)}
-
-
-def read_trees(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: train with output.save_trees=N to save trees, or sample one "
-                        "with treerl tree --model PATH --problem ID")
-    return read_jsonl(path)
 
 
 def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None) -> dict[str, Any]:
@@ -112,38 +101,3 @@ def render_tree(record: dict[str, Any]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(record['id'][:12])}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{head}"
             f"<div id='tree'>{_node_html(record['root'], [], picked)}</div></body></html>")
-
-
-def find_problem(cfg, problem_id: str) -> tuple[Any, Problem]:
-    """(task, problem) for an id among the training pools of curriculum.levels and every level's held-out
-    problems (eval.problems of each)."""
-    from treerl.curriculum.sampler import task_and_sampler
-
-    task, sampler = task_and_sampler(cfg)
-    candidates = sampler.problems() + [p for level in task.levels
-                                       for p in task.eval_problems(level, cfg.eval.problems)]
-    for problem in candidates:
-        if problem.id == problem_id:
-            return task, problem
-    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool and held-out problems "
-                    f"of task '{task.name}'; ids are in a `treerl score` file or a run's {TREES_FILE}")
-
-
-def sample_tree_record(cfg, problem_id: str) -> dict[str, Any]:
-    """Sample and grade one problem's tree in TreeRPO's shape (rollout.n children per node, tree.depth levels,
-    tree.step_tokens per segment, rollout.max_new_tokens in all), as training does, and return its record."""
-    import torch
-
-    from treerl.models import load_policy, resolve_device
-    from treerl.rollout.grading import grade_tree
-    from treerl.rollout.tree import TreeStats
-    from treerl.train.trainer import generate_trees
-
-    task, problem = find_problem(cfg, problem_id)
-    device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-    as_treerpo = cfg.model_copy(update={"algo": cfg.algo.model_copy(update={"name": "treerpo"})})
-    (tree,) = generate_trees(model, tokenizer, task, as_treerpo, [problem],
-                             torch.Generator(device=device).manual_seed(cfg.seed), TreeStats())
-    grade_tree(tree, problem, task, tokenizer)
-    return tree_record(tree, problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)

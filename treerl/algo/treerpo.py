@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 
+from treerl.algo.advantages import AdvantageParams, register_estimator
 from treerl.registry import Registry
 from treerl.rollout.tree import Path, ReasoningTree
 
@@ -38,3 +39,9 @@ def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = 
         for i, value in enumerate(values):
             advantages[path + (i,)] = (value - mu) / d
     return advantages
+
+
+@register_estimator("treerpo", deep=True)
+def treerpo(tree: ReasoningTree, params: AdvantageParams) -> dict[Path, float]:
+    """TreeRPO's step-level advantages with tree.prune_tau, tree.norm and algo.std_eps."""
+    return treerpo_advantages(tree, params.prune_tau, params.norm, params.eps)

@@ -13,9 +13,10 @@ switches every weight at once at T/2; this smooth form moves them gradually (doc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
-from treerl.errors import UserError
+from treerl.registry import Registry
 
 MEDIAN_RANK = 0.5
 """The rank of a query that has no score yet."""
@@ -38,14 +39,15 @@ def ranks(scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
+MIXES: Registry[Callable[[float], float]] = Registry("reschedule.mix")
+"""gamma as a function of the run's progress t / T."""
+MIXES["linear"] = lambda progress: progress
+MIXES["sigmoid"] = lambda progress: 1.0 / (1.0 + math.exp(-10.0 * (progress - 0.5)))
+
+
 def time_mix(mix: str, step: int, total_steps: int) -> float:
     """gamma(t): how far the weights have moved from favouring simple queries to favouring complex ones."""
-    progress = step / total_steps if total_steps else 1.0
-    if mix == "linear":
-        return progress
-    if mix == "sigmoid":
-        return 1.0 / (1.0 + math.exp(-10.0 * (progress - 0.5)))
-    raise UserError(f"unknown reschedule.mix '{mix}'; available: linear, sigmoid")
+    return MIXES.lookup(mix)(step / total_steps if total_steps else 1.0)
 
 
 def loss_weight(rank: float, step: int, total_steps: int, mix: str = "sigmoid", w_min: float = 0.5,

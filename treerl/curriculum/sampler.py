@@ -1,8 +1,9 @@
 """Which problems a step trains on: each batch slot draws a level from the schedule, then that level's next problem.
 
-A level with a finite pool (a dataset task's training set, or `curriculum.pool_size` generated problems) is
-walked in a shuffled order, reshuffled after every pass; a generating task without a pool draws a fresh
-problem each time. Positions and orders are saved in checkpoints.
+The schedule's p(t) is computed for every step when the sampler is built, so a bad schedule parameter fails
+before training starts. A level with a finite pool (a dataset task's training set, or `curriculum.pool_size`
+generated problems) is walked in a shuffled order, reshuffled after every pass; a generating task without a
+pool draws a fresh problem each time. Positions and orders are saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def generated_pool(task: Task, level: str, size: int) -> list[Problem]:
 class ProblemSampler:
     def __init__(self, task: Task, levels: list[str], schedule: str, params: dict[str, float], total_steps: int,
                  pool_size: int = 0):
-        self.task, self.levels, self.schedule, self.params = task, levels, schedule, params
-        self.total_steps = total_steps
+        self.task, self.levels = task, levels
+        self.table = [level_probs(schedule, t, total_steps, len(levels), **params) for t in range(total_steps + 1)]
+        """p(t) for t = 0..total_steps steps taken."""
         self.pools: dict[str, list[Problem] | None] = {
             level: task.train_pool(level) or (generated_pool(task, level, pool_size) if pool_size else None)
             for level in levels}
@@ -44,7 +46,7 @@ class ProblemSampler:
 
     def probs(self, step: int) -> list[float]:
         """p(t) for training step `step` (1-based), i.e. t = step - 1 steps taken."""
-        return level_probs(self.schedule, step - 1, self.total_steps, len(self.levels), **self.params)
+        return self.table[step - 1]
 
     def draw(self, step: int, k: int, rng: random.Random) -> list[Problem]:
         levels = rng.choices(self.levels, self.probs(step), k=k)

@@ -1,4 +1,4 @@
-"""Grade a sampled reasoning tree: every leaf's root-to-leaf text through the task's verifier, then back up."""
+"""Grade sampled reasoning trees: every leaf's root-to-leaf text through the task's verifier, then back up."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def grade_tree(tree: ReasoningTree, problem: Problem, task: Task, tokenizer: Pre
         leaf.reward, leaf.correct = grade.reward, grade.correct
     tree.backup()
     return grades
+
+
+def grade_trees(trees: list[ReasoningTree], problems: list[Problem], task: Task,
+                tokenizer: PreTrainedTokenizerBase) -> list[list[Grade]]:
+    """grade_tree for each tree and its problem."""
+    return [grade_tree(tree, problem, task, tokenizer) for tree, problem in zip(trees, problems)]

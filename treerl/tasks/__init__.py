@@ -6,11 +6,8 @@ import inspect
 from typing import Any
 
 from treerl.errors import UserError
-from treerl.registry import Registry
-from treerl.tasks.base import Grade, Problem, Task
-
-TASKS: Registry[type[Task]] = Registry("task.name")
-register_task = TASKS.register
+from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: F401  (each module registers itself)
+from treerl.tasks.base import TASKS, Grade, Problem, Task, register_task
 
 
 def get_task(name: str, **options: Any) -> Task:
@@ -42,7 +39,5 @@ def check_levels(task: Task, levels: list[str], key: str, trainable: bool = Fals
             raise UserError(f"{key}: '{level}' {why}; choose from {', '.join(allowed)}")
     return levels
 
-
-from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: E402,F401  (each module registers itself)
 
 __all__ = ["Grade", "Problem", "Task", "TASKS", "check_levels", "get_task", "make_task", "register_task", "score"]

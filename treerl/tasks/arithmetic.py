@@ -18,8 +18,7 @@ import random
 import re
 
 from treerl.errors import UserError
-from treerl.tasks import register_task
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Problem, Task, register_task
 from treerl.tasks.prompts import ANSWER_LINE
 
 OPERANDS = {"trivial": 2, "easy": 3, "medium": 4, "hard": 5, "ood": 6}

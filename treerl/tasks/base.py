@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from treerl.registry import Registry
 from treerl.tasks.prompts import TEMPLATES
 
 MAX_COMPLETION_CHARS = 1 << 16
@@ -82,3 +83,7 @@ class Task(ABC):
     def verify(self, completion: str, reference: Any) -> float:
         """The reward in [0, 1] for a completion."""
         return self.grade(completion, reference).reward
+
+
+TASKS: Registry[type[Task]] = Registry("task.name")
+register_task = TASKS.register

@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from treerl.errors import UserError
-from treerl.tasks import register_task
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Problem, Task, register_task
 from treerl.tasks.extract import final_answer
 
 PLAN_LENGTH = {"trivial": 1, "easy": 2, "medium": 4, "hard": 6, "ood": 8}

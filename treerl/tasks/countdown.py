@@ -27,8 +27,7 @@ from fractions import Fraction
 from typing import Any
 
 from treerl.errors import UserError
-from treerl.tasks import register_task
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Problem, Task, register_task
 from treerl.tasks.extract import final_answer
 
 NUMBERS = {"trivial": 2, "easy": 3, "medium": 4, "hard": 5, "ood": 6}

@@ -1,8 +1,10 @@
 """Question/answer datasets: the six math benchmarks and two training sets by name, any JSONL or parquet file
 with configurable field names, or a Hugging Face dataset from the local cache.
 
-Every row becomes a `Problem` with the reference answer as a string; a row that cannot be read is a
-UserError naming the file and line.
+The benchmarks ship inside the package (treerl/data/benchmarks), the training sets in the repository
+(data/train); `$TREERL_DATA` overrides both with a folder that holds benchmarks/ and train/. Every row becomes
+a `Problem` with the reference answer as a string; a row that cannot be read is a UserError naming the file
+and line.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from treerl.errors import UserError
 from treerl.tasks.base import Problem
 from treerl.tasks.extract import last_boxed
 
-DATA_DIR = Path(os.environ.get("TREERL_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+"""treerl/data: the benchmarks, inside the package (and so inside an installed wheel)."""
+REPOSITORY_DATA = Path(__file__).resolve().parents[2] / "data"
+"""The repository's data/: the training sets (not in the wheel)."""
 ALL_LEVELS = "all"
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+"""Files read as rows (a JSON object per line, a JSON list, or parquet); any other source is a dataset name."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,16 @@ class Fields:
 @dataclass(frozen=True)
 class Source:
     file: str
+    """Relative to the data folder: benchmarks/NAME or train/NAME."""
     task: str
     fields: Fields
+
+    def path(self) -> Path:
+        """Under $TREERL_DATA when set; else benchmarks in the package, training sets in the repository."""
+        override = os.environ.get("TREERL_DATA")
+        if override:
+            return Path(override) / self.file
+        return (PACKAGE_DATA if self.file.startswith("benchmarks/") else REPOSITORY_DATA) / self.file
 
 
 BENCHMARKS = {
@@ -172,14 +187,15 @@ def load_problems(source: str, fields: Fields | None = None, default_split: str 
     """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, or a cached HF dataset name."""
     if source in NAMED:
         named = NAMED[source]
-        path = DATA_DIR / named.file
+        path = named.path()
         if not path.exists():
-            raise UserError(f"{source}: {path} not found; set TREERL_DATA to the folder that holds "
-                            f"benchmarks/ and train/")
+            raise UserError(f"{source}: {path} not found; the training sets are in the repository's data/ folder "
+                            "(not in an installed package): set TREERL_DATA to a folder that holds benchmarks/ "
+                            "and train/")
         return tuple(to_problems(read_rows(path), named.fields, path))
     fields = fields or Fields()
     path = Path(source).expanduser()
-    if path.suffix in (".jsonl", ".json", ".parquet"):
+    if path.suffix in DATA_SUFFIXES:
         if not path.exists():
             raise UserError(f"data file {path} not found")
         return tuple(to_problems(read_rows(path), fields, path))

@@ -11,8 +11,7 @@ import random
 from functools import cached_property
 
 from treerl.errors import UserError
-from treerl.tasks import register_task
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Problem, Task, register_task
 from treerl.tasks.loaders import ALL_LEVELS, load_problems, with_fields
 from treerl.tasks.math_grader import is_correct
 

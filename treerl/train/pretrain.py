@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from pydantic import Field, field_validator
 
-from treerl.config import EvalConfig, Section, dump_config
+from treerl.config import EvalConfig, Section, config_yaml
 from treerl.eval import evaluate, print_eval
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
+from treerl.rundir import write_atomic
 from treerl.tasks import check_levels, get_task
 from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch
@@ -71,7 +72,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     check_levels(task, list(cfg.level_mix), "level_mix")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "pretrain_config.yaml")
+    write_atomic(out / "pretrain_config.yaml", config_yaml(cfg))
     tokenizer = build_tokenizer(task_characters(task, list(cfg.level_mix)))
     model = build_model(tokenizer, cfg.hidden, cfg.layers, cfg.heads, seed=cfg.seed)
     rng = random.Random(cfg.seed)

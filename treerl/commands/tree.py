@@ -1,0 +1,59 @@
+"""`treerl tree`: one reasoning tree as an HTML page, either saved in training (--run) or sampled now from a
+model for one problem, in the training tree's shape (rollout.n children, tree.depth levels of tree.step_tokens)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from treerl.config import Config, load_config
+from treerl.curriculum.sampler import task_and_sampler
+from treerl.errors import UserError
+from treerl.models import load_policy, resolve_device
+from treerl.rollout.grading import grade_trees
+from treerl.rollout.sampling import TreeShape, sample_problem_trees
+from treerl.rundir import TREES_FILE, RunDir
+from treerl.tasks.base import Problem, Task
+from treerl.viewer import pick_tree, render_tree, tree_record
+
+
+def find_problem(cfg: Config, problem_id: str) -> tuple[Task, Problem]:
+    """(task, problem) for an id among the training pools of curriculum.levels and every level's held-out
+    problems (eval.problems of each)."""
+    task, sampler = task_and_sampler(cfg)
+    candidates = sampler.problems() + [p for level in task.levels
+                                       for p in task.eval_problems(level, cfg.eval.problems)]
+    for problem in candidates:
+        if problem.id == problem_id:
+            return task, problem
+    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool and held-out problems "
+                    f"of task '{task.name}'; ids are in a `treerl score` file or a run's {TREES_FILE}")
+
+
+def sample_tree_record(cfg: Config, problem_id: str) -> dict[str, Any]:
+    """Sample and grade one problem's deep tree as training would, and return its record."""
+    task, problem = find_problem(cfg, problem_id)
+    device = resolve_device(cfg.model.device)
+    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    trees = sample_problem_trees(model, tokenizer, task, [problem], TreeShape.for_training(cfg, deep=True),
+                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                 generator=torch.Generator(device=device).manual_seed(cfg.seed))
+    grade_trees(trees, [problem], task, tokenizer)
+    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.run:
+        record = pick_tree(RunDir(Path(args.run)).trees(), args.step, args.problem)
+    else:
+        if not args.problem:
+            raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
+        overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
+                     *([f"task.name={args.task}"] if args.task else [])]
+        record = sample_tree_record(load_config(args.config, overrides), args.problem)
+    out = Path(args.out or (Path(args.run) / "tree.html" if args.run else "tree.html"))
+    out.write_text(render_tree(record))
+    print(f"tree of problem {record['id']}: {out}")

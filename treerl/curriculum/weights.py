@@ -1,0 +1,55 @@
+"""Re-Schedule's loss weight of each query, one object the trainer asks: w(rank, t) from the query's score rank,
+or 1.0 for every query when reschedule.rank_by=off. Scores come from a `treerl score` file (static) or from the
+training trees themselves (online); they are saved in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from treerl.config import Config
+from treerl.curriculum.reschedule import ScoreBook, loss_weight
+from treerl.curriculum.scores import RANKINGS, Ranking, read_scores
+from treerl.rollout.tree import ReasoningTree
+
+
+class QueryWeights:
+    def __init__(self, cfg: Config, ranking: Ranking | None, scores: dict[str, float] | None = None):
+        rs = cfg.reschedule
+        self.ranking = ranking
+        self.online = ranking is not None and rs.scores == "online"
+        self.book = ScoreBook(scores)
+        self.rscore, self.mix, self.w_min, self.w_max = cfg.rscore, rs.mix, rs.w_min, rs.w_max
+        self.total_steps = cfg.train.steps
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> QueryWeights:
+        rs = cfg.reschedule
+        if rs.rank_by == "off":
+            return cls(cfg, None)
+        ranking = RANKINGS.lookup(rs.rank_by)
+        static = read_scores(rs.scores_file, ranking) if rs.scores == "static" and rs.scores_file else None
+        return cls(cfg, ranking, static)
+
+    def online_score(self, tree: ReasoningTree) -> float | None:
+        """The score of a graded training tree when scores are online; None otherwise."""
+        return self.ranking.score(tree, self.rscore) if self.online and self.ranking else None
+
+    def update(self, scores: Iterable[tuple[str, float]]) -> None:
+        for problem_id, score in scores:
+            self.book.update(problem_id, score)
+
+    def weight(self, problem_id: str, step: int) -> float:
+        """w(rank, t) at training step `step` (t = step - 1 steps taken); 1.0 when off."""
+        if self.ranking is None:
+            return 1.0
+        return loss_weight(self.book.rank(problem_id), step - 1, self.total_steps, self.mix, self.w_min, self.w_max)
+
+    def score(self, problem_id: str) -> float | None:
+        return self.book.scores.get(problem_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.book.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.book.load_state_dict(state)

@@ -1,0 +1,75 @@
+"""Reasoning trees for a set of problems: each problem's prompt rendered and encoded, its tree sampled, in batches
+of prompts. Training, `treerl score` and `treerl tree` all sample through here; grading is `grading.grade_trees`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from treerl.config import Config
+from treerl.errors import UserError
+from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
+from treerl.tasks.base import Problem, Task
+from treerl.tasks.prompts import render_prompt
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How a tree is sampled: `branching` children per inner node, a branch point every `step_tokens` down to
+    `depth` levels, `max_new_tokens` per root-to-leaf response. GRPO's n samples: depth 1, step_tokens = the
+    whole budget."""
+    branching: int
+    depth: int
+    step_tokens: int
+    max_new_tokens: int
+
+    @classmethod
+    def for_training(cls, cfg: Config, deep: bool) -> TreeShape:
+        """A deep tree: rollout.n children per node, tree.depth levels of tree.step_tokens (default
+        rollout.max_new_tokens // tree.depth); a flat one: rollout.n full responses of rollout.max_new_tokens."""
+        budget = cfg.rollout.max_new_tokens
+        if not deep:
+            return cls(cfg.rollout.n, 1, budget, budget)
+        step = cfg.tree.step_tokens or max(1, budget // cfg.tree.depth)
+        if budget <= (cfg.tree.depth - 1) * step:
+            raise UserError(f"a tree of tree.depth={cfg.tree.depth} levels of {step} tokens never reaches its last "
+                            f"level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens or lower "
+                            "tree.step_tokens or tree.depth")
+        return cls(cfg.rollout.n, cfg.tree.depth, step, budget)
+
+    @classmethod
+    def for_scoring(cls, cfg: Config) -> TreeShape:
+        """Re-Schedule's scoring tree: rscore.branching children every rscore.step_tokens, rscore.depth levels, a
+        response budget of rscore.max_new_tokens (default rollout.max_new_tokens)."""
+        r = cfg.rscore
+        budget = r.max_new_tokens or cfg.rollout.max_new_tokens
+        if budget <= (r.depth - 1) * r.step_tokens:
+            raise UserError(f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a branch every "
+                            f"{r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth")
+        return cls(r.branching, r.depth, r.step_tokens, budget)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem]) -> list[list[int]]:
+    """Each problem's prompt in the task's template, encoded without special tokens."""
+    return [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
+            for p in problems]
+
+
+def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                         problems: list[Problem], shape: TreeShape, *, temperature: float, top_p: float,
+                         generator: torch.Generator, batch_prompts: int = 0,
+                         stats: TreeStats | None = None) -> list[ReasoningTree]:
+    """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one); adds to `stats`."""
+    chunk = batch_prompts or len(problems)
+    trees: list[ReasoningTree] = []
+    for start in range(0, len(problems), chunk):
+        chunk_trees, chunk_stats = sample_trees(
+            model, tokenizer, prompt_ids(tokenizer, task, problems[start:start + chunk]), branching=shape.branching,
+            depth=shape.depth, step_tokens=shape.step_tokens, max_new_tokens=shape.max_new_tokens,
+            temperature=temperature, top_p=top_p, generator=generator)
+        trees += chunk_trees
+        if stats is not None:
+            stats += chunk_stats
+    return trees

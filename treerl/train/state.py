@@ -1,0 +1,99 @@
+"""Everything a run carries from step to step, saved and restored by one object: the policy and its optimizer and
+learning-rate schedule, the random streams (problems; sampling, one per rank), the curriculum's position in its
+pools and the query scores. A checkpoint holds all of it; a resume gives the run an uninterrupted one would have."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from treerl.config import Config
+from treerl.curriculum.sampler import ProblemSampler
+from treerl.curriculum.weights import QueryWeights
+from treerl.models import load_policy
+from treerl.parallel import Parallel
+from treerl.rundir import RunDir, load_trainer_state
+from treerl.train.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
+
+RANK_SEED_STRIDE = 1_000_003
+"""Rank r samples with seed + r x this stride (rank 0, like a single process, with the seed itself)."""
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Linear warm-up, then constant or cosine decay to 10% of train.lr."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class TrainState:
+    policy: torch.nn.Module
+    """The model, wrapped for data parallelism (DDP, FSDP2) under torchrun."""
+    reference: torch.nn.Module | None
+    """The frozen starting model for the KL term (algo.kl_coef > 0); not saved."""
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    rng: random.Random
+    """Which problems are drawn: the same on every rank."""
+    generator: torch.Generator
+    """This rank's sampling and shuffling stream."""
+    sampler: ProblemSampler
+    weights: QueryWeights
+    step: int = 0
+    """Steps done."""
+
+    @classmethod
+    def start(cls, cfg: Config, sampler: ProblemSampler, weights: QueryWeights, checkpoint: Path | None,
+              par: Parallel) -> TrainState:
+        """A fresh state from cfg.model, or the one saved in `checkpoint`."""
+        torch.manual_seed(cfg.seed)
+        m = cfg.model
+        model, tokenizer = load_policy(str(checkpoint) if checkpoint else m.name_or_path, m.dtype, par.device,
+                                       m.trust_remote_code)
+        if cfg.train.compile:
+            model.forward = torch.compile(model.forward, dynamic=True)
+        policy = wrap_policy(model, par)
+        reference = (load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval()
+                     if cfg.algo.kl_coef > 0 else None)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+        generator = torch.Generator(device=par.device).manual_seed(cfg.seed + RANK_SEED_STRIDE * par.rank)
+        state = cls(policy, reference, tokenizer, optimizer, scheduler, random.Random(cfg.seed), generator, sampler,
+                    weights)
+        if checkpoint:
+            state.restore(checkpoint, cfg.seed, par)
+        return state
+
+    def restore(self, checkpoint: Path, seed: int, par: Parallel) -> None:
+        saved = load_trainer_state(checkpoint)
+        load_optimizer_state(self.policy, self.optimizer, saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.rng.setstate(saved["rng"]["problems"])
+        sampling = saved["rng"]["sampling"]
+        if par.rank < len(sampling):
+            self.generator.set_state(sampling[par.rank])
+        else:   # resumed on more processes than the run was saved with: a fresh stream for this rank
+            self.generator.manual_seed(seed + RANK_SEED_STRIDE * par.rank + saved["step"])
+        self.sampler.load_state_dict(saved["curriculum"]["sampler"])
+        self.weights.load_state_dict(saved["curriculum"]["scores"])
+        self.step = saved["step"]
+
+    def save(self, run: RunDir, keep: int, par: Parallel) -> None:
+        """Collective: every rank hands its part (sharded weights, its sampling stream); rank 0 writes."""
+        model_state, optimizer_state = full_state(self.policy, self.optimizer)
+        saved = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                 "rng": {"problems": self.rng.getstate(), "sampling": par.gather(self.generator.get_state())},
+                 "curriculum": {"sampler": self.sampler.state_dict(), "scores": self.weights.state_dict()}}
+        if par.main:
+            run.save_checkpoint(self.step, unwrap(self.policy), model_state, self.tokenizer, saved, keep=keep)
+        par.barrier()

@@ -1,0 +1,145 @@
+"""The learner: optimizer steps on a step's training samples, with DASH's gradient filter (samples whose
+advantage is near zero skip the forward and backward passes) and the loss of algo.* (policy loss, aggregation,
+optional KL to a reference model, entropy bonus), each looked up in its registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from treerl.algo.advantages import ESTIMATORS
+from treerl.algo.loss import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Aggregation, KLEstimator, PolicyLoss
+from treerl.config import Config
+from treerl.parallel import Parallel
+from treerl.rollout.sampling import TreeShape
+from treerl.rollout.tree import TrainingSample
+from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
+from treerl.train.sharding import gradient_sync
+
+
+def trainable(sample: TrainingSample, cfg: Config) -> bool:
+    """Whether a sample goes through forward and backward: always without train.filter_tau, else unless
+    |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and the update skipped)."""
+    return cfg.train.filter_tau is None or not abs(sample.advantage) <= cfg.train.filter_tau
+
+
+STAND_IN = TrainingSample(path=(), context_ids=[0], segment_ids=[0], old_logprobs=[0.0], advantage=0.0, weight=0.0)
+"""Trained with weight 0 by a rank that has fewer passes to run than another, so that every rank joins each
+gradient reduction."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss of algo.*, each part looked up in its registry once: a wrong name fails before training."""
+    policy_loss: PolicyLoss
+    aggregation: Aggregation
+    kl: KLEstimator
+    norm_len: int
+    """seq-mean-token-sum-norm's constant length: the tokens of one node (the whole budget in a flat tree)."""
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Objective:
+        algo = cfg.algo
+        return cls(POLICY_LOSSES.lookup(algo.policy_loss), AGGREGATIONS.lookup(algo.loss_agg),
+                   KL_ESTIMATORS.lookup(algo.kl_estimator),
+                   TreeShape.for_training(cfg, ESTIMATORS.lookup(algo.name).deep).step_tokens)
+
+
+def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Config, objective: Objective,
+           generator: torch.Generator, par: Parallel = Parallel()) -> dict[str, float]:
+    """train.epochs passes over the buffer, each in ceil(buffer / train.mini_batch) shuffled mini-batches of equal
+    size, one optimizer step each, accumulated over train.micro_batch sequences per pass. Filtered samples skip the
+    forward and backward passes, but the loss keeps its mini-batch's denominators (all its sequences and tokens),
+    so dropping a zero-advantage sample leaves the gradient unchanged. Under torchrun each rank trains its own
+    samples; the denominators, the number of passes and every skip are decided over all ranks, so the update is
+    the one a single process would make from all ranks' samples."""
+    t = cfg.train
+    kept = [trainable(sample, cfg) for sample in samples]
+    sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0}
+    if reference is not None:
+        sums["kl"] = 0.0
+    sums["grad_norm"] = 0.0
+    optimizer_steps = skipped = 0
+    policy.train()
+    buffer_size, kept_size, tokens_kept = par.sum([len(samples), sum(kept),
+                                                   sum(len(s.segment_ids) for s, keep in zip(samples, kept) if keep)])
+    parts = max(1, math.ceil(buffer_size / t.mini_batch))
+    for _ in range(t.epochs):
+        order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
+        for minibatch in (order[i::parts] for i in range(parts)):
+            rows_kept = [i for i in minibatch if kept[i]]
+            seqs, tokens, trained_rows, trained_tokens = par.sum([
+                len(minibatch), sum(len(samples[i].segment_ids) for i in minibatch),
+                len(rows_kept), sum(len(samples[i].segment_ids) for i in rows_kept)])
+            if not trained_rows:  # nothing with signal in this mini-batch: no step
+                continue
+            passes = int(par.max([math.ceil(len(rows_kept) / t.micro_batch)])[0])
+            optimizer.zero_grad(set_to_none=True)
+            step_sums = dict.fromkeys(sums, 0.0)
+            for k in range(passes):
+                rows = [samples[i] for i in rows_kept[k * t.micro_batch:(k + 1) * t.micro_batch]]
+                with gradient_sync(policy, sync=k == passes - 1):
+                    for key, value in train_pass(policy, reference, rows, cfg, objective,
+                                                 (seqs, tokens, trained_tokens), par.world).items():
+                        step_sums[key] += value
+            step_sums.update(zip(step_sums, par.sum(list(step_sums.values()))))
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
+            step_sums["grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+            if not all(math.isfinite(value) for value in step_sums.values()):
+                optimizer.zero_grad(set_to_none=True)   # a non-finite loss or gradient: skip this update
+                skipped += 1
+                continue
+            optimizer.step()
+            optimizer_steps += 1
+            for key, value in step_sums.items():
+                sums[key] += value
+    optimizer.zero_grad(set_to_none=True)   # free the gradients before the next rollout needs the memory
+    learner: dict[str, float] = {key: value / max(1, optimizer_steps) for key, value in sums.items()}
+    learner["train/optimizer_steps"] = optimizer_steps
+    learner["train/skipped_updates"] = skipped
+    learner["tokens/trained"] = int(tokens_kept)
+    learner["filter/dropped_frac"] = (1.0 - kept_size / buffer_size) if buffer_size else 0.0
+    return learner
+
+
+def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objective: Objective,
+               totals: tuple[float, float, float], scale: float) -> dict[str, float]:
+    """Forward and backward of scale x loss for these rows of a mini-batch whose totals (sequences, tokens,
+    trained tokens, over every rank) normalise the loss; the metric sums of the rows. No rows: a stand-in pass
+    that changes no gradient. DDP and FSDP2 average gradients over ranks, so scale is the world size."""
+    algo = cfg.algo
+    total_seqs, total_tokens, trained_tokens = totals
+    if not rows:
+        rows, scale = [STAND_IN], 0.0
+    device = next(policy.parameters()).device
+    batch = make_batch([s.context_ids for s in rows], [s.segment_ids for s in rows]).to(device)
+    mask = batch.completion_mask
+    old = scatter_completion_values([torch.tensor(s.old_logprobs) for s in rows], batch)
+    advantages = torch.tensor([s.advantage for s in rows], device=device)[:, None]
+    weights = torch.tensor([s.weight for s in rows], device=device)[:, None]
+    logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
+    pg, clipped = objective.policy_loss(logprobs, old, advantages, algo)
+    pg = pg * weights
+
+    def agg(values: torch.Tensor) -> torch.Tensor:
+        return objective.aggregation(values, mask, total_seqs, total_tokens, objective.norm_len)
+
+    policy_loss = agg(pg)
+    entropy_term = agg(entropy)
+    loss = policy_loss - algo.entropy_coef * entropy_term if algo.entropy_coef else policy_loss
+    sums = {}
+    if reference is not None:
+        with torch.no_grad():
+            ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
+        kl = agg(objective.kl(logprobs, ref_logprobs))
+        loss = loss + algo.kl_coef * kl
+        sums["kl"] = kl.item()
+    (loss * scale).backward()
+    sums["loss/policy"] = policy_loss.item()
+    sums["entropy"] = entropy_term.item()
+    sums["clip_frac"] = float((clipped * mask).sum()) / trained_tokens
+    sums["ppo_kl"] = float(((old - logprobs.detach()) * mask).sum()) / trained_tokens
+    return sums if scale else dict.fromkeys(sums, 0.0)
