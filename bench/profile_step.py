@@ -22,7 +22,8 @@ import torch
 from probe import matmul_peak, model_shapes
 from torch.profiler import profile
 
-from treerl.algo.loss import aggregate, clipped_policy_loss
+from treerl.algo.loss import clipped_policy_loss, token_mean
+from treerl.config import AlgoConfig
 from treerl.models import TINY_DIR, load_policy
 from treerl.rollout.engine import generate
 from treerl.tasks import get_task
@@ -80,8 +81,9 @@ def main() -> None:
     def update():
         model.train()
         logprobs, entropy = completion_logprobs(model, batch, args.temperature, with_entropy=True)
-        loss, _ = clipped_policy_loss(logprobs, old, advantages, 0.2, 0.28)
-        aggregate(loss, batch.completion_mask, "token-mean").backward()
+        loss, _ = clipped_policy_loss(logprobs, old, advantages, AlgoConfig(clip_low=0.2, clip_high=0.28))
+        mask = batch.completion_mask
+        token_mean(loss, mask, mask.shape[0], float(mask.sum()), None).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,59 +1,85 @@
 import math
 
 import pytest
-import torch
 
-from treerl.algo.advantages import ADVANTAGES, compute_advantages
+from treerl.algo.advantages import ESTIMATORS, AdvantageParams, dr_grpo, grpo, rloo
 from treerl.errors import UserError
+from treerl.registry import Registry
+from treerl.rollout.tree import ReasoningTree
+
+EXACT = AdvantageParams(eps=0.0)
+
+
+def flat(*rewards: float) -> ReasoningTree:
+    """A depth-1 tree: n responses of one prompt, their rewards."""
+    return ReasoningTree.from_leaf_rewards(list(rewards))
+
+
+def values(advantages: dict[tuple[int, ...], float]) -> list[float]:
+    assert list(advantages) == [(i,) for i in range(len(advantages))]   # one per root child, in order
+    return list(advantages.values())
 
 
 def test_grpo_normalises_by_group_mean_and_unbiased_std():
-    adv = compute_advantages("grpo", torch.tensor([[1.0, 0.0, 0.0, 1.0]]), eps=0.0)
     # mean 0.5; squared deviations 4 * 0.25 = 1; unbiased var 1/3; std sqrt(1/3)
     # (1 - 0.5) / sqrt(1/3) = 0.5 * sqrt(3) = 0.8660...
     expected = 0.5 * math.sqrt(3)
-    assert torch.allclose(adv, torch.tensor([[expected, -expected, -expected, expected]]), atol=1e-6)
-
-
-def test_grpo_groups_are_independent():
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, 3.0, 3.0, 5.0]])
-    adv = compute_advantages("grpo", rewards, eps=0.0)
-    # second row: mean 3.5, deviations -0.5 x3, +1.5; unbiased var (3*0.25 + 2.25)/3 = 1
-    assert torch.allclose(adv[1], torch.tensor([-0.5, -0.5, -0.5, 1.5]), atol=1e-6)
-    assert torch.allclose(adv[0], compute_advantages("grpo", rewards[:1], eps=0.0)[0])
+    assert values(grpo(flat(1, 0, 0, 1), EXACT)) == pytest.approx([expected, -expected, -expected, expected])
+    # mean 3.5, deviations -0.5 x3, +1.5; unbiased var (3*0.25 + 2.25)/3 = 1
+    assert values(grpo(flat(3, 3, 3, 5), EXACT)) == pytest.approx([-0.5, -0.5, -0.5, 1.5])
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.1])
-def test_grpo_equal_rewards_give_zero_advantage(value):
-    adv = compute_advantages("grpo", torch.full((2, 4), value))
-    assert not torch.isnan(adv).any()
-    assert torch.equal(adv, torch.zeros(2, 4))
+def test_equal_rewards_give_zero_advantage_without_nan(value):
+    for estimator in (grpo, dr_grpo, rloo):
+        assert values(estimator(flat(value, value, value, value), AdvantageParams())) == [0.0] * 4
 
 
 def test_grpo_group_of_one_is_zero():
-    adv = compute_advantages("grpo", torch.tensor([[1.0], [0.0]]))
-    assert torch.equal(adv, torch.zeros(2, 1))
+    assert values(grpo(flat(1), AdvantageParams())) == [0.0]
 
 
 def test_dr_grpo_is_reward_minus_group_mean():
-    adv = compute_advantages("dr_grpo", torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 0.0, 0.0, 0.0]]))
-    # row 0: mean 0.5 -> +-0.5 (no std division); row 1: mean 0.5 -> 1.5, -0.5, -0.5, -0.5
-    assert torch.allclose(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [1.5, -0.5, -0.5, -0.5]]))
+    # mean 0.5 -> +-0.5 (no std division); mean 0.5 -> 1.5, -0.5, -0.5, -0.5
+    assert values(dr_grpo(flat(1, 0, 0, 1), EXACT)) == [0.5, -0.5, -0.5, 0.5]
+    assert values(dr_grpo(flat(2, 0, 0, 0), EXACT)) == [1.5, -0.5, -0.5, -0.5]
+
+
+def test_rloo_subtracts_the_mean_of_the_others():
+    # r = (1, 0, 0, 1): each 1 has others (0, 0, 1), mean 1/3 -> 2/3; each 0 has others (0, 1, 1) -> -2/3
+    assert values(rloo(flat(1, 0, 0, 1), EXACT)) == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    # r = (2, 0, 1): 2 - 0.5 = 1.5; 0 - 1.5 = -1.5; 1 - 1 = 0  (= 3/2 x (r - mean 1))
+    assert values(rloo(flat(2, 0, 1), EXACT)) == pytest.approx([1.5, -1.5, 0.0])
+    # a group of one has no baseline: A = r, as in verl
+    assert values(rloo(flat(0.7), EXACT)) == pytest.approx([0.7])
+
+
+def test_a_flat_estimator_scores_the_root_children_of_any_tree():
+    # values of the root's children: 0.5 (mean of 1, 0) and 1.0; Dr. GRPO: -0.25, +0.25, nothing deeper
+    tree = ReasoningTree.from_leaf_rewards([[1, 0], [1]])
+    assert dr_grpo(tree, EXACT) == {(0,): -0.25, (1,): 0.25}
+
+
+def test_every_estimator_declares_its_shape():
+    assert {name: estimator.deep for name, estimator in ESTIMATORS.items()} == \
+        {"grpo": False, "dr_grpo": False, "rloo": False, "treerpo": True}
 
 
 def test_unknown_estimator_lists_available_names():
     with pytest.raises(UserError) as err:
-        compute_advantages("grpoo", torch.zeros(1, 2))
-    message = str(err.value)
-    assert "grpoo" in message
-    for name in ADVANTAGES:
-        assert name in message
-    assert {"grpo", "dr_grpo"} <= set(ADVANTAGES)
+        ESTIMATORS.lookup("grpoo")
+    assert str(err.value) == "unknown algo.name 'grpoo'; available: dr_grpo, grpo, rloo, treerpo"
+    assert isinstance(ESTIMATORS, Registry)
 
 
 @pytest.mark.parametrize("override, message", [
     ("curriculum.name=hardest_first", "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian"),
     ("task.name=chess", "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math"),
+    ("algo.name=ppo", "unknown algo.name 'ppo'; available: dr_grpo, grpo, rloo, treerpo"),
+    ("algo.policy_loss=gspo", "unknown algo.policy_loss 'gspo'; available: clipped, dual_clip"),
+    ("algo.loss_agg=sum", "unknown algo.loss_agg 'sum'; available: seq-mean-token-mean, seq-mean-token-sum-norm, "
+                          "token-mean"),
+    ("algo.kl_estimator=k4", "unknown algo.kl_estimator 'k4'; available: k1, k2, k3"),
 ])
 def test_every_registry_names_the_config_key_and_the_choices(override, message, capsys, tmp_path):
     from treerl.cli import main

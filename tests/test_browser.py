@@ -8,9 +8,8 @@ import subprocess
 
 import pytest
 
-from treerl.config import load_config
-from treerl.train.trainer import train
-from treerl.viewer import read_trees, render_tree
+from treerl.rundir import RunDir
+from treerl.viewer import render_tree
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
@@ -48,24 +47,14 @@ def browse(page, tmp_path, name):
     return dict(re.findall(r'data-(\w+)="([^"]*)"', body)), console
 
 
-@pytest.fixture(scope="module")
-def run_dir(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("browser") / "run"
-    train(load_config(None, [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=3",
-                             "rollout.max_new_tokens=8", "rollout.batch_prompts=2", "output.save_trees=1",
-                             "eval.problems=2", "eval.max_new_tokens=4", "output.progress=false", "train.threads=1",
-                             "train.steps=3", "curriculum.name=cosine"]), out)
-    return out
-
-
-def test_report_draws_every_plot_without_console_errors(run_dir, tmp_path):
-    seen, console = browse((run_dir / "report.html").read_text(), tmp_path, "report")
+def test_report_draws_every_plot_without_console_errors(trained_run, tmp_path):
+    seen, console = browse((trained_run / "report.html").read_text(), tmp_path, "report")
     assert seen["images"] == seen["drawn"] == "6"
     assert seen["errors"] == "none" and console == []
 
 
-def test_tree_page_draws_the_tree_and_its_buttons_work(run_dir, tmp_path):
-    record = read_trees(run_dir / "trees.jsonl")[-1]
+def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
+    record = RunDir(trained_run).trees()[-1]
     inner = 1 + sum(1 for child in record["root"]["children"] if child["children"])
     seen, console = browse(render_tree(record), tmp_path, "tree")
     assert seen["scale"] == "scale(1.25)"

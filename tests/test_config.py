@@ -50,7 +50,8 @@ def test_unknown_section_is_rejected():
     ("rollout.n=0", "rollout.n"),
     ("algo.clip_low=1.5", "algo.clip_low"),
     ("train.lr=-1", "train.lr"),
-    ("algo.loss_agg=seq-sum", "algo.loss_agg"),
+    ("reschedule.mix=cubic", "reschedule.mix"),
+    ("algo.clip_ratio_c=0.5", "algo.clip_ratio_c"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):

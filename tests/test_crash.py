@@ -16,7 +16,7 @@ import treerl.train.trainer as trainer
 from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.tasks.arithmetic import Arithmetic
-from treerl.train.checkpoint import checkpoints
+from treerl.rundir import RunDir
 
 
 def overrides(model_dir, steps=8):
@@ -112,11 +112,11 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(model_dir, tmp_path, 
 def test_only_the_newest_checkpoints_are_kept(model_dir, tmp_path):
     cfg = load_config(None, [*overrides(model_dir, steps=4), "train.save_every=1", "train.keep_checkpoints=2"])
     trainer.train(cfg, tmp_path / "run")
-    assert sorted(p.name for p in checkpoints(tmp_path / "run")) == ["step_3", "step_4"]
+    assert [p.name for p in RunDir(tmp_path / "run").checkpoints()] == ["step_3", "step_4"]
 
 
 def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
-    run = trainer.Run(tmp_path)
+    run = RunDir(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
     assert [m["step"] for m in run.metrics()] == [1, 2]
     run.truncate_to(2)

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from treerl.config import load_config
 from treerl.curriculum import level_probs, loss_weight, r_score, ranks
 from treerl.curriculum.reschedule import ScoreBook
 from treerl.curriculum.rscore import greedy_choices, leaf_accuracy
@@ -234,15 +235,15 @@ def test_score_needs_a_fixed_pool_for_generated_tasks(model_dir, tmp_path, capsy
 
 
 def test_a_bad_score_file_names_its_line(tmp_path):
-    from treerl.curriculum.score import read_scores
+    from treerl.curriculum.scores import RANKINGS, read_scores
 
     path = tmp_path / "scores.jsonl"
     path.write_text('{"id": "a", "r_score": 0.5, "leaf_acc": 0.25}\n\n{"id": "b", "leaf_acc": 1}\n')
-    assert read_scores(str(path), "acc") == {"a": 0.25, "b": 1.0}
+    assert read_scores(str(path), RANKINGS["acc"]) == {"a": 0.25, "b": 1.0}
     path.write_text('{"id": "a", "r_score": 0.5, "leaf_acc": 0.25}\n{"id": "b"}\n')
     with pytest.raises(UserError, match=r"scores.jsonl:2: not a score row .* 'r_score'"):
-        read_scores(str(path), "rscore")
+        read_scores(str(path), RANKINGS["rscore"])
     with pytest.raises(UserError, match="does not exist"):
-        read_scores(str(tmp_path / "missing.jsonl"), "rscore")
+        read_scores(str(tmp_path / "missing.jsonl"), RANKINGS["rscore"])
     with pytest.raises(UserError, match="needs reschedule.scores_file"):
-        read_scores(None, "rscore")
+        load_config(None, ["reschedule.rank_by=rscore"])

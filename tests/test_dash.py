@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
+import treerl.rollout.sampling as sampling
 import treerl.train.trainer as trainer
+import treerl.train.update as learner_module
 from treerl.config import load_config
 from treerl.rollout.tree import TrainingSample
 from treerl.tasks.arithmetic import Arithmetic
@@ -33,7 +35,8 @@ def updated(policy, samples, *overrides):
     cfg = load_config(None, ["train.max_grad_norm=1e9", "rollout.temperature=1.0", *overrides])
     model = copy.deepcopy(policy[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    learner = trainer.update(model, None, optimizer, samples, cfg, torch.Generator().manual_seed(0))
+    learner = learner_module.update(model, None, optimizer, samples, cfg, learner_module.Objective.from_config(cfg),
+                                    torch.Generator().manual_seed(0))
     return model, learner
 
 
@@ -56,13 +59,13 @@ def test_dropping_zero_advantage_rows_leaves_the_gradient_unchanged(policy, loss
 
 def test_the_filter_keeps_exactly_the_rows_above_tau(policy, monkeypatch):
     seen = []
-    real = trainer.completion_logprobs
+    real = learner_module.completion_logprobs
 
     def spy(model, batch, *args, **kwargs):
         seen.append(batch.completion_ids.shape[0])
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "completion_logprobs", spy)
+    monkeypatch.setattr(learner_module, "completion_logprobs", spy)
     samples = samples_with(policy, [0.05, -0.1, 0.1000001, -2.0, 0.0, 0.5, -0.09])
     _, stats = updated(policy, samples, "train.filter_tau=0.1", "train.mini_batch=100", "train.micro_batch=100")
     assert seen == [3]   # 0.1000001, -2.0 and 0.5: |A| <= 0.1 never reaches a forward pass
@@ -112,8 +115,8 @@ def run_metrics(model_dir, tmp_path, name, *overrides):
 def test_generation_in_chunks_times_every_phase(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     calls = []
-    real = trainer.sample_trees
-    monkeypatch.setattr(trainer, "sample_trees", lambda model, tok, ids, **kw: calls.append(len(ids)) or
+    real = sampling.sample_trees
+    monkeypatch.setattr(sampling, "sample_trees", lambda model, tok, ids, **kw: calls.append(len(ids)) or
                         real(model, tok, ids, **kw))
     metrics = run_metrics(model_dir, tmp_path, "chunks", "rollout.generation_batch=1")
     assert calls == [1] * 8   # 2 steps x 4 prompts, one prompt per generation call
@@ -131,9 +134,20 @@ def test_refill_samples_until_enough_prompts_have_signal(model_dir, tmp_path, mo
     metrics = run_metrics(model_dir, tmp_path, "refill", "rollout.refill=2", "train.filter_tau=0")
     assert [m["tree/leaves"] for m in metrics] == [48, 48]   # 3 rounds x 4 prompts x 4 samples
     assert all(m["train/optimizer_steps"] == 0 and m["tokens/trained"] == 0 for m in metrics)
-    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    # Step 1's first round has no signal (every reward 0), its second round alternates 0, 1 in every group;
+    # step 2's first round alternates too: step 1 samples two rounds and stops, step 2 one.
+    calls = iter(range(10**6))
+    eval_calls, round_size = 2, 4 * 4
+
+    def judge(self, completion, reference):
+        call = next(calls)
+        return False, 0.0 if call < eval_calls + round_size else float(call % 2)
+
+    monkeypatch.setattr(Arithmetic, "judge", judge)
     metrics = run_metrics(model_dir, tmp_path, "refill2", "rollout.refill=2", "train.filter_tau=0")
-    assert all(m["tree/leaves"] in (16, 32, 48) for m in metrics)
+    assert [m["tree/leaves"] for m in metrics] == [32, 16]
+    assert [m["filter/dropped_frac"] for m in metrics] == [0.0, 0.0]   # step 1 trains on round 2 alone
+    assert all(m["train/optimizer_steps"] == 1 and m["tokens/trained"] > 0 for m in metrics)
 
 
 def test_refill_needs_a_filter(model_dir, tmp_path, capsys):

@@ -77,12 +77,24 @@ def test_tiny_top_p_is_greedy(policy):
         assert nucleus.completion_ids == greedy.completion_ids
 
 
-def test_generate_restores_training_mode(policy):
-    model, _ = policy
-    model.train()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("sampler", ["generate", "sample_trees"])
+def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, mode, sampler):
+    from treerl.rollout import tree
+
+    model, tok = policy
+    module = engine if sampler == "generate" else tree
+    seen, real = [], module.prefill
+    monkeypatch.setattr(module, "prefill", lambda m, *args, **kw: seen.append(m.training) or real(m, *args, **kw))
+    model.train(mode == "train")
     try:
-        sample(policy, max_new_tokens=2)
-        assert model.training
+        if sampler == "generate":
+            sample(policy, max_new_tokens=2)
+        else:
+            tree.sample_trees(model, tok, [tok("1+2\n")["input_ids"]], branching=2, depth=2, step_tokens=2,
+                              generator=torch.Generator().manual_seed(0))
+        assert seen == [False]                      # sampled in eval mode: no dropout in the rollout
+        assert model.training == (mode == "train")  # and left as it was found
     finally:
         model.eval()
 

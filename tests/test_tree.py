@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from treerl.algo import treerpo_advantages
+from treerl.algo.treerpo import treerpo_advantages
 from treerl.rollout.tree import Node, ReasoningTree
 
 

@@ -9,8 +9,8 @@ from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.tasks.base import Problem
-from treerl.train.trainer import train
-from treerl.viewer import read_trees, render_tree, tree_record
+from treerl.rundir import RunDir
+from treerl.viewer import render_tree, tree_record
 
 
 class Letters:
@@ -48,36 +48,28 @@ def test_page_shows_every_node_with_its_marks():
     assert "1 of 4 leaves correct" in page and "http" not in page
 
 
-@pytest.fixture(scope="module")
-def run_dir(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trees") / "run"
-    train(load_config(None, [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=2",
-                             "rollout.max_new_tokens=8", "rollout.batch_prompts=3", "output.save_trees=2",
-                             "eval.problems=2", "eval.max_new_tokens=4", "output.progress=false", "train.threads=1",
-                             "train.steps=3", "train.save_every=1"]), out)
-    return out
-
-
-def test_training_saves_trees_and_resume_drops_the_lost_ones(run_dir, tmp_path):
-    trees = read_trees(run_dir / "trees.jsonl")
-    assert [t["step"] for t in trees] == [1, 1, 2, 2, 3, 3]
-    assert all(len(t["root"]["children"]) == 2 for t in trees)
+def test_training_saves_trees_and_resume_drops_the_lost_ones(trained_run, tmp_path):
+    trees = RunDir(trained_run).trees()
+    assert [t["step"] for t in trees] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert all(len(t["root"]["children"]) == 3 for t in trees)
     copy = tmp_path / "run"
     copy.mkdir()
     for name in ("trees.jsonl", "metrics.jsonl", "eval.json"):
-        (copy / name).write_text((run_dir / name).read_text())
-    from treerl.train.trainer import Run
-    Run(copy).truncate_to(2)
-    assert [t["step"] for t in read_trees(copy / "trees.jsonl")] == [1, 1, 2, 2]
+        (copy / name).write_text((trained_run / name).read_text())
+    RunDir(copy).truncate_to(2)
+    assert [t["step"] for t in RunDir(copy).trees()] == [1, 1, 2, 2]
+    assert list(RunDir(copy).evals()) == ["0", "2"] and [m["step"] for m in RunDir(copy).metrics()] == [1, 2]
 
 
-def test_tree_command_shows_a_saved_tree_and_says_what_is_missing(run_dir, tmp_path, capsys):
-    first = read_trees(run_dir / "trees.jsonl")[0]
+def test_tree_command_shows_a_saved_tree_and_says_what_is_missing(trained_run, tmp_path, capsys):
+    first = RunDir(trained_run).trees()[0]
     out = tmp_path / "t.html"
-    assert main(["tree", "--run", str(run_dir), "--step", "1", "--problem", first["id"], "--out", str(out)]) == 0
+    assert main(["tree", "--run", str(trained_run), "--step", "1", "--problem", first["id"], "--out", str(out)]) == 0
     assert first["id"] in out.read_text()
-    assert main(["tree", "--run", str(run_dir), "--step", "9"]) == 2
-    assert "saved steps: 1..3" in capsys.readouterr().err
+    assert main(["tree", "--run", str(trained_run), "--step", "9"]) == 2
+    assert "saved steps: 1..4" in capsys.readouterr().err
+    assert main(["tree", "--run", str(tmp_path)]) == 2
+    assert "train with output.save_trees=N" in capsys.readouterr().err
     assert main(["tree", "--model", "tiny", "--problem", "no-such-id"]) == 2
     assert "not among" in capsys.readouterr().err
 
@@ -97,6 +89,6 @@ def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
     path = tmp_path / "trees.jsonl"
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(UserError, match="trees.jsonl:2"):
-        read_trees(path)
+        RunDir(tmp_path).trees()
     path.write_text('{"step": 1}\n{"step": 2, "ro')           # a torn last line is dropped
-    assert read_trees(path) == [json.loads('{"step": 1}')]
+    assert RunDir(tmp_path).trees() == [json.loads('{"step": 1}')]
