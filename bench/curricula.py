@@ -34,9 +34,9 @@ TASKS = {
     },
     "countdown": {
         "model": "tiny-countdown",
-        "common": ["task.name=countdown", "task.template=plain", "curriculum.levels=[trivial,easy,medium,hard]", "curriculum.pool_size=256",
-                   "train.steps=150", "rollout.max_new_tokens=128", "eval.max_new_tokens=128",
-                   "eval.levels=[hard,ood]", "eval.problems=100"],
+        "common": ["task.name=countdown", "task.template=plain", "curriculum.levels=[trivial,easy,medium,hard]",
+                   "curriculum.pool_size=256", "train.steps=150", "rollout.max_new_tokens=128",
+                   "eval.max_new_tokens=128", "eval.levels=[hard,ood]", "eval.problems=100"],
         "score": ["rscore.branching=3", "rscore.depth=3", "rscore.step_tokens=24", "rscore.batch_prompts=16"],
         "report": ["hard", "ood"],
         # the demo's 4 x 4 x 4 trees of 128-token answers cost ~50 s a step on 2 cores (68k tokens); depth 2 over
@@ -87,8 +87,10 @@ def run_variant(out: Path, task: dict, name: str, config: str | None, overrides:
 
 
 def train_accuracy(metrics: list[dict]) -> dict[str, float]:
-    """Mean accuracy (%) of the sampled answers per training level over these steps (levels not sampled are left out)."""
-    levels = sorted({key.removeprefix("acc/") for m in metrics for key in m if key.startswith("acc/") and key != "acc/mean"})
+    ("Mean accuracy (%) of the sampled answers per training level over these steps "
+     "(levels not sampled are left out).")
+    levels = sorted({key.removeprefix("acc/") for m in metrics for key in m
+                     if key.startswith("acc/") and key != "acc/mean"})
     means = {}
     for level in levels:
         values = [m[f"acc/{level}"] for m in metrics if m.get(f"acc/{level}") is not None]

@@ -25,8 +25,10 @@ def main() -> None:
     out = Path(args.out)
     subprocess.run(["rm", "-rf", str(out)], check=True)
     subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(out), f"train.steps={args.steps}",
-                    "output.progress=false", "eval.problems=20", *args.overrides], check=True, stdout=subprocess.DEVNULL)
-    rss = {m["step"]: m["memory/rss_gib"] * 1024 for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+                    "output.progress=false", "eval.problems=20", *args.overrides],
+                   check=True, stdout=subprocess.DEVNULL)
+    rss = {m["step"]: m["memory/rss_gib"] * 1024
+           for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     early, late = rss[args.early], rss[args.steps]
     print(json.dumps({"rss_mib_at_step": {args.early: round(early, 1), args.steps: round(late, 1)},
                       "ratio": round(late / early, 3), "max_rss_mib": round(max(rss.values()), 1),

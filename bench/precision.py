@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
 from runs import train  # noqa: E402
 
 PRECISIONS = {"fp32": [], "bf16": ["model.autocast=bfloat16"]}

@@ -19,9 +19,9 @@ import statistics
 import time
 
 import torch
-from probe import matmul_peak, model_shapes
 from torch.profiler import profile
 
+from probe import matmul_peak, model_shapes
 from treerl.algo.loss import clipped_policy_loss, token_mean
 from treerl.config import AlgoConfig
 from treerl.models import TINY_DIR, load_policy

@@ -27,8 +27,8 @@ import statistics
 import time
 
 import torch
-from probe import matmul_peak, model_shapes
 
+from probe import matmul_peak, model_shapes
 from treerl.models import TINY_DIR, load_policy
 from treerl.rollout import engine
 from treerl.rollout.engine import generate

@@ -70,7 +70,8 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(run)], check=True)
     launcher = [sys.executable] if args.strategy == "none" else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}"]
-    subprocess.run([*launcher, "-m", "treerl", "train", "--out", str(run), f"model.name_or_path={out}/model-{args.size}",
+    subprocess.run([*launcher, "-m", "treerl", "train", "--out", str(run),
+                    f"model.name_or_path={out}/model-{args.size}",
                     "model.dtype=bfloat16", f"train.strategy={args.strategy if args.strategy != 'none' else 'ddp'}",
                     f"train.steps={args.steps}", f"rollout.batch_prompts={args.batch_prompts}", f"rollout.n={args.n}",
                     f"rollout.max_new_tokens={args.max_new_tokens}", f"train.micro_batch={args.micro_batch}",

@@ -37,7 +37,6 @@ import transformers
 from safetensors.torch import load_file
 
 from probe import matmul_peak, model_shapes
-
 from treerl.models import TINY_DIR, load_tokenizer
 from treerl.tasks import get_task
 from treerl.tasks.prompts import render_prompt
@@ -94,7 +93,8 @@ def run_treerl(args, out: Path) -> list[dict]:
             *(["model.autocast=bfloat16"] if args.precision == "bf16" and not args.defaults else []),
             *(["train.compile=true"] if args.compile else []),
             *([] if args.defaults else ["train.filter_tau=null"])]
-    subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run), f"train.steps={args.warmup + args.steps}",
+    subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(run),
+                    f"train.steps={args.warmup + args.steps}",
                     "eval.levels=[trivial]", "eval.problems=1", "output.progress=false", *same],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return [{"seconds": m["timing/step_s"], "generate_seconds": m["timing/rollout_s"],

@@ -73,7 +73,8 @@ def test_unknown_estimator_lists_available_names():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("curriculum.name=hardest_first", "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian"),
+    ("curriculum.name=hardest_first",
+     "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian"),
     ("task.name=chess", "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math"),
     ("algo.name=ppo", "unknown algo.name 'ppo'; available: dr_grpo, grpo, rloo, treerpo"),
     ("algo.policy_loss=gspo", "unknown algo.policy_loss 'gspo'; available: clipped, dual_clip"),

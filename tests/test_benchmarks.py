@@ -44,7 +44,8 @@ def test_every_reference_is_graded_correct_and_a_changed_one_wrong(name):
 
 def test_loaders_normalise_each_files_fields():
     math500 = load_problems("math500")[0]
-    assert (math500.reference, math500.level, math500.subject) == (r"\left( 3, \frac{\pi}{2} \right)", "2", "Precalculus")
+    assert (math500.reference, math500.level, math500.subject) == (
+        r"\left( 3, \frac{\pi}{2} \right)", "2", "Precalculus")
     assert load_problems("gsm8k")[0].reference == "18"                         # after '####'
     assert load_problems("amc23")[0].reference == "27"                         # 27.0 in the file
     assert load_problems("minerva_math")[0].reference == "1.6"                 # inside the solution's \boxed{}
@@ -109,7 +110,8 @@ def test_a_hugging_face_dataset_folder_with_splits(tmp_path, monkeypatch):
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"question": "2+2?", "gold": 4}])
     write_jsonl(folder / "test.jsonl", [{"question": "1+1?", "gold": 2}])
-    task = get_task("gsm8k", train_data=str(folder), eval_data=str(folder), fields={"problem": "question", "answer": "gold"})
+    task = get_task("gsm8k", train_data=str(folder), eval_data=str(folder),
+                    fields={"problem": "question", "answer": "gold"})
     assert [p.reference for p in task.train_pools["all"]] == ["4"]               # train_data: the train split
     assert [p.reference for p in task.eval_problems("all", 0)] == ["2"]          # eval_data: the test split
     assert [p.reference for p in load_problems(f"{folder}:train", Fields(problem="question", answer="gold"))] == ["4"]

@@ -5,8 +5,17 @@ import pytest
 
 from treerl.errors import UserError
 from treerl.tasks import get_task
-from treerl.tasks.blocksworld import (HAND, MAX_BLOCKS, MIN_BLOCKS, PLAN_LENGTH, Blocksworld, distances, is_held_out,
-                                      question, shortest_plan)
+from treerl.tasks.blocksworld import (
+    HAND,
+    MAX_BLOCKS,
+    MIN_BLOCKS,
+    PLAN_LENGTH,
+    Blocksworld,
+    distances,
+    is_held_out,
+    question,
+    shortest_plan,
+)
 
 # Two blocks, red on blue; the goal holds red: one unstack away.
 TWO = {"initial": {"red": "blue", "blue": "table"}, "goal": {"red": "hand", "blue": "table"}, "optimal_length": 1}

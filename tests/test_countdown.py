@@ -168,7 +168,8 @@ def test_eval_problems_errors():
         Countdown().eval_problems("impossible", 10)
 
 
-@pytest.mark.parametrize("expression", [r"41 - 3 \times 7", "41 − 3 × 7", r"41 - 3 \cdot 7", r"(41 - 3 \cdot 7) \div 1 + 0"])
+@pytest.mark.parametrize("expression", [
+    r"41 - 3 \times 7", "41 − 3 × 7", r"41 - 3 \cdot 7", r"(41 - 3 \cdot 7) \div 1 + 0"])
 def test_latex_and_unicode_operators_are_read(expression):
     numbers = [3, 41, 7] if "div" not in expression else [3, 41, 7, 1, 0]
     assert Countdown().verify(f"\\boxed{{{expression}}}", {"numbers": numbers, "target": 20}) == 1.0

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 import treerl.train.trainer as trainer
 from treerl.config import load_config
 from treerl.errors import UserError
-from treerl.tasks.arithmetic import Arithmetic
 from treerl.rundir import RunDir
+from treerl.tasks.arithmetic import Arithmetic
 
 
 def overrides(model_dir, steps=8):

@@ -59,7 +59,8 @@ def test_gaussian_follows_its_mean_with_a_floor():
 
 def test_gaussian_parameters():
     # p_min = 0: pure normalised Gaussian; K=2 at t=0: q ~ (1, e^-2)
-    assert level_probs("gaussian", 0, T, 2, p_min=0.0) == approx([1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))])
+    assert level_probs("gaussian", 0, T, 2, p_min=0.0) == approx(
+        [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))])
     # beta = 1: mu moves linearly, at T/2 it is 1.5 of 0..3: symmetric
     p = level_probs("gaussian", 50, T, 4, beta=1.0)
     assert p == approx(p[::-1]) and sum(p) == pytest.approx(1.0)

@@ -60,4 +60,5 @@ def test_documented_defaults_match_the_code():
             elif not (key == "level_mix" and cell.startswith("see ")):
                 assert cell == as_documented(value), key
             checked += 1
-    assert checked == len(dotted_keys(Config)) + len(dotted_keys(PretrainConfig)) - 3   # hidden, layers, heads share a row
+    # hidden, layers, heads share a row
+    assert checked == len(dotted_keys(Config)) + len(dotted_keys(PretrainConfig)) - 3

@@ -57,7 +57,8 @@ def test_normalize(raw, canonical):
 @pytest.mark.parametrize("prediction, reference", [
     ("18", "18"), ("18.0", "18"), (r"\$18", "18"), ("18.00", "18"), ("18 dollars", "18"), ("1,800", "1800"),
     (r"\dfrac{14}{3}", r"\frac{14}{3}"), ("14/3", r"\frac{14}{3}"), ("0.5", r"\frac{1}{2}"),
-    (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}{2}"), ("1+x^2", "x^2+1"), (r"(3, \pi/2)", r"\left( 3, \frac{\pi}{2} \right)"),
+    (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}{2}"), ("1+x^2", "x^2+1"),
+    (r"(3, \pi/2)", r"\left( 3, \frac{\pi}{2} \right)"),
     (r"50\%", "50"), (r"90^\circ", "90"), (r"\text{(C)}", "C"), ("[1,2)", "[1,2)"), ("3.89e-10", "3.89e-10"),
 ])
 def test_equivalent_answers_match(prediction, reference):

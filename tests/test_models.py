@@ -95,4 +95,5 @@ def test_a_task_tokenizer_covers_its_characters_and_reloads_identically(tmp_path
     assert built.unk_token_id not in ids and "[" in text
     assert loaded(text, add_special_tokens=False)["input_ids"] == ids
     assert loaded.decode(ids) == text
-    assert build_tokenizer(task_characters(get_task("arithmetic"), ["easy"])).get_vocab() == build_tokenizer().get_vocab()
+    assert (build_tokenizer(task_characters(get_task("arithmetic"), ["easy"])).get_vocab()
+            == build_tokenizer().get_vocab())

@@ -57,7 +57,8 @@ def test_two_ranks_make_the_single_process_update(strategy, single, model_dir, t
     for key in ("loss/policy", "entropy", "grad_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
     before = load_file(model_dir / "model.safetensors")
-    want, got = load_file(single / "checkpoints/step_1/model.safetensors"), load_file(out / "checkpoints/step_1/model.safetensors")
+    want, got = (load_file(single / "checkpoints/step_1/model.safetensors"),
+                 load_file(out / "checkpoints/step_1/model.safetensors"))
     assert set(got) == set(want)
     assert max((want[k] - before[k]).abs().max().item() for k in want) > 1e-3   # the step moved the weights
     for key in want:

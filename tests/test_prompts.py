@@ -31,8 +31,8 @@ def test_boxed_goes_through_the_chat_template_with_the_treerpo_system_prompt(cha
 def test_think_adds_the_e2h_instruction(chat_tokenizer):
     prompt = render_prompt(TEMPLATES["think"], "Q", chat_tokenizer)
     assert prompt.startswith("<|system|>You are a helpful assistant.")
-    assert "<|user|>Q\nShow your work in <think> </think> tags, and return the final answer in <answer> </answer> tags." \
-        in prompt
+    assert ("<|user|>Q\nShow your work in <think> </think> tags, "
+            "and return the final answer in <answer> </answer> tags.") in prompt
 
 
 def test_without_a_chat_template_the_system_prompt_leads_as_text(policy):
@@ -61,6 +61,7 @@ def test_plain_format(text, ok):
 
 
 def test_each_task_has_its_default_template():
-    assert {name: get_task(name).template.name for name in ["arithmetic", "math", "gsm8k", "countdown", "blocksworld"]} \
+    assert {name: get_task(name).template.name
+            for name in ["arithmetic", "math", "gsm8k", "countdown", "blocksworld"]} \
         == {"arithmetic": "plain", "math": "boxed", "gsm8k": "boxed", "countdown": "think", "blocksworld": "think"}
     assert get_task("countdown", template="boxed").template.name == "boxed"

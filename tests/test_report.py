@@ -3,8 +3,6 @@
 import base64
 import re
 
-import pytest
-
 from treerl.cli import main
 from treerl.report import PLOTS, load_run, trailing_mean
 

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 import treerl.train.trainer as trainer
 from treerl.config import load_config
-from treerl.tasks.arithmetic import Arithmetic
 from treerl.rundir import TRAINER_STATE
+from treerl.tasks.arithmetic import Arithmetic
 
 STEP_KEYS = {"step", "reward/mean", "acc/mean", "response_length/mean", "loss/policy", "kl", "entropy", "grad_norm",
              "timing/rollout_s", "timing/update_s", "timing/step_s", "tokens/generated"}
@@ -121,14 +121,17 @@ def crash_and_resume(cfg, tmp_path, monkeypatch):
     trainer.train(cfg, tmp_path / "b", resume=True)
 
     def strip(metrics):
-        return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/", "memory/"))} for m in metrics]
+        return [{k: v for k, v in m.items() if not k.startswith(("timing/", "throughput/", "memory/"))}
+                for m in metrics]
 
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     assert strip(a) == strip(b)
-    assert json.loads((tmp_path / "a" / "eval.json").read_text()) == json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert (json.loads((tmp_path / "a" / "eval.json").read_text())
+            == json.loads((tmp_path / "b" / "eval.json").read_text()))
     final_a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "checkpoints" / "step_4")
-    assert changed(weights(final_a), AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "checkpoints" / "step_4")) == []
+    assert changed(weights(final_a),
+                   AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "checkpoints" / "step_4")) == []
     return a
 
 

@@ -21,7 +21,8 @@ def test_the_tree_is_exported_at_the_top_level():
     import treerl
 
     assert treerl.ReasoningTree is ReasoningTree
-    assert treerl.ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]]).root.value == pytest.approx(5 / 8)  # mean(1/2, mean(1/2, 1))
+    # mean(1/2, mean(1/2, 1))
+    assert treerl.ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]]).root.value == pytest.approx(5 / 8)
 
 
 def test_walk_visits_parents_before_children_in_order():
@@ -164,7 +165,8 @@ def test_each_kept_node_is_a_sample_whose_mask_covers_only_its_segment():
     from treerl.train.batch import make_batch
 
     leaf = lambda ids, reward: Node(token_ids=ids, logprobs=[-0.5] * len(ids), reward=reward, finished=True)  # noqa: E731
-    root = Node(children=[Node(token_ids=[10, 11], logprobs=[-1.0, -1.0], children=[leaf([12], 1.0), leaf([13, 14], 0.0)]),
+    root = Node(children=[Node(token_ids=[10, 11], logprobs=[-1.0, -1.0],
+                               children=[leaf([12], 1.0), leaf([13, 14], 0.0)]),
                           leaf([20, 21, 22], 0.0)])
     tree = ReasoningTree(root, prompt_ids=[1, 2, 3])
     tree.backup()

@@ -75,10 +75,12 @@ PAYLOADS = [
     f"x = __import__('os').system('touch {SENTINEL}')",
 ]
 
-ACTIONS = [say(action) for action in [("unstack", "red", "blue"), ("stack", "blue", "red"), ("pick up", "orange", None),
-                                      ("put down", "yellow", None), ("stack", "red", "red"), ("unstack", "cyan", "hand")]]
+ACTIONS = [say(action) for action in [("unstack", "red", "blue"), ("stack", "blue", "red"),
+                                      ("pick up", "orange", None), ("put down", "yellow", None),
+                                      ("stack", "red", "red"), ("unstack", "cyan", "hand")]]
 ACTIONS += [f"{i}. pick up the {c} block" for i, c in enumerate(COLOURS)] + [
-    "(stack red blue)", "- put down the red block on the table", "unstack the __import__ block from on top of the os block",
+    "(stack red blue)", "- put down the red block on the table",
+    "unstack the __import__ block from on top of the os block",
     "step 999: stack the red block onto the blue block.", "pick-up " + "red " * 60]
 
 FRAGMENTS = [
@@ -102,7 +104,8 @@ huge_numbers = st.one_of(
     st.integers(-(10**400), 10**400).map(str),
     st.integers(1, 300).map(lambda k: ",".join(["999"] * k)),
     st.integers(1, 700).map(lambda k: "0." + "0" * k + "1"),
-    st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(lambda t: f"\\frac{{{t[0]}}}{{{t[1]}}}"),
+    st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(
+        lambda t: f"\\frac{{{t[0]}}}{{{t[1]}}}"),
     st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(lambda t: f"{t[0]}/{t[1]}"),
     st.sampled_from(["9" * 5000, "9" * 4301, "1e999999", "-1e999", "1e-999999", "1.7976931348623157e309", "1e308",
                      "\\frac{1}{0}", "0/0", "1/0", "inf", "-inf", "nan", "NaN", "\\infty", "10^{-10^{10}}",

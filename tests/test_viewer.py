@@ -5,11 +5,10 @@ import json
 import pytest
 
 from treerl.cli import main
-from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
-from treerl.tasks.base import Problem
 from treerl.rundir import RunDir
+from treerl.tasks.base import Problem
 from treerl.viewer import render_tree, tree_record
 
 

@@ -153,7 +153,8 @@ class EvalConfig(Section):
 class OutputConfig(Section):
     dir: str | None = Field(None, description="run directory; default runs/<timestamp>")
     progress: bool = True
-    tensorboard: bool = Field(False, description="also write the metrics as TensorBoard events to <run dir>/tensorboard")
+    tensorboard: bool = Field(False, description="also write the metrics as TensorBoard events to "
+                                                  "<run dir>/tensorboard")
     wandb: bool = Field(False, description="also log the metrics to Weights & Biases")
     wandb_project: str = "treerl"
     wandb_mode: Literal["online", "offline", "disabled"] = Field(

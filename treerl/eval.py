@@ -11,11 +11,11 @@ from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from treerl.config import EvalConfig
+from treerl.parallel import Parallel
 from treerl.rollout.engine import generate
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.loaders import ALL_LEVELS
 from treerl.tasks.prompts import render_prompt
-from treerl.parallel import Parallel
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -5,7 +5,6 @@ pruned sibling groups and the r-score's greedy picks, with collapsible branches 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -74,7 +73,9 @@ pre{white-space:pre-wrap;margin:0.2em 0;font-size:0.9em;background:#f6f6f6;paddi
 summary{cursor:pointer}"""
 
 SCRIPT = """let scale = 1;
-function zoom(f) { scale = f ? scale * f : 1; document.getElementById('tree').style.transform = 'scale(' + scale + ')'; }
+function zoom(f) {
+  scale = f ? scale * f : 1; document.getElementById('tree').style.transform = 'scale(' + scale + ')';
+}
 function openAll(open) { document.querySelectorAll('#tree details').forEach(d => d.open = open); }"""
 
 

@@ -22,7 +22,8 @@ def resolve_model_path(name_or_path: str) -> Path:
     path = EMBEDDED.get(name_or_path) or Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise UserError(f"model path '{name_or_path}' {what}; give 'tiny', 'tiny-countdown' or a local Hugging Face model directory")
+        raise UserError(f"model path '{name_or_path}' {what}; give 'tiny', 'tiny-countdown' or a local Hugging Face "
+                        "model directory")
     return path
 
 

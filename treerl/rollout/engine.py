@@ -179,8 +179,8 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
     if lean:
         cache = KVCache.gather([(source.cache, rows) for source, rows in runs], width, 1 + room)
     else:
-        cache = DynamicCache(ddp_cache_data=[(picked(lambda source: source.cached(layer)[0][:, :, :width]),
-                                              picked(lambda source: source.cached(layer)[1][:, :, :width]))
+        cache = DynamicCache(ddp_cache_data=[(picked(lambda source, layer=layer: source.cached(layer)[0][:, :, :width]),
+                                              picked(lambda source, layer=layer: source.cached(layer)[1][:, :, :width]))
                                              for layer in range(len(states[0].cache.layers))])
     state = DecodeState(cache, picked(lambda source: source.mask[:, :width]),
                         picked(lambda source: source.prompt_lengths), states[0].prompt_width, logits=None, lean=lean)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from treerl.rollout.engine import DecodeState, decode, fork, prefill
 
 Path = tuple[int, ...]
-Nested = Union[float, list["Nested"]]
+Nested = float | list["Nested"]
 
 
 @dataclass

@@ -48,11 +48,10 @@ def last_answer_tag(text: str) -> str | None:
 
 def last_answer_line(text: str) -> str | None:
     """What follows the last 'The answer is', 'Answer:', 'A:' (at a line start) or '####', to the end of its line."""
-    last = None
-    for last in ANSWER_MARKER.finditer(text):
-        pass
-    if last is None:
+    matches = list(ANSWER_MARKER.finditer(text))
+    if not matches:
         return None
+    last = matches[-1]
     rest = text[last.end():].split("\n", 1)[0]
     return rest.strip().rstrip(".").strip() or None
 

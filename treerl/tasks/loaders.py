@@ -68,7 +68,8 @@ BENCHMARKS = {
                             Fields(problem="question", answer="final_answer", subject="subfield")),
 }
 TRAINING_SETS = {
-    "math_train": Source("train/math_train.parquet", "math", Fields(problem="prompt", answer="reward_model.ground_truth")),
+    "math_train": Source("train/math_train.parquet", "math",
+                         Fields(problem="prompt", answer="reward_model.ground_truth")),
     "gsm8k_train": Source("train/gsm8k_train.jsonl", "gsm8k", Fields(problem="question", answer_format="gsm8k")),
 }
 NAMED = {**BENCHMARKS, **TRAINING_SETS}

@@ -64,7 +64,7 @@ TEMPLATES["think"] = Template(
     think_then_answer)
 
 
-def render_prompt(template: Template, question: str, tokenizer: "PreTrainedTokenizerBase") -> str:
+def render_prompt(template: Template, question: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """The prompt text for a question: through the tokenizer's chat template when it has one."""
     if template.name == "plain":
         return question

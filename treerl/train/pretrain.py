@@ -85,7 +85,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.train()
     with progress_bar() as bar:
         job = bar.add_task("pretrain", total=cfg.steps, info="")
-        for step in range(cfg.steps):
+        for _ in range(cfg.steps):
             problems = [task.sample(rng.choices(levels, weights)[0], rng) for _ in range(cfg.batch_size)]
             texts = [render_prompt(task.template, p.question, tokenizer) for p in problems]
             prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
@@ -102,7 +102,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     seconds = time.time() - start
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    results = evaluate(model, tokenizer, task, EvalConfig(problems=cfg.eval_problems, max_new_tokens=cfg.eval_max_new_tokens))
+    results = evaluate(model, tokenizer, task,
+                       EvalConfig(problems=cfg.eval_problems, max_new_tokens=cfg.eval_max_new_tokens))
     print_eval(results, title=f"warm-up model ({seconds / 60:.1f} min of training)")
     summary = {"train_seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()), "eval": results}
     (out / "pretrain.json").write_text(json.dumps(summary, indent=2))

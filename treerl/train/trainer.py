@@ -136,8 +136,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             bad_steps = bad_steps + 1 if metrics["train/skipped_updates"] else 0
             if bad_steps >= cfg.train.max_bad_steps:
                 save()
-                raise UserError(f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step {step}), "
-                                f"so their updates were skipped; the last good state is saved in "
+                raise UserError(f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step "
+                                f"{step}), so their updates were skipped; the last good state is saved in "
                                 f"{run_dir}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
                                 f"continue with --resume {run_dir}")
             if par.max([stop.signal is not None])[0]:   # one rank asked to stop: all stop after this step
