@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` (train the embedded default) and `make test`.
+# The two commands of the README: `make demo` (train the embedded default) and `make test` (lint, types, tests).
 # Both create .venv and install everything on first use. torch is pinned to 2.13.0, which pip
 # takes from the local CPU wheel on this kind of machine; on a GPU machine install your CUDA
 # build of torch into .venv first and this step keeps it.
@@ -23,4 +23,6 @@ test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || $(APT) install -y -q chromium >/dev/null 2>&1 \
 		|| ($(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q chromium >/dev/null 2>&1) \
 		|| echo "chromium could not be installed: tests/test_browser.py will be skipped"
+	$(BIN)/ruff check treerl tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -79,7 +79,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     Under torchrun every rank grades its share of the problems and every rank returns the whole result."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
-    correct, lengths = map(par.unshare, _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance))
+    mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance)
+    correct, lengths = par.unshare(mine[0]), par.unshare(mine[1])
     hits = None
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]

@@ -45,7 +45,7 @@ class Parallel:
     def max(self, values: list[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.MAX)
 
-    def _reduce(self, values: list[float], op: dist.ReduceOp) -> list[float]:
+    def _reduce(self, values: list[float], op: dist.ReduceOp.RedOpType) -> list[float]:
         if self.world == 1:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -91,7 +91,7 @@ def init_parallel(strategy: str, device: torch.device) -> Parallel:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30),
-                                **({"device_id": device} if device.type == "cuda" else {}))
+                                device_id=device if device.type == "cuda" else None)
     return Parallel(dist.get_rank(), dist.get_world_size(), strategy, device)
 
 

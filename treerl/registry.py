@@ -1,4 +1,4 @@
-"""Name -> function tables (advantage estimators, level schedules, tasks), with one error for unknown names."""
+"""Name -> value tables (advantage estimators, level schedules, tasks, templates), with one error for unknown names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from treerl.errors import UserError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
 
 
 class Registry(dict[str, T], Generic[T]):

@@ -25,7 +25,7 @@ SCHEDULES: Registry[Schedule] = Registry("curriculum.name")
 register_schedule = SCHEDULES.register
 
 
-def level_probs(schedule: str, step: int, total_steps: int, num_levels: int, **params: float) -> list[float]:
+def level_probs(schedule: str, step: int, total_steps: int, num_levels: int, **params: float | None) -> list[float]:
     """p(t) of a named schedule; `params` are the schedule's own (gaussian: beta, sigma, p_min)."""
     fn = SCHEDULES.lookup(schedule)
     accepted = [name for name in inspect.signature(fn).parameters if name not in ("step", "total_steps", "num_levels")]

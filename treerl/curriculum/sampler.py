@@ -33,7 +33,7 @@ def generated_pool(task: Task, level: str, size: int) -> list[Problem]:
 
 
 class ProblemSampler:
-    def __init__(self, task: Task, levels: list[str], schedule: str, params: dict[str, float], total_steps: int,
+    def __init__(self, task: Task, levels: list[str], schedule: str, params: dict[str, float | None], total_steps: int,
                  pool_size: int = 0):
         self.task, self.levels = task, levels
         self.table = [level_probs(schedule, t, total_steps, len(levels), **params) for t in range(total_steps + 1)]

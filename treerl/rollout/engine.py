@@ -42,11 +42,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
-    return cache_argument_of(type(getattr(model, "module", model)))   # a DDP wrapper's forward takes **kwargs
+    model_class = type(getattr(model, "module", model))   # a DDP wrapper's forward takes **kwargs
+    return cache_argument_of(model_class)  # type: ignore[arg-type]  # mypy: a class is not Hashable (mypy#11470)
 
 
 @functools.cache
-def cache_argument_of(model_class: type) -> str:
+def cache_argument_of(model_class: type[torch.nn.Module]) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
@@ -73,8 +74,8 @@ class DecodeState:
     mask: torch.Tensor
     prompt_lengths: torch.Tensor
     prompt_width: int
-    logits: torch.Tensor
-    """Next-token logits of each row."""
+    logits: torch.Tensor | None
+    """Next-token logits of each row; None only in `fork`, before its first feed."""
     lean: LeanDecoder | None
 
     @property
@@ -83,7 +84,7 @@ class DecodeState:
 
     def cached(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one layer, [rows, kv heads, columns, head dim]."""
-        if self.lean:
+        if isinstance(self.cache, KVCache):   # when `lean` runs the model
             return self.cache.layers[layer]
         return self.cache.layers[layer].keys, self.cache.layers[layer].values
 
@@ -99,7 +100,7 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, ro
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     lean = lean_decoder(model)
     if lean:
-        cache = KVCache.empty(lean, *ids.shape, like=lean.embed)
+        cache = KVCache.empty(lean, ids.shape[0], ids.shape[1], like=lean.embed)
         width = ids.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
@@ -144,6 +145,7 @@ def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_
         if state.mask.is_cuda and max_new_tokens > 1:
             graphed = GraphedStep(state.lean, state.cache, state.mask)
     tokens_per_step, logps_per_step = [], []
+    assert state.logits is not None
     for _ in range(max_new_tokens):
         if greedy:
             tokens = state.logits.argmax(-1)
@@ -175,12 +177,15 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
         """The picked rows of a tensor of each state, in the order of picks."""
         return torch.cat([per_state(source).index_select(0, rows) for source, rows in runs])
 
+    def picked_cached(layer: int, kind: int) -> torch.Tensor:
+        """The picked rows of one layer's keys (kind 0) or values (kind 1), their first `width` columns."""
+        return picked(lambda source: source.cached(layer)[kind][:, :, :width])
+
     lean = states[0].lean
     if lean:
         cache = KVCache.gather([(source.cache, rows) for source, rows in runs], width, 1 + room)
     else:
-        cache = DynamicCache(ddp_cache_data=[(picked(lambda source, layer=layer: source.cached(layer)[0][:, :, :width]),
-                                              picked(lambda source, layer=layer: source.cached(layer)[1][:, :, :width]))
+        cache = DynamicCache(ddp_cache_data=[(picked_cached(layer, 0), picked_cached(layer, 1))
                                              for layer in range(len(states[0].cache.layers))])
     state = DecodeState(cache, picked(lambda source: source.mask[:, :width]),
                         picked(lambda source: source.prompt_lengths), states[0].prompt_width, logits=None, lean=lean)

@@ -8,6 +8,7 @@ no rotary module call per layer. Models it does not cover sample through the tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,13 @@ class LayerWeights:
     down: tuple[torch.Tensor, torch.Tensor | None]
 
     @classmethod
-    def of(cls, layer: torch.nn.Module) -> LayerWeights:
+    def of(cls, layer: Any) -> LayerWeights:
+        """The tensors of a transformers decoder layer (Any: transformers is not type-checked here)."""
         attn, mlp = layer.self_attn, layer.mlp
-        return cls(layer.input_layernorm.weight, *((m.weight, m.bias) for m in (attn.q_proj, attn.k_proj,
-                   attn.v_proj, attn.o_proj)), attn.scaling, layer.post_attention_layernorm.weight,
-                   *((m.weight, m.bias) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)))
+        q, k, v, o = ((m.weight, m.bias) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+        gate, up, down = ((m.weight, m.bias) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        return cls(layer.input_layernorm.weight, q, k, v, o, attn.scaling, layer.post_attention_layernorm.weight,
+                   gate, up, down)
 
 
 class KVCache:
@@ -165,6 +168,8 @@ class GraphedStep:
     left behind is never replayed again: its graph and memory are let go."""
 
     SPAN_STEP = 64
+    graph: torch.cuda.CUDAGraph | None
+    logits: torch.Tensor | None
 
     def __init__(self, decoder: LeanDecoder, cache: KVCache, mask: torch.Tensor):
         rows, device = mask.shape[0], mask.device
@@ -209,6 +214,7 @@ class GraphedStep:
         if span != self.span:
             self.graph = self.logits = None   # the last span's memory goes back before the next capture
             self.span, (self.graph, self.logits) = span, self.capture(span)
+        assert self.graph is not None and self.logits is not None
         self.graph.replay()
         self.cache.width = width + 1
         return self.logits.clone()

@@ -6,7 +6,7 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from treerl.registry import Registry
 from treerl.tasks.prompts import TEMPLATES
@@ -48,8 +48,10 @@ class Task(ABC):
 
     name: ClassVar[str]
     default_template: ClassVar[str]
-    levels: list[str]
-    """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
+    if TYPE_CHECKING:   # read-only to Task's users: a subclass sets it (class attribute) or computes it (property)
+        @property
+        def levels(self) -> list[str]:
+            """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
     eval_only_levels: list[str] = []
 
     def __init__(self, format_reward: float = 0.0, template: str | None = None):

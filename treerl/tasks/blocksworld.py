@@ -71,6 +71,7 @@ def apply(state: State, action: Action) -> bool:
     elif verb == "put down":
         legal, support = state[x] == HAND, TABLE
     elif verb == "stack":
+        assert y is not None   # stack names the block below (parse_plan and moves give it)
         legal, support = state[x] == HAND and x != y and clear(state, y), y
     else:
         legal, support = state[x] == y and clear(state, x) and hand_empty, HAND
@@ -123,8 +124,8 @@ def shortest_plan(initial: State, goal: State) -> list[Action] | None:
     if end not in parent:
         return None
     plan, state = [], end
-    while parent[state] is not None:
-        state, action = parent[state]
+    while (step := parent[state]) is not None:
+        state, action = step
         plan.append(action)
     return plan[::-1]
 

@@ -15,19 +15,19 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 STARTUP_TIMEOUT_S = 120.0
 HEADER = struct.Struct("<Q")
 
 
-def write_frame(stream: BinaryIO, value: Any) -> None:
+def write_frame(stream: IO[bytes], value: Any) -> None:
     data = pickle.dumps(value)
     stream.write(HEADER.pack(len(data)) + data)
     stream.flush()
 
 
-def read_exactly(stream: BinaryIO, size: int) -> bytes:
+def read_exactly(stream: IO[bytes], size: int) -> bytes:
     chunks = []
     while size:
         chunk = stream.read(size)
@@ -38,7 +38,7 @@ def read_exactly(stream: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(stream: BinaryIO) -> Any:
+def read_frame(stream: IO[bytes]) -> Any:
     (size,) = HEADER.unpack(read_exactly(stream, HEADER.size))
     return pickle.loads(read_exactly(stream, size))
 
@@ -56,7 +56,7 @@ class BoundedWorker:
         self.target = f"{fn.__module__}:{fn.__qualname__}"
         self.default = default
         self.warmup = warmup
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.timeouts = 0
         atexit.register(self.stop)
 
@@ -70,6 +70,7 @@ class BoundedWorker:
 
     def _response(self, timeout: float) -> tuple[bool, Any] | None:
         """The child's next frame, or None when none starts within `timeout` seconds or the child died."""
+        assert self.process is not None and self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         if not ready:
             return None
@@ -82,6 +83,7 @@ class BoundedWorker:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.close()
             self.process.stdout.close()
         self.process = None
@@ -89,6 +91,7 @@ class BoundedWorker:
     def __call__(self, *args: Any, timeout: float) -> Any:
         if self.process is None or self.process.poll() is not None:
             self._start()
+        assert self.process is not None and self.process.stdin is not None
         write_frame(self.process.stdin, args)
         response = self._response(timeout)
         if response is None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from treerl.errors import UserError
 from treerl.tasks.base import Problem
@@ -213,4 +213,4 @@ def with_fields(fields: dict[str, str] | None) -> Fields | None:
                         f"keys: {', '.join(Fields.__dataclass_fields__)}")
     if fields.get("answer_format", "plain") not in ("plain", "boxed", "gsm8k"):
         raise UserError(f"task.fields.answer_format: '{fields['answer_format']}' is not plain, boxed or gsm8k")
-    return replace(Fields(), **fields)
+    return replace(Fields(), **cast(dict[str, Any], fields))   # answer_format is one of its literals (checked above)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import closing, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -52,7 +52,7 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
     with mixed_precision(cfg, par.device):
         learner = update(state.policy, state.reference, state.optimizer, rollout.samples, cfg, objective,
                          state.generator, par)
-    lr = state.scheduler.get_last_lr()[0]
+    lr = cast(float, state.scheduler.get_last_lr()[0])   # a float lr times a LambdaLR factor: a float
     state.scheduler.step()
     state.step = step
     t2 = time.perf_counter()

@@ -121,6 +121,7 @@ def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objec
     advantages = torch.tensor([s.advantage for s in rows], device=device)[:, None]
     weights = torch.tensor([s.weight for s in rows], device=device)[:, None]
     logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
+    assert entropy is not None
     pg, clipped = objective.policy_loss(logprobs, old, advantages, algo)
     pg = pg * weights
 
