@@ -29,6 +29,7 @@ def changed(reference: str) -> str:
     return reference[:i] + str((int(reference[i]) + 1) % 10) + reference[i + 1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_every_reference_is_graded_correct_and_a_changed_one_wrong(name):
     problems = load_problems(name)

@@ -47,12 +47,14 @@ def browse(page, tmp_path, name):
     return dict(re.findall(r'data-(\w+)="([^"]*)"', body)), console
 
 
+@pytest.mark.slow
 def test_report_draws_every_plot_without_console_errors(trained_run, tmp_path):
     seen, console = browse((trained_run / "report.html").read_text(), tmp_path, "report")
     assert seen["images"] == seen["drawn"] == "6"
     assert seen["errors"] == "none" and console == []
 
 
+@pytest.mark.slow
 def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     record = RunDir(trained_run).trees()[-1]
     inner = 1 + sum(1 for child in record["root"]["children"] if child["children"])

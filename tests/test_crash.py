@@ -49,6 +49,7 @@ def final_weights(run_dir, steps):
     return load_file(run_dir / "checkpoints" / f"step_{steps}" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(model_dir, tmp_path):
     steps = 40
     trainer.train(load_config(None, overrides(model_dir, steps)), tmp_path / "straight")
@@ -79,6 +80,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_run(model
     assert not list((run / "checkpoints").glob(".step_*"))   # no half-written checkpoint left behind
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_saves_and_exits_cleanly(model_dir, tmp_path):
     run = tmp_path / "run"
     process = cli("train", "--out", str(run), *overrides(model_dir, steps=50))
@@ -96,6 +98,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(model_dir, tmp_path):
         list(range(1, stopped_at + 2))
 
 
+@pytest.mark.slow
 def test_non_finite_updates_are_skipped_then_the_run_stops(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, float("nan")))
     cfg = load_config(None, [*overrides(model_dir), "algo.entropy_coef=0", "train.max_bad_steps=2"])
@@ -109,6 +112,7 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(model_dir, tmp_path, 
     assert all(torch.equal(weights[k], start[k]) for k in start)   # the last good state: nothing was applied
 
 
+@pytest.mark.slow
 def test_only_the_newest_checkpoints_are_kept(model_dir, tmp_path):
     cfg = load_config(None, [*overrides(model_dir, steps=4), "train.save_every=1", "train.keep_checkpoints=2"])
     trainer.train(cfg, tmp_path / "run")

@@ -198,6 +198,7 @@ def score_args(model_dir, out, *extra):
             "rscore.step_tokens=4", "rollout.max_new_tokens=12", *extra]
 
 
+@pytest.mark.slow
 def test_score_writes_one_row_per_query_and_training_reads_it(model_dir, tmp_path, capsys):
     import json
 

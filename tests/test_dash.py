@@ -112,6 +112,7 @@ def run_metrics(model_dir, tmp_path, name, *overrides):
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_generation_in_chunks_times_every_phase(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     calls = []
@@ -128,6 +129,7 @@ def test_generation_in_chunks_times_every_phase(model_dir, tmp_path, monkeypatch
     assert timing["steps"] == 2 and timing["seconds"]["evaluation"] > 0
 
 
+@pytest.mark.slow
 def test_refill_samples_until_enough_prompts_have_signal(model_dir, tmp_path, monkeypatch):
     """Every reward equal: no prompt has signal, so each step samples 1 + refill rounds and trains on nothing."""
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))

@@ -46,6 +46,7 @@ def test_device_names_are_checked():
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_pretrain_warms_up_a_model_on_another_task_and_template(tmp_path):
     import json
 

@@ -46,6 +46,7 @@ def single(model_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_ranks_make_the_single_process_update(strategy, single, model_dir, tmp_path):
     out = tmp_path / strategy
@@ -65,6 +66,7 @@ def test_two_ranks_make_the_single_process_update(strategy, single, model_dir, t
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_saved_by_two_ranks_resumes_in_one(model_dir, tmp_path):
     out = tmp_path / "run"
     run(out, model_dir, "train.strategy=fsdp2", ranks=2)

@@ -3,12 +3,15 @@
 import base64
 import re
 
+import pytest
+
 from treerl.cli import main
 from treerl.report import PLOTS, load_run, trailing_mean
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_training_writes_the_report_with_every_plot(trained_run):
     assert sorted(p.name for p in (trained_run / "plots").iterdir()) == sorted(f"{name}.png" for name in PLOTS)
     assert all((trained_run / "plots" / f"{name}.png").read_bytes().startswith(PNG) for name in PLOTS)
@@ -21,6 +24,7 @@ def test_training_writes_the_report_with_every_plot(trained_run):
     assert "curriculum:" in page and "name: cosine" in page        # the resolved config
 
 
+@pytest.mark.slow
 def test_compare_overlays_runs_and_report_reads_a_torn_metrics_line(trained_run, tmp_path, capsys):
     torn = tmp_path / "torn"
     torn.mkdir()

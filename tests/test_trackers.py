@@ -11,6 +11,7 @@ from treerl.trackers import Trackers
 from treerl.train.trainer import train
 
 
+@pytest.mark.slow
 def test_tensorboard_and_wandb_get_every_step_and_eval(model_dir, tmp_path, monkeypatch):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     pytest.importorskip("wandb")

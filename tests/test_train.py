@@ -36,6 +36,7 @@ def changed(before, model):
     return [name for name in before if not torch.equal(before[name], after[name])]
 
 
+@pytest.mark.slow
 def test_every_logged_metric_is_documented(model_dir, tmp_path):
     from pathlib import Path
 
@@ -50,6 +51,7 @@ def test_every_logged_metric_is_documented(model_dir, tmp_path):
     assert documented - logged == set(), "docs/metrics.md documents keys that are not logged"
 
 
+@pytest.mark.slow
 def test_two_step_run_writes_its_directory(model_dir, tmp_path):
     run = tmp_path / "run"
     result = trainer.train(tiny_config(model_dir), run)
@@ -76,6 +78,7 @@ def final_model(run):
     return AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2")
 
 
+@pytest.mark.slow
 def test_varying_rewards_change_the_weights(model_dir, tmp_path, monkeypatch):
     calls = itertools.count()
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, float(next(calls) % 2)))
@@ -86,6 +89,7 @@ def test_varying_rewards_change_the_weights(model_dir, tmp_path, monkeypatch):
     assert changed(initial, final_model(run))
 
 
+@pytest.mark.slow
 def test_equal_rewards_give_no_update(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))
     run = tmp_path / "run"
@@ -135,6 +139,7 @@ def crash_and_resume(cfg, tmp_path, monkeypatch):
     return a
 
 
+@pytest.mark.slow
 def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "train.warmup_steps=1",
@@ -144,6 +149,7 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
     assert all(isinstance(m["kl"], float) for m in metrics)
 
 
+@pytest.mark.slow
 def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, monkeypatch):
     """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
     and weighs them the same."""
@@ -157,6 +163,7 @@ def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, m
     assert all(m["reschedule/score_mean"] is not None for m in metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeypatch, loss_agg):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
@@ -171,6 +178,7 @@ def test_micro_batches_accumulate_to_the_full_batch(model_dir, tmp_path, monkeyp
         assert runs[3][key] == pytest.approx(runs[8][key], rel=1e-5, abs=1e-7), key
 
 
+@pytest.mark.slow
 def test_two_steps_on_the_embedded_model_learn_from_real_rewards(tmp_path):
     """The shipped warm-up model solves some hard problems and misses others, so GRPO has signal."""
     run = tmp_path / "tiny-run"
@@ -184,6 +192,7 @@ def test_two_steps_on_the_embedded_model_learn_from_real_rewards(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2").config.model_type == "qwen2"
 
 
+@pytest.mark.slow
 def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     run = tmp_path / "run"
@@ -201,6 +210,7 @@ def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
     assert changed(weights(AutoModelForCausalLM.from_pretrained(model_dir)), final_model(run))
 
 
+@pytest.mark.slow
 def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
     run = tmp_path / "run"
     trainer.train(tiny_config(model_dir, "train.filter_tau=null"), run)
@@ -211,6 +221,7 @@ def test_grpo_is_a_depth_one_tree(model_dir, tmp_path):
         assert m["tokens/prefix_reused"] == 0
 
 
+@pytest.mark.slow
 def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):
     run = tmp_path / "run"
     trainer.train(tiny_config(model_dir, "train.steps=3", "curriculum.name=classic", "rollout.batch_prompts=3",
@@ -221,6 +232,7 @@ def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):
         assert m["reschedule/weight_mean"] == 1.0 and m["reschedule/score_mean"] is None
 
 
+@pytest.mark.slow
 def test_query_weights_multiply_the_policy_loss(model_dir, tmp_path, monkeypatch):
     """With w_min = w_max = 2 every query weighs 2: the same step has twice the policy loss and gradient."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
@@ -235,6 +247,7 @@ def test_query_weights_multiply_the_policy_loss(model_dir, tmp_path, monkeypatch
     assert weighted["entropy"] == pytest.approx(plain["entropy"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_autocast_computes_in_bf16_and_keeps_fp32_weights(model_dir, tmp_path):
     runs = {}
     for name, autocast in (("fp32", "null"), ("bf16", "bfloat16")):
@@ -248,6 +261,7 @@ def test_autocast_computes_in_bf16_and_keeps_fp32_weights(model_dir, tmp_path):
     assert all(p.dtype == torch.float32 for p in saved.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("g++") is None,
                     reason="torch.compile's CPU backend needs a C/C++ compiler")
 def test_compiled_forward_trains(model_dir, tmp_path):
@@ -260,6 +274,7 @@ def test_compiled_forward_trains(model_dir, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
 
 
+@pytest.mark.slow
 def test_two_threads_give_the_same_run_twice(tmp_path):
     """The default recipe on two threads, run twice in fresh processes: the same losses to the last bit (the
     context gather once made them differ from run to run in the seventh digit, through a parallel backward)."""

@@ -286,6 +286,7 @@ def warm_math_verify():
     assert get_task("math", verify_timeout=60.0).verify("\\boxed{1+1}", "2") == 1.0
 
 
+@pytest.mark.slow
 def test_adversarial_completions_are_safe_for_every_verifier(warm_math_verify):
     timeouts_before = MATH_VERIFY.timeouts
     started = time.perf_counter()

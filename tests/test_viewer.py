@@ -47,6 +47,7 @@ def test_page_shows_every_node_with_its_marks():
     assert "1 of 4 leaves correct" in page and "http" not in page
 
 
+@pytest.mark.slow
 def test_training_saves_trees_and_resume_drops_the_lost_ones(trained_run, tmp_path):
     trees = RunDir(trained_run).trees()
     assert [t["step"] for t in trees] == [1, 1, 2, 2, 3, 3, 4, 4]
@@ -60,6 +61,7 @@ def test_training_saves_trees_and_resume_drops_the_lost_ones(trained_run, tmp_pa
     assert list(RunDir(copy).evals()) == ["0", "2"] and [m["step"] for m in RunDir(copy).metrics()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_tree_command_shows_a_saved_tree_and_says_what_is_missing(trained_run, tmp_path, capsys):
     first = RunDir(trained_run).trees()[0]
     out = tmp_path / "t.html"
