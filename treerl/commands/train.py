@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> None:
                                 "or choose another --out")
             cfg.output.dir = str(run_dir)
         train(cfg, run_dir, resume=resumed is not None, par=par)
+        par.barrier()   # every rank is done (rank 0 writes the report last) before the process group goes
     finally:
         close_parallel()
     if par.main:

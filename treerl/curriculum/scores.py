@@ -29,6 +29,13 @@ class Ranking:
 RANKINGS: Registry[Ranking] = Registry("reschedule.rank_by")
 RANKINGS["rscore"] = Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible), "r_score")
 RANKINGS["acc"] = Ranking(lambda tree, r: leaf_accuracy(tree), "leaf_acc")
+OFF = "off"
+"""reschedule.rank_by for no ranking: every query weighs 1."""
+
+
+def ranking_of(rank_by: str) -> Ranking | None:
+    """The ranking reschedule.rank_by names; None when it is off."""
+    return None if rank_by == OFF else RANKINGS.lookup(rank_by)
 
 
 def score_row(tree: ReasoningTree, problem: Problem, rscore: RScoreConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from treerl.config import Config
 from treerl.curriculum.reschedule import ScoreBook, loss_weight
-from treerl.curriculum.scores import RANKINGS, Ranking, read_scores
+from treerl.curriculum.scores import Ranking, ranking_of, read_scores
 from treerl.rollout.tree import ReasoningTree
 
 
@@ -25,10 +25,8 @@ class QueryWeights:
     @classmethod
     def from_config(cls, cfg: Config) -> QueryWeights:
         rs = cfg.reschedule
-        if rs.rank_by == "off":
-            return cls(cfg, None)
-        ranking = RANKINGS.lookup(rs.rank_by)
-        static = read_scores(rs.scores_file, ranking) if rs.scores == "static" and rs.scores_file else None
+        ranking = ranking_of(rs.rank_by)
+        static = read_scores(rs.scores_file, ranking) if ranking and rs.scores == "static" and rs.scores_file else None
         return cls(cfg, ranking, static)
 
     def online_score(self, tree: ReasoningTree) -> float | None:

@@ -81,9 +81,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
+    weights = QueryWeights.from_config(cfg)
     run = RunDir(run_dir)
     checkpoint = run.latest_checkpoint() if resume else None
-    state = TrainState.start(cfg, sampler, QueryWeights.from_config(cfg), checkpoint, par)
+    state = TrainState.start(cfg, sampler, weights, checkpoint, par)
     par.barrier()   # every rank has looked at run_dir before rank 0 writes there
     if par.main:
         if resume:
