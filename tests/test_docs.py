@@ -62,3 +62,29 @@ def test_documented_defaults_match_the_code():
             checked += 1
     # hidden, layers, heads share a row
     assert checked == len(dotted_keys(Config)) + len(dotted_keys(PretrainConfig)) - 3
+
+
+def table_cells(line: str) -> int:
+    """Cells of a markdown table row: pipes inside `code` or escaped as \\| do not separate cells."""
+    count, in_code, previous = 1, False, ""
+    for char in line.strip().strip("|"):
+        if char == "`":
+            in_code = not in_code
+        elif char == "|" and not in_code and previous != "\\":
+            count += 1
+        previous = char
+    return count
+
+
+def test_every_table_row_has_the_header_s_cells():
+    root = Path(__file__).parents[1]
+    for page in [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]:
+        header, in_fence = None, False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            in_fence ^= line.startswith("```")
+            if in_fence or not line.startswith("|"):
+                header = None
+                continue
+            if header is None:
+                header = table_cells(line)
+            assert table_cells(line) == header, f"{page.name}:{number} has {table_cells(line)} cells, not {header}"
