@@ -6,13 +6,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from treerl.errors import UserError
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+"""Ready configs inside the package (the demo's variants, each paper's setting): `--config NAME` finds them."""
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    """A config section: unknown keys, non-finite numbers and true/false for a number are refused."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields[info.field_name] if info.field_name else None
+        if isinstance(value, bool) and field is not None and field.annotation in NUMBER_TYPES:
+            raise ValueError("a number is needed here, not true or false")
+        return value
+
+
+NUMBER_TYPES = (int, float, int | None, float | None)
 
 
 class ModelConfig(Section):
@@ -101,6 +117,12 @@ class RescheduleConfig(Section):
     w_min: float = Field(0.5, ge=0.0)
     w_max: float = Field(2.0, ge=0.0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> RescheduleConfig:
+        if self.w_min > self.w_max:
+            raise ValueError(f"reschedule.w_min={self.w_min} is above reschedule.w_max={self.w_max}")
+        return self
+
 
 class RScoreConfig(Section):
     """The r-score and the tree `treerl score` samples for it: k-ary, a branch every step_tokens, depth d."""
@@ -114,8 +136,9 @@ class RScoreConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(600, ge=0)
-    lr: float = Field(5e-5, gt=0.0)
+    steps: int = Field(600, ge=1)
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak AdamW learning rate; AdamW moves each weight by "
+                                                         "about lr a step, so more than 1 only diverges")
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -220,12 +243,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or from a config shipped in the package by its name (`treerpo_demo`)."""
     path = Path(path)
+    if not path.is_file() and path.stem in shipped_configs() and path.parent == Path("."):
+        path = SHIPPED_CONFIGS / f"{path.stem}.yaml"
     if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist")
+        raise UserError(f"config file '{path}' does not exist (configs shipped with treerl: "
+                        f"{', '.join(shipped_configs())})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -251,6 +284,8 @@ def _describe(err: ValidationError, schema: type[BaseModel]) -> str:
             parent = field.annotation
         allowed = ", ".join(parent.model_fields)
         return f"unknown config key '{key}'; allowed here: {allowed}"
+    if first["type"] == "value_error":   # a validator's own message
+        return f"config key '{key}': {first.get('ctx', {}).get('error', first['msg'])}"
     got = first.get("input")
     return f"config key '{key}': {first['msg']} (got {got!r})"
 
@@ -263,9 +298,9 @@ def build(schema: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                schema: type[BaseModel] = Config) -> Any:
-    """Defaults <- YAML file <- dotted overrides, validated into `schema`."""
-    data = read_yaml(path) if path else {}
+                schema: type[BaseModel] = Config, base: dict[str, Any] | None = None) -> Any:
+    """Defaults <- YAML file (or `base`, already read) <- dotted overrides, validated into `schema`."""
+    data = read_yaml(path) if path else dict(base or {})
     data = _merge(data, parse_overrides(overrides or []))
     return build(schema, data)
 
@@ -273,3 +308,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def config_yaml(cfg: BaseModel) -> str:
     """A config as the YAML that load_config reads back."""
     return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+
+
+RESUMABLE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps", "train.threads",
+             "train.compile", "train.strategy", "model.device", "eval.", "output.")
+"""The keys a resume may change (a prefix ending in '.' covers its section): how long, how often to save and
+evaluate, where and how fast to run, what to log. The rest would make the run's steps disagree with its config."""
+FIXED_ON_RESUME = ("output.dir",)
+
+
+def flat(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as {dotted key: value}: `section.key` (a dict-valued key, like curriculum.params, is one)."""
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and name in Config.model_fields and name != "seed":
+            out.update({f"{name}.{key}": inner for key, inner in value.items()})
+        else:
+            out[name] = value
+    return out
+
+
+def changes(before: Config, after: Config) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (before, after)} for every key whose value differs."""
+    old, new = flat(before.model_dump()), flat(after.model_dump())
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+
+
+def resumable(key: str) -> bool:
+    return key not in FIXED_ON_RESUME and any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)

@@ -1,27 +1,39 @@
 """The run directory, its one owner: what a run writes, where, and how it is read back.
 
-    config.yaml        the resolved config
+    config.yaml        the resolved config of the run's start, never rewritten
+    resumes.jsonl      each resume: when, from which step, which keys it changed (from, to)
     metrics.jsonl      one JSON object per step, appended
     eval.json          {step: {group: metrics}}
     trees.jsonl        saved reasoning trees (output.save_trees), appended
     timing.json        where the time went
     report.html, plots/
-    checkpoints/step_N/  a Hugging Face model directory plus trainer_state.pt
+    checkpoints/step_N/  a Hugging Face model directory, trainer_state.pt and manifest.json (sizes, sha256)
+    .lock              held (flock) by the process that trains in the run
 
-Files are replaced atomically (written beside, then renamed); an appended JSONL file may end in a torn line
-after a crash, which the reader leaves out. Checkpoints are written to a temporary folder and renamed, so a
-crash never leaves half of one.
+Files are replaced atomically (written beside, flushed to disk, then renamed); an appended JSONL file may end
+in a torn line after a crash, which the reader leaves out. Checkpoints are written to a temporary folder,
+flushed, listed in a manifest and renamed, so a crash or a power loss never leaves half of one; a resume
+verifies the manifest and falls back to the newest intact checkpoint, keeping a damaged one aside.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from pydantic import BaseModel
 
 from treerl.config import config_yaml
@@ -34,12 +46,36 @@ TREES_FILE = "trees.jsonl"
 TIMING_FILE = "timing.json"
 REPORT_FILE = "report.html"
 TRAINER_STATE = "trainer_state.pt"
+MANIFEST = "manifest.json"
+RESUMES_FILE = "resumes.jsonl"
+LOCK_FILE = ".lock"
+CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+DISK_ERRORS = {errno.ENOSPC: "no space is left", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
+               errno.EPERM: "permission is denied"}
+"""OSErrors of the disk a run writes to, each said in one line (with the command that resumes the run)."""
+LOW_SPACE_BYTES = 64 * 2**20
+"""torch's writer reports a full disk as a generic write failure: with less than this free, say so."""
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (its entries: a rename in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace a file with `text` in one step: written beside it, flushed, renamed, the rename flushed."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -58,7 +94,11 @@ def append_jsonl(path: Path, records: list[Any]) -> None:
 def read_jsonl(path: Path) -> list[Any]:
     """One JSON value per line of a file a run appends to. A torn last line (the process was killed while writing
     it) is left out; a bad line before it is not a torn write, so it is a UserError naming the file and line."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        bad_line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{bad_line}: not UTF-8 text; the file is damaged") from None
     records = []
     for number, line in enumerate(lines, 1):
         try:
@@ -74,23 +114,129 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.split("_")[1])
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damage(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (a file missing, or of another size or checksum than its manifest
+    says), or None. A checkpoint from before manifests (trainer_state.pt but no manifest.json) is taken as is."""
+    manifest_path = checkpoint / MANIFEST
+    if not manifest_path.is_file():
+        return None if (checkpoint / TRAINER_STATE).is_file() else f"{MANIFEST} is missing"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return f"{MANIFEST} is damaged"
+    for name, expected in manifest.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if sha256(path) != expected["sha256"]:
+            return f"{name} differs from its checksum"
+    return None
+
+
+def disk_error_reason(err: BaseException, where: Path) -> str | None:
+    """What a failed write says about the disk (no space, read-only, no permission), or None for another error."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+        return DISK_ERRORS[err.errno]
+    if isinstance(err, RuntimeError) and shutil.disk_usage(where).free < LOW_SPACE_BYTES:
+        return DISK_ERRORS[errno.ENOSPC]
+    return None
+
+
 class RunDir:
     """A run directory: the files above, read and written through one object."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.config_path = self.path / CONFIG_FILE
+        self.resumes_path = self.path / RESUMES_FILE
         self.metrics_path = self.path / METRICS_FILE
         self.eval_path = self.path / EVAL_FILE
         self.trees_path = self.path / TREES_FILE
         self.checkpoints_path = self.path / "checkpoints"
+
+    def check_new(self) -> None:
+        """A new run goes into a new or empty directory: a file, a run (that needs --resume) or a directory
+        with other files in it is refused, so that nothing of the user's is overwritten."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file; give a new or empty directory")
+        if self.config_path.exists():
+            raise UserError(f"--out {self.path} already holds a run; continue it with --resume {self.path} "
+                            "or choose another --out")
+        others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE) if self.path.is_dir() else []
+        if others:
+            raise UserError(f"--out {self.path} is not empty ({', '.join(others[:3])}{', ...' if others[3:] else ''})"
+                            "; give a new or empty directory, so that nothing in it is overwritten")
 
     def write_config(self, cfg: BaseModel) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.config_path, config_yaml(cfg))
 
     def config_text(self) -> str:
-        return self.config_path.read_text() if self.config_path.is_file() else ""
+        return self.config_path.read_text(encoding="utf-8") if self.config_path.is_file() else ""
+
+    def resumes(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.resumes_path) if self.resumes_path.is_file() else []
+
+    def config_data(self) -> dict[str, Any]:
+        """The run's config as it is now: config.yaml with the changes of every resume applied."""
+        data = yaml.safe_load(self.config_text()) or {}
+        for resume in self.resumes():
+            for key, change in resume["changes"].items():
+                section, _, name = key.rpartition(".")
+                (data.setdefault(section, {}) if section else data)[name] = change["to"]
+        return data
+
+    def record_resume(self, step: int, changed: dict[str, tuple[Any, Any]]) -> None:
+        append_jsonl(self.resumes_path, [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step,
+                                          "pid": os.getpid(), "host": socket.gethostname(),
+                                          "changes": {key: {"from": old, "to": new}
+                                                      for key, (old, new) in changed.items()}}])
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process: a second process is refused in one line naming the holder. The lock
+        is an flock on .lock, which the system releases when its process ends, however it ends: a lock left by
+        a killed process is simply taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.path} is in use by {holder}; wait for it to end (or stop it), then resume "
+                            f"with --resume {self.path}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
+            yield
+        finally:
+            os.close(fd)   # releases the lock; the file stays
+
+    @contextmanager
+    def disk_errors(self) -> Iterator[None]:
+        """A full, read-only or forbidden disk under the run ends in one line with the command that resumes."""
+        try:
+            yield
+        except (OSError, RuntimeError) as err:
+            reason = disk_error_reason(err, self.path)
+            if reason is None:
+                raise
+            where = getattr(err, "filename", None) or self.path
+            latest = self.latest_checkpoint()
+            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+            raise UserError(f"cannot write the run: {reason} at {where}; {kept}. Make room (or fix the "
+                            f"permissions), then continue with treerl train --resume {self.path}") from None
 
     def metrics(self) -> list[dict[str, Any]]:
         """The logged steps; a torn last line (the process was killed while writing it) is left out."""
@@ -127,25 +273,50 @@ class RunDir:
 
     def checkpoints(self) -> list[Path]:
         """The complete checkpoints, oldest first (a temporary folder of an interrupted save is never one)."""
-        return sorted((p for p in self.checkpoints_path.glob("step_*") if (p / TRAINER_STATE).is_file()),
-                      key=checkpoint_step)
+        return sorted((p for p in self.checkpoints_path.glob("step_*") if CHECKPOINT_NAME.fullmatch(p.name)
+                       and ((p / MANIFEST).is_file() or (p / TRAINER_STATE).is_file())), key=checkpoint_step)
 
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
         return found[-1] if found else None
+
+    def intact_checkpoint(self, warn: Callable[[str], None]) -> Path | None:
+        """The newest checkpoint whose files match its manifest. A damaged newer one is renamed step_N.damaged
+        (never deleted; the run may write step_N again) and reported in one line through `warn`."""
+        for checkpoint in reversed(self.checkpoints()):
+            why = damage(checkpoint)
+            if why is None:
+                return checkpoint
+            aside = checkpoint.with_name(f"{checkpoint.name}.damaged")
+            while aside.exists():
+                aside = aside.with_name(aside.name + "_")
+            os.replace(checkpoint, aside)
+            warn(f"skipped {checkpoint} ({why}); kept it as {aside.name}")
+        return None
 
     def save_checkpoint(self, step: int, model, model_state: dict[str, torch.Tensor], tokenizer,
                         trainer_state: dict[str, Any], keep: int = 0) -> Path:
         """Write model_state as the HF model's weights, and the trainer state, into a temporary folder, then rename
         it: a crash never leaves a half-written step_N. With keep > 0, only the newest `keep` checkpoints stay."""
         final, tmp = self.checkpoints_path / f"step_{step}", self.checkpoints_path / f".step_{step}.tmp"
+        if final.exists():
+            raise UserError(f"{final} exists already; a run never overwrites a checkpoint")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, state_dict=model_state)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
-        shutil.rmtree(final, ignore_errors=True)
+        try:
+            model.save_pretrained(tmp, state_dict=model_state)
+            tokenizer.save_pretrained(tmp)
+            torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            for path in [*files, tmp / MANIFEST, tmp]:
+                fsync_path(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)   # a failed save leaves the last good checkpoint and no debris
+            raise
         os.replace(tmp, final)
+        fsync_path(self.checkpoints_path)
         if keep:
             for old in self.checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

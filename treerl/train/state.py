@@ -1,12 +1,13 @@
-"""Everything a run carries from step to step, saved and restored by one object: the policy and its optimizer and
-learning-rate schedule, the random streams (problems; sampling, one per rank), the curriculum's position in its
-pools and the query scores. A checkpoint holds all of it; a resume gives the run an uninterrupted one would have."""
+"""Everything a run carries from step to step, saved and restored by one object: the policy and its optimizer, the
+random streams (problems; sampling, one per rank), the curriculum's position in its pools, the query scores and
+the time spent outside the steps. A checkpoint holds all of it; a resume gives the run an uninterrupted one would
+have."""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,7 +43,6 @@ class TrainState:
     """The frozen starting model for the KL term (algo.kl_coef > 0); not saved."""
     tokenizer: object
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
     rng: random.Random
     """Which problems are drawn: the same on every rank."""
     generator: torch.Generator
@@ -51,6 +51,8 @@ class TrainState:
     weights: QueryWeights
     step: int = 0
     """Steps done."""
+    spent: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0})
+    """Seconds of evaluation and of checkpoints over the whole run, resumes included."""
 
     @classmethod
     def start(cls, cfg: Config, sampler: ProblemSampler, weights: QueryWeights, checkpoint: Path | None,
@@ -66,10 +68,8 @@ class TrainState:
         reference = (load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval()
                      if cfg.algo.kl_coef > 0 else None)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
         generator = torch.Generator(device=par.device).manual_seed(cfg.seed + RANK_SEED_STRIDE * par.rank)
-        state = cls(policy, reference, tokenizer, optimizer, scheduler, random.Random(cfg.seed), generator, sampler,
-                    weights)
+        state = cls(policy, reference, tokenizer, optimizer, random.Random(cfg.seed), generator, sampler, weights)
         if checkpoint:
             state.restore(checkpoint, cfg.seed, par)
         return state
@@ -77,7 +77,6 @@ class TrainState:
     def restore(self, checkpoint: Path, seed: int, par: Parallel) -> None:
         saved = load_trainer_state(checkpoint)
         load_optimizer_state(self.policy, self.optimizer, saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
         self.rng.setstate(saved["rng"]["problems"])
         sampling = saved["rng"]["sampling"]
         if par.rank < len(sampling):
@@ -87,11 +86,19 @@ class TrainState:
         self.sampler.load_state_dict(saved["curriculum"]["sampler"])
         self.weights.load_state_dict(saved["curriculum"]["scores"])
         self.step = saved["step"]
+        self.spent = dict(saved.get("spent", self.spent))   # checkpoints from before 2026-12 have none
+
+    def set_lr(self, cfg: Config, step: int) -> float:
+        """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1)."""
+        lr = cfg.train.lr * lr_factor(step - 1, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def save(self, run: RunDir, keep: int, par: Parallel) -> None:
         """Collective: every rank hands its part (sharded weights, its sampling stream); rank 0 writes."""
         model_state, optimizer_state = full_state(self.policy, self.optimizer)
-        saved = {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+        saved = {"optimizer": optimizer_state, "spent": self.spent,
                  "rng": {"problems": self.rng.getstate(), "sampling": par.gather(self.generator.get_state())},
                  "curriculum": {"sampler": self.sampler.state_dict(), "scores": self.weights.state_dict()}}
         if par.main:

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import time
-from contextlib import closing, nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from treerl.algo.advantages import ESTIMATORS, Estimator
-from treerl.config import Config, OutputConfig
+from treerl.config import RESUMABLE, Config, OutputConfig, build, changes, resumable
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.curriculum.weights import QueryWeights
-from treerl.errors import RunStopped, UserError
+from treerl.errors import RunStopped, UserError, warn
 from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import DTYPES, resolve_device
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
-from treerl.rundir import RunDir
+from treerl.rundir import RunDir, checkpoint_step
 from treerl.tasks import check_levels
 from treerl.tasks.base import Task
 from treerl.trackers import Trackers
@@ -49,11 +50,10 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
         rollout = collect(sampling_policy, state.tokenizer, task, cfg, step, estimator, state.rng, state.generator,
                           state.sampler, state.weights, par)
     t1 = time.perf_counter()
+    lr = state.set_lr(cfg, step)
     with mixed_precision(cfg, par.device):
         learner = update(state.policy, state.reference, state.optimizer, rollout.samples, cfg, objective,
                          state.generator, par)
-    lr = cast(float, state.scheduler.get_last_lr()[0])   # a float lr times a LambdaLR factor: a float
-    state.scheduler.step()
     state.step = step
     t2 = time.perf_counter()
     metrics = step_metrics(step, merged(rollout, par), learner,
@@ -64,6 +64,38 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
                                          / max(metrics["timing/update_s"], 1e-9))
     metrics.update(memory_metrics(par.device, par))
     return rollout, metrics
+
+
+@contextmanager
+def holding(run: RunDir, par: Parallel) -> Iterator[None]:
+    """Rank 0 holds the run's lock while it trains; when another process holds it, every rank stops in one line."""
+    with ExitStack() as stack:
+        refusal = None
+        if par.main:
+            try:
+                stack.enter_context(run.lock())
+            except UserError as err:
+                refusal = str(err)
+        refusal = par.broadcast(refusal)
+        if refusal:
+            raise UserError(refusal)
+        yield
+
+
+def resume_point(run: RunDir, cfg: Config, par: Parallel) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
+    """The checkpoint a resume continues from (the newest intact one) and what the resume changes in the config:
+    only keys a resume may change (config.RESUMABLE), and never train.steps below the steps already done."""
+    changed = changes(build(Config, run.config_data()), cfg)
+    refused = [key for key in changed if not resumable(key)]
+    if refused:
+        raise UserError(f"a resume cannot change {', '.join(refused)}: the run's steps were made with the saved "
+                        f"values. It may change {', '.join(RESUMABLE)}; start a new run for the rest")
+    checkpoint = par.broadcast(run.intact_checkpoint(warn) if par.main else None)
+    done = checkpoint_step(checkpoint) if checkpoint else 0
+    if cfg.train.steps < done:
+        raise UserError(f"--resume {run.path}: the run has done {done} steps (checkpoint step_{done}); "
+                        f"train.steps={cfg.train.steps} is fewer. Give train.steps={done} or more")
+    return checkpoint, changed
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | None = None,
@@ -83,23 +115,33 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     weights = QueryWeights.from_config(cfg)
     run = RunDir(run_dir)
-    checkpoint = run.latest_checkpoint() if resume else None
-    state = TrainState.start(cfg, sampler, weights, checkpoint, par)
-    par.barrier()   # every rank has looked at run_dir before rank 0 writes there
-    if par.main:
-        if resume:
+    if not resume:
+        run.check_new()
+    with holding(run, par), run.disk_errors():
+        checkpoint, changed = resume_point(run, cfg, par) if resume else (None, {})
+        state = TrainState.start(cfg, sampler, weights, checkpoint, par)
+        par.barrier()   # every rank has looked at run_dir before rank 0 writes there
+        if par.main and resume:
             run.truncate_to(state.step)   # what was logged after the checkpoint is redone
-        run.write_config(cfg)
-    if checkpoint:
-        console.print(f"resuming {run_dir} from step {state.step}")
-    spent = {"eval": 0.0, "checkpoint": 0.0}
+            run.record_resume(state.step, changed)
+        elif par.main:
+            run.write_config(cfg)
+        if checkpoint:
+            console.print(f"resuming {run_dir} from step {state.step}")
+        return run_steps(state, cfg, run, task, estimator, objective, console, par)
+
+
+def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator: Estimator, objective: Objective,
+              console: Console, par: Parallel) -> dict[str, Any]:
+    """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints between; the
+    final evaluation and checkpoint, the tables and the report."""
 
     def save() -> None:
         t0 = time.perf_counter()
         state.save(run, cfg.train.keep_checkpoints, par)
-        spent["checkpoint"] += time.perf_counter() - t0
+        state.spent["checkpoint"] += time.perf_counter() - t0
 
-    trackers = Trackers(cfg.output if par.main else OutputConfig(), run_dir, cfg.model_dump())
+    trackers = Trackers(cfg.output if par.main else OutputConfig(), run.path, cfg.model_dump())
     with stop_signals() as stop, progress_bar(cfg.output.progress and par.main) as bar, closing(trackers):
 
         def run_eval(step: int) -> None:
@@ -112,7 +154,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
             if par.main:
                 run.record_eval(step, results)
                 trackers.log_eval(step, results)
-            spent["eval"] += time.perf_counter() - t0
+            state.spent["eval"] += time.perf_counter() - t0
 
         if "0" not in par.broadcast(run.evals()):
             run_eval(0)
@@ -136,17 +178,18 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                 save()
             bad_steps = bad_steps + 1 if metrics["train/skipped_updates"] else 0
             if bad_steps >= cfg.train.max_bad_steps:
-                save()
+                if not saved:
+                    save()
                 raise UserError(f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step "
                                 f"{step}), so their updates were skipped; the last good state is saved in "
-                                f"{run_dir}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
-                                f"continue with --resume {run_dir}")
+                                f"{run.path}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
+                                f"continue with --resume {run.path}")
             if par.max([stop.signal is not None])[0]:   # one rank asked to stop: all stop after this step
                 if not saved:
                     save()
                 name = stop.signal.name if stop.signal is not None else "a signal to another process"
                 raise RunStopped(f"stopped by {name} after step {step} of {cfg.train.steps}; the "
-                                 f"checkpoint is saved: continue with treerl train --resume {run_dir}")
+                                 f"checkpoint is saved: continue with treerl train --resume {run.path}")
         final = cfg.train.steps
         if str(final) not in par.broadcast(run.evals()):
             run_eval(final)
@@ -157,8 +200,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     before, after = evals["0"], evals[str(final)]
     print_eval(after, before, title=f"held-out accuracy (%), step 0 -> {final}", console=console)
     if par.main:
-        timing = time_summary(run.metrics(), spent["eval"], spent["checkpoint"])
+        timing = time_summary(run.metrics(), state.spent["eval"], state.spent["checkpoint"])
         run.write_timing(timing)
         print_time_summary(timing, console)
-        console.print(f"report: {write_report(run_dir)}")
+        console.print(f"report: {write_report(run.path)}")
     return {"before": before, "after": after}
