@@ -6,7 +6,7 @@ Every variant trains on the same fixed pool of problems (curriculum.pool_size pe
 levels for the same number of steps, and is evaluated greedily on the hard and out-of-distribution levels.
 `reschedule-static` and `acc-static` rank queries from one `treerl score` pass of the starting model
 (rscore.* below); `reschedule-online` scores them from TreeRPO's own trees while training, so it runs
-TreeRPO (configs/treerpo_demo.yaml), and `treerpo-balanced` is its baseline without weights. Two runs go at
+TreeRPO (the shipped config treerpo_demo), and `treerpo-balanced` is its baseline without weights. Two runs go at
 a time, each on one thread; finished runs are read back, not redone. Writes summary.json and prints a
 markdown table (mean and standard deviation over seeds).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from runs import train
 
-TREERPO = "configs/treerpo_demo.yaml"
+TREERPO = "treerpo_demo"
 TASKS = {
     "arithmetic": {
         "model": "tiny",

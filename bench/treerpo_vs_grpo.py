@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/treerpo_vs_grpo.py --seeds 0 1 2 --out runs/bench-tvg
 
-GRPO runs the default recipe (`treerl train`). TreeRPO runs configs/treerpo_demo.yaml for as many steps as
+GRPO runs the default recipe (`treerl train`). TreeRPO runs the shipped config treerpo_demo for as many steps as
 fit in the same seed's GRPO training time, measured by a 10-step probe. Two runs go at a time, each on one
 thread. A run whose directory already holds a finished run is read, not redone, so the bench resumes.
 Prints one JSON line per run and a summary: greedy held-out accuracy per level, mean response length,
@@ -19,7 +19,7 @@ from pathlib import Path
 from runs import train
 
 LEVELS = ["easy", "medium", "hard", "ood"]
-TREERPO = "configs/treerpo_demo.yaml"
+TREERPO = "treerpo_demo"
 
 
 def summary(name: str, seed: int, run: dict, batch_prompts: int) -> dict:

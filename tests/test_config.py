@@ -1,9 +1,8 @@
-from pathlib import Path
 
 import pytest
 
 from treerl.cli import main
-from treerl.config import AlgoConfig, Config, load_config
+from treerl.config import SHIPPED_CONFIGS, AlgoConfig, Config, load_config, shipped_configs
 from treerl.errors import UserError
 
 
@@ -131,8 +130,17 @@ def test_cli_unknown_eval_level_is_a_user_error(in_tmp, capsys, model_dir):
     assert not (run / "config.yaml").exists()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")))
-def test_ready_configs_load(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", shipped_configs())
+def test_ready_configs_load_by_name_from_anywhere(name, in_tmp):
+    cfg = load_config(name)
+    assert cfg == load_config(SHIPPED_CONFIGS / f"{name}.yaml")
     if cfg.algo.name == "treerpo":
         assert cfg.tree.depth * cfg.tree.step_tokens == cfg.rollout.max_new_tokens
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(in_tmp):
+    assert set(shipped_configs()) == {"e2h_demo", "reschedule_demo", "treerpo_demo", "treerpo_paper"}
+    with pytest.raises(UserError, match="does not exist .configs shipped with treerl: e2h_demo, reschedule_demo"):
+        load_config("treerpo_dem")
+    (in_tmp / "treerpo_demo.yaml").write_text("seed: 7\n")   # a file of the user's wins over a shipped name
+    assert load_config("treerpo_demo.yaml").seed == 7

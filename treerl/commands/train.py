@@ -1,5 +1,6 @@
-"""`treerl train`: the config (defaults <- --config or the resumed run's config.yaml <- overrides), the run
-directory, then the training loop; under torchrun, in every process."""
+"""`treerl train`: the config (defaults <- --config <- overrides; on --resume the run's own config, with the
+changes of earlier resumes, <- overrides), the run directory, then the training loop; under torchrun, in every
+process."""
 
 from __future__ import annotations
 
@@ -16,21 +17,24 @@ from treerl.train.trainer import train
 
 
 def run(args: argparse.Namespace) -> None:
-    resumed = RunDir(Path(args.resume)) if args.resume else None
-    if resumed and not resumed.config_path.is_file():
-        raise UserError(f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run")
-    cfg = load_config(resumed.config_path if resumed else args.config, args.overrides)
+    if args.resume:
+        resumed = RunDir(Path(args.resume))
+        if not resumed.config_path.is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run")
+        if args.config:
+            raise UserError("--resume continues with the run's own config.yaml: drop --config and override the keys "
+                            "a resume may change on the command line (for example train.steps=1000)")
+        cfg = load_config(None, args.overrides, base=resumed.config_data())
+    else:
+        cfg = load_config(args.config, args.overrides)
     par = init_parallel(cfg.train.strategy, resolve_device(cfg.model.device))
     try:
-        if resumed:
-            run_dir = resumed.path
+        if args.resume:
+            run_dir = Path(args.resume)
         else:
             run_dir = Path(args.out or cfg.output.dir or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
-            if RunDir(run_dir).config_path.exists():
-                raise UserError(f"--out {run_dir} already holds a run; continue it with --resume {run_dir} "
-                                "or choose another --out")
             cfg.output.dir = str(run_dir)
-        train(cfg, run_dir, resume=resumed is not None, par=par)
+        train(cfg, run_dir, resume=bool(args.resume), par=par)
         par.barrier()   # every rank is done (rank 0 writes the report last) before the process group goes
     finally:
         close_parallel()

@@ -117,7 +117,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     run = RunDir(run_dir)
     if not resume:
         run.check_new()
-    with holding(run, par), run.disk_errors():
+    with run.disk_errors(), holding(run, par):
         checkpoint, changed = resume_point(run, cfg, par) if resume else (None, {})
         state = TrainState.start(cfg, sampler, weights, checkpoint, par)
         par.barrier()   # every rank has looked at run_dir before rank 0 writes there

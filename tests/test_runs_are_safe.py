@@ -1,0 +1,175 @@
+"""What no mistake may do to a run: lose a checkpoint, overwrite the user's files, block a resume, mix two configs,
+let two processes write one run, or end in a traceback when the disk is full (docs/reliability.md)."""
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import treerl.rundir as rundir
+from treerl.cli import main
+from treerl.rundir import RunDir
+
+
+def overrides(model_dir, steps=3):
+    return [f"model.name_or_path={model_dir}", f"train.steps={steps}", "train.save_every=1", "train.lr=1e-3",
+            "algo.entropy_coef=0.01", "rollout.batch_prompts=2", "rollout.n=2", "rollout.max_new_tokens=6",
+            "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=6", "output.progress=false",
+            "train.threads=1", "train.filter_tau=null", "train.keep_checkpoints=5"]
+
+
+def digests(run):
+    return {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("treerl: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def done_run(model_dir, tmp_path_factory):
+    """A finished 3-step run with a checkpoint after every step; tests copy it before they touch it."""
+    run = tmp_path_factory.mktemp("done") / "run"
+    assert main(["train", "--out", str(run), *overrides(model_dir)]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(done_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(done_run, copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_a_resume_with_fewer_steps_is_refused_and_touches_nothing(run_copy, capsys):
+    before = digests(run_copy)
+    assert main(["train", "--resume", str(run_copy), "train.steps=2"]) == 2
+    line = error_line(capsys)
+    assert "has done 3 steps" in line and "train.steps=3 or more" in line
+    assert digests(run_copy) == before
+
+
+@pytest.mark.slow
+def test_a_resume_may_change_only_some_keys_and_records_what_it_changed(run_copy, capsys):
+    before = digests(run_copy)
+    assert main(["train", "--resume", str(run_copy), "task.name=countdown", "curriculum.levels=[trivial]"]) == 2
+    line = error_line(capsys)
+    assert "cannot change curriculum.levels, task.name" in line and "train.steps" in line
+    assert main(["train", "--resume", str(run_copy), "--config", "treerpo_demo"]) == 2
+    assert "--config" in error_line(capsys)
+    assert digests(run_copy) == before
+    config = (run_copy / "config.yaml").read_text()
+    assert main(["train", "--resume", str(run_copy), "train.steps=4", "eval.problems=3"]) == 0
+    assert (run_copy / "config.yaml").read_text() == config                 # the original is never rewritten
+    (resume,) = RunDir(run_copy).resumes()
+    assert resume["step"] == 3 and resume["changes"] == {"eval.problems": {"from": 2, "to": 3},
+                                                         "train.steps": {"from": 3, "to": 4}}
+    assert RunDir(run_copy).config_data()["train"]["steps"] == 4
+    assert main(["train", "--resume", str(run_copy)]) == 0                  # the next resume keeps 4 steps
+    assert [m["step"] for m in RunDir(run_copy).metrics()] == [1, 2, 3, 4]
+    assert len(RunDir(run_copy).resumes()) == 2 and RunDir(run_copy).resumes()[1]["changes"] == {}
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(run_copy, capsys):
+    weights = run_copy / "checkpoints" / "step_3" / "model.safetensors"
+    torn = weights.read_bytes()[:-100]
+    weights.write_bytes(torn)                                               # a torn write (or a power loss)
+    state_2 = (run_copy / "checkpoints" / "step_2" / "trainer_state.pt").read_bytes()
+    assert main(["train", "--resume", str(run_copy)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "step_3" in err and "model.safetensors has" in err and "Traceback" not in err
+    assert (run_copy / "checkpoints" / "step_3.damaged" / "model.safetensors").read_bytes() == torn   # kept
+    assert (run_copy / "checkpoints" / "step_2" / "trainer_state.pt").read_bytes() == state_2
+    assert RunDir(run_copy).resumes()[0]["step"] == 2 and (run_copy / "checkpoints" / "step_3").is_dir()
+    assert [m["step"] for m in RunDir(run_copy).metrics()] == [1, 2, 3]
+
+
+def test_a_checkpoint_is_damaged_when_a_file_differs_from_its_manifest(tmp_path):
+    checkpoint = tmp_path / "step_1"
+    checkpoint.mkdir()
+    (checkpoint / "a.bin").write_bytes(b"12345")
+    digest = hashlib.sha256(b"12345").hexdigest()
+    (checkpoint / rundir.MANIFEST).write_text(json.dumps({"a.bin": {"bytes": 5, "sha256": digest}}))
+    assert rundir.damage(checkpoint) is None
+    (checkpoint / "a.bin").write_bytes(b"12346")
+    assert rundir.damage(checkpoint) == "a.bin differs from its checksum"
+    (checkpoint / "a.bin").write_bytes(b"1234")
+    assert rundir.damage(checkpoint) == "a.bin has 4 bytes, the manifest says 5"
+    (checkpoint / "a.bin").unlink()
+    assert rundir.damage(checkpoint) == "a.bin is missing"
+
+
+@pytest.mark.parametrize("kind", ["file", "report", "run"])
+def test_out_takes_only_a_new_or_empty_directory(kind, model_dir, tmp_path, capsys):
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("x")
+    elif kind == "report":
+        target.mkdir()
+        (target / "report.html").write_text("mine")
+    else:
+        target.mkdir()
+        (target / "config.yaml").write_text("seed: 0\n")
+    before = digests(tmp_path)
+    assert main(["train", "--out", str(target), *overrides(model_dir)]) == 2
+    line = error_line(capsys)
+    assert {"file": "is a file", "report": "is not empty (report.html)", "run": "--resume"}[kind] in line
+    assert digests(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_run_is_refused_and_a_stale_lock_is_taken_over(model_dir, tmp_path, capsys):
+    run = tmp_path / "busy"
+    first = subprocess.Popen([sys.executable, "-m", "treerl", "train", "--out", str(run),
+                              *overrides(model_dir, steps=400)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "metrics.jsonl").is_file():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.stderr else ""
+            time.sleep(0.1)
+        before = (run / "metrics.jsonl").read_text().count("\n")
+        assert main(["train", "--resume", str(run)]) == 2
+        line = error_line(capsys)
+        assert f"in use by pid {first.pid} on host" in line
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    assert (run / "metrics.jsonl").read_text().count("\n") >= before
+    (run / rundir.LOCK_FILE).write_text("pid 1 on host elsewhere")   # left by a killed process: no flock held
+    with RunDir(run).lock():
+        assert (run / rundir.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(run_copy, monkeypatch, capsys):
+    real_save = torch.save
+
+    def full_at_step_4(obj, path, *args, **kwargs):
+        if "step_4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_step_4)
+    assert main(["train", "--resume", str(run_copy), "train.steps=4"]) == 2
+    line = error_line(capsys)
+    assert "no space is left" in line and "step_3" in line and f"--resume {run_copy}" in line
+    assert [p.name for p in RunDir(run_copy).checkpoints()][-1] == "step_3"
+    assert not list((run_copy / "checkpoints").glob(".step_4*"))       # no half-written folder left
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_copy)]) == 0               # and the run goes on once there is room
+    assert [p.name for p in RunDir(run_copy).checkpoints()][-1] == "step_4"
