@@ -6,6 +6,8 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from treerl.errors import UserError
 from treerl.tasks import get_task
@@ -125,3 +127,38 @@ def test_unknown_sources_are_user_errors(tmp_path):
         load_problems("no/such-dataset")
     with pytest.raises(UserError, match="task.fields: unknown key"):
         get_task("math", fields={"question": "q"})
+
+
+HEDGES = [r"\boxed{{{ref} \lor {other}}}", r"\boxed{{{other} \vee {ref}}}", r"\boxed{{{ref} \text{{ or }} {other}}}",
+          r"\boxed{{{ref}}}\text{{ (or maybe {other})}}", r"\boxed{{{other}}} or \boxed{{{ref}}}",
+          r"The answer is {ref} or {other}.", r"\boxed{{{ref} \land {other}}}", r"\boxed{{{ref}, {other}}}",
+          r"\boxed{{{ref}; {other}}}"]
+"""Several values offered around a right answer; the last three hedge only where the reference is one value."""
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_an_answer_that_hedges_around_the_reference_is_wrong(name):
+    from treerl.tasks.math_grader import is_list, normalize
+
+    task = get_task(BENCHMARKS[name].task)
+    graded_right = []
+    for problem in load_problems(name):
+        hedges = HEDGES if not is_list(normalize(problem.reference)) else HEDGES[:6]
+        # a different value: the changed reference, unless that change leaves it equal (CHANGED_BUT_EQUAL)
+        other = "7919" if problem.reference in CHANGED_BUT_EQUAL.get(name, ()) else changed(problem.reference)
+        for hedge in hedges:
+            completion = "So we find " + hedge.format(ref=problem.reference, other=other)
+            if task.grade(completion, problem.reference).correct:
+                graded_right.append((problem.reference, hedge))
+    assert graded_right == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(reference=st.sampled_from([p.reference for name in ("math500", "aime24", "amc23")
+                                  for p in load_problems(name)]),
+       other=st.integers(-10**6, 10**6).map(str) | st.sampled_from([r"\frac{1}{2}", r"\sqrt{2}", "x", r"\pi"]),
+       joiner=st.sampled_from([r" \lor ", r" \vee ", " or ", r" \text{or} ", r"\ \mathrm{or}\ ", " OR "]),
+       first=st.booleans())
+def test_any_or_between_values_is_wrong(reference, other, joiner, first):
+    values = [reference, other] if first else [other, reference]
+    assert get_task("math").grade(rf"\boxed{{{joiner.join(values)}}}", reference).correct is False

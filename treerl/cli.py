@@ -4,6 +4,7 @@ mistakes end in one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Callable
 
 from treerl.errors import RunStopped, UserError
 
+FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
+                      errno.EISDIR}
+"""A path the user gave that cannot be read or written: one line (the path, the reason), exit code 2."""
 OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see docs/config.md)"
 
 
@@ -89,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"treerl: {stop}", file=sys.stderr)
         return 0
+    except OSError as err:
+        if err.errno not in FILE_SYSTEM_ERRORS:
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"treerl: error: {err.strerror}: {err.filename or ''}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("treerl: interrupted; what was written so far is kept", file=sys.stderr)
         return 130

@@ -11,8 +11,9 @@ from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from treerl.config import EvalConfig
+from treerl.errors import warn
 from treerl.parallel import Parallel
-from treerl.rollout.engine import generate
+from treerl.rollout.engine import context_length, generate
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.loaders import ALL_LEVELS
 from treerl.tasks.prompts import render_prompt
@@ -44,17 +45,28 @@ def eval_work(task: Task, cfg: EvalConfig) -> int:
 
 
 def _grade(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfig, greedy: bool,
-           generator: torch.Generator | None, advance: Callable[[int], None]) -> tuple[list[bool], list[int]]:
-    correct, lengths = [], []
+           generator: torch.Generator | None,
+           advance: Callable[[int], None]) -> tuple[list[bool], list[int], list[bool]]:
+    """(correct, response length, too long) per problem. A prompt that leaves no room for eval.max_new_tokens in
+    the model's context is not generated: it counts as wrong, with length 0."""
+    limit = context_length(model)
+    correct, lengths, too_long = [], [], []
     for start in range(0, len(problems), cfg.batch_size):
         chunk = problems[start:start + cfg.batch_size]
-        prompts = [render_prompt(task.template, p.question, tokenizer) for p in chunk]
-        gen = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, greedy=greedy, generator=generator)
-        correct += [task.grade(text, p.reference).correct for text, p in zip(gen.texts, chunk)]
-        lengths += [len(c) for c in gen.completion_ids]
+        ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
+               for p in chunk]
+        fits = [limit is None or len(prompt) + cfg.max_new_tokens <= limit for prompt in ids]
+        gen = generate(model, tokenizer, [prompt for prompt, ok in zip(ids, fits) if ok],
+                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, greedy=greedy,
+                       generator=generator) if any(fits) else None
+        done = iter(zip(gen.texts, gen.completion_ids) if gen else [])
+        for problem, ok in zip(chunk, fits):
+            text, completion = next(done) if ok else ("", [])
+            correct.append(ok and task.grade(text, problem.reference).correct)
+            lengths.append(len(completion))
+            too_long.append(not ok)
         advance(len(chunk))
-    return correct, lengths
+    return correct, lengths, too_long
 
 
 def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
@@ -80,7 +92,11 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
     mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance)
-    correct, lengths = par.unshare(mine[0]), par.unshare(mine[1])
+    correct, lengths, too_long = par.unshare(mine[0]), par.unshare(mine[1]), par.unshare(mine[2])
+    if any(too_long) and par.main:
+        warn(f"{sum(too_long)} of {len(problems)} prompts leave no room for eval.max_new_tokens={cfg.max_new_tokens} "
+             f"in the model's context of {context_length(model)} tokens: not generated, counted wrong (too_long in "
+             "the results)")
     hits = None
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]
@@ -90,6 +106,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():
         row = {"problems": len(rows), "accuracy": float(np.mean([correct[i] for i in rows])),
                "response_length": float(np.mean([lengths[i] for i in rows]))}
+        if any(too_long[i] for i in rows):
+            row["too_long"] = sum(too_long[i] for i in rows)
         if hits is not None:
             row[f"avg@{cfg.samples}"] = float(hits[rows].mean() / cfg.samples)
             for k in k_values(cfg.samples):

@@ -55,5 +55,6 @@ def run(args: argparse.Namespace) -> None:
                      *([f"task.name={args.task}"] if args.task else [])]
         record = sample_tree_record(load_config(args.config, overrides), args.problem)
     out = Path(args.out or (Path(args.run) / "tree.html" if args.run else "tree.html"))
-    out.write_text(render_tree(record))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_tree(record), encoding="utf-8")
     print(f"tree of problem {record['id']}: {out}")

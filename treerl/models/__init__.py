@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -25,6 +27,26 @@ def resolve_model_path(name_or_path: str) -> Path:
         raise UserError(f"model path '{name_or_path}' {what}; give 'tiny', 'tiny-countdown' or a local Hugging Face "
                         "model directory")
     return path
+
+
+def check_model_files(path: Path, name: str) -> None:
+    """A UserError for a model directory whose config.json is not JSON, or whose safetensors weights are missing
+    or damaged (a torn download or copy), before transformers reads them."""
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"model path '{name}': config.json is not valid JSON ({err}); restore the file") from None
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise UserError(f"model path '{name}' has no .safetensors weights; treerl loads weights only through "
+                        "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"model path '{name}': {file.name} is damaged ({err}); copy or download it "
+                            "again") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,10 +73,14 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.d
     """Model (weights through safetensors) and tokenizer from 'tiny' or a local HF directory, with a pad token
     set; the directory's own code runs only with trust_remote_code."""
     path = resolve_model_path(name_or_path)
-    if not any(path.glob("*.safetensors")):
-        raise UserError(f"model path '{name_or_path}' has no .safetensors weights; treerl loads weights only through "
-                        "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                 use_safetensors=True).to(device)
+    check_model_files(path, name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True).to(device)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UserError(f"model path '{name_or_path}' ships its own Python code to build the model; treerl runs it "
+                        "only with model.trust_remote_code=true (set it if you trust that code)") from None
     use_fp32_attention_on_cpu(model)
     return model, load_tokenizer(name_or_path, trust_remote_code)

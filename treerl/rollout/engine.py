@@ -40,6 +40,11 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most positions the model was built for (max_position_embeddings), or None when its config does not say."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def cache_argument(model: PreTrainedModel) -> str:
     """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
     model_class = type(getattr(model, "module", model))   # a DDP wrapper's forward takes **kwargs

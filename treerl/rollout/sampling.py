@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from treerl.config import Config
 from treerl.errors import UserError
+from treerl.rollout.engine import context_length
 from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
@@ -57,6 +58,16 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Pr
             for p in problems]
 
 
+def check_context(model: PreTrainedModel, ids: list[list[int]], problems: list[Problem], max_new_tokens: int) -> None:
+    """A UserError when a prompt and the response budget do not fit the model's context (never index past it)."""
+    limit = context_length(model)
+    for prompt, problem in zip(ids, problems):
+        if limit is not None and len(prompt) + max_new_tokens > limit:
+            raise UserError(f"problem {problem.id}: its prompt of {len(prompt)} tokens and {max_new_tokens} new tokens "
+                            f"exceed the model's context of {limit}; lower the response budget "
+                            "(rollout.max_new_tokens) or leave such long problems out of the training data")
+
+
 def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                          problems: list[Problem], shape: TreeShape, *, temperature: float, top_p: float,
                          generator: torch.Generator, batch_prompts: int = 0,
@@ -65,8 +76,10 @@ def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     chunk = batch_prompts or len(problems)
     trees: list[ReasoningTree] = []
     for start in range(0, len(problems), chunk):
+        ids = prompt_ids(tokenizer, task, problems[start:start + chunk])
+        check_context(model, ids, problems[start:start + chunk], shape.max_new_tokens)
         chunk_trees, chunk_stats = sample_trees(
-            model, tokenizer, prompt_ids(tokenizer, task, problems[start:start + chunk]), branching=shape.branching,
+            model, tokenizer, ids, branching=shape.branching,
             depth=shape.depth, step_tokens=shape.step_tokens, max_new_tokens=shape.max_new_tokens,
             temperature=temperature, top_p=top_p, generator=generator)
         trees += chunk_trees

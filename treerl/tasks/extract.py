@@ -21,23 +21,35 @@ def matching_braces(text: str) -> dict[int, int]:
     return pairs
 
 
-def last_boxed(text: str) -> str | None:
-    r"""The content of the last complete `\boxed{...}` (or `\fbox{...}`), nested braces handled."""
+def boxes(text: str) -> list[tuple[str, int]]:
+    r"""Every complete `\boxed{...}` (or `\fbox{...}`, or `\boxed 5`) in order: its content, nested braces
+    handled, and where the text after it starts."""
     starts = sorted(m.start() for command in BOX_COMMANDS for m in re.finditer(re.escape(command), text))
-    if not starts:
-        return None
-    pairs = matching_braces(text)
-    for start in reversed(starts):
+    pairs = matching_braces(text) if starts else {}
+    found = []
+    for start in starts:
         command = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
         after = start + len(command)
         brace = after + len(text[after:after + 8]) - len(text[after:after + 8].lstrip())
         if brace < len(text) and text[brace] == "{" and brace in pairs:
-            return text[brace + 1:pairs[brace]].strip()
-        if text.startswith(" ", after) and command == "\\boxed":  # \boxed 5
+            found.append((text[brace + 1:pairs[brace]].strip(), pairs[brace] + 1))
+        elif text.startswith(" ", after) and command == "\\boxed":  # \boxed 5
             word = text[after:].split(None, 1)
             if word:
-                return word[0].split("$")[0]
-    return None
+                found.append((word[0].split("$")[0], len(text) - len(text[after:].lstrip()) + len(word[0])))
+    return found
+
+
+def last_box(text: str) -> tuple[str, int] | None:
+    """The last of `boxes`."""
+    found = boxes(text)
+    return found[-1] if found else None
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last complete `\boxed{...}` (or `\fbox{...}`), nested braces handled."""
+    box = last_box(text)
+    return box[0] if box else None
 
 
 def last_answer_tag(text: str) -> str | None:

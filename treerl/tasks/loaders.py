@@ -143,8 +143,12 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
             raise UserError(f"{path}: not a readable parquet file ({error})") from None
         yield from ((f"{path}: row {i}", row) for i, row in enumerate(rows))
         return
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8") from None
             if line.strip():
                 try:
                     yield f"{path}:{number}", json.loads(line)

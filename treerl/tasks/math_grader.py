@@ -1,5 +1,11 @@
 r"""Grading math answers as the field does: extract, normalise, compare as numbers, else math-verify.
 
+An answer that hedges is wrong before any comparison: several values joined by "or" (`\lor`, `\vee`), by
+"and" (`\land`, `\wedge`) or by a top-level comma or semicolon where the reference is one value, several
+boxes with different contents, or a boxed answer followed by "or", "maybe", "perhaps", ...
+(`\boxed{5} (or maybe 7)`). Otherwise a policy learns to list candidates, which math-verify would accept when
+one of them matches.
+
 Normalisation handles what math-verify leaves to the caller: `\text{}` and units, thousands separators,
 percent, degrees, currency, `\dfrac`, `x = ...`, a trailing period. Numbers compare as numbers
 (`18`, `18.0`, `\$18`, `18.00` agree). Anything else goes to math-verify's LaTeX parser (never sympy's
@@ -15,7 +21,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 from treerl.tasks.bounded import BoundedWorker
-from treerl.tasks.extract import final_answer
+from treerl.tasks.extract import boxes, final_answer
 
 MAX_ANSWER_CHARS = 1000
 UNITS = (r"(?:square |cubic )?(?:centi|milli|kilo)?(?:meters?|metres?|grams?|liters?|litres?)|"
@@ -33,6 +39,10 @@ NESTED_EXPONENT = re.compile(r"\^\s*\{[^{}]*\^|\^\s*[\w.]*\s*\^|\*\*[^*]*\*\*")
 BIG_EXPONENT = re.compile(r"(?:\^|\*\*)\s*\{?\s*-?\d{6,}")
 BIG_FACTORIAL = re.compile(r"\d{4,}\s*!")
 BASE_SUBSCRIPT = re.compile(r"^\w+_\{?\d+\}?$")
+OR_WORDS = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])|\bor\b", re.IGNORECASE)
+AND_WORDS = re.compile(r"\\(?:land|wedge)(?![a-zA-Z])|\band\b", re.IGNORECASE)
+HEDGE_AFTER_BOX = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])|\b(?:or|maybe|perhaps|possibly|alternatively)\b",
+                             re.IGNORECASE)
 FRACTION = re.compile(r"^(-?)\\frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}$|^(-?\d{1,30})/(\d{1,30})$")
 
 
@@ -53,6 +63,29 @@ def normalize(answer: str) -> str:
     if THOUSANDS.match(s):
         s = s.replace(",", "")
     return " ".join(s.split())
+
+
+def is_list(s: str) -> bool:
+    """Whether a normalised answer is several values: a comma or semicolon outside every bracket."""
+    depth = 0
+    for char in s:
+        if char in "({[":
+            depth += 1
+        elif char in ")}]":
+            depth = max(0, depth - 1)
+        elif char in ",;" and depth == 0:
+            return True
+    return False
+
+
+def offers_several(answer: str, reference: str) -> bool:
+    """Whether an extracted answer hedges: "or" between values (no reference has one), or "and" or a list
+    where the reference is a single value."""
+    if OR_WORDS.search(answer) and not OR_WORDS.search(reference):
+        return True
+    if is_list(normalize(reference)):
+        return False
+    return bool(AND_WORDS.search(answer) and not AND_WORDS.search(reference)) or is_list(normalize(answer))
 
 
 def as_number(s: str) -> Fraction | float | None:
@@ -143,4 +176,12 @@ def is_correct(completion: str, reference: str, numeric: bool, timeout: float) -
     """Extract the final answer of a completion and compare it; `numeric` answers (GSM8K) may be a bare last
     number and compare only as numbers, as GSM8K is graded."""
     answer = final_answer(completion, numeric=numeric)
-    return answer is not None and answers_match(answer, reference, timeout, symbolic=not numeric)
+    if answer is None or offers_several(answer, reference):
+        return False
+    boxed = boxes(completion)
+    if boxed and boxed[-1][0] == answer and HEDGE_AFTER_BOX.search(completion[boxed[-1][1]:]):
+        return False
+    if len({normalize(content).replace(" ", "") for content, _ in boxed
+            if content and "\\boxed" not in content and "\\fbox" not in content}) > 1:
+        return False
+    return answers_match(answer, reference, timeout, symbolic=not numeric)
