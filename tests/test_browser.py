@@ -62,3 +62,13 @@ def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     assert seen["scale"] == "scale(1.25)"
     assert seen["closed"] == seen["open"] == str(inner)
     assert seen["errors"] == "none" and console == []
+
+
+@pytest.mark.slow
+def test_a_hostile_record_runs_nothing_in_the_browser(tmp_path):
+    from test_viewer import ATTACK, hostile_record
+
+    seen, console = browse(render_tree(hostile_record()), tmp_path, "hostile")
+    assert "pwned" not in seen and seen["errors"] == "none" and console == []
+    dom = (tmp_path / "hostile.html").read_text()
+    assert ATTACK not in dom                      # what the page holds is the escaped text

@@ -173,3 +173,31 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_last_checkpoint(run_copy, mo
     monkeypatch.undo()
     assert main(["train", "--resume", str(run_copy)]) == 0               # and the run goes on once there is room
     assert [p.name for p in RunDir(run_copy).checkpoints()][-1] == "step_4"
+
+
+@pytest.mark.slow
+def test_an_update_that_leaves_weights_not_finite_stops_the_run_and_keeps_nothing_of_it(run_copy, monkeypatch,
+                                                                                      capsys):
+    real_step = torch.optim.AdamW.step
+
+    def overflowing_step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        if any(p.grad is not None and p.grad.any() for p in self.param_groups[0]["params"]):   # a real update
+            with torch.no_grad():                                   # (a resume initialises the state with a step
+                self.param_groups[0]["params"][0].mul_(float("inf"))   # of zero gradients): what a huge lr does
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    before = digests(run_copy / "checkpoints")
+    assert main(["train", "--resume", str(run_copy), "train.steps=5"]) == 2
+    line = error_line(capsys)
+    assert "step 4: an optimizer step" in line and "not finite" in line and "step_3" in line
+    assert digests(run_copy / "checkpoints") == before and [m["step"] for m in RunDir(run_copy).metrics()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=1e38", "algo.clip_low=.nan", "train.steps=true",
+                                      "train.steps=0", "reschedule.w_min=3"])
+def test_numbers_that_cannot_train_are_refused_in_one_line(override, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), override]) == 2
+    assert override.split("=")[0].split(".")[0] in error_line(capsys)
+    assert not (tmp_path / "run").exists()

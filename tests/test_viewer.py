@@ -93,3 +93,36 @@ def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
         RunDir(tmp_path).trees()
     path.write_text('{"step": 1}\n{"step": 2, "ro')           # a torn last line is dropped
     assert RunDir(tmp_path).trees() == [json.loads('{"step": 1}')]
+
+
+ATTACK = "<img src=x onerror=\"document.body.dataset.pwned='yes'\"><script>document.body.dataset.pwned='yes'</script>"
+
+
+def hostile_record(**numbers):
+    """A record whose every string field carries markup that would run if it reached the page unescaped."""
+    record = tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1, step=3)
+    record.update(id=ATTACK, level=ATTACK, question=ATTACK, prompt=ATTACK, **numbers)
+
+    def poison(node):
+        node["text"] = ATTACK
+        for child in node["children"]:
+            poison(child)
+
+    poison(record["root"])
+    return record
+
+
+def test_hostile_strings_are_shown_as_text():
+    page = render_tree(hostile_record())
+    assert "<img" not in page and "<script>document" not in page
+    assert page.count("&lt;img src=x onerror=") == 1 + 1 + 1 + 7   # id, level, prompt and the 7 nodes' texts
+
+
+@pytest.mark.parametrize("field", ["step", "prune_tau", "r_score"])
+def test_a_record_whose_numbers_are_not_numbers_is_refused(field):
+    with pytest.raises(UserError, match=f"not a tree record: {field}"):
+        render_tree(hostile_record(**{field: ATTACK}))
+    record = hostile_record()
+    record["root"]["children"][0]["value"] = ATTACK
+    with pytest.raises(UserError, match="root.children.0.value"):
+        render_tree(record)

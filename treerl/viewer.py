@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from treerl.curriculum.rscore import greedy_choices
@@ -32,6 +33,31 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
             "picks": [[list(path), child, gain] for path, child, gain in picks], "root": node_record(tree.root)}
 
 
+class NodeRecord(BaseModel):
+    """A node as a record holds it: every value typed, so that nothing but text reaches the page as a string."""
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+    text: str
+    value: float
+    reward: float | None = None
+    correct: bool | None = None
+    finished: bool = False
+    pruned: bool = False
+    children: list[NodeRecord] = []
+
+
+class TreeRecord(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+    step: int | None = None
+    id: str
+    level: str
+    question: str = ""
+    prompt: str
+    r_score: float
+    prune_tau: float
+    picks: list[tuple[list[int], int, float]]
+    root: NodeRecord
+
+
 def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None) -> dict[str, Any]:
     """The last saved tree that matches the step and the problem id (either may be None: any)."""
     matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
@@ -42,23 +68,23 @@ def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None
     return matches[-1]
 
 
-def _node_html(node: dict[str, Any], path: list[int], picked: dict[tuple[int, ...], int]) -> str:
+def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], int]) -> str:
     key = tuple(path)
     classes = ["node"]
     badge = ""
-    if not node["children"]:
-        classes.append("right" if node["correct"] else "wrong")
-        badge = "&#10003;" if node["correct"] else "&#10007;"
+    if not node.children:
+        classes.append("right" if node.correct else "wrong")
+        badge = "&#10003;" if node.correct else "&#10007;"
     if len(path) and picked.get(key[:-1]) == key[-1]:
         classes.append("picked")
     label = (f"<span class='path'>{'.'.join(map(str, path)) or 'root'}</span> "
-             f"<span class='value'>v={node['value']:.2f}</span> <span class='badge'>{badge}</span>"
-             + (" <span class='tag'>child group pruned</span>" if node["pruned"] else "")
+             f"<span class='value'>v={node.value:.2f}</span> <span class='badge'>{badge}</span>"
+             + (" <span class='tag'>child group pruned</span>" if node.pruned else "")
              + (" <span class='tag pick'>r-score pick</span>" if "picked" in classes else ""))
-    text = f"<pre>{html.escape(node['text'])}</pre>" if node["text"] else ""
-    if not node["children"]:
+    text = f"<pre>{html.escape(node.text)}</pre>" if node.text else ""
+    if not node.children:
         return f"<div class='{' '.join(classes)}'>{label}{text}</div>"
-    children = "".join(_node_html(child, path + [i], picked) for i, child in enumerate(node["children"]))
+    children = "".join(_node_html(child, path + [i], picked) for i, child in enumerate(node.children))
     return (f"<details open class='{' '.join(classes)}'><summary>{label}</summary>{text}"
             f"<div class='children'>{children}</div></details>")
 
@@ -80,25 +106,31 @@ function openAll(open) { document.querySelectorAll('#tree details').forEach(d =>
 
 
 def render_tree(record: dict[str, Any]) -> str:
-    """One self-contained page (inline style and script, nothing fetched)."""
-    picked = {tuple(path): child for path, child, _ in record["picks"]}
+    """One self-contained page (inline style and script, nothing fetched). The record is typed first: numbers
+    must be numbers, and every string is escaped, so a hostile record shows as text and runs nothing."""
+    try:
+        tree = TreeRecord.model_validate(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    picked = {tuple(path): child for path, child, _ in tree.picks}
     leaves = []
 
-    def collect(node: dict[str, Any]) -> None:
-        if not node["children"]:
-            leaves.append(node["correct"])
-        for child in node["children"]:
+    def collect(node: NodeRecord) -> None:
+        if not node.children:
+            leaves.append(node.correct)
+        for child in node.children:
             collect(child)
 
-    collect(record["root"])
-    step = f" at step {record['step']}" if record.get("step") is not None else ""
-    head = (f"<h1>reasoning tree{step}</h1><p>problem <code>{html.escape(record['id'])}</code> "
-            f"(level {html.escape(str(record['level']))}): {sum(map(bool, leaves))} of {len(leaves)} leaves "
-            f"correct, r-score {record['r_score']:.3f}, sibling groups whose values differ by less than "
-            f"{record['prune_tau']} are pruned by TreeRPO.</p><pre>{html.escape(record['prompt'])}</pre>"
+    collect(tree.root)
+    step = f" at step {tree.step}" if tree.step is not None else ""
+    head = (f"<h1>reasoning tree{step}</h1><p>problem <code>{html.escape(tree.id)}</code> "
+            f"(level {html.escape(tree.level)}): {sum(map(bool, leaves))} of {len(leaves)} leaves "
+            f"correct, r-score {tree.r_score:.3f}, sibling groups whose values differ by less than "
+            f"{tree.prune_tau:g} are pruned by TreeRPO.</p><pre>{html.escape(tree.prompt)}</pre>"
             "<p><button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
             "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
             "<button onclick='openAll(false)'>collapse all</button></p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(record['id'][:12])}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(tree.id[:12])}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{head}"
-            f"<div id='tree'>{_node_html(record['root'], [], picked)}</div></body></html>")
+            f"<div id='tree'>{_node_html(tree.root, [], picked)}</div></body></html>")

@@ -31,7 +31,7 @@ from treerl.train.sharding import sampling_model
 from treerl.train.signals import stop_signals
 from treerl.train.state import TrainState
 from treerl.train.timing import print_time_summary, time_summary
-from treerl.train.update import Objective, update
+from treerl.train.update import NonFiniteWeights, Objective, update
 from treerl.viewer import tree_record
 
 
@@ -161,7 +161,13 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
         job = bar.add_task("train", total=cfg.train.steps, completed=state.step, info="")
         bad_steps = 0
         for step in range(state.step + 1, cfg.train.steps + 1):
-            rollout, metrics = train_step(state, task, cfg, step, estimator, objective, par)
+            try:
+                rollout, metrics = train_step(state, task, cfg, step, estimator, objective, par)
+            except NonFiniteWeights as err:
+                latest = run.latest_checkpoint()
+                raise UserError(f"step {step}: {err}, so the run stops without keeping them; "
+                                f"{f'the last good checkpoint is {latest}' if latest else 'no checkpoint was written'}"
+                                f". Lower train.lr and continue with --resume {run.path}") from None
             if par.main:
                 run.log(metrics)
                 trackers.log(metrics)

@@ -20,6 +20,17 @@ from treerl.train.batch import completion_logprobs, make_batch, scatter_completi
 from treerl.train.sharding import gradient_sync
 
 
+class NonFiniteWeights(Exception):
+    """An optimizer step left a weight that is not finite (the gradient was finite: the step was too large)."""
+
+
+def weights_finite(policy: torch.nn.Module, par: Parallel) -> bool:
+    """Whether every weight is finite, on every rank (each checks its own shard under FSDP2)."""
+    flags = [torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all() for p in policy.parameters()]
+    local = bool(torch.stack(flags).all()) if flags else True   # one device sync, not one per tensor
+    return not par.max([not local])[0]
+
+
 def trainable(sample: TrainingSample, cfg: Config) -> bool:
     """Whether a sample goes through forward and backward: always without train.filter_tau, else unless
     |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and the update skipped)."""
@@ -93,6 +104,9 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
                 skipped += 1
                 continue
             optimizer.step()
+            if not weights_finite(policy, par):
+                raise NonFiniteWeights(f"an optimizer step at lr {optimizer.param_groups[0]['lr']:g} left weights "
+                                       "that are not finite")
             optimizer_steps += 1
             for key, value in step_sums.items():
                 sums[key] += value
