@@ -46,3 +46,30 @@ def test_report_of_a_directory_without_a_run_is_a_one_line_error(tmp_path, capsy
 
 def test_trailing_mean_by_hand():
     assert trailing_mean([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from treerl.report import RunData, draw, plot_accuracy, plot_eval
+
+    metrics = [{"step": s, "acc/mean": 0.5, "acc/hard": 0.3, "acc/medium": 0.7, "reward/mean": 0.5,
+                "reschedule/weight_mean": 1.0, "reschedule/score_mean": None, "timing/step_s": 1.0,
+                "timing/rollout_s": 0.5, "timing/reward_s": 0.1, "timing/update_s": 0.4,
+                "curriculum/share/medium": 0.5, "curriculum/share/hard": 0.5, "curriculum/p/medium": 0.5,
+                "curriculum/p/hard": 0.5, "response_length/mean": 9.0} for s in (1, 2)]
+    evals = {"0": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.9}, "hard": {"accuracy": 0.5}},
+             "2": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.95}, "hard": {"accuracy": 0.6}}}
+    run = RunData("run", metrics, evals, "")
+    colours = {}
+    for plot in (plot_accuracy, plot_eval):
+        fig, ax = plt.subplots()
+        plot(ax, [run])
+        for line in ax.get_lines():
+            if line.get_label() in ("medium", "hard"):
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+        plt.close(fig)
+    assert colours["medium"] != colours["hard"] and all(len(c) == 1 for c in colours.values())
+    assert "reschedule" not in draw([run], tmp_path / "plots")
+    assert "reschedule" in draw([RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
+                                tmp_path / "plots-on")

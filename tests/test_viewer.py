@@ -126,3 +126,11 @@ def test_a_record_whose_numbers_are_not_numbers_is_refused(field):
     record["root"]["children"][0]["value"] = ATTACK
     with pytest.raises(UserError, match="root.children.0.value"):
         render_tree(record)
+
+
+def test_tree_command_samples_a_problem_saved_in_a_run(trained_run, model_dir, tmp_path):
+    saved = RunDir(trained_run).trees()[-1]
+    out = tmp_path / "again.html"
+    assert main(["tree", "--run", str(trained_run), "--model", str(model_dir), "--problem", saved["id"],
+                 "--out", str(out)]) == 0
+    assert saved["id"] in out.read_text() and saved["reference"] is not None

@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from treerl.errors import RunStopped, UserError
 
@@ -25,9 +26,17 @@ def command(module: str, function: str = "run") -> Callable[[argparse.Namespace]
     return call
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that refuses a bad argument in one line, like every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        say(f"treerl: error: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="train a policy with RL (no arguments: the embedded demo)")
     train.add_argument("--config", help="YAML config file")
@@ -63,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=command("report", "compare"))
 
     tr = sub.add_parser("tree", help="one reasoning tree as an HTML page: sampled now, or saved in training")
-    tr.add_argument("--run", metavar="RUN_DIR", help="show a tree the run saved (output.save_trees=N)")
+    tr.add_argument("--run", metavar="RUN_DIR", help="show a tree the run saved (output.save_trees=N); with --model, "
+                                                    "sample one of its problems anew with the run's config")
     tr.add_argument("--step", type=int, help="with --run: a tree of this step (default: the last saved)")
     tr.add_argument("--problem", metavar="ID", help="the problem's id (as in `treerl score` files and trees.jsonl)")
     tr.add_argument("--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory")
@@ -81,23 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(line: str) -> None:
+    """One line on stderr, whatever it quotes: control characters, line breaks and undecodable bytes of a user's
+    value are shown escaped, never sent to the terminal."""
+    safe = "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
+    print(safe.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":   # under torchrun every rank stops alike; rank 0 says why
-            print(f"treerl: error: {err}", file=sys.stderr)
+            say(f"treerl: error: {err}")
         return 2
     except RunStopped as stop:
         if os.environ.get("RANK", "0") == "0":
-            print(f"treerl: {stop}", file=sys.stderr)
+            say(f"treerl: {stop}")
         return 0
     except OSError as err:
         if err.errno not in FILE_SYSTEM_ERRORS:
             raise
         if os.environ.get("RANK", "0") == "0":
-            print(f"treerl: error: {err.strerror}: {err.filename or ''}", file=sys.stderr)
+            say(f"treerl: error: {err.strerror}: {err.filename or ''}")
         return 2
     except KeyboardInterrupt:
         print("treerl: interrupted; what was written so far is kept", file=sys.stderr)

@@ -53,6 +53,24 @@ def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
     return out
 
 
+def level_colors(runs: list[RunData]) -> dict[str, str]:
+    """One colour per level (and group) in every plot of a single run: held-out groups in their order, then
+    training levels; several runs overlaid keep matplotlib's cycle, so that the runs stay apart."""
+    if len(runs) != 1:
+        return {}
+    run = runs[0]
+    names = [group for step in sorted(run.evals, key=int) for group in run.evals[step]]
+    names += [key.removeprefix("acc/") for key in run.keys("acc/") if key != "acc/mean"]
+    names += [key.removeprefix("curriculum/share/") for key in run.keys("curriculum/share/")]
+    return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+
+
+def uses_reschedule(runs: list[RunData]) -> bool:
+    """Whether any run weighted its queries (scores, or a weight other than 1): otherwise the plot is flat."""
+    return any(run.series("reschedule/score_mean")[0] or any(w != 1.0 for w in run.series("reschedule/weight_mean")[1])
+               for run in runs)
+
+
 def curve(ax, steps: list[int], values: list[float], label: str, color=None) -> None:
     line, = ax.plot(steps, trailing_mean(values), label=label, color=color)
     ax.plot(steps, values, color=line.get_color(), alpha=0.15, linewidth=0.8)
@@ -60,23 +78,26 @@ def curve(ax, steps: list[int], values: list[float], label: str, color=None) -> 
 
 def plot_accuracy(ax, runs: list[RunData]) -> None:
     """Training accuracy of the sampled answers per level, and the mean reward."""
+    colors = level_colors(runs)
     for run in runs:
         prefix = f"{run.name}: " if len(runs) > 1 else ""
         for key in (k for k in run.keys("acc/") if k != "acc/mean"):   # the mean is the reward's curve
-            curve(ax, *run.series(key), f"{prefix}{key.removeprefix('acc/')}")
-        curve(ax, *run.series("reward/mean"), f"{prefix}reward")
+            level = key.removeprefix("acc/")
+            curve(ax, *run.series(key), f"{prefix}{level}", colors.get(level))
+        curve(ax, *run.series("reward/mean"), f"{prefix}reward", "black" if colors else None)
     ax.set(title="training accuracy per level and reward", xlabel="step", ylim=(-0.02, 1.02))
 
 
 def plot_eval(ax, runs: list[RunData]) -> None:
     """Held-out greedy accuracy per level at each evaluated step."""
+    colors = level_colors(runs)
     for run in runs:
         prefix = f"{run.name}: " if len(runs) > 1 else ""
         steps = sorted(run.evals, key=int)
-        groups = sorted({g for step in steps for g in run.evals[step]})
+        groups = list(dict.fromkeys(g for step in steps for g in run.evals[step]))
         for group in groups:
             points = [(int(s), 100 * run.evals[s][group]["accuracy"]) for s in steps if group in run.evals[s]]
-            ax.plot(*zip(*points), marker="o", label=f"{prefix}{group}")
+            ax.plot(*zip(*points), marker="o", label=f"{prefix}{group}", color=colors.get(group))
     ax.set(title="held-out accuracy (%)", xlabel="step", ylim=(-2, 102))
 
 
@@ -86,8 +107,9 @@ def plot_curriculum(ax, runs: list[RunData]) -> None:
     levels = [k.removeprefix("curriculum/share/") for k in run.keys("curriculum/share/")]
     if levels:
         steps = run.series(f"curriculum/share/{levels[0]}")[0]
+        colors = level_colors(runs)
         ax.stackplot(steps, *[trailing_mean(run.series(f"curriculum/share/{lvl}")[1]) for lvl in levels],
-                     labels=levels, alpha=0.8)
+                     labels=levels, alpha=0.8, colors=[colors.get(lvl, f"C{i}") for i, lvl in enumerate(levels)])
         bottom = [0.0] * len(steps)
         for lvl in levels:
             p = run.series(f"curriculum/p/{lvl}")[1]
@@ -126,6 +148,8 @@ def plot_time(ax, runs: list[RunData]) -> None:
     ax.set(title="where the time went (s per step)", xlabel="step")
 
 
+DRAWN_WHEN: dict[str, Callable[[list[RunData]], bool]] = {"reschedule": uses_reschedule}
+"""Plots drawn only when the runs have something to show in them."""
 PLOTS: dict[str, Callable] = {"accuracy": plot_accuracy, "eval": plot_eval, "curriculum": plot_curriculum,
                               "reschedule": plot_reschedule, "length": plot_length, "time": plot_time}
 
@@ -135,6 +159,8 @@ def draw(runs: list[RunData], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, plot in PLOTS.items():
+        if not DRAWN_WHEN.get(name, lambda runs: True)(runs):
+            continue
         fig, ax = plt.subplots(figsize=(7, 3.6))
         plot(ax, runs)
         if ax.get_legend_handles_labels()[0]:

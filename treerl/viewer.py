@@ -28,6 +28,7 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
 
     picks = greedy_choices(tree, top_m, eligible)
     return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
+            "reference": problem.reference,
             "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
             "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,   # r_score's definition
             "picks": [[list(path), child, gain] for path, child, gain in picks], "root": node_record(tree.root)}
@@ -51,6 +52,7 @@ class TreeRecord(BaseModel):
     id: str
     level: str
     question: str = ""
+    reference: Any = None
     prompt: str
     r_score: float
     prune_tau: float

@@ -20,22 +20,24 @@ from treerl.tasks.base import Problem, Task
 from treerl.viewer import pick_tree, render_tree, tree_record
 
 
-def find_problem(cfg: Config, problem_id: str) -> tuple[Task, Problem]:
-    """(task, problem) for an id among the training pools of curriculum.levels and every level's held-out
-    problems (eval.problems of each)."""
+def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
+    """(task, problem) for an id among the training pools of curriculum.levels, every level's held-out problems
+    (eval.problems of each) and the trees a run saved (question and reference are in each record)."""
     task, sampler = task_and_sampler(cfg)
     candidates = sampler.problems() + [p for level in task.levels
                                        for p in task.eval_problems(level, cfg.eval.problems)]
+    candidates += [Problem(r["question"], r["reference"], str(r["level"])) for r in saved if "reference" in r]
     for problem in candidates:
         if problem.id == problem_id:
             return task, problem
-    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool and held-out problems "
-                    f"of task '{task.name}'; ids are in a `treerl score` file or a run's {TREES_FILE}")
+    where = "" if saved else f"; for an id from a run's {TREES_FILE}, add --run RUN_DIR"
+    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and saved "
+                    f"problems of task '{task.name}'{where}")
 
 
-def sample_tree_record(cfg: Config, problem_id: str) -> dict[str, Any]:
+def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> dict[str, Any]:
     """Sample and grade one problem's deep tree as training would, and return its record."""
-    task, problem = find_problem(cfg, problem_id)
+    task, problem = find_problem(cfg, problem_id, saved)
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
     trees = sample_problem_trees(model, tokenizer, task, [problem], TreeShape.for_training(cfg, deep=True),
@@ -46,15 +48,18 @@ def sample_tree_record(cfg: Config, problem_id: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.run:
-        record = pick_tree(RunDir(Path(args.run)).trees(), args.step, args.problem)
+    """--run alone shows a saved tree; --model (or no --run) samples one now, with the run's config if given."""
+    run_dir = RunDir(Path(args.run)) if args.run else None
+    if run_dir and not args.model:
+        record = pick_tree(run_dir.trees(), args.step, args.problem)
     else:
         if not args.problem:
             raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
         overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
                      *([f"task.name={args.task}"] if args.task else [])]
-        record = sample_tree_record(load_config(args.config, overrides), args.problem)
-    out = Path(args.out or (Path(args.run) / "tree.html" if args.run else "tree.html"))
+        cfg = load_config(args.config, overrides, base=run_dir.config_data() if run_dir else None)
+        record = sample_tree_record(cfg, args.problem, run_dir.trees() if run_dir else [])
+    out = Path(args.out or (run_dir.path / "tree.html" if run_dir else "tree.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_tree(record), encoding="utf-8")
     print(f"tree of problem {record['id']}: {out}")

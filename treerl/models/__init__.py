@@ -14,6 +14,8 @@ from treerl.errors import UserError
 from treerl.models.attention import use_fp32_attention_on_cpu
 
 hf_logging.disable_progress_bar()
+# treerl checks prompts against the model's context itself (eval counts them, training refuses them)
+hf_logging.get_logger("transformers.tokenization_utils_base").setLevel(hf_logging.ERROR)
 TINY_DIR = Path(__file__).parent / "tiny"
 EMBEDDED = {"tiny": TINY_DIR, "tiny-countdown": Path(__file__).parent / "tiny_countdown"}
 """Models shipped in the package: the arithmetic warm-up (the default) and a Countdown warm-up."""
