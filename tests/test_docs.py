@@ -88,3 +88,17 @@ def test_every_table_row_has_the_header_s_cells():
             if header is None:
                 header = table_cells(line)
             assert table_cells(line) == header, f"{page.name}:{number} has {table_cells(line)} cells, not {header}"
+
+
+def test_every_test_that_reliability_md_names_exists():
+    import re
+
+    root = Path(__file__).parents[1]
+    page = (root / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", page)
+    named += [(file, test) for file, rest in re.findall(r"`(test_\w+\.py)::test_\w+`((?:, `test_\w+`)+)", page)
+              for test in re.findall(r"`(test_\w+)`", rest)]
+    assert len(named) > 20
+    for file, test in named:
+        source = (root / "tests" / file).read_text()
+        assert not test or f"def {test}(" in source, f"{file}::{test}"

@@ -66,10 +66,16 @@ def test_the_installed_wheel_evaluates_a_shipped_benchmark(tmp_path):
     assert sorted(p.name for p in (site / "treerl" / "data" / "benchmarks").iterdir()) == \
         sorted(Path(source.file).name for source in BENCHMARKS.values())
     assert not (site / "data").exists()   # the training sets stay in the repository
+    assert sorted(p.name for p in (site / "treerl" / "configs").iterdir()) == \
+        ["e2h_demo.yaml", "reschedule_demo.yaml", "treerpo_demo.yaml", "treerpo_paper.yaml"]
     env = clean_env(PYTHONPATH=str(site))
     where = subprocess.run([sys.executable, "-c", "import treerl; print(treerl.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert Path(where.strip()).is_relative_to(site)
+    found = subprocess.run([sys.executable, "-c", "from treerl.config import load_config; "
+                            "print(load_config('treerpo_demo').algo.name)"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert found.strip() == "treerpo"
     result = subprocess.run([sys.executable, "-m", "treerl", "eval", "--benchmark", "amc23", "--model", "tiny",
                              "--json", "eval.max_new_tokens=4", "train.threads=1"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
