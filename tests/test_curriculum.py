@@ -8,7 +8,7 @@ import pytest
 from treerl.config import load_config
 from treerl.curriculum import level_probs, loss_weight, r_score, ranks
 from treerl.curriculum.reschedule import ScoreBook
-from treerl.curriculum.rscore import greedy_choices, leaf_accuracy
+from treerl.curriculum.rscore import greedy_choices, leaf_accuracy, pruning_choices, r_score_pruning
 from treerl.curriculum.sampler import ProblemSampler, generated_pool
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
@@ -120,6 +120,54 @@ def test_r_score_prefers_the_larger_gain_over_preorder():
     # ACC = 1/6; (0,): keep a 0 -> 1/5 (+1/30); (1,): keep the 1 -> 1/3 (+1/6); root: keep (1,) -> 1/4 (+1/12)
     tree = ReasoningTree.from_leaf_rewards([[0, 0], [0, 1, 0, 0]])
     assert greedy_choices(tree, top_m=1) == [((1,), 1, pytest.approx(1 / 6))]
+
+
+def test_the_kept_child_is_the_one_of_highest_subtree_accuracy_as_the_reference_code():
+    # root -> X -> P, Q; P -> leaf 1, R = [1, 1, 1, 0], S = [0, 0, 0, 0]; Q = [0, 0, 0, 0]. ACC = 4/13.
+    # Only P is eligible under `reference`. The code keeps P's best child by accuracy, the lone leaf 1 (100%):
+    # leaves 1 + Q's four 0s = 1/5 < 4/13, no gain, r-score 0. Keeping R instead (75%, but 4 leaves) gives
+    # 3/8: a gain of 3/8 - 4/13 = 7/104 = 0.0673, which `child=gain` takes.
+    tree = ReasoningTree.from_leaf_rewards([[[1, [1, 1, 1, 0], [0, 0, 0, 0]], [0, 0, 0, 0]]])
+    assert r_score(tree, top_m=5, eligible="reference") == 0.0
+    assert r_score(tree, top_m=5, eligible="reference", child="gain") == pytest.approx(7 / 104)
+    assert greedy_choices(tree, 5, "reference", "gain") == [((0, 0), 1, pytest.approx(7 / 104))]
+
+
+# k = 2, d = 4, 16 leaves; depth-2 nodes 1.1 (4/4 right), 1.2 (0/4), 2.1 ([1, 1], [0, 0]), 2.2 ([1, 0], [0, 0])
+FULL = [[[[1, 1], [1, 1]], [[0, 0], [0, 0]]], [[[1, 1], [0, 0]], [[1, 0], [0, 0]]]]
+
+
+def test_selection_r_score_of_a_full_tree_by_hand():
+    # ACC 7/16. Step 1: 1.2, 2.1 and 2.2 each gain 7/14 - 7/16 = 1/16; the first breadth-first, 1.2, is taken.
+    # Step 2: 2.1 and 2.2 each gain 7/12 - 7/14 = 1/12: 2.1. Step 3: 2.2 gains 7/10 - 7/12 = 7/60.
+    # Then keeping a child of 1.1 (both right) drops ACC: 5/8 < 7/10. Sum 1/16 + 1/12 + 7/60 = 21/80.
+    tree = ReasoningTree.from_leaf_rewards(FULL)
+    assert greedy_choices(tree, 10, "reference") == [((0, 1), 0, pytest.approx(1 / 16)),
+                                                     ((1, 0), 0, pytest.approx(1 / 12)),
+                                                     ((1, 1), 0, pytest.approx(7 / 60))]
+    assert r_score(tree, 10, "reference") == pytest.approx(21 / 80) == r_score(tree, 10, "reference", "gain")
+    assert r_score(tree, 2, "reference") == pytest.approx(7 / 48)
+
+
+def test_pruning_r_score_of_a_full_tree_by_hand():
+    # ACC 7/16. Removing 1.2 gives 7/12 (+7/48), 2.2 gives 6/12 (+3/48), 1.1 and 2.1 lose: remove 1.2.
+    # Then removing 2.2 gives 6/8 (+1/6), 2.1 gives 5/8 (+1/24): remove 2.2. Then 2.1: 4/4 (+1/4).
+    # Removing the last subtree leaves no leaf, ACC 0: no gain. Sum 7/48 + 1/6 + 1/4 = 9/16.
+    tree = ReasoningTree.from_leaf_rewards(FULL)
+    assert pruning_choices(tree, 10, "reference") == [((0, 1), pytest.approx(7 / 48)), ((1, 1), pytest.approx(1 / 6)),
+                                                      ((1, 0), pytest.approx(1 / 4))]
+    assert r_score_pruning(tree, 10, "reference") == pytest.approx(9 / 16)
+    assert r_score_pruning(tree, 2, "reference") == pytest.approx(15 / 48)
+    assert r_score_pruning(ReasoningTree.from_leaf_rewards([[1, 1], [1, 1]])) == 0.0   # nothing to remove
+
+
+def test_reference_eligibility_needs_trees_of_depth_four():
+    from treerl.curriculum.rscore import check_depth
+
+    check_depth("reference", 4, "the trees")
+    check_depth("all", 1, "the trees")
+    with pytest.raises(UserError, match="needs trees of depth 4 or more .* the trees are 3 deep"):
+        check_depth("reference", 3, "the trees")
 
 
 def test_leaf_accuracy():
@@ -249,3 +297,18 @@ def test_a_bad_score_file_names_its_line(tmp_path):
         read_scores(str(tmp_path / "missing.jsonl"), RANKINGS["rscore"])
     with pytest.raises(UserError, match="needs reschedule.scores_file"):
         load_config(None, ["reschedule.rank_by=rscore"])
+
+
+def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(model_dir, tmp_path, capsys):
+    from treerl.cli import main
+
+    online = ["reschedule.rank_by=rscore", "reschedule.scores=online", "rscore.eligible=reference"]
+    assert main(["train", "--out", str(tmp_path / "run"), f"model.name_or_path={model_dir}", *online]) == 2
+    assert "are 1 deep" in capsys.readouterr().err                       # GRPO's depth-1 trees
+    assert main(["train", "--out", str(tmp_path / "run"), f"model.name_or_path={model_dir}", *online,
+                 "algo.name=treerpo", "tree.depth=3"]) == 2
+    assert "are 3 deep" in capsys.readouterr().err
+    assert main(score_args(model_dir, tmp_path / "s.jsonl", "rscore.eligible=reference", "rscore.depth=3",
+                           "rscore.step_tokens=2")) == 2
+    assert "needs trees of depth 4" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.jsonl").exists()

@@ -108,10 +108,15 @@ class CurriculumConfig(Section):
 
 class RescheduleConfig(Section):
     """Re-Schedule's loss weights: each query's policy-loss terms times w(rank, t) (docs/methods.md)."""
-    rank_by: Literal["off", "rscore", "acc"] = Field(
-        "off", description="rank queries by r-score (Re-Schedule), by pass rate (the ACC baseline), or no weights")
+    rank_by: Literal["off", "rscore", "rscore_prune", "acc"] = Field(
+        "off", description="rank queries by r-score (Re-Schedule), by the pruning r-score, by pass rate (the ACC "
+                           "baseline), or no weights")
     scores: Literal["static", "online"] = Field(
         "static", description="static: from reschedule.scores_file (treerl score); online: from training's trees")
+    rescore_every: int = Field(0, ge=0, description="score every query again with the current policy every this "
+                                                     "many steps (rscore.* trees); 0 = never")
+    rescore_at: list[int] = Field(default_factory=list, description="steps before which every query is scored again "
+                                                                     "(the paper re-scores three times)")
     scores_file: str | None = Field(None, description="JSONL written by `treerl score`")
     mix: Literal["linear", "sigmoid"] = "sigmoid"
     w_min: float = Field(0.5, ge=0.0)
@@ -133,6 +138,10 @@ class RScoreConfig(Section):
     batch_prompts: int = Field(8, ge=1, description="queries whose trees are sampled together")
     top_m: int = Field(4, ge=1, description="greedy picks at most")
     eligible: Literal["all", "reference"] = Field("all", description="nodes the greedy may pick (docs/methods.md)")
+    child: Literal["accuracy", "gain"] = Field("accuracy", description="the child a pick keeps: highest subtree "
+                                                                        "accuracy (the reference code) or largest gain")
+    rollouts: int = Field(1, ge=1, description="rollouts from each deepest branch point; a leaf is right if any is "
+                                               "(the reference code's rollout_times)")
 
 
 class TrainConfig(Section):

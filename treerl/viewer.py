@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers import PreTrainedTokenizerBase
 
+from treerl.config import RScoreConfig
 from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
 from treerl.rollout.tree import Node, ReasoningTree
@@ -17,7 +18,7 @@ from treerl.tasks.base import Problem
 
 
 def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
-                top_m: int = 4, eligible: str = "all", step: int | None = None) -> dict[str, Any]:
+                rscore: RScoreConfig | None = None, step: int | None = None) -> dict[str, Any]:
     """A graded tree as plain data: nested nodes with their decoded text, the pruned groups and greedy picks."""
     def node_record(node: Node) -> dict[str, Any]:
         values = [child.value for child in node.children]
@@ -26,7 +27,8 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
                 "pruned": bool(values) and max(values) - min(values) < prune_tau,
                 "children": [node_record(child) for child in node.children]}
 
-    picks = greedy_choices(tree, top_m, eligible)
+    r = rscore or RScoreConfig()
+    picks = greedy_choices(tree, r.top_m, r.eligible, r.child)
     return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
             "reference": problem.reference,
             "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),

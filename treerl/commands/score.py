@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from treerl.config import Config, load_config
+from treerl.curriculum.rscore import check_depth
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.curriculum.scores import score_row, with_ranks
 from treerl.errors import UserError
@@ -33,6 +34,7 @@ def score_queries(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]
                         "(and train on) a fixed pool of N problems per level")
     problems = sampler.problems()[:limit or None]
     shape = TreeShape.for_scoring(cfg)
+    check_depth(cfg.rscore.eligible, shape.depth, "the scoring trees (rscore.depth)")
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

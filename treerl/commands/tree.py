@@ -44,7 +44,7 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
                                  temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                  generator=torch.Generator(device=device).manual_seed(cfg.seed))
     grade_trees(trees, [problem], task, tokenizer)
-    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m, cfg.rscore.eligible)
+    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau, cfg.rscore)
 
 
 def run(args: argparse.Namespace) -> None:

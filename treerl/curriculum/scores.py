@@ -11,7 +11,7 @@ from typing import Any
 
 from treerl.config import RScoreConfig
 from treerl.curriculum.reschedule import ranks
-from treerl.curriculum.rscore import leaf_accuracy, r_score
+from treerl.curriculum.rscore import leaf_accuracy, r_score, r_score_pruning
 from treerl.errors import UserError
 from treerl.registry import Registry
 from treerl.rollout.tree import ReasoningTree
@@ -27,7 +27,8 @@ class Ranking:
 
 
 RANKINGS: Registry[Ranking] = Registry("reschedule.rank_by")
-RANKINGS["rscore"] = Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible), "r_score")
+RANKINGS["rscore"] = Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible, r.child), "r_score")
+RANKINGS["rscore_prune"] = Ranking(lambda tree, r: r_score_pruning(tree, r.top_m, r.eligible), "r_score_prune")
 RANKINGS["acc"] = Ranking(lambda tree, r: leaf_accuracy(tree), "leaf_acc")
 OFF = "off"
 """reschedule.rank_by for no ranking: every query weighs 1."""

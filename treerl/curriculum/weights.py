@@ -9,6 +9,7 @@ from typing import Any
 
 from treerl.config import Config
 from treerl.curriculum.reschedule import ScoreBook, loss_weight
+from treerl.curriculum.rscore import check_depth
 from treerl.curriculum.scores import Ranking, ranking_of, read_scores
 from treerl.rollout.tree import ReasoningTree
 
@@ -23,9 +24,13 @@ class QueryWeights:
         self.total_steps = cfg.train.steps
 
     @classmethod
-    def from_config(cls, cfg: Config) -> QueryWeights:
+    def from_config(cls, cfg: Config, tree_depth: int) -> QueryWeights:
+        """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which online r-scores
+        are computed from."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
+        if rs.rank_by == "rscore" and rs.scores == "online":
+            check_depth(cfg.rscore.eligible, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
         static = read_scores(rs.scores_file, ranking) if ranking and rs.scores == "static" and rs.scores_file else None
         return cls(cfg, ranking, static)
 

@@ -21,6 +21,7 @@ from treerl.models import DTYPES, resolve_device
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
+from treerl.rollout.sampling import TreeShape
 from treerl.rundir import RunDir, checkpoint_step
 from treerl.tasks import check_levels
 from treerl.tasks.base import Task
@@ -113,7 +114,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
-    weights = QueryWeights.from_config(cfg)
+    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth)
     run = RunDir(run_dir)
     if not resume:
         run.check_new()
@@ -172,8 +173,8 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 run.log(metrics)
                 trackers.log(metrics)
             if par.main and cfg.output.save_trees:
-                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau, cfg.rscore.top_m,
-                                            cfg.rscore.eligible, step) for tree, problem in
+                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau, cfg.rscore, step)
+                                for tree, problem in
                                 zip(rollout.trees[:cfg.output.save_trees], rollout.problems)])
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
