@@ -1,18 +1,22 @@
 """E2H schedules, the r-score, ranks and Re-Schedule weights against hand-worked numbers; the problem sampler."""
 
+import json
 import math
 import random
 
 import pytest
+import torch
 
 from treerl.config import load_config
 from treerl.curriculum import level_probs, loss_weight, r_score, ranks
 from treerl.curriculum.reschedule import ScoreBook
 from treerl.curriculum.rscore import greedy_choices, leaf_accuracy, pruning_choices, r_score_pruning
 from treerl.curriculum.sampler import ProblemSampler, generated_pool
+from treerl.curriculum.weights import QueryWeights
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.tasks import get_task
+from treerl.tasks.base import Problem
 
 T = 100
 
@@ -312,3 +316,71 @@ def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(
                            "rscore.step_tokens=2")) == 2
     assert "needs trees of depth 4" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "s.jsonl").exists()
+
+
+def test_a_leaf_is_right_when_any_of_its_rollouts_is(monkeypatch):
+    """rscore.rollouts (the reference code's rollout_times): more completions from each deepest leaf's last branch
+    point, depth x step_tokens tokens in; a leaf that ended before that point keeps its one outcome."""
+    import treerl.curriculum.scoring as scoring
+    from treerl.rollout.engine import Generation
+    from treerl.rollout.sampling import TreeShape
+    from treerl.rollout.tree import Node
+    from treerl.tasks.base import Grade
+
+    class Digits:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(map(str, ids))
+
+    class EndsInEight:
+        def grade(self, text, reference):
+            return Grade(text.endswith("8"), 0.0)
+
+    long_leaf = Node(token_ids=[3, 4, 5, 6], correct=False)
+    short_leaf = Node(token_ids=[3, 9], correct=False, finished=True)
+    tree = ReasoningTree(Node(children=[Node(token_ids=[1, 2], children=[long_leaf, short_leaf])]), prompt_ids=[0])
+    calls = []
+
+    def fake_generate(model, tokenizer, contexts, **kwargs):
+        calls.append((contexts, kwargs["max_new_tokens"]))
+        return Generation(contexts, [[7], [8]], [], ["", ""], [True, True])
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    shape = TreeShape(branching=2, depth=2, step_tokens=2, max_new_tokens=8)
+    scoring.extra_rollouts(None, Digits(), EndsInEight(), [tree], [Problem("q", "r", "easy")], shape, 2, 1.0, 1.0,
+                           None)
+    assert calls == [([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]], 4)]   # two rollouts from prompt + 4 generated tokens
+    assert long_leaf.correct is True and short_leaf.correct is False   # "12348" is right; the short leaf untouched
+
+
+def test_rescoring_is_due_at_the_steps_asked_for():
+    cfg = load_config(None, ["reschedule.rank_by=acc", "reschedule.rescore_every=3", "reschedule.rescore_at=[1,5]"])
+    weights = QueryWeights.from_config(cfg, tree_depth=1)
+    assert [step for step in range(1, 12) if weights.rescore_due(step)] == [1, 4, 5, 7, 10]
+    with pytest.raises(UserError, match="set reschedule.rank_by too"):
+        load_config(None, ["reschedule.rescore_every=3"])
+
+
+@pytest.mark.slow
+def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model_dir, tmp_path, monkeypatch):
+    import treerl.train.trainer as trainer
+
+    seen = []
+    real = trainer.score_queries
+
+    def spy(model, tokenizer, task, problems, cfg, generator, advance=lambda n: None):
+        seen.append(len(problems))
+        return real(model, tokenizer, task, problems, cfg, generator, advance)
+
+    monkeypatch.setattr(trainer, "score_queries", spy)
+    cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.steps=3", "rollout.batch_prompts=2",
+                             "rollout.n=2", "rollout.max_new_tokens=6", "eval.problems=1", "eval.levels=[easy]",
+                             "output.progress=false", "train.threads=1", "curriculum.pool_size=3",
+                             "reschedule.rank_by=rscore", "reschedule.rescore_at=[1,3]", "rscore.branching=2", "rscore.depth=2",
+                             "rscore.step_tokens=2", "rscore.max_new_tokens=6"])
+    trainer.train(cfg, tmp_path / "run")
+    assert seen == [6, 6]   # two levels x 3 problems, before steps 1 and 3
+    scores = torch.load(tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.pt",
+                        weights_only=True)["curriculum"]["scores"]["scores"]
+    assert len(scores) == 6
+    timing = json.loads((tmp_path / "run" / "timing.json").read_text())
+    assert timing["seconds"]["re-scoring queries"] > 0

@@ -214,10 +214,14 @@ class Config(Section):
         if self.rollout.refill and self.train.filter_tau is None:
             raise ValueError("rollout.refill resamples prompts whose samples are all filtered: set train.filter_tau "
                              "(for example 0 to drop zero-advantage groups)")
-        if self.reschedule.rank_by != "off" and self.reschedule.scores == "static" \
-                and self.reschedule.scores_file is None:
+        rs = self.reschedule
+        if rs.rank_by != "off" and rs.scores == "static" and rs.scores_file is None and 1 not in rs.rescore_at:
             raise ValueError("reschedule.scores=static needs reschedule.scores_file (write one with `treerl score`), "
-                             "or set reschedule.scores=online")
+                             "or reschedule.rescore_at=[1] to score before the first step, or "
+                             "reschedule.scores=online")
+        if (rs.rescore_every or rs.rescore_at) and rs.rank_by == "off":
+            raise ValueError("reschedule.rescore_every / rescore_at re-score queries for Re-Schedule's weights: set "
+                             "reschedule.rank_by too")
         return self
 
 

@@ -14,16 +14,16 @@ from rich.table import Table
 from treerl.config import Config, load_config
 from treerl.curriculum.rscore import check_depth
 from treerl.curriculum.sampler import task_and_sampler
-from treerl.curriculum.scores import score_row, with_ranks
+from treerl.curriculum.scores import with_ranks
+from treerl.curriculum.scoring import score_queries
 from treerl.errors import UserError
 from treerl.models import load_policy, resolve_device
 from treerl.progress import progress_bar
-from treerl.rollout.grading import grade_trees
-from treerl.rollout.sampling import TreeShape, sample_problem_trees
+from treerl.rollout.sampling import TreeShape
 from treerl.rundir import write_jsonl
 
 
-def score_queries(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]]:
+def score_pool(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]]:
     """Score every query of the training pools of curriculum.levels (the first `limit` if > 0); write JSONL."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -33,22 +33,14 @@ def score_queries(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]
         raise UserError(f"task '{task.name}' generates problems without end: set curriculum.pool_size=N to score "
                         "(and train on) a fixed pool of N problems per level")
     problems = sampler.problems()[:limit or None]
-    shape = TreeShape.for_scoring(cfg)
-    check_depth(cfg.rscore.eligible, shape.depth, "the scoring trees (rscore.depth)")
+    check_depth(cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)")
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    rows: list[dict[str, Any]] = []
     with progress_bar(cfg.output.progress) as bar:
         job = bar.add_task("score", total=len(problems), info="")
-        for start in range(0, len(problems), cfg.rscore.batch_prompts):
-            batch = problems[start:start + cfg.rscore.batch_prompts]
-            trees = sample_problem_trees(model, tokenizer, task, batch, shape, temperature=cfg.rollout.temperature,
-                                         top_p=cfg.rollout.top_p, generator=generator)
-            grade_trees(trees, batch, task, tokenizer)
-            rows += [score_row(tree, problem, cfg.rscore) for tree, problem in zip(trees, batch)]
-            bar.advance(job, len(batch))
-    rows = with_ranks(rows)
+        rows = with_ranks(score_queries(model, tokenizer, task, problems, cfg, generator,
+                                        advance=lambda n: bar.advance(job, n)))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(out, rows)
     return rows
@@ -57,7 +49,7 @@ def score_queries(cfg: Config, out: Path, limit: int = 0) -> list[dict[str, Any]
 def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
-    rows = score_queries(cfg, out, limit=args.limit)
+    rows = score_pool(cfg, out, limit=args.limit)
     table = Table(title=f"r-scores of {len(rows)} queries -> {out}")
     for column in ("level", "queries", "mean r-score", "mean leaf accuracy", "mean leaves"):
         table.add_column(column, justify="left" if column == "level" else "right")

@@ -22,6 +22,7 @@ class QueryWeights:
         self.book = ScoreBook(scores)
         self.rscore, self.mix, self.w_min, self.w_max = cfg.rscore, rs.mix, rs.w_min, rs.w_max
         self.total_steps = cfg.train.steps
+        self.rescore_every, self.rescore_at = rs.rescore_every, set(rs.rescore_at)
 
     @classmethod
     def from_config(cls, cfg: Config, tree_depth: int) -> QueryWeights:
@@ -33,6 +34,12 @@ class QueryWeights:
             check_depth(cfg.rscore.eligible, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
         static = read_scores(rs.scores_file, ranking) if ranking and rs.scores == "static" and rs.scores_file else None
         return cls(cfg, ranking, static)
+
+    def rescore_due(self, step: int) -> bool:
+        """Whether every query is scored again before training step `step` (1-based): at reschedule.rescore_at, and
+        after every reschedule.rescore_every steps."""
+        every = self.rescore_every and step > 1 and (step - 1) % self.rescore_every == 0
+        return self.ranking is not None and bool(every or step in self.rescore_at)
 
     def online_score(self, tree: ReasoningTree) -> float | None:
         """The score of a graded training tree when scores are online; None otherwise."""

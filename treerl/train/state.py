@@ -51,8 +51,8 @@ class TrainState:
     weights: QueryWeights
     step: int = 0
     """Steps done."""
-    spent: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0})
-    """Seconds of evaluation and of checkpoints over the whole run, resumes included."""
+    spent: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0, "rescore": 0.0})
+    """Seconds of evaluation, checkpoints and re-scoring over the whole run, resumes included."""
 
     @classmethod
     def start(cls, cfg: Config, sampler: ProblemSampler, weights: QueryWeights, checkpoint: Path | None,
@@ -86,7 +86,7 @@ class TrainState:
         self.sampler.load_state_dict(saved["curriculum"]["sampler"])
         self.weights.load_state_dict(saved["curriculum"]["scores"])
         self.step = saved["step"]
-        self.spent = dict(saved.get("spent", self.spent))   # checkpoints from before 2026-12 have none
+        self.spent = {**self.spent, **saved.get("spent", {})}   # checkpoints from before 2026-12 have none
 
     def set_lr(self, cfg: Config, step: int) -> float:
         """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1)."""

@@ -11,13 +11,17 @@ STEP_PHASES = {"timing/rollout_s": "generation", "timing/reward_s": "grading and
                "timing/update_s": "update (forward, backward, optimizer)"}
 
 
-def time_summary(metrics: list[dict[str, Any]], eval_s: float, checkpoint_s: float) -> dict[str, Any]:
-    """Seconds per phase over all logged steps, the other per-step work, and token throughputs."""
+def time_summary(metrics: list[dict[str, Any]], eval_s: float, checkpoint_s: float,
+                 rescore_s: float = 0.0) -> dict[str, Any]:
+    """Seconds per phase over all logged steps, the other per-step work, and token throughputs; re-scoring
+    (Re-Schedule's reschedule.rescore_*) only when the run did any."""
     steps = sum(m["timing/step_s"] for m in metrics)
     phases = {name: sum(m.get(key, 0.0) for m in metrics) for key, name in STEP_PHASES.items()}
     phases["other step work (sampling problems, metrics)"] = max(0.0, steps - sum(phases.values()))
     phases["evaluation"] = eval_s
     phases["checkpoints"] = checkpoint_s
+    if rescore_s:
+        phases["re-scoring queries"] = rescore_s
     generated = sum(m["tokens/generated"] for m in metrics)
     trained = sum(m["tokens/trained"] for m in metrics)
     return {"steps": len(metrics), "seconds": phases, "total_s": sum(phases.values()),

@@ -10,10 +10,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 
 from treerl.algo.advantages import ESTIMATORS, Estimator
 from treerl.config import RESUMABLE, Config, OutputConfig, build, changes, resumable
+from treerl.curriculum.rscore import check_depth
 from treerl.curriculum.sampler import task_and_sampler
+from treerl.curriculum.scoring import score_queries
 from treerl.curriculum.weights import QueryWeights
 from treerl.errors import RunStopped, UserError, warn
 from treerl.eval import eval_work, evaluate, print_eval
@@ -30,7 +33,7 @@ from treerl.train.collect import Rollout, collect
 from treerl.train.metrics import memory_metrics, merged, step_metrics
 from treerl.train.sharding import sampling_model
 from treerl.train.signals import stop_signals
-from treerl.train.state import TrainState
+from treerl.train.state import RANK_SEED_STRIDE, TrainState
 from treerl.train.timing import print_time_summary, time_summary
 from treerl.train.update import NonFiniteWeights, Objective, update
 from treerl.viewer import tree_record
@@ -65,6 +68,20 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
                                          / max(metrics["timing/update_s"], 1e-9))
     metrics.update(memory_metrics(par.device, par))
     return rollout, metrics
+
+
+def rescore(state: TrainState, task: Task, cfg: Config, step: int, bar: Progress, par: Parallel) -> None:
+    """Score every query of the pools again with the current policy (Re-Schedule's score updates); each rank
+    scores its share, on a stream of its own so that training's sampling stays as it was."""
+    problems = state.sampler.problems()
+    job = bar.add_task(f"re-score @ step {step}", total=len(problems), info="")
+    generator = torch.Generator(device=par.device).manual_seed(cfg.seed + step + RANK_SEED_STRIDE * par.rank)
+    with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
+        rows = score_queries(sampling_policy, state.tokenizer, task, par.share(problems), cfg, generator,
+                             advance=lambda k: bar.advance(job, k * par.world))
+    bar.remove_task(job)
+    field = state.weights.ranking.field if state.weights.ranking else "r_score"
+    state.weights.update((row["id"], row[field]) for part in par.gather(rows) for row in part)
 
 
 @contextmanager
@@ -115,6 +132,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth)
+    if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and None in sampler.pools.values():
+        raise UserError(f"re-scoring scores every query of the pools: task '{task.name}' generates problems without "
+                        "end, so set curriculum.pool_size=N")
+    if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
+        check_depth(cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)")
     run = RunDir(run_dir)
     if not resume:
         run.check_new()
@@ -162,6 +184,10 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
         job = bar.add_task("train", total=cfg.train.steps, completed=state.step, info="")
         bad_steps = 0
         for step in range(state.step + 1, cfg.train.steps + 1):
+            if state.weights.rescore_due(step):
+                t0 = time.perf_counter()
+                rescore(state, task, cfg, step, bar, par)
+                state.spent["rescore"] += time.perf_counter() - t0
             try:
                 rollout, metrics = train_step(state, task, cfg, step, estimator, objective, par)
             except NonFiniteWeights as err:
@@ -207,7 +233,7 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
     before, after = evals["0"], evals[str(final)]
     print_eval(after, before, title=f"held-out accuracy (%), step 0 -> {final}", console=console)
     if par.main:
-        timing = time_summary(run.metrics(), state.spent["eval"], state.spent["checkpoint"])
+        timing = time_summary(run.metrics(), state.spent["eval"], state.spent["checkpoint"], state.spent["rescore"])
         run.write_timing(timing)
         print_time_summary(timing, console)
         console.print(f"report: {write_report(run.path)}")
