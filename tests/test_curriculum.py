@@ -375,8 +375,8 @@ def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model
     cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.steps=3", "rollout.batch_prompts=2",
                              "rollout.n=2", "rollout.max_new_tokens=6", "eval.problems=1", "eval.levels=[easy]",
                              "output.progress=false", "train.threads=1", "curriculum.pool_size=3",
-                             "reschedule.rank_by=rscore", "reschedule.rescore_at=[1,3]", "rscore.branching=2", "rscore.depth=2",
-                             "rscore.step_tokens=2", "rscore.max_new_tokens=6"])
+                             "reschedule.rank_by=rscore", "reschedule.rescore_at=[1,3]", "rscore.branching=2",
+                             "rscore.depth=2", "rscore.step_tokens=2", "rscore.max_new_tokens=6"])
     trainer.train(cfg, tmp_path / "run")
     assert seen == [6, 6]   # two levels x 3 problems, before steps 1 and 3
     scores = torch.load(tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.pt",
