@@ -34,7 +34,7 @@ def test_levels():
     assert [PLAN_LENGTH[level] for level in task.levels] == [1, 2, 4, 6, 8]
     assert task.eval_only_levels == ["ood"]
     assert task.default_template == "think" and task.template.name == "think"
-    assert isinstance(get_task("blocksworld", plan_shaping=True), Blocksworld)
+    assert isinstance(get_task("blocksworld", plan_shaping="ratio"), Blocksworld)
 
 
 def test_question_wording():
@@ -94,8 +94,8 @@ def test_plan_shaping_for_plans_longer_than_optimal():
     lines = ["unstack the red block from on top of the blue block", "put down the red block",
              "pick up the red block", "stack the red block on top of the green block"]
     assert Blocksworld().judge(answer(*lines), THREE) == (True, 1.0)
-    assert Blocksworld(plan_shaping=True).judge(answer(*lines), THREE) == (True, 0.5)
-    assert Blocksworld(plan_shaping=True).judge(answer(*lines[:1], *lines[-1:]), THREE) == (True, 1.0)
+    assert Blocksworld(plan_shaping="ratio").judge(answer(*lines), THREE) == (True, 0.5)
+    assert Blocksworld(plan_shaping="ratio").judge(answer(*lines[:1], *lines[-1:]), THREE) == (True, 1.0)
 
 
 @pytest.mark.parametrize("bad", [
@@ -141,7 +141,7 @@ def test_junk_scores_zero_without_raising(completion):
 def test_random_token_soup_never_raises():
     tokens = ["pick up", "put down", "stack", "unstack", "the", "red", "blue", "block", "from on top of", "(", ")",
               ".", "1.", "-", "\n", " ", "<answer>", "</answer>", "<think>", "</think>", "\\boxed{", "}", "Answer:"]
-    rng, task = random.Random(0), Blocksworld(plan_shaping=True)
+    rng, task = random.Random(0), Blocksworld(plan_shaping="ratio")
     for _ in range(2000):
         text = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 40)))
         correct, credit = task.judge(text, TWO)
@@ -242,3 +242,18 @@ def test_bad_levels_and_counts_are_user_errors(call):
 def test_unknown_level_message_names_the_levels():
     with pytest.raises(UserError, match="trivial, easy, medium, hard, ood"):
         Blocksworld().eval_problems("expert", 3)
+
+
+def test_e2h_rewards_on_its_own_scale_divided_by_three():
+    """The E2H code: well formed 1 + correct 2 x (1, or (1 + n/v) / 2 for a plan of length v above the optimum n);
+    malformed 0. Divided by 3 (the same advantages under GRPO's std scaling): 1, (2 + n/v) / 3, 1/3, 0."""
+    lines = ["unstack the red block from on top of the blue block", "put down the red block",
+             "pick up the red block", "stack the red block on top of the green block"]
+    assert Blocksworld(plan_shaping="e2h").judge(answer(*lines), THREE) == (True, 0.75)   # n/v = 2/4
+    task = get_task("blocksworld", format_reward=1 / 3, format_required=True, plan_shaping="e2h")
+    optimal = answer(*lines[:1], *lines[-1:])
+    assert task.verify(optimal, THREE) == pytest.approx(1.0)
+    assert task.verify(answer(*lines), THREE) == pytest.approx((2 + 2 / 4) / 3)
+    assert task.verify(answer(lines[1]), THREE) == pytest.approx(1 / 3)                   # wrong but well formed
+    malformed = optimal.replace("<think>", "")
+    assert task.grade(malformed, THREE).correct and task.verify(malformed, THREE) == 0.0  # right, but 0

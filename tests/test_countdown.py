@@ -173,3 +173,14 @@ def test_eval_problems_errors():
 def test_latex_and_unicode_operators_are_read(expression):
     numbers = [3, 41, 7] if "div" not in expression else [3, 41, 7, 1, 0]
     assert Countdown().verify(f"\\boxed{{{expression}}}", {"numbers": numbers, "target": 20}) == 1.0
+
+
+def test_e2h_rewards_right_well_formed_and_malformed():
+    """E2H's Countdown reward: right 1.0, wrong but well formed 0.1, malformed 0 however right."""
+    task = Countdown(format_reward=0.1, format_required=True)
+    reference = REF
+    assert task.verify(answer("41 - 3 * 7"), reference) == pytest.approx(1.0)
+    assert task.verify(answer("41 - 3 - 7"), reference) == pytest.approx(0.1)
+    assert task.verify("so 41 - 3 * 7 = 20 <answer>41 - 3 * 7</answer>", reference) == 0.0
+    assert Countdown(format_reward=0.1).verify("<answer>41 - 3 * 7</answer>", reference) == \
+        pytest.approx(0.9)   # without format_required, treerl's own mix

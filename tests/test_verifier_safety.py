@@ -207,7 +207,7 @@ def variants(name: str, **options) -> list:
 VERIFIERS = {
     "arithmetic": Verifier(variants("arithmetic"), ARITHMETIC_REFS, IN_PROCESS_BOUND, True),
     "countdown": Verifier(variants("countdown"), COUNTDOWN_REFS, IN_PROCESS_BOUND, True),
-    "blocksworld": Verifier(variants("blocksworld") + [get_task("blocksworld", plan_shaping=True)], BLOCKS_REFS,
+    "blocksworld": Verifier(variants("blocksworld") + [get_task("blocksworld", plan_shaping="ratio")], BLOCKS_REFS,
                             IN_PROCESS_BOUND, True),
     "math": Verifier(variants("math", verify_timeout=MATH_TIMEOUT), MATH_REFS, MATH_TIMEOUT + MATH_SLACK, False),
     "gsm8k": Verifier(variants("gsm8k", verify_timeout=MATH_TIMEOUT), GSM8K_REFS, MATH_TIMEOUT + MATH_SLACK, False),

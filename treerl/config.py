@@ -56,7 +56,11 @@ class TaskConfig(Section):
     fields: dict[str, str] | None = Field(
         None, description="math, gsm8k: field names of a custom file (problem, answer, answer_format, level, subject)")
     verify_timeout: float | None = Field(None, gt=0.0, description="math, gsm8k: seconds per math-verify call")
-    plan_shaping: bool | None = Field(None, description="blocksworld: credit optimal/length for longer correct plans")
+    plan_shaping: Literal["e2h", "ratio"] | None = Field(
+        None, description="blocksworld, a correct plan longer than the optimum: e2h = (1 + optimal/length) / 2 of the "
+                          "credit (the E2H code), ratio = optimal/length; null = full credit")
+    format_required: bool | None = Field(None, description="an answer not in the template's format scores 0, however "
+                                                           "right (E2H); null = no")
 
 
 class RolloutConfig(Section):

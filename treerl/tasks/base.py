@@ -54,8 +54,9 @@ class Task(ABC):
             """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
     eval_only_levels: list[str] = []
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None):
+    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False):
         self.format_reward = format_reward
+        self.format_required = format_required
         self.template = TEMPLATES.lookup(template or self.default_template)
 
     @abstractmethod
@@ -75,11 +76,15 @@ class Task(ABC):
         """(correct, answer credit in [0, 1]); bounded in time, never evaluates the text."""
 
     def grade(self, completion: str, reference: Any) -> Grade:
+        """reward = (1 - f) credit + f well-formed, f = format_reward; with format_required, 0 when not well formed
+        (E2H: right 1.0, wrong but well formed f, malformed 0). `correct` is the answer's, whatever its form."""
         completion = completion[-MAX_COMPLETION_CHARS:]
         correct, credit = self.judge(completion, reference)
-        if self.format_reward == 0.0:
+        if self.format_reward == 0.0 and not self.format_required:
             return Grade(correct, credit)
         formatted = float(self.template.well_formed(completion))
+        if self.format_required and not formatted:
+            return Grade(correct, 0.0)
         return Grade(correct, (1.0 - self.format_reward) * credit + self.format_reward * formatted)
 
     def verify(self, completion: str, reference: Any) -> float:

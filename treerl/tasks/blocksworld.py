@@ -305,9 +305,13 @@ class Blocksworld(Task):
     levels = list(PLAN_LENGTH)
     eval_only_levels = ["ood"]
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None, plan_shaping: bool = False):
-        """plan_shaping: a correct plan longer than optimal earns optimal/len(plan) (E2H), else 1.0."""
-        super().__init__(format_reward, template)
+    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False,
+                 plan_shaping: str | None = None):
+        """plan_shaping, for a correct plan of length v above the optimum n: `e2h` earns (1 + n/v) / 2 (the E2H
+        code's 1 + n/v out of 2), `ratio` n/v; None: full credit."""
+        super().__init__(format_reward, template, format_required)
+        if plan_shaping not in PLAN_SHAPING:
+            raise UserError(f"task.plan_shaping: '{plan_shaping}' is not e2h or ratio")
         self.plan_shaping = plan_shaping
 
     def _check_level(self, level: str) -> None:
@@ -341,7 +345,10 @@ class Blocksworld(Task):
         state = dict(initial)
         if not all(apply(state, action) for action in plan) or state != goal:
             return False, 0.0
-        return True, min(1.0, optimal / len(plan)) if self.plan_shaping else 1.0
+        return True, PLAN_SHAPING[self.plan_shaping](min(1.0, optimal / len(plan)))
 
+
+PLAN_SHAPING = {None: lambda ratio: 1.0, "ratio": lambda ratio: ratio, "e2h": lambda ratio: (1.0 + ratio) / 2}
+"""The credit of a correct plan from optimal / length (1 for an optimal plan): by Blocksworld's plan_shaping."""
 
 register_task("blocksworld")(Blocksworld)

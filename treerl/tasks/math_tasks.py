@@ -28,9 +28,10 @@ class MathTask(Task):
     default_train_data = "math_train"
     default_eval_data = "math500"
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None, train_data: str | None = None,
-                 eval_data: str | None = None, fields: dict[str, str] | None = None, verify_timeout: float = 3.0):
-        super().__init__(format_reward, template)
+    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False,
+                 train_data: str | None = None, eval_data: str | None = None, fields: dict[str, str] | None = None,
+                 verify_timeout: float = 3.0):
+        super().__init__(format_reward, template, format_required)
         self.train_data = train_data or self.default_train_data
         self.eval_data = eval_data or self.default_eval_data
         self.fields = with_fields(fields)
