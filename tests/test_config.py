@@ -1,4 +1,6 @@
 
+from pathlib import Path
+
 import pytest
 
 from treerl.cli import main
@@ -139,8 +141,44 @@ def test_ready_configs_load_by_name_from_anywhere(name, in_tmp):
 
 
 def test_an_unknown_config_name_lists_the_shipped_ones(in_tmp):
-    assert set(shipped_configs()) == {"e2h_demo", "reschedule_demo", "treerpo_demo", "treerpo_paper"}
-    with pytest.raises(UserError, match="does not exist .configs shipped with treerl: e2h_demo, reschedule_demo"):
+    assert set(shipped_configs()) == {"dash_paper", "e2h_blocksworld_paper", "e2h_countdown_paper", "e2h_demo",
+                                      "reschedule_demo", "reschedule_paper", "treerpo_demo", "treerpo_paper"}
+    with pytest.raises(UserError, match="does not exist .configs shipped with treerl: dash_paper, e2h_blocksworld"):
         load_config("treerpo_dem")
     (in_tmp / "treerpo_demo.yaml").write_text("seed: 7\n")   # a file of the user's wins over a shipped name
     assert load_config("treerpo_demo.yaml").seed == 7
+
+
+def paper_tables() -> dict[str, list[tuple[str, str]]]:
+    """{config name: [(key, value)]} from the settings tables of docs/methods.md (a heading naming one shipped
+    config, then rows `| setting | paper | key | value | source |`)."""
+    import re
+
+    page = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for line in page.splitlines():
+        if line.startswith("#"):
+            names = [n for n in re.findall(r"`(\w+)`", line) if n in shipped_configs()]
+            current = names[0] if len(names) == 1 else None
+        elif current and line.startswith("| ") and not line.startswith("| setting"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if len(cells) == 5 and cells[2].startswith("`"):
+                tables.setdefault(current, []).append((cells[2].strip("`"), cells[3].strip("`")))
+    return tables
+
+
+def test_every_paper_config_has_the_settings_its_table_in_methods_md_names():
+    import yaml
+
+    from treerl.config import flat
+
+    tables = paper_tables()
+    assert set(tables) == {name for name in shipped_configs() if name.endswith("_paper")}
+    for name, rows in tables.items():
+        config = flat(load_config(name).model_dump())
+        for key, value in rows:
+            expected = yaml.safe_load(value)
+            got = config[key]
+            assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, (name, key)
+    assert len(tables["reschedule_paper"]) >= 20 and len(tables["treerpo_paper"]) >= 15
