@@ -159,3 +159,20 @@ def test_refill_needs_a_filter(model_dir, tmp_path, capsys):
                  "train.filter_tau=null"]) == 2
     assert "set train.filter_tau" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_treerpo_paper_config_trains_every_node_of_a_kept_group():
+    """Seven siblings at 0.5 and one at 0.375: spread 0.125 >= 0.1, so TreeRPO keeps the group; mu = 0.484375,
+    d = mu (1 - mu) + 1e-6 = 0.249756, A = +0.0626 (x7) and -0.4379. DASH's default filter (0.1) would drop the
+    seven; the paper's config trains all eight."""
+    from treerl.algo.advantages import AdvantageParams
+    from treerl.algo.treerpo import treerpo
+    from treerl.rollout.tree import ReasoningTree
+
+    tree = ReasoningTree.from_leaf_rewards([[0, 1]] * 7 + [[0, 0, 0, 0, 0, 1, 1, 1]])   # 1/2 x7, 3/8
+    advantages = treerpo(tree, AdvantageParams.from_config(load_config("treerpo_paper")))
+    top = [advantages[(i,)] for i in range(8)]
+    assert top == pytest.approx([0.0626] * 7 + [-0.4379], abs=1e-4)
+    samples = [TrainingSample((i,), [0], [1], [0.0], a) for i, a in enumerate(top)]
+    assert sum(learner_module.trainable(s, load_config(None, [])) for s in samples) == 1
+    assert sum(learner_module.trainable(s, load_config("treerpo_paper")) for s in samples) == 8
