@@ -125,3 +125,81 @@ def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
             for shared, own in zip(state.cached(layer), alone.cached(layer)):
                 assert torch.allclose(shared[row, :, state.prompt_width - len(ids[i]):state.prompt_width],
                                       own[0, :, :len(ids[i])], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ending_policy(policy):
+    """The test model with its EOS logit raised, so that sampled lengths spread from a few tokens to the limit."""
+    import copy
+
+    model, tok = copy.deepcopy(policy[0]), policy[1]
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += 0.35 * torch.randn(model.config.hidden_size,
+                                                                     generator=torch.Generator().manual_seed(1))
+    return model.eval(), tok
+
+
+MANY = PROMPTS * 6
+
+
+def test_a_sequence_samples_the_same_tokens_whatever_shares_its_batch(ending_policy):
+    """Per-row keys: a row's samples depend on the call's seed, its index and the model only (bit for bit on one
+    thread), not on the rows beside it, the batch size or when finished rows leave."""
+    together = sample(ending_policy, MANY, seed=5, max_new_tokens=40)
+    lengths = [len(c) for c in together.completion_ids]
+    assert min(lengths) < 10 and max(lengths) == 40                       # finished rows left early
+    alone = sample(ending_policy, MANY[:1], seed=5, max_new_tokens=40)   # row 0 has the same key alone
+    assert alone.completion_ids[0] == together.completion_ids[0]
+    assert torch.equal(alone.logprobs[0], together.logprobs[0])
+
+
+def test_finished_rows_leave_the_batch_and_change_no_bit(ending_policy, monkeypatch):
+    rows_fed = []
+    real = engine.LeanDecoder.forward
+
+    def spy(self, ids, *args, **kwargs):
+        rows_fed.append(ids.shape[0])
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine.LeanDecoder, "forward", spy)
+    compacted = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
+    decode_rows = rows_fed[1:]   # after the prefill of the 3 distinct prompts
+    assert decode_rows[0] == len(MANY) and decode_rows == sorted(decode_rows, reverse=True) and decode_rows[-1] < 6
+    monkeypatch.setattr(engine, "COMPACT_SHARE", 0)   # never compact: every row runs to the longest
+    rows_fed.clear()
+    full = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
+    assert set(rows_fed[1:]) == {len(MANY)}
+    assert compacted.completion_ids == full.completion_ids
+    assert all(torch.equal(a, b) for a, b in zip(compacted.logprobs, full.logprobs))
+
+
+def test_trees_fork_rows_that_were_moved_out_of_the_batch(ending_policy, monkeypatch):
+    from treerl.rollout.tree import sample_trees
+
+    model, tok = ending_policy
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+
+    def trees():
+        found, _ = sample_trees(model, tok, prompt_ids, branching=3, depth=3, step_tokens=6,
+                                generator=torch.Generator().manual_seed(2))
+        return [[(path, node.token_ids, node.logprobs) for path, node in tree.walk()] for tree in found]
+
+    compacted = trees()
+    monkeypatch.setattr(engine, "COMPACT_SHARE", 0)
+    assert trees() == compacted
+    assert any(len(path) == 3 for tree in compacted for path, _, _ in tree)   # forks reached the last level
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    """Tokens drawn at 20,000 keys from softmax([0, 1, 2]) / T = 1 land with frequencies of 0.090, 0.245, 0.665;
+    a token of probability 0 (top_p) is never drawn, and u near 1 stays within the support."""
+    from treerl.rollout.engine import row_keys, sample_tokens, uniforms
+
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
+    tokens, _ = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))
+    share = torch.bincount(tokens, minlength=3) / 20000
+    assert torch.allclose(share, torch.softmax(logits[0], -1), atol=0.01)
+    top, _ = sample_tokens(logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))
+    assert set(top.tolist()) == {2}                                   # nucleus 0.5 keeps the 0.665 token only
+    edge, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
+    assert edge.tolist() == [2, 2]

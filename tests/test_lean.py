@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from treerl.rollout import engine
-from treerl.rollout.engine import feed, generate, prefill, sample_tokens
+from treerl.rollout.engine import feed, generate, prefill, sample_tokens, uniforms
 from treerl.rollout.lean import GraphedStep, KVCache, lean_decoder
 from treerl.rollout.tree import sample_trees
 
@@ -130,9 +130,9 @@ def test_static_shape_steps_give_the_logits_of_growing_ones(policy, monkeypatch,
         for keys, values in state.cache.layers:
             keys[:, :, state.cache.width:] = values[:, :, state.cache.width:] = float("nan")
         step = EagerReplay(state.lean, state.cache, state.mask) if static else None
-        generator, logits = torch.Generator().manual_seed(3), [state.logits]
+        logits = [state.logits]
         for _ in range(15):
-            feed(model, state, sample_tokens(state.logits, 1.0, 1.0, generator)[0], step)
+            feed(model, state, sample_tokens(state.logits, 1.0, 1.0, uniforms(state.keys, state.generated))[0], step)
             logits.append(state.logits)
         return torch.stack(logits), state, step
 

@@ -1,6 +1,12 @@
 """Batched KV-cached sampling on any HF causal LM, returning the behaviour log-prob of every token. Llama-family
 models run through the lean forward of `lean.py` (on a GPU, each decode step replayed as a CUDA graph), others
-through their transformers forward."""
+through their transformers forward.
+
+Randomness is per sequence: each row carries a 64-bit key, and the token it samples at position t is drawn by
+inverse CDF from a uniform that hashes (key, t). A sequence's samples therefore depend on the seed of the call,
+its row and the model, never on which other sequences share its batch: finished rows can leave the batch (the
+lean forward compacts it on the CPU) and the samples stay the same.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +62,44 @@ def cache_argument_of(model_class: type[torch.nn.Module]) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
+GOLDEN, MIX_1, MIX_2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+"""SplitMix64's constants (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB) as signed 64-bit ints."""
+
+
+def _shift(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (arithmetic wraps): a well-spread hash of each value."""
+    z = z + GOLDEN
+    z = (z ^ _shift(z, 30)) * MIX_1
+    z = (z ^ _shift(z, 27)) * MIX_2
+    return z ^ _shift(z, 31)
+
+
+def row_keys(generator: torch.Generator | None, rows: int, device: torch.device | str) -> torch.Tensor:
+    """A key per row: one draw from `generator` (the call's seed) hashed with the row's index."""
+    base = 0 if generator is None else int(torch.randint(-2**62, 2**62, (), generator=generator,
+                                                         device=generator.device))
+    return mix(torch.arange(rows, device=device) * GOLDEN + base)
+
+
+def child_keys(keys: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+    """The key of a sequence's `child`-th continuation (the sequence itself continues as child 0)."""
+    return mix(keys ^ mix(child))
+
+
+def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
+    """A uniform in [0, 1) per row from its key and the position of the token it samples."""
+    return _shift(mix(keys ^ mix(torch.full_like(keys, position))), 11).double() * 2.0**-53
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens drawn from softmax(logits / T), nucleus-filtered, and their log-probs before filtering."""
+                  u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`, and their
+    log-probs before filtering."""
     logp = F.log_softmax(logits / temperature, dim=-1)
     probs = logp.exp()
     if top_p < 1.0:
@@ -66,7 +107,10 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)   # the first token whose cdf passes u
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -80,8 +124,25 @@ class DecodeState:
     prompt_lengths: torch.Tensor
     prompt_width: int
     logits: torch.Tensor | None
-    """Next-token logits of each row; None only in `fork`, before its first feed."""
+    """Next-token logits of each active row; None only in `fork`, before its first feed."""
     lean: LeanDecoder | None
+    keys: torch.Tensor
+    """Each row's random key (see `uniforms`)."""
+    order: torch.Tensor
+    """The row each position holds: decoding keeps the unfinished rows first (`compact`); rows are permuted, never
+    dropped, so that a finished row's prefix can still be forked."""
+    active: int = -1
+    """The positions [0, active) still decoding; -1: all."""
+
+    def __post_init__(self) -> None:
+        if self.active < 0:
+            self.active = self.mask.shape[0]
+
+    def positions_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Where the given rows are now."""
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
+        return inverse[rows]
 
     @property
     def generated(self) -> int:
@@ -94,9 +155,11 @@ class DecodeState:
         return self.cache.layers[layer].keys, self.cache.layers[layer].values
 
 
-def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, room: int = 0) -> DecodeState:
+def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, room: int = 0,
+            keys: torch.Tensor | None = None) -> DecodeState:
     """Encode the prompts; a prompt repeated in the batch (n samples of it) is encoded once and its KV cache
-    copied to each of its rows. A lean cache gets room for `room` tokens to come."""
+    copied to each of its rows. A lean cache gets room for `room` tokens to come. `keys`: each row's random key
+    (default: the row's index hashed)."""
     device = next(model.parameters()).device
     distinct: dict[tuple[int, ...], int] = {}
     index = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids], device=device)
@@ -119,52 +182,92 @@ def prefill(model: PreTrainedModel, prompt_ids: list[list[int]], pad_id: int, ro
         cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
                                              for layer in cache.layers])
     mask = mask.index_select(0, index)
-    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float().index_select(0, index), lean)
+    rows = torch.arange(len(prompt_ids), device=device)
+    return DecodeState(cache, mask, mask.sum(-1), ids.shape[1], logits.float().index_select(0, index), lean,
+                       row_keys(None, len(prompt_ids), device) if keys is None else keys.to(device), rows)
 
 
 def feed(model: PreTrainedModel, state: DecodeState, tokens: torch.Tensor,
          graphed: GraphedStep | None = None) -> None:
-    """Append one token per row to the state and compute the next logits, through `graphed` where given."""
+    """Append one token per active row to the state and compute their next logits, through `graphed` where
+    given."""
     state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
     positions = state.prompt_lengths + state.generated - 1
     if graphed:
         logits = graphed(tokens, positions)
     elif state.lean:
+        assert isinstance(state.cache, KVCache)
         state.cache.reserve(1)
-        logits = state.lean.forward(tokens[:, None], positions[:, None], state.cache,
-                                    state.mask.bool()[:, None, None])
+        n = state.active
+        cache = KVCache([(keys[:n], values[:n]) for keys, values in state.cache.layers], state.cache.width)
+        logits = state.lean.forward(tokens[:n, None], positions[:n, None], cache, state.mask[:n].bool()[:, None, None])
+        state.cache.width = cache.width
     else:
         logits = model(input_ids=tokens[:, None], attention_mask=state.mask, position_ids=positions[:, None],
                        use_cache=True, **{cache_argument(model): state.cache}).logits[:, -1]
     state.logits = logits.float()
 
 
+COMPACT_SHARE = 8
+"""Decoding compacts the batch once at least 1/COMPACT_SHARE of its active rows have finished (0: never)."""
+
+
+def compact(state: DecodeState, finished: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Move the active rows that finished behind the ones still decoding, swapping only the rows that must move
+    (their KV cache rows, mask, lengths, keys, logits and order, and `tokens`, one per active row), and shrink
+    `active`; returns the tokens of the rows still active."""
+    assert isinstance(state.cache, KVCache) and state.logits is not None
+    keep = int((~finished).sum())
+    holes = torch.nonzero(finished[:keep]).squeeze(-1)          # finished rows inside the new active block
+    movers = torch.nonzero(~finished[keep:]).squeeze(-1) + keep  # unfinished rows behind it
+    if len(holes):
+        swap_from, swap_to = torch.cat([holes, movers]), torch.cat([movers, holes])
+        for keys, values in state.cache.layers:
+            for buffer in (keys, values):
+                buffer.index_copy_(0, swap_to, buffer.index_select(0, swap_from))
+        for tensor in (state.mask, state.prompt_lengths, state.keys, state.order, state.logits, tokens):
+            tensor.index_copy_(0, swap_to, tensor.index_select(0, swap_from))
+    state.active = keep
+    state.logits = state.logits[:keep]
+    return tokens[:keep]
+
+
 def decode(model: PreTrainedModel, state: DecodeState, max_new_tokens: int, eos_id: int, pad_id: int,
-           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to max_new_tokens tokens per row, [B, T] with pad after EOS, and their log-probs; advances the state."""
-    finished = torch.zeros(state.mask.shape[0], dtype=torch.bool, device=state.mask.device)
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to max_new_tokens tokens per row, [B, T] in the rows' order with pad after EOS, and their log-probs;
+    advances the state. Rows that finish leave the batch (lean forward, not on a CUDA graph): later steps feed
+    only the rows still decoding."""
+    rows, device = state.mask.shape[0], state.mask.device
+    out_tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_logps = torch.zeros((rows, max_new_tokens), device=device)
+    finished = torch.zeros(state.active, dtype=torch.bool, device=device)
     graphed = None
     if state.lean:
+        assert isinstance(state.cache, KVCache)
         state.cache.reserve(max_new_tokens)
         if state.mask.is_cuda and max_new_tokens > 1:
             graphed = GraphedStep(state.lean, state.cache, state.mask)
-    tokens_per_step, logps_per_step = [], []
-    assert state.logits is not None
-    for _ in range(max_new_tokens):
+    steps = 0
+    for step in range(max_new_tokens):
+        assert state.logits is not None
         if greedy:
             tokens = state.logits.argmax(-1)
             logp = F.log_softmax(state.logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
         else:
-            tokens, logp = sample_tokens(state.logits, temperature, top_p, generator)
+            tokens, logp = sample_tokens(state.logits, temperature, top_p,
+                                         uniforms(state.keys[:state.active], state.generated))
         tokens = tokens.masked_fill(finished, pad_id)
-        tokens_per_step.append(tokens)
-        logps_per_step.append(logp)
+        where = state.order[:state.active]
+        out_tokens[where, step], out_logps[where, step] = tokens, logp.float()
+        steps = step + 1
         finished |= tokens == eos_id
         if finished.all():
             break
+        if state.lean and not graphed and int(finished.sum()) * COMPACT_SHARE >= state.active:
+            tokens = compact(state, finished, tokens)
+            finished = torch.zeros(state.active, dtype=torch.bool, device=device)
         feed(model, state, tokens, graphed)
-    return torch.stack(tokens_per_step, 1), torch.stack(logps_per_step, 1)
+    return out_tokens[:, :steps], out_logps[:, :steps]
 
 
 def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[int, int, list[int]]],
@@ -175,7 +278,7 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
     A lean cache gets room for `room` tokens after it."""
     width = states[0].prompt_width + generated - 1
     device = states[0].mask.device
-    runs = [(states[s], torch.tensor([row for _, row, _ in run], device=device))
+    runs = [(states[s], states[s].positions_of(torch.tensor([row for _, row, _ in run], device=device)))
             for s, run in itertools.groupby(picks, key=lambda pick: pick[0])]   # consecutive picks of one state
 
     def picked(per_state: Callable[[DecodeState], torch.Tensor]) -> torch.Tensor:
@@ -192,8 +295,16 @@ def fork(model: PreTrainedModel, states: list[DecodeState], picks: list[tuple[in
     else:
         cache = DynamicCache(ddp_cache_data=[(picked_cached(layer, 0), picked_cached(layer, 1))
                                              for layer in range(len(states[0].cache.layers))])
+    children: list[int] = []
+    counts: dict[tuple[int, int], int] = {}
+    for s, row, _ in picks:   # the n-th continuation of a row is its child n (the row itself continues as 0)
+        counts[(s, row)] = counts.get((s, row), 0) + 1
+        children.append(counts[(s, row)])
+    child = torch.tensor(children, device=device)
     state = DecodeState(cache, picked(lambda source: source.mask[:, :width]),
-                        picked(lambda source: source.prompt_lengths), states[0].prompt_width, logits=None, lean=lean)
+                        picked(lambda source: source.prompt_lengths), states[0].prompt_width, logits=None, lean=lean,
+                        keys=child_keys(picked(lambda source: source.keys), child),
+                        order=torch.arange(len(picks), device=device))
     last = torch.tensor([tokens[generated - 1] for _, _, tokens in picks], device=device)
     feed(model, state, last)
     return state
@@ -209,8 +320,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     was_training = model.training
     model.eval()
-    state = prefill(model, prompt_ids, pad, room=max_new_tokens)
-    tokens, logps = decode(model, state, max_new_tokens, eos, pad, temperature, top_p, greedy, generator)
+    state = prefill(model, prompt_ids, pad, room=max_new_tokens,
+                    keys=row_keys(generator, len(prompt_ids), next(model.parameters()).device))
+    tokens, logps = decode(model, state, max_new_tokens, eos, pad, temperature, top_p, greedy)
     model.train(was_training)
     return package(tokenizer, prompt_ids, tokens.cpu(), logps.cpu())
 

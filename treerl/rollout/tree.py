@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.rollout.engine import DecodeState, decode, fork, prefill
+from treerl.rollout.engine import DecodeState, decode, fork, prefill, row_keys
 
 Path = tuple[int, ...]
 Nested = float | list["Nested"]
@@ -176,8 +176,7 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
 
     def run(state: DecodeState, parents: list[Node], prefixes: list[list[int]], start_depth: int) -> list[Segment]:
         """Decode the remaining budget for each row of `state`, hang its slices under `parents`."""
-        tokens, logps = decode(model, state, budget - start_depth * step_tokens, eos, pad, temperature, top_p,
-                               False, generator)
+        tokens, logps = decode(model, state, budget - start_depth * step_tokens, eos, pad, temperature, top_p)
         states.append(state)
         batch, tokens, logps = len(states) - 1, tokens.cpu(), logps.cpu()
         rows.append([])
@@ -197,7 +196,9 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
                 parent = node
         return segments
 
-    state = prefill(model, [p for p in prompt_ids for _ in range(branching)], pad, room=budget)
+    rows_first = [p for p in prompt_ids for _ in range(branching)]
+    state = prefill(model, rows_first, pad, room=budget,
+                    keys=row_keys(generator, len(rows_first), next(model.parameters()).device))
     segments = run(state, [t.root for t in trees for _ in range(branching)], [[] for _ in state.prompt_lengths], 0)
     for level in range(1, depth):
         open_nodes = [s for s in segments if s.depth == level and not s.node.finished]
