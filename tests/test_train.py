@@ -288,3 +288,12 @@ def test_two_threads_give_the_same_run_twice(tmp_path):
                        check=True, capture_output=True)
         losses.append([(m["loss/policy"], m["grad_norm"]) for m in read_metrics(tmp_path / name)])
     assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_and_chunked_log_probs_train(model_dir, tmp_path):
+    result = trainer.train(tiny_config(model_dir, "train.gradient_checkpointing=true", "train.logit_chunk=8",
+                                       "train.filter_tau=null", "algo.entropy_coef=0.01"), tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["train/optimizer_steps"] for m in metrics] == [1, 1] and all(m["grad_norm"] > 0 for m in metrics)
+    assert result["after"]

@@ -168,6 +168,13 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="stop after this many steps in a row with a non-finite "
                                                     "loss or gradient (each skips its update)")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in the "
+                                                            "backward pass instead of keeping them (transformers' "
+                                                            "activation checkpointing); completions then carry their "
+                                                            "own copy of their context")
+    logit_chunk: int = Field(0, ge=0, description="log-probs from the final hidden states about this many tokens at a "
+                                                  "time, each chunk's logits recomputed in the backward pass: bounds "
+                                                  "the [tokens x vocabulary] memory; 0 = all at once")
     compile: bool = Field(False, description="torch.compile the model's forward (training, and sampling for models "
                                              "outside the lean forward of rollout/lean.py); the "
                                              "first steps compile for a minute or more, so it pays off in long runs")

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
+from treerl.errors import UserError
 from treerl.rollout.engine import cache_argument, left_pad
 
 
@@ -52,13 +55,36 @@ def scatter_completion_values(values: list[torch.Tensor], batch: TokenBatch) -> 
     return out
 
 
-def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
-    """Logits predicting each completion token [B, T, V]: the contexts run once with their KV cache kept, which
-    every completion of a context then attends to (a differentiable gather, so gradients reach the context)."""
+POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config attributes of models whose forward changes the logits after the output head (Gemma's soft cap,
+Cohere's and Granite's scales): their log-probs cannot be computed from the final hidden states alone."""
+
+
+def completion_states(model: PreTrainedModel, batch: TokenBatch, hidden: bool = False,
+                      shared_contexts: bool = True) -> torch.Tensor:
+    """Logits predicting each completion token [B, T, V], or with `hidden` the final hidden states [B, T, H] that
+    the output head turns into them. The contexts run once with their KV cache kept, which every completion of a
+    context then attends to (a differentiable gather, so gradients reach the context); without `shared_contexts`
+    (activation checkpointing drops caches), each completion runs with its own copy of its context in one pass."""
+    def outputs(**kwargs) -> torch.Tensor:
+        if not hidden:
+            return model(**kwargs).logits
+        kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=batch.completion_ids.device)
+        return model(**kwargs, output_hidden_states=True).hidden_states[-1]
+
+    if not shared_contexts:
+        index, width = batch.context_index, batch.completion_ids.shape[1]
+        mask = torch.cat([batch.context_mask.index_select(0, index), batch.completion_mask.long()], dim=1)
+        ids = torch.cat([batch.context_ids.index_select(0, index), batch.completion_ids], dim=1)
+        start = batch.context_ids.shape[1] - 1   # the last context position predicts the first completion token
+        return outputs(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       use_cache=False)[:, start:start + width]
+
     positions = (batch.context_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    first = model(input_ids=batch.context_ids, attention_mask=batch.context_mask, position_ids=positions,
-                  use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}).logits
+    first = outputs(input_ids=batch.context_ids, attention_mask=batch.context_mask, position_ids=positions,
+                    use_cache=True, **({} if hidden else {"logits_to_keep": 1}), **{cache_argument(model): cache})
+    first = first[:, -1:]
     # index_select, not tensor[index]: the backward of indexing (index_put_ with accumulate) made two runs on
     # two CPU threads differ in the seventh digit; index_select's backward gives the same bits every time
     index, width = batch.context_index, batch.completion_ids.shape[1]
@@ -71,22 +97,50 @@ def completion_logits(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor
     inputs = batch.completion_ids[:, :fed]
     mask = torch.cat([batch.context_mask[index], batch.completion_mask[:, :fed].long()], dim=1)
     positions = batch.context_mask.sum(-1)[index, None] + torch.arange(fed, device=inputs.device)
-    rest = model(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
-                 **{cache_argument(model): cache}).logits
+    rest = outputs(input_ids=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
+                   **{cache_argument(model): cache})
     return torch.cat([first, rest[:, :width - 1]], dim=1)
 
 
-def completion_logprobs(model: PreTrainedModel, batch: TokenBatch, temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(token | prefix) of every completion token [B, T] for logits / temperature, and optionally the
-    entropy of each of those distributions."""
-    logits = completion_logits(model, batch).float()
+def token_stats(logits: torch.Tensor, ids: torch.Tensor, temperature: float,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(token) [B, T] of logits / temperature at `ids`, and optionally each distribution's entropy."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     log_norm = logits.logsumexp(-1)
-    logprobs = logits.gather(-1, batch.completion_ids[..., None]).squeeze(-1) - log_norm
+    logprobs = logits.gather(-1, ids[..., None]).squeeze(-1) - log_norm
     entropy = None
     if with_entropy:
         probs = (logits - log_norm[..., None]).exp()
         entropy = log_norm - (probs * logits).sum(-1)
+    return logprobs, entropy
+
+
+def completion_logprobs(model: PreTrainedModel, batch: TokenBatch, temperature: float = 1.0,
+                        with_entropy: bool = False, chunk: int = 0,
+                        shared_contexts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(token | prefix) of every completion token [B, T] for logits / temperature, and optionally the
+    entropy of each of those distributions. With `chunk` > 0, the output head runs on about `chunk` tokens at a
+    time from the final hidden states, and each chunk's logits are recomputed in the backward pass instead of
+    kept: no [tokens x vocabulary] tensor is ever whole (train.logit_chunk). `shared_contexts`: see
+    `completion_states`."""
+    if not chunk:
+        return token_stats(completion_states(model, batch, shared_contexts=shared_contexts), batch.completion_ids,
+                           temperature, with_entropy)
+    module = getattr(model, "module", model)   # a DDP wrapper's model
+    if any(getattr(module.config, name, None) for name in POSTPROCESSED_LOGITS):
+        raise UserError(f"train.logit_chunk: a {module.config.model_type} model changes its logits after the output "
+                        "head, so they cannot be computed in chunks; set train.logit_chunk=0")
+    head = module.get_output_embeddings()
+    hidden = completion_states(model, batch, hidden=True, shared_contexts=shared_contexts)
+    columns = max(1, chunk // max(1, hidden.shape[0]))
+
+    def stats(h: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return token_stats(F.linear(h, head.weight, head.bias), ids, temperature, with_entropy)
+
+    parts = [checkpoint(stats, hidden[:, start:start + columns], batch.completion_ids[:, start:start + columns],
+                        use_reentrant=False) for start in range(0, hidden.shape[1], columns)]
+    logprobs = torch.cat([lp for lp, _ in parts], dim=1)
+    entropy = torch.cat([e for _, e in parts if e is not None], dim=1) if with_entropy else None
     return logprobs, entropy

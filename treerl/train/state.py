@@ -62,6 +62,8 @@ class TrainState:
         m = cfg.model
         model, tokenizer = load_policy(str(checkpoint) if checkpoint else m.name_or_path, m.dtype, par.device,
                                        m.trust_remote_code)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.train.compile:
             model.forward = torch.compile(model.forward, dynamic=True)
         policy = wrap_policy(model, par)

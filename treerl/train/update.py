@@ -134,7 +134,9 @@ def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objec
     old = scatter_completion_values([torch.tensor(s.old_logprobs) for s in rows], batch)
     advantages = torch.tensor([s.advantage for s in rows], device=device)[:, None]
     weights = torch.tensor([s.weight for s in rows], device=device)[:, None]
-    logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True)
+    logprobs, entropy = completion_logprobs(policy, batch, cfg.rollout.temperature, with_entropy=True,
+                                            chunk=cfg.train.logit_chunk,
+                                            shared_contexts=not cfg.train.gradient_checkpointing)
     assert entropy is not None
     pg, clipped = objective.policy_loss(logprobs, old, advantages, algo)
     pg = pg * weights
@@ -148,7 +150,8 @@ def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objec
     sums = {}
     if reference is not None:
         with torch.no_grad():
-            ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature)
+            ref_logprobs, _ = completion_logprobs(reference, batch, cfg.rollout.temperature,
+                                                  chunk=cfg.train.logit_chunk)
         kl = agg(objective.kl(logprobs, ref_logprobs))
         loss = loss + algo.kl_coef * kl
         sums["kl"] = kl.item()
