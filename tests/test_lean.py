@@ -65,7 +65,7 @@ def test_grouped_query_attention_with_biasless_llama(policy, monkeypatch):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
     assert lean_decoder(model) is not None
-    assert_same_samples(*lean_then_transformers(lambda: draw(model, tok), monkeypatch), atol=1e-5)
+    assert_same_samples(*lean_then_transformers(lambda: draw(model, tok), monkeypatch), atol=0.0)
 
 
 def test_other_architectures_sample_through_transformers(policy):
@@ -77,10 +77,55 @@ def test_other_architectures_sample_through_transformers(policy):
     assert all(1 <= len(ids) <= 16 for ids in gen.completion_ids)
 
 
-def test_scaled_rope_is_left_to_transformers():
+def family(kind: str, tok):
+    """A tiny random model of each architecture the lean forward covers, in its own transformers class."""
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    if kind == "qwen2.5":    # biases on q, k and v
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    if kind == "qwen3":      # RMSNorm on each head's queries and keys
+        return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16)).eval()
+    if kind == "llama3":     # Llama 3.x's rotary scaling
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        return LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope)).eval()
+    if kind == "yarn":       # a scaled rotary with an attention factor on cos and sin
+        rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}
+        return LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope)).eval()
+    return MistralForCausalLM(MistralConfig(**common, sliding_window=None)).eval()
+
+
+@pytest.mark.parametrize("kind", ["qwen2.5", "qwen3", "llama3", "yarn", "mistral"])
+def test_each_family_samples_lean_to_the_bit(policy, monkeypatch, kind):
+    model = family(kind, policy[1])
+    assert lean_decoder(model) is not None
+    assert_same_samples(*lean_then_transformers(lambda: draw(model, policy[1]), monkeypatch), atol=0.0)
+    lean, reference = lean_then_transformers(lambda: trees(model, policy[1]), monkeypatch)
+    assert lean == reference
+
+
+def test_a_dynamic_rope_is_left_to_transformers_and_said_once(capsys):
+    from treerl.rollout import lean
+
+    lean._told.discard("llama")
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, rope_scaling={"rope_type": "linear", "factor": 2.0}))
-    assert lean_decoder(model) is None
+                                         num_attention_heads=2,
+                                         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                                          "factor": 2.0}))
+    assert lean_decoder(model) is None and lean_decoder(model) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("treerl: warning: a llama model samples through its transformers")
 
 
 def test_reserve_grows_the_buffers_and_keeps_what_they_held():

@@ -1,4 +1,5 @@
-"""A lean inference forward for Llama-family decoders (Llama, Qwen2, Mistral) over a preallocated KV cache.
+"""A lean inference forward for Llama-family decoders (Llama 2 and 3.x, Qwen2 and 2.5, Qwen3, Mistral) over a
+preallocated KV cache.
 
 It runs the model's own weights through the same operations as the transformers forward (so samples and
 log-probs are bit-identical on the CPU) without its per-call machinery: no mask building, no cache objects,
@@ -14,20 +15,30 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from treerl.errors import warn
 from treerl.models.attention import attend_fp32_on_cpu
 
-LLAMA_FAMILY = ("llama", "qwen2", "mistral")
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+"""Rotary types whose frequencies are fixed at load (Llama 3.x's scaling among them); `dynamic` and `longrope`
+change them with the sequence's length and go through the transformers forward."""
+_told: set[str] = set()
 
 
 def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
-    """A LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder."""
+    """A LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder; then
+    says once, in one line, that this kind of model samples through its (slower) transformers forward."""
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     plain = (config.model_type in LLAMA_FAMILY and config.hidden_act == "silu"
-             and rope.get("rope_type", "default") == "default"
+             and rope.get("rope_type", "default") in STATIC_ROPE
              and not getattr(config, "use_sliding_window", False)
              and (config.model_type != "mistral" or config.sliding_window is None)
              and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or []))
+    if not plain and config.model_type not in _told:
+        _told.add(config.model_type)
+        warn(f"a {config.model_type} model samples through its transformers forward: treerl's lean forward covers "
+             f"{', '.join(LLAMA_FAMILY)} decoders with full attention and {', '.join(STATIC_ROPE)} rotary embeddings")
     plain_tensors = all(type(p) is torch.nn.Parameter for p in model.parameters())   # not FSDP2's DTensors
     return LeanDecoder(model) if plain and plain_tensors else None
 
@@ -41,6 +52,9 @@ class LayerWeights:
     k: tuple[torch.Tensor, torch.Tensor | None]
     v: tuple[torch.Tensor, torch.Tensor | None]
     o: tuple[torch.Tensor, torch.Tensor | None]
+    q_norm: torch.Tensor | None
+    """Qwen3's RMSNorm of each head's queries (and k_norm of its keys), before the rotary embedding."""
+    k_norm: torch.Tensor | None
     scaling: float
     post_norm: torch.Tensor
     gate: tuple[torch.Tensor, torch.Tensor | None]
@@ -53,8 +67,9 @@ class LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         q, k, v, o = ((m.weight, m.bias) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
         gate, up, down = ((m.weight, m.bias) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
-        return cls(layer.input_layernorm.weight, q, k, v, o, attn.scaling, layer.post_attention_layernorm.weight,
-                   gate, up, down)
+        q_norm, k_norm = (getattr(getattr(attn, name, None), "weight", None) for name in ("q_norm", "k_norm"))
+        return cls(layer.input_layernorm.weight, q, k, v, o, q_norm, k_norm, attn.scaling,
+                   layer.post_attention_layernorm.weight, gate, up, down)
 
 
 class KVCache:
@@ -109,6 +124,7 @@ class LeanDecoder:
         self.eps = config.rms_norm_eps
         self.embed, self.norm, self.head = body.embed_tokens.weight, body.norm.weight, model.lm_head.weight
         self.inv_freq = body.rotary_emb.inv_freq
+        self.rope_scale = float(getattr(body.rotary_emb, "attention_scaling", 1.0))
         self.layers = [LayerWeights.of(layer) for layer in body.layers]
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -119,14 +135,35 @@ class LeanDecoder:
         """cos and sin of the rotary angles, the first half of sin negated (see `rotate`)."""
         freqs = positions[..., None].float() * self.inv_freq.float()
         angles = torch.cat((freqs, freqs), dim=-1)
-        sin, half = angles.sin(), freqs.shape[-1]
-        return angles.cos().to(dtype)[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1).to(dtype)[:, None]
+        sin, half = angles.sin() * self.rope_scale, freqs.shape[-1]
+        cos = angles.cos() * self.rope_scale
+        return cos.to(dtype)[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1).to(dtype)[:, None]
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
         """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits: rotate_half(x) is x with
         its halves swapped and the first one negated, and -a * b == a * -b exactly."""
         return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Attention of queries [B, H, T, D] over keys and values of the key-value heads, as transformers computes
+        it under a mask on the CPU (so the bits are its bits): with several query heads per key-value head, one
+        query token is packed as `groups` queries of its head's group, more tokens attend to repeated keys. On a
+        GPU the kernel reads the groups itself (`enable_gqa`), without a copy."""
+        rows, heads, length, dim = q.shape
+        groups = heads // self.kv_heads
+        if groups == 1 or keys.is_cuda:
+            return attend_fp32_on_cpu(F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling,
+                                      enable_gqa=groups > 1)
+        if length == 1:
+            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, q.reshape(rows, self.kv_heads, groups, dim),
+                                     keys, values, mask, scale=scaling)
+            return out.reshape(rows, heads, 1, dim)
+        span = keys.shape[2]
+        keys, values = (t[:, :, None].expand(rows, self.kv_heads, groups, span, dim).reshape(rows, heads, span, dim)
+                        for t in (keys, values))
+        return attend_fp32_on_cpu(F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor,
                 column: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,8 +178,11 @@ class LeanDecoder:
         span = end if column is None else mask.shape[-1]
         for w, (keys, values) in zip(self.layers, cache.layers):
             h = self.rms_norm(x, w.input_norm)
-            q = F.linear(h, *w.q).view(rows, length, self.heads, self.head_dim).transpose(1, 2)
-            k = F.linear(h, *w.k).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = F.linear(h, *w.q).view(rows, length, self.heads, self.head_dim)
+            k = F.linear(h, *w.k).view(rows, length, self.kv_heads, self.head_dim)
+            if w.q_norm is not None and w.k_norm is not None:
+                q, k = self.rms_norm(q, w.q_norm), self.rms_norm(k, w.k_norm)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             if column is None:
                 keys[:, :, start:end] = self.rotate(k, cos, sin)
@@ -150,8 +190,7 @@ class LeanDecoder:
             else:
                 keys.index_copy_(2, column, self.rotate(k, cos, sin).to(keys.dtype))   # as the slice assignment casts
                 values.index_copy_(2, column, v.to(values.dtype))
-            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, self.rotate(q, cos, sin), keys[:, :, :span],
-                                     values[:, :, :span], mask, scale=w.scaling, enable_gqa=self.heads != self.kv_heads)
+            out = self.attend(self.rotate(q, cos, sin), keys[:, :, :span], values[:, :, :span], mask, w.scaling)
             x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
             h = self.rms_norm(x, w.post_norm)
             x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
