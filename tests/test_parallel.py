@@ -93,3 +93,16 @@ def test_unshare_puts_every_rank_share_back_in_order():
     par = Parallel(rank=1, world=3)
     par.gather = lambda mine: shares   # what all_gather_object returns on every rank
     assert par.unshare(shares[1]) == items
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp2_makes_the_single_process_update(model_dir, tmp_path):
+    """Frozen base weights and trained adapters share FSDP2's shard groups; the saved adapters match."""
+    lora = ["model.lora.r=4", "algo.kl_coef=0.1"]
+    run(tmp_path / "one", model_dir, *lora)
+    run(tmp_path / "two", model_dir, *lora, "train.strategy=fsdp2", ranks=2)
+    assert metrics(tmp_path / "two")[0]["kl"] == metrics(tmp_path / "one")[0]["kl"] == 0.0   # B starts at 0
+    want, got = (load_file(tmp_path / name / "checkpoints/step_1/adapter_model.safetensors") for name in ("one", "two"))
+    assert set(got) == set(want) and any(t.abs().max() > 0 for k, t in want.items() if "lora_B" in k)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)

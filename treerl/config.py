@@ -31,6 +31,16 @@ class Section(BaseModel):
 NUMBER_TYPES = (int, float, int | None, float | None)
 
 
+class LoraSettings(Section):
+    """LoRA adapters through peft: the base weights stay frozen, only the adapters train."""
+    r: int = Field(0, ge=0, description="adapter rank; 0 = train every weight (no LoRA)")
+    alpha: int = Field(16, gt=0, description="the adapters' scale is alpha / r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input while training")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"],
+                                      description="the linear layers that get an adapter")
+
+
 class ModelConfig(Section):
     name_or_path: str = Field("tiny", description="'tiny' (the embedded model), 'tiny-countdown' (its Countdown "
                                                     "twin) or a local HF causal LM directory")
@@ -42,6 +52,7 @@ class ModelConfig(Section):
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     trust_remote_code: bool = Field(False, description="run the model directory's own Python code (only for "
                                                        "models you trust)")
+    lora: LoraSettings = LoraSettings()
 
 
 class TaskConfig(Section):

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import yaml
+from peft import PeftModel
 from pydantic import BaseModel
 
 from treerl.config import config_yaml
@@ -304,7 +305,9 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            model.save_pretrained(tmp, state_dict=model_state)
+            # a LoRA run saves its adapters alone (treerl never changes the vocabulary, so no embedding layers)
+            adapters = {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
+            model.save_pretrained(tmp, state_dict=model_state, **adapters)
             tokenizer.save_pretrained(tmp)
             torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
             files = sorted(p for p in tmp.rglob("*") if p.is_file())

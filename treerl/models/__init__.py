@@ -10,8 +10,10 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from treerl.config import LoraSettings
 from treerl.errors import UserError
 from treerl.models.attention import use_fp32_attention_on_cpu
+from treerl.models.lora import base_of, is_adapter, load_adapter, with_adapters
 
 hf_logging.disable_progress_bar()
 # treerl checks prompts against the model's context itself (eval counts them, training refuses them)
@@ -71,9 +73,17 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 
 
 def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu",
-                trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (weights through safetensors) and tokenizer from 'tiny' or a local HF directory, with a pad token
-    set; the directory's own code runs only with trust_remote_code."""
+                trust_remote_code: bool = False,
+                lora: LoraSettings | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (weights through safetensors) and tokenizer from 'tiny', a local HF directory or a directory of LoRA
+    adapters (on the base model it names), with a pad token set; the directory's own code runs only with
+    trust_remote_code. With lora.r > 0 only adapters train: the directory's, or fresh ones on a plain model; with
+    lora.r = 0 a directory's adapters are merged into the base weights, which all train."""
+    if is_adapter(Path(name_or_path).expanduser()):
+        adapter = Path(name_or_path).expanduser()
+        base, tokenizer = load_policy(base_of(adapter), dtype, device, trust_remote_code)
+        adapted = load_adapter(base, adapter, trainable=lora is not None and lora.r > 0).to(device)
+        return (adapted.merge_and_unload() if lora is not None and lora.r == 0 else adapted), tokenizer
     path = resolve_model_path(name_or_path)
     check_model_files(path, name_or_path)
     try:
@@ -85,4 +95,6 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.d
         raise UserError(f"model path '{name_or_path}' ships its own Python code to build the model; treerl runs it "
                         "only with model.trust_remote_code=true (set it if you trust that code)") from None
     use_fp32_attention_on_cpu(model)
+    if lora is not None and lora.r > 0:
+        model = with_adapters(model, lora, base=name_or_path if name_or_path in EMBEDDED else str(path.resolve()))
     return model, load_tokenizer(name_or_path, trust_remote_code)

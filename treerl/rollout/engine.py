@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from treerl.models.lora import underlying
 from treerl.rollout.lean import GraphedStep, KVCache, LeanDecoder, lean_decoder
 
 
@@ -53,7 +54,7 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
-    model_class = type(getattr(model, "module", model))   # a DDP wrapper's forward takes **kwargs
+    model_class = type(underlying(getattr(model, "module", model)))   # DDP's and peft's forwards take **kwargs
     return cache_argument_of(model_class)  # type: ignore[arg-type]  # mypy: a class is not Hashable (mypy#11470)
 
 

@@ -13,10 +13,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from treerl.errors import warn
 from treerl.models.attention import attend_fp32_on_cpu
+from treerl.models.lora import underlying
 
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
@@ -26,8 +29,10 @@ _told: set[str] = set()
 
 
 def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
-    """A LeanDecoder over the model's weights, or None where the model is not a plain Llama-family decoder; then
-    says once, in one line, that this kind of model samples through its (slower) transformers forward."""
+    """A LeanDecoder over the model's weights (under LoRA adapters, the model's with its adapters), or None where
+    the model is not a plain Llama-family decoder; then says once, in one line, that this kind of model samples
+    through its (slower) transformers forward."""
+    model = underlying(model)
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     plain = (config.model_type in LLAMA_FAMILY and config.hidden_act == "silu"
@@ -35,41 +40,103 @@ def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
              and not getattr(config, "use_sliding_window", False)
              and (config.model_type != "mistral" or config.sliding_window is None)
              and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or []))
-    if not plain and config.model_type not in _told:
-        _told.add(config.model_type)
-        warn(f"a {config.model_type} model samples through its transformers forward: treerl's lean forward covers "
-             f"{', '.join(LLAMA_FAMILY)} decoders with full attention and {', '.join(STATIC_ROPE)} rotary embeddings")
-    plain_tensors = all(type(p) is torch.nn.Parameter for p in model.parameters())   # not FSDP2's DTensors
-    return LeanDecoder(model) if plain and plain_tensors else None
+    if not plain:
+        tell(config.model_type, f"a {config.model_type} model samples through its transformers forward: treerl's "
+             f"lean forward covers {', '.join(LLAMA_FAMILY)} decoders with full attention and "
+             f"{', '.join(STATIC_ROPE)} rotary embeddings")
+        return None
+    if not all(type(p) is torch.nn.Parameter for p in model.parameters()):   # FSDP2's DTensors
+        return None
+    try:
+        decoder = LeanDecoder(model)
+    except UnsupportedAdapter:
+        decoder = None
+    adapted = sum(isinstance(module, BaseTunerLayer) for module in model.modules())
+    if decoder is None or adapted != sum(linear.lora is not None for layer in decoder.layers
+                                         for linear in layer.linears()):
+        tell("adapter", "these adapters sample through the transformers forward: treerl's lean forward applies one "
+             "plain, unmerged LoRA adapter on the decoder layers' projections")
+        return None
+    return decoder
+
+
+def tell(topic: str, line: str) -> None:
+    """Warn once per topic."""
+    if topic not in _told:
+        _told.add(topic)
+        warn(line)
+
+
+class UnsupportedAdapter(Exception):
+    """An adapter the lean forward does not apply (merged, DoRA and other LoRA variants, several at once)."""
+
+
+@dataclass
+class Linear:
+    """A linear layer's tensors; with a LoRA adapter (peft), its A, B and scale, applied as peft applies them:
+    base(x) + B(A(x)) * scale in the adapter's dtype, cast back to the base output's."""
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None
+    """(A, B, B's bias, scale)."""
+
+    @classmethod
+    def of(cls, module: Any) -> Linear:
+        """The tensors of an nn.Linear, or of peft's LoRA Linear around one; UnsupportedAdapter for other
+        adapters."""
+        if not isinstance(module, BaseTunerLayer):
+            return cls(module.weight, module.bias)
+        if not isinstance(module, LoraLayer):
+            raise UnsupportedAdapter
+        layer: Any = module   # peft's layers are typed loosely
+        base = layer.get_base_layer()
+        if layer.disable_adapters:
+            return cls(base.weight, base.bias)
+        active = [name for name in layer.active_adapters if name in layer.lora_A]
+        if (layer.merged or len(active) != 1 or active[0] in layer.lora_variant
+                or getattr(layer, "cast_input_dtype_enabled", True) is False):
+            raise UnsupportedAdapter
+        a, b = layer.lora_A[active[0]], layer.lora_B[active[0]]
+        return cls(base.weight, base.bias, (a.weight, b.weight, b.bias, layer.scaling[active[0]]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.lora is None:
+            return out
+        a, b, b_bias, scale = self.lora
+        return (out + F.linear(F.linear(x.to(a.dtype), a), b, b_bias) * scale).to(out.dtype)
 
 
 @dataclass
 class LayerWeights:
     """One decoder layer's tensors, looked up once: a module call or attribute lookup costs more than a matmul
-    of a small model. Linear layers are (weight, bias)."""
+    of a small model."""
     input_norm: torch.Tensor
-    q: tuple[torch.Tensor, torch.Tensor | None]
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
-    o: tuple[torch.Tensor, torch.Tensor | None]
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
     q_norm: torch.Tensor | None
     """Qwen3's RMSNorm of each head's queries (and k_norm of its keys), before the rotary embedding."""
     k_norm: torch.Tensor | None
     scaling: float
     post_norm: torch.Tensor
-    gate: tuple[torch.Tensor, torch.Tensor | None]
-    up: tuple[torch.Tensor, torch.Tensor | None]
-    down: tuple[torch.Tensor, torch.Tensor | None]
+    gate: Linear
+    up: Linear
+    down: Linear
 
     @classmethod
     def of(cls, layer: Any) -> LayerWeights:
         """The tensors of a transformers decoder layer (Any: transformers is not type-checked here)."""
         attn, mlp = layer.self_attn, layer.mlp
-        q, k, v, o = ((m.weight, m.bias) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
-        gate, up, down = ((m.weight, m.bias) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        q, k, v, o = (Linear.of(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+        gate, up, down = (Linear.of(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         q_norm, k_norm = (getattr(getattr(attn, name, None), "weight", None) for name in ("q_norm", "k_norm"))
         return cls(layer.input_layernorm.weight, q, k, v, o, q_norm, k_norm, attn.scaling,
                    layer.post_attention_layernorm.weight, gate, up, down)
+
+    def linears(self) -> tuple[Linear, ...]:
+        return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
 
 
 class KVCache:
@@ -178,12 +245,12 @@ class LeanDecoder:
         span = end if column is None else mask.shape[-1]
         for w, (keys, values) in zip(self.layers, cache.layers):
             h = self.rms_norm(x, w.input_norm)
-            q = F.linear(h, *w.q).view(rows, length, self.heads, self.head_dim)
-            k = F.linear(h, *w.k).view(rows, length, self.kv_heads, self.head_dim)
+            q = w.q(h).view(rows, length, self.heads, self.head_dim)
+            k = w.k(h).view(rows, length, self.kv_heads, self.head_dim)
             if w.q_norm is not None and w.k_norm is not None:
                 q, k = self.rms_norm(q, w.q_norm), self.rms_norm(k, w.k_norm)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = F.linear(h, *w.v).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = w.v(h).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
             if column is None:
                 keys[:, :, start:end] = self.rotate(k, cos, sin)
                 values[:, :, start:end] = v
@@ -191,9 +258,9 @@ class LeanDecoder:
                 keys.index_copy_(2, column, self.rotate(k, cos, sin).to(keys.dtype))   # as the slice assignment casts
                 values.index_copy_(2, column, v.to(values.dtype))
             out = self.attend(self.rotate(q, cos, sin), keys[:, :, :span], values[:, :, :span], mask, w.scaling)
-            x = x + F.linear(out.transpose(1, 2).reshape(rows, length, -1), *w.o)
+            x = x + w.o(out.transpose(1, 2).reshape(rows, length, -1))
             h = self.rms_norm(x, w.post_norm)
-            x = x + F.linear(F.silu(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
+            x = x + w.down(F.silu(w.gate(h)) * w.up(h))
         if column is None:
             cache.width = end
         return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)

@@ -20,6 +20,8 @@ from treerl.parallel import Parallel
 
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 """Whole tensors, gathered to rank 0's CPU memory (other ranks get an empty dict)."""
+TRAINED_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+"""The same for the parameters that train (under LoRA, the adapters)."""
 
 
 def wrap_policy(model: torch.nn.Module, par: Parallel) -> torch.nn.Module:
@@ -67,12 +69,12 @@ def gradient_sync(policy: torch.nn.Module, sync: bool):
 
 
 def full_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state with whole tensors, on rank 0's CPU; keyed by parameter name, so that a run
-    saved with N ranks resumes with M."""
+    """(model, optimizer) state with whole tensors, on rank 0's CPU, of the parameters that train (and the
+    buffers); keyed by parameter name, so that a run saved with N ranks resumes with M."""
     model = unwrap(policy)
     aliases = ({name for name, _ in model.named_parameters(remove_duplicate=False)}
                - {name for name, _ in model.named_parameters()})   # tied weights, e.g. lm_head = embed_tokens
-    weights = {name: tensor for name, tensor in get_model_state_dict(policy, options=FULL_ON_RANK0).items()
+    weights = {name: tensor for name, tensor in get_model_state_dict(policy, options=TRAINED_ON_RANK0).items()
                if name not in aliases}
     return weights, get_optimizer_state_dict(policy, optimizer, options=FULL_ON_RANK0)
 

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 
 from treerl.config import Config
 from treerl.curriculum.sampler import ProblemSampler
 from treerl.curriculum.weights import QueryWeights
 from treerl.models import load_policy
+from treerl.models.lora import WithoutAdapters
 from treerl.parallel import Parallel
 from treerl.rundir import RunDir, load_trainer_state
 from treerl.train.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
@@ -40,7 +42,7 @@ class TrainState:
     policy: torch.nn.Module
     """The model, wrapped for data parallelism (DDP, FSDP2) under torchrun."""
     reference: torch.nn.Module | None
-    """The frozen starting model for the KL term (algo.kl_coef > 0); not saved."""
+    """The frozen starting model for the KL term (algo.kl_coef > 0), under LoRA the base model; not saved."""
     tokenizer: object
     optimizer: torch.optim.Optimizer
     rng: random.Random
@@ -61,15 +63,18 @@ class TrainState:
         torch.manual_seed(cfg.seed)
         m = cfg.model
         model, tokenizer = load_policy(str(checkpoint) if checkpoint else m.name_or_path, m.dtype, par.device,
-                                       m.trust_remote_code)
+                                       m.trust_remote_code, m.lora)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.train.compile:
             model.forward = torch.compile(model.forward, dynamic=True)
         policy = wrap_policy(model, par)
-        reference = (load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval()
-                     if cfg.algo.kl_coef > 0 else None)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        reference = None
+        if cfg.algo.kl_coef > 0:   # a LoRA run's reference is its base model: the adapters switched off
+            reference = (WithoutAdapters(model) if isinstance(model, PeftModel)
+                         else load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval())
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         generator = torch.Generator(device=par.device).manual_seed(cfg.seed + RANK_SEED_STRIDE * par.rank)
         state = cls(policy, reference, tokenizer, optimizer, random.Random(cfg.seed), generator, sampler, weights)
         if checkpoint:

@@ -1,0 +1,113 @@
+"""LoRA through peft: only the adapters train and are saved, the lean forward applies them to the bit, the KL
+reference is the base model, and an adapter directory loads for evaluation and resume."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import treerl.train.trainer as trainer
+from test_lean import assert_same_samples, draw, lean_then_transformers
+from test_train import crash_and_resume, parity_reward, read_metrics, tiny_config
+from treerl.cli import main
+from treerl.config import LoraSettings
+from treerl.errors import UserError
+from treerl.models import load_policy
+from treerl.models.lora import WithoutAdapters
+from treerl.rollout.lean import lean_decoder
+from treerl.tasks.arithmetic import Arithmetic
+from treerl.train.batch import completion_logprobs, make_batch
+
+LORA = LoraSettings(r=4, alpha=8)
+
+
+def adapted(model_dir, seed: int = 0, dtype: str = "float32"):
+    """The small model with fresh adapters whose B is random (at initialisation B = 0: no effect to check)."""
+    model, tok = load_policy(str(model_dir), dtype, lora=LORA)
+    torch.manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0.0, 0.5)
+    return model.eval(), tok
+
+
+def test_fresh_adapters_freeze_the_base_weights(model_dir):
+    model, _ = load_policy(str(model_dir), lora=LORA)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
+    assert len(trainable) == 2 * 7 * model.config.num_hidden_layers   # A and B on every projection
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])   # bf16 weights: peft keeps the adapters in fp32
+def test_lean_forward_applies_adapters_to_the_bit(model_dir, monkeypatch, dtype):
+    model, tok = adapted(model_dir, dtype=dtype)
+    assert lean_decoder(model) is not None
+    lean, reference = lean_then_transformers(lambda: draw(model, tok), monkeypatch)
+    assert_same_samples(lean, reference, atol=0.0)
+    plain, _ = load_policy(str(model_dir), dtype)
+    assert draw(plain.eval(), tok).completion_ids != lean.completion_ids   # the adapters changed the samples
+
+
+def test_merged_adapters_sample_through_transformers(model_dir):
+    model, _ = adapted(model_dir)
+    model.merge_adapter()
+    assert lean_decoder(model) is None
+
+
+def test_reference_is_the_base_model_with_the_adapters_off(model_dir):
+    model, tok = adapted(model_dir)
+    plain, _ = load_policy(str(model_dir))
+    batch = make_batch([tok.encode("12+3\n")] * 2, [tok.encode("15\n"), tok.encode("16\n")])
+    with torch.no_grad():
+        off, _ = completion_logprobs(WithoutAdapters(model), batch)
+        base, _ = completion_logprobs(plain.eval(), batch)
+        on, _ = completion_logprobs(model, batch)
+    assert torch.equal(off, base) and not torch.allclose(on, base)
+
+
+def test_unknown_target_module_is_a_user_error(model_dir):
+    with pytest.raises(UserError, match="model.lora.target_modules"):
+        load_policy(str(model_dir), lora=LoraSettings(r=4, target_modules=["no_such_proj"]))
+
+
+@pytest.mark.slow
+def test_lora_run_saves_adapters_that_load_for_evaluation(model_dir, tmp_path, monkeypatch, capsys):
+    """Two steps: only adapters change and are saved; the first step's KL to the base is exactly 0 (B starts at
+    0); the checkpoint loads with peft, through load_policy (adapters kept, or merged for full training)."""
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    run = tmp_path / "run"
+    trainer.train(tiny_config(model_dir, "model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2",
+                              "algo.kl_coef=0.1", "train.filter_tau=null"), run)
+    metrics = read_metrics(run)
+    assert metrics[0]["kl"] == 0.0 and metrics[1]["kl"] > 0.0
+    checkpoint = run / "checkpoints" / "step_2"
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    assert saved and all("lora_A" in key or "lora_B" in key for key in saved)
+    assert any(t.abs().sum() > 0 for key, t in saved.items() if "lora_B" in key)
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(model_dir.resolve())
+    by_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), checkpoint).eval()
+    mine, tok = load_policy(str(checkpoint))
+    merged, _ = load_policy(str(checkpoint), lora=LoraSettings(r=0))
+    assert not isinstance(merged, PeftModel)
+    ids = torch.tensor([tok.encode("12+3\n")])
+    with torch.no_grad():
+        expected = by_peft(input_ids=ids).logits
+        assert torch.equal(mine.eval()(input_ids=ids).logits, expected)
+        assert torch.allclose(merged.eval()(input_ids=ids).logits, expected, atol=1e-5)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(checkpoint), "--json", "eval.problems=2", "eval.levels=[easy]",
+                 "eval.max_new_tokens=4", "output.progress=false"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"]["easy"]["problems"] == 2
+
+
+@pytest.mark.slow
+def test_lora_resume_reproduces_the_run(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Arithmetic, "judge", parity_reward)
+    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "train.lr=1e-2", "model.lora.r=4",
+                      "algo.kl_coef=0.1")
+    metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
+    assert any(m["grad_norm"] > 0 for m in metrics[2:])
