@@ -15,7 +15,7 @@ batched generation per level), trees of the same shape, alternately for --rounds
 median wall seconds, prefix tokens encoded (the engine encodes a repeated prompt or prefix once, in both),
 tokens generated, and achieved FLOP/s against the matmul peak. --wider HIDDEN LAYERS replaces the tiny model by a
 randomly initialised one of its shape, wider and deeper, where a token costs more. --device cuda runs both on
-the GPU, where the engine replays each decode step as a CUDA graph.
+the GPU.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import torch
 
 from probe import matmul_peak, model_shapes
 from treerl.models import TINY_DIR, load_policy
-from treerl.rollout import engine
 from treerl.rollout.engine import generate
 from treerl.rollout.tree import sample_trees
 from treerl.tasks import get_task
@@ -103,10 +102,10 @@ def reencode(model, tokenizer, prompt_ids, branching, depth, step_tokens, genera
 
 
 def fork(model, tokenizer, prompt_ids, branching, depth, step_tokens, generator) -> dict:
-    """The tree sampler: continuations fork their prefix's KV cache."""
+    """The tree sampler: continuations read their prefix's KV cache."""
     trees, stats = sample_trees(model, tokenizer, prompt_ids, temperature=0.7, generator=generator,
                                 branching=branching, depth=depth, step_tokens=step_tokens)
-    return {"prefix_tokens_encoded": sum(map(len, prompt_ids)) + stats.refed_tokens,
+    return {"prefix_tokens_encoded": sum(map(len, set(map(tuple, prompt_ids)))),
             "generated_tokens": stats.generated_tokens,
             "nodes": sum(1 for tree in trees for path, _ in tree.walk() if path)}
 
@@ -151,13 +150,10 @@ def main() -> None:
     parser.add_argument("--level", default="hard")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda")
-    parser.add_argument("--eager", action="store_true", help="on a GPU, decode without CUDA graphs (what they bring)")
     parser.add_argument("--wider", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
                         help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, MLP "
                              "3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more")
     args = parser.parse_args()
-    if args.eager:
-        engine.GraphedStep = lambda *args: None   # decode() then feeds every step eagerly
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_policy(str(TINY_DIR), "float32", "cpu")

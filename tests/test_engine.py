@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from treerl.rollout import engine
-from treerl.rollout.engine import generate, prefill
+from treerl.rollout import engine, tree
+from treerl.rollout.engine import generate
 from treerl.rollout.lean import LeanDecoder
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 
@@ -80,12 +80,10 @@ def test_tiny_top_p_is_greedy(policy):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("sampler", ["generate", "sample_trees"])
 def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, mode, sampler):
-    from treerl.rollout import tree
-
     model, tok = policy
     module = engine if sampler == "generate" else tree
-    seen, real = [], module.prefill
-    monkeypatch.setattr(module, "prefill", lambda m, *args, **kw: seen.append(m.training) or real(m, *args, **kw))
+    seen, real = [], module.backend_for
+    monkeypatch.setattr(module, "backend_for", lambda m, *args: seen.append(m.training) or real(m, *args))
     model.train(mode == "train")
     try:
         if sampler == "generate":
@@ -101,7 +99,7 @@ def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, m
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
-    """n samples of a prompt share one encoding of it, and each row starts as the prompt encoded alone would."""
+    """n samples of a prompt share one encoding of it, and each sample is what the prompt alone would give."""
     model, tok = policy
     encoded_rows = []
     if lean:
@@ -111,20 +109,15 @@ def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
     else:
         monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
         forward = model.forward
-        monkeypatch.setattr(model, "forward", lambda input_ids, **kwargs: encoded_rows.append(len(input_ids))
+        monkeypatch.setattr(model, "forward", lambda input_ids, **kwargs: encoded_rows.append(input_ids.shape)
                             or forward(input_ids=input_ids, **kwargs))
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     rows = [0, 1, 0, 2, 0, 1]
-    state = prefill(model, [ids[i] for i in rows], tok.pad_token_id)
-    assert encoded_rows == [3]
+    together = sample(policy, prompts=[PROMPTS[i] for i in rows], greedy=True, max_new_tokens=4)
+    assert encoded_rows[0] == 3 if lean else encoded_rows[0][0] == 3
     for row, i in enumerate(rows):
-        alone = prefill(model, [ids[i]], tok.pad_token_id)
-        assert torch.allclose(state.logits[row], alone.logits[0], atol=1e-5)
-        assert state.mask[row, state.prompt_width - len(ids[i]):].all() and state.prompt_lengths[row] == len(ids[i])
-        for layer in range(len(model.model.layers)):
-            for shared, own in zip(state.cached(layer), alone.cached(layer)):
-                assert torch.allclose(shared[row, :, state.prompt_width - len(ids[i]):state.prompt_width],
-                                      own[0, :, :len(ids[i])], atol=1e-5)
+        alone = sample(policy, prompts=[PROMPTS[i]], greedy=True, max_new_tokens=4)
+        assert together.completion_ids[row] == alone.completion_ids[0]
+        assert torch.allclose(together.logprobs[row], alone.logprobs[0], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -143,57 +136,39 @@ MANY = PROMPTS * 6
 
 
 def test_a_sequence_samples_the_same_tokens_whatever_shares_its_batch(ending_policy):
-    """Per-row keys: a row's samples depend on the call's seed, its index and the model only (bit for bit on one
-    thread), not on the rows beside it, the batch size or when finished rows leave."""
+    """Per-row keys: a row's samples depend on the call's seed, its index and the model, not on the rows beside
+    it, the batch size or when finished rows leave; its log-probs agree to float rounding."""
     together = sample(ending_policy, MANY, seed=5, max_new_tokens=40)
     lengths = [len(c) for c in together.completion_ids]
     assert min(lengths) < 10 and max(lengths) == 40                       # finished rows left early
     alone = sample(ending_policy, MANY[:1], seed=5, max_new_tokens=40)   # row 0 has the same key alone
     assert alone.completion_ids[0] == together.completion_ids[0]
-    assert torch.equal(alone.logprobs[0], together.logprobs[0])
+    assert torch.allclose(alone.logprobs[0], together.logprobs[0], rtol=0.0, atol=1e-6)
 
 
-def test_finished_rows_leave_the_batch_and_change_no_bit(ending_policy, monkeypatch):
+def test_finished_rows_leave_the_batch(ending_policy, monkeypatch):
+    """The lean backend feeds only the rows still sampling; the transformers backend, which feeds every row to
+    the longest, samples the same tokens."""
     rows_fed = []
-    real = engine.LeanDecoder.forward
+    real = LeanDecoder.step
 
-    def spy(self, ids, *args, **kwargs):
-        rows_fed.append(ids.shape[0])
-        return real(self, ids, *args, **kwargs)
+    def spy(self, tokens, *args, **kwargs):
+        rows_fed.append(tokens.shape[0])
+        return real(self, tokens, *args, **kwargs)
 
-    monkeypatch.setattr(engine.LeanDecoder, "forward", spy)
-    compacted = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
-    decode_rows = rows_fed[1:]   # after the prefill of the 3 distinct prompts
-    assert decode_rows[0] == len(MANY) and decode_rows == sorted(decode_rows, reverse=True) and decode_rows[-1] < 6
-    monkeypatch.setattr(engine, "COMPACT_SHARE", 0)   # never compact: every row runs to the longest
-    rows_fed.clear()
+    monkeypatch.setattr(LeanDecoder, "step", spy)
+    lean = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
+    assert len(MANY) // 2 < rows_fed[0] <= len(MANY) and rows_fed == sorted(rows_fed, reverse=True) and rows_fed[-1] < 6
+    monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
     full = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
-    assert set(rows_fed[1:]) == {len(MANY)}
-    assert compacted.completion_ids == full.completion_ids
-    assert all(torch.equal(a, b) for a, b in zip(compacted.logprobs, full.logprobs))
-
-
-def test_trees_fork_rows_that_were_moved_out_of_the_batch(ending_policy, monkeypatch):
-    from treerl.rollout.tree import sample_trees
-
-    model, tok = ending_policy
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-
-    def trees():
-        found, _ = sample_trees(model, tok, prompt_ids, branching=3, depth=3, step_tokens=6,
-                                generator=torch.Generator().manual_seed(2))
-        return [[(path, node.token_ids, node.logprobs) for path, node in tree.walk()] for tree in found]
-
-    compacted = trees()
-    monkeypatch.setattr(engine, "COMPACT_SHARE", 0)
-    assert trees() == compacted
-    assert any(len(path) == 3 for tree in compacted for path, _, _ in tree)   # forks reached the last level
+    assert lean.completion_ids == full.completion_ids
+    assert all(torch.allclose(a, b, rtol=0.0, atol=1e-5) for a, b in zip(lean.logprobs, full.logprobs))
 
 
 def test_inverse_cdf_sampling_follows_the_distribution():
     """Tokens drawn at 20,000 keys from softmax([0, 1, 2]) / T = 1 land with frequencies of 0.090, 0.245, 0.665;
     a token of probability 0 (top_p) is never drawn, and u near 1 stays within the support."""
-    from treerl.rollout.engine import row_keys, sample_tokens, uniforms
+    from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
     tokens, _ = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))

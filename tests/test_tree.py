@@ -120,7 +120,7 @@ def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
             elif path:
                 assert node.finished or len(path) == 3, path
     assert total == stats.generated_tokens
-    assert stats.refed_tokens > 0 and stats.prefix_tokens_saved > stats.refed_tokens
+    assert stats.prefix_tokens_saved > 0
 
 
 def test_the_last_level_holds_the_rest_of_the_response(policy):

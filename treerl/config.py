@@ -85,6 +85,8 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    kv_budget_gib: float = Field(0.0, ge=0.0, description="most GiB of KV cache sampling holds (lean forward); more "
+                                                           "sequences wait for room; 0 = all of a call's at once")
 
 
 class AlgoConfig(Section):

@@ -51,7 +51,8 @@ def score_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
     for start in range(0, len(problems), r.batch_prompts):
         batch = problems[start:start + r.batch_prompts]
         trees = sample_problem_trees(model, tokenizer, task, batch, shape, temperature=cfg.rollout.temperature,
-                                     top_p=cfg.rollout.top_p, generator=generator)
+                                     top_p=cfg.rollout.top_p, generator=generator,
+                                     kv_budget_gib=cfg.rollout.kv_budget_gib)
         grade_trees(trees, batch, task, tokenizer)
         extra_rollouts(model, tokenizer, task, trees, batch, shape, r.rollouts - 1, cfg.rollout.temperature,
                        cfg.rollout.top_p, generator)

@@ -139,6 +139,25 @@ class LayerWeights:
         return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
 
 
+@dataclass
+class Plan:
+    """Where the rows of one decode step write and read in a paged cache (slots index the pool's tokens)."""
+    write: torch.Tensor
+    """[B] the slot each row's new token goes to."""
+    own: torch.Tensor
+    """[B, Wo] the slots of each row's own tokens, the new one included, padded."""
+    shared: torch.Tensor
+    """[G, Wg] the slots of each group's shared prefix, padded."""
+    group: torch.Tensor
+    """[B] each row's group."""
+    slot: torch.Tensor
+    """[B] each row's place among its group's rows."""
+    queries: int
+    """The most rows of one group."""
+    visible: torch.Tensor
+    """[B, Wg + Wo] which of the shared and own slots each row attends to."""
+
+
 class KVCache:
     """Keys and values of every layer, [rows, kv heads, capacity, head dim], filled up to `width` columns."""
 
@@ -150,37 +169,6 @@ class KVCache:
     def empty(cls, decoder: LeanDecoder, rows: int, capacity: int, like: torch.Tensor) -> KVCache:
         shape = (rows, decoder.kv_heads, capacity, decoder.head_dim)
         return cls([(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers], 0)
-
-    @classmethod
-    @torch.no_grad()
-    def gather(cls, parts: list[tuple[KVCache, torch.Tensor]], width: int, room: int = 0) -> KVCache:
-        """The first `width` columns of rows `index` of each (cache, index) part, one part after another (a row
-        may repeat), with room for `room` more columns, which are not initialised: attention reads the first
-        `width` only. One copy per layer where the sources have that capacity already."""
-        capacity, rows = width + room, sum(len(index) for _, index in parts)
-        layers = []
-        for layer in range(len(parts[0][0].layers)):
-            pair = []
-            for kind in (0, 1):
-                like = parts[0][0].layers[layer][kind]
-                out = like.new_empty((rows, like.shape[1], capacity, like.shape[3]))
-                start = 0
-                for cache, index in parts:
-                    source, stop = cache.layers[layer][kind], start + len(index)
-                    if source.shape[2] >= capacity:
-                        torch.index_select(source[:, :, :capacity], 0, index, out=out[start:stop])
-                    else:
-                        out[start:stop, :, :width] = source[:, :, :width].index_select(0, index)
-                    start = stop
-                pair.append(out)
-            layers.append((pair[0], pair[1]))
-        return cls(layers, width)
-
-    def reserve(self, columns: int) -> None:
-        """Room for `columns` more tokens, copying into larger buffers when needed."""
-        if self.width + columns > self.layers[0][0].shape[2]:
-            every_row = torch.arange(self.layers[0][0].shape[0], device=self.layers[0][0].device)
-            self.layers = KVCache.gather([(self, every_row)], self.width, columns).layers
 
 
 class LeanDecoder:
@@ -232,95 +220,83 @@ class LeanDecoder:
                         for t in (keys, values))
         return attend_fp32_on_cpu(F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor,
-                column: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
-        mask [B, 1, T, width + T] says which cached and new columns each new token attends to. With `column` (one
-        token per row, a one-element index tensor, for a CUDA graph) the token is written to that column, the
-        first mask.shape[-1] columns are attended, and the cache's width is left to the caller."""
-        rows, length = ids.shape
-        x = F.embedding(ids, self.embed)
-        cos, sin = self.rotary(positions, x.dtype)
-        start, end = cache.width, cache.width + length
-        span = end if column is None else mask.shape[-1]
-        for w, (keys, values) in zip(self.layers, cache.layers):
-            h = self.rms_norm(x, w.input_norm)
-            q = w.q(h).view(rows, length, self.heads, self.head_dim)
-            k = w.k(h).view(rows, length, self.kv_heads, self.head_dim)
-            if w.q_norm is not None and w.k_norm is not None:
-                q, k = self.rms_norm(q, w.q_norm), self.rms_norm(k, w.k_norm)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = w.v(h).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            if column is None:
-                keys[:, :, start:end] = self.rotate(k, cos, sin)
-                values[:, :, start:end] = v
-            else:
-                keys.index_copy_(2, column, self.rotate(k, cos, sin).to(keys.dtype))   # as the slice assignment casts
-                values.index_copy_(2, column, v.to(values.dtype))
-            out = self.attend(self.rotate(q, cos, sin), keys[:, :, :span], values[:, :, :span], mask, w.scaling)
-            x = x + w.o(out.transpose(1, 2).reshape(rows, length, -1))
-            h = self.rms_norm(x, w.post_norm)
-            x = x + w.down(F.silu(w.gate(h)) * w.up(h))
-        if column is None:
-            cache.width = end
+    def qkv(self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [B, H, T, D], keys and values [B, KV, T, D] of x [B, T, hidden], rotated."""
+        rows, length, _ = x.shape
+        h = self.rms_norm(x, w.input_norm)
+        q = w.q(h).view(rows, length, self.heads, self.head_dim)
+        k = w.k(h).view(rows, length, self.kv_heads, self.head_dim)
+        if w.q_norm is not None and w.k_norm is not None:
+            q, k = self.rms_norm(q, w.q_norm), self.rms_norm(k, w.k_norm)
+        v = w.v(h).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        return self.rotate(q.transpose(1, 2), cos, sin), self.rotate(k.transpose(1, 2), cos, sin), v
+
+    def rest_of_layer(self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """x after the attention output [B, H, T, D] and the MLP."""
+        rows, _, length, _ = attended.shape
+        x = x + w.o(attended.transpose(1, 2).reshape(rows, length, -1))
+        h = self.rms_norm(x, w.post_norm)
+        return x + w.down(F.silu(w.gate(h)) * w.up(h))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
 
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor) -> torch.Tensor:
+        """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
+        mask [B, 1, T, width + T] says which cached and new columns each new token attends to."""
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(positions, x.dtype)
+        start, end = cache.width, cache.width + ids.shape[1]
+        for w, (keys, values) in zip(self.layers, cache.layers):
+            q, k, v = self.qkv(w, x, cos, sin)
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
+            x = self.rest_of_layer(w, x, self.attend(q, keys[:, :, :end], values[:, :, :end], mask, w.scaling))
+        cache.width = end
+        return self.logits(x)
 
-class GraphedStep:
-    """The lean forward of one token per row on a GPU, captured as CUDA graphs and replayed at each step: a small
-    model's decode step is mostly kernel launches, which a replay issues at once. A graph needs fixed shapes, so
-    attention reads the cache up to the next multiple of SPAN_STEP columns under a mask that hides the columns
-    not yet written; one graph per such span, captured when decoding reaches it. The cache only grows, so a span
-    left behind is never replayed again: its graph and memory are let go."""
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, pool: list[tuple[torch.Tensor, torch.Tensor]],
+             plan: Plan) -> torch.Tensor:
+        """Next-token logits after one token per row, tokens [B] at positions [B], over a paged cache: `pool`
+        holds each layer's keys and values [KV, slots, D]; the plan says where each row writes and what it
+        attends to."""
+        x = F.embedding(tokens[:, None], self.embed)
+        cos, sin = self.rotary(positions[:, None], x.dtype)
+        for w, (keys, values) in zip(self.layers, pool):
+            q, k, v = self.qkv(w, x, cos, sin)
+            keys.index_copy_(1, plan.write, k[:, :, 0].transpose(0, 1).to(keys.dtype))
+            values.index_copy_(1, plan.write, v[:, :, 0].transpose(0, 1).to(values.dtype))
+            x = self.rest_of_layer(w, x, self.attend_paged(q[:, :, 0], keys, values, plan, w.scaling)[:, :, None])
+        return self.logits(x)
 
-    SPAN_STEP = 64
-    graph: torch.cuda.CUDAGraph | None
-    logits: torch.Tensor | None
+    def attend_paged(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan,
+                     scaling: float) -> torch.Tensor:
+        """Attention of one query per row, q [B, H, D], over its group's shared prefix and its own tokens.
 
-    def __init__(self, decoder: LeanDecoder, cache: KVCache, mask: torch.Tensor):
-        rows, device = mask.shape[0], mask.device
-        self.decoder, self.cache, self.capacity = decoder, cache, cache.layers[0][0].shape[2]
-        for keys, values in cache.layers:   # room is gathered uninitialised, and a hidden NaN still gives 0 * NaN
-            keys[:, :, cache.width:].zero_()
-            values[:, :, cache.width:].zero_()
-        self.ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.column = torch.full((1,), cache.width, dtype=torch.long, device=device)
-        self.mask = torch.zeros(rows, 1, 1, self.capacity, dtype=torch.bool, device=device)
-        self.mask[:, 0, 0, :mask.shape[1]] = mask.bool()
-        self.span, self.graph, self.logits = 0, None, None
-
-    def capture(self, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """The graph of a step attending `span` columns, and its logits buffer. Its warm-up writes the column the
-        next step writes again."""
-        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), autocast:
-            self.step(span)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), autocast:
-            logits = self.step(span)
-        return graph, logits
-
-    def step(self, span: int) -> torch.Tensor:
-        """The forward the graphs hold, on the static inputs."""
-        return self.decoder.forward(self.ids, self.positions, self.cache, self.mask[..., :span], self.column)
-
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits after feeding tokens [B] at positions [B]; the cache grows by one column."""
-        width = self.cache.width
-        span = min(self.capacity, -(-(width + 1) // self.SPAN_STEP) * self.SPAN_STEP)
-        self.ids.copy_(tokens[:, None])
-        self.positions.copy_(positions[:, None])
-        self.column.fill_(width)
-        self.mask[:, :, :, width] = True
-        if span != self.span:
-            self.graph = self.logits = None   # the last span's memory goes back before the next capture
-            self.span, (self.graph, self.logits) = span, self.capture(span)
-        assert self.graph is not None and self.logits is not None
-        self.graph.replay()
-        self.cache.width = width + 1
-        return self.logits.clone()
+        Cascade attention: the rows of a group (continuations of one prompt, or of one fork point) share their
+        prefix, whose keys and values are read once per group, by all of the group's queries together; each row
+        reads its own tokens alone. One softmax runs over both parts, so this is exact attention over the row's
+        whole context. Under CPU autocast it computes in fp32 (as `attend_fp32_on_cpu`)."""
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)
+        rows, heads, dim = q.shape
+        kv, groups = self.kv_heads, plan.shared.shape[0]
+        per_kv, width, slots = heads // kv, plan.shared.shape[1], plan.queries
+        dtype = q.dtype
+        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)                 # [KV, B, g, D]
+        own_keys, own_values = keys[:, plan.own].to(dtype), values[:, plan.own].to(dtype)  # [KV, B, Wo, D]
+        shared_keys, shared_values = keys[:, plan.shared].to(dtype), values[:, plan.shared].to(dtype)  # [KV, G, Wg, D]
+        grouped = mine.new_zeros(kv, groups, slots, per_kv, dim)
+        grouped[:, plan.group, plan.slot] = mine
+        shared = (grouped.view(kv, groups, slots * per_kv, dim) @ shared_keys.transpose(-1, -2)) * scaling
+        shared = shared.view(kv, groups, slots, per_kv, width)[:, plan.group, plan.slot]  # [KV, B, g, Wg]
+        own = (mine @ own_keys.transpose(-1, -2)) * scaling                              # [KV, B, g, Wo]
+        scores = torch.cat([shared, own], -1).masked_fill(~plan.visible[None, :, None], float("-inf"))
+        probs = scores.softmax(-1)
+        back = probs.new_zeros(kv, groups, slots, per_kv, width)
+        back[:, plan.group, plan.slot] = probs[..., :width]
+        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(kv, groups, slots, per_kv, dim)
+        out = out[:, plan.group, plan.slot] + probs[..., width:] @ own_values           # [KV, B, g, D]
+        return out.transpose(0, 1).reshape(rows, heads, dim).to(q.dtype)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.rollout.engine import DecodeState, decode, fork, prefill, row_keys
+from treerl.rollout.backend import Forks, Sequence
+from treerl.rollout.draws import Sampling, row_keys
+from treerl.rollout.engine import backend_for
 
 Path = tuple[int, ...]
 Nested = float | list["Nested"]
@@ -128,89 +130,61 @@ class ReasoningTree:
 
 
 @dataclass
-class Segment:
-    """Where a node's tokens came from: row `row` of generation batch `batch`, which holds the whole rollout."""
-    node: Node
-    depth: int
-    batch: int
-    row: int
-
-
-@dataclass
 class TreeStats:
     generated_tokens: int = 0
     """Tokens sampled, all of which end up in some node."""
-    refed_tokens: int = 0
-    """Tokens fed again to fork a cache: one per new continuation."""
     prefix_tokens_saved: int = 0
-    """Prompt and prefix tokens that re-encoding each continuation from scratch would have cost."""
+    """Prompt and prefix tokens that encoding each continuation from scratch would have cost."""
 
     def __iadd__(self, other: TreeStats) -> TreeStats:
         self.generated_tokens += other.generated_tokens
-        self.refed_tokens += other.refed_tokens
         self.prefix_tokens_saved += other.prefix_tokens_saved
         return self
+
+
+def grow_trees(prompt_ids: list[list[int]], sequences: list[Sequence], rows_per_prompt: int, depth: int,
+               step_tokens: int) -> list[ReasoningTree]:
+    """The trees of sampled sequences: each cut into step_tokens slices down to `depth` (the last slice holds the
+    rest), each slice a node under the previous one; a fork's first slice hangs under the node its parent ended at
+    the fork point, after the parent's own next slice."""
+    trees = [ReasoningTree(prompt_ids=list(p)) for p in prompt_ids]
+    nodes: dict[tuple[int, int], Node] = {}
+    """(sequence, depth) -> the node of that sequence at that depth."""
+    for n, seq in enumerate(sequences):
+        level = seq.start // step_tokens
+        parent = (trees[seq.prompt // rows_per_prompt].root if seq.parent is None
+                  else nodes[(seq.parent, level)])
+        stop = len(seq.token_ids)
+        for d, start in enumerate(list(range(0, stop, step_tokens))[:depth - level], level + 1):
+            ids = seq.token_ids[start:stop if d == depth else min(start + step_tokens, stop)]
+            node = Node(token_ids=ids, logprobs=seq.logprobs[start:start + len(ids)].tolist(),
+                        finished=seq.finished and start + len(ids) == stop)
+            parent.children.append(node)
+            nodes[(n, d)] = parent = node
+    return trees
 
 
 @torch.no_grad()
 def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,
                  branching: int, depth: int, step_tokens: int, max_new_tokens: int | None = None,
-                 temperature: float = 1.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> tuple[list[ReasoningTree], TreeStats]:
+                 temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 kv_budget_gib: float = 0.0) -> tuple[list[ReasoningTree], TreeStats]:
     """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of max_new_tokens
     (default depth x step_tokens), cut into step_tokens slices down to `depth`, where the last node holds the
-    rest of its rollout; then at each depth every unfinished node below `depth` gets branching - 1 fresh
-    continuations of the remaining budget, its own rollout supplying its first child. Continuations fork the
-    KV cache of their prefix instead of re-encoding it. Rewards are left to the caller."""
+    rest of its rollout; every unfinished node above `depth` gets branching - 1 fresh continuations of the
+    remaining budget, its own rollout supplying its first child. Continuations reuse the KV cache of their prefix
+    instead of encoding it again. Rewards are left to the caller."""
     budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
     if budget <= (depth - 1) * step_tokens:
         raise ValueError(f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     was_training = model.training
     model.eval()
-    trees = [ReasoningTree(prompt_ids=list(p)) for p in prompt_ids]
-    states: list[DecodeState] = []
-    rows: list[list[list[int]]] = []
-    """rows[batch][row]: all generated tokens of that row, inherited prefix included."""
-    stats = TreeStats()
-
-    def run(state: DecodeState, parents: list[Node], prefixes: list[list[int]], start_depth: int) -> list[Segment]:
-        """Decode the remaining budget for each row of `state`, hang its slices under `parents`."""
-        tokens, logps = decode(model, state, budget - start_depth * step_tokens, eos, pad, temperature, top_p)
-        states.append(state)
-        batch, tokens, logps = len(states) - 1, tokens.cpu(), logps.cpu()
-        rows.append([])
-        segments = []
-        for row, (parent, prefix) in enumerate(zip(parents, prefixes)):
-            seq = tokens[row].tolist()
-            stop = seq.index(eos) + 1 if eos in seq else len(seq)
-            rows[batch].append(prefix + seq[:stop])
-            stats.generated_tokens += stop
-            starts = list(range(0, stop, step_tokens))[:depth - start_depth]
-            for d, start in enumerate(starts, start_depth + 1):
-                ids = seq[start:stop if d == depth else min(start + step_tokens, stop)]
-                node = Node(token_ids=ids, logprobs=logps[row, start:start + len(ids)].tolist(),
-                            finished=ids[-1] == eos)
-                parent.children.append(node)
-                segments.append(Segment(node, d, batch, row))
-                parent = node
-        return segments
-
-    rows_first = [p for p in prompt_ids for _ in range(branching)]
-    state = prefill(model, rows_first, pad, room=budget,
-                    keys=row_keys(generator, len(rows_first), next(model.parameters()).device))
-    segments = run(state, [t.root for t in trees for _ in range(branching)], [[] for _ in state.prompt_lengths], 0)
-    for level in range(1, depth):
-        open_nodes = [s for s in segments if s.depth == level and not s.node.finished]
-        if not open_nodes or branching < 2:
-            break
-        picks = [(s.batch, s.row, rows[s.batch][s.row]) for s in open_nodes for _ in range(branching - 1)]
-        forked = fork(model, states, picks, level * step_tokens, room=budget - level * step_tokens)
-        stats.refed_tokens += len(picks)
-        stats.prefix_tokens_saved += sum(int(forked.prompt_lengths[i]) + level * step_tokens - 1
-                                         for i in range(len(picks)))
-        parents = [s.node for s in open_nodes for _ in range(branching - 1)]
-        prefixes = [tokens[:level * step_tokens] for _, _, tokens in picks]
-        segments += run(forked, parents, prefixes, level)
+    rows = [p for p in prompt_ids for _ in range(branching)]
+    keys = row_keys(generator, len(rows), next(model.parameters()).device)
+    sequences = backend_for(model, kv_budget_gib).sample(
+        rows, keys, budget, Sampling(temperature, top_p), tokenizer.eos_token_id,
+        Forks(branching, depth, step_tokens) if depth > 1 else None)
     model.train(was_training)
-    return trees, stats
+    stats = TreeStats(sum(len(seq.token_ids) for seq in sequences),
+                      sum(len(rows[seq.prompt]) + seq.start for seq in sequences if seq.parent is not None))
+    return grow_trees(prompt_ids, sequences, branching, depth, step_tokens), stats

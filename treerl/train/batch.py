@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache, PreTrainedModel
 
 from treerl.errors import UserError
-from treerl.rollout.engine import cache_argument, left_pad
+from treerl.rollout.hf_backend import cache_argument, left_pad
 
 
 @dataclass

@@ -1,0 +1,60 @@
+"""The one interface every sampler calls: a backend samples sequences from prompts, forking continuations on the
+way. Two implement it: the lean forward over a paged KV cache (`lean_backend.py`, Llama-family models) and the
+transformers forward (`hf_backend.py`, every other model); `engine.backend_for` picks one for a model.
+
+Forks follow TreeRPO's sampling: with `Forks(branching, depth, step_tokens)`, every sequence that has generated
+l x step_tokens tokens (0 < l < depth, counting the tokens it inherited) without an EOS gets branching - 1
+continuations from there; each is a new sequence that inherits that prefix and samples the rest of the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from treerl.rollout.draws import Sampling, child_keys
+
+
+@dataclass(frozen=True)
+class Forks:
+    branching: int
+    depth: int
+    step_tokens: int
+
+    def level(self, generated: int) -> int:
+        """The fork level reached after `generated` tokens (0 where no fork happens there)."""
+        level, rest = divmod(generated, self.step_tokens)
+        return level if rest == 0 and 0 < level < self.depth else 0
+
+    def child_key(self, key: torch.Tensor, level: int, child: int) -> torch.Tensor:
+        """The key of continuation `child` (1 .. branching - 1) forked at `level`."""
+        return child_keys(key, level * self.branching + child)
+
+
+@dataclass
+class Sequence:
+    """One sampled sequence: the first ones continue the prompts, in order; forks follow."""
+    prompt: int
+    """Index of its prompt in the call."""
+    parent: int | None
+    """The sequence it continues (None: it starts at its prompt)."""
+    start: int
+    """Tokens inherited from the parent: it continues the parent's first `start` generated tokens."""
+    child: int
+    """Its number among the parent's continuations at `start` (1 .. branching - 1; 0 for a prompt's sequence)."""
+    token_ids: list[int]
+    """Its own sampled tokens, ending with EOS when it stopped."""
+    logprobs: torch.Tensor
+    """log pi(token) under the sampling distribution (logits / temperature), one per token."""
+    finished: bool
+    """It stopped at EOS (False: it ran out of tokens)."""
+
+
+class Backend(Protocol):
+    def sample(self, prompts: list[list[int]], keys: torch.Tensor, max_new_tokens: int, sampling: Sampling,
+               eos_id: int, forks: Forks | None = None) -> list[Sequence]:
+        """One sequence per prompt (repeat a prompt to sample it several times), each with its key, up to
+        max_new_tokens tokens from its prompt, then the forks, each after the sequence it continues."""
+        ...

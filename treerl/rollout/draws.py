@@ -1,0 +1,82 @@
+"""Per-sequence randomness: each sequence carries a 64-bit key, and the token at its t-th generated position is
+drawn by inverse CDF at a uniform that hashes (key, t). A sequence's samples therefore depend on the seed of the
+call, its place among the call's sequences and the model, never on which other sequences share its batch or
+when they start and stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GOLDEN, MIX_1, MIX_2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+"""SplitMix64's constants (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB) as signed 64-bit ints."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+    """Argmax instead of a draw (evaluation)."""
+
+
+def _shift(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (arithmetic wraps): a well-spread hash of each value."""
+    z = z + GOLDEN
+    z = (z ^ _shift(z, 30)) * MIX_1
+    z = (z ^ _shift(z, 27)) * MIX_2
+    return z ^ _shift(z, 31)
+
+
+def row_keys(generator: torch.Generator | None, rows: int, device: torch.device | str) -> torch.Tensor:
+    """A key per row: one draw from `generator` (the call's seed) hashed with the row's index."""
+    base = 0 if generator is None else int(torch.randint(-2**62, 2**62, (), generator=generator,
+                                                         device=generator.device))
+    return mix(torch.arange(rows, device=device) * GOLDEN + base)
+
+
+def child_keys(keys: torch.Tensor, child: torch.Tensor | int) -> torch.Tensor:
+    """The key of a sequence's continuation number `child` (distinct numbers give independent keys)."""
+    child = torch.as_tensor(child, device=keys.device).expand_as(keys)
+    return mix(keys ^ mix(child))
+
+
+def uniforms(keys: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
+    """A uniform in [0, 1) per row from its key and the position of the token it samples."""
+    positions = torch.as_tensor(positions, device=keys.device).expand_as(keys)
+    return _shift(mix(keys ^ mix(positions)), 11).double() * 2.0**-53
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                  u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`, and their
+    log-probs before filtering."""
+    logp = F.log_softmax(logits / temperature, dim=-1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)   # the first token whose cdf passes u
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def pick(logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int,
+         sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's (key, position)."""
+    logits = logits.float()
+    if sampling.greedy:
+        tokens = logits.argmax(-1)
+        return tokens, F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+    return sample_tokens(logits, sampling.temperature, sampling.top_p, uniforms(keys, positions))
