@@ -178,3 +178,20 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     assert set(top.tolist()) == {2}                                   # nucleus 0.5 keeps the 0.665 token only
     edge, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
     assert edge.tolist() == [2, 2]
+
+
+def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
+    """A 1000-token vocabulary (3 chunks and a padded one) with its mass on tokens 5, 300 and 999 (0.2, 0.3,
+    0.5): 20,000 draws land there with those frequencies and never elsewhere; the log-probs are log_softmax's."""
+    from treerl.rollout.draws import row_keys, sample_tokens, uniforms
+
+    logits = torch.full((20000, 1000), float("-inf"))
+    logits[:, [5, 300, 999]] = torch.tensor([0.2, 0.3, 0.5]).log()
+    tokens, logps = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(1), 20000,
+                                                                       "cpu"), 3))
+    assert set(tokens.tolist()) == {5, 300, 999}
+    share = torch.bincount(tokens, minlength=1000)[[5, 300, 999]] / 20000
+    assert torch.allclose(share, torch.tensor([0.2, 0.3, 0.5]), atol=0.01)
+    assert torch.allclose(logps, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-6)
+    hot, _ = sample_tokens(logits[:3] * 0.1, 0.1, 1.0, torch.tensor([0.0, 0.45, 1.0 - 2.0**-53]))
+    assert hot.tolist() == [5, 300, 999]

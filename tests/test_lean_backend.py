@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from treerl.errors import UserError
+from treerl.rollout import lean_backend
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.lean import LeanDecoder, Plan, lean_decoder
@@ -31,7 +32,7 @@ def test_cascade_attention_is_attention_over_the_whole_context():
     columns = torch.arange(5)
     visible = torch.cat([torch.stack([columns < len(prefixes[g]) for g in group.tolist()]),
                          torch.stack([torch.arange(4) < len(slots) for slots in owns])], dim=1)
-    plan = Plan(own[:, 0], own, shared, group, torch.tensor([0, 0, 1]), 2, visible)
+    plan = Plan(own[:, 0], own, shared, group, torch.tensor([0, 0, 1]), 2, visible, 1)   # blocks of one slot
     decoder = LeanDecoder.__new__(LeanDecoder)
     decoder.kv_heads = kv
     q = torch.randn(3, heads, dim)
@@ -73,18 +74,66 @@ def test_a_tree_holds_each_distinct_token_once_and_forks_join_at_once(policy, mo
     assert len(steps) <= 12   # forks join the step their prefix is decoded: no level waits for the one above
 
 
-def test_a_kv_budget_bounds_the_batch_and_changes_no_sample(policy, monkeypatch):
+def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy, monkeypatch):
+    """A pool of 4 full sequences' blocks, 24 sequences of up to 64 tokens (3 to 64 here): the pool is never
+    exceeded, yet once short sequences have finished more than 4 rows run at once (memory goes to the tokens
+    expected), and every sequence samples what it samples with all the memory it needs."""
     steps = count_steps(monkeypatch)
-    _, _, free = backend_sample(policy, PROMPTS * 8, 24)
-    unbounded = len(steps)
+    _, _, free = backend_sample(policy, PROMPTS * 8, 64)
     steps.clear()
     decoder = lean_decoder(policy[0])
-    room = 4 * blocks(24) + sum(blocks(len(policy[1](p, add_special_tokens=False)["input_ids"])) for p in PROMPTS)
-    backend, _, bounded = backend_sample(policy, PROMPTS * 8, 24,
+    room = 4 * blocks(64) + sum(blocks(len(policy[1](p, add_special_tokens=False)["input_ids"])) for p in PROMPTS)
+    backend, _, bounded = backend_sample(policy, PROMPTS * 8, 64,
                                          budget=room * LeanBackend(decoder).block_bytes() / 2**30)
-    assert max(steps) <= 4 < len(PROMPTS * 8) and len(steps) > unbounded     # at most 4 rows at once, refilled
-    assert backend.pool is not None and backend.pool.size == room
+    assert backend.pool is not None and backend.pool.size == room and backend.pool.peak <= room
+    assert steps[0] == 4 and max(steps) > 4
     assert [s.token_ids for s in bounded] == [s.token_ids for s in free]
+    for a, b in zip(bounded, free):
+        assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("forks, spare", [(None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)])
+def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, monkeypatch, forks, spare):
+    """Six sequences that stop after 2 tokens, then twelve (or twelve trees) that never stop, in a pool of two
+    full sequences and `spare` blocks (a tree's fork prefixes hold blocks while their continuations wait). The
+    short ones make the long ones look short: too many join, outgrow the pool and are preempted; each comes back,
+    replays its tokens and samples the same tokens and log-probs as with all the memory it needs (to float
+    noise)."""
+    model, tok = policy
+    eos = tok.eos_token_id
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
+    keys = row_keys(torch.Generator().manual_seed(2), len(ids), "cpu")
+    short = set(keys[:6].tolist())
+    real_pick = lean_backend.pick
+
+    def pick(logits, row_keys_, positions, sampling):
+        logits = logits.clone()
+        ends = torch.tensor([k in short for k in row_keys_.tolist()]) & (positions == 1)
+        logits[:, eos] = float("-inf")
+        logits[ends] = float("-inf")
+        logits[ends, eos] = 0.0
+        return real_pick(logits, row_keys_, positions, sampling)
+
+    preempted = []
+    real_room = LeanBackend.make_room
+
+    def make_room(self, call, pool, rows, tokens):
+        kept, tokens = real_room(self, call, pool, rows, tokens)
+        preempted.append(len(rows.sequence) - len(kept.sequence))
+        return kept, tokens
+
+    monkeypatch.setattr(lean_backend, "pick", pick)
+    monkeypatch.setattr(LeanBackend, "make_room", make_room)
+    decoder = lean_decoder(model)
+    free = LeanBackend(decoder).sample(ids, keys, 40, Sampling(), eos, forks)
+    assert sum(preempted) == 0
+    room = 2 * blocks(40) + sum(blocks(len(p)) for p in {tuple(p) for p in ids}) + spare
+    tight = LeanBackend(decoder, room * LeanBackend(decoder).block_bytes() / 2**30)
+    bounded = tight.sample(ids, keys, 40, Sampling(), eos, forks)
+    assert sum(preempted) > 3 and tight.pool is not None and tight.pool.peak <= room
+    assert [(s.parent, s.start, s.token_ids) for s in bounded] == [(s.parent, s.start, s.token_ids) for s in free]
+    assert [len(s.token_ids) for s in bounded[:6]] == [2] * 6
+    assert all(len(s.token_ids) == 40 - s.start for s in bounded[6:])
     for a, b in zip(bounded, free):
         assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
 

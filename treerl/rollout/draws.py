@@ -54,22 +54,38 @@ def uniforms(keys: torch.Tensor, positions: torch.Tensor | int) -> torch.Tensor:
     return _shift(mix(keys ^ mix(positions)), 11).double() * 2.0**-53
 
 
+CHUNK = 256
+"""Tokens per chunk of the two-level inverse CDF."""
+
+
+def first_past(weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index whose running sum of the non-negative `weights` [B, N] passes `target` [B, 1]
+    (held below the row's total, so that the index has weight)."""
+    cdf = weights.cumsum(-1)
+    target = torch.minimum(target, torch.nextafter(cdf[:, -1:], torch.zeros_like(target)))
+    return torch.searchsorted(cdf, target, right=True)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
                   u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`, and their
-    log-probs before filtering."""
-    logp = F.log_softmax(logits / temperature, dim=-1)
-    probs = logp.exp()
+    log-probs before filtering (log of the probability: a drawn token's is never 0). The CDF is searched in two
+    levels: the chunk of CHUNK tokens where the running sum of the chunks' weights passes u x total, then the token
+    within it; only one chunk's running sum is taken per row."""
+    probs = weights = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    cdf = probs.cumsum(-1)
-    total = cdf[:, -1:]
-    target = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)   # the first token whose cdf passes u
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+        sorted_weights, order = weights.sort(dim=-1, descending=True)
+        drop = sorted_weights.cumsum(-1) - sorted_weights > top_p
+        weights = torch.zeros_like(weights).scatter(-1, order, sorted_weights.masked_fill(drop, 0.0))
+    rows, vocab = weights.shape
+    padded = F.pad(weights, (0, -vocab % CHUNK)).view(rows, -1, CHUNK)
+    chunk_sums = padded.sum(-1)
+    target = u.to(weights)[:, None] * chunk_sums.sum(-1, keepdim=True)
+    chunk = first_past(chunk_sums, target)                       # [B, 1]
+    before = chunk_sums.cumsum(-1).gather(-1, chunk) - chunk_sums.gather(-1, chunk)
+    within = padded.gather(1, chunk[:, :, None].expand(rows, 1, CHUNK)).squeeze(1)
+    tokens = (chunk * CHUNK + first_past(within, target - before)).squeeze(-1)
+    return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()
 
 
 def pick(logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int,

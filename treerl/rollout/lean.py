@@ -141,13 +141,15 @@ class LayerWeights:
 
 @dataclass
 class Plan:
-    """Where the rows of one decode step write and read in a paged cache (slots index the pool's tokens)."""
+    """Where the rows of one decode step write and read in a paged cache: the pool's slots come in blocks of
+    `block` slots, read a block at a time (whole blocks copy faster than scattered slots), and `visible` says
+    which of the slots read each row attends to."""
     write: torch.Tensor
     """[B] the slot each row's new token goes to."""
     own: torch.Tensor
-    """[B, Wo] the slots of each row's own tokens, the new one included, padded."""
+    """[B, Nown] the blocks of each row's own tokens, the new one included, padded."""
     shared: torch.Tensor
-    """[G, Wg] the slots of each group's shared prefix, padded."""
+    """[G, Nshared] the blocks of each group's shared prefix, padded."""
     group: torch.Tensor
     """[B] each row's group."""
     slot: torch.Tensor
@@ -155,7 +157,9 @@ class Plan:
     queries: int
     """The most rows of one group."""
     visible: torch.Tensor
-    """[B, Wg + Wo] which of the shared and own slots each row attends to."""
+    """[B, (Nshared + Nown) x block] which slots of its group's shared blocks and its own blocks each row attends
+    to."""
+    block: int
 
 
 class KVCache:
@@ -283,20 +287,25 @@ class LeanDecoder:
                 return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)
         rows, heads, dim = q.shape
         kv, groups = self.kv_heads, plan.shared.shape[0]
-        per_kv, width, slots = heads // kv, plan.shared.shape[1], plan.queries
+        per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.queries
         dtype = q.dtype
+
+        def read(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+            """[KV, N, blocks x block, D]: the blocks' slots, in order."""
+            by_block = pool.view(kv, -1, plan.block * dim).index_select(1, blocks.flatten())
+            return by_block.view(kv, blocks.shape[0], -1, dim).to(dtype)
+
+        place = plan.group * slots + plan.slot                                          # [B] in [G x slots]
         mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)                 # [KV, B, g, D]
-        own_keys, own_values = keys[:, plan.own].to(dtype), values[:, plan.own].to(dtype)  # [KV, B, Wo, D]
-        shared_keys, shared_values = keys[:, plan.shared].to(dtype), values[:, plan.shared].to(dtype)  # [KV, G, Wg, D]
-        grouped = mine.new_zeros(kv, groups, slots, per_kv, dim)
-        grouped[:, plan.group, plan.slot] = mine
+        own_keys, own_values = read(keys, plan.own), read(values, plan.own)             # [KV, B, Wo, D]
+        shared_keys, shared_values = read(keys, plan.shared), read(values, plan.shared)  # [KV, G, Wg, D]
+        grouped = mine.new_zeros(kv, groups * slots, per_kv, dim).index_copy_(1, place, mine)
         shared = (grouped.view(kv, groups, slots * per_kv, dim) @ shared_keys.transpose(-1, -2)) * scaling
-        shared = shared.view(kv, groups, slots, per_kv, width)[:, plan.group, plan.slot]  # [KV, B, g, Wg]
+        shared = shared.view(kv, groups * slots, per_kv, width).index_select(1, place)  # [KV, B, g, Wg]
         own = (mine @ own_keys.transpose(-1, -2)) * scaling                              # [KV, B, g, Wo]
         scores = torch.cat([shared, own], -1).masked_fill(~plan.visible[None, :, None], float("-inf"))
         probs = scores.softmax(-1)
-        back = probs.new_zeros(kv, groups, slots, per_kv, width)
-        back[:, plan.group, plan.slot] = probs[..., :width]
-        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(kv, groups, slots, per_kv, dim)
-        out = out[:, plan.group, plan.slot] + probs[..., width:] @ own_values           # [KV, B, g, D]
+        back = probs.new_zeros(kv, groups * slots, per_kv, width).index_copy_(1, place, probs[..., :width])
+        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(kv, groups * slots, per_kv, dim)
+        out = out.index_select(1, place) + probs[..., width:] @ own_values               # [KV, B, g, D]
         return out.transpose(0, 1).reshape(rows, heads, dim).to(q.dtype)

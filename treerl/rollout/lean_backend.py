@@ -1,19 +1,23 @@
 """The lean backend: continuous batching over a paged KV cache, on the lean forward of `lean.py`.
 
 - **Paged cache.** Every layer's keys and values live in one pool of blocks of BLOCK token slots. A prompt is
-  encoded once, however many sequences continue it; a fork refers to its parent's slots instead of copying them.
+  encoded once, however many sequences continue it; a fork refers to its parent's blocks instead of copying them.
   The pool holds each distinct token once: a tree's KV memory grows with its distinct tokens, not its paths.
 - **Groups.** Sequences that continue the same prefix (a prompt's samples, a fork point's continuations) form a
   group; decoding reads a group's prefix once for all of its rows (cascade attention, `LeanDecoder.attend_paged`).
 - **Continuous batching.** A sequence that stops (EOS or its budget) leaves the batch at once and frees its
   blocks; waiting sequences (more than the KV budget holds, forks as they appear) take its place. Forks join the
   batch the step their fork point is decoded, without encoding anything again.
-- **KV budget.** The pool holds at most `kv_budget_gib` (0: all the call can need). A sequence joins only when
-  the pool can hold its whole budget, so no running sequence is ever stopped or swapped out.
+- **KV budget.** The pool holds at most `kv_budget_gib` (0: all the call can need). A sequence joins when the
+  pool can hold its prefix and the tokens it is expected to sample (the mean length of the call's finished
+  sequences; the whole budget until one finishes) next to what the running rows are expected to take. Memory
+  goes to the tokens sampled, not to budgets that most sequences never reach; when it runs out all the same, the
+  rows that joined last are preempted: their own blocks are freed, and they join again first, replaying their
+  tokens (fed, not sampled) before they sample on.
 
-A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its batch
-changes the floating-point order of its log-probs' sums, so they agree with a sequence sampled alone to about
-1e-6, and its tokens are the same unless a draw falls that close to a boundary.
+A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its batch (and
+a replay) changes the floating-point order of its log-probs' sums, so they agree with a sequence sampled alone
+to about 1e-6, and its tokens are the same unless a draw falls that close to a boundary.
 """
 
 from __future__ import annotations
@@ -78,8 +82,13 @@ class Pool:
 @dataclass
 class Group:
     """A prefix shared by the sequences that continue it."""
-    slots: torch.Tensor
-    """The pool slots of its tokens, in order."""
+    blocks: torch.Tensor
+    """The pool blocks of its tokens, in order (a block shared with the row that goes on writing in it may come
+    twice: once for the slots before the fork, once for those after)."""
+    visible: torch.Tensor
+    """[blocks x BLOCK] which slots of those blocks are its tokens."""
+    length: int
+    """Its tokens."""
     held: list[int]
     """The blocks it holds."""
     waiting: int
@@ -96,6 +105,9 @@ class Waiting:
     key: torch.Tensor
     group: int | None
     """None: a prompt's sequence (its group is its prompt's)."""
+    resume_at: int | None = None
+    """A preempted sequence: the tokens of its path in its group's prefix. It replays the ones it sampled
+    after them."""
 
 
 @dataclass
@@ -107,15 +119,18 @@ class Rows:
     prefix: torch.Tensor
     """Tokens of the group's prefix (where the row's own tokens start)."""
     start: torch.Tensor
-    """Tokens the sequence inherited (where its own tokens count from)."""
+    """Tokens of the sequence's path in its group's prefix (where its own tokens count from)."""
     length: torch.Tensor
     """Own tokens in the cache."""
     limit: torch.Tensor
     """Own tokens it may sample."""
     table: torch.Tensor
     """[B, blocks] the blocks of its own tokens."""
-    promised: torch.Tensor
-    """Blocks of its budget not taken yet."""
+    offset: torch.Tensor
+    """Where its own tokens start in its first block: a row that forked goes on in the block where its group's
+    prefix ends."""
+    replay: torch.Tensor
+    """Tokens it sampled before it was preempted and has not fed again."""
     logits: torch.Tensor
 
     def select(self, keep: torch.Tensor) -> Rows:
@@ -124,10 +139,22 @@ class Rows:
     def extend(self, other: Rows) -> Rows:
         return Rows(*(torch.cat([getattr(self, name), getattr(other, name)]) for name in self.__dataclass_fields__))
 
-    def own_slots(self, columns: int) -> torch.Tensor:
-        """[B, columns] the pool slots of each row's first `columns` own tokens."""
-        at = torch.arange(columns, device=self.table.device)
-        return self.table[:, at // BLOCK] * BLOCK + at % BLOCK
+    def used(self) -> torch.Tensor:
+        """Slots of its blocks in use, counted from its first block's first."""
+        return self.offset + self.length
+
+    def held(self, row: int) -> list[int]:
+        """The blocks the row holds."""
+        return self.table[row, :blocks(int(self.used()[row]))].tolist()
+
+    def opening(self) -> torch.Tensor:
+        """Whether each row's next token starts a block."""
+        return self.used() % BLOCK == 0
+
+    def next_slots(self) -> torch.Tensor:
+        """[B] the pool slot of each row's next token."""
+        used = self.used()
+        return self.table.gather(1, (used // BLOCK)[:, None]).squeeze(1) * BLOCK + used % BLOCK
 
 
 @dataclass
@@ -147,7 +174,18 @@ class Call:
     waiting: deque[Waiting] = field(default_factory=deque)
     """Prompts' sequences not yet in the batch, in order."""
     forked: deque[Waiting] = field(default_factory=deque)
-    """Forks not yet in the batch: they join first (they hold their parents' blocks while they wait)."""
+    """Preempted sequences and forks not yet in the batch: they join first (their groups hold their prefixes'
+    blocks while they wait)."""
+    grouping: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] | None = None
+    """The last step's rows' groups and `LeanBackend.grouping` of them."""
+    finished_tokens: int = 0
+    finished: int = 0
+    """Own tokens of the sequences that finished, and how many they were: the expected length of the others."""
+
+    def expected_blocks(self) -> int:
+        """Blocks of own tokens a sequence is expected to need: the mean of the finished ones (the whole budget
+        until one finishes)."""
+        return blocks(-(-self.finished_tokens // self.finished)) if self.finished else blocks(self.max_new_tokens)
 
     def add_sequence(self, prompt: int, parent: int | None, start: int, child: int) -> int:
         self.sequences.append(Sequence(prompt, parent, start, child, [], torch.zeros(0), False))
@@ -204,37 +242,76 @@ class LeanBackend:
         rows = self.join(call, pool, self.no_rows(call, device))
         while len(rows.sequence):
             tokens, logps = pick(rows.logits, rows.key, rows.start + rows.length, sampling)
-            for n, token, logp in zip(rows.sequence.tolist(), tokens.tolist(), logps.tolist()):
-                call.tokens[n].append(token)
-                call.logprobs[n].append(logp)
-            stop = (tokens == eos_id) | (rows.length + 1 >= rows.limit)
+            replaying = rows.replay > 0
+            for row in torch.nonzero(replaying).squeeze(-1).tolist():
+                n = int(rows.sequence[row])
+                tokens[row] = call.tokens[n][int(rows.start[row] + rows.length[row]) - call.sequences[n].start]
+            for n, token, logp, fed in zip(rows.sequence.tolist(), tokens.tolist(), logps.tolist(),
+                                           replaying.tolist()):
+                if not fed:
+                    call.tokens[n].append(token)
+                    call.logprobs[n].append(logp)
+            stop = ~replaying & ((tokens == eos_id) | (rows.length + 1 >= rows.limit))
             if bool(stop.any()):
                 self.finish(call, pool, rows.select(stop))
                 rows, tokens = rows.select(~stop), tokens[~stop]
+            if len(pool.free) < len(rows.sequence):   # else every row can start a block
+                rows, tokens = self.make_room(call, pool, rows, tokens)
             if len(rows.sequence):
                 rows = self.feed(call, pool, rows, tokens)
-            rows = self.join(call, pool, rows)
+            if call.waiting or call.forked:
+                rows = self.join(call, pool, rows)
         return [call.result(n, eos_id) for n in range(len(call.sequences))]
 
     def no_rows(self, call: Call, device: torch.device) -> Rows:
         long = torch.zeros(0, dtype=torch.long, device=device)
-        return Rows(long, long, long, long, long, long, long, long.new_zeros(0, blocks(call.max_new_tokens)), long,
-                    self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float())
+        return Rows(long, long, long, long, long, long, long, long.new_zeros(0, blocks(call.max_new_tokens) + 1), long,
+                    long, self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float())
+
+    def make_room(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> tuple[Rows, torch.Tensor]:
+        """Preempt the rows that joined last until the pool has a block for every row about to start one: each
+        gives back its own blocks and waits, first in line, to replay its tokens."""
+        keep = len(rows.sequence)
+        opening = rows.opening()
+        while keep > 1 and int(opening[:keep].sum()) > len(pool.free):
+            keep -= 1
+            pool.drop(rows.held(keep))
+            call.forked.appendleft(Waiting(int(rows.sequence[keep]), rows.key[keep], int(rows.group[keep]),
+                                           int(rows.start[keep])))
+        if int(opening[:keep].sum()) > len(pool.free):
+            raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
+                            "sequences continue and one sequence's tokens at once; raise it")
+        if keep == len(rows.sequence):
+            return rows, tokens
+        return rows.select(torch.arange(keep, device=tokens.device)), tokens[:keep]
 
     def join(self, call: Call, pool: Pool, rows: Rows) -> Rows:
-        """Waiting sequences join the batch while the pool can hold their budgets: forks first, then prompts'
-        sequences, whose new prompts are encoded together once room for 1/REFILL_SHARE of the batch is free."""
-        room = len(pool.free) - int(rows.promised.sum())
+        """Waiting sequences join the batch in order while the pool can hold what they are expected to need next
+        to the running rows' expectations (see the module's docstring): preempted sequences and forks first, then
+        prompts' sequences, whose new prompts are encoded together once room for 1/REFILL_SHARE of the batch is
+        free."""
+        expected = call.expected_blocks()
+        held = (rows.used() + BLOCK - 1) // BLOCK
+        outstanding = torch.maximum(torch.clamp(torch.clamp((rows.offset + rows.limit + BLOCK - 1) // BLOCK,
+                                                            max=expected) - held, min=0), rows.opening().long())
+        room = len(pool.free) - int(outstanding.sum())
         joining: list[Waiting] = []
-        while call.forked and blocks(call.max_new_tokens - call.sequences[call.forked[0].sequence].start) <= room:
-            room -= blocks(call.max_new_tokens - call.sequences[call.forked[0].sequence].start)
+        while call.forked:
+            waiting = call.forked[0]
+            seq = call.sequences[waiting.sequence]
+            start = seq.start if waiting.resume_at is None else waiting.resume_at
+            replay = seq.start + len(call.tokens[waiting.sequence]) - start if waiting.resume_at is not None else 0
+            need = max(blocks(replay + 1), min(blocks(call.max_new_tokens - start), expected))
+            if need > room:
+                break
+            room -= need
             joining.append(call.forked.popleft())
         fresh: list[tuple[int, ...]] = []
         admitted = 0
-        for waiting in call.waiting:
+        for waiting in call.waiting if not call.forked else ():
             prompt = call.prompts[call.sequences[waiting.sequence].prompt]
             new = prompt not in call.prompt_group and prompt not in fresh
-            need = blocks(call.max_new_tokens) + (blocks(len(prompt)) if new else 0)
+            need = min(blocks(call.max_new_tokens), expected) + (blocks(len(prompt)) if new else 0)
             if need > room:
                 break
             room -= need
@@ -248,7 +325,7 @@ class LeanBackend:
         if not joining:
             if not len(rows.sequence) and (call.waiting or call.forked):
                 raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
-                                "sequences continue and their budgets at once; raise it")
+                                "sequences continue and one sequence's tokens at once; raise it")
             return rows
         return rows.extend(self.new_rows(call, joining))
 
@@ -257,24 +334,29 @@ class LeanBackend:
         group_ids = [w.group if w.group is not None
                      else call.prompt_group[call.prompts[call.sequences[w.sequence].prompt]] for w in joining]
         logits = []
-        for g in group_ids:
+        for w, g in zip(joining, group_ids):
             group = call.groups[g]
+            if w.resume_at is not None:   # its first token is replayed, not drawn from these logits
+                logits.append(self.decoder.embed.new_zeros(self.decoder.embed.shape[0]).float())
+                continue
             assert group.logits is not None
             logits.append(group.logits)
             group.joining -= 1
             if not group.joining:
                 group.logits = None
-        starts = [call.sequences[w.sequence].start for w in joining]
+        starts = [call.sequences[w.sequence].start if w.resume_at is None else w.resume_at for w in joining]
         limits = [call.max_new_tokens - start for start in starts]
 
         def long(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
         return Rows(long([w.sequence for w in joining]), torch.stack([w.key for w in joining]), long(group_ids),
-                    long([len(call.groups[g].slots) for g in group_ids]), long(starts), long([0] * len(joining)),
-                    long(limits), torch.zeros(len(joining), blocks(call.max_new_tokens), dtype=torch.long,
-                                              device=device),
-                    long([blocks(limit) for limit in limits]), torch.stack(logits))
+                    long([call.groups[g].length for g in group_ids]), long(starts), long([0] * len(joining)),
+                    long(limits), torch.zeros(len(joining), blocks(call.max_new_tokens) + 1, dtype=torch.long,
+                                              device=device), long([0] * len(joining)),
+                    long([call.sequences[w.sequence].start + len(call.tokens[w.sequence]) - start
+                          if w.resume_at is not None else 0 for w, start in zip(joining, starts)]),
+                    torch.stack(logits))
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:
         """The prompts' keys and values into fresh blocks, one group each, with their next-token logits."""
@@ -296,7 +378,9 @@ class LeanBackend:
                      + torch.arange(BLOCK, device=device)).flatten()[:len(prompt)]
             uses = call.uses[prompt]
             call.prompt_group[prompt] = len(call.groups)
-            call.groups.append(Group(slots, taken, uses, uses, logits[i]))
+            call.groups.append(Group(torch.tensor(taken, device=device),
+                                     torch.arange(len(taken) * BLOCK, device=device) < len(prompt), len(prompt),
+                                     taken, uses, uses, logits[i]))
             sources.append(torch.arange(width - len(prompt), width, device=device) + i * width)
             targets.append(slots)
         source, target = torch.cat(sources), torch.cat(targets)
@@ -306,9 +390,11 @@ class LeanBackend:
                 pooled.index_copy_(1, target, flat.index_select(1, source).to(pooled.dtype))
 
     def finish(self, call: Call, pool: Pool, done: Rows) -> None:
-        """Stopped rows give back their blocks (a fork's group keeps those it refers to) and their promises."""
+        """Stopped rows give back their blocks (a fork's group keeps those it refers to)."""
+        call.finished += len(done.sequence)
+        call.finished_tokens += int(done.length.sum()) + len(done.sequence)
         for row in range(len(done.sequence)):
-            pool.drop(done.table[row, :blocks(int(done.length[row]))].tolist())
+            pool.drop(done.held(row))
         for g in done.group.tolist():
             group = call.groups[g]
             group.waiting -= 1
@@ -318,35 +404,50 @@ class LeanBackend:
     def feed(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> Rows:
         """One decode step: each row writes its token's keys and values to its next slot (taking a block when
         it starts one) and gets its next logits; then the rows that reached a fork point fork."""
-        opening = torch.nonzero(rows.length % BLOCK == 0).squeeze(-1)
+        opening = torch.nonzero(rows.opening()).squeeze(-1)
         if len(opening):
             taken = torch.tensor(pool.take(len(opening)), device=rows.table.device)
-            rows.table[opening, rows.length[opening] // BLOCK] = taken
-            rows.promised[opening] -= 1
-        width = int(rows.length.max()) + 1
-        own = rows.own_slots(width)
-        sequence_rows = torch.arange(len(rows.sequence), device=own.device)
-        groups, local = torch.unique(rows.group, return_inverse=True)
-        counts = torch.bincount(local, minlength=len(groups))
-        order = torch.argsort(local, stable=True)
-        slot = torch.empty_like(local)
-        slot[order] = sequence_rows - (counts.cumsum(0) - counts)[local[order]]
-        shared_width = max(len(call.groups[g].slots) for g in groups.tolist())
-        shared = torch.zeros(len(groups), shared_width, dtype=torch.long, device=own.device)
-        for i, g in enumerate(groups.tolist()):
-            shared[i, :len(call.groups[g].slots)] = call.groups[g].slots
-        columns = torch.arange(max(shared_width, width), device=own.device)
-        visible = torch.cat([columns[None, :shared_width] < rows.prefix[:, None],
-                             columns[None, :width] <= rows.length[:, None]], dim=1)
-        plan = Plan(own[sequence_rows, rows.length], own, shared, local, slot, int(counts.max()), visible)
+            rows.table[opening, rows.used()[opening] // BLOCK] = taken
+        used = rows.used()
+        own = rows.table[:, :blocks(int(used.max()) + 1)]
+        columns = torch.arange(own.shape[1] * BLOCK, device=own.device)
+        own_visible = (columns >= rows.offset[:, None]) & (columns <= used[:, None])
+        key = tuple(rows.group.tolist())
+        if call.grouping is None or call.grouping[0] != key:
+            call.grouping = (key, self.grouping(call, rows.group))
+        shared, shared_visible, local, slot, queries = call.grouping[1]
+        visible = torch.cat([shared_visible[local], own_visible], dim=1)
+        plan = Plan(rows.next_slots(), own, shared, local, slot, queries, visible, BLOCK)
         rows.logits = self.decoder.step(tokens, rows.prefix + rows.length, pool.layers, plan).float()
         rows.length += 1
+        rows.replay -= (rows.replay > 0).long()
         if call.forks:
             self.fork(call, pool, rows)
         return rows
 
+    @staticmethod
+    def grouping(call: Call, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """For rows in these groups: the groups' shared blocks [G, N] and which of their slots are visible,
+        each row's group among them and place in it, and the most rows of a group. Kept while the rows' groups
+        stay the same."""
+        groups, local = torch.unique(group, return_inverse=True)
+        counts = torch.bincount(local, minlength=len(groups))
+        order = torch.argsort(local, stable=True)
+        slot = torch.empty_like(local)
+        slot[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[local[order]]
+        prefixes = [call.groups[g] for g in groups.tolist()]
+        width = max(len(prefix.blocks) for prefix in prefixes)
+        shared = torch.zeros(len(groups), width, dtype=torch.long, device=group.device)
+        shared_visible = torch.zeros(len(groups), width * BLOCK, dtype=torch.bool, device=group.device)
+        for i, prefix in enumerate(prefixes):
+            shared[i, :len(prefix.blocks)] = prefix.blocks
+            shared_visible[i, :len(prefix.visible)] = prefix.visible
+        return shared, shared_visible, local, slot, int(counts.max())
+
     def fork(self, call: Call, pool: Pool, rows: Rows) -> None:
-        """Rows at a fork point get branching - 1 continuations: a group over their prefix so far, waiting."""
+        """Rows at a fork point start a group over their path so far, its first row, and branching - 1 waiting
+        continuations; the row's own blocks pass to the group. (A replay never passes a fork point again: a
+        row's preempted tokens are those after its last fork.)"""
         forks = call.forks
         assert forks is not None
         generated = rows.start + rows.length
@@ -354,11 +455,25 @@ class LeanBackend:
         for row in at.squeeze(-1).tolist():
             length, total = int(rows.length[row]), int(generated[row])
             parent = call.groups[int(rows.group[row])]
-            own = rows.own_slots(length)[row]
-            held = parent.held + rows.table[row, :blocks(length)].tolist()
-            pool.hold(held)
-            call.groups.append(Group(torch.cat([parent.slots, own]), held, forks.branching - 1, forks.branching - 1,
-                                     rows.logits[row].clone()))
+            pool.hold(parent.held)
+            own = rows.held(row)
+            columns = torch.arange(len(own) * BLOCK, device=rows.table.device)
+            offset = int(rows.offset[row])
+            call.groups.append(Group(torch.cat([parent.blocks, rows.table[row, :len(own)]]),
+                                     torch.cat([parent.visible, (columns >= offset) & (columns < offset + length)]),
+                                     parent.length + length, parent.held + own, forks.branching,
+                                     forks.branching - 1, rows.logits[row].clone()))
+            parent.waiting -= 1
+            if not parent.waiting:
+                pool.drop(parent.held)
+            offset = int(rows.used()[row]) % BLOCK
+            rows.table[row] = 0
+            if offset:   # the row goes on writing in its last block, which it now shares with the group
+                rows.table[row, 0] = own[-1]
+                pool.hold(own[-1:])
+            rows.group[row], rows.prefix[row] = len(call.groups) - 1, call.groups[-1].length
+            rows.start[row], rows.limit[row], rows.length[row] = total, rows.limit[row] - length, 0
+            rows.offset[row] = offset
             n = int(rows.sequence[row])
             for child in range(1, forks.branching):
                 m = call.add_sequence(call.sequences[n].prompt, n, total, child)
