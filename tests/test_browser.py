@@ -2,6 +2,7 @@
 which `make test` installs), every plot and the tree drawn, the buttons working, no error in the console.
 Screenshots are saved in the test's temporary directory."""
 
+import html
 import re
 import shutil
 import subprocess
@@ -21,6 +22,17 @@ window.addEventListener('load', () => {
   const b = document.body, images = [...document.images];
   b.dataset.images = images.length;
   b.dataset.drawn = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  const drawn = document.querySelectorAll('#drawing g.n');
+  if (drawn.length) {
+    b.dataset.nodes = drawn.length;
+    b.dataset.red = [...drawn].filter(g => g.dataset.value === '0.0000'
+                                      && g.querySelector('circle').getAttribute('fill') === 'hsl(0,65%,45%)').length;
+    b.dataset.zeros = [...drawn].filter(g => g.dataset.value === '0.0000').length;
+    drawn[drawn.length - 1].dispatchEvent(new MouseEvent('click'));
+    const shown = document.querySelectorAll('#detail pre');
+    b.dataset.shown = shown[shown.length - 1].textContent;
+    b.dataset.context = shown.length - 1;
+  }
   if (document.getElementById('tree')) {
     zoom(1.25); b.dataset.scale = document.getElementById('tree').style.transform;
     openAll(false); b.dataset.closed = document.querySelectorAll('details:not([open])').length;
@@ -58,7 +70,17 @@ def test_report_draws_every_plot_without_console_errors(trained_run, tmp_path):
 def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     record = RunDir(trained_run).trees()[-1]
     inner = 1 + sum(1 for child in record["root"]["children"] if child["children"])
+    last, depth = record["root"], 0
+
+    def count(node):
+        return 1 + sum(count(child) for child in node["children"])
+
+    while last["children"]:
+        last, depth = last["children"][-1], depth + 1
     seen, console = browse(render_tree(record), tmp_path, "tree")
+    assert seen["nodes"] == str(count(record["root"])) and seen["red"] == seen["zeros"]   # colours follow values
+    assert seen["shown"] == html.escape(last["text"])       # a click shows the node's text (the DOM escapes it),
+    assert seen["context"] == str(depth + 1)                # with the prompt and its ancestors' texts above
     assert seen["scale"] == "scale(1.25)"
     assert seen["closed"] == seen["open"] == str(inner)
     assert seen["errors"] == "none" and console == []

@@ -9,7 +9,7 @@ from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.rundir import RunDir
 from treerl.tasks.base import Problem
-from treerl.viewer import render_tree, tree_record
+from treerl.viewer import NodeRecord, layout, render_tree, tree_record, value_colour
 
 
 class Letters:
@@ -45,6 +45,33 @@ def test_page_shows_every_node_with_its_marks():
     assert page.count("class='node right") == 1 and page.count("class='node wrong") == 3
     assert page.count("group pruned") == 1 and page.count("r-score pick") == 2
     assert "1 of 4 leaves correct" in page and "http" not in page
+
+
+def test_layout_puts_leaves_in_order_and_each_parent_midway_between_its_children():
+    """root -> (leaf, inner -> (leaf, leaf)): the leaves at x = 0, 1, 2; the inner node at 1.5; the root at
+    (0 + 1.5) / 2 = 0.75; depth is the path's length."""
+    root = NodeRecord(text="", value=0.5, children=[NodeRecord(text="a", value=1.0),
+                                                    NodeRecord(text="b", value=0.0, children=[
+                                                        NodeRecord(text="c", value=0.0),
+                                                        NodeRecord(text="d", value=0.0)])])
+    assert layout(root) == {(0,): (0.0, 1), (1, 0): (1.0, 2), (1, 1): (2.0, 2), (1,): (1.5, 1), (): (0.75, 0)}
+
+
+def test_drawing_has_a_circle_per_node_coloured_by_value_with_its_marks():
+    page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
+    drawing = page[page.index("<svg id='drawing'"):page.index("</svg>")]
+    assert drawing.count("<circle") == 7 and drawing.count("<line") == 6
+    assert value_colour(0.0) == "hsl(0,65%,45%)" and value_colour(1.0) == "hsl(120,65%,45%)"
+    # root 0.25, A 0.5 (leaves 1 and 0), B 0.0 (leaves 0 and 0); leaves at x = 0..3, A at 0.5, B at 2.5, the root
+    # at 1.5: 26 x 1.5 + 2 x 9 = 57
+    root = "data-path='root' data-value='0.2500' onclick='show(this)'><circle cx='57.0' cy='18.0' r='9' fill="
+    assert root + f"'{value_colour(0.25)}'" in drawing
+    assert drawing.count(f"fill='{value_colour(0.0)}'") == 4 and drawing.count(f"fill='{value_colour(1.0)}'") == 1
+    assert drawing.count("class='n pruned'") == 2                  # B's two leaves: its sibling group is pruned
+    assert drawing.count("picked") == 2 and drawing.count("&#10003;") == 1 and drawing.count("&#10007;") == 3
+    texts = json.loads(page[page.index("id='texts'>") + 11:page.index("</script>", page.index("id='texts'>"))])
+    assert texts == {"prompt": "cd", "root": "", "0": "bb", "1": "bb", "0.0": "cc", "0.1": "cc", "1.0": "cc",
+                     "1.1": "cc"}
 
 
 @pytest.mark.slow
@@ -114,7 +141,7 @@ def hostile_record(**numbers):
 
 def test_hostile_strings_are_shown_as_text():
     page = render_tree(hostile_record())
-    assert "<img" not in page and "<script>document" not in page
+    assert "<img" not in page and "<script>document" not in page and "</script><script>" not in page
     assert page.count("&lt;img src=x onerror=") == 1 + 1 + 1 + 7   # id, level, prompt and the 7 nodes' texts
 
 

@@ -1,10 +1,12 @@
 """The reasoning-tree viewer: a graded tree as a JSON record (saved during training with output.save_trees, in
-the run directory's trees.jsonl) and as one HTML page: each node's text, value and leaf correctness, TreeRPO's
-pruned sibling groups and the r-score's greedy picks, with collapsible branches and zoom (`treerl tree`)."""
+the run directory's trees.jsonl) and as one HTML page (`treerl tree`): the tree drawn by depth in SVG (nodes
+coloured by value, leaves marked, TreeRPO's pruned sibling groups faded, the r-score's greedy picks ringed, a
+click showing a node's text under its path's), then every node's text in collapsible branches."""
 
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -93,7 +95,97 @@ def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], 
             f"<div class='children'>{children}</div></details>")
 
 
+def layout(root: NodeRecord) -> dict[tuple[int, ...], tuple[float, int]]:
+    """Each node's place in the drawing, (x, depth) by its path: the leaves at x = 0, 1, 2, ... from left to
+    right, an inner node midway between its first and last child."""
+    places: dict[tuple[int, ...], tuple[float, int]] = {}
+    leaves = 0
+
+    def place(node: NodeRecord, path: tuple[int, ...]) -> float:
+        nonlocal leaves
+        if node.children:
+            xs = [place(child, path + (i,)) for i, child in enumerate(node.children)]
+            x = (xs[0] + xs[-1]) / 2
+        else:
+            x, leaves = float(leaves), leaves + 1
+        places[path] = (x, len(path))
+        return x
+
+    place(root, ())
+    return places
+
+
+def value_colour(value: float) -> str:
+    """Red at value 0, through yellow, to green at 1."""
+    return f"hsl({120 * min(max(value, 0.0), 1.0):.0f},65%,45%)"
+
+
+X_STEP, Y_STEP, RADIUS = 26, 64, 9
+
+
+def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
+    """The tree drawn by depth: a circle per node coloured by its value (a thick gold ring: the r-score's pick,
+    faded: a sibling group TreeRPO pruned), a mark under each leaf, a line to each child; `data-path` ties a
+    circle to its text."""
+    nodes: dict[tuple[int, ...], NodeRecord] = {}
+
+    def collect(node: NodeRecord, path: tuple[int, ...]) -> None:
+        nodes[path] = node
+        for i, child in enumerate(node.children):
+            collect(child, path + (i,))
+
+    collect(tree.root, ())
+    places = layout(tree.root)
+
+    def at(path: tuple[int, ...]) -> tuple[float, float]:
+        x, depth = places[path]
+        return X_STEP * x + 2 * RADIUS, Y_STEP * depth + 2 * RADIUS
+
+    edges, circles = [], []
+    for path, node in nodes.items():
+        x, y = at(path)
+        for i in range(len(node.children)):
+            cx, cy = at(path + (i,))
+            edges.append(f"<line x1='{x:.1f}' y1='{y:.1f}' x2='{cx:.1f}' y2='{cy:.1f}'/>")
+        classes = ["n"]
+        if path and nodes[path[:-1]].pruned:
+            classes.append("pruned")
+        if path and picked.get(path[:-1]) == path[-1]:
+            classes.append("picked")
+        mark = ""
+        if not node.children:
+            mark = (f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
+                    f"{'&#10003;' if node.correct else '&#10007;'}</text>")
+        name = ".".join(map(str, path)) or "root"
+        circles.append(f"<g class='{' '.join(classes)}' data-path='{name}' data-value='{node.value:.4f}' "
+                       "onclick='show(this)'>"
+                       f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{mark}"
+                       f"<title>{name}: v={node.value:.2f}</title></g>")
+    width = X_STEP * max(x for x, _ in places.values()) + 4 * RADIUS
+    height = Y_STEP * max(depth for _, depth in places.values()) + 5 * RADIUS
+    return (f"<svg id='drawing' width='{width:.0f}' height='{height:.0f}' role='img'>"
+            f"<g class='edges'>{''.join(edges)}</g>{''.join(circles)}</svg>")
+
+
+def _texts(tree: TreeRecord) -> str:
+    """Every node's text by path, and the prompt, as JSON inside a script element: '<' is written as \\u003c, so
+    no text can close the element."""
+    texts: dict[str, str] = {"prompt": tree.prompt}
+
+    def collect(node: NodeRecord, path: list[int]) -> None:
+        texts[".".join(map(str, path)) or "root"] = node.text
+        for i, child in enumerate(node.children):
+            collect(child, path + [i])
+
+    collect(tree.root, [])
+    return json.dumps(texts).replace("<", "\\u003c")
+
+
 STYLE = """body{font-family:sans-serif;margin:1.5em}
+#drawing line{stroke:#999;stroke-width:1.2}#drawing g.n{cursor:pointer}#drawing g.pruned{opacity:0.3}
+#drawing g.picked circle{stroke:#e6a800;stroke-width:3.5}#drawing text{text-anchor:middle;font-size:11px}
+#drawing text.right{fill:#2a2}#drawing text.wrong{fill:#c33}#drawing g.chosen circle{stroke:#000;stroke-width:2.5}
+#detail pre.context{color:#777}#legend span{padding:0 0.5em;color:#fff}
 #tree{transform-origin:0 0}
 .node{border-left:3px solid #bbb;margin:0.3em 0 0.3em 1.2em;padding-left:0.5em}
 .right{border-color:#2a2}.wrong{border-color:#c33}.picked{background:#fff6d5}
@@ -103,6 +195,20 @@ pre{white-space:pre-wrap;margin:0.2em 0;font-size:0.9em;background:#f6f6f6;paddi
 summary{cursor:pointer}"""
 
 SCRIPT = """let scale = 1;
+function show(g) {
+  const texts = JSON.parse(document.getElementById('texts').textContent), path = g.dataset.path;
+  const parts = path === 'root' ? [] : path.split('.'), panel = document.getElementById('detail');
+  document.querySelectorAll('#drawing g.chosen').forEach(n => n.classList.remove('chosen'));
+  g.classList.add('chosen');
+  panel.replaceChildren();
+  const add = (text, cls) => { const pre = document.createElement('pre'); pre.textContent = text;
+                               pre.className = cls; panel.appendChild(pre); };
+  const head = document.createElement('p'); panel.appendChild(head);
+  head.textContent = 'node ' + path + ', value ' + g.dataset.value + ', ' + texts[path].length + ' characters';
+  add(texts.prompt, 'context'); add(texts.root, 'context');
+  for (let i = 1; i < parts.length; i++) add(texts[parts.slice(0, i).join('.')], 'context');
+  if (path !== 'root') add(texts[path], 'node');
+}
 function zoom(f) {
   scale = f ? scale * f : 1; document.getElementById('tree').style.transform = 'scale(' + scale + ')';
 }
@@ -135,6 +241,12 @@ def render_tree(record: dict[str, Any]) -> str:
             "<p><button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
             "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
             "<button onclick='openAll(false)'>collapse all</button></p>")
+    legend = ("<p id='legend'>value <span style='background:" + value_colour(0.0) + "'>0</span><span "
+              "style='background:" + value_colour(0.5) + "'>0.5</span><span style='background:" + value_colour(1.0)
+              + "'>1</span>; a gold ring: the r-score's pick; faded: a pruned sibling group; click a node for its "
+              "text, with its path's above it.</p>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(tree.id[:12])}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{head}"
-            f"<div id='tree'>{_node_html(tree.root, [], picked)}</div></body></html>")
+            f"{legend}{_svg(tree, picked)}<div id='detail'></div>"
+            f"<script type='application/json' id='texts'>{_texts(tree)}</script>"
+            f"<h2>every node</h2><div id='tree'>{_node_html(tree.root, [], picked)}</div></body></html>")
