@@ -94,3 +94,29 @@ def test_a_hostile_record_runs_nothing_in_the_browser(tmp_path):
     assert "pwned" not in seen and seen["errors"] == "none" and console == []
     dom = (tmp_path / "hostile.html").read_text()
     assert ATTACK not in dom                      # what the page holds is the escaped text
+
+
+@pytest.mark.slow
+def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
+    """10 x 10 x 10 leaves (1,111 nodes), each node with 40 characters of text: every node drawn, a click still
+    shows its text, the page loads without errors within Chromium's virtual-time budget, under 1 MB."""
+    import time
+
+    from test_viewer import Letters
+
+    from treerl.rollout.tree import ReasoningTree
+    from treerl.tasks.base import Problem
+    from treerl.viewer import tree_record
+
+    tree = ReasoningTree.from_leaf_rewards([[[(i + j + k) % 2 for k in range(10)] for j in range(10)]
+                                            for i in range(10)])
+    tree.prompt_ids = [0, 1]
+    for path, node in tree.walk():
+        node.token_ids = [len(path) % 26] * 40
+    page = render_tree(tree_record(tree, Problem("q?", "1", "hard"), Letters(), prune_tau=0.1))
+    assert len(page) < 1_000_000
+    start = time.perf_counter()
+    seen, console = browse(page, tmp_path, "thousand")
+    assert seen["nodes"] == "1111" and seen["shown"] == "d" * 40 and seen["context"] == "4"
+    assert seen["errors"] == "none" and console == []
+    assert time.perf_counter() - start < 60
