@@ -103,7 +103,6 @@ def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
     import time
 
     from test_viewer import Letters
-
     from treerl.rollout.tree import ReasoningTree
     from treerl.tasks.base import Problem
     from treerl.viewer import tree_record
