@@ -81,9 +81,8 @@ def test_tiny_top_p_is_greedy(policy):
 @pytest.mark.parametrize("sampler", ["generate", "sample_trees"])
 def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, mode, sampler):
     model, tok = policy
-    module = engine if sampler == "generate" else tree
-    seen, real = [], module.backend_for
-    monkeypatch.setattr(module, "backend_for", lambda m, *args: seen.append(m.training) or real(m, *args))
+    seen, real = [], engine.backend_for       # both samplers go through engine.sample_sequences
+    monkeypatch.setattr(engine, "backend_for", lambda m, *args: seen.append(m.training) or real(m, *args))
     model.train(mode == "train")
     try:
         if sampler == "generate":

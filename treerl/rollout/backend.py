@@ -23,11 +23,6 @@ class Forks:
     depth: int
     step_tokens: int
 
-    def level(self, generated: int) -> int:
-        """The fork level reached after `generated` tokens (0 where no fork happens there)."""
-        level, rest = divmod(generated, self.step_tokens)
-        return level if rest == 0 and 0 < level < self.depth else 0
-
     def child_key(self, key: torch.Tensor, level: int, child: int) -> torch.Tensor:
         """The key of continuation `child` (1 .. branching - 1) forked at `level`."""
         return child_keys(key, level * self.branching + child)

@@ -58,10 +58,9 @@ CHUNK = 256
 """Tokens per chunk of the two-level inverse CDF."""
 
 
-def first_past(weights: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per row, the first index whose running sum of the non-negative `weights` [B, N] passes `target` [B, 1]
-    (held below the row's total, so that the index has weight)."""
-    cdf = weights.cumsum(-1)
+def first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index where the running sum `cdf` [B, N] of non-negative weights passes `target`
+    [B, 1] (held below the row's total, so that the index has weight)."""
     target = torch.minimum(target, torch.nextafter(cdf[:, -1:], torch.zeros_like(target)))
     return torch.searchsorted(cdf, target, right=True)
 
@@ -81,10 +80,11 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     padded = F.pad(weights, (0, -vocab % CHUNK)).view(rows, -1, CHUNK)
     chunk_sums = padded.sum(-1)
     target = u.to(weights)[:, None] * chunk_sums.sum(-1, keepdim=True)
-    chunk = first_past(chunk_sums, target)                       # [B, 1]
-    before = chunk_sums.cumsum(-1).gather(-1, chunk) - chunk_sums.gather(-1, chunk)
+    chunk_cdf = chunk_sums.cumsum(-1)
+    chunk = first_past(chunk_cdf, target)                        # [B, 1]
+    before = chunk_cdf.gather(-1, chunk) - chunk_sums.gather(-1, chunk)
     within = padded.gather(1, chunk[:, :, None].expand(rows, 1, CHUNK)).squeeze(1)
-    tokens = (chunk * CHUNK + first_past(within, target - before)).squeeze(-1)
+    tokens = (chunk * CHUNK + first_past(within.cumsum(-1), target - before)).squeeze(-1)
     return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()
 
 

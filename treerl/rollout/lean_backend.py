@@ -187,6 +187,13 @@ class Call:
         until one finishes)."""
         return blocks(-(-self.finished_tokens // self.finished)) if self.finished else blocks(self.max_new_tokens)
 
+    def start_and_replay(self, waiting: Waiting) -> tuple[int, int]:
+        """Where a waiting sequence's own tokens count from, and how many sampled tokens it replays first."""
+        seq = self.sequences[waiting.sequence]
+        if waiting.resume_at is None:
+            return seq.start, 0
+        return waiting.resume_at, seq.start + len(self.tokens[waiting.sequence]) - waiting.resume_at
+
     def add_sequence(self, prompt: int, parent: int | None, start: int, child: int) -> int:
         self.sequences.append(Sequence(prompt, parent, start, child, [], torch.zeros(0), False))
         self.tokens.append([])
@@ -297,10 +304,7 @@ class LeanBackend:
         room = len(pool.free) - int(outstanding.sum())
         joining: list[Waiting] = []
         while call.forked:
-            waiting = call.forked[0]
-            seq = call.sequences[waiting.sequence]
-            start = seq.start if waiting.resume_at is None else waiting.resume_at
-            replay = seq.start + len(call.tokens[waiting.sequence]) - start if waiting.resume_at is not None else 0
+            start, replay = call.start_and_replay(call.forked[0])
             need = max(blocks(replay + 1), min(blocks(call.max_new_tokens - start), expected))
             if need > room:
                 break
@@ -344,18 +348,16 @@ class LeanBackend:
             group.joining -= 1
             if not group.joining:
                 group.logits = None
-        starts = [call.sequences[w.sequence].start if w.resume_at is None else w.resume_at for w in joining]
+        starts, replays = zip(*(call.start_and_replay(w) for w in joining))
         limits = [call.max_new_tokens - start for start in starts]
 
         def long(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
         return Rows(long([w.sequence for w in joining]), torch.stack([w.key for w in joining]), long(group_ids),
-                    long([call.groups[g].length for g in group_ids]), long(starts), long([0] * len(joining)),
+                    long([call.groups[g].length for g in group_ids]), long(list(starts)), long([0] * len(joining)),
                     long(limits), torch.zeros(len(joining), blocks(call.max_new_tokens) + 1, dtype=torch.long,
-                                              device=device), long([0] * len(joining)),
-                    long([call.sequences[w.sequence].start + len(call.tokens[w.sequence]) - start
-                          if w.resume_at is not None else 0 for w, start in zip(joining, starts)]),
+                                              device=device), long([0] * len(joining)), long(list(replays)),
                     torch.stack(logits))
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:

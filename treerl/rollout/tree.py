@@ -17,8 +17,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from treerl.rollout.backend import Forks, Sequence
-from treerl.rollout.draws import Sampling, row_keys
-from treerl.rollout.engine import backend_for
+from treerl.rollout.draws import Sampling
+from treerl.rollout.engine import sample_sequences
 
 Path = tuple[int, ...]
 Nested = float | list["Nested"]
@@ -177,14 +177,10 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
     if budget <= (depth - 1) * step_tokens:
         raise ValueError(f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step")
-    was_training = model.training
-    model.eval()
     rows = [p for p in prompt_ids for _ in range(branching)]
-    keys = row_keys(generator, len(rows), next(model.parameters()).device)
-    sequences = backend_for(model, kv_budget_gib).sample(
-        rows, keys, budget, Sampling(temperature, top_p), tokenizer.eos_token_id,
-        Forks(branching, depth, step_tokens) if depth > 1 else None)
-    model.train(was_training)
+    sequences = sample_sequences(model, rows, max_new_tokens=budget, sampling=Sampling(temperature, top_p),
+                                 eos_id=tokenizer.eos_token_id, generator=generator, kv_budget_gib=kv_budget_gib,
+                                 forks=Forks(branching, depth, step_tokens) if depth > 1 else None)
     stats = TreeStats(sum(len(seq.token_ids) for seq in sequences),
                       sum(len(rows[seq.prompt]) + seq.start for seq in sequences if seq.parent is not None))
     return grow_trees(prompt_ids, sequences, branching, depth, step_tokens), stats
