@@ -43,7 +43,8 @@ class LoraSettings(Section):
 
 class ModelConfig(Section):
     name_or_path: str = Field("tiny", description="'tiny' (the embedded model), 'tiny-countdown' (its Countdown "
-                                                    "twin) or a local HF causal LM directory")
+                                                    "twin), 'tiny-novice' (a shorter arithmetic warm-up) or a local "
+                                                    "HF causal LM directory")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype (and the "
                                                               "optimizer state's)")
     autocast: Literal["bfloat16", "float16"] | None = Field(

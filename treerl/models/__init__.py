@@ -19,8 +19,10 @@ hf_logging.disable_progress_bar()
 # treerl checks prompts against the model's context itself (eval counts them, training refuses them)
 hf_logging.get_logger("transformers.tokenization_utils_base").setLevel(hf_logging.ERROR)
 TINY_DIR = Path(__file__).parent / "tiny"
-EMBEDDED = {"tiny": TINY_DIR, "tiny-countdown": Path(__file__).parent / "tiny_countdown"}
-"""Models shipped in the package: the arithmetic warm-up (the default) and a Countdown warm-up."""
+EMBEDDED = {"tiny": TINY_DIR, "tiny-countdown": Path(__file__).parent / "tiny_countdown",
+            "tiny-novice": Path(__file__).parent / "tiny_novice"}
+"""Models shipped in the package: the arithmetic warm-up (the default), a Countdown warm-up, and a shorter
+arithmetic warm-up that barely solves the hard level (docs/science.md's setting)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -28,8 +30,8 @@ def resolve_model_path(name_or_path: str) -> Path:
     path = EMBEDDED.get(name_or_path) or Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise UserError(f"model path '{name_or_path}' {what}; give 'tiny', 'tiny-countdown' or a local Hugging Face "
-                        "model directory")
+        raise UserError(f"model path '{name_or_path}' {what}; give {', '.join(map(repr, EMBEDDED))} or a local "
+                        "Hugging Face model directory")
     return path
 
 
