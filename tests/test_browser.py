@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from treerl.rundir import RunDir
-from treerl.viewer import render_tree
+from treerl.viewer import render_tree, render_trees
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
@@ -22,36 +22,49 @@ window.addEventListener('load', () => {
   const b = document.body, images = [...document.images];
   b.dataset.images = images.length;
   b.dataset.drawn = images.filter(i => i.complete && i.naturalWidth > 0).length;
-  const drawn = document.querySelectorAll('#drawing g.n');
-  if (drawn.length) {
+  const visible = () => document.querySelector('section.tree:not([hidden])');
+  const tree = visible();
+  if (tree) {
+    b.dataset.sections = document.querySelectorAll('section.tree').length;
+    b.dataset.visible = document.querySelectorAll('section.tree:not([hidden])').length;
+    b.dataset.current = tree.dataset.step + '/' + tree.dataset.id;
+    b.dataset.hash = decodeURIComponent(location.hash);
+    const drawn = tree.querySelectorAll('svg.drawing g.n');
     b.dataset.nodes = drawn.length;
     b.dataset.red = [...drawn].filter(g => g.dataset.value === '0.0000'
                                       && g.querySelector('circle').getAttribute('fill') === 'hsl(0,65%,45%)').length;
     b.dataset.zeros = [...drawn].filter(g => g.dataset.value === '0.0000').length;
     drawn[drawn.length - 1].dispatchEvent(new MouseEvent('click'));
-    const shown = document.querySelectorAll('#detail pre');
+    const shown = tree.querySelectorAll('.detail pre');
     b.dataset.shown = shown[shown.length - 1].textContent;
     b.dataset.context = shown.length - 1;
-  }
-  if (document.getElementById('tree')) {
-    zoom(1.25); b.dataset.scale = document.getElementById('tree').style.transform;
-    openAll(false); b.dataset.closed = document.querySelectorAll('details:not([open])').length;
-    openAll(true); b.dataset.open = document.querySelectorAll('details[open]').length;
+    b.dataset.head = tree.querySelector('.detail p').textContent;
+    const svg = tree.querySelector('svg.drawing'), width = svg.getAttribute('width');
+    zoom(1.25); b.dataset.zoomed = (svg.getAttribute('width') / width).toFixed(2);
+    openAll(false); b.dataset.closed = tree.querySelectorAll('details:not([open])').length;
+    openAll(true); b.dataset.open = tree.querySelectorAll('details[open]').length;
+    search('no-such-problem'); b.dataset.missing = document.getElementById('missing').textContent;
+    turn(1); b.dataset.turned = visible().dataset.step + '/' + visible().dataset.id + ' '
+                                + document.getElementById('position').textContent + ' '
+                                + decodeURIComponent(location.hash);
+    const last = [...document.querySelectorAll('section.tree')].pop();
+    search(last.dataset.id.slice(0, 6)); b.dataset.found = visible().dataset.step + '/' + visible().dataset.id;
   }
   b.dataset.errors = seen.length ? seen.join(' | ') : 'none';
 });
 </script>"""
 
 
-def browse(page, tmp_path, name):
+def browse(page, tmp_path, name, fragment=""):
     """(data attributes of the rendered body, console lines) of a page with the probe in front of its own
-    scripts; a screenshot beside it."""
+    scripts, opened at the URL fragment given; a screenshot beside it."""
     probed = tmp_path / f"{name}.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    url = probed.as_uri() + fragment
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0"]
-    dom = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
-    subprocess.run([*flags, f"--screenshot={tmp_path / f'{name}.png'}", "--window-size=1400,2200", probed.as_uri()],
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    subprocess.run([*flags, f"--screenshot={tmp_path / f'{name}.png'}", "--window-size=1400,2200", url],
                    capture_output=True, timeout=120, check=True)
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
@@ -81,8 +94,29 @@ def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     assert seen["nodes"] == str(count(record["root"])) and seen["red"] == seen["zeros"]   # colours follow values
     assert seen["shown"] == html.escape(last["text"])       # a click shows the node's text (the DOM escapes it),
     assert seen["context"] == str(depth + 1)                # with the prompt and its ancestors' texts above
-    assert seen["scale"] == "scale(1.25)"
-    assert seen["closed"] == seen["open"] == str(inner)
+    trained = "not trained on" if last["advantage"] is None else f"advantage {last['advantage']:+.2f}"
+    assert trained in seen["head"] and f"{last['tokens']} tokens" in seen["head"]
+    assert seen["zoomed"] == "1.25"                         # the drawing grows
+    assert seen["closed"] == seen["open"] == str(inner + 1)  # the list of every node, and its inner nodes
+    assert seen["errors"] == "none" and console == []
+
+
+@pytest.mark.slow
+def test_a_page_of_every_saved_tree_opens_at_the_fragment_and_pages_and_searches(trained_run, tmp_path):
+    records = RunDir(trained_run).trees()                  # 4 steps x 2 trees
+    chosen = records[3]
+    fragment = f"#step={chosen['step']}&problem={chosen['id']}"
+    seen, console = browse(render_trees(records), tmp_path, "trees", fragment)
+    assert seen["sections"] == "8" and seen["visible"] == "1"
+    assert seen["current"] == f"{chosen['step']}/{chosen['id']}" and seen["hash"] == fragment
+    assert seen["missing"] == "no saved tree of problem no-such-problem"
+    after = records[4]                                      # the next page, named in the fragment
+    assert seen["turned"] == (f"{after['step']}/{after['id']} tree 5 of 8 "
+                              f"#step={after['step']}&problem={after['id']}")
+    prefix = records[-1]["id"][:6]                          # found by the start of its id, this step's first
+    hits = [r for r in records if r["id"].startswith(prefix)]
+    found = next((r for r in hits if r["step"] == after["step"]), hits[0])
+    assert seen["found"] == f"{found['step']}/{found['id']}"
     assert seen["errors"] == "none" and console == []
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from treerl.cli import main
 from treerl.report import PLOTS, load_run, trailing_mean
+from treerl.rundir import RunDir
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,8 +21,18 @@ def test_training_writes_the_report_with_every_plot(trained_run):
     assert len(images) == len(PLOTS) and all(base64.b64decode(image).startswith(PNG) for image in images)
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)   # opens offline: nothing to fetch
     assert "<script" not in page
-    assert "step 0" in page and "step 4" in page                   # the evaluation table, first and last
-    assert "curriculum:" in page and "name: cosine" in page        # the resolved config
+    # the first screen: accuracy before and after, the run's size, where the time went, its trees; then the
+    # curves; the config folded at the bottom
+    first, curves, config = (page.index("held-out accuracy (%)"), page.index("<h2>curves"),
+                             page.index("<details><summary>config"))
+    assert first < page.index("where the time went") < curves < page.index("<img") and curves < config
+    assert "step 0 to 4" in page and "<b>4</b><br>steps" in page and "tokens generated" in page
+    assert "generation" in page[page.index("class='bar'"):curves]
+    assert "curriculum:" in page[config:] and "name: cosine" in page[config:]   # the resolved config
+    trees = (trained_run / "trees.html").read_text()
+    assert "href='trees.html'>8 saved reasoning trees" in page and trees.count("<section class='tree'") == 8
+    last = RunDir(trained_run).trees()[-1]
+    assert f"href='trees.html#step=4&amp;problem={last['id']}'" in page
 
 
 @pytest.mark.slow
@@ -35,7 +46,9 @@ def test_compare_overlays_runs_and_report_reads_a_torn_metrics_line(trained_run,
     assert len(load_run(torn).metrics) == 4
     assert main(["compare", str(trained_run), str(torn), "--out", str(tmp_path / "both.html")]) == 0
     page = (tmp_path / "both.html").read_text()
-    assert "run vs torn" in page and page.count("final evaluation") == 2
+    assert "run vs torn" in page and page.count("class='card'") == 2   # the report's layout, a card per run
+    assert page.count("<td>run</td><td>hard</td>") == page.count("<td>torn</td><td>hard</td>") == 1
+    assert page.count("<details><summary>config of") == 2 and "<h2>curves" in page
     assert "comparison:" in capsys.readouterr().out
 
 
@@ -70,6 +83,19 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
                 colours.setdefault(line.get_label(), set()).add(line.get_color())
         plt.close(fig)
     assert colours["medium"] != colours["hard"] and all(len(c) == 1 for c in colours.values())
+    # two runs: each level keeps its colour, each run has its line style
+    styles = {}
+    fig, ax = plt.subplots()
+    plot_eval(ax, [run, RunData("other", metrics, evals, "")])
+    for line in ax.get_lines():
+        name, level = line.get_label().split(": ")
+        assert line.get_color() == colours.get(level, {line.get_color()}).copy().pop()
+        styles.setdefault(name, set()).add(line.get_linestyle())
+    plt.close(fig)
+    assert styles == {"run": {"-"}, "other": {"--"}}
     assert "reschedule" not in draw([run], tmp_path / "plots")
+    one_level = [{k: v for k, v in m.items() if not k.startswith("curriculum/") or k.endswith("hard")}
+                 for m in metrics]
+    assert "curriculum" not in draw([RunData("hard only", one_level, evals, "")], tmp_path / "plots-one")
     assert "reschedule" in draw([RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
                                 tmp_path / "plots-on")

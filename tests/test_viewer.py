@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from treerl.algo.advantages import ESTIMATORS, AdvantageParams
 from treerl.cli import main
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.rundir import RunDir
 from treerl.tasks.base import Problem
-from treerl.viewer import NodeRecord, layout, render_tree, tree_record, value_colour
+from treerl.viewer import NodeRecord, layout, pick_trees, render_tree, render_trees, tree_record, value_colour
 
 
 class Letters:
@@ -41,7 +42,7 @@ def test_record_marks_pruned_groups_picks_and_leaves():
 
 def test_page_shows_every_node_with_its_marks():
     page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
-    assert page.count("<details") == 3                          # the root and the two inner nodes collapse
+    assert page.count("<details") == 4              # the list, the root and the two inner nodes collapse
     assert page.count("class='node right") == 1 and page.count("class='node wrong") == 3
     assert page.count("group pruned") == 1 and page.count("r-score pick") == 2
     assert "1 of 4 leaves correct" in page and "http" not in page
@@ -59,19 +60,68 @@ def test_layout_puts_leaves_in_order_and_each_parent_midway_between_its_children
 
 def test_drawing_has_a_circle_per_node_coloured_by_value_with_its_marks():
     page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
-    drawing = page[page.index("<svg id='drawing'"):page.index("</svg>")]
+    drawing = page[page.index("<svg class='drawing'"):page.index("</svg>")]
     assert drawing.count("<circle") == 7 and drawing.count("<line") == 6
     assert value_colour(0.0) == "hsl(0,65%,45%)" and value_colour(1.0) == "hsl(120,65%,45%)"
     # root 0.25, A 0.5 (leaves 1 and 0), B 0.0 (leaves 0 and 0); leaves at x = 0..3, A at 0.5, B at 2.5, the root
     # at 1.5: 26 x 1.5 + 2 x 9 = 57
-    root = "data-path='root' data-value='0.2500' onclick='show(this)'><circle cx='57.0' cy='18.0' r='9' fill="
+    root = ("data-path='root' data-value='0.2500' data-advantage='' data-tokens='' onclick='show(this)'>"
+            "<circle cx='57.0' cy='18.0' r='9' fill=")
     assert root + f"'{value_colour(0.25)}'" in drawing
     assert drawing.count(f"fill='{value_colour(0.0)}'") == 4 and drawing.count(f"fill='{value_colour(1.0)}'") == 1
     assert drawing.count("class='n pruned'") == 2                  # B's two leaves: its sibling group is pruned
     assert drawing.count("picked") == 2 and drawing.count("&#10003;") == 1 and drawing.count("&#10007;") == 3
-    texts = json.loads(page[page.index("id='texts'>") + 11:page.index("</script>", page.index("id='texts'>"))])
+    start = page.index("class='texts'>") + 14
+    texts = json.loads(page[start:page.index("</script>", start)])
     assert texts == {"prompt": "cd", "root": "", "0": "bb", "1": "bb", "0.0": "cc", "0.1": "cc", "1.0": "cc",
                      "1.1": "cc"}
+
+
+def test_each_node_carries_the_advantage_it_was_trained_with():
+    """TreeRPO on the hand tree (bernoulli norm, A = (v - mu) / (mu (1 - mu))): the root's group {0.5, 0.0} has
+    mu = 0.25, so A = +-0.25 / 0.1875 = +-4/3; A's leaves {1, 0} have mu = 0.5, A = +-0.5 / 0.25 = +-2; B's
+    leaves agree and are pruned, so they carry none."""
+    tree = hand_tree()
+    advantages = ESTIMATORS.lookup("treerpo").advantages(tree, AdvantageParams(prune_tau=0.1))
+    record = tree_record(tree, Problem("q?", "1", "easy"), Letters(), 0.1, advantages=advantages, weight=1.5)
+    root = record["root"]
+    assert [child["advantage"] for child in root["children"]] == [1.3333, -1.3333]
+    assert [leaf["advantage"] for leaf in root["children"][0]["children"]] == [2.0, -2.0]
+    assert [leaf["advantage"] for leaf in root["children"][1]["children"]] == [None, None]
+    assert root["advantage"] is None and root["children"][0]["tokens"] == 2
+    page = render_tree(record)
+    drawing = page[page.index("<svg class='drawing'"):page.index("</svg>")]
+    assert drawing.count("class='adv'") == 4 and "data-advantage='+2.00'" in drawing
+    assert all(f">{label}</text>" in drawing for label in ("+1.3", "-1.3", "+2.0", "-2.0"))
+    assert "loss weight 1.50" in page and page.count("A=+") == 4   # two in the drawing's titles, two in the list
+
+
+def several_records():
+    records = []
+    for step in (1, 2):
+        for question in ("1+1", "2+2", "3+3"):
+            records.append(tree_record(hand_tree(), Problem(question, "1", "easy"), Letters(), 0.1, step=step))
+    return records
+
+
+def test_several_trees_on_one_page_each_named_by_step_and_problem():
+    records = several_records()
+    page = render_trees(records)
+    assert page.count("<section class='tree'") == 6 and page.count("<svg class='drawing'") == 6
+    for record in records:
+        assert f"<section class='tree' data-step='{record['step']}' data-id='{record['id']}' hidden>" in page
+    assert page.count("<option value='") == 2 + 3                   # the steps' list, and the ids to search
+
+
+def test_pick_trees_keeps_the_newest_that_fit():
+    records = several_records()                                   # 7 nodes each
+    assert pick_trees(records, None, None) == records
+    assert pick_trees(records, 2, None) == records[3:]
+    assert pick_trees(records, None, records[0]["id"]) == [records[0], records[3]]
+    assert pick_trees(records, None, None, max_nodes=20) == records[4:]
+    assert pick_trees(records, None, None, max_nodes=3) == records[5:]     # always at least one
+    with pytest.raises(UserError, match="saved steps: 1..2"):
+        pick_trees(records, 3, None)
 
 
 @pytest.mark.slow
@@ -93,7 +143,9 @@ def test_tree_command_shows_a_saved_tree_and_says_what_is_missing(trained_run, t
     first = RunDir(trained_run).trees()[0]
     out = tmp_path / "t.html"
     assert main(["tree", "--run", str(trained_run), "--step", "1", "--problem", first["id"], "--out", str(out)]) == 0
-    assert first["id"] in out.read_text()
+    assert first["id"] in out.read_text() and out.read_text().count("<section class='tree'") == 1
+    assert main(["tree", "--run", str(trained_run), "--out", str(out)]) == 0
+    assert out.read_text().count("<section class='tree'") == 8        # every saved tree, paged
     assert main(["tree", "--run", str(trained_run), "--step", "9"]) == 2
     assert "saved steps: 1..4" in capsys.readouterr().err
     assert main(["tree", "--run", str(tmp_path)]) == 2
@@ -110,7 +162,7 @@ def test_tree_command_samples_a_held_out_problem(model_dir, tmp_path):
     assert main(["tree", "--model", str(model_dir), "--problem", problem.id, "--out", str(out), "rollout.n=2",
                  "tree.depth=2", "rollout.max_new_tokens=6", "output.progress=false"]) == 0
     page = out.read_text()
-    assert problem.id in page and page.count("<details") == 3    # root + 2 inner nodes of a 2 x 2 tree
+    assert problem.id in page and page.count("<details") == 4    # list, root, 2 inner nodes of a 2 x 2 tree
 
 
 def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
@@ -142,10 +194,11 @@ def hostile_record(**numbers):
 def test_hostile_strings_are_shown_as_text():
     page = render_tree(hostile_record())
     assert "<img" not in page and "<script>document" not in page and "</script><script>" not in page
-    assert page.count("&lt;img src=x onerror=") == 1 + 1 + 1 + 7   # id, level, prompt and the 7 nodes' texts
+    # the id (as the section's data-id, in its heading and among the ids to search), level, prompt, 7 nodes' texts
+    assert page.count("&lt;img src=x onerror=") == 3 + 1 + 1 + 7
 
 
-@pytest.mark.parametrize("field", ["step", "prune_tau", "r_score"])
+@pytest.mark.parametrize("field", ["step", "prune_tau", "r_score", "weight"])
 def test_a_record_whose_numbers_are_not_numbers_is_refused(field):
     with pytest.raises(UserError, match=f"not a tree record: {field}"):
         render_tree(hostile_record(**{field: ATTACK}))

@@ -71,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="compare.html", help="HTML file to write (its plots go beside it)")
     cmp_.set_defaults(func=command("report", "compare"))
 
-    tr = sub.add_parser("tree", help="one reasoning tree as an HTML page: sampled now, or saved in training")
-    tr.add_argument("--run", metavar="RUN_DIR", help="show a tree the run saved (output.save_trees=N); with --model, "
-                                                    "sample one of its problems anew with the run's config")
-    tr.add_argument("--step", type=int, help="with --run: a tree of this step (default: the last saved)")
+    tr = sub.add_parser("tree", help="reasoning trees as an HTML page: saved in training, or one sampled now")
+    tr.add_argument("--run", metavar="RUN_DIR", help="show the trees the run saved (output.save_trees=N), paged; with "
+                                                    "--model, sample one of its problems anew with the run's config")
+    tr.add_argument("--step", type=int, help="with --run: the trees of this step (default: every step's, as many "
+                                             "of the newest as fit on one page)")
     tr.add_argument("--problem", metavar="ID", help="the problem's id (as in `treerl score` files and trees.jsonl)")
     tr.add_argument("--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory")
     tr.add_argument("--task", help="the task of the problem (task.name)")

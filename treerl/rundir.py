@@ -6,7 +6,7 @@
     eval.json          {step: {group: metrics}}
     trees.jsonl        saved reasoning trees (output.save_trees), appended
     timing.json        where the time went
-    report.html, plots/
+    report.html, plots/, trees.html (the saved trees, paged)
     checkpoints/step_N/  a Hugging Face model directory, trainer_state.pt and manifest.json (sizes, sha256)
     .lock              held (flock) by the process that trains in the run
 
@@ -46,6 +46,7 @@ EVAL_FILE = "eval.json"
 TREES_FILE = "trees.jsonl"
 TIMING_FILE = "timing.json"
 REPORT_FILE = "report.html"
+TREES_PAGE = "trees.html"
 TRAINER_STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
 RESUMES_FILE = "resumes.jsonl"
@@ -263,6 +264,11 @@ class RunDir:
 
     def write_timing(self, timing: dict[str, Any]) -> None:
         write_json(self.path / TIMING_FILE, timing)
+
+    def timing(self) -> dict[str, Any] | None:
+        """Where a finished run's time went (None before the run ends)."""
+        path = self.path / TIMING_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def truncate_to(self, step: int) -> None:
         """Forget what was logged after `step` (work lost in a crash, to be redone on resume)."""

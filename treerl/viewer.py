@@ -15,19 +15,25 @@ from transformers import PreTrainedTokenizerBase
 from treerl.config import RScoreConfig
 from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
-from treerl.rollout.tree import Node, ReasoningTree
+from treerl.rollout.tree import Node, Path, ReasoningTree
 from treerl.tasks.base import Problem
 
 
 def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
-                rscore: RScoreConfig | None = None, step: int | None = None) -> dict[str, Any]:
-    """A graded tree as plain data: nested nodes with their decoded text, the pruned groups and greedy picks."""
-    def node_record(node: Node) -> dict[str, Any]:
+                rscore: RScoreConfig | None = None, step: int | None = None,
+                advantages: dict[Path, float] | None = None, weight: float | None = None) -> dict[str, Any]:
+    """A graded tree as plain data: nested nodes with their decoded text, token count and (where the estimator
+    trained on it) advantage, the pruned groups, the r-score's greedy picks and the query's loss weight."""
+    trained = advantages or {}
+
+    def node_record(node: Node, path: Path) -> dict[str, Any]:
         values = [child.value for child in node.children]
-        return {"text": tokenizer.decode(node.token_ids, skip_special_tokens=True), "value": round(node.value, 4),
-                "reward": node.reward, "correct": node.correct, "finished": node.finished,
+        advantage = trained.get(path)
+        return {"text": tokenizer.decode(node.token_ids, skip_special_tokens=True), "tokens": len(node.token_ids),
+                "value": round(node.value, 4), "reward": node.reward, "correct": node.correct,
+                "finished": node.finished, "advantage": None if advantage is None else round(advantage, 4),
                 "pruned": bool(values) and max(values) - min(values) < prune_tau,
-                "children": [node_record(child) for child in node.children]}
+                "children": [node_record(child, path + (i,)) for i, child in enumerate(node.children)]}
 
     r = rscore or RScoreConfig()
     picks = greedy_choices(tree, r.top_m, r.eligible, r.child)
@@ -35,14 +41,17 @@ def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedToke
             "reference": problem.reference,
             "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
             "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,   # r_score's definition
-            "picks": [[list(path), child, gain] for path, child, gain in picks], "root": node_record(tree.root)}
+            "picks": [[list(path), child, gain] for path, child, gain in picks], "weight": weight,
+            "root": node_record(tree.root, ())}
 
 
 class NodeRecord(BaseModel):
     """A node as a record holds it: every value typed, so that nothing but text reaches the page as a string."""
     model_config = ConfigDict(coerce_numbers_to_str=True)
     text: str
+    tokens: int | None = None
     value: float
+    advantage: float | None = None
     reward: float | None = None
     correct: bool | None = None
     finished: bool = False
@@ -61,17 +70,39 @@ class TreeRecord(BaseModel):
     r_score: float
     prune_tau: float
     picks: list[tuple[list[int], int, float]]
+    weight: float | None = None
     root: NodeRecord
 
 
-def pick_tree(trees: list[dict[str, Any]], step: int | None, problem: str | None) -> dict[str, Any]:
-    """The last saved tree that matches the step and the problem id (either may be None: any)."""
+MAX_PAGE_NODES = 30_000
+"""A page of saved trees holds the newest trees up to this many nodes in all (about 25 MB); --step picks others."""
+
+
+def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
+               max_nodes: int = MAX_PAGE_NODES) -> list[dict[str, Any]]:
+    """The saved trees that match the step and the problem id (either may be None: any), the newest that fit in
+    max_nodes nodes (at least one), in the order they were saved."""
     matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
     if not matches:
         steps = sorted({t["step"] for t in trees})
         raise UserError(f"no saved tree for step {step} and problem {problem}; saved steps: "
                         f"{steps[0]}..{steps[-1]} ({len(trees)} trees)" if trees else "no tree saved in the file")
-    return matches[-1]
+    kept: list[dict[str, Any]] = []
+    nodes = 0
+    for tree in reversed(matches):
+        nodes += count_nodes(tree["root"])
+        if kept and nodes > max_nodes:
+            break
+        kept.append(tree)
+    return kept[::-1]
+
+
+def count_nodes(node: dict[str, Any]) -> int:
+    return 1 + sum(count_nodes(child) for child in node.get("children", []))
+
+
+def signed(advantage: float | None) -> str:
+    return "" if advantage is None else f"{advantage:+.2f}"
 
 
 def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], int]) -> str:
@@ -84,7 +115,9 @@ def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], 
     if len(path) and picked.get(key[:-1]) == key[-1]:
         classes.append("picked")
     label = (f"<span class='path'>{'.'.join(map(str, path)) or 'root'}</span> "
-             f"<span class='value'>v={node.value:.2f}</span> <span class='badge'>{badge}</span>"
+             f"<span class='value'>v={node.value:.2f}</span>"
+             + (f" <span class='adv'>A={signed(node.advantage)}</span>" if node.advantage is not None else "")
+             + f" <span class='badge'>{badge}</span>"
              + (" <span class='tag'>child group pruned</span>" if node.pruned else "")
              + (" <span class='tag pick'>r-score pick</span>" if "picked" in classes else ""))
     text = f"<pre>{html.escape(node.text)}</pre>" if node.text else ""
@@ -125,8 +158,8 @@ X_STEP, Y_STEP, RADIUS = 26, 64, 9
 
 def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
     """The tree drawn by depth: a circle per node coloured by its value (a thick gold ring: the r-score's pick,
-    faded: a sibling group TreeRPO pruned), a mark under each leaf, a line to each child; `data-path` ties a
-    circle to its text."""
+    faded: a sibling group TreeRPO pruned), its advantage beside each node trained on, a mark under each leaf,
+    a line to each child; `data-path` ties a circle to its text."""
     nodes: dict[tuple[int, ...], NodeRecord] = {}
 
     def collect(node: NodeRecord, path: tuple[int, ...]) -> None:
@@ -152,18 +185,24 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
             classes.append("pruned")
         if path and picked.get(path[:-1]) == path[-1]:
             classes.append("picked")
-        mark = ""
+        marks = ""
         if not node.children:
-            mark = (f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
-                    f"{'&#10003;' if node.correct else '&#10007;'}</text>")
+            marks = (f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
+                     f"{'&#10003;' if node.correct else '&#10007;'}</text>")
+        if node.advantage is not None:
+            marks += (f"<text x='{x:.1f}' y='{y - 1.4 * RADIUS:.1f}' class='adv'>"
+                      f"{node.advantage:+.1f}</text>")
         name = ".".join(map(str, path)) or "root"
         circles.append(f"<g class='{' '.join(classes)}' data-path='{name}' data-value='{node.value:.4f}' "
+                       f"data-advantage='{signed(node.advantage)}' data-tokens='{node.tokens or ''}' "
                        "onclick='show(this)'>"
-                       f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{mark}"
-                       f"<title>{name}: v={node.value:.2f}</title></g>")
+                       f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{marks}"
+                       f"<title>{name}: v={node.value:.2f}"
+                       + (f", A={signed(node.advantage)}" if node.advantage is not None else "") + "</title></g>")
     width = X_STEP * max(x for x, _ in places.values()) + 4 * RADIUS
     height = Y_STEP * max(depth for _, depth in places.values()) + 5 * RADIUS
-    return (f"<svg id='drawing' width='{width:.0f}' height='{height:.0f}' role='img'>"
+    return (f"<svg class='drawing' width='{width:.0f}' height='{height:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
+            f"data-width='{width:.0f}' data-height='{height:.0f}' role='img'>"
             f"<g class='edges'>{''.join(edges)}</g>{''.join(circles)}</svg>")
 
 
@@ -182,47 +221,91 @@ def _texts(tree: TreeRecord) -> str:
 
 
 STYLE = """body{font-family:sans-serif;margin:1.5em}
-#drawing line{stroke:#999;stroke-width:1.2}#drawing g.n{cursor:pointer}#drawing g.pruned{opacity:0.3}
-#drawing g.picked circle{stroke:#e6a800;stroke-width:3.5}#drawing text{text-anchor:middle;font-size:11px}
-#drawing text.right{fill:#2a2}#drawing text.wrong{fill:#c33}#drawing g.chosen circle{stroke:#000;stroke-width:2.5}
-#detail pre.context{color:#777}#legend span{padding:0 0.5em;color:#fff}
-#tree{transform-origin:0 0}
+nav{position:sticky;top:0;background:#fff;padding:0.4em 0;border-bottom:1px solid #ddd;z-index:1}
+nav input{width:14em}#missing{color:#c33}
+.scroll{overflow:auto;max-width:100%}
+.drawing line{stroke:#999;stroke-width:1.2}.drawing g.n{cursor:pointer}.drawing g.pruned{opacity:0.3}
+.drawing g.picked circle{stroke:#e6a800;stroke-width:3.5}.drawing text{text-anchor:middle;font-size:11px}
+.drawing text.right{fill:#2a2}.drawing text.wrong{fill:#c33}.drawing text.adv{font-size:9px;fill:#335}
+.drawing g.chosen circle{stroke:#000;stroke-width:2.5}
+.detail pre.context{color:#777}#legend span{padding:0 0.5em;color:#fff}
 .node{border-left:3px solid #bbb;margin:0.3em 0 0.3em 1.2em;padding-left:0.5em}
 .right{border-color:#2a2}.wrong{border-color:#c33}.picked{background:#fff6d5}
 pre{white-space:pre-wrap;margin:0.2em 0;font-size:0.9em;background:#f6f6f6;padding:0.3em}
-.path{color:#666}.value{font-weight:bold}.right>.badge,.right .badge{color:#2a2}.wrong .badge{color:#c33}
+.path{color:#666}.value{font-weight:bold}.adv{color:#335}
+.right>.badge,.right .badge{color:#2a2}.wrong .badge{color:#c33}
 .tag{font-size:0.8em;background:#eee;padding:0 0.4em;border-radius:0.3em}.tag.pick{background:#fc6}
 summary{cursor:pointer}"""
 
-SCRIPT = """let scale = 1;
+SCRIPT = """let scale = 1, current = 0;
+const sections = () => [...document.querySelectorAll('section.tree')];
 function show(g) {
-  const texts = JSON.parse(document.getElementById('texts').textContent), path = g.dataset.path;
-  const parts = path === 'root' ? [] : path.split('.'), panel = document.getElementById('detail');
-  document.querySelectorAll('#drawing g.chosen').forEach(n => n.classList.remove('chosen'));
+  const section = g.closest('section'), path = g.dataset.path;
+  const texts = JSON.parse(section.querySelector('script.texts').textContent);
+  const parts = path === 'root' ? [] : path.split('.'), panel = section.querySelector('.detail');
+  section.querySelectorAll('g.chosen').forEach(n => n.classList.remove('chosen'));
   g.classList.add('chosen');
   panel.replaceChildren();
   const add = (text, cls) => { const pre = document.createElement('pre'); pre.textContent = text;
                                pre.className = cls; panel.appendChild(pre); };
   const head = document.createElement('p'); panel.appendChild(head);
-  head.textContent = 'node ' + path + ', value ' + g.dataset.value + ', ' + texts[path].length + ' characters';
+  head.textContent = 'node ' + path + ', value ' + g.dataset.value
+    + (g.dataset.advantage ? ', advantage ' + g.dataset.advantage : ', not trained on')
+    + (g.dataset.tokens ? ', ' + g.dataset.tokens + ' tokens' : '') + ', ' + texts[path].length + ' characters';
   add(texts.prompt, 'context'); add(texts.root, 'context');
   for (let i = 1; i < parts.length; i++) add(texts[parts.slice(0, i).join('.')], 'context');
   if (path !== 'root') add(texts[path], 'node');
 }
-function zoom(f) {
-  scale = f ? scale * f : 1; document.getElementById('tree').style.transform = 'scale(' + scale + ')';
+function select(i) {
+  const all = sections();
+  current = (i + all.length) % all.length;
+  all.forEach((s, j) => { s.hidden = j !== current; });
+  const s = all[current];
+  document.getElementById('position').textContent = 'tree ' + (current + 1) + ' of ' + all.length;
+  document.getElementById('step').value = s.dataset.step;
+  document.getElementById('missing').textContent = '';
+  history.replaceState(null, '', '#step=' + encodeURIComponent(s.dataset.step)
+                                 + '&problem=' + encodeURIComponent(s.dataset.id));
 }
-function openAll(open) { document.querySelectorAll('#tree details').forEach(d => d.open = open); }"""
+function turn(by) { select(current + by); }
+function byStep(step) { select(Math.max(0, sections().findIndex(s => s.dataset.step === step))); }
+function search(text) {
+  if (!text) return;
+  const all = sections(), step = all[current].dataset.step;
+  const hits = all.map((s, i) => [s, i]).filter(([s]) => s.dataset.id.startsWith(text));
+  const hit = hits.find(([s]) => s.dataset.step === step) || hits[0];
+  if (hit) select(hit[1]);
+  else document.getElementById('missing').textContent = 'no saved tree of problem ' + text;
+}
+function fromHash() {
+  const q = new URLSearchParams(location.hash.slice(1)), all = sections();
+  if (!location.hash) { select(all.length - 1); return; }
+  const i = all.findIndex(s => (!q.has('step') || s.dataset.step === q.get('step'))
+                               && (!q.has('problem') || s.dataset.id === q.get('problem')));
+  select(i >= 0 ? i : all.length - 1);
+}
+function zoom(f) {
+  scale = f ? scale * f : 1;
+  document.querySelectorAll('svg.drawing').forEach(svg => {
+    svg.setAttribute('width', Math.round(svg.dataset.width * scale));
+    svg.setAttribute('height', Math.round(svg.dataset.height * scale)); });
+}
+function openAll(open) { document.querySelectorAll('section.tree details').forEach(d => { d.open = open; }); }
+window.addEventListener('hashchange', fromHash);
+document.addEventListener('DOMContentLoaded', fromHash);"""
 
 
-def render_tree(record: dict[str, Any]) -> str:
-    """One self-contained page (inline style and script, nothing fetched). The record is typed first: numbers
-    must be numbers, and every string is escaped, so a hostile record shows as text and runs nothing."""
+def typed(record: dict[str, Any]) -> TreeRecord:
+    """The record typed: numbers must be numbers, so that nothing but text reaches the page as a string."""
     try:
-        tree = TreeRecord.model_validate(record)
+        return TreeRecord.model_validate(record)
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _section(tree: TreeRecord) -> str:
+    """One tree: its header, the drawing with its text panel, and every node's text in collapsible branches."""
     picked = {tuple(path): child for path, child, _ in tree.picks}
     leaves = []
 
@@ -233,20 +316,47 @@ def render_tree(record: dict[str, Any]) -> str:
             collect(child)
 
     collect(tree.root)
-    step = f" at step {tree.step}" if tree.step is not None else ""
-    head = (f"<h1>reasoning tree{step}</h1><p>problem <code>{html.escape(tree.id)}</code> "
-            f"(level {html.escape(tree.level)}): {sum(map(bool, leaves))} of {len(leaves)} leaves "
-            f"correct, r-score {tree.r_score:.3f}, sibling groups whose values differ by less than "
+    step = f"step {tree.step}" if tree.step is not None else "sampled now"
+    weight = f", loss weight {tree.weight:.2f}" if tree.weight is not None else ""
+    return (f"<section class='tree' data-step='{'' if tree.step is None else tree.step}' "
+            f"data-id='{html.escape(tree.id)}' hidden><h2>{step}: problem <code>{html.escape(tree.id)}</code> "
+            f"(level {html.escape(tree.level)})</h2><p>{sum(map(bool, leaves))} of {len(leaves)} leaves correct, "
+            f"r-score {tree.r_score:.3f}{weight}; sibling groups whose values differ by less than "
             f"{tree.prune_tau:g} are pruned by TreeRPO.</p><pre>{html.escape(tree.prompt)}</pre>"
-            "<p><button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
-            "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
-            "<button onclick='openAll(false)'>collapse all</button></p>")
+            f"<div class='scroll'>{_svg(tree, picked)}</div><div class='detail'></div>"
+            f"<script type='application/json' class='texts'>{_texts(tree)}</script>"
+            f"<details class='every'><summary>every node as text</summary>"
+            f"{_node_html(tree.root, [], picked)}</details></section>")
+
+
+def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
+    """One self-contained page of trees (inline style and script, nothing fetched), one shown at a time: pages
+    turned with buttons, a step chosen from a list, a problem found by its id, the shown tree named in the URL
+    fragment (#step=S&problem=ID) so that a view can be shared. Records are typed first and every string is
+    escaped, so a hostile record shows as text and runs nothing."""
+    trees = [typed(record) for record in records]
+    steps = list(dict.fromkeys("" if t.step is None else str(t.step) for t in trees))
+    options = "".join(f"<option value='{s}'>{s or 'sampled'}</option>" for s in steps)
+    ids = "".join(f"<option value='{html.escape(i)}'>" for i in dict.fromkeys(t.id for t in trees))
+    older = (f" The {left_out} older saved trees are left out: pick them with --step." if left_out else "")
+    nav = (f"<nav><button onclick='turn(-1)'>&larr; previous</button> <span id='position'></span> "
+           f"<button onclick='turn(1)'>next &rarr;</button> step <select id='step' onchange='byStep(this.value)'>"
+           f"{options}</select> problem <input id='search' list='ids' placeholder='problem id (or its start)' "
+           f"onchange='search(this.value)'><datalist id='ids'>{ids}</datalist> "
+           "<button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
+           "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
+           "<button onclick='openAll(false)'>collapse all</button> <span id='missing'></span></nav>")
     legend = ("<p id='legend'>value <span style='background:" + value_colour(0.0) + "'>0</span><span "
               "style='background:" + value_colour(0.5) + "'>0.5</span><span style='background:" + value_colour(1.0)
-              + "'>1</span>; a gold ring: the r-score's pick; faded: a pruned sibling group; click a node for its "
-              "text, with its path's above it.</p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tree {html.escape(tree.id[:12])}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{head}"
-            f"{legend}{_svg(tree, picked)}<div id='detail'></div>"
-            f"<script type='application/json' id='texts'>{_texts(tree)}</script>"
-            f"<h2>every node</h2><div id='tree'>{_node_html(tree.root, [], picked)}</div></body></html>")
+              + "'>1</span>; numbers above nodes: the advantage each node was trained with; a gold ring: the "
+              "r-score's pick; faded: a pruned sibling group; click a node for its text, with its path's above "
+              f"it.{older}</p>")
+    title = f"{len(trees)} reasoning trees" if len(trees) > 1 else f"tree {html.escape(trees[0].id[:12])}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{title}</h1>{nav}{legend}"
+            + "".join(_section(tree) for tree in trees) + "</body></html>")
+
+
+def render_tree(record: dict[str, Any]) -> str:
+    """A page of one tree."""
+    return render_trees([record])

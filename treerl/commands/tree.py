@@ -17,7 +17,7 @@ from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rundir import TREES_FILE, RunDir
 from treerl.tasks.base import Problem, Task
-from treerl.viewer import pick_tree, render_tree, tree_record
+from treerl.viewer import pick_trees, render_trees, tree_record
 
 
 def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
@@ -49,18 +49,24 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> None:
-    """--run alone shows a saved tree; --model (or no --run) samples one now, with the run's config if given."""
+    """--run alone shows the trees saved in training (those of --step and --problem when given); --model (or no
+    --run) samples one now, with the run's config if given."""
     run_dir = RunDir(Path(args.run)) if args.run else None
     if run_dir and not args.model:
-        record = pick_tree(run_dir.trees(), args.step, args.problem)
+        saved = run_dir.trees()
+        records = pick_trees(saved, args.step, args.problem)
+        matching = sum(1 for t in saved if args.step in (None, t["step"]) and args.problem in (None, t["id"]))
+        left_out = matching - len(records)
     else:
         if not args.problem:
             raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
         overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
                      *([f"task.name={args.task}"] if args.task else [])]
         cfg = load_config(args.config, overrides, base=run_dir.config_data() if run_dir else None)
-        record = sample_tree_record(cfg, args.problem, run_dir.trees() if run_dir else [])
+        records = [sample_tree_record(cfg, args.problem, run_dir.trees() if run_dir else [])]
+        left_out = 0
     out = Path(args.out or (run_dir.path / "tree.html" if run_dir else "tree.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_tree(record), encoding="utf-8")
-    print(f"tree of problem {record['id']}: {out}")
+    out.write_text(render_trees(records, left_out), encoding="utf-8")
+    shown = f"problem {records[0]['id']}" if len(records) == 1 else f"{len(records)} trees"
+    print(f"tree page of {shown}: {out}")

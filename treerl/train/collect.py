@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -16,7 +16,7 @@ from treerl.curriculum.weights import QueryWeights
 from treerl.parallel import Parallel
 from treerl.rollout.grading import grade_tree
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
-from treerl.rollout.tree import ReasoningTree, TrainingSample, TreeStats
+from treerl.rollout.tree import Path, ReasoningTree, TrainingSample, TreeStats
 from treerl.tasks.base import Problem, Task
 from treerl.train.update import trainable
 
@@ -43,6 +43,8 @@ class Rollout:
     """Each problem's score (r-score or pass rate) as ranked this step; None when it has none."""
     timings: dict[str, float]
     """Seconds spent generating (timing/rollout_s) and grading and scoring (timing/reward_s)."""
+    advantages: list[dict[Path, float]] = field(default_factory=list)
+    """Each tree's advantages by node path, as the estimator gave them (the nodes trained on)."""
 
 
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Estimator, rng: random.Random,
@@ -60,7 +62,7 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
     problems: list[Problem] = []
     trees: list[ReasoningTree] = []
     stats = TreeStats()
-    rewards, correct, per_prompt, groups_kept, step_weights = [], [], [], 0, []
+    rewards, correct, per_prompt, groups_kept, step_weights, tree_advantages = [], [], [], 0, [], []
     for _ in range(1 + ro.refill):
         new = par.share(sampler.draw(step, ro.batch_prompts, rng))
         t0 = time.perf_counter()
@@ -81,6 +83,7 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
             weight = weights.weight(problem.id, step)
             step_weights.append(weight)
             advantages = estimator.advantages(tree, params)
+            tree_advantages.append(advantages)
             groups_kept += len({path[:-1] for path in advantages})
             per_prompt.append([replace(sample, weight=weight) for sample in tree.training_samples(advantages)])
         problems += new
@@ -93,4 +96,4 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
     buffer = with_signal[:share] if ro.refill else per_prompt
     scores = [weights.score(problem.id) for problem in problems]
     return Rollout(problems, trees, [sample for group in buffer for sample in group], rewards, correct, stats,
-                   groups_kept, sampler.probs(step), step_weights, scores, timings)
+                   groups_kept, sampler.probs(step), step_weights, scores, timings, tree_advantages)

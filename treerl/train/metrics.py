@@ -77,4 +77,5 @@ def merged(rollout: Rollout, par: Parallel) -> Rollout:
                    [r for part in parts for r in part.rewards], [c for part in parts for c in part.correct], stats,
                    sum(part.groups_kept for part in parts), rollout.level_probs,
                    [w for part in parts for w in part.weights], [x for part in parts for x in part.scores],
-                   {key: max(part.timings[key] for part in parts) for key in rollout.timings})
+                   {key: max(part.timings[key] for part in parts) for key in rollout.timings},
+                   [a for part in parts for a in part.advantages])

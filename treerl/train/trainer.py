@@ -199,9 +199,11 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 run.log(metrics)
                 trackers.log(metrics)
             if par.main and cfg.output.save_trees:
-                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau, cfg.rscore, step)
-                                for tree, problem in
-                                zip(rollout.trees[:cfg.output.save_trees], rollout.problems)])
+                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau, cfg.rscore, step,
+                                            advantages, weight)
+                                for tree, problem, advantages, weight in
+                                zip(rollout.trees[:cfg.output.save_trees], rollout.problems, rollout.advantages,
+                                    rollout.weights)])
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
