@@ -69,12 +69,22 @@ def browse(page, tmp_path, name, fragment=""):
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
-    return dict(re.findall(r'data-(\w+)="([^"]*)"', body)), console
+    return {key: html.unescape(value) for key, value in re.findall(r'data-(\w+)="([^"]*)"', body)}, console
 
 
 @pytest.mark.slow
 def test_report_draws_every_plot_without_console_errors(trained_run, tmp_path):
     seen, console = browse((trained_run / "report.html").read_text(), tmp_path, "report")
+    assert seen["images"] == seen["drawn"] == "6"
+    assert seen["errors"] == "none" and console == []
+
+
+@pytest.mark.slow
+def test_compare_page_draws_every_plot_without_console_errors(trained_run, tmp_path):
+    from treerl.report import write_comparison
+
+    out = write_comparison([trained_run, trained_run], tmp_path / "both.html")
+    seen, console = browse(out.read_text(), tmp_path, "compare")
     assert seen["images"] == seen["drawn"] == "6"
     assert seen["errors"] == "none" and console == []
 
@@ -92,7 +102,7 @@ def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
         last, depth = last["children"][-1], depth + 1
     seen, console = browse(render_tree(record), tmp_path, "tree")
     assert seen["nodes"] == str(count(record["root"])) and seen["red"] == seen["zeros"]   # colours follow values
-    assert seen["shown"] == html.escape(last["text"])       # a click shows the node's text (the DOM escapes it),
+    assert seen["shown"] == last["text"]                    # a click shows the node's text,
     assert seen["context"] == str(depth + 1)                # with the prompt and its ancestors' texts above
     trained = "not trained on" if last["advantage"] is None else f"advantage {last['advantage']:+.2f}"
     assert trained in seen["head"] and f"{last['tokens']} tokens" in seen["head"]
