@@ -49,34 +49,42 @@ ARMS: dict[str, tuple[str | None, list[str]]] = {
     "grpo-hard-only": (None, ["curriculum.levels=[hard]"]),
     "e2h-g": (None, E2H_G),
     "treerpo": (TREERPO, []),
+    "treerpo-std": (TREERPO, ["tree.norm=std"]),
     "reschedule": (None, ["reschedule.rank_by=rscore", "reschedule.scores=static"]),
     "acc-sigmoid": (None, ["reschedule.rank_by=acc", "reschedule.scores=static"]),
     "standard": (None, STANDARD),
     "dash": (None, DASH),
     "treerpo-online": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online"]),
+    # DASH's two parts are the defaults: one generation call per step, |A| <= 0.1 filtered
     "all-four": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online", *E2H_G, "train.filter_tau=0.1"]),
 }
 
 # One row per claim: the paper's method arm against its baseline arm, on `metric` (held-out hard accuracy
-# unless said), with the paper's own figures.
+# unless said), with the paper's own figures; paper_delta is the paper's change, in
+# points or % as the metric (None: no claim of the paper's, treerl's own comparison).
 COMPARISONS: list[dict[str, Any]] = [
-    {"paper": "E2H Reasoner", "claim": "an easy-to-hard schedule learns hard problems that hard-only GRPO cannot",
+    {"paper": "E2H Reasoner", "claim": "an easy-to-hard schedule beats GRPO over all levels", "method": "e2h-g",
+     "baseline": "grpo", "metric": "hard", "paper_result": "Countdown hard 41.0 vs 18.1 (Qwen2.5-1.5B)",
+     "paper_delta": 22.9},
+    {"paper": "E2H Reasoner", "claim": "hard-only GRPO learns nothing; an easy-to-hard schedule does",
      "method": "e2h-g", "baseline": "grpo-hard-only", "metric": "hard",
-     "paper_result": "Countdown hard 41.0 (E2H-G) vs 18.1 (GRPO on hard), Qwen2.5-1.5B", "paper_delta": 22.9},
-    {"paper": "E2H Reasoner", "claim": "(against balanced sampling over the same levels)",
-     "method": "e2h-g", "baseline": "grpo", "metric": "hard", "paper_result": "not reported", "paper_delta": None},
+     "paper_result": "Blocksworld hard 32.9 vs 0 (Qwen2.5-1.5B)", "paper_delta": 32.9},
     {"paper": "TreeRPO", "claim": "higher Pass@1 than GRPO", "method": "treerpo", "baseline": "grpo",
-     "metric": "hard", "paper_result": "+2.9 points Pass@1 (Qwen2.5-Math-1.5B)", "paper_delta": 2.9},
+     "metric": "hard", "paper_result": "Pass@1 35.6 vs 32.7 (Qwen2.5-Math-1.5B)", "paper_delta": 2.9},
     {"paper": "TreeRPO", "claim": "shorter responses than GRPO", "method": "treerpo", "baseline": "grpo",
-     "metric": "length", "paper_result": "18% shorter", "paper_delta": -18.0},
+     "metric": "length", "paper_result": "18.1% shorter", "paper_delta": -18.1},
+    {"paper": "TreeRPO", "claim": "(treerl's check: advantages over the group's std, not mu (1 - mu))",
+     "method": "treerpo-std", "baseline": "grpo", "metric": "hard", "paper_result": "-", "paper_delta": None},
     {"paper": "Re-Schedule", "claim": "r-score weights beat the ACC ranking", "method": "reschedule",
-     "baseline": "acc-sigmoid", "metric": "hard", "paper_result": "+3.2 over ACC-sigmoid", "paper_delta": 3.2},
+     "baseline": "acc-sigmoid", "metric": "hard", "paper_result": "48.5 vs 46.6, six benchmarks (Qwen2.5-Math-7B)",
+     "paper_delta": 1.9},
     {"paper": "Re-Schedule", "claim": "r-score weights beat unweighted training", "method": "reschedule",
-     "baseline": "grpo", "metric": "hard", "paper_result": "above GRPO on every benchmark", "paper_delta": 1.0},
-    {"paper": "DASH", "claim": "the same accuracy in less training time", "method": "dash", "baseline": "standard",
-     "metric": "hard", "paper_result": "same accuracy", "paper_delta": 0.0},
+     "baseline": "grpo", "metric": "hard", "paper_result": "48.5 vs 44.3, six benchmarks (Qwen2.5-Math-7B)",
+     "paper_delta": 4.2},
+    {"paper": "DASH", "claim": "the same accuracy as standard GRPO", "method": "dash", "baseline": "standard",
+     "metric": "hard", "paper_result": "equal accuracy (Qwen2.5 0.5B-3B, MATH)", "paper_delta": 0.0},
     {"paper": "DASH", "claim": "83% less training time", "method": "dash", "baseline": "standard",
-     "metric": "time", "paper_result": "83% less time (0.5B-3B, GPUs)", "paper_delta": -83.0},
+     "metric": "time", "paper_result": "83% less (Qwen2.5 0.5B-3B, GPUs)", "paper_delta": -83.0},
     {"paper": "all four", "claim": "TreeRPO + online Re-Schedule + E2H-G + DASH against GRPO",
      "method": "all-four", "baseline": "grpo", "metric": "hard", "paper_result": "(treerl only)",
      "paper_delta": None},
@@ -103,13 +111,20 @@ def mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
-def run_arm(out: Path, scores: Path, name: str, seed: int, steps: int) -> dict[str, Any]:
+def run_arm(out: Path, scores: Path, name: str, seed: int, steps: int,
+            read_only: bool = False) -> dict[str, Any] | None:
     """Train one arm for one seed (or read it back) and reduce it to the figures the page uses. Static scores
     are scored again a third and two thirds of the way (with the pass before training, three scorings, as in
     the paper); held-out accuracy is measured every quarter of the run."""
     config, overrides = ARMS[name]
-    rescore = [f"reschedule.rescore_at=[{steps // 3 + 1},{2 * steps // 3 + 1}]"] * ("reschedule.scores=static" in overrides)
-    run = train(out / f"{name}-seed{seed}", f"seed={seed}", *COMMON, f"train.steps={steps}",
+    static = "reschedule.scores=static" in overrides
+    rescore = [f"reschedule.rescore_at=[{steps // 3 + 1},{2 * steps // 3 + 1}]"] * static
+    run_dir = out / f"{name}-seed{seed}"
+    if read_only:
+        evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+        if str(steps) not in evals:
+            return None                                  # not finished: left out
+    run = train(run_dir, f"seed={seed}", *COMMON, f"train.steps={steps}",
                 f"eval.every={max(1, steps // 4)}", *SCORING, f"reschedule.scores_file={scores}", *rescore,
                 *overrides, config=config)
     metrics, before, after = run["metrics"], run["before"], run["after"]
@@ -125,21 +140,20 @@ def run_arm(out: Path, scores: Path, name: str, seed: int, steps: int) -> dict[s
         "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
         "rollout_share": round(sum(m["timing/rollout_s"] for m in metrics)
                                / sum(m["timing/step_s"] for m in metrics), 3),
+        "rollout_s": round(sum(m["timing/rollout_s"] for m in metrics), 1),
+        "update_s": round(sum(m["timing/update_s"] for m in metrics), 1),
         "tokens_generated": sum(m["tokens/generated"] for m in metrics),
         "tokens_trained": sum(m["tokens/trained"] for m in metrics),
         # the premises, from the run's own first 10 steps (sampled at the training temperature)
         "start": {
-            "sampled_acc": {level: round(100 * mean([m[f"acc/{level}"] for m in first
-                                                     if m.get(f"acc/{level}") is not None]), 1)
-                            for level in LEVELS},
+            "sampled_acc": {level: round(100 * mean(values), 1) for level in LEVELS
+                            if (values := [m[f"acc/{level}"] for m in first if m.get(f"acc/{level}") is not None])},
             "groups_disagree": round(kept / (kept + pruned), 3) if kept + pruned else None,
             "mixed_groups": round(mean([1 - m["groups/all_correct"] - m["groups/none_correct"] for m in first]), 3),
             "filtered": round(mean([m["filter/dropped_frac"] for m in first]), 3),
         },
         "eval_by_step": {step: {level: round(100 * e[level]["accuracy"], 1) for level in EVAL_LEVELS}
                          for step, e in run["evals"].items()},
-        "train_acc_by_step": [{"step": m["step"], **{level: m.get(f"acc/{level}") for level in LEVELS}}
-                              for m in metrics],
     }
 
 
@@ -209,6 +223,11 @@ def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
     if arm("dash"):
         out["dash_filtered_first10"] = spread([100 * r["start"]["filtered"] for r in arm("dash")])
         out["dash_rollout_share"] = spread([100 * r["rollout_share"] for r in arm("dash")])
+    for name in ("standard", "dash"):
+        if arm(name):
+            out[f"{name}_seconds"] = {phase: spread([r[key] for r in arm(name)])
+                                      for phase, key in (("train", "train_s"), ("generation", "rollout_s"),
+                                                         ("update", "update_s"))}
     if scores.is_file():
         score_rows = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
         out["r_score"] = {}
@@ -219,6 +238,45 @@ def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
                                      "share_above_0": round(sum(v > 0 for v in values) / len(values), 3)
                                      if values else None}
     return out
+
+
+def premise_table(p: dict[str, Any]) -> str:
+    """Each paper's premise and what was measured of it, as a markdown table."""
+    def ms(x: dict[str, float]) -> str:
+        return f"{x['mean']} ± {x['sd']}"
+
+    needed = ["greedy_before", "grpo_mixed_groups_first10", "treerpo_groups_disagree_first10", "r_score",
+              "standard_rollout_share", "dash_rollout_share"]
+    if any(key not in p for key in needed):
+        return "(premises: some arms have not run yet)"
+    greedy = " / ".join(f"{p['greedy_before'][level]['before']}" for level in EVAL_LEVELS)
+    sampled = " / ".join(ms(p["sampled_acc_first10"][level]) for level in LEVELS)
+    rscore = " / ".join(f"{p['r_score'][level]['mean']} (sd {p['r_score'][level]['sd']})" for level in LEVELS)
+    fixable = " / ".join(f"{100 * p['r_score'][level]['share_above_0']:.0f}%" for level in LEVELS)
+    rows = [
+        ("E2H Reasoner", "hard near 0 while easier levels are partly solved",
+         f"greedy before training, {' / '.join(EVAL_LEVELS)} (%)", greedy),
+        ("E2H Reasoner", "", f"sampled accuracy in GRPO's first 10 steps, {' / '.join(LEVELS)} (%)", sampled),
+        ("TreeRPO", "outcome groups that often disagree",
+         "GRPO groups with both right and wrong answers, first 10 steps (%)", ms(p["grpo_mixed_groups_first10"])),
+        ("TreeRPO", "", "TreeRPO sibling groups kept (values spread >= 0.1), first 10 steps (%)",
+         ms(p["treerpo_groups_disagree_first10"])),
+        ("Re-Schedule", "queries that differ in how fixable their trees are",
+         f"r-score of the starting model, mean (sd) per level, {' / '.join(LEVELS)}", rscore),
+        ("Re-Schedule", "", "queries with r-score > 0, per level", fixable),
+        ("DASH", "rollouts take the bulk of the step", "generation's share of training time, standard GRPO (%)",
+         ms(p["standard_rollout_share"])),
+        ("DASH", "", "generation's share of training time, DASH (%)", ms(p["dash_rollout_share"])),
+        ("DASH", "", "seconds of training / generation / update, standard GRPO",
+         " / ".join(ms(p["standard_seconds"][k]) for k in ("train", "generation", "update"))),
+        ("DASH", "", "seconds of training / generation / update, DASH",
+         " / ".join(ms(p["dash_seconds"][k]) for k in ("train", "generation", "update"))),
+        ("DASH", "samples with near-zero advantage",
+         "samples DASH filters out (advantage within ±0.1), first 10 steps (%)", ms(p["dash_filtered_first10"])),
+    ]
+    lines = ["| paper | premise | check | measured (mean ± sd over seeds) |", "|---|---|---|---|"]
+    lines += [f"| {paper} | {premise} | {check} | {value} |" for paper, premise, check, value in rows]
+    return "\n".join(lines)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -251,8 +309,8 @@ def arm_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """One PNG per paper: held-out accuracy on hard against steps, each arm of its comparisons as the mean over
-    seeds with the seeds' range shaded."""
+    """One PNG per paper: held-out accuracy on medium and on hard against steps, each arm of its comparisons as
+    the mean over seeds with the seeds' range shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -261,20 +319,22 @@ def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     paths = []
     for paper in dict.fromkeys(c["paper"] for c in COMPARISONS):
         arms = list(dict.fromkeys(a for c in COMPARISONS if c["paper"] == paper for a in (c["baseline"], c["method"])))
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-        for arm in arms:
-            mine = [row for row in rows if row["arm"] == arm]
-            if not mine:
-                continue
-            steps = sorted(int(s) for s in mine[0]["eval_by_step"])
-            runs = [[row["eval_by_step"][str(s)]["hard"] for s in steps] for row in mine]
-            ax.plot(steps, [statistics.mean(v) for v in zip(*runs)], marker="o", ms=3,
-                    label=f"{arm} ({len(mine)} seeds)")
-            ax.fill_between(steps, [min(v) for v in zip(*runs)], [max(v) for v in zip(*runs)], alpha=0.15)
-        ax.set(title=f"{paper}: held-out hard, greedy", xlabel="step", ylabel="accuracy (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+        for ax, level in zip(axes, ("medium", "hard")):
+            for i, arm in enumerate(arms):
+                mine = [row for row in rows if row["arm"] == arm]
+                if not mine:
+                    continue
+                steps = sorted(int(s) for s in mine[0]["eval_by_step"])
+                runs = [[row["eval_by_step"][str(s)][level] for s in steps] for row in mine]
+                ax.plot(steps, [statistics.mean(v) for v in zip(*runs)], marker="o", ms=3, color=f"C{i}",
+                        label=f"{arm} ({len(mine)} seeds)")
+                ax.fill_between(steps, [min(v) for v in zip(*runs)], [max(v) for v in zip(*runs)], color=f"C{i}",
+                                alpha=0.15)
+            ax.set(title=f"{paper}: held-out {level}, greedy", xlabel="step", ylabel="accuracy (%)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
         fig.tight_layout()
         path = folder / f"science_{paper.lower().replace(' ', '_').replace('-', '_')}.png"
         fig.savefig(path)
@@ -291,21 +351,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="training steps of every arm")
     parser.add_argument("--out", default="runs/science")
     parser.add_argument("--plots", default="docs/results", help="folder for the learning-curve PNGs")
+    parser.add_argument("--read-only", action="store_true", help="summarise the finished runs in --out, train nothing")
     args = parser.parse_args()
     out = Path(args.out)
-    scores = score_pool(out)
+    scores = out / "scores.jsonl" if args.read_only else score_pool(out)
     jobs = [(name, seed) for seed in args.seeds for name in (args.arms or ARMS)]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_arm(out, scores, *job, args.steps), jobs))
+    with ThreadPoolExecutor(max_workers=1 if args.read_only else args.jobs) as pool:
+        rows = [row for row in pool.map(lambda job: run_arm(out, scores, *job, args.steps, args.read_only), jobs)
+                if row]
     results = [r for r in (compare(rows, c) for c in COMPARISONS) if r]
     summary = {"setting": {"model": MODEL, "pool": POOL, "steps": args.steps, "levels": LEVELS, "arms": ARMS},
                "premises": premises(rows, scores), "comparisons": results, "runs": rows}
     (out / "science.json").write_text(json.dumps(summary, indent=1))
     Path(args.plots).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.plots))
-    print(arm_table(rows))
-    print()
-    print(table(results))
+    print(premise_table(summary["premises"]), arm_table(rows), table(results), sep="\n\n")
 
 
 if __name__ == "__main__":
