@@ -75,7 +75,8 @@ class TreeRecord(BaseModel):
 
 
 MAX_PAGE_NODES = 30_000
-"""A page of saved trees holds the newest trees up to this many nodes in all (about 25 MB); --step picks others."""
+"""A page of saved trees holds the newest trees up to this many nodes in all (the tiny model's: about 8 MB);
+--step picks others."""
 
 
 def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
