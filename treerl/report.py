@@ -29,7 +29,7 @@ SMOOTH = 10
 TIMINGS = {"timing/rollout_s": "generation", "timing/reward_s": "grading and scoring", "timing/update_s": "update"}
 PHASE_COLOURS = ["#7f7f7f", "#c7a77d", "#3b3b3b", "#d9d9d9", "#9c755f", "#b0b0b0", "#e8d5b5"]
 """Where the time went, in neutral tones: the bright colours are the levels'."""
-RUN_STYLES = ["-", "--", ":", "-."]
+RUN_STYLES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 """Several runs on one page: each run's line style, in every plot (colours stay the levels')."""
 
 
@@ -77,7 +77,7 @@ def level_colors(runs: list[RunData]) -> dict[str, str]:
 
 
 def run_style(runs: list[RunData], i: int) -> str:
-    return RUN_STYLES[i % len(RUN_STYLES)] if len(runs) > 1 else "-"
+    return list(RUN_STYLES)[i % len(RUN_STYLES)] if len(runs) > 1 else "-"
 
 
 def uses_reschedule(runs: list[RunData]) -> bool:
@@ -323,7 +323,7 @@ def write_comparison(run_dirs: list[Path], out: Path) -> Path:
     images = draw(runs, out.with_suffix("") / "plots")
     configs = "".join(f"<details><summary>config of {html.escape(run.name)}</summary>"
                       f"<pre>{html.escape(run.config)}</pre></details>" for run in runs)
-    styles = ", ".join(f"{html.escape(run.name)} {RUN_STYLES[i % len(RUN_STYLES)]!r}" for i, run in enumerate(runs))
+    styles = ", ".join(f"{html.escape(run.name)} {RUN_STYLES[run_style(runs, i)]}" for i, run in enumerate(runs))
     first = summary(runs, out.parent) + f"<p>line styles in the plots: {styles}</p>"
     out.write_text(page("treerl: " + " vs ".join(run.name for run in runs), images, first, configs))
     return out
