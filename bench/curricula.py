@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runs import train
+from runs import score, train
 
 TREERPO = "treerpo_demo"
 TASKS = {
@@ -66,13 +64,7 @@ def variants(task: dict, scores: Path) -> dict[str, tuple[str | None, list[str]]
 
 def score_pool(task: dict, out: Path) -> Path:
     """One `treerl score` pass of the starting model over the pool, shared by every seed."""
-    path = out / "scores.jsonl"
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "treerl.cli", "score", "--out", str(path), "output.progress=false",
-                        "train.threads=2", f"model.name_or_path={task['model']}", *task["common"], *task["score"]],
-                       check=True, stdout=subprocess.DEVNULL)
-    return path
+    return score(out / "scores.jsonl", f"model.name_or_path={task['model']}", *task["common"], *task["score"])
 
 
 def run_variant(out: Path, task: dict, name: str, config: str | None, overrides: list[str], seed: int) -> dict:

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from runs import train
+from runs import finished, score, train
 
 MODEL = "tiny-novice"
 EVAL_SE = 3.5  # points: the standard error of one greedy evaluation on 200 problems at 50% accuracy
@@ -97,16 +95,6 @@ COMPARISONS: list[dict[str, Any]] = [
 ]
 
 
-def score_pool(out: Path) -> Path:
-    """One `treerl score` pass of the starting model over the pool, shared by every seed and both rankings."""
-    path = out / "scores.jsonl"
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "treerl.cli", "score", "--out", str(path), "output.progress=false",
-                        "train.threads=2", *COMMON, *SCORING], check=True, stdout=subprocess.DEVNULL)
-    return path
-
-
 def mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
 
@@ -120,10 +108,8 @@ def run_arm(out: Path, scores: Path, name: str, seed: int, steps: int,
     static = "reschedule.scores=static" in overrides
     rescore = [f"reschedule.rescore_at=[{steps // 3 + 1},{2 * steps // 3 + 1}]"] * static
     run_dir = out / f"{name}-seed{seed}"
-    if read_only:
-        evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-        if str(steps) not in evals:
-            return None                                  # not finished: left out
+    if read_only and not finished(run_dir, steps):
+        return None                                      # not finished: left out
     run = train(run_dir, f"seed={seed}", *COMMON, f"train.steps={steps}",
                 f"eval.every={max(1, steps // 4)}", *SCORING, f"reschedule.scores_file={scores}", *rescore,
                 *overrides, config=config)
@@ -354,7 +340,8 @@ def main() -> None:
     parser.add_argument("--read-only", action="store_true", help="summarise the finished runs in --out, train nothing")
     args = parser.parse_args()
     out = Path(args.out)
-    scores = out / "scores.jsonl" if args.read_only else score_pool(out)
+    # one scoring pass of the starting model over the pool, shared by every seed and both rankings
+    scores = out / "scores.jsonl" if args.read_only else score(out / "scores.jsonl", *COMMON, *SCORING)
     jobs = [(name, seed) for seed in args.seeds for name in (args.arms or ARMS)]
     with ThreadPoolExecutor(max_workers=1 if args.read_only else args.jobs) as pool:
         rows = [row for row in pool.map(lambda job: run_arm(out, scores, *job, args.steps, args.read_only), jobs)

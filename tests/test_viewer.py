@@ -115,11 +115,11 @@ def test_several_trees_on_one_page_each_named_by_step_and_problem():
 
 def test_pick_trees_keeps_the_newest_that_fit():
     records = several_records()                                   # 7 nodes each
-    assert pick_trees(records, None, None) == records
-    assert pick_trees(records, 2, None) == records[3:]
-    assert pick_trees(records, None, records[0]["id"]) == [records[0], records[3]]
-    assert pick_trees(records, None, None, max_nodes=20) == records[4:]
-    assert pick_trees(records, None, None, max_nodes=3) == records[5:]     # always at least one
+    assert pick_trees(records, None, None) == (records, 0)
+    assert pick_trees(records, 2, None) == (records[3:], 0)
+    assert pick_trees(records, None, records[0]["id"]) == ([records[0], records[3]], 0)
+    assert pick_trees(records, None, None, max_nodes=20) == (records[4:], 4)
+    assert pick_trees(records, None, None, max_nodes=3) == (records[5:], 5)     # always at least one
     with pytest.raises(UserError, match="saved steps: 1..2"):
         pick_trees(records, 3, None)
 

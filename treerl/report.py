@@ -250,9 +250,8 @@ def trees_page(run: RunData) -> tuple[Path, list[dict]] | None:
     saved = RunDir(run.path).trees()
     if not saved:
         return None
-    shown = pick_trees(saved, None, None)
     out = run.path / TREES_PAGE
-    out.write_text(render_trees(shown, len(saved) - len(shown)), encoding="utf-8")
+    out.write_text(render_trees(*pick_trees(saved, None, None)), encoding="utf-8")
     return out, saved
 
 

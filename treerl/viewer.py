@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -80,9 +81,9 @@ MAX_PAGE_NODES = 30_000
 
 
 def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
-               max_nodes: int = MAX_PAGE_NODES) -> list[dict[str, Any]]:
+               max_nodes: int = MAX_PAGE_NODES) -> tuple[list[dict[str, Any]], int]:
     """The saved trees that match the step and the problem id (either may be None: any), the newest that fit in
-    max_nodes nodes (at least one), in the order they were saved."""
+    max_nodes nodes (at least one), in the order they were saved; and how many matching trees were left out."""
     matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
     if not matches:
         steps = sorted({t["step"] for t in trees})
@@ -95,7 +96,7 @@ def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | Non
         if kept and nodes > max_nodes:
             break
         kept.append(tree)
-    return kept[::-1]
+    return kept[::-1], len(matches) - len(kept)
 
 
 def count_nodes(node: dict[str, Any]) -> int:
@@ -127,6 +128,15 @@ def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], 
     children = "".join(_node_html(child, path + [i], picked) for i, child in enumerate(node.children))
     return (f"<details open class='{' '.join(classes)}'><summary>{label}</summary>{text}"
             f"<div class='children'>{children}</div></details>")
+
+
+def walk(root: NodeRecord) -> Iterator[tuple[tuple[int, ...], NodeRecord]]:
+    """(path, node) of every node of a record, depth first, the root's path ()."""
+    stack: list[tuple[tuple[int, ...], NodeRecord]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        yield path, node
+        stack += [(path + (i,), child) for i, child in reversed(list(enumerate(node.children)))]
 
 
 def layout(root: NodeRecord) -> dict[tuple[int, ...], tuple[float, int]]:
@@ -161,14 +171,7 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
     """The tree drawn by depth: a circle per node coloured by its value (a thick gold ring: the r-score's pick,
     faded: a sibling group TreeRPO pruned), its advantage beside each node trained on, a mark under each leaf,
     a line to each child; `data-path` ties a circle to its text."""
-    nodes: dict[tuple[int, ...], NodeRecord] = {}
-
-    def collect(node: NodeRecord, path: tuple[int, ...]) -> None:
-        nodes[path] = node
-        for i, child in enumerate(node.children):
-            collect(child, path + (i,))
-
-    collect(tree.root, ())
+    nodes = dict(walk(tree.root))
     places = layout(tree.root)
 
     def at(path: tuple[int, ...]) -> tuple[float, float]:
@@ -210,14 +213,7 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
 def _texts(tree: TreeRecord) -> str:
     """Every node's text by path, and the prompt, as JSON inside a script element: '<' is written as \\u003c, so
     no text can close the element."""
-    texts: dict[str, str] = {"prompt": tree.prompt}
-
-    def collect(node: NodeRecord, path: list[int]) -> None:
-        texts[".".join(map(str, path)) or "root"] = node.text
-        for i, child in enumerate(node.children):
-            collect(child, path + [i])
-
-    collect(tree.root, [])
+    texts = {"prompt": tree.prompt} | {".".join(map(str, path)) or "root": node.text for path, node in walk(tree.root)}
     return json.dumps(texts).replace("<", "\\u003c")
 
 
@@ -308,15 +304,7 @@ def typed(record: dict[str, Any]) -> TreeRecord:
 def _section(tree: TreeRecord) -> str:
     """One tree: its header, the drawing with its text panel, and every node's text in collapsible branches."""
     picked = {tuple(path): child for path, child, _ in tree.picks}
-    leaves = []
-
-    def collect(node: NodeRecord) -> None:
-        if not node.children:
-            leaves.append(node.correct)
-        for child in node.children:
-            collect(child)
-
-    collect(tree.root)
+    leaves = [node.correct for _, node in walk(tree.root) if not node.children]
     step = f"step {tree.step}" if tree.step is not None else "sampled now"
     weight = f", loss weight {tree.weight:.2f}" if tree.weight is not None else ""
     return (f"<section class='tree' data-step='{'' if tree.step is None else tree.step}' "

@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> None:
     --run) samples one now, with the run's config if given."""
     run_dir = RunDir(Path(args.run)) if args.run else None
     if run_dir and not args.model:
-        saved = run_dir.trees()
-        records = pick_trees(saved, args.step, args.problem)
-        matching = sum(1 for t in saved if args.step in (None, t["step"]) and args.problem in (None, t["id"]))
-        left_out = matching - len(records)
+        records, left_out = pick_trees(run_dir.trees(), args.step, args.problem)
     else:
         if not args.problem:
             raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")

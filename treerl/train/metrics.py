@@ -66,10 +66,11 @@ def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | Non
 
 
 def merged(rollout: Rollout, par: Parallel) -> Rollout:
-    """Every rank's rollout in one, for metrics (the training samples left out); timings are the slowest rank's."""
+    """Every rank's rollout in one, for metrics (the training samples and advantages left out); timings are the
+    slowest rank's."""
     if par.world == 1:
         return rollout
-    parts = par.gather(replace(rollout, samples=[]))
+    parts = par.gather(replace(rollout, samples=[], advantages=[]))
     stats = TreeStats()
     for part in parts:
         stats += part.stats
@@ -77,5 +78,4 @@ def merged(rollout: Rollout, par: Parallel) -> Rollout:
                    [r for part in parts for r in part.rewards], [c for part in parts for c in part.correct], stats,
                    sum(part.groups_kept for part in parts), rollout.level_probs,
                    [w for part in parts for w in part.weights], [x for part in parts for x in part.scores],
-                   {key: max(part.timings[key] for part in parts) for key in rollout.timings},
-                   [a for part in parts for a in part.advantages])
+                   {key: max(part.timings[key] for part in parts) for key in rollout.timings})
