@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from treerl.config import load_config
+from treerl.config import RolloutConfig, load_config
 from treerl.curriculum import level_probs, loss_weight, r_score, ranks
 from treerl.curriculum.reschedule import ScoreBook
 from treerl.curriculum.rscore import greedy_choices, leaf_accuracy, pruning_choices, r_score_pruning
@@ -346,8 +346,8 @@ def test_a_leaf_is_right_when_any_of_its_rollouts_is(monkeypatch):
 
     monkeypatch.setattr(scoring, "generate", fake_generate)
     shape = TreeShape(branching=2, depth=2, step_tokens=2, max_new_tokens=8)
-    scoring.extra_rollouts(None, Digits(), EndsInEight(), [tree], [Problem("q", "r", "easy")], shape, 2, 1.0, 1.0,
-                           None)
+    scoring.extra_rollouts(None, Digits(), EndsInEight(), [tree], [Problem("q", "r", "easy")], shape, 2,
+                           RolloutConfig(), None)
     assert calls == [([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]], 4)]   # two rollouts from prompt + 4 generated tokens
     assert long_leaf.correct is True and short_leaf.correct is False   # "12348" is right; the short leaf untouched
 

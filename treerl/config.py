@@ -75,6 +75,20 @@ class TaskConfig(Section):
                                                            "right (E2H); null = no")
 
 
+class VllmSettings(Section):
+    """The vLLM backend (rollout.backend=vllm; docs/scale.md): its engine runs in the training process."""
+    old_logprobs: Literal["trainer", "sampler"] = Field(
+        "trainer", description="where the update's old log-probs come from: the trainer's own forward (vLLM's kernels "
+                               "are not the trainer's; their mismatch is logged) or vLLM's sampled log-probs")
+    gpu_memory_utilization: float = Field(0.4, gt=0.0, lt=1.0, description="GPUs: the share of GPU memory vLLM takes "
+                                                                           "for its weights and KV cache")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs: GPUs one vLLM engine shards the model over")
+    sleep: bool = Field(True, description="GPUs: free vLLM's weights and KV cache while the trainer updates (vLLM's "
+                                          "sleep mode); the CPU build has none")
+    cpu_kv_cache_gib: float = Field(2.0, gt=0.0, description="CPU: GiB of memory vLLM's KV cache takes")
+    max_num_seqs: int = Field(256, ge=1, description="sequences vLLM decodes at once; more wait for room")
+
+
 class RolloutConfig(Section):
     n: int = Field(8, ge=1, description="samples per prompt (the group size)")
     batch_prompts: int = Field(16, ge=1, description="prompts sampled per training step: the rollout buffer is "
@@ -88,6 +102,11 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     kv_budget_gib: float = Field(0.0, ge=0.0, description="most GiB of KV cache sampling holds (lean forward); more "
                                                            "sequences wait for room; 0 = all of a call's at once")
+    backend: Literal["auto", "lean", "hf", "vllm"] = Field(
+        "auto", description="the sampler: lean (treerl's engine), hf (the model's transformers forward), vllm, or auto "
+                            "(vllm when installed, on a GPU or for models of 10M parameters and more; else lean where "
+                            "its forward covers the model, else hf)")
+    vllm: VllmSettings = VllmSettings()
 
 
 class AlgoConfig(Section):

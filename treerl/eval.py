@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.config import EvalConfig
+from treerl.config import EvalConfig, RolloutConfig
 from treerl.errors import warn
 from treerl.parallel import Parallel
 from treerl.rollout.engine import context_length, generate
@@ -45,8 +45,8 @@ def eval_work(task: Task, cfg: EvalConfig) -> int:
 
 
 def _grade(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfig, greedy: bool,
-           generator: torch.Generator | None,
-           advance: Callable[[int], None]) -> tuple[list[bool], list[int], list[bool]]:
+           generator: torch.Generator | None, advance: Callable[[int], None],
+           rollout: RolloutConfig | None) -> tuple[list[bool], list[int], list[bool]]:
     """(correct, response length, too long) per problem. A prompt that leaves no room for eval.max_new_tokens in
     the model's context is not generated: it counts as wrong, with length 0."""
     limit = context_length(model)
@@ -58,7 +58,7 @@ def _grade(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfi
         fits = [limit is None or len(prompt) + cfg.max_new_tokens <= limit for prompt in ids]
         gen = generate(model, tokenizer, [prompt for prompt, ok in zip(ids, fits) if ok],
                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, greedy=greedy,
-                       generator=generator) if any(fits) else None
+                       generator=generator, rollout=rollout) if any(fits) else None
         done = iter(zip(gen.texts, gen.completion_ids) if gen else [])
         for problem, ok in zip(chunk, fits):
             text, completion = next(done) if ok else ("", [])
@@ -86,12 +86,13 @@ def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: EvalConfig,
              seed: int = 0, advance: Callable[[int], None] = lambda n: None,
-             par: Parallel = Parallel()) -> dict[str, dict[str, float]]:
-    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j.
-    Under torchrun every rank grades its share of the problems and every rank returns the whole result."""
+             par: Parallel = Parallel(), rollout: RolloutConfig | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j,
+    sampled through rollout.backend. Under torchrun every rank grades its share of the problems and every rank
+    returns the whole result."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
-    mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance)
+    mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance, rollout)
     correct, lengths, too_long = par.unshare(mine[0]), par.unshare(mine[1]), par.unshare(mine[2])
     if any(too_long) and par.main:
         warn(f"{sum(too_long)} of {len(problems)} prompts leave no room for eval.max_new_tokens={cfg.max_new_tokens} "
@@ -100,7 +101,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     hits = None
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]
-        sampled = par.unshare(_grade(model, tokenizer, task, par.share(repeated), cfg, False, generator, advance)[0])
+        sampled = par.unshare(_grade(model, tokenizer, task, par.share(repeated), cfg, False, generator, advance,
+                                        rollout)[0])
         hits = np.array(sampled).reshape(len(problems), cfg.samples).sum(1)
     results: dict[str, dict[str, float]] = {}
     for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> None:
                                    cfg.model.trust_remote_code)
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
-        results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k))
+        results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k),
+                           rollout=cfg.rollout)
     if args.json:
         print(json.dumps({"model": cfg.model.name_or_path, "task": task.name, "benchmark": args.benchmark,
                           "groups": results}, indent=2))

@@ -43,7 +43,7 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
     trees = sample_problem_trees(model, tokenizer, task, [problem], TreeShape.for_training(cfg, deep=True),
                                  temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                  generator=torch.Generator(device=device).manual_seed(cfg.seed),
-                                 kv_budget_gib=cfg.rollout.kv_budget_gib)
+                                 rollout=cfg.rollout)
     grade_trees(trees, [problem], task, tokenizer)
     return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau, cfg.rscore)
 

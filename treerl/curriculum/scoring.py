@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.config import Config
+from treerl.config import Config, RolloutConfig
 from treerl.curriculum.scores import score_row
 from treerl.rollout.engine import generate
 from treerl.rollout.grading import grade_trees
@@ -22,7 +22,7 @@ from treerl.tasks.base import Problem, Task
 
 def extra_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                    trees: list[ReasoningTree], problems: list[Problem], shape: TreeShape, rollouts: int,
-                   temperature: float, top_p: float, generator: torch.Generator) -> None:
+                   rollout: RolloutConfig, generator: torch.Generator) -> None:
     """Complete each deepest leaf `rollouts` more times from its last branch point (depth x step_tokens
     generated tokens) and mark it right when any completion is. Leaves that end before that point keep their
     one outcome, as in the reference code."""
@@ -35,7 +35,8 @@ def extra_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
         return
     contexts = [tree.prompt_ids + prefix for tree, _, _, prefix in jobs for _ in range(rollouts)]
     completions = generate(model, tokenizer, contexts, max_new_tokens=shape.max_new_tokens - start,
-                           temperature=temperature, top_p=top_p, generator=generator).completion_ids
+                           temperature=rollout.temperature, top_p=rollout.top_p, generator=generator,
+                           rollout=rollout).completion_ids
     for j, (_, leaf, problem, prefix) in enumerate(jobs):
         texts = [tokenizer.decode(prefix + completions[j * rollouts + r], skip_special_tokens=True)
                  for r in range(rollouts)]
@@ -52,10 +53,9 @@ def score_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
         batch = problems[start:start + r.batch_prompts]
         trees = sample_problem_trees(model, tokenizer, task, batch, shape, temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, generator=generator,
-                                     kv_budget_gib=cfg.rollout.kv_budget_gib)
+                                     rollout=cfg.rollout)
         grade_trees(trees, batch, task, tokenizer)
-        extra_rollouts(model, tokenizer, task, trees, batch, shape, r.rollouts - 1, cfg.rollout.temperature,
-                       cfg.rollout.top_p, generator)
+        extra_rollouts(model, tokenizer, task, trees, batch, shape, r.rollouts - 1, cfg.rollout, generator)
         rows += [score_row(tree, problem, r) for tree, problem in zip(trees, batch)]
         advance(len(batch))
     return rows

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from treerl.config import LoraSettings
@@ -60,6 +61,29 @@ def underlying(model: Any) -> Any:
     if isinstance(model, WithoutAdapters):
         model = model.peft
     return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+@torch.no_grad()
+def merged_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The model's weights named as its transformers class names them, with a PeftModel's active adapters merged
+    into the layers they adapt (W + B A alpha / r, peft's own delta); what another engine loads to sample as the
+    model does."""
+    base = underlying(model)
+    merged: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer: Any = module   # a LoraLayer subclass (Linear, Embedding, ...): each computes its own delta
+            weight = layer.get_base_layer().weight
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight = weight + layer.get_delta_weight(adapter)
+            merged[f"{name}.weight"] = weight
+    weights = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" not in key:
+            key = key.replace(".base_layer.", ".")
+            weights[key] = merged.get(key, tensor)
+    return weights
 
 
 class WithoutAdapters(torch.nn.Module):

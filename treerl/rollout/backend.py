@@ -1,6 +1,7 @@
 """The one interface every sampler calls: a backend samples sequences from prompts, forking continuations on the
-way. Two implement it: the lean forward over a paged KV cache (`lean_backend.py`, Llama-family models) and the
-transformers forward (`hf_backend.py`, every other model); `engine.backend_for` picks one for a model.
+way. Three implement it: the lean forward over a paged KV cache (`lean_backend.py`, Llama-family models), the
+transformers forward (`hf_backend.py`, every model) and vLLM (`vllm_backend.py`, models at real size);
+`engine.backend_for` picks one (rollout.backend).
 
 Forks follow TreeRPO's sampling: with `Forks(branching, depth, step_tokens)`, every sequence that has generated
 l x step_tokens tokens (0 < l < depth, counting the tokens it inherited) without an EOS gets branching - 1
@@ -45,6 +46,12 @@ class Sequence:
     """log pi(token) under the sampling distribution (logits / temperature), one per token."""
     finished: bool
     """It stopped at EOS (False: it ran out of tokens)."""
+    cached_tokens: int = 0
+    """vLLM: the tokens of its prompt and inherited prefix that vLLM's prefix cache served (the other backends
+    share prefixes by construction and leave 0)."""
+    cacheable_tokens: int = 0
+    """vLLM: those of the tokens above that fill whole KV blocks before the last one, which is all the cache can
+    serve."""
 
 
 class Backend(Protocol):

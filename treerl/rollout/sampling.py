@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from treerl.config import Config
+from treerl.config import Config, RolloutConfig
 from treerl.errors import UserError
 from treerl.rollout.engine import context_length
 from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
@@ -70,10 +70,10 @@ def check_context(model: PreTrainedModel, ids: list[list[int]], problems: list[P
 
 def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                          problems: list[Problem], shape: TreeShape, *, temperature: float, top_p: float,
-                         generator: torch.Generator, batch_prompts: int = 0, kv_budget_gib: float = 0.0,
+                         generator: torch.Generator, rollout: RolloutConfig, batch_prompts: int = 0,
                          stats: TreeStats | None = None) -> list[ReasoningTree]:
-    """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one), in at most
-    `kv_budget_gib` of KV cache (0: as much as a call needs); adds to `stats`."""
+    """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one), through rollout.backend;
+    adds to `stats`."""
     chunk = batch_prompts or len(problems)
     trees: list[ReasoningTree] = []
     for start in range(0, len(problems), chunk):
@@ -82,7 +82,7 @@ def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         chunk_trees, chunk_stats = sample_trees(
             model, tokenizer, ids, branching=shape.branching,
             depth=shape.depth, step_tokens=shape.step_tokens, max_new_tokens=shape.max_new_tokens,
-            temperature=temperature, top_p=top_p, generator=generator, kv_budget_gib=kv_budget_gib)
+            temperature=temperature, top_p=top_p, generator=generator, rollout=rollout)
         trees += chunk_trees
         if stats is not None:
             stats += chunk_stats

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from treerl.config import RolloutConfig
 from treerl.rollout.backend import Forks, Sequence
 from treerl.rollout.draws import Sampling
 from treerl.rollout.engine import sample_sequences
@@ -134,12 +135,27 @@ class TreeStats:
     generated_tokens: int = 0
     """Tokens sampled, all of which end up in some node."""
     prefix_tokens_saved: int = 0
-    """Prompt and prefix tokens that encoding each continuation from scratch would have cost."""
+    """Prompt and prefix tokens that encoding each continuation from scratch would have cost and that it did not
+    cost (vLLM: those its prefix cache served)."""
+    prefix_tokens_inherited: int = 0
+    """The prompt and prefix tokens of every continuation."""
+    prefix_tokens_cacheable: int = 0
+    """vLLM: of those, the tokens in whole KV blocks before each continuation's last, all its cache can serve."""
 
     def __iadd__(self, other: TreeStats) -> TreeStats:
         self.generated_tokens += other.generated_tokens
         self.prefix_tokens_saved += other.prefix_tokens_saved
+        self.prefix_tokens_inherited += other.prefix_tokens_inherited
+        self.prefix_tokens_cacheable += other.prefix_tokens_cacheable
         return self
+
+    @classmethod
+    def of(cls, sequences: list[Sequence], prompt_ids: list[list[int]], vllm: bool) -> TreeStats:
+        forks = [seq for seq in sequences if seq.parent is not None]
+        inherited = sum(len(prompt_ids[seq.prompt]) + seq.start for seq in forks)
+        return cls(sum(len(seq.token_ids) for seq in sequences),
+                   sum(seq.cached_tokens for seq in forks) if vllm else inherited, inherited,
+                   sum(seq.cacheable_tokens for seq in forks))
 
 
 def grow_trees(prompt_ids: list[list[int]], sequences: list[Sequence], rows_per_prompt: int, depth: int,
@@ -168,19 +184,18 @@ def grow_trees(prompt_ids: list[list[int]], sequences: list[Sequence], rows_per_
 def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,
                  branching: int, depth: int, step_tokens: int, max_new_tokens: int | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 kv_budget_gib: float = 0.0) -> tuple[list[ReasoningTree], TreeStats]:
+                 rollout: RolloutConfig | None = None) -> tuple[list[ReasoningTree], TreeStats]:
     """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of max_new_tokens
     (default depth x step_tokens), cut into step_tokens slices down to `depth`, where the last node holds the
     rest of its rollout; every unfinished node above `depth` gets branching - 1 fresh continuations of the
     remaining budget, its own rollout supplying its first child. Continuations reuse the KV cache of their prefix
-    instead of encoding it again. Rewards are left to the caller."""
+    instead of encoding it again. Sampled through rollout.backend; rewards are left to the caller."""
     budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
     if budget <= (depth - 1) * step_tokens:
         raise ValueError(f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step")
     rows = [p for p in prompt_ids for _ in range(branching)]
     sequences = sample_sequences(model, rows, max_new_tokens=budget, sampling=Sampling(temperature, top_p),
-                                 eos_id=tokenizer.eos_token_id, generator=generator, kv_budget_gib=kv_budget_gib,
+                                 eos_id=tokenizer.eos_token_id, generator=generator, rollout=rollout,
                                  forks=Forks(branching, depth, step_tokens) if depth > 1 else None)
-    stats = TreeStats(sum(len(seq.token_ids) for seq in sequences),
-                      sum(len(rows[seq.prompt]) + seq.start for seq in sequences if seq.parent is not None))
+    stats = TreeStats.of(sequences, rows, any(seq.cacheable_tokens for seq in sequences))
     return grow_trees(prompt_ids, sequences, branching, depth, step_tokens), stats

@@ -67,8 +67,8 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
         new = par.share(sampler.draw(step, ro.batch_prompts, rng))
         t0 = time.perf_counter()
         trees += sample_problem_trees(policy, tokenizer, task, new, shape, temperature=ro.temperature,
-                                      top_p=ro.top_p, generator=generator, batch_prompts=ro.generation_batch,
-                                      kv_budget_gib=ro.kv_budget_gib, stats=stats)
+                                      top_p=ro.top_p, generator=generator, rollout=ro,
+                                      batch_prompts=ro.generation_batch, stats=stats)
         t1 = time.perf_counter()
         timings["timing/rollout_s"] += t1 - t0
         online = []

@@ -29,6 +29,7 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         "response_length/mean": lengths.mean().item(),
         "tokens/generated": rollout.stats.generated_tokens,
         "tokens/prefix_reused": rollout.stats.prefix_tokens_saved,
+        **prefix_cache_metrics(rollout.stats),
         "kl": None,
         **learner,
         "lr": lr,
@@ -51,6 +52,15 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         metrics[f"acc/{level}"] = torch.cat([c for c, p in zip(rollout.correct, rollout.problems)
                                              if p.level == level]).mean().item()
     return metrics
+
+
+def prefix_cache_metrics(stats: TreeStats) -> dict[str, float]:
+    """vLLM's prefix cache over the forks of a step's trees: the share of the inherited tokens in whole blocks
+    (all it can serve) that it served, and the share of all inherited tokens; nothing for other backends."""
+    if not stats.prefix_tokens_cacheable:
+        return {}
+    return {"sampler/prefix_cache_hit": stats.prefix_tokens_saved / stats.prefix_tokens_cacheable,
+            "sampler/prefix_cache_hit_raw": stats.prefix_tokens_saved / stats.prefix_tokens_inherited}
 
 
 def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | None]:

@@ -24,6 +24,7 @@ from treerl.models import DTYPES, resolve_device
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
 from treerl.report import write_report
+from treerl.rollout.engine import backend_name
 from treerl.rollout.sampling import TreeShape
 from treerl.rundir import RunDir, checkpoint_step
 from treerl.tasks import check_levels
@@ -31,11 +32,11 @@ from treerl.tasks.base import Task
 from treerl.trackers import Trackers
 from treerl.train.collect import Rollout, collect
 from treerl.train.metrics import memory_metrics, merged, step_metrics
-from treerl.train.sharding import sampling_model
+from treerl.train.sharding import sampling_model, unwrap
 from treerl.train.signals import stop_signals
 from treerl.train.state import RANK_SEED_STRIDE, TrainState
 from treerl.train.timing import print_time_summary, time_summary
-from treerl.train.update import NonFiniteWeights, Objective, update
+from treerl.train.update import NonFiniteWeights, Objective, trainer_logprobs, update
 from treerl.viewer import tree_record
 
 
@@ -55,12 +56,17 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
                           state.sampler, state.weights, par)
     t1 = time.perf_counter()
     lr = state.set_lr(cfg, step)
+    mismatch: dict[str, float] = {}
     with mixed_precision(cfg, par.device):
+        if backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":   # another engine's log-probs
+            checked, mismatch = trainer_logprobs(state.policy, rollout.samples, cfg)
+            if cfg.rollout.vllm.old_logprobs == "trainer":
+                rollout.samples = checked
         learner = update(state.policy, state.reference, state.optimizer, rollout.samples, cfg, objective,
                          state.generator, par)
     state.step = step
     t2 = time.perf_counter()
-    metrics = step_metrics(step, merged(rollout, par), learner,
+    metrics = step_metrics(step, merged(rollout, par), {**learner, **mismatch},
                            {**rollout.timings, "timing/update_s": t2 - t1, "timing/step_s": t2 - t0}, lr,
                            cfg.curriculum.levels)
     metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(metrics["timing/rollout_s"], 1e-9)
@@ -143,6 +149,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     with run.disk_errors(), holding(run, par):
         checkpoint, changed = resume_point(run, cfg, par) if resume else (None, {})
         state = TrainState.start(cfg, sampler, weights, checkpoint, par)
+        if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
+            raise UserError(f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
+                            "training process for now; under torchrun set rollout.backend=lean (or hf)")
         par.barrier()   # every rank has looked at run_dir before rank 0 writes there
         if par.main and resume:
             run.truncate_to(state.step)   # what was logged after the checkpoint is redone
@@ -172,7 +181,7 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
             job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
             with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
                 results = evaluate(sampling_policy, state.tokenizer, task, cfg.eval, seed=cfg.seed,
-                                   advance=lambda k: bar.advance(job, k * par.world), par=par)
+                                   advance=lambda k: bar.advance(job, k * par.world), par=par, rollout=cfg.rollout)
             bar.remove_task(job)
             if par.main:
                 run.record_eval(step, results)

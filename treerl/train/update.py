@@ -5,13 +5,13 @@ optional KL to a reference model, entropy bonus), each looked up in its registry
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.distributed.tensor import DTensor
 
 from treerl.algo.advantages import ESTIMATORS
-from treerl.algo.loss import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Aggregation, KLEstimator, PolicyLoss
+from treerl.algo.loss import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Aggregation, KLEstimator, PolicyLoss, k3
 from treerl.config import Config
 from treerl.parallel import Parallel
 from treerl.rollout.sampling import TreeShape
@@ -35,6 +35,35 @@ def trainable(sample: TrainingSample, cfg: Config) -> bool:
     """Whether a sample goes through forward and backward: always without train.filter_tau, else unless
     |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and the update skipped)."""
     return cfg.train.filter_tau is None or not abs(sample.advantage) <= cfg.train.filter_tau
+
+
+@torch.no_grad()
+def trainer_logprobs(policy, samples: list[TrainingSample],
+                     cfg: Config) -> tuple[list[TrainingSample], dict[str, float]]:
+    """The samples with the old log-probs of the policy's own forward (eval mode, train.micro_batch sequences a
+    pass; filtered samples skip it and keep theirs), and how far the sampler's log-probs were from those over the
+    tokens that train: the mean |log p_sampler - log p_trainer| and KL(sampler || trainer), estimated with k3 on
+    the sampler's tokens. Another engine's kernels (vLLM's) round differently from the trainer's."""
+    kept = [i for i, sample in enumerate(samples) if trainable(sample, cfg)]
+    out = list(samples)
+    diff = kl = tokens = 0.0
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    for start in range(0, len(kept), cfg.train.micro_batch):
+        rows = kept[start:start + cfg.train.micro_batch]
+        batch = make_batch([samples[i].context_ids for i in rows], [samples[i].segment_ids for i in rows]).to(device)
+        mask = batch.completion_mask.bool()
+        logprobs, _ = completion_logprobs(policy, batch, cfg.rollout.temperature, chunk=cfg.train.logit_chunk)
+        logprobs = logprobs.float()
+        sampler = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
+        diff += float((sampler - logprobs).abs()[mask].sum())
+        kl += float(k3(sampler, logprobs)[mask].sum())
+        tokens += float(mask.sum())
+        for row, i in enumerate(rows):
+            out[i] = replace(samples[i], old_logprobs=logprobs[row][mask[row]].tolist())
+    policy.train(was_training)
+    return out, {"sampler/logprob_abs_diff": diff / max(tokens, 1.0), "sampler/kl": kl / max(tokens, 1.0)}
 
 
 STAND_IN = TrainingSample(path=(), context_ids=[0], segment_ids=[0], old_logprobs=[0.0], advantage=0.0, weight=0.0)

@@ -1,0 +1,216 @@
+"""The vLLM backend on this CPU (vLLM's CPU build, installed by `make test`): samples and trees shaped as the lean
+backend's, greedy sequences equal to its, keys that make a sequence independent of its call, weights that follow
+the trainer's, log-probs that match the trainer's forward, a prefix cache that serves the forks, and training.
+None of these tests is skipped: without vLLM they fail with the line that says how to install it."""
+
+import json
+
+import pytest
+import torch
+
+from treerl.config import RolloutConfig, load_config
+from treerl.errors import UserError
+from treerl.models import load_policy
+from treerl.rollout import engine
+from treerl.rollout.backend import Forks
+from treerl.rollout.draws import Sampling, row_keys
+from treerl.rollout.engine import backend_for, backend_name
+from treerl.rollout.tree import sample_trees
+from treerl.train.batch import completion_logprobs, make_batch
+from treerl.train.trainer import train
+
+VLLM = RolloutConfig(backend="vllm")
+LEAN = RolloutConfig(backend="lean")
+PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n", "4-4+8\n"]
+
+
+@pytest.fixture(scope="module")
+def vllm_dir(tmp_path_factory):
+    """A tiny random character-level model whose heads have 32 dimensions (vLLM's CPU attention takes no fewer)."""
+    from treerl.models.tiny import build_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("vllm-model")
+    tok = build_tokenizer()
+    build_model(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy(vllm_dir):
+    model, tokenizer = load_policy(str(vllm_dir))
+    return model.eval(), tokenizer
+
+
+def encode(tok, prompts):
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def sample(model, tok, ids, keys, max_new_tokens=12, sampling=Sampling(), forks=None, rollout=VLLM):
+    return backend_for(model, rollout).sample(ids, keys, max_new_tokens, sampling, tok.eos_token_id, forks)
+
+
+def keys_for(rows, seed=0):
+    return row_keys(torch.Generator().manual_seed(seed), rows, "cpu")
+
+
+def check_tree_rule(sequences, prompts, forks, budget, eos):
+    """Each sequence runs to its budget or EOS, and every sequence that went on past a fork point below the last
+    level has exactly branching - 1 forks there, each inheriting its path up to that point; no other forks."""
+    paths = []
+    for s in sequences:
+        assert len(s.token_ids) == budget - s.start or (s.finished and s.token_ids[-1] == eos)
+        assert len(s.logprobs) == len(s.token_ids)
+        paths.append((paths[s.parent][:s.start] if s.parent is not None else []) + s.token_ids)
+    assert [s.prompt for s in sequences if s.parent is None] == list(range(prompts))
+    expected = sorted((n, level * forks.step_tokens, child) for n, s in enumerate(sequences)
+                      for level in range(1, forks.depth) if s.start < level * forks.step_tokens < len(paths[n])
+                      for child in range(1, forks.branching))
+    assert sorted((s.parent, s.start, s.child) for s in sequences if s.parent is not None) == expected
+    return len(sequences)
+
+
+def test_flat_samples_and_trees_have_the_lean_backends_shapes(policy):
+    """A random model (EOS about as likely as any token): one sequence per prompt row up to its budget, and trees
+    (3 children, 3 levels of 4 tokens) forked by the rule the lean backend follows, with about as many sequences
+    (which sequences stop early differs: the two draw differently)."""
+    model, tok = policy
+    ids = encode(tok, PROMPTS) * 2
+    flat = sample(model, tok, ids, keys_for(len(ids)), max_new_tokens=10)
+    check_tree_rule(flat, len(ids), Forks(1, 1, 10), 10, tok.eos_token_id)
+    forks = Forks(3, 3, 4)
+    counts = {name: check_tree_rule(sample(model, tok, ids, keys_for(len(ids)), 12, forks=forks, rollout=rollout),
+                                    len(ids), forks, 12, tok.eos_token_id)
+              for name, rollout in (("vllm", VLLM), ("lean", LEAN))}
+    assert counts["vllm"] > 3 * len(ids) and abs(counts["vllm"] - counts["lean"]) <= 0.25 * counts["lean"], counts
+
+
+def test_greedy_sequences_equal_the_lean_backends_in_fp32():
+    """The embedded model, greedy, on 200 held-out hard problems: vLLM's sequences equal the lean backend's for
+    all but a few, where the two engines' float rounding tips a near tie between the two likeliest tokens."""
+    from treerl.tasks.arithmetic import Arithmetic
+    from treerl.tasks.prompts import render_prompt
+
+    model, tok = load_policy("tiny")
+    task = Arithmetic()
+    ids = encode(tok, [render_prompt(task.template, p.question, tok) for p in task.eval_problems("hard", 200)])
+    keys = keys_for(len(ids))
+    ours = sample(model, tok, ids, keys, 64, Sampling(greedy=True))
+    theirs = sample(model, tok, ids, keys, 64, Sampling(greedy=True), rollout=LEAN)
+    same = sum(a.token_ids == b.token_ids for a, b in zip(ours, theirs))
+    assert same >= 196, f"{same} of 200 equal"
+    for a, b in zip(ours, theirs):
+        if a.token_ids != b.token_ids:   # where they part, the lean backend's top two were within float noise
+            at = next(i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
+            assert abs(float(a.logprobs[at]) - float(b.logprobs[at])) < 1e-3
+
+
+def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(policy):
+    model, tok = policy
+    ids = encode(tok, PROMPTS)
+    keys = keys_for(len(ids))
+    hot = Sampling(temperature=1.5)
+    together = sample(model, tok, ids, keys, sampling=hot)
+    alone = sample(model, tok, ids[2:3], keys[2:3], sampling=hot)
+    shuffled = sample(model, tok, [ids[3], ids[2], ids[0]], keys[[3, 2, 0]], sampling=hot)
+    assert alone[0].token_ids == together[2].token_ids == shuffled[1].token_ids
+    assert shuffled[0].token_ids == together[3].token_ids and shuffled[2].token_ids == together[0].token_ids
+    other = sample(model, tok, ids, keys_for(len(ids), seed=5), sampling=hot)
+    assert [s.token_ids for s in other] != [s.token_ids for s in together]   # the key is what decides
+
+
+def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):
+    """Weights changed in place (as an optimizer step changes them) change vLLM's samples; restored, the samples
+    are the old ones again. Its log-probs of what it sampled (temperature 0.7) equal the trainer's forward's
+    within 1e-4 in fp32."""
+    model, tok = load_policy(str(vllm_dir))
+    ids = encode(tok, PROMPTS)
+    keys = keys_for(len(ids))
+    sampling = Sampling(temperature=0.7)
+    before = sample(model, tok, ids, keys, sampling=sampling)
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    moved = sample(model, tok, ids, keys, sampling=sampling)
+    assert [s.token_ids for s in moved] != [s.token_ids for s in before]
+    batch = make_batch([ids[s.prompt] for s in moved], [s.token_ids for s in moved])
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model.eval(), batch, temperature=0.7)
+    for row, s in enumerate(moved):
+        assert torch.allclose(s.logprobs, trainer[row, :len(s.token_ids)].float(), atol=1e-4, rtol=0.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(saved[name])
+    assert [s.token_ids for s in sample(model, tok, ids, keys, sampling=sampling)] == [s.token_ids for s in before]
+
+
+def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
+    """Adapters made non-zero: vLLM's log-probs of its samples are the peft model's forward's (within 1e-4)."""
+    from treerl.config import LoraSettings
+
+    model, tok = load_policy(str(vllm_dir), lora=LoraSettings(r=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    ids = encode(tok, PROMPTS)
+    sequences = sample(model, tok, ids, keys_for(len(ids)), sampling=Sampling(temperature=1.0))
+    batch = make_batch([ids[s.prompt] for s in sequences], [s.token_ids for s in sequences])
+    with torch.no_grad():
+        merged, _ = completion_logprobs(model.eval(), batch)
+        with model.disable_adapter():
+            plain, _ = completion_logprobs(model, batch)
+    for row, s in enumerate(sequences):
+        assert torch.allclose(s.logprobs, merged[row, :len(s.token_ids)], atol=1e-4, rtol=0.0)
+    assert not torch.allclose(merged, plain, atol=1e-2)   # the adapters do change the model
+
+
+def test_forks_are_served_their_prefix_from_the_cache(policy):
+    """Trees of 4 children, 3 levels of 40 tokens from prompts of about 10 tokens (blocks of 32): at least 90% of
+    the inherited tokens in whole blocks come from vLLM's prefix cache."""
+    model, tok = policy
+    _, stats = sample_trees(model, tok, encode(tok, PROMPTS), branching=4, depth=3, step_tokens=40,
+                            max_new_tokens=120, generator=torch.Generator().manual_seed(0), rollout=VLLM)
+    assert stats.prefix_tokens_cacheable > 0.5 * stats.prefix_tokens_inherited
+    assert stats.prefix_tokens_saved >= 0.9 * stats.prefix_tokens_cacheable
+
+
+def test_auto_picks_by_size_and_vllm_missing_is_one_line(policy, monkeypatch):
+    model, _ = policy
+    assert backend_name(model, "auto") == "lean"   # a small model on the CPU: the lean backend (bench/backends.py)
+    monkeypatch.setattr(engine, "AUTO_VLLM_PARAMETERS", 1)
+    assert backend_name(model, "auto") == "vllm"
+    monkeypatch.setattr(engine, "vllm_installed", lambda: False)
+    assert backend_name(model, "auto") == "lean"
+    with pytest.raises(UserError, match=r"pip install 'treerl\[vllm\]'"):
+        sample(model, policy[1], [[3, 4]], keys_for(1))
+
+
+def test_greedy_forks_of_a_tree_continue_their_parents(policy):
+    """With greedy sampling every fork repeats what its parent sampled after the fork point."""
+    model, tok = policy
+    ids = encode(tok, PROMPTS[:2])
+    sequences = sample(model, tok, ids, keys_for(2), 12, Sampling(greedy=True), Forks(2, 3, 4))
+    paths = []
+    for s in sequences:
+        paths.append((paths[s.parent][:s.start] if s.parent is not None else []) + s.token_ids)
+    forks = [n for n, s in enumerate(sequences) if s.parent is not None]
+    assert forks and all(paths[n] == paths[sequences[n].parent] for n in forks)
+
+
+@pytest.mark.slow
+def test_forty_demo_steps_on_vllm_lift_hard_as_the_lean_backend_does(tmp_path):
+    """The demo's recipe for 40 steps, same seed, sampled (and evaluated) by each backend: held-out hard accuracy
+    after training within 3.5 points; the vLLM run logs its log-prob mismatch and its old log-probs are the
+    trainer's."""
+    after = {}
+    for backend in ("lean", "vllm"):
+        cfg = load_config(None, [f"rollout.backend={backend}", "train.steps=40", "eval.levels=[hard]",
+                                 "output.progress=false"])
+        after[backend] = train(cfg, tmp_path / backend)["after"]["hard"]["accuracy"]
+        metrics = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+        assert len(metrics) == 40
+        if backend == "vllm":
+            assert all(m["sampler/logprob_abs_diff"] < 1e-3 and m["sampler/kl"] < 1e-4 for m in metrics)
+    assert abs(after["vllm"] - after["lean"]) <= 0.035, after
