@@ -134,8 +134,8 @@ def check_cpu_head_size(model: PreTrainedModel) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in sizes:
-        raise UserError(f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and this model's "
-                        f"have {head_dim}; sample it with rollout.backend=lean (or hf)")
+        raise UserError(f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and this "
+                        f"model's have {head_dim}; sample it with rollout.backend=lean (or hf)")
 
 
 def engine_for(model: PreTrainedModel, settings: VllmSettings) -> Engine:
