@@ -117,6 +117,12 @@ def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(policy):
     assert shuffled[0].token_ids == together[3].token_ids and shuffled[2].token_ids == together[0].token_ids
     other = sample(model, tok, ids, keys_for(len(ids), seed=5), sampling=hot)
     assert [s.token_ids for s in other] != [s.token_ids for s in together]   # the key is what decides
+    # more rows than vLLM runs at once (256), with more prompt tokens than one engine step prefills (4096): a
+    # prompt prefilled in chunks would draw from its generator at each chunk (and vLLM's CPU build fails on it)
+    crowd = ids + encode(tok, ["9-7+6+5-9\n2+6+5-9\n"]) * 300
+    crowd_keys = torch.cat([keys, keys_for(len(crowd) - len(ids), seed=9)])
+    crowded = sample(model, tok, crowd, crowd_keys, 1, sampling=hot)
+    assert [s.token_ids for s in crowded[:len(ids)]] == [s.token_ids[:1] for s in together]
 
 
 def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):
@@ -214,3 +220,48 @@ def test_forty_demo_steps_on_vllm_lift_hard_as_the_lean_backend_does(tmp_path):
         if backend == "vllm":
             assert all(m["sampler/logprob_abs_diff"] < 1e-3 and m["sampler/kl"] < 1e-4 for m in metrics)
     assert abs(after["vllm"] - after["lean"]) <= 0.035, after
+
+
+@pytest.mark.slow
+def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_path):
+    """SIGKILL mid-run, then --resume: every step's rewards and loss, and the final weights, are those of the run
+    that was never stopped (vLLM's samples depend on the keys and the weights only)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    steps = 10
+    args = [f"model.name_or_path={vllm_dir}", f"train.steps={steps}", "train.save_every=2", "train.lr=1e-3",
+            "algo.entropy_coef=0.01", "rollout.batch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=8",
+            "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=8", "output.progress=false",
+            "train.threads=1", "train.filter_tau=null", "rollout.backend=vllm"]
+    train(load_config(None, args), tmp_path / "straight")
+    run = tmp_path / "killed"
+    metrics_file = run / "metrics.jsonl"
+
+    def cli(*cli_args):
+        return subprocess.Popen([sys.executable, "-m", "treerl.cli", "train", *cli_args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    process = cli("--out", str(run), *args)
+    deadline = time.time() + 300
+    while (not metrics_file.is_file() or len(metrics_file.read_text().splitlines()) < 5) and process.poll() is None:
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process = cli("--resume", str(run))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    got = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    expected = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in got] == list(range(1, steps + 1))
+    for a, b in zip(expected, got):
+        assert a["reward/mean"] == b["reward/mean"] and a["loss/policy"] == pytest.approx(b["loss/policy"], abs=1e-6)
+    final = f"checkpoints/step_{steps}/model.safetensors"
+    assert all(torch.equal(x, y) for x, y in zip(load_file(tmp_path / "straight" / final).values(),
+                                                 load_file(run / final).values()))

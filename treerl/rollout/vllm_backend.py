@@ -27,11 +27,13 @@ import gc
 import importlib.util
 import json
 import os
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -112,17 +114,25 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "tensor_parallel_size": settings.tensor_parallel_size, "enable_sleep_mode": settings.sleep,
     } if on_gpu else {
-        # on the CPU vLLM's compiled graphs sample no faster than eager mode (bench/backends.py) and take ~40 s
-        "block_size": CPU_BLOCK, "enforce_eager": True,
+        # on the CPU vLLM's compiled graphs sample no faster than eager mode (bench/backends.py) and take ~40 s to
+        # build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
+        # cannot be rewound (vLLM fails), so prompts are prefilled whole
+        "block_size": CPU_BLOCK, "enforce_eager": True, "enable_chunked_prefill": False,
         "kv_cache_memory_bytes": int(settings.cpu_kv_cache_gib * 2**30),
     }
     set_threads = torch.set_num_threads   # vLLM's CPU worker replaces it with a no-op; the trainer sets threads
+    # vLLM seeds Python's, numpy's and torch's global generators in the process that runs it: given back as they
+    # were, so that starting an engine (on a resume, say) changes nothing else the process draws
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         llm = vllm.LLM(model=config_dir.name, dtype=ident[1], load_format="dummy", skip_tokenizer_init=True,
                        enable_prefix_caching=True, max_num_seqs=settings.max_num_seqs, seed=0,
                        logprobs_mode="processed_logprobs", disable_log_stats=True, **options)
     finally:
         torch.set_num_threads = set_threads
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
     return Engine(llm, ident, config_dir, llm.llm_engine.vllm_config.cache_config.block_size)
 
 
