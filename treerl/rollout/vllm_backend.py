@@ -202,13 +202,11 @@ class VllmBackend:
             eos_id: int) -> list[tuple[list[int], torch.Tensor, int]]:
         """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one engine call."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(temperature=0.0 if sampling.greedy else sampling.temperature, top_p=sampling.top_p,
                                  max_tokens=r.max_tokens, seed=seed_of(r.key), stop_token_ids=[eos_id], logprobs=0,
                                  detokenize=False) for r in requests]
-        outputs = engine.llm.generate([TokensPrompt(prompt_token_ids=r.context) for r in requests], params,
-                                      use_tqdm=False)
+        outputs = engine.llm.generate([{"prompt_token_ids": r.context} for r in requests], params, use_tqdm=False)
         results = []
         for output in outputs:   # in the order of the requests
             completion = output.outputs[0]
