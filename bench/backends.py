@@ -8,8 +8,9 @@ Sections (JSON is written to --out after each one):
 - `flat_tiny`: the embedded tiny model (0.87M), 16 hard arithmetic prompts x 8 samples, up to 64 tokens at
   temperature 0.7, each stopping at its own EOS.
 - `flat_41m`: bench/lengths.py's work: a random 41M Qwen2, 128 random prompts, each answer's length forced to a
-  draw from 10-100% of 192 tokens (EOS forbidden before it; vLLM is given that length as its budget), 32
-  sequences in memory at once (the lean backend's KV budget, vLLM's max_num_seqs, generate's batch).
+  draw from 10-100% of 192 tokens (EOS forbidden before it; vLLM is given that length as its budget), KV memory
+  for 32 full-length sequences (the lean backend's rollout.kv_budget_gib and vLLM's cpu_kv_cache_gib; each runs
+  as many sequences as that memory holds) and `model.generate` in batches of 32.
 - `trees_tiny`, `trees_41m`: TreeRPO trees of 8 children, 3 levels of 16 tokens (16 tiny prompts; one 41M prompt,
   whose random model never stops early: 512 sequences), and flat samples of 48 tokens at equal tokens.
   vLLM's prefix-cache hit rate over the forks is reported with its trees.
@@ -111,7 +112,8 @@ def generate_natural(model, tokenizer, rows: list[list[int]], max_new_tokens: in
 
 
 def vllm_spread(model, prompts: list[list[int]], targets: torch.Tensor, max_new_tokens: int, slots: int) -> int:
-    """vLLM through treerl's backend, each sequence's budget its target length (found by its key)."""
+    """vLLM through treerl's backend, each sequence's budget its target length (found by its key), with as much
+    KV memory as the lean backend's budget of `slots` full-length sequences."""
     keys = row_keys(torch.Generator().manual_seed(0), len(prompts), "cpu")
     by_key = dict(zip(keys.tolist(), targets.tolist()))
     real_run = vllm_backend.VllmBackend.run
@@ -121,7 +123,10 @@ def vllm_spread(model, prompts: list[list[int]], targets: torch.Tensor, max_new_
 
     vllm_backend.VllmBackend.run = staticmethod(run)  # type: ignore[method-assign]
     try:
-        rollout = RolloutConfig(backend="vllm", vllm=VllmSettings(max_num_seqs=slots))
+        kv_bytes = 2 * model.config.num_hidden_layers * model.config.num_key_value_heads * 4
+        kv_bytes *= model.config.hidden_size // model.config.num_attention_heads
+        memory = slots * (max(map(len, prompts)) + max_new_tokens) * kv_bytes
+        rollout = RolloutConfig(backend="vllm", vllm=VllmSettings(cpu_kv_cache_gib=memory / 2**30))
         sequences = backend_for(model, rollout).sample(prompts, keys, max_new_tokens, Sampling(1.0), EOS)
     finally:
         vllm_backend.VllmBackend.run = staticmethod(real_run)  # type: ignore[method-assign]
@@ -156,8 +161,8 @@ def trees(model, prompts: list[list[int]], eos: int, args, backends: tuple[str, 
     result: dict = {"prompts": len(prompts), "branching": 8, "depth": 3, "step_tokens": 16, "flat_rows": len(rows),
                     **median_rates(runs, args.rounds)}
     cache = stats["vllm"][-1]
-    result["vllm_prefix_cache_hit"] = round(cache.prefix_tokens_saved / max(1, cache.prefix_tokens_cacheable), 4)
-    result["vllm_prefix_cache_hit_raw"] = round(cache.prefix_tokens_saved / max(1, cache.prefix_tokens_inherited), 4)
+    result["vllm_prefix_tokens"] = {"inherited": cache.prefix_tokens_inherited,
+                                    "cacheable": cache.prefix_tokens_cacheable, "cached": cache.prefix_tokens_saved}
     for name in ("lean", "vllm"):
         result[f"{name}_trees_vs_flat"] = round(result[f"{name}_trees"]["tok_s"] / result[f"{name}_flat"]["tok_s"], 2)
     return result

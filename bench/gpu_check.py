@@ -7,10 +7,11 @@ records its error, and the rest still run).
 Sections:
 - `bandwidth`: the device's copy bandwidth (bytes read + written per second, a 2 GiB tensor copied).
 - `decode`: random-weight bf16 models in the shapes of Qwen2.5-0.5B, 1.5B and 7B sample 256 tokens after 32-token
-  prompts at 64 and 256 rows through treerl's lean backend, and through `model.generate` (bf16, sdpa, no EOS).
-  Each against its roofline: per decode step the weights are read once and every row's keys and values once
-  (their mean over the steps), at the measured copy bandwidth; the goal is >= 50% of it for 1.5B at 256 rows.
-- `treerpo_step`: `treerl train --config treerpo_paper` for one step with the random 1.5B model (the paper's
+  prompts at 64 and 256 rows through treerl's lean backend, its vLLM backend and `model.generate` (bf16, sdpa,
+  no EOS). Each against its roofline: per decode step the weights are read once and every row's keys and values
+  once (their mean over the steps), at the measured copy bandwidth; the goal is >= 50% of it for 1.5B at 256 rows.
+- `treerpo_step`: `treerl train --config treerpo_paper` for one step with the random 1.5B model, sampled by the
+  lean backend and by vLLM (the paper's
   tree: 8 children, depth 3, 384-token steps, every response to 1152 tokens as random weights never stop), on
   --tree-prompts prompts instead of 128, every sibling group trained (`tree.prune_tau=0`: random weights earn
   no reward, so the paper's pruning would leave nothing to train): seconds by phase and peak GPU memory; then
@@ -34,9 +35,11 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from scale import SHAPES, make_model
+from treerl.config import VllmSettings
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.lean import lean_decoder
 from treerl.rollout.lean_backend import LeanBackend
+from treerl.rollout.vllm_backend import VllmBackend
 
 TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
@@ -86,18 +89,20 @@ def roofline(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, bytes_pe
 
 
 def decode(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, device: torch.device) -> dict:
-    """Generated tokens per second of the lean backend and of `model.generate` (after a short warm-up of each)."""
+    """Generated tokens per second of the lean backend, the vLLM backend and `model.generate` (after a short warm-up
+    of each). No EOS: the sampling calls stop at token id -1, which never comes."""
     prompts = torch.randint(2, model.config.vocab_size, (rows, prompt), generator=torch.Generator().manual_seed(0))
     keys = row_keys(torch.Generator().manual_seed(0), rows, device)
-    backend = LeanBackend(lean_decoder(model))
+    backends = {"treerl": LeanBackend(lean_decoder(model)), "vllm": VllmBackend(model, VllmSettings(sleep=False))}
     result = {}
-    for name in ("treerl", "generate"):
+    for name in ("treerl", "vllm", "generate"):
         for tokens in (4, new):   # warm-up, then the measurement
             sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                if name == "treerl":
-                    made = sum(len(s.token_ids) for s in backend.sample(prompts.tolist(), keys, tokens, Sampling(), -1))
+                if name in backends:
+                    made = sum(len(s.token_ids) for s in backends[name].sample(prompts.tolist(), keys, tokens,
+                                                                                 Sampling(), -1))
                 else:
                     ids = prompts.to(device)
                     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
@@ -112,8 +117,9 @@ def decode(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, device: to
     return result
 
 
-def treerpo_step(size: str, shapes: dict, args, device: torch.device) -> dict:
-    """One step of the paper's TreeRPO config with a random model of this size; seconds by phase, peak memory."""
+def treerpo_step(size: str, shapes: dict, args, device: torch.device, backend: str = "lean") -> dict:
+    """One step of the paper's TreeRPO config with a random model of this size, sampled by `backend`; seconds by
+    phase, peak memory."""
     out = Path(args.out)
     if args.tiny:
         path = out / "model-tiny"
@@ -124,14 +130,15 @@ def treerpo_step(size: str, shapes: dict, args, device: torch.device) -> dict:
     else:
         path = out / f"model-{size}"
         make_model(size, path)
-    run = out / f"treerpo-{size}"
+    run = out / f"treerpo-{size}-{backend}"
     subprocess.run(["rm", "-rf", str(run)], check=True)
     lengths = ["rollout.max_new_tokens=24", "tree.step_tokens=8", "eval.max_new_tokens=8"] if args.tiny else []
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "treerl", "train", "--config", "treerpo_paper", "--out", str(run),
                     f"model.name_or_path={path}", f"model.device={device.type}", "train.steps=1",
                     f"rollout.batch_prompts={args.tree_prompts}", "tree.prune_tau=0", "eval.problems=2",
-                    "eval.samples=1", "eval.levels=[all]", "output.progress=false", *lengths],
+                    "eval.samples=1", "eval.levels=[all]", "output.progress=false", f"rollout.backend={backend}",
+                    *lengths],
                    check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     return {"prompts": args.tree_prompts, "wall_s": round(time.perf_counter() - t0, 1),
@@ -178,6 +185,7 @@ def main() -> None:
                 limit = roofline(model, rows, prompt, new, bytes_per_s)
                 measured["roofline_tok_s"] = round(limit["tok_s"], 1)
                 measured["share_of_roofline"] = round(measured["treerl"]["tok_s"] / limit["tok_s"], 3)
+                measured["vllm_share_of_roofline"] = round(measured["vllm"]["tok_s"] / limit["tok_s"], 3)
                 measured["vs_generate"] = round(measured["treerl"]["tok_s"] / measured["generate"]["tok_s"], 2)
                 found[f"{size}/{rows}"] = measured
                 result["decode"] = found
@@ -191,11 +199,13 @@ def main() -> None:
 
     def steps() -> dict:
         found = {}
-        for size in (["tiny"] if args.tiny else ["1.5b", "7b"]):
+        for size, backend in ([("tiny", "lean"), ("tiny", "vllm")] if args.tiny
+                              else [("1.5b", "lean"), ("1.5b", "vllm"), ("7b", "lean")]):
             try:
-                found[size] = treerpo_step(size, shapes if args.tiny else SHAPES, args, device)
+                found[f"{size}/{backend}"] = treerpo_step(size, shapes if args.tiny else SHAPES, args, device, backend)
             except Exception:   # noqa: BLE001 - 7B may not fit: say so and keep 1.5B's numbers
-                found[size] = {"error": traceback.format_exc(limit=2)}
+                found[f"{size}/{backend}"] = {"error": traceback.format_exc(limit=2)}
+            (out / "gpu_check.json").write_text(json.dumps({**result, "treerpo_step": found}, indent=2))
         return found
 
     section("treerpo_step", steps)
