@@ -176,3 +176,28 @@ def test_the_treerpo_paper_config_trains_every_node_of_a_kept_group():
     samples = [TrainingSample((i,), [0], [1], [0.0], a) for i, a in enumerate(top)]
     assert sum(learner_module.trainable(s, load_config(None, [])) for s in samples) == 1
     assert sum(learner_module.trainable(s, load_config("treerpo_paper")) for s in samples) == 8
+
+
+@pytest.mark.parametrize("overrides", [["train.mini_batch=64"], ["train.mini_batch=4", "train.epochs=2"]])
+def test_old_log_probs_from_the_trainer_make_the_update_of_exact_ones(policy, overrides):
+    """Samples from another engine whose log-probs sit 0.1 below the policy's (as vLLM's might, by far more than
+    its rounding): taking the old log-probs from the policy's own forward (one mini-batch, or three over two
+    epochs) gives the update that exact old log-probs give, and measures the gap by hand: |diff| = 0.1 and
+    KL(sampler || trainer) = k3 = r - 1 - log r with r = p_trainer / p_sampler = e^0.1: 0.0051709."""
+    advantages = [1.0, -1.0, 0.5, 2.0, -0.5, 1.5, -2.0, 0.25, -1.0, 1.0]
+    exact, exact_stats = updated(policy, samples_with(policy, advantages), *overrides)
+    cfg = load_config(None, ["train.max_grad_norm=1e9", "rollout.temperature=1.0", *overrides])
+    for use in (True, False):
+        model = copy.deepcopy(policy[0])
+        own = learner_module.OwnOld(use)
+        stats = learner_module.update(model, None, torch.optim.SGD(model.parameters(), lr=1.0),
+                                      samples_with(policy, advantages, shift=-0.1), cfg,
+                                      learner_module.Objective.from_config(cfg), torch.Generator().manual_seed(0),
+                                      own=own)
+        assert stats["sampler/logprob_abs_diff"] == pytest.approx(0.1, abs=1e-5)
+        assert stats["sampler/kl"] == pytest.approx(0.0051709, abs=1e-6)
+        if use:
+            assert torch.allclose(weights_of(model), weights_of(exact), atol=1e-6)
+            assert stats["loss/policy"] == pytest.approx(exact_stats["loss/policy"], abs=1e-6)
+        else:   # the sampler's log-probs as the old ones: ratios e^0.1, another update
+            assert not torch.allclose(weights_of(model), weights_of(exact), atol=1e-4)

@@ -81,7 +81,7 @@ def test_a_stand_in_pass_changes_no_gradient(policy):
     model, _ = policy
     cfg = load_config(None, ["algo.entropy_coef=0.5", "algo.kl_coef=0"])
     model.zero_grad(set_to_none=True)
-    assert train_pass(model, None, [], cfg, Objective.from_config(cfg), (4, 20, 20), scale=2)["entropy"] == 0.0
+    assert train_pass(model, None, [], cfg, Objective.from_config(cfg), (4, 20, 20), scale=2)[0]["entropy"] == 0.0
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
     model.zero_grad(set_to_none=True)
 

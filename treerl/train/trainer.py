@@ -36,7 +36,7 @@ from treerl.train.sharding import sampling_model, unwrap
 from treerl.train.signals import stop_signals
 from treerl.train.state import RANK_SEED_STRIDE, TrainState
 from treerl.train.timing import print_time_summary, time_summary
-from treerl.train.update import NonFiniteWeights, Objective, trainer_logprobs, update
+from treerl.train.update import NonFiniteWeights, Objective, OwnOld, update
 from treerl.viewer import tree_record
 
 
@@ -56,17 +56,14 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
                           state.sampler, state.weights, par)
     t1 = time.perf_counter()
     lr = state.set_lr(cfg, step)
-    mismatch: dict[str, float] = {}
+    other_engine = backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm"
     with mixed_precision(cfg, par.device):
-        if backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":   # another engine's log-probs
-            checked, mismatch = trainer_logprobs(state.policy, rollout.samples, cfg)
-            if cfg.rollout.vllm.old_logprobs == "trainer":
-                rollout.samples = checked
         learner = update(state.policy, state.reference, state.optimizer, rollout.samples, cfg, objective,
-                         state.generator, par)
+                         state.generator, par,
+                         OwnOld(cfg.rollout.vllm.old_logprobs == "trainer") if other_engine else None)
     state.step = step
     t2 = time.perf_counter()
-    metrics = step_metrics(step, merged(rollout, par), {**learner, **mismatch},
+    metrics = step_metrics(step, merged(rollout, par), learner,
                            {**rollout.timings, "timing/update_s": t2 - t1, "timing/step_s": t2 - t0}, lr,
                            cfg.curriculum.levels)
     metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(metrics["timing/rollout_s"], 1e-9)

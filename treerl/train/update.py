@@ -37,33 +37,42 @@ def trainable(sample: TrainingSample, cfg: Config) -> bool:
     return cfg.train.filter_tau is None or not abs(sample.advantage) <= cfg.train.filter_tau
 
 
+@dataclass
+class OwnOld:
+    """For samples another engine (vLLM) sampled, whose kernels round differently from the trainer's: the policy's
+    own log-probs, taken before its first optimizer step, against the sampler's. With `use` they become the
+    samples' old log-probs (rollout.vllm.old_logprobs=trainer); either way the gap is measured."""
+    use: bool
+    abs_diff: float = 0.0
+    kl: float = 0.0
+    tokens: float = 0.0
+
+    def compare(self, sampler: torch.Tensor, own: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
+        """Add the gap over the masked tokens of [B, T] log-probs; each row's own log-probs."""
+        on = mask.bool()
+        self.abs_diff += float((sampler - own).abs()[on].sum())
+        self.kl += float(k3(sampler, own)[on].sum())   # KL(sampler || trainer) on the sampler's tokens
+        self.tokens += float(on.sum())
+        return [row[keep].tolist() for row, keep in zip(own.float(), on)]
+
+    def metrics(self) -> dict[str, float]:
+        return {"sampler/logprob_abs_diff": self.abs_diff / max(self.tokens, 1.0),
+                "sampler/kl": self.kl / max(self.tokens, 1.0)}
+
+
 @torch.no_grad()
-def trainer_logprobs(policy, samples: list[TrainingSample],
-                     cfg: Config) -> tuple[list[TrainingSample], dict[str, float]]:
-    """The samples with the old log-probs of the policy's own forward (eval mode, train.micro_batch sequences a
-    pass; filtered samples skip it and keep theirs), and how far the sampler's log-probs were from those over the
-    tokens that train: the mean |log p_sampler - log p_trainer| and KL(sampler || trainer), estimated with k3 on
-    the sampler's tokens. Another engine's kernels (vLLM's) round differently from the trainer's."""
-    kept = [i for i, sample in enumerate(samples) if trainable(sample, cfg)]
-    out = list(samples)
-    diff = kl = tokens = 0.0
-    was_training = policy.training
-    policy.eval()
+def take_own_logprobs(policy, samples: list[TrainingSample], rows: list[int], cfg: Config, own: OwnOld) -> None:
+    """Measure (and with own.use, replace) the old log-probs of samples[rows] by the policy's forward, without
+    gradients, train.micro_batch sequences a pass."""
     device = next(policy.parameters()).device
-    for start in range(0, len(kept), cfg.train.micro_batch):
-        rows = kept[start:start + cfg.train.micro_batch]
-        batch = make_batch([samples[i].context_ids for i in rows], [samples[i].segment_ids for i in rows]).to(device)
-        mask = batch.completion_mask.bool()
+    for start in range(0, len(rows), cfg.train.micro_batch):
+        part = rows[start:start + cfg.train.micro_batch]
+        batch = make_batch([samples[i].context_ids for i in part], [samples[i].segment_ids for i in part]).to(device)
         logprobs, _ = completion_logprobs(policy, batch, cfg.rollout.temperature, chunk=cfg.train.logit_chunk)
-        logprobs = logprobs.float()
-        sampler = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in rows], batch)
-        diff += float((sampler - logprobs).abs()[mask].sum())
-        kl += float(k3(sampler, logprobs)[mask].sum())
-        tokens += float(mask.sum())
-        for row, i in enumerate(rows):
-            out[i] = replace(samples[i], old_logprobs=logprobs[row][mask[row]].tolist())
-    policy.train(was_training)
-    return out, {"sampler/logprob_abs_diff": diff / max(tokens, 1.0), "sampler/kl": kl / max(tokens, 1.0)}
+        sampler = scatter_completion_values([torch.tensor(samples[i].old_logprobs) for i in part], batch)
+        for i, values in zip(part, own.compare(sampler, logprobs.float(), batch.completion_mask)):
+            if own.use:
+                samples[i] = replace(samples[i], old_logprobs=values)
 
 
 STAND_IN = TrainingSample(path=(), context_ids=[0], segment_ids=[0], old_logprobs=[0.0], advantage=0.0, weight=0.0)
@@ -89,14 +98,19 @@ class Objective:
 
 
 def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Config, objective: Objective,
-           generator: torch.Generator, par: Parallel = Parallel()) -> dict[str, float]:
+           generator: torch.Generator, par: Parallel = Parallel(), own: OwnOld | None = None) -> dict[str, float]:
     """train.epochs passes over the buffer, each in ceil(buffer / train.mini_batch) shuffled mini-batches of equal
     size, one optimizer step each, accumulated over train.micro_batch sequences per pass. Filtered samples skip the
     forward and backward passes, but the loss keeps its mini-batch's denominators (all its sequences and tokens),
     so dropping a zero-advantage sample leaves the gradient unchanged. Under torchrun each rank trains its own
     samples; the denominators, the number of passes and every skip are decided over all ranks, so the update is
-    the one a single process would make from all ranks' samples."""
+    the one a single process would make from all ranks' samples.
+
+    With `own` (samples from another engine): before the first optimizer step, the first mini-batch's forward
+    gives its own old log-probs (its ratio is 1, as the policy still is the sampler's), and with own.use a
+    forward without gradients gives the other mini-batches' first; the gap to the sampler's is in the metrics."""
     t = cfg.train
+    samples = list(samples)
     kept = [trainable(sample, cfg) for sample in samples]
     sums: dict[str, float] = {"loss/policy": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0}
     if reference is not None:
@@ -107,9 +121,12 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
     buffer_size, kept_size, tokens_kept = par.sum([len(samples), sum(kept),
                                                    sum(len(s.segment_ids) for s, keep in zip(samples, kept) if keep)])
     parts = max(1, math.ceil(buffer_size / t.mini_batch))
-    for _ in range(t.epochs):
+    for epoch in range(t.epochs):
         order = torch.randperm(len(samples), generator=generator, device=generator.device).tolist()
-        for minibatch in (order[i::parts] for i in range(parts)):
+        minibatches = [order[i::parts] for i in range(parts)]
+        if own is not None and own.use and epoch == 0:
+            take_own_logprobs(policy, samples, [i for batch in minibatches[1:] for i in batch if kept[i]], cfg, own)
+        for m, minibatch in enumerate(minibatches):
             rows_kept = [i for i in minibatch if kept[i]]
             seqs, tokens, trained_rows, trained_tokens = par.sum([
                 len(minibatch), sum(len(samples[i].segment_ids) for i in minibatch),
@@ -120,11 +137,16 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
             optimizer.zero_grad(set_to_none=True)
             step_sums = dict.fromkeys(sums, 0.0)
             for k in range(passes):
-                rows = [samples[i] for i in rows_kept[k * t.micro_batch:(k + 1) * t.micro_batch]]
+                indices = rows_kept[k * t.micro_batch:(k + 1) * t.micro_batch]
+                fresh = own if epoch == 0 and m == 0 else None
                 with gradient_sync(policy, sync=k == passes - 1):
-                    for key, value in train_pass(policy, reference, rows, cfg, objective,
-                                                 (seqs, tokens, trained_tokens), par.world).items():
-                        step_sums[key] += value
+                    pass_sums, own_logprobs = train_pass(policy, reference, [samples[i] for i in indices], cfg,
+                                                         objective, (seqs, tokens, trained_tokens), par.world, fresh)
+                for key, value in pass_sums.items():
+                    step_sums[key] += value
+                if fresh is not None and fresh.use:   # later epochs see them as the old log-probs
+                    for i, values in zip(indices, own_logprobs):
+                        samples[i] = replace(samples[i], old_logprobs=values)
             step_sums.update(zip(step_sums, par.sum(list(step_sums.values()))))
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), t.max_grad_norm)
             step_sums["grad_norm"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
@@ -145,14 +167,17 @@ def update(policy, reference, optimizer, samples: list[TrainingSample], cfg: Con
     learner["train/skipped_updates"] = skipped
     learner["tokens/trained"] = int(tokens_kept)
     learner["filter/dropped_frac"] = (1.0 - kept_size / buffer_size) if buffer_size else 0.0
-    return learner
+    return {**learner, **(own.metrics() if own is not None else {})}
 
 
 def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objective: Objective,
-               totals: tuple[float, float, float], scale: float) -> dict[str, float]:
+               totals: tuple[float, float, float], scale: float,
+               own: OwnOld | None = None) -> tuple[dict[str, float], list[list[float]]]:
     """Forward and backward of scale x loss for these rows of a mini-batch whose totals (sequences, tokens,
     trained tokens, over every rank) normalise the loss; the metric sums of the rows. No rows: a stand-in pass
-    that changes no gradient. DDP and FSDP2 average gradients over ranks, so scale is the world size."""
+    that changes no gradient. DDP and FSDP2 average gradients over ranks, so scale is the world size. With `own`
+    the forward's log-probs are compared with the rows' old ones (and with own.use replace them), and returned
+    per row."""
     algo = cfg.algo
     total_seqs, total_tokens, trained_tokens = totals
     if not rows:
@@ -167,6 +192,10 @@ def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objec
                                             chunk=cfg.train.logit_chunk,
                                             shared_contexts=not cfg.train.gradient_checkpointing)
     assert entropy is not None
+    own_logprobs: list[list[float]] = []
+    if own is not None and scale:
+        own_logprobs = own.compare(old, logprobs.detach().float(), mask)
+        old = logprobs.detach() if own.use else old
     pg, clipped = objective.policy_loss(logprobs, old, advantages, algo)
     pg = pg * weights
 
@@ -189,4 +218,4 @@ def train_pass(policy, reference, rows: list[TrainingSample], cfg: Config, objec
     sums["entropy"] = entropy_term.item()
     sums["clip_frac"] = float((clipped * mask).sum()) / trained_tokens
     sums["ppo_kl"] = float(((old - logprobs.detach()) * mask).sum()) / trained_tokens
-    return sums if scale else dict.fromkeys(sums, 0.0)
+    return (sums if scale else dict.fromkeys(sums, 0.0)), own_logprobs
