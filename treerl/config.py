@@ -104,8 +104,8 @@ class RolloutConfig(Section):
                                                            "sequences wait for room; 0 = all of a call's at once")
     backend: Literal["auto", "lean", "hf", "vllm"] = Field(
         "auto", description="the sampler: lean (treerl's engine), hf (the model's transformers forward), vllm, or auto "
-                            "(vllm when installed, on a GPU or for models of 10M parameters and more; else lean where "
-                            "its forward covers the model, else hf)")
+                            "(vllm for a model on a GPU when vLLM is installed; else lean where its forward covers "
+                            "the model, else hf)")
     vllm: VllmSettings = VllmSettings()
 
 
