@@ -17,16 +17,25 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
+def save_random_model(path, hidden: int):
+    """A random 2-layer character-level model with 2 heads, saved with its tokenizer as a local HF directory."""
     from treerl.models.tiny import build_model, build_tokenizer
 
-    path = tmp_path_factory.mktemp("small-model")
     tok = build_tokenizer()
-    model = build_model(tok, hidden=32, layers=2, heads=2)
-    model.save_pretrained(path)
+    build_model(tok, hidden=hidden, layers=2, heads=2).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    return save_random_model(tmp_path_factory.mktemp("small-model"), hidden=32)
+
+
+@pytest.fixture(scope="session")
+def vllm_dir(tmp_path_factory):
+    """The same with heads of 32 dimensions: vLLM's CPU attention takes no fewer."""
+    return save_random_model(tmp_path_factory.mktemp("vllm-model"), hidden=64)
 
 
 @pytest.fixture(scope="session")

@@ -104,5 +104,15 @@ def test_lora_under_fsdp2_makes_the_single_process_update(model_dir, tmp_path):
     assert metrics(tmp_path / "two")[0]["kl"] == metrics(tmp_path / "one")[0]["kl"] == 0.0   # B starts at 0
     want, got = (load_file(tmp_path / name / "checkpoints/step_1/adapter_model.safetensors") for name in ("one", "two"))
     assert set(got) == set(want) and any(t.abs().max() > 0 for k, t in want.items() if "lora_B" in k)
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
+    # Adam's first step moves a weight by lr g / (|g| + eps): where |g| is near eps (1e-8) it turns the last bits
+    # of the gradient's rounding (the ranks sum in another order) into differences of 1e-6 at lr 1e-2. So the
+    # gradients are compared through Adam's first moments (0.1 g), and the adapters where |g| > 1000 eps.
+    moments = [torch.load(tmp_path / name / "checkpoints/step_1/trainer_state.pt", weights_only=True)["optimizer"]
+               ["state"] for name in ("one", "two")]
+    assert set(moments[0]) == set(moments[1]) and len(moments[0]) == len(want)
+    for name, state in moments[0].items():
+        first, other = state["exp_avg"], moments[1][name]["exp_avg"]
+        torch.testing.assert_close(other, first, rtol=1e-4, atol=1e-4 * float(first.abs().max()))
+        key = name.replace(".default", "")
+        determined = first.abs() > 0.1 * 1e-5
+        torch.testing.assert_close(got[key][determined], want[key][determined], rtol=1e-4, atol=1e-6)

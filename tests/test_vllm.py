@@ -15,8 +15,9 @@ from treerl.rollout import engine
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.engine import backend_for, backend_name
-from treerl.rollout.tree import sample_trees
+from treerl.rollout.tree import TreeStats, sample_trees
 from treerl.train.batch import completion_logprobs, make_batch
+from treerl.train.metrics import prefix_cache_metrics
 from treerl.train.trainer import train
 
 VLLM = RolloutConfig(backend="vllm")
@@ -25,19 +26,8 @@ PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n", "4-4+8\n"]
 
 
 @pytest.fixture(scope="module")
-def vllm_dir(tmp_path_factory):
-    """A tiny random character-level model whose heads have 32 dimensions (vLLM's CPU attention takes no fewer)."""
-    from treerl.models.tiny import build_model, build_tokenizer
-
-    path = tmp_path_factory.mktemp("vllm-model")
-    tok = build_tokenizer()
-    build_model(tok, hidden=64, layers=2, heads=2).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def policy(vllm_dir):
+def vllm_policy(vllm_dir):
+    """(model, tokenizer) of vllm_dir, loaded as the trainer loads them; read-only."""
     model, tokenizer = load_policy(str(vllm_dir))
     return model.eval(), tokenizer
 
@@ -70,11 +60,11 @@ def check_tree_rule(sequences, prompts, forks, budget, eos):
     return len(sequences)
 
 
-def test_flat_samples_and_trees_have_the_lean_backends_shapes(policy):
+def test_flat_samples_and_trees_have_the_lean_backends_shapes(vllm_policy):
     """A random model (EOS about as likely as any token): one sequence per prompt row up to its budget, and trees
     (3 children, 3 levels of 4 tokens) forked by the rule the lean backend follows, with about as many sequences
     (which sequences stop early differs: the two draw differently)."""
-    model, tok = policy
+    model, tok = vllm_policy
     ids = encode(tok, PROMPTS) * 2
     flat = sample(model, tok, ids, keys_for(len(ids)), max_new_tokens=10)
     check_tree_rule(flat, len(ids), Forks(1, 1, 10), 10, tok.eos_token_id)
@@ -105,8 +95,8 @@ def test_greedy_sequences_equal_the_lean_backends_in_fp32():
             assert abs(float(a.logprobs[at]) - float(b.logprobs[at])) < 1e-3
 
 
-def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(policy):
-    model, tok = policy
+def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(vllm_policy):
+    model, tok = vllm_policy
     ids = encode(tok, PROMPTS)
     keys = keys_for(len(ids))
     hot = Sampling(temperature=1.5)
@@ -172,30 +162,34 @@ def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
     assert not torch.allclose(merged, plain, atol=1e-2)   # the adapters do change the model
 
 
-def test_forks_are_served_their_prefix_from_the_cache(policy):
+def test_forks_are_served_their_prefix_from_the_cache(vllm_policy):
     """Trees of 4 children, 3 levels of 40 tokens from prompts of about 10 tokens (blocks of 32): at least 90% of
-    the inherited tokens in whole blocks come from vLLM's prefix cache."""
-    model, tok = policy
+    the inherited tokens in whole blocks come from vLLM's prefix cache, and the step's metrics say so."""
+    model, tok = vllm_policy
     _, stats = sample_trees(model, tok, encode(tok, PROMPTS), branching=4, depth=3, step_tokens=40,
                             max_new_tokens=120, generator=torch.Generator().manual_seed(0), rollout=VLLM)
     assert stats.prefix_tokens_cacheable > 0.5 * stats.prefix_tokens_inherited
     assert stats.prefix_tokens_saved >= 0.9 * stats.prefix_tokens_cacheable
+    # by hand: 100 tokens inherited, 64 of them in whole blocks, 60 served
+    assert prefix_cache_metrics(TreeStats(0, 60, 100, 64)) == {"sampler/prefix_cache_hit": 60 / 64,
+                                                                "sampler/prefix_cache_hit_raw": 0.6}
+    assert prefix_cache_metrics(TreeStats(0, 100, 100, 0)) == {}   # the other backends log none
 
 
-def test_auto_picks_vllm_on_a_gpu_and_vllm_missing_is_one_line(policy, monkeypatch):
-    model, _ = policy
+def test_auto_picks_vllm_on_a_gpu_and_vllm_missing_is_one_line(vllm_policy, monkeypatch):
+    model, _ = vllm_policy
     assert backend_name(model, "auto") == "lean"   # on the CPU the lean backend samples as fast or faster
     monkeypatch.setattr(engine, "device_type", lambda model: "cuda")
     assert backend_name(model, "auto") == "vllm"
     monkeypatch.setattr(engine, "vllm_installed", lambda: False)
     assert backend_name(model, "auto") == "lean"
     with pytest.raises(UserError, match=r"pip install 'treerl\[vllm\]'"):
-        sample(model, policy[1], [[3, 4]], keys_for(1))
+        sample(model, vllm_policy[1], [[3, 4]], keys_for(1))
 
 
-def test_greedy_forks_of_a_tree_continue_their_parents(policy):
+def test_greedy_forks_of_a_tree_continue_their_parents(vllm_policy):
     """With greedy sampling every fork repeats what its parent sampled after the fork point."""
-    model, tok = policy
+    model, tok = vllm_policy
     ids = encode(tok, PROMPTS[:2])
     sequences = sample(model, tok, ids, keys_for(2), 12, Sampling(greedy=True), Forks(2, 3, 4))
     paths = []
