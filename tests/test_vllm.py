@@ -229,7 +229,7 @@ def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_pa
 
     from safetensors.torch import load_file
 
-    steps = 10
+    steps = 6
     args = [f"model.name_or_path={vllm_dir}", f"train.steps={steps}", "train.save_every=2", "train.lr=1e-3",
             "algo.entropy_coef=0.01", "rollout.batch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=8",
             "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=8", "output.progress=false",
@@ -244,7 +244,7 @@ def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_pa
 
     process = cli("--out", str(run), *args)
     deadline = time.time() + 300
-    while (not metrics_file.is_file() or len(metrics_file.read_text().splitlines()) < 5) and process.poll() is None:
+    while (not metrics_file.is_file() or len(metrics_file.read_text().splitlines()) < 3) and process.poll() is None:
         assert time.time() < deadline, "the run made no progress"
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
