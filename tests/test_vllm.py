@@ -68,6 +68,8 @@ def test_flat_samples_and_trees_have_the_lean_backends_shapes(vllm_policy):
     ids = encode(tok, PROMPTS) * 2
     flat = sample(model, tok, ids, keys_for(len(ids)), max_new_tokens=10)
     check_tree_rule(flat, len(ids), Forks(1, 1, 10), 10, tok.eos_token_id)
+    no_eos = backend_for(model, VLLM).sample(ids, keys_for(len(ids)), 10, Sampling(), -1)   # as the lean backend
+    assert [len(s.token_ids) for s in no_eos] == [10] * len(ids) and not any(s.finished for s in no_eos)
     forks = Forks(3, 3, 4)
     counts = {name: check_tree_rule(sample(model, tok, ids, keys_for(len(ids)), 12, forks=forks, rollout=rollout),
                                     len(ids), forks, 12, tok.eos_token_id)

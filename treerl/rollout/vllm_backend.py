@@ -200,11 +200,13 @@ class VllmBackend:
     @staticmethod
     def run(engine: Engine, requests: list[Request], sampling: Sampling,
             eos_id: int) -> list[tuple[list[int], torch.Tensor, int]]:
-        """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one engine call."""
+        """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one engine call. An
+        eos_id below 0 stops no sequence early (the engine knows no EOS of its own: it reads no tokenizer)."""
         from vllm import SamplingParams
 
         params = [SamplingParams(temperature=0.0 if sampling.greedy else sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=r.max_tokens, seed=seed_of(r.key), stop_token_ids=[eos_id], logprobs=0,
+                                 max_tokens=r.max_tokens, seed=seed_of(r.key),
+                                 stop_token_ids=[eos_id] if eos_id >= 0 else [], logprobs=0,
                                  detokenize=False) for r in requests]
         outputs = engine.llm.generate([{"prompt_token_ids": r.context} for r in requests], params, use_tqdm=False)
         results = []
