@@ -114,8 +114,8 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "tensor_parallel_size": settings.tensor_parallel_size, "enable_sleep_mode": settings.sleep,
     } if on_gpu else {
-        # on the CPU vLLM's compiled graphs sample no faster than eager mode (bench/backends.py) and take ~40 s to
-        # build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
+        # on the CPU vLLM's compiled graphs sampled no faster than eager mode (docs/changelog.md) and take ~40 s
+        # to build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
         # cannot be rewound (vLLM fails), so prompts are prefilled whole
         "block_size": CPU_BLOCK, "enforce_eager": True, "enable_chunked_prefill": False,
         "kv_cache_memory_bytes": int(settings.cpu_kv_cache_gib * 2**30),
