@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from treerl.config import RolloutConfig
 from treerl.rollout.backend import Forks, Sequence
 from treerl.rollout.draws import Sampling
-from treerl.rollout.engine import sample_sequences
+from treerl.rollout.engine import backend_name, sample_sequences
 
 Path = tuple[int, ...]
 Nested = float | list["Nested"]
@@ -151,6 +151,8 @@ class TreeStats:
 
     @classmethod
     def of(cls, sequences: list[Sequence], prompt_ids: list[list[int]], vllm: bool) -> TreeStats:
+        """One call's counts. The lean and transformers backends reuse every inherited token by construction;
+        vLLM reuses those its prefix cache served."""
         forks = [seq for seq in sequences if seq.parent is not None]
         inherited = sum(len(prompt_ids[seq.prompt]) + seq.start for seq in forks)
         return cls(sum(len(seq.token_ids) for seq in sequences),
@@ -197,5 +199,5 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     sequences = sample_sequences(model, rows, max_new_tokens=budget, sampling=Sampling(temperature, top_p),
                                  eos_id=tokenizer.eos_token_id, generator=generator, rollout=rollout,
                                  forks=Forks(branching, depth, step_tokens) if depth > 1 else None)
-    stats = TreeStats.of(sequences, rows, any(seq.cacheable_tokens for seq in sequences))
+    stats = TreeStats.of(sequences, rows, backend_name(model, (rollout or RolloutConfig()).backend) == "vllm")
     return grow_trees(prompt_ids, sequences, branching, depth, step_tokens), stats
