@@ -1,5 +1,5 @@
 """The lean backend's paged cache: cascade attention is attention, a tree holds each distinct token once, forks
-join at once, and a KV budget bounds the batch without changing what is sampled."""
+join at once, a KV budget bounds the batch without changing what is sampled, and every block goes back to the pool."""
 
 import pytest
 import torch
@@ -15,12 +15,13 @@ from treerl.rollout.lean_backend import BLOCK, LeanBackend, blocks
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]
 
 
-def test_cascade_attention_is_attention_over_the_whole_context():
-    """Rows 0 and 2 share group 0's prefix (5 slots), row 1 group 1's (3 slots); own tokens 2, 4 and 1. Four
-    query heads over two key-value heads. Against sdpa over each row's prefix and own slots gathered."""
+def cascade_attention(dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows 0 and 2 share group 0's prefix (5 slots), row 1 group 1's (3 slots); own tokens 2, 4 and 1. Eight query
+    heads of 64 dimensions over two key-value heads, queries and keys N(0, scale^2). The paged output [3, H, D] in
+    `dtype`, and sdpa in fp32 over each row's prefix and own slots gathered."""
     torch.manual_seed(0)
-    kv, dim, heads = 2, 8, 4
-    keys, values = torch.randn(kv, 40, dim), torch.randn(kv, 40, dim)
+    kv, dim, heads = 2, 64, 8
+    keys, values = (torch.randn(kv, 40, dim) * scale).to(dtype), torch.randn(kv, 40, dim).to(dtype)
     prefixes = [torch.tensor([3, 4, 5, 6, 7]), torch.tensor([20, 21, 22])]
     owns = [torch.tensor([30, 31]), torch.tensor([10, 11, 12, 13]), torch.tensor([35])]
     group = torch.tensor([0, 1, 0])
@@ -35,14 +36,27 @@ def test_cascade_attention_is_attention_over_the_whole_context():
     plan = Plan(own[:, 0], own, shared, group, torch.tensor([0, 0, 1]), 2, visible, 1)   # blocks of one slot
     decoder = LeanDecoder.__new__(LeanDecoder)
     decoder.kv_heads = kv
-    q = torch.randn(3, heads, dim)
-    out = decoder.attend_paged(q, keys, values, plan, scaling=0.3)
+    q = (torch.randn(3, heads, dim) * scale).to(dtype)
+    expected = []
     for row in range(3):
         slots = torch.cat([prefixes[int(group[row])], owns[row]])
-        k = keys[:, slots].repeat_interleave(heads // kv, 0)
-        v = values[:, slots].repeat_interleave(heads // kv, 0)
-        expected = F.scaled_dot_product_attention(q[row][:, None], k, v, scale=0.3)[:, 0]
-        assert torch.allclose(out[row], expected, atol=1e-6)
+        k, v = (t[:, slots].float().repeat_interleave(heads // kv, 0) for t in (keys, values))
+        expected.append(F.scaled_dot_product_attention(q[row].float()[:, None], k, v, scale=dim ** -0.5)[:, 0])
+    return decoder.attend_paged(q, keys, values, plan, scaling=dim ** -0.5), torch.stack(expected)
+
+
+def test_cascade_attention_is_attention_over_the_whole_context():
+    out, expected = cascade_attention(torch.float32, scale=1.0)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_cascade_attention_in_bf16_computes_in_fp32():
+    """bf16 queries and keys of std 2.5 (scores up to about 20, as in a trained model's sharp heads): the output
+    is fp32 attention rounded to bf16 once, a mean relative error below bf16's 2^-9 (1.1e-3 here; scores and
+    probabilities in bf16 gave 2.9e-3)."""
+    out, expected = cascade_attention(torch.bfloat16, scale=2.5)
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - expected).abs().mean() / expected.abs().mean()) < 2.0 ** -9
 
 
 def backend_sample(policy, prompts, max_new_tokens, forks=None, budget=0.0, seed=0):
@@ -59,6 +73,20 @@ def count_steps(monkeypatch):
     monkeypatch.setattr(LeanDecoder, "step", lambda self, tokens, *args: rows.append(len(tokens))
                         or real(self, tokens, *args))
     return rows
+
+
+def preemptions(monkeypatch):
+    """How many rows each `make_room` call preempted."""
+    counts = []
+    real = LeanBackend.make_room
+
+    def make_room(self, call, pool, rows, tokens):
+        kept, tokens = real(self, call, pool, rows, tokens)
+        counts.append(len(rows.sequence) - len(kept.sequence))
+        return kept, tokens
+
+    monkeypatch.setattr(LeanBackend, "make_room", make_room)
+    return counts
 
 
 def test_a_tree_holds_each_distinct_token_once_and_forks_join_at_once(policy, monkeypatch):
@@ -114,16 +142,8 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, mo
         logits[ends, eos] = 0.0
         return real_pick(logits, row_keys_, positions, sampling)
 
-    preempted = []
-    real_room = LeanBackend.make_room
-
-    def make_room(self, call, pool, rows, tokens):
-        kept, tokens = real_room(self, call, pool, rows, tokens)
-        preempted.append(len(rows.sequence) - len(kept.sequence))
-        return kept, tokens
-
+    preempted = preemptions(monkeypatch)
     monkeypatch.setattr(lean_backend, "pick", pick)
-    monkeypatch.setattr(LeanBackend, "make_room", make_room)
     decoder = lean_decoder(model)
     free = LeanBackend(decoder).sample(ids, keys, 40, Sampling(), eos, forks)
     assert sum(preempted) == 0
@@ -141,3 +161,25 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, mo
 def test_a_budget_below_one_sequence_is_a_user_error(policy):
     with pytest.raises(UserError, match="rollout.kv_budget_gib"):
         backend_sample(policy, PROMPTS, 24, budget=1e-9)
+
+
+@pytest.mark.parametrize("forks, spare", [(None, None), (Forks(branching=3, depth=3, step_tokens=4), None),
+                                          (None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)])
+def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypatch, forks, spare):
+    """A row gives back its own blocks when it stops or is preempted, a group those of its prefix when its last
+    sequence finishes, a fork's shared last block is held by both: after each call no block has a holder and each
+    is free exactly once. Flat and forked, with all the memory a call can need and (`spare` blocks above two full
+    sequences and the prompts) under a budget tight enough to preempt."""
+    preempted = preemptions(monkeypatch)
+    model, tok = policy
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
+    decoder = lean_decoder(model)
+    room = 0 if spare is None else 2 * blocks(40) + sum(blocks(len(p)) for p in {tuple(p) for p in ids}) + spare
+    backend = LeanBackend(decoder, room * LeanBackend(decoder).block_bytes() / 2**30)
+    for seed in range(3):
+        keys = row_keys(torch.Generator().manual_seed(seed), len(ids), "cpu")
+        backend.sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+        pool = backend.pool
+        assert pool is not None and pool.peak > 0
+        assert pool.holders == [0] * pool.size and sorted(pool.free) == list(range(pool.size))
+    assert (sum(preempted) > 0) == (spare is not None)

@@ -18,12 +18,26 @@
 A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its batch (and
 a replay) changes the floating-point order of its log-probs' sums, so they agree with a sequence sampled alone
 to about 1e-6, and its tokens are the same unless a draw falls that close to a boundary.
+
+Bookkeeping invariants (what `sample` and its helpers keep true between decode steps):
+- **Rows stay in the order they joined.** `Rows.select` keeps the order, `Rows.extend` appends the newcomers and
+  a fork changes its row in place. The rows that joined last are therefore the tail, which is where `make_room`
+  preempts from; it puts them back at the head of `Call.prefix_queue` in the same order.
+- **`Rows.length` excludes the token just drawn.** It counts a row's own tokens whose keys and values are in the
+  pool. A step draws the token at position `start + length`, `feed` writes it and only then adds 1; so a row
+  stops when `length + 1` reaches its `limit`, and its next slot is `offset + length`.
+- **The block table keeps one extra column.** A row that forks in the middle of a block goes on writing in that
+  block, which it shares with the new group (`Rows.offset` > 0); its own tokens then span up to
+  blocks(limit) + 1 blocks, hence `Call.table_columns`.
+- **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its prefix's blocks
+  while it has unfinished sequences (`Group.unfinished`), waiting ones included. When `sample` returns, every
+  block is free again.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -91,8 +105,8 @@ class Group:
     """Its tokens."""
     held: list[int]
     """The blocks it holds."""
-    waiting: int
-    """Its sequences not yet finished."""
+    unfinished: int
+    """How many of its sequences have not finished (running or waiting): it holds `held` until none is left."""
     joining: int
     """Its sequences not yet in the batch."""
     logits: torch.Tensor | None
@@ -101,7 +115,9 @@ class Group:
 
 @dataclass
 class Waiting:
+    """A sequence in a queue of `Call`, not yet in the batch."""
     sequence: int
+    """Its index in `Call.sequences`."""
     key: torch.Tensor
     group: int | None
     """None: a prompt's sequence (its group is its prompt's)."""
@@ -112,32 +128,39 @@ class Waiting:
 
 @dataclass
 class Rows:
-    """The running sequences, one row each, as tensors over the rows."""
+    """The running sequences, one row each, as tensors over the rows, in the order they joined (see the module's
+    docstring)."""
     sequence: torch.Tensor
+    """Its index in `Call.sequences`."""
     key: torch.Tensor
     group: torch.Tensor
+    """Its group in `Call.groups`."""
     prefix: torch.Tensor
     """Tokens of the group's prefix (where the row's own tokens start)."""
     start: torch.Tensor
     """Tokens of the sequence's path in its group's prefix (where its own tokens count from)."""
     length: torch.Tensor
-    """Own tokens in the cache."""
+    """Own tokens in the cache: not the token just drawn, until `feed` writes it."""
     limit: torch.Tensor
     """Own tokens it may sample."""
     table: torch.Tensor
-    """[B, blocks] the blocks of its own tokens."""
+    """[B, `Call.table_columns`] the blocks of its own tokens."""
     offset: torch.Tensor
     """Where its own tokens start in its first block: a row that forked goes on in the block where its group's
     prefix ends."""
     replay: torch.Tensor
     """Tokens it sampled before it was preempted and has not fed again."""
     logits: torch.Tensor
+    """[B, vocab] the logits its next token is drawn from."""
 
     def select(self, keep: torch.Tensor) -> Rows:
-        return Rows(*(getattr(self, name)[keep] for name in self.__dataclass_fields__))
+        """The rows `keep` picks, in their order."""
+        return Rows(**{column.name: getattr(self, column.name)[keep] for column in fields(self)})
 
     def extend(self, other: Rows) -> Rows:
-        return Rows(*(torch.cat([getattr(self, name), getattr(other, name)]) for name in self.__dataclass_fields__))
+        """These rows, then `other`'s."""
+        return Rows(**{column.name: torch.cat([getattr(self, column.name), getattr(other, column.name)])
+                       for column in fields(self)})
 
     def used(self) -> torch.Tensor:
         """Slots of its blocks in use, counted from its first block's first."""
@@ -158,6 +181,42 @@ class Rows:
 
 
 @dataclass
+class Grouping:
+    """The running rows' groups laid out for cascade attention (`Plan`): G distinct groups over B rows. A call
+    keeps it while its rows' groups stay the same."""
+    row_groups: tuple[int, ...]
+    """Each row's group in `Call.groups`: what the rest is computed from."""
+    shared: torch.Tensor
+    """[G, N] the blocks of each group's prefix, padded."""
+    shared_visible: torch.Tensor
+    """[G, N x BLOCK] which slots of those blocks are the group's tokens."""
+    local: torch.Tensor
+    """[B] each row's group among the G."""
+    slot: torch.Tensor
+    """[B] each row's place among its group's rows: 0, 1, ... in row order."""
+    most_rows: int
+    """The most rows in one group (`Plan.queries`)."""
+
+    @classmethod
+    def of(cls, groups: list[Group], row_groups: torch.Tensor) -> Grouping:
+        """The layout for rows in groups `row_groups` (indices into `groups`)."""
+        device = row_groups.device
+        distinct, local = torch.unique(row_groups, return_inverse=True)
+        counts = torch.bincount(local, minlength=len(distinct))
+        order = torch.argsort(local, stable=True)   # rows by group, in row order within each
+        slot = torch.empty_like(local)
+        slot[order] = torch.arange(len(row_groups), device=device) - (counts.cumsum(0) - counts)[local[order]]
+        prefixes = [groups[g] for g in distinct.tolist()]
+        width = max(len(prefix.blocks) for prefix in prefixes)
+        shared = torch.zeros(len(distinct), width, dtype=torch.long, device=device)
+        shared_visible = torch.zeros(len(distinct), width * BLOCK, dtype=torch.bool, device=device)
+        for i, prefix in enumerate(prefixes):
+            shared[i, :len(prefix.blocks)] = prefix.blocks
+            shared_visible[i, :len(prefix.visible)] = prefix.visible
+        return cls(tuple(row_groups.tolist()), shared, shared_visible, local, slot, int(counts.max()))
+
+
+@dataclass
 class Call:
     """One `sample` call's bookkeeping."""
     max_new_tokens: int
@@ -171,16 +230,21 @@ class Call:
     sequences: list[Sequence] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)
-    waiting: deque[Waiting] = field(default_factory=deque)
+    prompt_queue: deque[Waiting] = field(default_factory=deque)
     """Prompts' sequences not yet in the batch, in order."""
-    forked: deque[Waiting] = field(default_factory=deque)
-    """Preempted sequences and forks not yet in the batch: they join first (their groups hold their prefixes'
-    blocks while they wait)."""
-    grouping: tuple[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] | None = None
-    """The last step's rows' groups and `LeanBackend.grouping` of them."""
+    prefix_queue: deque[Waiting] = field(default_factory=deque)
+    """Forks and preempted sequences not yet in the batch, in order: they continue a prefix already in the pool
+    (their groups hold its blocks while they wait), so they join before any prompt's sequence."""
+    grouping: Grouping | None = None
+    """The last decode step's rows' groups, laid out for cascade attention."""
     finished_tokens: int = 0
     finished: int = 0
     """Own tokens of the sequences that finished, and how many they were: the expected length of the others."""
+
+    def table_columns(self) -> int:
+        """Columns of `Rows.table`: the blocks of a whole budget's own tokens, and one for a last block shared
+        with a fork (own tokens that start at offset o < BLOCK take at most blocks(limit) + 1 blocks)."""
+        return blocks(self.max_new_tokens) + 1
 
     def expected_blocks(self) -> int:
         """Blocks of own tokens a sequence is expected to need: the mean of the finished ones (the whole budget
@@ -238,6 +302,12 @@ class LeanBackend:
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], keys: torch.Tensor, max_new_tokens: int, sampling: Sampling,
                eos_id: int, forks: Forks | None = None) -> list[Sequence]:
+        """One sequence per prompt and key, and with `forks` its tree's continuations, in the order they began.
+
+        Each step: every row draws its next token (a replaying row takes the one it drew before it was preempted);
+        the rows that stop give back their blocks; when fewer blocks are free than rows, `make_room` preempts the
+        last rows to join until each row about to open a block gets one; the others feed their tokens (and fork);
+        waiting sequences join."""
         if forks and forks.branching < 2:
             forks = None
         device = self.decoder.embed.device
@@ -245,7 +315,7 @@ class LeanBackend:
         call = Call(max_new_tokens, forks, [tuple(p) for p in prompts])
         call.uses.update(call.prompts)
         for index, key in enumerate(keys.to(device)):
-            call.waiting.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
+            call.prompt_queue.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
         rows = self.join(call, pool, self.no_rows(call, device))
         while len(rows.sequence):
             tokens, logps = pick(rows.logits, rows.key, rows.start + rows.length, sampling)
@@ -258,7 +328,7 @@ class LeanBackend:
                 if not fed:
                     call.tokens[n].append(token)
                     call.logprobs[n].append(logp)
-            stop = ~replaying & ((tokens == eos_id) | (rows.length + 1 >= rows.limit))
+            stop = ~replaying & ((tokens == eos_id) | (rows.length + 1 >= rows.limit))   # + 1: the token just drawn
             if bool(stop.any()):
                 self.finish(call, pool, rows.select(stop))
                 rows, tokens = rows.select(~stop), tokens[~stop]
@@ -266,14 +336,15 @@ class LeanBackend:
                 rows, tokens = self.make_room(call, pool, rows, tokens)
             if len(rows.sequence):
                 rows = self.feed(call, pool, rows, tokens)
-            if call.waiting or call.forked:
+            if call.prompt_queue or call.prefix_queue:
                 rows = self.join(call, pool, rows)
         return [call.result(n, eos_id) for n in range(len(call.sequences))]
 
     def no_rows(self, call: Call, device: torch.device) -> Rows:
-        long = torch.zeros(0, dtype=torch.long, device=device)
-        return Rows(long, long, long, long, long, long, long, long.new_zeros(0, blocks(call.max_new_tokens) + 1), long,
-                    long, self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float())
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        return Rows(sequence=none, key=none, group=none, prefix=none, start=none, length=none, limit=none,
+                    table=none.new_zeros(0, call.table_columns()), offset=none, replay=none,
+                    logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float())
 
     def make_room(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> tuple[Rows, torch.Tensor]:
         """Preempt the rows that joined last until the pool has a block for every row about to start one: each
@@ -283,8 +354,8 @@ class LeanBackend:
         while keep > 1 and int(opening[:keep].sum()) > len(pool.free):
             keep -= 1
             pool.drop(rows.held(keep))
-            call.forked.appendleft(Waiting(int(rows.sequence[keep]), rows.key[keep], int(rows.group[keep]),
-                                           int(rows.start[keep])))
+            preempted = Waiting(int(rows.sequence[keep]), rows.key[keep], int(rows.group[keep]), int(rows.start[keep]))
+            call.prefix_queue.appendleft(preempted)   # ahead of the rows preempted before it, which joined after it
         if int(opening[:keep].sum()) > len(pool.free):
             raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
                             "sequences continue and one sequence's tokens at once; raise it")
@@ -299,20 +370,21 @@ class LeanBackend:
         free."""
         expected = call.expected_blocks()
         held = (rows.used() + BLOCK - 1) // BLOCK
-        outstanding = torch.maximum(torch.clamp(torch.clamp((rows.offset + rows.limit + BLOCK - 1) // BLOCK,
-                                                            max=expected) - held, min=0), rows.opening().long())
+        to_hold = torch.clamp((rows.offset + rows.limit + BLOCK - 1) // BLOCK, max=expected)
+        # blocks each running row may still take: up to what it is expected to hold, at least the one it opens next
+        outstanding = torch.maximum(torch.clamp(to_hold - held, min=0), rows.opening().long())
         room = len(pool.free) - int(outstanding.sum())
         joining: list[Waiting] = []
-        while call.forked:
-            start, replay = call.start_and_replay(call.forked[0])
+        while call.prefix_queue:
+            start, replay = call.start_and_replay(call.prefix_queue[0])
             need = max(blocks(replay + 1), min(blocks(call.max_new_tokens - start), expected))
             if need > room:
                 break
             room -= need
-            joining.append(call.forked.popleft())
+            joining.append(call.prefix_queue.popleft())
         fresh: list[tuple[int, ...]] = []
         admitted = 0
-        for waiting in call.waiting if not call.forked else ():
+        for waiting in call.prompt_queue if not call.prefix_queue else ():
             prompt = call.prompts[call.sequences[waiting.sequence].prompt]
             new = prompt not in call.prompt_group and prompt not in fresh
             need = min(blocks(call.max_new_tokens), expected) + (blocks(len(prompt)) if new else 0)
@@ -323,11 +395,11 @@ class LeanBackend:
             if new:
                 fresh.append(prompt)
         running = len(rows.sequence) + len(joining)
-        if admitted and (admitted == len(call.waiting) or admitted * REFILL_SHARE >= running or not running):
+        if admitted and (admitted == len(call.prompt_queue) or admitted * REFILL_SHARE >= running or not running):
             self.encode(call, pool, fresh)
-            joining += [call.waiting.popleft() for _ in range(admitted)]
+            joining += [call.prompt_queue.popleft() for _ in range(admitted)]
         if not joining:
-            if not len(rows.sequence) and (call.waiting or call.forked):
+            if not len(rows.sequence) and (call.prompt_queue or call.prefix_queue):
                 raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
                                 "sequences continue and one sequence's tokens at once; raise it")
             return rows
@@ -354,11 +426,12 @@ class LeanBackend:
         def long(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        return Rows(long([w.sequence for w in joining]), torch.stack([w.key for w in joining]), long(group_ids),
-                    long([call.groups[g].length for g in group_ids]), long(list(starts)), long([0] * len(joining)),
-                    long(limits), torch.zeros(len(joining), blocks(call.max_new_tokens) + 1, dtype=torch.long,
-                                              device=device), long([0] * len(joining)), long(list(replays)),
-                    torch.stack(logits))
+        zeros = [0] * len(joining)
+        return Rows(sequence=long([w.sequence for w in joining]), key=torch.stack([w.key for w in joining]),
+                    group=long(group_ids), prefix=long([call.groups[g].length for g in group_ids]),
+                    start=long(list(starts)), length=long(zeros), limit=long(limits),
+                    table=torch.zeros(len(joining), call.table_columns(), dtype=torch.long, device=device),
+                    offset=long(zeros), replay=long(list(replays)), logits=torch.stack(logits))
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:
         """The prompts' keys and values into fresh blocks, one group each, with their next-token logits."""
@@ -380,9 +453,9 @@ class LeanBackend:
                      + torch.arange(BLOCK, device=device)).flatten()[:len(prompt)]
             uses = call.uses[prompt]
             call.prompt_group[prompt] = len(call.groups)
-            call.groups.append(Group(torch.tensor(taken, device=device),
-                                     torch.arange(len(taken) * BLOCK, device=device) < len(prompt), len(prompt),
-                                     taken, uses, uses, logits[i]))
+            call.groups.append(Group(blocks=torch.tensor(taken, device=device),
+                                     visible=torch.arange(len(taken) * BLOCK, device=device) < len(prompt),
+                                     length=len(prompt), held=taken, unfinished=uses, joining=uses, logits=logits[i]))
             sources.append(torch.arange(width - len(prompt), width, device=device) + i * width)
             targets.append(slots)
         source, target = torch.cat(sources), torch.cat(targets)
@@ -399,8 +472,8 @@ class LeanBackend:
             pool.drop(done.held(row))
         for g in done.group.tolist():
             group = call.groups[g]
-            group.waiting -= 1
-            if not group.waiting:
+            group.unfinished -= 1
+            if not group.unfinished:
                 pool.drop(group.held)
 
     def feed(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> Rows:
@@ -414,37 +487,18 @@ class LeanBackend:
         own = rows.table[:, :blocks(int(used.max()) + 1)]
         columns = torch.arange(own.shape[1] * BLOCK, device=own.device)
         own_visible = (columns >= rows.offset[:, None]) & (columns <= used[:, None])
-        key = tuple(rows.group.tolist())
-        if call.grouping is None or call.grouping[0] != key:
-            call.grouping = (key, self.grouping(call, rows.group))
-        shared, shared_visible, local, slot, queries = call.grouping[1]
-        visible = torch.cat([shared_visible[local], own_visible], dim=1)
-        plan = Plan(rows.next_slots(), own, shared, local, slot, queries, visible, BLOCK)
+        if call.grouping is None or call.grouping.row_groups != tuple(rows.group.tolist()):
+            call.grouping = Grouping.of(call.groups, rows.group)
+        grouping = call.grouping
+        visible = torch.cat([grouping.shared_visible[grouping.local], own_visible], dim=1)
+        plan = Plan(rows.next_slots(), own, grouping.shared, grouping.local, grouping.slot, grouping.most_rows,
+                    visible, BLOCK)
         rows.logits = self.decoder.step(tokens, rows.prefix + rows.length, pool.layers, plan).float()
         rows.length += 1
         rows.replay -= (rows.replay > 0).long()
         if call.forks:
             self.fork(call, pool, rows)
         return rows
-
-    @staticmethod
-    def grouping(call: Call, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """For rows in these groups: the groups' shared blocks [G, N] and which of their slots are visible,
-        each row's group among them and place in it, and the most rows of a group. Kept while the rows' groups
-        stay the same."""
-        groups, local = torch.unique(group, return_inverse=True)
-        counts = torch.bincount(local, minlength=len(groups))
-        order = torch.argsort(local, stable=True)
-        slot = torch.empty_like(local)
-        slot[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[local[order]]
-        prefixes = [call.groups[g] for g in groups.tolist()]
-        width = max(len(prefix.blocks) for prefix in prefixes)
-        shared = torch.zeros(len(groups), width, dtype=torch.long, device=group.device)
-        shared_visible = torch.zeros(len(groups), width * BLOCK, dtype=torch.bool, device=group.device)
-        for i, prefix in enumerate(prefixes):
-            shared[i, :len(prefix.blocks)] = prefix.blocks
-            shared_visible[i, :len(prefix.visible)] = prefix.visible
-        return shared, shared_visible, local, slot, int(counts.max())
 
     def fork(self, call: Call, pool: Pool, rows: Rows) -> None:
         """Rows at a fork point start a group over their path so far, its first row, and branching - 1 waiting
@@ -461,12 +515,14 @@ class LeanBackend:
             own = rows.held(row)
             columns = torch.arange(len(own) * BLOCK, device=rows.table.device)
             offset = int(rows.offset[row])
-            call.groups.append(Group(torch.cat([parent.blocks, rows.table[row, :len(own)]]),
-                                     torch.cat([parent.visible, (columns >= offset) & (columns < offset + length)]),
-                                     parent.length + length, parent.held + own, forks.branching,
-                                     forks.branching - 1, rows.logits[row].clone()))
-            parent.waiting -= 1
-            if not parent.waiting:
+            call.groups.append(Group(blocks=torch.cat([parent.blocks, rows.table[row, :len(own)]]),
+                                     visible=torch.cat([parent.visible,
+                                                        (columns >= offset) & (columns < offset + length)]),
+                                     length=parent.length + length, held=parent.held + own,
+                                     unfinished=forks.branching, joining=forks.branching - 1,
+                                     logits=rows.logits[row].clone()))
+            parent.unfinished -= 1
+            if not parent.unfinished:
                 pool.drop(parent.held)
             offset = int(rows.used()[row]) % BLOCK
             rows.table[row] = 0
@@ -479,5 +535,5 @@ class LeanBackend:
             n = int(rows.sequence[row])
             for child in range(1, forks.branching):
                 m = call.add_sequence(call.sequences[n].prompt, n, total, child)
-                call.forked.append(Waiting(m, forks.child_key(rows.key[row], total // forks.step_tokens, child),
-                                           len(call.groups) - 1))
+                key = forks.child_key(rows.key[row], total // forks.step_tokens, child)
+                call.prefix_queue.append(Waiting(m, key, len(call.groups) - 1))
