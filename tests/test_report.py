@@ -1,6 +1,7 @@
 """`treerl report` and `treerl compare`: the plots of a run, in PNG files and one self-contained HTML page."""
 
 import base64
+import json
 import re
 
 import pytest
@@ -99,3 +100,23 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
     assert "curriculum" not in draw([RunData("hard only", one_level, evals, "")], tmp_path / "plots-one")
     assert "reschedule" in draw([RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
                                 tmp_path / "plots-on")
+
+
+def test_report_skips_saved_records_that_are_not_trees(tmp_path, capsys):
+    """A null line, an array, a record without a root, children as a string and a tree 3,000 levels deep are
+    skipped, counted and the first named; the last tree, saved without a step, is linked by step=''."""
+    def record(step, root):
+        return json.dumps({"step": step, "id": f"id{step}", "level": "easy", "prompt": "p", "r_score": 0.0,
+                           "prune_tau": 0.1, "picks": [], **({"root": root} if root else {})})
+
+    leaf = {"text": "a", "value": 1.0, "correct": True}
+    deep = '{"text": "", "value": 0.0, "children": [' * 3000 + json.dumps(leaf) + "]}" * 3000
+    lines = [record(1, leaf), "null", "[1, 2]", record(2, None), record(3, {**leaf, "children": "abc"}),
+             record(4, leaf).removesuffix("}}") + ', "children": [' + deep + "]}}", record(None, leaf)]
+    (tmp_path / "trees.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5, "timing/step_s": 1.0}) + "\n")
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "trees.html").read_text().count("<section class='tree'") == 2
+    assert (f"skipped 5 of the 7 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a tree "
+            "record: null") in capsys.readouterr().err
+    assert "href='trees.html#step=&amp;problem=idNone'" in (tmp_path / "report.html").read_text()

@@ -174,6 +174,53 @@ def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
     assert RunDir(tmp_path).trees() == [json.loads('{"step": 1}')]
 
 
+def chain(levels):
+    """A record's line whose tree is a chain `levels` levels below its root, written as text (json.dumps would
+    refuse to nest that deep)."""
+    good = json.dumps(tree_record(hand_tree(), Problem("deep", "1", "easy"), Letters(), 0.1, step=1))
+    root = '{"text": "", "value": 0.0, "children": [' * levels + '{"text": "", "value": 0.0}' + "]}" * levels
+    return good[:good.index('"root": ')] + '"root": ' + root + "}"
+
+
+def saved_record(step=1, **changes):
+    record = tree_record(hand_tree(), Problem(f"q{step}?", "1", "easy"), Letters(), 0.1, step=step)
+    return json.dumps({key: value for key, value in {**record, **changes}.items() if value != "drop"})
+
+
+MALFORMED = {"3,000 levels deep": chain(3000), "101 levels deep": chain(101),
+             "without a root": saved_record(root="drop"), "an array": "[1, 2]", "null": "null",
+             "children a string": saved_record(root={"text": "", "value": 0.0, "children": "abc"})}
+
+
+@pytest.mark.parametrize("bad", MALFORMED.values(), ids=MALFORMED.keys())
+def test_tree_command_skips_a_malformed_record_and_names_its_line(bad, tmp_path, capsys):
+    (tmp_path / "trees.jsonl").write_text(f"{saved_record(1)}\n{bad}\n{saved_record(2)}\n")
+    out = tmp_path / "t.html"
+    assert main(["tree", "--run", str(tmp_path), "--out", str(out)]) == 0
+    assert out.read_text().count("<section class='tree'") == 2
+    assert f"skipped 1 of the 3 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a " \
+           "tree record" in capsys.readouterr().err
+
+
+def test_a_tree_as_deep_as_allowed_is_drawn(tmp_path):
+    (tmp_path / "trees.jsonl").write_text(chain(100) + "\n")
+    assert main(["tree", "--run", str(tmp_path), "--out", str(tmp_path / "t.html")]) == 0
+    assert (tmp_path / "t.html").read_text().count("<circle") == 101
+
+
+def test_saved_steps_mixing_null_and_numbers_are_listed(tmp_path, capsys):
+    (tmp_path / "trees.jsonl").write_text(f"{saved_record(None)}\n{saved_record(3)}\n{saved_record(5)}\n")
+    assert main(["tree", "--run", str(tmp_path), "--step", "9"]) == 2
+    assert "saved steps: 3..5, 1 without a step (3 trees)" in capsys.readouterr().err
+    assert main(["tree", "--run", str(tmp_path), "--step", "3", "--out", str(tmp_path / "t.html")]) == 0
+
+
+def test_a_line_too_deep_to_parse_is_one_line_where_every_record_is_read(tmp_path):
+    (tmp_path / "trees.jsonl").write_text(f"{saved_record(1)}\n{chain(3000)}\n")
+    with pytest.raises(UserError, match="trees.jsonl:2: nested too deeply to read"):
+        RunDir(tmp_path).trees()                                 # as a resume reads it, to cut it back
+
+
 ATTACK = "<img src=x onerror=\"document.body.dataset.pwned='yes'\"><script>document.body.dataset.pwned='yes'</script>"
 
 

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from treerl.errors import UserError  # noqa: E402
 from treerl.rundir import REPORT_FILE, TREES_PAGE, RunDir  # noqa: E402
-from treerl.viewer import pick_trees, render_trees  # noqa: E402
+from treerl.viewer import pick_trees, render_trees, saved_trees  # noqa: E402
 
 SMOOTH = 10
 """Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""
@@ -247,7 +247,7 @@ def trees_page(run: RunData) -> tuple[Path, list[dict]] | None:
     """RUN_DIR/trees.html from the trees the run saved (output.save_trees), and those trees; None when none."""
     if run.path is None or not RunDir(run.path).trees_path.is_file():
         return None
-    saved = RunDir(run.path).trees()
+    saved = saved_trees(RunDir(run.path))
     if not saved:
         return None
     out = run.path / TREES_PAGE
@@ -262,11 +262,13 @@ def trees_links(run: RunData, page_dir: Path) -> str:
         return "<p>no trees saved (train with <code>output.save_trees=N</code> to keep some)</p>"
     out, saved = written
     href = html.escape(quote(os.path.relpath(out, page_dir)))
-    last = [t for t in saved if t["step"] == saved[-1]["step"]]
-    links = " ".join(f"<a href='{href}#step={t['step']}&amp;problem={html.escape(quote(str(t['id'])))}'>"
+    step = saved[-1]["step"]
+    fragment_step = "" if step is None else step   # the page names a tree saved without a step by step=''
+    last = [t for t in saved if t["step"] == step]
+    links = " ".join(f"<a href='{href}#step={fragment_step}&amp;problem={html.escape(quote(str(t['id'])))}'>"
                      f"{html.escape(str(t['id'])[:10])} ({html.escape(str(t['level']))})</a>" for t in last)
     return (f"<p><a href='{href}'>{len(saved):,} saved reasoning trees</a>; the last step's "
-            f"({saved[-1]['step']}): {links}</p>")
+            f"({'none' if step is None else step}): {links}</p>")
 
 
 def summary(runs: list[RunData], page_dir: Path) -> str:

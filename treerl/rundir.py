@@ -93,22 +93,39 @@ def append_jsonl(path: Path, records: list[Any]) -> None:
         f.write("".join(json.dumps(record) + "\n" for record in records))
 
 
-def read_jsonl(path: Path) -> list[Any]:
-    """One JSON value per line of a file a run appends to. A torn last line (the process was killed while writing
-    it) is left out; a bad line before it is not a torn write, so it is a UserError naming the file and line."""
+class TooDeep:
+    """A JSON line nested deeper than Python's parser goes (its recursion limit, about 1,000 levels)."""
+
+
+def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """(line number, JSON value) of each line of a file a run appends to. A torn last line (the process was
+    killed while writing it) is left out; a bad line before it is not a torn write, so it is a UserError naming
+    the file and line. A line nested too deeply to parse is a TooDeep, for the reader to refuse as it sees fit."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         bad_line = path.read_bytes()[:err.start].count(b"\n") + 1
         raise UserError(f"{path}:{bad_line}: not UTF-8 text; the file is damaged") from None
-    records = []
+    records: list[tuple[int, Any]] = []
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            records.append((number, json.loads(line)))
+        except RecursionError:
+            records.append((number, TooDeep()))
         except json.JSONDecodeError:
             if number < len(lines):
                 raise UserError(f"{path}:{number}: not a JSON line; the file is damaged (only a torn last line "
                                 "is expected after a crash)") from None
+    return records
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The JSON values of numbered_jsonl; a line nested too deeply to parse is a UserError naming file and line."""
+    records = []
+    for number, value in numbered_jsonl(path):
+        if isinstance(value, TooDeep):
+            raise UserError(f"{path}:{number}: nested too deeply to read; the file is damaged")
+        records.append(value)
     return records
 
 
@@ -247,11 +264,19 @@ class RunDir:
     def evals(self) -> dict[str, Any]:
         return json.loads(self.eval_path.read_text()) if self.eval_path.is_file() else {}
 
-    def trees(self) -> list[dict[str, Any]]:
+    def saved_trees_path(self) -> Path:
+        """trees.jsonl, which must exist."""
         if not self.trees_path.is_file():
             raise UserError(f"{self.trees_path} does not exist: train with output.save_trees=N to save trees, or "
                             "sample one with treerl tree --model PATH --problem ID")
-        return read_jsonl(self.trees_path)
+        return self.trees_path
+
+    def trees(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.saved_trees_path())
+
+    def tree_lines(self) -> list[tuple[int, Any]]:
+        """(line number, JSON value) of each saved tree record, not checked to be one."""
+        return numbered_jsonl(self.saved_trees_path())
 
     def log(self, metrics: dict[str, Any]) -> None:
         append_jsonl(self.metrics_path, [metrics])

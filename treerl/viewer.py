@@ -15,8 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from treerl.config import RScoreConfig
 from treerl.curriculum.rscore import greedy_choices
-from treerl.errors import UserError
+from treerl.errors import UserError, warn
 from treerl.rollout.tree import Node, Path, ReasoningTree
+from treerl.rundir import RunDir, TooDeep
 from treerl.tasks.base import Problem
 
 
@@ -80,15 +81,24 @@ MAX_PAGE_NODES = 30_000
 --step picks others."""
 
 
+def saved_steps(trees: list[dict[str, Any]]) -> str:
+    """The steps of saved trees in a few words, e.g. "1..4, 2 without a step (10 trees)"."""
+    steps = sorted({t["step"] for t in trees if t["step"] is not None})
+    unstepped = sum(t["step"] is None for t in trees)
+    parts = [f"{steps[0]}..{steps[-1]}"] if steps else []
+    parts += [f"{unstepped} without a step"] if unstepped else []
+    return f"{', '.join(parts)} ({len(trees)} trees)"
+
+
 def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
                max_nodes: int = MAX_PAGE_NODES) -> tuple[list[dict[str, Any]], int]:
-    """The saved trees that match the step and the problem id (either may be None: any), the newest that fit in
-    max_nodes nodes (at least one), in the order they were saved; and how many matching trees were left out."""
+    """The saved trees (typed records: see saved_trees) that match the step and the problem id (either may be
+    None: any), the newest that fit in max_nodes nodes (at least one), in the order they were saved; and how
+    many matching trees were left out."""
     matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
     if not matches:
-        steps = sorted({t["step"] for t in trees})
-        raise UserError(f"no saved tree for step {step} and problem {problem}; saved steps: "
-                        f"{steps[0]}..{steps[-1]} ({len(trees)} trees)" if trees else "no tree saved in the file")
+        raise UserError(f"no saved tree for step {step} and problem {problem}; saved steps: {saved_steps(trees)}"
+                        if trees else "no tree saved in the file")
     kept: list[dict[str, Any]] = []
     nodes = 0
     for tree in reversed(matches):
@@ -292,13 +302,54 @@ window.addEventListener('hashchange', fromHash);
 document.addEventListener('DOMContentLoaded', fromHash);"""
 
 
-def typed(record: dict[str, Any]) -> TreeRecord:
-    """The record typed: numbers must be numbers, so that nothing but text reaches the page as a string."""
+MAX_DEPTH = 100
+"""The most levels below its root that a tree record may have: far more than any tree.depth trains with, and
+fewer than the nesting where Python's recursion (about 1,000 frames) or pydantic's (255 levels) give up."""
+JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+              type(None): "null", TooDeep: "nested too deeply to read"}
+
+
+def deeper_than(root: Any, levels: int) -> bool:
+    """Whether a node tree read from JSON (possibly malformed: a non-node counts as a leaf) has a node more than
+    `levels` levels below its root; walked with a stack, so any depth is safe."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > levels:
+            return True
+        children = node.get("children") if isinstance(node, dict) else None
+        if isinstance(children, list):
+            stack += [(child, depth + 1) for child in children]
+    return False
+
+
+def typed(record: Any) -> TreeRecord:
+    """The record typed: a JSON object whose tree is at most MAX_DEPTH levels deep and whose numbers are numbers,
+    so that nothing but text reaches the page as a string."""
+    if not isinstance(record, dict):
+        raise UserError(f"not a tree record: {JSON_KINDS.get(type(record), 'not a JSON object')}")
+    if deeper_than(record.get("root"), MAX_DEPTH):
+        raise UserError(f"not a tree record: root: deeper than {MAX_DEPTH} levels")
     try:
         return TreeRecord.model_validate(record)
     except ValidationError as err:
         first = err.errors()[0]
         raise UserError(f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def saved_trees(run: RunDir) -> list[dict[str, Any]]:
+    """The records of a run's trees.jsonl that are trees, typed (as plain data, for pick_trees); the others are
+    skipped, with one warning that counts them and names the first by file and line."""
+    lines = run.tree_lines()
+    kept, skipped = [], []
+    for number, value in lines:
+        try:
+            kept.append(typed(value).model_dump())
+        except UserError as err:
+            skipped.append(f"{run.trees_path}:{number}: {err}")
+    if skipped:
+        warn(f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; the first: {skipped[0]}")
+    return kept
 
 
 def _section(tree: TreeRecord) -> str:

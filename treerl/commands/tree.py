@@ -17,7 +17,7 @@ from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rundir import TREES_FILE, RunDir
 from treerl.tasks.base import Problem, Task
-from treerl.viewer import pick_trees, render_trees, tree_record
+from treerl.viewer import pick_trees, render_trees, saved_trees, tree_record
 
 
 def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
@@ -26,7 +26,8 @@ def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> t
     task, sampler = task_and_sampler(cfg)
     candidates = sampler.problems() + [p for level in task.levels
                                        for p in task.eval_problems(level, cfg.eval.problems)]
-    candidates += [Problem(r["question"], r["reference"], str(r["level"])) for r in saved if "reference" in r]
+    candidates += [Problem(r["question"], r["reference"], str(r["level"])) for r in saved
+                   if r["reference"] is not None]
     for problem in candidates:
         if problem.id == problem_id:
             return task, problem
@@ -53,14 +54,14 @@ def run(args: argparse.Namespace) -> None:
     --run) samples one now, with the run's config if given."""
     run_dir = RunDir(Path(args.run)) if args.run else None
     if run_dir and not args.model:
-        records, left_out = pick_trees(run_dir.trees(), args.step, args.problem)
+        records, left_out = pick_trees(saved_trees(run_dir), args.step, args.problem)
     else:
         if not args.problem:
             raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
         overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
                      *([f"task.name={args.task}"] if args.task else [])]
         cfg = load_config(args.config, overrides, base=run_dir.config_data() if run_dir else None)
-        records = [sample_tree_record(cfg, args.problem, run_dir.trees() if run_dir else [])]
+        records = [sample_tree_record(cfg, args.problem, saved_trees(run_dir) if run_dir else [])]
         left_out = 0
     out = Path(args.out or (run_dir.path / "tree.html" if run_dir else "tree.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
