@@ -281,14 +281,17 @@ class LeanDecoder:
         Cascade attention: the rows of a group (continuations of one prompt, or of one fork point) share their
         prefix, whose keys and values are read once per group, by all of the group's queries together; each row
         reads its own tokens alone. One softmax runs over both parts, so this is exact attention over the row's
-        whole context. Under CPU autocast it computes in fp32 (as `attend_fp32_on_cpu`)."""
+        whole context. Scores, probabilities and the output are computed in fp32 (or in q's dtype, if wider) and
+        rounded to q's dtype at the end, as fused attention kernels do: a bf16 score between 16 and 32 is rounded
+        by up to 0.06, which moves its probability by up to 6%. Under CPU autocast, autocast is off inside (as
+        `attend_fp32_on_cpu`)."""
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)
         rows, heads, dim = q.shape
         kv, groups = self.kv_heads, plan.shared.shape[0]
         per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.queries
-        dtype = q.dtype
+        dtype = torch.promote_types(q.dtype, torch.float32)
 
         def read(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
             """[KV, N, blocks x block, D]: the blocks' slots, in order."""
