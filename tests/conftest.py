@@ -49,16 +49,15 @@ def policy(model_dir):
 
 @pytest.fixture(scope="session")
 def trained_run(model_dir, tmp_path_factory):
-    """One short training run, shared by the report, viewer and browser tests (read-only): TreeRPO trees of
-    3 x 3 leaves, 2 saved per step, a cosine level schedule, online Re-Schedule weights, evaluation at steps
-    0, 2 and 4, a checkpoint every step."""
-    from treerl.config import load_config
-    from treerl.train.trainer import train
+    """One short training run made by `treerl train` (so with its report), shared by the report, viewer and
+    browser tests (read-only): TreeRPO trees of 3 x 3 leaves, 2 saved per step, a cosine level schedule, online
+    Re-Schedule weights, evaluation at steps 0, 2 and 4, a checkpoint every step."""
+    from treerl.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    train(load_config(None, [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=3",
-                             "rollout.max_new_tokens=8", "rollout.batch_prompts=3", "output.save_trees=2",
-                             "eval.problems=2", "eval.max_new_tokens=4", "eval.every=2", "output.progress=false",
-                             "train.threads=1", "train.steps=4", "train.save_every=1", "curriculum.name=cosine",
-                             "reschedule.rank_by=acc", "reschedule.scores=online"]), out)
+    assert main(["train", "--out", str(out), f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2",
+                 "rollout.n=3", "rollout.max_new_tokens=8", "rollout.batch_prompts=3", "output.save_trees=2",
+                 "eval.problems=2", "eval.max_new_tokens=4", "eval.every=2", "output.progress=false",
+                 "train.threads=1", "train.steps=4", "train.save_every=1", "curriculum.name=cosine",
+                 "reschedule.rank_by=acc", "reschedule.scores=online"]) == 0
     return out

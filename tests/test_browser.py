@@ -146,17 +146,16 @@ def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
     shows its text, the page loads without errors within Chromium's virtual-time budget, under 1 MB."""
     import time
 
-    from test_viewer import Letters
+    from test_viewer import record_of
     from treerl.rollout.tree import ReasoningTree
     from treerl.tasks.base import Problem
-    from treerl.viewer import tree_record
 
     tree = ReasoningTree.from_leaf_rewards([[[(i + j + k) % 2 for k in range(10)] for j in range(10)]
                                             for i in range(10)])
     tree.prompt_ids = [0, 1]
     for path, node in tree.walk():
         node.token_ids = [len(path) % 26] * 40
-    page = render_tree(tree_record(tree, Problem("q?", "1", "hard"), Letters(), prune_tau=0.1))
+    page = render_tree(record_of(tree, Problem("q?", "1", "hard")))
     assert len(page) < 1_000_000
     start = time.perf_counter()
     seen, console = browse(page, tmp_path, "thousand")

@@ -14,7 +14,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_training_writes_the_report_with_every_plot(trained_run):
+def test_the_train_command_writes_the_report_with_every_plot(trained_run):
     assert sorted(p.name for p in (trained_run / "plots").iterdir()) == sorted(f"{name}.png" for name in PLOTS)
     assert all((trained_run / "plots" / f"{name}.png").read_bytes().startswith(PNG) for name in PLOTS)
     page = (trained_run / "report.html").read_text()

@@ -6,11 +6,13 @@ import pytest
 
 from treerl.algo.advantages import ESTIMATORS, AdvantageParams
 from treerl.cli import main
+from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.rundir import RunDir
 from treerl.tasks.base import Problem
-from treerl.viewer import NodeRecord, layout, pick_trees, render_tree, render_trees, tree_record, value_colour
+from treerl.tree_records import NodeRecord, tree_record
+from treerl.viewer import layout, pick_trees, render_tree, render_trees, value_colour
 
 
 class Letters:
@@ -29,8 +31,13 @@ def hand_tree():
     return tree
 
 
+def record_of(tree, problem, **keywords):
+    """A tree's record as training saves it, at prune_tau 0.1: the r-score's greedy picks at rscore's defaults."""
+    return tree_record(tree, problem, Letters(), 0.1, greedy_choices(tree), **keywords)
+
+
 def test_record_marks_pruned_groups_picks_and_leaves():
-    record = tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1)
+    record = record_of(hand_tree(), Problem("q?", "1", "easy"))
     root = record["root"]
     assert root["value"] == 0.25 and not root["pruned"]        # children's values 0.5 and 0.0 differ by 0.5
     assert not root["children"][0]["pruned"] and root["children"][1]["pruned"]
@@ -41,7 +48,7 @@ def test_record_marks_pruned_groups_picks_and_leaves():
 
 
 def test_page_shows_every_node_with_its_marks():
-    page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
+    page = render_tree(record_of(hand_tree(), Problem("q?", "1", "easy")))
     assert page.count("<details") == 4              # the list, the root and the two inner nodes collapse
     assert page.count("class='node right") == 1 and page.count("class='node wrong") == 3
     assert page.count("group pruned") == 1 and page.count("r-score pick") == 2
@@ -59,7 +66,7 @@ def test_layout_puts_leaves_in_order_and_each_parent_midway_between_its_children
 
 
 def test_drawing_has_a_circle_per_node_coloured_by_value_with_its_marks():
-    page = render_tree(tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1))
+    page = render_tree(record_of(hand_tree(), Problem("q?", "1", "easy")))
     drawing = page[page.index("<svg class='drawing'"):page.index("</svg>")]
     assert drawing.count("<circle") == 7 and drawing.count("<line") == 6
     assert value_colour(0.0) == "hsl(0,65%,45%)" and value_colour(1.0) == "hsl(120,65%,45%)"
@@ -83,7 +90,7 @@ def test_each_node_carries_the_advantage_it_was_trained_with():
     leaves agree and are pruned, so they carry none."""
     tree = hand_tree()
     advantages = ESTIMATORS.lookup("treerpo").advantages(tree, AdvantageParams(prune_tau=0.1))
-    record = tree_record(tree, Problem("q?", "1", "easy"), Letters(), 0.1, advantages=advantages, weight=1.5)
+    record = record_of(tree, Problem("q?", "1", "easy"), advantages=advantages, weight=1.5)
     root = record["root"]
     assert [child["advantage"] for child in root["children"]] == [1.3333, -1.3333]
     assert [leaf["advantage"] for leaf in root["children"][0]["children"]] == [2.0, -2.0]
@@ -100,7 +107,7 @@ def several_records():
     records = []
     for step in (1, 2):
         for question in ("1+1", "2+2", "3+3"):
-            records.append(tree_record(hand_tree(), Problem(question, "1", "easy"), Letters(), 0.1, step=step))
+            records.append(record_of(hand_tree(), Problem(question, "1", "easy"), step=step))
     return records
 
 
@@ -177,13 +184,13 @@ def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
 def chain(levels):
     """A record's line whose tree is a chain `levels` levels below its root, written as text (json.dumps would
     refuse to nest that deep)."""
-    good = json.dumps(tree_record(hand_tree(), Problem("deep", "1", "easy"), Letters(), 0.1, step=1))
+    good = json.dumps(record_of(hand_tree(), Problem("deep", "1", "easy"), step=1))
     root = '{"text": "", "value": 0.0, "children": [' * levels + '{"text": "", "value": 0.0}' + "]}" * levels
     return good[:good.index('"root": ')] + '"root": ' + root + "}"
 
 
 def saved_record(step=1, **changes):
-    record = tree_record(hand_tree(), Problem(f"q{step}?", "1", "easy"), Letters(), 0.1, step=step)
+    record = record_of(hand_tree(), Problem(f"q{step}?", "1", "easy"), step=step)
     return json.dumps({key: value for key, value in {**record, **changes}.items() if value != "drop"})
 
 
@@ -226,7 +233,7 @@ ATTACK = "<img src=x onerror=\"document.body.dataset.pwned='yes'\"><script>docum
 
 def hostile_record(**numbers):
     """A record whose every string field carries markup that would run if it reached the page unescaped."""
-    record = tree_record(hand_tree(), Problem("q?", "1", "easy"), Letters(), prune_tau=0.1, step=3)
+    record = record_of(hand_tree(), Problem("q?", "1", "easy"), step=3)
     record.update(id=ATTACK, level=ATTACK, question=ATTACK, prompt=ATTACK, **numbers)
 
     def poison(node):

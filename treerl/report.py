@@ -22,7 +22,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from treerl.errors import UserError  # noqa: E402
 from treerl.rundir import REPORT_FILE, TREES_PAGE, RunDir  # noqa: E402
-from treerl.viewer import pick_trees, render_trees, saved_trees  # noqa: E402
+from treerl.tree_records import saved_trees  # noqa: E402
+from treerl.viewer import pick_trees, render_trees  # noqa: E402
 
 SMOOTH = 10
 """Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""

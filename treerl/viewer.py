@@ -1,7 +1,7 @@
-"""The reasoning-tree viewer: a graded tree as a JSON record (saved during training with output.save_trees, in
-the run directory's trees.jsonl) and as one HTML page (`treerl tree`): the tree drawn by depth in SVG (nodes
-coloured by value, leaves marked, TreeRPO's pruned sibling groups faded, the r-score's greedy picks ringed, a
-click showing a node's text under its path's), then every node's text in collapsible branches."""
+"""The reasoning-tree viewer: tree records (treerl.tree_records: saved in training, or sampled now) as one HTML
+page (`treerl tree`, the report's trees.html): each tree drawn by depth in SVG (nodes coloured by value, leaves
+marked, TreeRPO's pruned sibling groups faded, the r-score's greedy picks ringed, a click showing a node's text
+under its path's), then every node's text in collapsible branches."""
 
 from __future__ import annotations
 
@@ -10,71 +10,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from transformers import PreTrainedTokenizerBase
-
-from treerl.config import RScoreConfig
-from treerl.curriculum.rscore import greedy_choices
-from treerl.errors import UserError, warn
-from treerl.rollout.tree import Node, Path, ReasoningTree
-from treerl.rundir import RunDir, TooDeep
-from treerl.tasks.base import Problem
-
-
-def tree_record(tree: ReasoningTree, problem: Problem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
-                rscore: RScoreConfig | None = None, step: int | None = None,
-                advantages: dict[Path, float] | None = None, weight: float | None = None) -> dict[str, Any]:
-    """A graded tree as plain data: nested nodes with their decoded text, token count and (where the estimator
-    trained on it) advantage, the pruned groups, the r-score's greedy picks and the query's loss weight."""
-    trained = advantages or {}
-
-    def node_record(node: Node, path: Path) -> dict[str, Any]:
-        values = [child.value for child in node.children]
-        advantage = trained.get(path)
-        return {"text": tokenizer.decode(node.token_ids, skip_special_tokens=True), "tokens": len(node.token_ids),
-                "value": round(node.value, 4), "reward": node.reward, "correct": node.correct,
-                "finished": node.finished, "advantage": None if advantage is None else round(advantage, 4),
-                "pruned": bool(values) and max(values) - min(values) < prune_tau,
-                "children": [node_record(child, path + (i,)) for i, child in enumerate(node.children)]}
-
-    r = rscore or RScoreConfig()
-    picks = greedy_choices(tree, r.top_m, r.eligible, r.child)
-    return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
-            "reference": problem.reference,
-            "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
-            "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,   # r_score's definition
-            "picks": [[list(path), child, gain] for path, child, gain in picks], "weight": weight,
-            "root": node_record(tree.root, ())}
-
-
-class NodeRecord(BaseModel):
-    """A node as a record holds it: every value typed, so that nothing but text reaches the page as a string."""
-    model_config = ConfigDict(coerce_numbers_to_str=True)
-    text: str
-    tokens: int | None = None
-    value: float
-    advantage: float | None = None
-    reward: float | None = None
-    correct: bool | None = None
-    finished: bool = False
-    pruned: bool = False
-    children: list[NodeRecord] = []
-
-
-class TreeRecord(BaseModel):
-    model_config = ConfigDict(coerce_numbers_to_str=True)
-    step: int | None = None
-    id: str
-    level: str
-    question: str = ""
-    reference: Any = None
-    prompt: str
-    r_score: float
-    prune_tau: float
-    picks: list[tuple[list[int], int, float]]
-    weight: float | None = None
-    root: NodeRecord
-
+from treerl.errors import UserError
+from treerl.tree_records import NodeRecord, TreeRecord, typed
 
 MAX_PAGE_NODES = 30_000
 """A page of saved trees holds the newest trees up to this many nodes in all (the tiny model's: about 8 MB);
@@ -92,7 +29,7 @@ def saved_steps(trees: list[dict[str, Any]]) -> str:
 
 def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
                max_nodes: int = MAX_PAGE_NODES) -> tuple[list[dict[str, Any]], int]:
-    """The saved trees (typed records: see saved_trees) that match the step and the problem id (either may be
+    """The saved trees (typed records: tree_records.saved_trees) that match the step and the problem id (either may be
     None: any), the newest that fit in max_nodes nodes (at least one), in the order they were saved; and how
     many matching trees were left out."""
     matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
@@ -300,56 +237,6 @@ function zoom(f) {
 function openAll(open) { document.querySelectorAll('section.tree details').forEach(d => { d.open = open; }); }
 window.addEventListener('hashchange', fromHash);
 document.addEventListener('DOMContentLoaded', fromHash);"""
-
-
-MAX_DEPTH = 100
-"""The most levels below its root that a tree record may have: far more than any tree.depth trains with, and
-fewer than the nesting where Python's recursion (about 1,000 frames) or pydantic's (255 levels) give up."""
-JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-              type(None): "null", TooDeep: "nested too deeply to read"}
-
-
-def deeper_than(root: Any, levels: int) -> bool:
-    """Whether a node tree read from JSON (possibly malformed: a non-node counts as a leaf) has a node more than
-    `levels` levels below its root; walked with a stack, so any depth is safe."""
-    stack = [(root, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > levels:
-            return True
-        children = node.get("children") if isinstance(node, dict) else None
-        if isinstance(children, list):
-            stack += [(child, depth + 1) for child in children]
-    return False
-
-
-def typed(record: Any) -> TreeRecord:
-    """The record typed: a JSON object whose tree is at most MAX_DEPTH levels deep and whose numbers are numbers,
-    so that nothing but text reaches the page as a string."""
-    if not isinstance(record, dict):
-        raise UserError(f"not a tree record: {JSON_KINDS.get(type(record), 'not a JSON object')}")
-    if deeper_than(record.get("root"), MAX_DEPTH):
-        raise UserError(f"not a tree record: root: deeper than {MAX_DEPTH} levels")
-    try:
-        return TreeRecord.model_validate(record)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UserError(f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-
-def saved_trees(run: RunDir) -> list[dict[str, Any]]:
-    """The records of a run's trees.jsonl that are trees, typed (as plain data, for pick_trees); the others are
-    skipped, with one warning that counts them and names the first by file and line."""
-    lines = run.tree_lines()
-    kept, skipped = [], []
-    for number, value in lines:
-        try:
-            kept.append(typed(value).model_dump())
-        except UserError as err:
-            skipped.append(f"{run.trees_path}:{number}: {err}")
-    if skipped:
-        warn(f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; the first: {skipped[0]}")
-    return kept
 
 
 def _section(tree: TreeRecord) -> str:

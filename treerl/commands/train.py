@@ -1,6 +1,6 @@
 """`treerl train`: the config (defaults <- --config <- overrides; on --resume the run's own config, with the
-changes of earlier resumes, <- overrides), the run directory, then the training loop; under torchrun, in every
-process."""
+changes of earlier resumes, <- overrides), the run directory, the training loop (under torchrun, in every
+process), then the report (rank 0): the loop draws no pages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.models import resolve_device
 from treerl.parallel import close_parallel, init_parallel
+from treerl.report import write_report
 from treerl.rundir import RunDir
 from treerl.train.trainer import train
 
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> None:
             run_dir = Path(args.out or cfg.output.dir or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
             cfg.output.dir = str(run_dir)
         train(cfg, run_dir, resume=bool(args.resume), par=par)
+        if par.main:
+            print(f"report: {write_report(run_dir)}")
         par.barrier()   # every rank is done (rank 0 writes the report last) before the process group goes
     finally:
         close_parallel()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from treerl.config import Config, load_config
+from treerl.curriculum.rscore import greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.errors import UserError
 from treerl.models import load_policy, resolve_device
@@ -17,7 +18,8 @@ from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rundir import TREES_FILE, RunDir
 from treerl.tasks.base import Problem, Task
-from treerl.viewer import pick_trees, render_trees, saved_trees, tree_record
+from treerl.tree_records import saved_trees, tree_record
+from treerl.viewer import pick_trees, render_trees
 
 
 def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
@@ -46,7 +48,9 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
                                  generator=torch.Generator(device=device).manual_seed(cfg.seed),
                                  rollout=cfg.rollout)
     grade_trees(trees, [problem], task, tokenizer)
-    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau, cfg.rscore)
+    r = cfg.rscore
+    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau,
+                       greedy_choices(trees[0], r.top_m, r.eligible, r.child))
 
 
 def run(args: argparse.Namespace) -> None:

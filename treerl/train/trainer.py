@@ -14,7 +14,7 @@ from rich.progress import Progress
 
 from treerl.algo.advantages import ESTIMATORS, Estimator
 from treerl.config import RESUMABLE, Config, OutputConfig, build, changes, resumable
-from treerl.curriculum.rscore import check_depth
+from treerl.curriculum.rscore import check_depth, greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.curriculum.scoring import score_queries
 from treerl.curriculum.weights import QueryWeights
@@ -23,7 +23,6 @@ from treerl.eval import eval_work, evaluate, print_eval
 from treerl.models import DTYPES, resolve_device
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
-from treerl.report import write_report
 from treerl.rollout.engine import backend_name
 from treerl.rollout.sampling import TreeShape
 from treerl.rundir import RunDir, checkpoint_step
@@ -37,7 +36,7 @@ from treerl.train.signals import stop_signals
 from treerl.train.state import RANK_SEED_STRIDE, TrainState
 from treerl.train.timing import print_time_summary, time_summary
 from treerl.train.update import NonFiniteWeights, Objective, OwnOld, update
-from treerl.viewer import tree_record
+from treerl.tree_records import tree_record
 
 
 def mixed_precision(cfg: Config, device: torch.device):
@@ -205,7 +204,9 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 run.log(metrics)
                 trackers.log(metrics)
             if par.main and cfg.output.save_trees:
-                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau, cfg.rscore, step,
+                r = cfg.rscore
+                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau,
+                                            greedy_choices(tree, r.top_m, r.eligible, r.child), step,
                                             advantages, weight)
                                 for tree, problem, advantages, weight in
                                 zip(rollout.trees[:cfg.output.save_trees], rollout.problems, rollout.advantages,
@@ -244,5 +245,4 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
         timing = time_summary(run.metrics(), state.spent["eval"], state.spent["checkpoint"], state.spent["rescore"])
         run.write_timing(timing)
         print_time_summary(timing, console)
-        console.print(f"report: {write_report(run.path)}")
     return {"before": before, "after": after}
