@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -288,6 +289,85 @@ def test_score_needs_a_fixed_pool_for_generated_tasks(model_dir, tmp_path, capsy
     assert not (tmp_path / "s.jsonl").exists()
 
 
+def test_score_out_is_checked_before_any_work(tmp_path, capsys):
+    """A path in a run directory, a directory, an existing file without --overwrite, a --resume with nothing to
+    resume: refused in one line before the model loads (it does not exist here), and nothing is written."""
+    from treerl.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name, text in [("config.yaml", "seed: 0\n"), ("metrics.jsonl", '{"step": 1}\n'), (".lock", "")]:
+        (run / name).write_text(text)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "old.jsonl").write_text("kept\n")
+    cases = [([str(run / "metrics.jsonl")], f"is in the run directory {run}"),
+             ([str(run / "checkpoints" / "s.jsonl")], f"is in the run directory {run}"),
+             ([str(run)], f"is in the run directory {run}"),
+             ([str(tmp_path / "dir")], "is a directory; give the file to write"),
+             ([str(tmp_path / "old.jsonl")], "exists; give --overwrite to replace it"),
+             ([str(tmp_path / "new.jsonl"), "--resume"], "new.jsonl.partial does not exist"),
+             ([str(tmp_path / "old.jsonl"), "--resume"], "old.jsonl is complete and")]
+    for out, why in cases:
+        assert main(["score", "--out", *out, "model.name_or_path=/no/such/model", "curriculum.pool_size=2"]) == 2
+        assert why in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "old.jsonl", "run"]
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (tmp_path / "old.jsonl").read_text() == "kept\n"
+    assert not list((tmp_path / "dir").iterdir()) and not list((run / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_file(model_dir, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """Five queries in batches of two; the disk fills while the second batch is written. OUT.partial keeps the
+    first batch; --resume (after a kill tore its last line) scores the other three as the uninterrupted scoring
+    did (the same rows, the same generator state after each batch) and writes the same file."""
+    import errno
+
+    import treerl.commands.score as score
+    from treerl.cli import main
+
+    def limited(out, *flags, extra=()):
+        sampled = ["rscore.batch_prompts=2", "rollout.temperature=2.0"]   # hot sampling: the draws show in the rows
+        return ["score", *flags, "--limit", "5", *score_args(model_dir, out, *sampled, *extra)[1:]]
+
+    appended, fail_at = [], [0]
+
+    def append(path, records):
+        appended.extend(records)
+        if len(appended) == fail_at[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(path, records)
+
+    real_append = score.append_jsonl
+    monkeypatch.setattr(score, "append_jsonl", append)
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "scores.jsonl"
+    assert main(limited(whole)) == 0 and not (tmp_path / "whole.jsonl.partial").exists()
+    uninterrupted = appended[:]
+    assert [len(batch["rows"]) for batch in uninterrupted] == [2, 2, 1]
+    appended.clear()
+    fail_at[0] = 2
+    assert main(limited(out)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}.partial: No space left on device; the queries scored before are kept" in err
+    assert "treerl score --resume" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    partial = tmp_path / "scores.jsonl.partial"
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert kept[0]["settings"]["limit"] == 5 and kept[1:] == uninterrupted[:1]
+    assert main(limited(out)) == 2
+    assert "holds an interrupted scoring" in capsys.readouterr().err
+    assert main(limited(out, "--resume", extra=["rscore.top_m=3"])) == 2
+    assert "was scored with rscore.top_m=4, not 3; resume with the same settings" in capsys.readouterr().err
+    with partial.open("a") as f:
+        f.write('{"rows": [{"id": ')   # a kill in the middle of a line
+    appended.clear()
+    fail_at[0] = 0
+    assert main(limited(out, "--resume")) == 0
+    assert appended == uninterrupted[1:]
+    assert out.read_text() == whole.read_text() and not partial.exists()
+    assert main(["score", "--overwrite", "--limit", "1", *score_args(model_dir, whole)[1:]]) == 0
+    assert len(whole.read_text().splitlines()) == 1
+
+
 def test_a_bad_score_file_names_its_line(tmp_path):
     from treerl.curriculum.scores import RANKINGS, read_scores
 
@@ -301,6 +381,62 @@ def test_a_bad_score_file_names_its_line(tmp_path):
         read_scores(str(tmp_path / "missing.jsonl"), RANKINGS["rscore"])
     with pytest.raises(UserError, match="needs reschedule.scores_file"):
         load_config(None, ["reschedule.rank_by=rscore"])
+
+
+def test_a_score_file_with_nan_strings_booleans_or_repeated_ids_is_refused_by_line(tmp_path):
+    from treerl.curriculum.scores import RANKINGS, read_scores
+
+    path = tmp_path / "scores.jsonl"
+    good = '{"id": "a", "r_score": 0.5}\n'
+    for bad, why in [('{"id": "b", "r_score": NaN}', "'r_score' is NaN, not a finite number"),
+                     ('{"id": "b", "r_score": Infinity}', "'r_score' is Infinity, not a finite number"),
+                     ('{"id": "b", "r_score": "0.5"}', "'r_score' is \"0.5\", not a finite number"),
+                     ('{"id": "b", "r_score": true}', "'r_score' is true, not a finite number"),
+                     ('{"id": 7, "r_score": 0.5}', "'id' is 7, not a string"),
+                     ('["b", 0.5]', "not a score row"),
+                     ('{"id": "a", "r_score": 0.25}', "id 'a' was scored on line 1 already")]:
+        path.write_text(good + bad + "\n")
+        with pytest.raises(UserError, match=f"scores.jsonl:2: {re.escape(why)}"):
+            read_scores(str(path), RANKINGS["rscore"])
+
+
+def coverage_config(path, *extra):
+    return load_config(None, ["reschedule.rank_by=rscore", f"reschedule.scores_file={path}", *extra])
+
+
+def test_a_score_file_must_cover_the_pool_unless_told(tmp_path):
+    """Ranks are taken among the pool's queries: ids of another pool are left out, unscored queries rank 0.5."""
+    pool = [Problem(f"q{i}", "1", "easy") for i in range(4)]
+    ids = [problem.id for problem in pool]
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "r_score": s}) + "\n" for i, s in [(ids[0], 0.1), (ids[2], 0.3),
+                                                                                       ("other", 0.9)]))
+    with pytest.raises(UserError, match=r"has scores for 2 of 4 queries, and 1 for queries not in the pool, fewer "
+                                        r"than reschedule.min_coverage=1: .* set reschedule.min_coverage=0.5 to"):
+        QueryWeights.from_config(coverage_config(path), 1, pool)
+    weights = QueryWeights.from_config(coverage_config(path, "reschedule.min_coverage=0.5"), 1, pool)
+    assert weights.source == f"reschedule: scores for 2 of 4 queries, and 1 for queries not in the pool from {path}"
+    assert [weights.book.rank(i) for i in ids] == [1.0, 0.5, 0.0, 0.5]   # q2 (0.3) the simplest, q0 (0.1) the last
+    path.write_text("")
+    with pytest.raises(UserError, match=r"has scores for 0 of 4 queries, fewer than"):
+        QueryWeights.from_config(coverage_config(path, "reschedule.min_coverage=0.01"), 1, pool)
+    with pytest.raises(UserError, match="generates problems without end: set curriculum.pool_size=N"):
+        QueryWeights.from_config(coverage_config(path), 1, None)
+
+
+def test_training_refuses_a_score_file_of_a_limited_scoring_before_loading_a_model(tmp_path, capsys):
+    from treerl.cli import main
+    from treerl.curriculum.sampler import task_and_sampler
+
+    cfg = load_config(None, ["curriculum.levels=[easy,medium]", "curriculum.pool_size=3"])
+    first = task_and_sampler(cfg)[1].problems()[0]
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text(json.dumps({"id": first.id, "level": first.level, "r_score": 0.5}) + "\n")
+    args = ["train", "--out", str(tmp_path / "run"), "model.name_or_path=/no/such/model", "curriculum.pool_size=3",
+            "curriculum.levels=[easy,medium]", "reschedule.rank_by=rscore", f"reschedule.scores_file={scores}"]
+    assert main(args) == 2
+    assert "has scores for 1 of 6 queries, fewer than reschedule.min_coverage=1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(model_dir, tmp_path, capsys):
@@ -367,9 +503,9 @@ def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model
     seen = []
     real = trainer.score_queries
 
-    def spy(model, tokenizer, task, problems, cfg, generator, advance=lambda n: None):
+    def spy(model, tokenizer, task, problems, cfg, generator, scored=lambda rows: None):
         seen.append(len(problems))
-        return real(model, tokenizer, task, problems, cfg, generator, advance)
+        return real(model, tokenizer, task, problems, cfg, generator, scored)
 
     monkeypatch.setattr(trainer, "score_queries", spy)
     cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.steps=3", "rollout.batch_prompts=2",

@@ -201,3 +201,16 @@ def test_numbers_that_cannot_train_are_refused_in_one_line(override, tmp_path, c
     assert main(["train", "--out", str(tmp_path / "run"), override]) == 2
     assert override.split("=")[0].split(".")[0] in error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
+    path = tmp_path / "scores.jsonl"
+    path.write_text("old\n")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        rundir.write_atomic(path, "new\n")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["scores.jsonl"]

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--config", help="YAML config file (model, task, curriculum.levels/pool_size, rscore.*)")
     sc.add_argument("--out", required=True, help="JSONL file to write (for reschedule.scores_file)")
     sc.add_argument("--limit", type=int, default=0, help="score only the first N queries (0 = all)")
+    again = sc.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once all is scored)")
+    again.add_argument("--resume", action="store_true", help="continue an interrupted scoring into --out: score only "
+                                                             "the queries its OUT.partial file does not hold")
     sc.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     sc.set_defaults(func=command("score"))
 

@@ -155,6 +155,8 @@ class RescheduleConfig(Section):
     rescore_at: list[int] = Field(default_factory=list, description="steps before which every query is scored again "
                                                                      "(the paper re-scores three times)")
     scores_file: str | None = Field(None, description="JSONL written by `treerl score`")
+    min_coverage: float = Field(1.0, ge=0.0, le=1.0, description="the least share of the training pool's queries "
+                                                               "scores_file must score (the others rank at the median)")
     mix: Literal["linear", "sigmoid"] = "sigmoid"
     w_min: float = Field(0.5, ge=0.0)
     w_max: float = Field(2.0, ge=0.0)

@@ -72,11 +72,15 @@ def fsync_path(path: Path) -> None:
 def write_atomic(path: Path, text: str) -> None:
     """Replace a file with `text` in one step: written beside it, flushed, renamed, the rename flushed."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # a failed write (a full disk) leaves the old file and no debris
+        raise
     fsync_path(path.parent)
 
 
@@ -169,6 +173,17 @@ def disk_error_reason(err: BaseException, where: Path) -> str | None:
     if isinstance(err, RuntimeError) and shutil.disk_usage(where).free < LOW_SPACE_BYTES:
         return DISK_ERRORS[errno.ENOSPC]
     return None
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a directory is a run's: it holds the run's config and its lock, metrics or checkpoints."""
+    marks = (path / LOCK_FILE).is_file() or (path / METRICS_FILE).is_file() or (path / "checkpoints").is_dir()
+    return marks and (path / CONFIG_FILE).is_file()
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory that `path` is in (or is), or None."""
+    return next((folder for folder in [path, *path.parents] if holds_run(folder)), None)
 
 
 class RunDir:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,19 +53,55 @@ def with_ranks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "rank": rank[row["id"]]} for row in rows]
 
 
+def score_of(row: Any, field: str) -> tuple[str, float]:
+    """(id, score) of one parsed line of a score file; ValueError saying what is wrong with it."""
+    if not isinstance(row, dict) or "id" not in row or field not in row:
+        raise ValueError(f"not a score row (a JSON object with 'id' and '{field}')")
+    problem_id, score = row["id"], row[field]
+    if not isinstance(problem_id, str):
+        raise ValueError(f"'id' is {json.dumps(problem_id)}, not a string")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise ValueError(f"'{field}' is {json.dumps(score)}, not a finite number")
+    return problem_id, float(score)
+
+
 def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
-    """{problem id: score} from a `treerl score` file, the score of `ranking`."""
+    """{problem id: score} from a `treerl score` file, the score of `ranking`: one row per id, each score a finite
+    number (not NaN, a string or a boolean), else a UserError naming the line."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"reschedule.scores_file '{path}' does not exist; write it with `treerl score --out {path}`")
     scores: dict[str, float] = {}
+    lines: dict[str, int] = {}
     for number, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            scores[str(row["id"])] = float(row[ranking.field])
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: not a score row (a JSON object with 'id' and '{ranking.field}'); "
-                            "write the file with `treerl score`") from None
+            problem_id, score = score_of(json.loads(line), ranking.field)
+        except ValueError as err:
+            raise UserError(f"{path}:{number}: {err}; write the file with `treerl score`") from None
+        if problem_id in lines:
+            raise UserError(f"{path}:{number}: id '{problem_id}' was scored on line {lines[problem_id]} already; a "
+                            "score file has one row per query (write it with `treerl score`)")
+        scores[problem_id], lines[problem_id] = score, number
     return scores
+
+
+def pool_scores(scores: dict[str, float], pool_ids: list[str], path: str, min_coverage: float) -> dict[str, float]:
+    """The scores of the training pool's queries (ids of other pools left out). Coverage = scored / pool queries;
+    below `min_coverage` the file is refused, since every unscored query would rank at the median."""
+    covered = {problem_id: scores[problem_id] for problem_id in pool_ids if problem_id in scores}
+    coverage = len(covered) / len(pool_ids) if pool_ids else 0.0
+    if coverage < min_coverage:
+        raise UserError(f"reschedule.scores_file {path} has {coverage_line(covered, scores, pool_ids)}, fewer than "
+                        f"reschedule.min_coverage={min_coverage:g}: score this config's pool with `treerl score`, "
+                        f"or set reschedule.min_coverage={math.floor(coverage * 100) / 100:g} to train with it "
+                        "(unscored queries rank at the median)")
+    return covered
+
+
+def coverage_line(covered: dict[str, float], scores: dict[str, float], pool_ids: list[str]) -> str:
+    """'scores for 24 of 1,024 queries', and how many of the file's ids are not in the pool."""
+    foreign = len(scores) - len(covered)
+    return (f"scores for {len(covered):,} of {len(pool_ids):,} queries"
+            + (f", and {foreign:,} for queries not in the pool" if foreign else ""))

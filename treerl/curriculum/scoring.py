@@ -45,8 +45,9 @@ def extra_rollouts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
 
 def score_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem],
                   cfg: Config, generator: torch.Generator,
-                  advance: Callable[[int], None] = lambda n: None) -> list[dict[str, Any]]:
-    """One score row per problem (rscore.batch_prompts trees sampled together)."""
+                  scored: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """One score row per problem (rscore.batch_prompts trees sampled together); `scored` is called with each
+    batch's rows as they are made, after the batch's last draw from `generator`."""
     shape, r = TreeShape.for_scoring(cfg), cfg.rscore
     rows: list[dict[str, Any]] = []
     for start in range(0, len(problems), r.batch_prompts):
@@ -56,6 +57,7 @@ def score_queries(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
                                      rollout=cfg.rollout)
         grade_trees(trees, batch, task, tokenizer)
         extra_rollouts(model, tokenizer, task, trees, batch, shape, r.rollouts - 1, cfg.rollout, generator)
-        rows += [score_row(tree, problem, r) for tree, problem in zip(trees, batch)]
-        advance(len(batch))
+        batch_rows = [score_row(tree, problem, r) for tree, problem in zip(trees, batch)]
+        scored(batch_rows)
+        rows += batch_rows
     return rows

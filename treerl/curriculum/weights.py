@@ -10,14 +10,19 @@ from typing import Any
 from treerl.config import Config
 from treerl.curriculum.reschedule import ScoreBook, loss_weight
 from treerl.curriculum.rscore import check_depth
-from treerl.curriculum.scores import Ranking, ranking_of, read_scores
+from treerl.curriculum.scores import Ranking, coverage_line, pool_scores, ranking_of, read_scores
+from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
+from treerl.tasks.base import Problem
 
 
 class QueryWeights:
-    def __init__(self, cfg: Config, ranking: Ranking | None, scores: dict[str, float] | None = None):
+    def __init__(self, cfg: Config, ranking: Ranking | None, scores: dict[str, float] | None = None,
+                 source: str | None = None):
         rs = cfg.reschedule
         self.ranking = ranking
+        self.source = source
+        """Where the static scores came from and how many of the pool's queries they cover, said at the start."""
         self.online = ranking is not None and rs.scores == "online"
         self.book = ScoreBook(scores)
         self.rscore, self.mix, self.w_min, self.w_max = cfg.rscore, rs.mix, rs.w_min, rs.w_max
@@ -25,15 +30,22 @@ class QueryWeights:
         self.rescore_every, self.rescore_at = rs.rescore_every, set(rs.rescore_at)
 
     @classmethod
-    def from_config(cls, cfg: Config, tree_depth: int) -> QueryWeights:
+    def from_config(cls, cfg: Config, tree_depth: int, pool: list[Problem] | None = None) -> QueryWeights:
         """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which online r-scores
-        are computed from."""
+        are computed from; `pool` the training queries a score file must cover (None: a level draws without end)."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
         if rs.rank_by == "rscore" and rs.scores == "online":
             check_depth(cfg.rscore.eligible, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
-        static = read_scores(rs.scores_file, ranking) if ranking and rs.scores == "static" and rs.scores_file else None
-        return cls(cfg, ranking, static)
+        if not (ranking and rs.scores == "static" and rs.scores_file):
+            return cls(cfg, ranking)
+        if pool is None:
+            raise UserError(f"reschedule.scores_file scores a fixed pool of queries, but task '{cfg.task.name}' "
+                            "generates problems without end: set curriculum.pool_size=N, as when it was scored")
+        scores, pool_ids = read_scores(rs.scores_file, ranking), [problem.id for problem in pool]
+        covered = pool_scores(scores, pool_ids, rs.scores_file, rs.min_coverage)
+        source = f"reschedule: {coverage_line(covered, scores, pool_ids)} from {rs.scores_file}"
+        return cls(cfg, ranking, covered, source)
 
     def rescore_due(self, step: int) -> bool:
         """Whether every query is scored again before training step `step` (1-based): at reschedule.rescore_at, and

@@ -80,7 +80,7 @@ def rescore(state: TrainState, task: Task, cfg: Config, step: int, bar: Progress
     generator = torch.Generator(device=par.device).manual_seed(cfg.seed + step + RANK_SEED_STRIDE * par.rank)
     with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
         rows = score_queries(sampling_policy, state.tokenizer, task, par.share(problems), cfg, generator,
-                             advance=lambda k: bar.advance(job, k * par.world))
+                             scored=lambda rows: bar.advance(job, len(rows) * par.world))
     bar.remove_task(job)
     field = state.weights.ranking.field if state.weights.ranking else "r_score"
     state.weights.update((row["id"], row[field]) for part in par.gather(rows) for row in part)
@@ -133,8 +133,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
-    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth)
-    if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and None in sampler.pools.values():
+    pool = None if None in sampler.pools.values() else sampler.problems()
+    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth, pool)
+    if weights.source:
+        console.print(weights.source)
+    if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and pool is None:
         raise UserError(f"re-scoring scores every query of the pools: task '{task.name}' generates problems without "
                         "end, so set curriculum.pool_size=N")
     if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
