@@ -13,7 +13,7 @@ Sections:
 - `treerpo_step`: `treerl train --config treerpo_paper` for one step with the random 1.5B model, sampled by the
   lean backend and by vLLM (the paper's
   tree: 8 children, depth 3, 384-token steps, every response to 1152 tokens as random weights never stop), on
-  --tree-prompts prompts instead of 128, every sibling group trained (`tree.prune_tau=0`: random weights earn
+  --tree-prompts prompts instead of 128, every sibling group trained (`algo.params.prune_tau=0`: random weights earn
   no reward, so the paper's pruning would leave nothing to train): seconds by phase and peak GPU memory; then
   7B's peak memory likewise.
 - `tests`: `pytest -k cuda`.
@@ -136,7 +136,7 @@ def treerpo_step(size: str, shapes: dict, args, device: torch.device, backend: s
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "treerl", "train", "--config", "treerpo_paper", "--out", str(run),
                     f"model.name_or_path={path}", f"model.device={device.type}", "train.steps=1",
-                    f"rollout.batch_prompts={args.tree_prompts}", "tree.prune_tau=0", "eval.problems=2",
+                    f"rollout.batch_prompts={args.tree_prompts}", "algo.params.prune_tau=0", "eval.problems=2",
                     "eval.samples=1", "eval.levels=[all]", "output.progress=false", f"rollout.backend={backend}",
                     *lengths],
                    check=True, stdout=subprocess.DEVNULL)

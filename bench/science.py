@@ -47,7 +47,7 @@ ARMS: dict[str, tuple[str | None, list[str]]] = {
     "grpo-hard-only": (None, ["curriculum.levels=[hard]"]),
     "e2h-g": (None, E2H_G),
     "treerpo": (TREERPO, []),
-    "treerpo-std": (TREERPO, ["tree.norm=std"]),
+    "treerpo-std": (TREERPO, ["algo.params.norm=std"]),
     "reschedule": (None, ["reschedule.rank_by=rscore", "reschedule.scores=static"]),
     "acc-sigmoid": (None, ["reschedule.rank_by=acc", "reschedule.scores=static"]),
     "standard": (None, STANDARD),

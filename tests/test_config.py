@@ -179,6 +179,17 @@ def test_every_paper_config_has_the_settings_its_table_in_methods_md_names():
         config = flat(load_config(name).model_dump())
         for key, value in rows:
             expected = yaml.safe_load(value)
-            got = config[key]
+            section_key, _, param = key.partition(".params.")   # an estimator's or a schedule's own parameter
+            got = config[section_key + ".params"][param] if param else config[key]
             assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, (name, key)
     assert len(tables["reschedule_paper"]) >= 20 and len(tables["treerpo_paper"]) >= 15
+
+
+def test_vllm_log_probs_of_a_nucleus_are_never_the_updates_old_log_probs():
+    """With top_p < 1 vLLM's log-probs are of the renormalised nucleus, the update's new ones of the whole softmax:
+    rollout.vllm.old_logprobs=sampler would put two distributions in one ratio, and is refused in one line."""
+    with pytest.raises(UserError, match="set rollout.vllm.old_logprobs=trainer or rollout.top_p=1$"):
+        load_config(None, ["rollout.backend=vllm", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"])
+    for fine in (["rollout.vllm.old_logprobs=sampler"], ["rollout.backend=vllm", "rollout.top_p=0.9"],
+                 ["rollout.backend=lean", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"]):
+        load_config(None, fine)

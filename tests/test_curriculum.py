@@ -520,3 +520,36 @@ def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model
     assert len(scores) == 6
     timing = json.loads((tmp_path / "run" / "timing.json").read_text())
     assert timing["seconds"]["re-scoring queries"] > 0
+
+
+def test_the_mastery_schedule_moves_on_when_the_current_levels_accuracy_passes_the_threshold():
+    """threshold 0.75, window 2: level 0's accuracies 0.5 then 1.0 average 0.75, so it moves to level 1; an
+    accuracy of level 0 seen later changes nothing; level 1's 0.9 then 0.5 average 0.7 (stay), then 0.5 and 1.0
+    average 0.75 (move to 2, the last, where it stays)."""
+    from treerl.curriculum.levels import make_schedule
+
+    schedule = make_schedule("mastery", 10, 3, {"threshold": 0.75, "window": 2})
+    seen = [schedule.probs(0)]
+    for step, accuracy in enumerate([{0: 0.5}, {0: 1.0}, {0: 1.0}, {1: 0.9}, {1: 0.5}], start=1):
+        schedule.observe(step, accuracy)
+        seen.append(schedule.probs(step))
+    assert seen == [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0]]
+    again = make_schedule("mastery", 10, 3, {"threshold": 0.75, "window": 2})
+    again.load_state_dict(schedule.state_dict())
+    for s in (schedule, again):
+        s.observe(6, {1: 1.0})
+        s.observe(7, {2: 1.0})
+        s.observe(8, {2: 1.0})
+    assert schedule.probs(8) == again.probs(8) == [0, 0, 1]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"threshold": 0.0}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
+    ({"window": 1.5}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
+    ({"beta": 1.0}, "curriculum.params: schedule 'mastery' has no parameter 'beta'; it takes: threshold, window"),
+])
+def test_the_mastery_schedule_refuses_bad_parameters(params, message):
+    from treerl.curriculum.levels import make_schedule
+
+    with pytest.raises(UserError, match=message):
+        make_schedule("mastery", 10, 3, params)

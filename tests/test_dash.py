@@ -165,12 +165,12 @@ def test_the_treerpo_paper_config_trains_every_node_of_a_kept_group():
     """Seven siblings at 0.5 and one at 0.375: spread 0.125 >= 0.1, so TreeRPO keeps the group; mu = 0.484375,
     d = mu (1 - mu) + 1e-6 = 0.249756, A = +0.0626 (x7) and -0.4379. DASH's default filter (0.1) would drop the
     seven; the paper's config trains all eight."""
-    from treerl.algo.advantages import AdvantageParams
-    from treerl.algo.treerpo import treerpo
+    from treerl.algo.advantages import ESTIMATORS
     from treerl.rollout.tree import ReasoningTree
 
     tree = ReasoningTree.from_leaf_rewards([[0, 1]] * 7 + [[0, 0, 0, 0, 0, 1, 1, 1]])   # 1/2 x7, 3/8
-    advantages = treerpo(tree, AdvantageParams.from_config(load_config("treerpo_paper")))
+    paper = load_config("treerpo_paper")
+    advantages = ESTIMATORS.lookup(paper.algo.name).advantages([tree], paper.algo.params)[0]
     top = [advantages[(i,)] for i in range(8)]
     assert top == pytest.approx([0.0626] * 7 + [-0.4379], abs=1e-4)
     samples = [TrainingSample((i,), [0], [1], [0.0], a) for i, a in enumerate(top)]

@@ -102,3 +102,28 @@ def test_every_test_that_reliability_md_names_exists():
     for file, test in named:
         source = (root / "tests" / file).read_text()
         assert not test or f"def {test}(" in source, f"{file}::{test}"
+
+
+def config_row(key: str) -> str:
+    """The docs/config.md row of a key, or of the dict key it sits in (algo.params for algo.params.norm)."""
+    while key:
+        rows = [line for line in DOC.splitlines() if line.startswith(f"| `{key}` |")]
+        if rows:
+            return rows[0]
+        key = key.rpartition(".")[0]
+    raise AssertionError("no row")
+
+
+def test_every_registry_and_every_name_in_it_is_documented():
+    """A new registry, or a new name in one, cannot go undocumented: its key is in docs/architecture.md's table of
+    registries, and each name it takes is in the key's row of docs/config.md."""
+    from treerl import commands  # noqa: F401  (imports every registry)
+    from treerl.registry import REGISTRIES
+
+    architecture = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    assert len(REGISTRIES) >= 13
+    for key, registry in REGISTRIES.items():
+        assert f"| `{key}` |" in architecture, f"add {key} to the registries of docs/architecture.md"
+        row = config_row(key)
+        missing = [name for name in registry.names() if f"`{name}`" not in row]
+        assert not missing, f"document {key}: {missing} in docs/config.md"

@@ -201,7 +201,7 @@ def test_treerpo_trains_on_tree_nodes(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     run = tmp_path / "run"
     trainer.train(tiny_config(model_dir, "algo.name=treerpo", "tree.depth=2", "rollout.n=3",
-                              "rollout.max_new_tokens=8", "tree.prune_tau=0"), run)
+                              "rollout.max_new_tokens=8", "algo.params.prune_tau=0"), run)
     for m in read_metrics(run):
         # 2 prompts x (3 + 9 nodes) when nothing stops early; every inner node has 3 children
         assert m["tree/depth"] == 2
@@ -301,3 +301,16 @@ def test_activation_checkpointing_and_chunked_log_probs_train(model_dir, tmp_pat
     metrics = read_metrics(tmp_path / "run")
     assert [m["train/optimizer_steps"] for m in metrics] == [1, 1] and all(m["grad_norm"] > 0 for m in metrics)
     assert result["after"]
+
+
+@pytest.mark.slow
+def test_a_reactive_schedule_moves_on_from_training_accuracy_and_resumes_where_it_was(model_dir, tmp_path,
+                                                                                      monkeypatch):
+    """curriculum.name=mastery with window 2 and a threshold any accuracy above 0 passes: easy for steps 1-2, then
+    medium for steps 3-4. The crash comes in step 3, after the move, so the resumed run must have kept the
+    schedule's level in the step-2 checkpoint."""
+    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "curriculum.name=mastery",
+                      "curriculum.levels=[easy,medium,hard]", "curriculum.params={threshold: 0.01, window: 2}")
+    metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
+    assert [m["acc/easy"] > 0 for m in metrics[:2]] == [True, True]
+    assert [(m["curriculum/p/easy"], m["curriculum/p/medium"]) for m in metrics] == [(1, 0), (1, 0), (0, 1), (0, 1)]

@@ -73,7 +73,7 @@ def test_groups_whose_values_spread_less_than_tau_are_pruned():
 def test_unknown_norm_is_an_error():
     from treerl.errors import UserError
 
-    with pytest.raises(UserError, match="unknown tree.norm 'zscore'"):
+    with pytest.raises(UserError, match="unknown algo.params.norm 'zscore'"):
         treerpo_advantages(ReasoningTree.from_leaf_rewards([1, 0]), norm="zscore")
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from treerl.algo.advantages import ESTIMATORS, AdvantageParams
+from treerl.algo.advantages import ESTIMATORS
 from treerl.cli import main
 from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
@@ -89,7 +89,7 @@ def test_each_node_carries_the_advantage_it_was_trained_with():
     mu = 0.25, so A = +-0.25 / 0.1875 = +-4/3; A's leaves {1, 0} have mu = 0.5, A = +-0.5 / 0.25 = +-2; B's
     leaves agree and are pruned, so they carry none."""
     tree = hand_tree()
-    advantages = ESTIMATORS.lookup("treerpo").advantages(tree, AdvantageParams(prune_tau=0.1))
+    advantages = ESTIMATORS.lookup("treerpo").advantages([tree], {"prune_tau": 0.1})[0]
     record = record_of(tree, Problem("q?", "1", "easy"), advantages=advantages, weight=1.5)
     root = record["root"]
     assert [child["advantage"] for child in root["children"]] == [1.3333, -1.3333]

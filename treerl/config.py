@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from treerl.errors import UserError
+from treerl.errors import UserError, warn
+from treerl.registry import check_names
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 """Ready configs inside the package (the demo's variants, each paper's setting): `--config NAME` finds them."""
@@ -61,8 +63,8 @@ class TaskConfig(Section):
     name: str = Field("arithmetic", description="arithmetic, math, gsm8k, countdown or blocksworld")
     format_reward: float = Field(0.0, ge=0.0, le=1.0,
                                  description="share of the reward for an answer in the template's format")
-    template: Literal["plain", "boxed", "think"] | None = Field(
-        None, description="prompt template; null = the task's default (docs/tasks.md)")
+    template: str | None = Field(None, description="prompt template: plain, boxed or think; null = the task's "
+                                                   "default (docs/tasks.md)")
     train_data: str | None = Field(None, description="math, gsm8k: named dataset, .jsonl/.parquet path or HF name")
     eval_data: str | None = Field(None, description="math, gsm8k: held-out set, same forms as train_data")
     fields: dict[str, str] | None = Field(
@@ -108,6 +110,16 @@ class RolloutConfig(Section):
                             "the model, else hf)")
     vllm: VllmSettings = VllmSettings()
 
+    @model_validator(mode="after")
+    def _one_distribution_in_the_ratio(self) -> RolloutConfig:
+        """The update's new log-probs are of softmax(logits / temperature) over the whole vocabulary; vLLM's are
+        renormalised over the top-p nucleus, so with top_p < 1 they cannot be its old log-probs."""
+        if self.top_p < 1.0 and self.vllm.old_logprobs == "sampler" and self.backend in ("auto", "vllm"):
+            raise ValueError(f"rollout.vllm.old_logprobs=sampler with rollout.top_p={self.top_p}: vLLM's log-probs are "
+                             "of the renormalised nucleus, the update's of the whole softmax; set "
+                             "rollout.vllm.old_logprobs=trainer or rollout.top_p=1")
+        return self
+
 
 class AlgoConfig(Section):
     name: str = Field("grpo", description="advantage estimator: grpo, dr_grpo, rloo or treerpo (docs/methods.md)")
@@ -120,7 +132,9 @@ class AlgoConfig(Section):
     kl_coef: float = Field(0.0, ge=0.0, description="0 means no reference model is loaded")
     kl_estimator: str = Field("k3", description="k1, k2 or k3 (Schulman's estimators)")
     entropy_coef: float = Field(0.0, ge=0.0)
-    std_eps: float = Field(1e-6, gt=0.0)
+    params: dict[str, float | str | None] = Field(
+        default_factory=dict, description="the estimator's own parameters (grpo, reinforce_pp: eps; treerpo: "
+                                          "prune_tau, norm, eps; docs/methods.md)")
 
 
 class TreeConfig(Section):
@@ -128,8 +142,6 @@ class TreeConfig(Section):
     (the paper's N)."""
     depth: int = Field(3, ge=1, description="levels of the tree (the paper's D)")
     step_tokens: int | None = Field(None, ge=1, description="tokens per node; null = rollout.max_new_tokens // depth")
-    prune_tau: float = Field(0.1, ge=0.0, description="drop a sibling group whose values spread less than this")
-    norm: Literal["bernoulli", "std", "none"] = Field("bernoulli", description="advantage divisor, see docs/methods.md")
 
 
 class CurriculumConfig(Section):
@@ -145,7 +157,7 @@ class CurriculumConfig(Section):
 
 class RescheduleConfig(Section):
     """Re-Schedule's loss weights: each query's policy-loss terms times w(rank, t) (docs/methods.md)."""
-    rank_by: Literal["off", "rscore", "rscore_prune", "acc"] = Field(
+    rank_by: str = Field(
         "off", description="rank queries by r-score (Re-Schedule), by the pruning r-score, by pass rate (the ACC "
                            "baseline), or no weights")
     scores: Literal["static", "online"] = Field(
@@ -157,7 +169,7 @@ class RescheduleConfig(Section):
     scores_file: str | None = Field(None, description="JSONL written by `treerl score`")
     min_coverage: float = Field(1.0, ge=0.0, le=1.0, description="the least share of the training pool's queries "
                                                                "scores_file must score (the others rank at the median)")
-    mix: Literal["linear", "sigmoid"] = "sigmoid"
+    mix: str = Field("sigmoid", description="how the weights move from simple to complex queries: linear or sigmoid")
     w_min: float = Field(0.5, ge=0.0)
     w_max: float = Field(2.0, ge=0.0)
 
@@ -176,8 +188,8 @@ class RScoreConfig(Section):
     max_new_tokens: int | None = Field(None, ge=1, description="response budget; null = rollout.max_new_tokens")
     batch_prompts: int = Field(8, ge=1, description="queries whose trees are sampled together")
     top_m: int = Field(4, ge=1, description="greedy picks at most")
-    eligible: Literal["all", "reference"] = Field("all", description="nodes the greedy may pick (docs/methods.md)")
-    child: Literal["accuracy", "gain"] = Field("accuracy", description="the child a pick keeps: highest subtree "
+    eligible: str = Field("all", description="nodes the greedy may pick (docs/methods.md)")
+    child: str = Field("accuracy", description="the child a pick keeps: highest subtree "
                                                                         "accuracy (the reference code) or largest gain")
     rollouts: int = Field(1, ge=1, description="rollouts from each deepest branch point; a leaf is right if any is "
                                                "(the reference code's rollout_times)")
@@ -187,7 +199,7 @@ class TrainConfig(Section):
     steps: int = Field(600, ge=1)
     lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak AdamW learning rate; AdamW moves each weight by "
                                                          "about lr a step, so more than 1 only diverges")
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: str = Field("cosine", description="after the warm-up: constant, or cosine decay to 10% of train.lr")
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
@@ -257,6 +269,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        try:
+            check_names(self.model_dump())
+        except UserError as err:
+            raise ValueError(str(err)) from None
         if self.rollout.refill and self.train.filter_tau is None:
             raise ValueError("rollout.refill resamples prompts whose samples are all filtered: set train.filter_tau "
                              "(for example 0 to drop zero-advantage groups)")
@@ -271,6 +287,22 @@ class Config(Section):
         return self
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 (true, false): `off`, `on`, `yes` and `no` stay strings, so that
+    reschedule.rank_by=off means the name `off`."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def read_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn ['a.b=1', 'c=x'] into a nested dict; values are read as YAML scalars or lists."""
     tree: dict[str, Any] = {}
@@ -279,7 +311,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"override '{pair}' is not key=value (for example train.lr=1e-5)")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = read_yaml_text(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = tree
@@ -315,7 +347,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file '{path}' does not exist (configs shipped with treerl: "
                         f"{', '.join(shipped_configs())})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml_text(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise UserError(f"config file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
@@ -356,11 +388,26 @@ def build(schema: type[BaseModel], data: dict[str, Any]) -> Any:
         raise UserError(_describe(err, schema)) from None
 
 
+MOVED = {("algo", "std_eps"): ("algo", "params", "eps"), ("tree", "prune_tau"): ("algo", "params", "prune_tau"),
+         ("tree", "norm"): ("algo", "params", "norm")}
+"""Keys that became an estimator's parameters (2026-12-06): configs and runs written before still load."""
+
+
+def moved(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each key of MOVED under its new name, with a warning."""
+    for (section, key), new in MOVED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            warn(f"{section}.{key} is now {'.'.join(new)}: read as that")
+            data = _merge(data, {new[0]: {new[1]: {new[2]: value}}})
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 schema: type[BaseModel] = Config, base: dict[str, Any] | None = None) -> Any:
     """Defaults <- YAML file (or `base`, already read) <- dotted overrides, validated into `schema`."""
     data = read_yaml(path) if path else dict(base or {})
-    data = _merge(data, parse_overrides(overrides or []))
+    data = moved(_merge(data, parse_overrides(overrides or [])))
     return build(schema, data)
 
 

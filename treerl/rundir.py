@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from peft import PeftModel
 from pydantic import BaseModel
 
-from treerl.config import config_yaml
+from treerl.config import config_yaml, read_yaml_text
 from treerl.errors import UserError
 
 CONFIG_FILE = "config.yaml"
@@ -223,7 +222,7 @@ class RunDir:
 
     def config_data(self) -> dict[str, Any]:
         """The run's config as it is now: config.yaml with the changes of every resume applied."""
-        data = yaml.safe_load(self.config_text()) or {}
+        data = read_yaml_text(self.config_text()) or {}
         for resume in self.resumes():
             for key, change in resume["changes"].items():
                 section, _, name = key.rpartition(".")

@@ -11,21 +11,25 @@ dropped. Within a kept group A = (v - mu) / d, where d is, by `norm`:
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
-from treerl.algo.advantages import AdvantageParams, register_estimator
+from treerl.algo.advantages import ESTIMATORS, register_estimator
+from treerl.config import AlgoConfig
 from treerl.registry import Registry
 from treerl.rollout.tree import Path, ReasoningTree
 
-NORMS: Registry = Registry("tree.norm")
+NORMS: Registry[Callable[[list[float], float, float], float]] = Registry("algo.params.norm")
 """norm name -> the divisor d of a group, from its values, mean and eps."""
-NORMS["bernoulli"] = lambda values, mu, eps: mu * (1.0 - mu) + eps
-NORMS["std"] = lambda values, mu, eps: statistics.pstdev(values) + eps
-NORMS["none"] = lambda values, mu, eps: 1.0
+NORMS.add("bernoulli", lambda values, mu, eps: mu * (1.0 - mu) + eps)
+NORMS.add("std", lambda values, mu, eps: statistics.pstdev(values) + eps)
+NORMS.add("none", lambda values, mu, eps: 1.0)
 
 
+@register_estimator("treerpo", deep=True, per_tree=True)
 def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = "bernoulli",
                        eps: float = 1e-6) -> dict[Path, float]:
-    """{path: advantage} for every node in a kept sibling group; the tree's values must be backed up."""
+    """{path: advantage} for every node in a kept sibling group; the tree's values must be backed up. The
+    parameters are algo.params.prune_tau, .norm and .eps."""
     divisor = NORMS.lookup(norm)
     advantages: dict[Path, float] = {}
     for path, node in tree.walk():
@@ -41,7 +45,8 @@ def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = 
     return advantages
 
 
-@register_estimator("treerpo", deep=True)
-def treerpo(tree: ReasoningTree, params: AdvantageParams) -> dict[Path, float]:
-    """TreeRPO's step-level advantages with tree.prune_tau, tree.norm and algo.std_eps."""
-    return treerpo_advantages(tree, params.prune_tau, params.norm, params.eps)
+
+def prune_tau(algo: AlgoConfig) -> float:
+    """The prune_tau TreeRPO has under this config (shown by the tree viewer): algo.params.prune_tau when
+    algo.name=treerpo, else its default."""
+    return ESTIMATORS.lookup("treerpo").params(algo.params if algo.name == "treerpo" else {})["prune_tau"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from treerl.algo.treerpo import prune_tau
 from treerl.config import Config, load_config
 from treerl.curriculum.rscore import greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
@@ -49,7 +50,7 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
                                  rollout=cfg.rollout)
     grade_trees(trees, [problem], task, tokenizer)
     r = cfg.rscore
-    return tree_record(trees[0], problem, tokenizer, cfg.tree.prune_tau,
+    return tree_record(trees[0], problem, tokenizer, prune_tau(cfg.algo),
                        greedy_choices(trees[0], r.top_m, r.eligible, r.child))
 
 

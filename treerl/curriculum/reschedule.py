@@ -41,8 +41,8 @@ def ranks(scores: dict[str, float]) -> dict[str, float]:
 
 MIXES: Registry[Callable[[float], float]] = Registry("reschedule.mix")
 """gamma as a function of the run's progress t / T."""
-MIXES["linear"] = lambda progress: progress
-MIXES["sigmoid"] = lambda progress: 1.0 / (1.0 + math.exp(-10.0 * (progress - 0.5)))
+MIXES.add("linear", lambda progress: progress)
+MIXES.add("sigmoid", lambda progress: 1.0 / (1.0 + math.exp(-10.0 * (progress - 0.5))))
 
 
 def time_mix(mix: str, step: int, total_steps: int) -> float:

@@ -22,24 +22,43 @@ selection, to the first best child.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 from treerl.errors import UserError
+from treerl.registry import Registry
 from treerl.rollout.tree import Node, Path, ReasoningTree
 
-ELIGIBLE = ("all", "reference")
-CHILD_RULES = ("accuracy", "gain")
-SHALLOWEST = {"all": 1, "reference": 4}
-"""The shallowest tree in which some node is eligible: with `reference`, a node at depth >= 2 with a child that
-is not a leaf, so a tree of depth 3 or less scores 0 whatever its leaves say."""
 Counts = dict[Path, tuple[int, int]]
 """(correct leaves, leaves) below each node of the current tree."""
 
 
+@dataclass(frozen=True)
+class Eligibility:
+    keeps: Callable[[Path, Node], bool]
+    """Whether an inner node (its path, the node) may be edited."""
+    shallowest: int
+    """The shallowest tree in which some node is eligible."""
+
+
+ELIGIBLE: Registry[Eligibility] = Registry("rscore.eligible")
+ELIGIBLE.add("all", Eligibility(lambda path, node: True, 1))
+# the reference code's: a node at depth >= 2 with a child that is not a leaf, so a tree of depth 3 or less
+# scores 0 whatever its leaves say
+ELIGIBLE.add("reference", Eligibility(
+    lambda path, node: len(path) >= 2 and not all(c.is_leaf for c in node.children), 4))
+
+CHILD_RULES: Registry[Callable[[list[tuple[int, int]], list[Fraction]], list[Fraction]]] = Registry("rscore.child")
+"""(correct, leaves) below each child, each child's gain -> what the kept child maximises (the first on ties)."""
+CHILD_RULES.add("accuracy", lambda below, gains: [Fraction(c, n) for c, n in below])   # the reference code's
+CHILD_RULES.add("gain", lambda below, gains: gains)
+
+
 def check_depth(eligible: str, depth: int, where: str) -> None:
     """A UserError when trees of this depth can only have r-score 0 (nothing in them is eligible)."""
-    if depth < SHALLOWEST[eligible]:
-        raise UserError(f"rscore.eligible={eligible} needs trees of depth {SHALLOWEST[eligible]} or more (a node at "
+    shallowest = ELIGIBLE.lookup(eligible).shallowest
+    if depth < shallowest:
+        raise UserError(f"rscore.eligible={eligible} needs trees of depth {shallowest} or more (a node at "
                         f"depth 2 or deeper with a grandchild), but {where} are {depth} deep: every r-score would be "
                         f"0. Use rscore.eligible=all, or deeper trees")
 
@@ -58,12 +77,9 @@ def _correct(leaf: Node) -> bool:
 
 def _eligible(tree: ReasoningTree, eligible: str, min_children: int) -> list[Path]:
     """The candidate nodes, breadth-first."""
-    if eligible not in ELIGIBLE:
-        raise UserError(f"unknown rscore.eligible '{eligible}'; available: {', '.join(ELIGIBLE)}")
-    inner = [(path, node) for path, node in tree.walk() if len(node.children) >= min_children]
-    if eligible == "reference":
-        inner = [(path, node) for path, node in inner if len(path) >= 2 and not all(c.is_leaf for c in node.children)]
-    return sorted((path for path, _ in inner), key=lambda path: (len(path), path))
+    keeps = ELIGIBLE.lookup(eligible).keeps
+    inner = [path for path, node in tree.walk() if len(node.children) >= min_children and keeps(path, node)]
+    return sorted(inner, key=lambda path: (len(path), path))
 
 
 def _counts(tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int, Node]]]) -> Counts:
@@ -85,8 +101,7 @@ def _counts(tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int
 def greedy_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all",
                    child: str = "accuracy") -> list[tuple[Path, int, float]]:
     """The selection edits in order: (node path, child kept, gain)."""
-    if child not in CHILD_RULES:
-        raise UserError(f"unknown rscore.child '{child}'; available: {', '.join(CHILD_RULES)}")
+    rule = CHILD_RULES.lookup(child)
     candidates = _eligible(tree, eligible, min_children=2)
     keep: dict[Path, int] = {}
 
@@ -105,8 +120,7 @@ def greedy_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all",
             c_n, n_n = count[path]
             below = [count[path + (i,)] for i in range(len(tree.node(path).children))]
             gains = [Fraction(correct_all - c_n + c_c, n_all - n_n + n_c) - base for c_c, n_c in below]
-            # the code keeps the child of highest subtree accuracy; `gain` the child that raises ACC most
-            ranked = [Fraction(c_c, n_c) for c_c, n_c in below] if child == "accuracy" else gains
+            ranked = rule(below, gains)
             kept = ranked.index(max(ranked))   # the first on ties
             if gains[kept] > 0 and (best is None or gains[kept] > best[0]):
                 best = (gains[kept], path, kept)

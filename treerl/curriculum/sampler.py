@@ -1,7 +1,8 @@
 """Which problems a step trains on: each batch slot draws a level from the schedule, then that level's next problem.
 
-The schedule's p(t) is computed for every step when the sampler is built, so a bad schedule parameter fails
-before training starts. A level with a finite pool (a dataset task's training set, or `curriculum.pool_size`
+The schedule (curriculum.name) gives p(t) and observes each step's training accuracy per level (a reactive one
+changes p with it); it is built, and p(0) computed, when the sampler is, so a bad schedule parameter fails before
+training starts. A level with a finite pool (a dataset task's training set, or `curriculum.pool_size`
 generated problems) is walked in a shuffled order, reshuffled after every pass; a generating task without a
 pool draws a fresh problem each time. Positions and orders are saved in checkpoints.
 """
@@ -12,7 +13,7 @@ import random
 from typing import Any
 
 from treerl.config import Config
-from treerl.curriculum.levels import level_probs
+from treerl.curriculum.levels import make_schedule
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
 
@@ -36,8 +37,8 @@ class ProblemSampler:
     def __init__(self, task: Task, levels: list[str], schedule: str, params: dict[str, float | None], total_steps: int,
                  pool_size: int = 0):
         self.task, self.levels = task, levels
-        self.table = [level_probs(schedule, t, total_steps, len(levels), **params) for t in range(total_steps + 1)]
-        """p(t) for t = 0..total_steps steps taken."""
+        self.schedule = make_schedule(schedule, total_steps, len(levels), params)
+        self.schedule.probs(0)
         self.pools: dict[str, list[Problem] | None] = {
             level: task.train_pool(level) or (generated_pool(task, level, pool_size) if pool_size else None)
             for level in levels}
@@ -46,7 +47,12 @@ class ProblemSampler:
 
     def probs(self, step: int) -> list[float]:
         """p(t) for training step `step` (1-based), i.e. t = step - 1 steps taken."""
-        return self.table[step - 1]
+        return self.schedule.probs(step - 1)
+
+    def observe(self, step: int, accuracy: dict[str, float]) -> None:
+        """Training step `step` is done: its training accuracy per level (levels it did not draw are absent)."""
+        self.schedule.observe(step, {self.levels.index(level): acc for level, acc in accuracy.items()
+                                     if level in self.levels})
 
     def draw(self, step: int, k: int, rng: random.Random) -> list[Problem]:
         levels = rng.choices(self.levels, self.probs(step), k=k)
@@ -67,11 +73,13 @@ class ProblemSampler:
         return [problem for level in self.levels for problem in self.pools[level] or []]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"orders": {k: list(v) for k, v in self.orders.items()}, "positions": dict(self.positions)}
+        return {"orders": {k: list(v) for k, v in self.orders.items()}, "positions": dict(self.positions),
+                "schedule": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.orders = {level: list(state["orders"].get(level, [])) for level in self.levels}
         self.positions = {level: int(state["positions"].get(level, 0)) for level in self.levels}
+        self.schedule.load_state_dict(state.get("schedule", {}))   # checkpoints before 2026-12-06 hold none
 
 
 def task_and_sampler(cfg: Config) -> tuple[Task, ProblemSampler]:

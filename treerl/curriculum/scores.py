@@ -12,7 +12,7 @@ from typing import Any
 
 from treerl.config import RScoreConfig
 from treerl.curriculum.reschedule import ranks
-from treerl.curriculum.rscore import leaf_accuracy, r_score, r_score_pruning
+from treerl.curriculum.rscore import check_depth, leaf_accuracy, r_score, r_score_pruning
 from treerl.errors import UserError
 from treerl.registry import Registry
 from treerl.rollout.tree import ReasoningTree
@@ -25,14 +25,22 @@ class Ranking:
     """A graded tree's score: higher = a simpler query."""
     field: str
     """The score's field in a `treerl score` file."""
+    edits: bool = False
+    """Whether the score edits the tree at rscore.eligible nodes: then trees too shallow to hold one are refused."""
+
+    def check_depth(self, rscore: RScoreConfig, depth: int, where: str) -> None:
+        """A UserError when the score of trees this deep could only be 0."""
+        if self.edits:
+            check_depth(rscore.eligible, depth, where)
 
 
-RANKINGS: Registry[Ranking] = Registry("reschedule.rank_by")
-RANKINGS["rscore"] = Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible, r.child), "r_score")
-RANKINGS["rscore_prune"] = Ranking(lambda tree, r: r_score_pruning(tree, r.top_m, r.eligible), "r_score_prune")
-RANKINGS["acc"] = Ranking(lambda tree, r: leaf_accuracy(tree), "leaf_acc")
 OFF = "off"
 """reschedule.rank_by for no ranking: every query weighs 1."""
+RANKINGS: Registry[Ranking] = Registry("reschedule.rank_by", extra=(OFF,))
+RANKINGS.add("rscore", Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible, r.child), "r_score", edits=True))
+RANKINGS.add("rscore_prune", Ranking(lambda tree, r: r_score_pruning(tree, r.top_m, r.eligible), "r_score_prune",
+                                     edits=True))
+RANKINGS.add("acc", Ranking(lambda tree, r: leaf_accuracy(tree), "leaf_acc"))
 
 
 def ranking_of(rank_by: str) -> Ranking | None:

@@ -9,7 +9,6 @@ from typing import Any
 
 from treerl.config import Config
 from treerl.curriculum.reschedule import ScoreBook, loss_weight
-from treerl.curriculum.rscore import check_depth
 from treerl.curriculum.scores import Ranking, coverage_line, pool_scores, ranking_of, read_scores
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
@@ -35,8 +34,8 @@ class QueryWeights:
         are computed from; `pool` the training queries a score file must cover (None: a level draws without end)."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
-        if rs.rank_by == "rscore" and rs.scores == "online":
-            check_depth(cfg.rscore.eligible, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
+        if ranking and rs.scores == "online":
+            ranking.check_depth(cfg.rscore, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
         if not (ranking and rs.scores == "static" and rs.scores_file):
             return cls(cfg, ranking)
         if pool is None:

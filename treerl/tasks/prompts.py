@@ -53,15 +53,15 @@ def think_then_answer(text: str) -> bool:
 
 
 TEMPLATES: Registry[Template] = Registry("task.template")
-TEMPLATES["plain"] = Template("plain", "", "", ends_with_answer_line)
-TEMPLATES["boxed"] = Template("boxed", "Please reason step by step, and put your final answer within \\boxed{}.", "",
-                              has_boxed)
-TEMPLATES["think"] = Template(
+TEMPLATES.add("plain", Template("plain", "", "", ends_with_answer_line))
+TEMPLATES.add("boxed", Template("boxed", "Please reason step by step, and put your final answer within \\boxed{}.",
+                                "", has_boxed))
+TEMPLATES.add("think", Template(
     "think",
     "You are a helpful assistant. You first think about the reasoning process in the mind "
     "and then provide the user with the answer.",
     "Show your work in <think> </think> tags, and return the final answer in <answer> </answer> tags.",
-    think_then_answer)
+    think_then_answer))
 
 
 def render_prompt(template: Template, question: str, tokenizer: PreTrainedTokenizerBase) -> str:

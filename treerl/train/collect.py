@@ -1,20 +1,21 @@
 """One step's rollout: draw problems from the curriculum, sample and grade a reasoning tree for each, score the
-queries, and turn every tree into training samples with the estimator's advantages and Re-Schedule's weights."""
+queries, and turn every tree into training samples with the estimator's advantages and Re-Schedule's weights.
+What a step knows of a prompt is one record (PromptRollout): a new per-prompt field touches that class alone."""
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from treerl.algo.advantages import AdvantageParams, Estimator
+from treerl.algo.advantages import Advantages, Estimator
 from treerl.config import Config
 from treerl.curriculum.sampler import ProblemSampler
 from treerl.curriculum.weights import QueryWeights
 from treerl.parallel import Parallel
-from treerl.rollout.grading import grade_tree
+from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rollout.tree import Path, ReasoningTree, TrainingSample, TreeStats
 from treerl.tasks.base import Problem, Task
@@ -22,29 +23,38 @@ from treerl.train.update import trainable
 
 
 @dataclass
+class PromptRollout:
+    """One prompt's part of a step: its reasoning tree, the leaves' grades, and what training makes of them."""
+    problem: Problem
+    tree: ReasoningTree
+    rewards: torch.Tensor
+    """[leaves] the leaves' rewards, in the order of tree.leaves()."""
+    correct: torch.Tensor
+    """[leaves] 1.0 where a leaf's answer is right."""
+    weight: float
+    """Re-Schedule's loss weight of the prompt (1.0 when off)."""
+    advantages: dict[Path, float]
+    """The estimator's advantage of each node trained on, by node path."""
+    score: float | None = None
+    """The prompt's score (r-score or pass rate) as ranked at the end of the step; None when it has none."""
+
+    @property
+    def groups_kept(self) -> int:
+        """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
+        return len({path[:-1] for path in self.advantages})
+
+
+@dataclass
 class Rollout:
-    """One step's training data: a reasoning tree per prompt, its leaves graded, one sample per kept node."""
-    problems: list[Problem]
-    trees: list[ReasoningTree]
+    """One step's training data: a record per prompt, and the samples trained on (one per kept node)."""
+    prompts: list[PromptRollout]
     samples: list[TrainingSample]
-    rewards: list[torch.Tensor]
-    """Leaf rewards of each tree."""
-    correct: list[torch.Tensor]
-    """Whether each leaf's answer is right."""
     stats: TreeStats
     """Tokens sampled, and prefix tokens not re-encoded thanks to forked KV caches."""
-    groups_kept: int
-    """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
     level_probs: list[float]
     """The schedule's p(t) over curriculum.levels at this step."""
-    weights: list[float]
-    """Re-Schedule's loss weight of each problem (1.0 when off)."""
-    scores: list[float | None]
-    """Each problem's score (r-score or pass rate) as ranked this step; None when it has none."""
     timings: dict[str, float]
     """Seconds spent generating (timing/rollout_s) and grading and scoring (timing/reward_s)."""
-    advantages: list[dict[Path, float]] = field(default_factory=list)
-    """Each tree's advantages by node path, as the estimator gave them (the nodes trained on)."""
 
 
 def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Estimator, rng: random.Random,
@@ -53,47 +63,53 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
     """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each), generated
     rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill, more rounds while fewer
     than batch_prompts prompts have a sample that survives train.filter_tau. Under torchrun every rank draws the
-    same prompts and keeps its share of them; online scores are shared, so every rank ranks queries alike."""
+    same prompts and keeps its share of them; online scores are shared, so every rank ranks queries alike, and the
+    estimator sees every rank's trees of a round, so that one that normalises over the step sees all of it."""
     ro = cfg.rollout
     shape = TreeShape.for_training(cfg, estimator.deep)
-    params = AdvantageParams.from_config(cfg)
     share = len(par.share(list(range(ro.batch_prompts))))
     timings = {"timing/rollout_s": 0.0, "timing/reward_s": 0.0}
-    problems: list[Problem] = []
-    trees: list[ReasoningTree] = []
+    prompts: list[PromptRollout] = []
     stats = TreeStats()
-    rewards, correct, per_prompt, groups_kept, step_weights, tree_advantages = [], [], [], 0, [], []
     for _ in range(1 + ro.refill):
         new = par.share(sampler.draw(step, ro.batch_prompts, rng))
         t0 = time.perf_counter()
-        trees += sample_problem_trees(policy, tokenizer, task, new, shape, temperature=ro.temperature,
-                                      top_p=ro.top_p, generator=generator, rollout=ro,
-                                      batch_prompts=ro.generation_batch, stats=stats)
+        trees = sample_problem_trees(policy, tokenizer, task, new, shape, temperature=ro.temperature, top_p=ro.top_p,
+                                     generator=generator, rollout=ro, batch_prompts=ro.generation_batch, stats=stats)
         t1 = time.perf_counter()
         timings["timing/rollout_s"] += t1 - t0
-        online = []
-        for tree, problem in zip(trees[len(problems):], new):
-            grades = grade_tree(tree, problem, task, tokenizer)
-            rewards.append(torch.tensor([g.reward for g in grades]))
-            correct.append(torch.tensor([g.correct for g in grades], dtype=torch.float))
-            if (score := weights.online_score(tree)) is not None:
-                online.append((problem.id, score))
-        weights.update(pair for part in par.gather(online) for pair in part)
-        for tree, problem in zip(trees[len(problems):], new):
-            weight = weights.weight(problem.id, step)
-            step_weights.append(weight)
-            advantages = estimator.advantages(tree, params)
-            tree_advantages.append(advantages)
-            groups_kept += len({path[:-1] for path in advantages})
-            per_prompt.append([replace(sample, weight=weight) for sample in tree.training_samples(advantages)])
-        problems += new
+        grades = grade_trees(trees, new, task, tokenizer)
+        online = [(problem.id, weights.online_score(tree)) for tree, problem in zip(trees, new)]
+        weights.update((problem_id, score) for part in par.gather(online) for problem_id, score in part
+                       if score is not None)
+        for problem, tree, graded, advantages in zip(new, trees, grades, step_advantages(estimator, trees, cfg, par)):
+            prompts.append(PromptRollout(problem, tree, torch.tensor([g.reward for g in graded]),
+                                         torch.tensor([g.correct for g in graded], dtype=torch.float),
+                                         weights.weight(problem.id, step), advantages))
         timings["timing/reward_s"] += time.perf_counter() - t1
         if not ro.refill:
             break
-        with_signal = [group for group in per_prompt if any(trainable(sample, cfg) for sample in group)]
+        with_signal = [p for p in prompts if any(trainable(sample, cfg) for sample in training_samples(p))]
         if not par.max([len(with_signal) < share])[0]:
             break
-    buffer = with_signal[:share] if ro.refill else per_prompt
-    scores = [weights.score(problem.id) for problem in problems]
-    return Rollout(problems, trees, [sample for group in buffer for sample in group], rewards, correct, stats,
-                   groups_kept, sampler.probs(step), step_weights, scores, timings, tree_advantages)
+    for prompt in prompts:
+        prompt.score = weights.score(prompt.problem.id)
+    buffer = with_signal[:share] if ro.refill else prompts
+    return Rollout(prompts, [sample for prompt in buffer for sample in training_samples(prompt)], stats,
+                   sampler.probs(step), timings)
+
+
+def step_advantages(estimator: Estimator, trees: list[ReasoningTree], cfg: Config,
+                    par: Parallel) -> list[Advantages]:
+    """The estimator's advantages of this rank's trees, computed over every rank's trees of the round."""
+    if par.world == 1:
+        return estimator.advantages(trees, cfg.algo.params)
+    parts = par.gather(trees)
+    every = estimator.advantages([tree for part in parts for tree in part], cfg.algo.params)
+    start = sum(len(part) for part in parts[:par.rank])
+    return every[start:start + len(trees)]
+
+
+def training_samples(prompt: PromptRollout) -> list[TrainingSample]:
+    """One sample per node the estimator gave an advantage, weighted by the prompt's Re-Schedule weight."""
+    return [replace(sample, weight=prompt.weight) for sample in prompt.tree.training_samples(prompt.advantages)]

@@ -18,13 +18,16 @@ from treerl.train.collect import Rollout
 def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
                  lr: float, levels: list[str]) -> dict[str, Any]:
     """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape, token counts, curriculum."""
-    lengths = torch.tensor([len(tree.text_ids(path)) for tree in rollout.trees for path, _ in tree.leaves()],
+    prompts = rollout.prompts
+    lengths = torch.tensor([len(p.tree.text_ids(path)) for p in prompts for path, _ in p.tree.leaves()],
                            dtype=torch.float)
-    correct = torch.cat(rollout.correct)
-    inner = sum(1 for tree in rollout.trees for _, node in tree.walk() if node.children)
+    correct = torch.cat([p.correct for p in prompts])
+    inner = sum(1 for p in prompts for _, node in p.tree.walk() if node.children)
+    groups_kept = sum(p.groups_kept for p in prompts)
+    known = [p.score for p in prompts if p.score is not None]
     metrics: dict[str, Any] = {
         "step": step,
-        "reward/mean": torch.cat(rollout.rewards).mean().item(),
+        "reward/mean": torch.cat([p.rewards for p in prompts]).mean().item(),
         "acc/mean": correct.mean().item(),
         "response_length/mean": lengths.mean().item(),
         "tokens/generated": rollout.stats.generated_tokens,
@@ -33,24 +36,22 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
         "kl": None,
         **learner,
         "lr": lr,
-        "groups/all_correct": sum(bool(c.min() == 1) for c in rollout.correct) / len(rollout.correct),
-        "groups/none_correct": sum(bool(c.max() == 0) for c in rollout.correct) / len(rollout.correct),
-        "tree/nodes": sum(1 for tree in rollout.trees for path, _ in tree.walk() if path),
+        "groups/all_correct": sum(bool(p.correct.min() == 1) for p in prompts) / len(prompts),
+        "groups/none_correct": sum(bool(p.correct.max() == 0) for p in prompts) / len(prompts),
+        "tree/nodes": sum(1 for p in prompts for path, _ in p.tree.walk() if path),
         "tree/leaves": len(lengths),
-        "tree/depth": max(tree.depth for tree in rollout.trees),
-        "tree/groups_kept": rollout.groups_kept,
-        "tree/groups_pruned": inner - rollout.groups_kept,
+        "tree/depth": max(p.tree.depth for p in prompts),
+        "tree/groups_kept": groups_kept,
+        "tree/groups_pruned": inner - groups_kept,
         **timings,
-        "reschedule/weight_mean": sum(rollout.weights) / len(rollout.weights),
-        "reschedule/score_mean": (sum(known) / len(known)) if (known := [s for s in rollout.scores if s is not None])
-        else None,
+        "reschedule/weight_mean": sum(p.weight for p in prompts) / len(prompts),
+        "reschedule/score_mean": sum(known) / len(known) if known else None,
     }
-    for level, p in zip(levels, rollout.level_probs):
-        metrics[f"curriculum/p/{level}"] = p
-        metrics[f"curriculum/share/{level}"] = sum(q.level == level for q in rollout.problems) / len(rollout.problems)
-    for level in sorted({p.level for p in rollout.problems}):
-        metrics[f"acc/{level}"] = torch.cat([c for c, p in zip(rollout.correct, rollout.problems)
-                                             if p.level == level]).mean().item()
+    for level, prob in zip(levels, rollout.level_probs):
+        metrics[f"curriculum/p/{level}"] = prob
+        metrics[f"curriculum/share/{level}"] = sum(p.problem.level == level for p in prompts) / len(prompts)
+    for level in sorted({p.problem.level for p in prompts}):
+        metrics[f"acc/{level}"] = torch.cat([p.correct for p in prompts if p.problem.level == level]).mean().item()
     return metrics
 
 
@@ -76,16 +77,12 @@ def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | Non
 
 
 def merged(rollout: Rollout, par: Parallel) -> Rollout:
-    """Every rank's rollout in one, for metrics (the training samples and advantages left out); timings are the
-    slowest rank's."""
+    """Every rank's rollout in one, for metrics (the training samples left out); timings are the slowest rank's."""
     if par.world == 1:
         return rollout
-    parts = par.gather(replace(rollout, samples=[], advantages=[]))
+    parts = par.gather(replace(rollout, samples=[]))
     stats = TreeStats()
     for part in parts:
         stats += part.stats
-    return Rollout([p for part in parts for p in part.problems], [t for part in parts for t in part.trees], [],
-                   [r for part in parts for r in part.rewards], [c for part in parts for c in part.correct], stats,
-                   sum(part.groups_kept for part in parts), rollout.level_probs,
-                   [w for part in parts for w in part.weights], [x for part in parts for x in part.scores],
+    return Rollout([p for part in parts for p in part.prompts], [], stats, rollout.level_probs,
                    {key: max(part.timings[key] for part in parts) for key in rollout.timings})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from treerl.curriculum.weights import QueryWeights
 from treerl.models import load_policy
 from treerl.models.lora import WithoutAdapters
 from treerl.parallel import Parallel
+from treerl.registry import Registry
 from treerl.rundir import RunDir, load_trainer_state
 from treerl.train.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
 
@@ -26,15 +28,20 @@ RANK_SEED_STRIDE = 1_000_003
 """Rank r samples with seed + r x this stride (rank 0, like a single process, with the seed itself)."""
 
 
+LR_SCHEDULES: Registry[Callable[[float], float]] = Registry("train.lr_schedule")
+"""The factor of train.lr after the warm-up, as a function of the progress p in [0, 1] through the other steps:
+constant, or cosine decay to 10% of train.lr."""
+LR_SCHEDULES.add("constant", lambda progress: 1.0)
+LR_SCHEDULES.add("cosine", lambda progress: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def lr_factor(step: int, cfg: Config) -> float:
-    """Linear warm-up, then constant or cosine decay to 10% of train.lr."""
+    """Linear warm-up, then train.lr_schedule over the remaining steps."""
     t = cfg.train
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return 1.0
     progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return LR_SCHEDULES.lookup(t.lr_schedule)(min(1.0, progress))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from treerl.algo.advantages import ESTIMATORS, Estimator
+from treerl.algo.treerpo import prune_tau
 from treerl.config import RESUMABLE, Config, OutputConfig, build, changes, resumable
 from treerl.curriculum.rscore import check_depth, greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
@@ -69,6 +70,8 @@ def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator:
     metrics["throughput/train_tok_s"] = (metrics["tokens/trained"] * cfg.train.epochs
                                          / max(metrics["timing/update_s"], 1e-9))
     metrics.update(memory_metrics(par.device, par))
+    state.sampler.observe(step, {level: metrics[f"acc/{level}"] for level in cfg.curriculum.levels
+                                 if f"acc/{level}" in metrics})   # every rank's prompts: all ranks agree
     return rollout, metrics
 
 
@@ -131,6 +134,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                         f"no prompt; set it to at least {par.world}")
     # every name, level and file the config refers to is looked up here, before a model is loaded
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
+    estimator.check(cfg.algo.params)
     task, sampler = task_and_sampler(cfg)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     pool = None if None in sampler.pools.values() else sampler.problems()
@@ -208,12 +212,10 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 trackers.log(metrics)
             if par.main and cfg.output.save_trees:
                 r = cfg.rscore
-                run.save_trees([tree_record(tree, problem, state.tokenizer, cfg.tree.prune_tau,
-                                            greedy_choices(tree, r.top_m, r.eligible, r.child), step,
-                                            advantages, weight)
-                                for tree, problem, advantages, weight in
-                                zip(rollout.trees[:cfg.output.save_trees], rollout.problems, rollout.advantages,
-                                    rollout.weights)])
+                run.save_trees([tree_record(p.tree, p.problem, state.tokenizer, prune_tau(cfg.algo),
+                                            greedy_choices(p.tree, r.top_m, r.eligible, r.child), step,
+                                            p.advantages, p.weight)
+                                for p in rollout.prompts[:cfg.output.save_trees]])
             step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                                 f"{metrics['timing/step_s']:.2f} s/step")
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
