@@ -50,10 +50,12 @@ def test_completions_stop_at_eos(policy):
         assert "<eos>" not in text
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_behaviour_logprobs_match_full_forward(policy, temperature):
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (0.7, 0.8)])
+def test_behaviour_logprobs_match_full_forward(policy, temperature, top_p):
+    """The sampler's log-probs are the trainer's (completion_logprobs: softmax(logits / T) over the whole
+    vocabulary), with top_p < 1 too, so that the update's ratio compares one distribution on both sides."""
     model, tok = policy
-    gen = sample(policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, max_new_tokens=10)
+    gen = sample(policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, top_p=top_p, max_new_tokens=10)
     batch = make_batch(gen.prompt_ids, gen.completion_ids, pad_id=tok.pad_token_id)
     with torch.no_grad():
         logprobs, _ = completion_logprobs(model, batch, temperature=temperature)
@@ -166,15 +168,18 @@ def test_finished_rows_leave_the_batch(ending_policy, monkeypatch):
 
 def test_inverse_cdf_sampling_follows_the_distribution():
     """Tokens drawn at 20,000 keys from softmax([0, 1, 2]) / T = 1 land with frequencies of 0.090, 0.245, 0.665;
-    a token of probability 0 (top_p) is never drawn, and u near 1 stays within the support."""
+    a token of probability 0 (top_p) is never drawn, and its log-prob is the softmax's, log 0.665, not the
+    nucleus's log 1; u near 1 stays within the support."""
     from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
     tokens, _ = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))
     share = torch.bincount(tokens, minlength=3) / 20000
     assert torch.allclose(share, torch.softmax(logits[0], -1), atol=0.01)
-    top, _ = sample_tokens(logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))
+    top, top_logps = sample_tokens(logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000,
+                                                                       "cpu"), 0))
     assert set(top.tolist()) == {2}                                   # nucleus 0.5 keeps the 0.665 token only
+    assert torch.allclose(top_logps, torch.tensor(0.6652409557748219).log())
     edge, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
     assert edge.tolist() == [2, 2]
 
@@ -194,3 +199,68 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
     assert torch.allclose(logps, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-6)
     hot, _ = sample_tokens(logits[:3] * 0.1, 0.1, 1.0, torch.tensor([0.0, 0.45, 1.0 - 2.0**-53]))
     assert hot.tolist() == [5, 300, 999]
+
+
+GRID = 2 ** 53
+"""`uniforms` draws u = n / 2^53, n in [0, 2^53): a draw's exact probability is a count of n over GRID."""
+
+
+def exact_draw_distribution(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """P(sample_tokens draws token k) for logits [V] at T = 1 over every u, exactly: u -> token is monotone (the
+    target u x total rises with u; the chunk, then the token within it, rise with the target), so a range [lo, hi)
+    of n whose ends draw the same token draws it throughout. Ranges whose ends differ are halved until they are one
+    n wide (at most 53 rounds, each round's midpoints drawn as one batch)."""
+    from treerl.rollout.draws import sample_tokens
+
+    vocab = logits.shape[-1]
+
+    def draw(n: torch.Tensor) -> torch.Tensor:
+        return sample_tokens(logits.expand(len(n), vocab), 1.0, top_p, n.double() / GRID)[0] if len(n) else n
+
+    lo, hi = torch.tensor([0]), torch.tensor([GRID])
+    at_lo, at_hi = draw(lo), torch.tensor([vocab])                   # n = GRID is past the end: no token
+    count = torch.zeros(vocab, dtype=torch.long)
+    while len(lo):
+        settled = (at_lo == at_hi) | (hi - lo == 1)
+        count.index_add_(0, at_lo[settled], (hi - lo)[settled])
+        lo, hi, at_lo, at_hi = (t[~settled] for t in (lo, hi, at_lo, at_hi))
+        mid = (lo + hi) // 2
+        at_mid = draw(mid)
+        lo, hi, at_lo, at_hi = (torch.cat(pair) for pair in ((lo, mid), (mid, hi), (at_lo, at_mid), (at_mid, at_hi)))
+    assert int(count.sum()) == GRID
+    return count.double() / GRID
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+@pytest.mark.parametrize("shape", ["flat", "peaked"])
+def test_a_draw_follows_the_softmax_to_float64_precision(shape):
+    """The exact distribution of a draw from 1024 tokens (4 chunks), flat (logits N(0, 0.1^2)) or peaked (one logit
+    at 30 over N(0, 3^2): the others' probabilities span 7e-18 to 2e-8), is float64's softmax to 1e-7 in total
+    variation (1.6e-8 and 5e-14 here), and every token above 1e-14 (90 values of n) is drawn. With fp32 sums and
+    target, the flat one was 6.5e-6 off and the peaked one drew only its top token (fp32's step near 1 is 6e-8)."""
+    logits = torch.randn(1024, generator=torch.Generator().manual_seed(0)) * (0.1 if shape == "flat" else 3.0)
+    if shape == "peaked":
+        logits[0] = 30.0
+    softmax = torch.softmax(logits.double(), -1)
+    drawn = exact_draw_distribution(logits[None], 1.0)
+    assert total_variation(drawn, softmax) < 1e-7
+    assert (drawn[softmax > 1e-14] > 0).all()
+
+
+def test_top_p_draws_only_inside_the_nucleus():
+    """A peaked 4096-token distribution (50 logits raised by 25 over N(0, 3^2)) at top_p 0.95: a draw's exact
+    distribution is the nucleus renormalised (float64) to 1e-7 in total variation, with nothing outside. In fp32,
+    target - (the chunks before its chunk) came out an ulp below 0 for some targets, and the chunk's first token,
+    of probability 1e-11 and outside the nucleus, was drawn with probability 6e-8."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4096, generator=generator) * 3.0
+    logits[torch.randperm(4096, generator=generator)[:50]] += 25.0
+    weights, order = torch.softmax(logits.double(), -1).sort(descending=True)
+    weights[weights.cumsum(-1) - weights > 0.95] = 0.0
+    nucleus = torch.zeros(4096, dtype=torch.float64).scatter(0, order, weights / weights.sum())
+    drawn = exact_draw_distribution(logits[None], 0.95)
+    assert float(drawn[nucleus == 0].sum()) == 0.0
+    assert total_variation(drawn, nucleus) < 1e-7

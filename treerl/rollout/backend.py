@@ -43,7 +43,10 @@ class Sequence:
     token_ids: list[int]
     """Its own sampled tokens, ending with EOS when it stopped."""
     logprobs: torch.Tensor
-    """log pi(token) under the sampling distribution (logits / temperature), one per token."""
+    """log pi(token) under softmax(logits / temperature) over the whole vocabulary, one per token, also with top_p <
+    1: the update's new log-probs are of that distribution, so its ratio compares like with like. vLLM's alone are
+    of the renormalised top-p nucleus (what it reports); the update then takes its old log-probs from the trainer
+    (rollout.vllm.old_logprobs=sampler with top_p < 1 is refused)."""
     finished: bool
     """It stopped at EOS (False: it ran out of tokens)."""
     cached_tokens: int = 0

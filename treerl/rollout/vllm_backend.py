@@ -13,7 +13,8 @@
   is reset at the start of every call, so a call's samples depend on its own requests alone (a resume is exact).
 - **Log-probs** are vLLM's, of the distribution it sampled from (logits / temperature, renormalised over the
   top-p nucleus): `processed_logprobs`. The trainer takes its old log-probs from its own forward by default
-  (rollout.vllm.old_logprobs).
+  (rollout.vllm.old_logprobs), of the whole softmax as its new ones; with top_p < 1 vLLM's cannot stand in for
+  them, and rollout.vllm.old_logprobs=sampler is refused.
 
 The environment vLLM needs is set here before it is imported: its engine runs in this process
 (VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process, no `__main__` guard needed), it does not bind this
