@@ -22,12 +22,12 @@ far), and the seed's ratio is then `speedup_to_target_at_least`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import options
 from runs import read, train
 
 COMMON = ["train.micro_batch=8", "eval.levels=[hard]", "eval.problems=200"]
@@ -61,16 +61,11 @@ def run(out: Path, seed: int, method: str, target: float, every: int, steps: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--target", type=float, default=0.70, help="greedy accuracy on hard to reach")
-    parser.add_argument("--every", type=int, default=25, help="evaluate every this many steps")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (2 on the 2-core machine: the two "
-                                                              "arms of a seed side by side; 6 on a GPU machine)")
-    parser.add_argument("--out", default="runs/bench-dash")
-    parser.add_argument("--read-only", action="store_true", help="summarise the runs in --out, train nothing")
-    args = parser.parse_args()
+    args = options(__doc__, seeds=[0, 1, 2], target=(0.70, "greedy accuracy on hard to reach"),
+                   every=(25, "evaluate every this many steps"), steps=300,
+                   jobs=(2, "runs at a time (2 on the 2-core machine: the two arms of a seed side by side; 6 on a GPU "
+                            "machine)"),
+                   out="runs/bench-dash", read_only=(False, "summarise the runs in --out, train nothing")).parse_args()
     out = Path(args.out)
     jobs = [(seed, method) for seed in args.seeds for method in METHODS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -25,6 +25,7 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
 
+from common import add_options, options
 from treerl.rollout import lean_backend
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.lean import lean_decoder
@@ -44,11 +45,7 @@ def random_model(hidden: int, layers: int, vocab: int) -> Qwen2ForCausalLM:
 
 def parse_with_model_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Add the random model's shape, the rounds and the threads; parse; set the threads."""
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    add_options(parser, hidden=512, layers=8, vocab=32768, rounds=3, threads=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args
@@ -110,10 +107,7 @@ def run_generate(model, prompts: list[list[int]], targets: torch.Tensor, max_new
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sequences", type=int, default=128)
-    parser.add_argument("--slots", type=int, default=32, help="sequences that memory holds at once")
-    parser.add_argument("--max-new-tokens", type=int, default=192)
+    parser = options(__doc__, sequences=128, slots=(32, "sequences that memory holds at once"), max_new_tokens=192)
     args = parse_with_model_arguments(parser)
     model = random_model(args.hidden, args.layers, args.vocab)
     rng = torch.Generator().manual_seed(1)

@@ -8,18 +8,16 @@ prints JSON with the RSS at step --early and at the last step, their ratio (the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from common import options
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--early", type=int, default=50)
-    parser.add_argument("--out", default="runs/bench-memory")
+    parser = options(__doc__, steps=500, early=50, out="runs/bench-memory")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
     out = Path(args.out)

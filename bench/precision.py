@@ -12,13 +12,14 @@ of each precision, every seed in a thin line).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
+
+from common import options
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -70,13 +71,8 @@ def plot(rows: list[dict], window: int, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = all cores")
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
-    parser.add_argument("--window", type=int, default=100)
-    parser.add_argument("--out", default="runs/bench-precision")
-    args = parser.parse_args()
+    args = options(__doc__, seeds=[0, 1, 2], threads=(0, "torch threads per run; 0 = all cores"),
+                   jobs=(1, "runs side by side"), window=100, out="runs/bench-precision").parse_args()
     out = Path(args.out)
     jobs = [(precision, seed) for seed in args.seeds for precision in PRECISIONS]
     with ThreadPoolExecutor(args.jobs) as pool:

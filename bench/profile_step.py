@@ -12,7 +12,6 @@ that take the most time with their shares.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -21,6 +20,7 @@ import time
 import torch
 from torch.profiler import profile
 
+from common import options
 from probe import matmul_peak, model_shapes
 from treerl.algo.loss import clipped_policy_loss, token_mean
 from treerl.config import AlgoConfig
@@ -52,14 +52,7 @@ def timed(phase, rounds: int, top: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--top", type=int, default=8)
-    args = parser.parse_args()
+    args = options(__doc__, prompts=8, n=8, max_new_tokens=32, temperature=0.7, rounds=10, top=8).parse_args()
     model, tokenizer = load_policy(str(TINY_DIR), "float32", "cpu")
     params = sum(p.numel() for p in model.parameters())
     task, rng = get_task("arithmetic"), random.Random(0)

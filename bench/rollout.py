@@ -20,7 +20,6 @@ the GPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -28,6 +27,7 @@ import time
 
 import torch
 
+from common import options
 from probe import matmul_peak, model_shapes
 from treerl.models import TINY_DIR, load_policy
 from treerl.rollout.engine import generate
@@ -137,19 +137,10 @@ def fork_vs_reencode(model, tokenizer, prompt_ids: list[list[int]], args) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8, help="samples per prompt (engine vs generate)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--trees", action="store_true", help="KV-cache forking against re-encoding instead")
-    parser.add_argument("--branching", type=int, default=4)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--step-tokens", type=int, default=12)
-    parser.add_argument("--level", default="hard")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda")
+    parser = options(__doc__, prompts=8, n=(8, "samples per prompt (engine vs generate)"), max_new_tokens=32,
+                     temperature=0.7, rounds=5, trees=(False, "KV-cache forking against re-encoding instead"),
+                     branching=4, depth=3, step_tokens=12, level="hard",
+                     threads=(0, "torch threads; 0 = torch's default"), device=("cpu", "cpu, or cuda"))
     parser.add_argument("--wider", type=int, nargs=2, metavar=("HIDDEN", "LAYERS"),
                         help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, MLP "
                              "3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more")

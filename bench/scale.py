@@ -12,7 +12,6 @@ generated and trained tokens per second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from common import options
 from treerl.models import load_tokenizer
 
 SHAPES = {
@@ -51,17 +51,11 @@ def make_model(size: str, path: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options(__doc__, gpus=(1, "processes under torchrun"), steps=3, batch_prompts=8, n=8, max_new_tokens=256,
+                     micro_batch=8, out="runs/bench-scale")
     parser.add_argument("--size", choices=sorted(SHAPES), default="1.5b")
     parser.add_argument("--strategy", choices=["none", "ddp", "fsdp2"], default="none",
                         help="none: one process without torchrun")
-    parser.add_argument("--gpus", type=int, default=1, help="processes under torchrun")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-prompts", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--out", default="runs/bench-scale")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
     out = Path(args.out)

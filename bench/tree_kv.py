@@ -17,13 +17,13 @@ Median over --rounds rounds after a warm-up. Prints JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
 
+from common import options
 from lengths import parse_with_model_arguments, random_model
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
@@ -34,12 +34,7 @@ EOS = 1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--branching", type=int, default=8)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--step-tokens", type=int, default=16)
-    args = parse_with_model_arguments(parser)
+    args = parse_with_model_arguments(options(__doc__, prompts=2, branching=8, depth=3, step_tokens=16))
     model = random_model(args.hidden, args.layers, args.vocab)
     decoder = lean_decoder(model)
     assert decoder is not None

@@ -7,7 +7,6 @@ line per optimizer step: seconds (and of them generating), generated tokens and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -16,6 +15,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+
+from common import GRPO_STEP, options
 
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 
@@ -61,21 +62,13 @@ class StepClock(TrainerCallback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--prompts", required=True)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--prompts-per-step", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser = options(__doc__, steps=10, **GRPO_STEP, threads=0,
+                     gradient_checkpointing=(False, "recompute activations in the backward pass (TRL's default; off "
+                                                    "at equal work)"))
+    for required in ("--model", "--prompts", "--out"):
+        parser.add_argument(required, required=True)
     parser.add_argument("--precision", choices=["fp32", "bf16", "default"], default="fp32",
                         help="bf16: bf16 mixed precision (TRL's autocast); default: TRL's own default (bf16)")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="recompute activations in the backward pass (TRL's default; off at equal work)")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from common import options
+
 SETTINGS = {"whole": (0, False), "chunked_1024": (1024, False), "checkpointing": (0, True),
             "chunked_1024_checkpointing": (1024, True)}
 
@@ -55,14 +57,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=151936)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser = options(__doc__, vocab=151936, hidden=256, layers=4, rows=8, tokens=512, threads=2, device="cpu")
     parser.add_argument("--setting", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setting:

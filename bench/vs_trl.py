@@ -24,7 +24,6 @@ included in the update) and its share of the machine's matmul peak (a probe at t
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -36,6 +35,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from common import GRPO_STEP, options
 from probe import matmul_peak, model_shapes
 from treerl.models import TINY_DIR, load_tokenizer
 from treerl.tasks import get_task
@@ -70,10 +70,9 @@ def write_prompts(path: Path, count: int, seed: int) -> float:
 
 def run_trl(python: Path, args, prompts: Path, out: Path) -> list[dict]:
     steps = out / "trl_steps.jsonl"
+    step_options = [part for name in GRPO_STEP for part in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
     subprocess.run([str(python), str(HERE / "trl_side.py"), "--model", str(TINY_DIR), "--prompts", str(prompts),
-                    "--steps", str(args.warmup + args.steps), "--prompts-per-step", str(args.prompts_per_step),
-                    "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
-                    "--temperature", str(args.temperature), "--lr", str(args.lr), "--out", str(steps),
+                    "--steps", str(args.warmup + args.steps), *step_options, "--out", str(steps),
                     "--precision", "default" if args.defaults else args.precision,
                     *(["--gradient-checkpointing"] if args.defaults else [])],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,23 +122,13 @@ def summary(steps: list[dict], prompt_len: float, batch: int, params: int, peak:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--prompts-per-step", type=int, default=8)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser = options(__doc__, rounds=3, warmup=2, steps=8, **GRPO_STEP, venv="runs/venv-trl", out="runs/bench-vs-trl",
+                     defaults=(False, "each tool at its defaults: TRL with bf16 and gradient checkpointing, treerl "
+                                      "with its precision and gradient filter (train.filter_tau=0.1); not at equal "
+                                      "work"),
+                     compile=(False, "treerl with train.compile=true (give --warmup enough steps to leave the "
+                                     "compiles out)"))
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--defaults", action="store_true",
-                        help="each tool at its defaults: TRL with bf16 and gradient checkpointing, treerl with its "
-                             "precision and gradient filter (train.filter_tau=0.1); not at equal work")
-    parser.add_argument("--compile", action="store_true",
-                        help="treerl with train.compile=true (give --warmup enough steps to leave the compiles out)")
-    parser.add_argument("--venv", default="runs/venv-trl")
-    parser.add_argument("--out", default="runs/bench-vs-trl")
     args = parser.parse_args()
     if args.defaults and args.precision != "fp32":
         parser.error("--defaults runs each tool in its default precision: leave out --precision")
