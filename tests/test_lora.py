@@ -2,11 +2,13 @@
 reference is the base model, and an adapter directory loads for evaluation and resume."""
 
 import json
+import re
+import shutil
 
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import treerl.train.trainer as trainer
@@ -121,3 +123,66 @@ def test_lora_resume_reproduces_the_run(model_dir, tmp_path, monkeypatch):
                       "algo.kl_coef=0.1")
     metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
     assert any(m["grad_norm"] > 0 for m in metrics[2:])
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory):
+    """A directory of adapters as a LoRA run saves them (random B), on the small model."""
+    model, _ = adapted(model_dir)
+    path = tmp_path_factory.mktemp("adapters") / "good"
+    model.save_pretrained(path, save_embedding_layers=False)
+    return path
+
+
+def edit_config(**changes):
+    def edit(path):
+        config = json.loads((path / "adapter_config.json").read_text())
+        (path / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+    return edit
+
+
+def truncate(path):
+    weights = path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+
+
+def keep_weights(part):
+    def edit(path):
+        weights = load_file(path / "adapter_model.safetensors")
+        save_file({key: t for key, t in weights.items() if part in key}, path / "adapter_model.safetensors")
+    return edit
+
+
+BROKEN_ADAPTERS = {
+    "truncated weights": (truncate, "adapter_model.safetensors is damaged"),
+    "target_modules matching nothing": (edit_config(target_modules=["no_such_proj"]),
+                                        "adapter_config.json: Target modules {'no_such_proj'} not found"),
+    "an edited r": (edit_config(r=8), "adapter_model.safetensors does not fit adapter_config.json .*torch.Size\\(\\[4"),
+    "no weights file": (lambda path: (path / "adapter_model.safetensors").unlink(),
+                        "adapter_model.safetensors does not exist"),
+    "a base that is the adapters": (lambda path: edit_config(base_model_name_or_path=str(path))(path),
+                                    "adapter_config.json: base_model_name_or_path .* \\(this one\\), not a model"),
+    "weights for fewer modules than the config": (keep_weights("q_proj"),
+                                                   "adapter_model.safetensors holds no weights for 24 of the 28 "
+                                                   "adapter matrices"),
+    "a config naming fewer modules than the weights": (edit_config(target_modules=["q_proj"]),
+                                                       "adapter_model.safetensors holds 24 adapter matrices "
+                                                       "that no module takes"),
+}
+
+
+@pytest.mark.parametrize("damage, says", BROKEN_ADAPTERS.values(), ids=BROKEN_ADAPTERS.keys())
+def test_a_broken_adapter_directory_is_one_line_naming_the_file(adapter_dir, tmp_path, damage, says):
+    broken = tmp_path / "adapters"
+    shutil.copytree(adapter_dir, broken)
+    damage(broken)
+    with pytest.raises(UserError, match=f"^{re.escape(str(broken))}/{says}") as error:
+        load_policy(str(broken))
+    assert "\n" not in str(error.value)
+
+
+def test_an_intact_adapter_directory_loads_its_weights(adapter_dir, model_dir):
+    model, _ = load_policy(str(adapter_dir))
+    saved = load_file(adapter_dir / "adapter_model.safetensors")
+    loaded = {key.replace(".default", ""): t for key, t in model.state_dict().items() if "lora_" in key}
+    assert len(saved) == 28 and all(torch.equal(loaded[key], t) for key, t in saved.items())
