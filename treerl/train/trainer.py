@@ -169,7 +169,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
 def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator: Estimator, objective: Objective,
               console: Console, par: Parallel) -> dict[str, Any]:
     """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints between; the
-    final evaluation and checkpoint, the tables and the report."""
+    final evaluation and checkpoint, the tables and timing.json (the train command then writes the report)."""
 
     def save() -> None:
         t0 = time.perf_counter()
