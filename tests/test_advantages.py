@@ -74,7 +74,7 @@ def test_unknown_estimator_lists_available_names():
 
 @pytest.mark.parametrize("override, message", [
     ("curriculum.name=hardest_first",
-     "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian"),
+     "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian, mastery"),
     ("task.name=chess", "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math"),
     ("algo.name=ppo", "unknown algo.name 'ppo'; available: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo, "
                       "treerpo"),
@@ -117,7 +117,7 @@ def test_reinforce_pp_baseline_subtracts_the_group_mean_then_normalises_over_the
 
 def test_an_estimator_takes_only_its_own_parameters_with_its_defaults():
     treerpo = ESTIMATORS.lookup("treerpo")
-    assert treerpo.params({"norm": "std"}) == {"prune_tau": 0.1, "norm": "std", "eps": 1e-6}
+    assert treerpo.params({"norm": "std"}) == {"prune_tau": 0.1, "norm": "std", "eps": 1e-6, "weighting": "none"}
     assert ESTIMATORS.lookup("dr_grpo").params({}) == {}
     with pytest.raises(UserError, match="algo.params: estimator 'dr_grpo' has no parameter 'eps'; it takes: none"):
         ESTIMATORS.lookup("dr_grpo").advantages([flat(1, 0)], {"eps": 0.1})

@@ -60,6 +60,18 @@ def test_std_and_no_normalisation():
     assert none == {(0,): 0.75, (1,): -0.25, (2,): -0.25, (3,): -0.25}
 
 
+def test_weighting_by_groups_divides_a_trees_advantages_by_its_kept_groups():
+    """Values (0.5, 0.53) at the root (spread 0.03 < 0.1: pruned), then (1, 0) and (0.6, 0.46): two kept groups.
+    norm=none gives the mean differences +-0.5 and +-0.07; weighting=groups halves them: +-0.25, +-0.035."""
+    tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])
+    plain = treerpo_advantages(tree, norm="none")
+    assert plain == pytest.approx({(0, 0): 0.5, (0, 1): -0.5, (1, 0): 0.07, (1, 1): -0.07})
+    assert treerpo_advantages(tree, norm="none", weighting="groups") == pytest.approx(
+        {(0, 0): 0.25, (0, 1): -0.25, (1, 0): 0.035, (1, 1): -0.035})
+    one_group = ReasoningTree.from_leaf_rewards([1, 0])
+    assert treerpo_advantages(one_group, weighting="groups") == treerpo_advantages(one_group)
+
+
 def test_groups_whose_values_spread_less_than_tau_are_pruned():
     # root group (0.5, 0.53): spread 0.03 < 0.1 -> dropped; (1, 0) and (0.6, 0.46): spread 1 and 0.14 -> kept
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])

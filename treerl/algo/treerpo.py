@@ -5,7 +5,13 @@ subtree mean). A group whose values spread less than `prune_tau` (max - min) tea
 dropped. Within a kept group A = (v - mu) / d, where d is, by `norm`:
 - `bernoulli`: mu (1 - mu) + eps, the Bernoulli variance, as the paper's code does (at mu = 0.5, A = +-2);
 - `std`: the population standard deviation of the group's values + eps;
-- `none`: 1 (A = v - mu).
+- `none`: 1 (A = v - mu), the mean difference other TreeRPO implementations use.
+
+Then, by `weighting`, every advantage of a tree is divided by w:
+- `none`: w = 1 (the paper's code): a tree with many kept groups weighs more in the loss than one with few;
+- `groups`: w = the tree's number of kept groups, so that every prompt weighs about as much as in GRPO, whose
+  tree has one group.
+Pruning comes first, so w counts the groups that carry advantages, whatever the norm.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ NORMS: Registry[Callable[[list[float], float, float], float]] = Registry("algo.p
 NORMS.add("bernoulli", lambda values, mu, eps: mu * (1.0 - mu) + eps)
 NORMS.add("std", lambda values, mu, eps: statistics.pstdev(values) + eps)
 NORMS.add("none", lambda values, mu, eps: 1.0)
+WEIGHTINGS: Registry[Callable[[int], float]] = Registry("algo.params.weighting")
+"""weighting name -> the divisor w of a tree's advantages, from its number of kept groups."""
+WEIGHTINGS.add("none", lambda groups: 1.0)
+WEIGHTINGS.add("groups", lambda groups: float(max(groups, 1)))
 
 
 @register_estimator("treerpo", deep=True, per_tree=True)
 def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = "bernoulli",
-                       eps: float = 1e-6) -> dict[Path, float]:
+                       eps: float = 1e-6, weighting: str = "none") -> dict[Path, float]:
     """{path: advantage} for every node in a kept sibling group; the tree's values must be backed up. The
-    parameters are algo.params.prune_tau, .norm and .eps."""
-    divisor = NORMS.lookup(norm)
+    parameters are algo.params.prune_tau, .norm, .eps and .weighting."""
+    divisor, weight = NORMS.lookup(norm), WEIGHTINGS.lookup(weighting)
     advantages: dict[Path, float] = {}
     for path, node in tree.walk():
         if node.is_leaf:
@@ -42,7 +52,8 @@ def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = 
         d = divisor(values, mu, eps)
         for i, value in enumerate(values):
             advantages[path + (i,)] = (value - mu) / d
-    return advantages
+    w = weight(len({path[:-1] for path in advantages}))
+    return {path: a / w for path, a in advantages.items()}
 
 
 
