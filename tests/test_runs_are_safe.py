@@ -214,3 +214,16 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_tmp(tmp_path, mo
     with pytest.raises(OSError, match="No space left"):
         rundir.write_atomic(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["scores.jsonl"]
+
+
+def test_a_resume_cuts_saved_trees_back_and_keeps_records_that_are_not_trees_of_a_step(tmp_path):
+    """Trees of steps after the checkpoint are redone, so they go; a line that is no tree of a numbered step (the
+    viewer skips it with a warning) is not the resume's to judge, and stays."""
+    from treerl.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    lines = ['{"step": 1, "root": {}}', '{"step": 3, "root": {}}', "null", '{"step": null, "root": {}}', "[1, 2]"]
+    run.trees_path.write_text("\n".join(lines) + "\n")
+    run.truncate_to(2)
+    assert run.trees_path.read_text().splitlines() == [
+        '{"step": 1, "root": {}}', "null", '{"step": null, "root": {}}', "[1, 2]"]

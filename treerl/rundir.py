@@ -315,7 +315,9 @@ class RunDir:
             write_jsonl(self.metrics_path, [m for m in self.metrics() if m["step"] <= step])
         write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
         if self.trees_path.is_file():
-            write_jsonl(self.trees_path, [r for r in self.trees() if r["step"] <= step])
+            # a record that is not a tree of a numbered step (the viewer skips those) is kept as it is
+            write_jsonl(self.trees_path, [r for r in self.trees() if not (
+                isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > step)])
 
     def checkpoints(self) -> list[Path]:
         """The complete checkpoints, oldest first (a temporary folder of an interrupted save is never one)."""
