@@ -73,6 +73,27 @@ def test_evaluate_groups_by_level_and_subject_with_an_overall_row(policy):
     assert results["all"]["accuracy"] == results["all"]["avg@2"] == results["all"]["pass@1"] == 0.5
 
 
+def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_levels(policy, tmp_path):
+    """A file of 3 level-1 and 2 level-2 problems: the default eval.levels (1, 2 and all) evaluates each problem once
+    and counts n = 3, 2 and 5 (it counted 6, 4 and 10: each problem under its level and again under `all`), as
+    eval.levels=[all] (what `treerl eval --benchmark` sets) does."""
+    from treerl.eval import eval_work
+    from treerl.tasks.math_tasks import MathTask
+
+    data = tmp_path / "levels.jsonl"
+    rows = [("1+1", "2", 1), ("2+2", "4", 1), ("3+3", "6", 1), ("4+4", "8", 2), ("5+5", "10", 2)]
+    data.write_text("".join(json.dumps({"problem": q, "answer": a, "level": lvl}) + "\n" for q, a, lvl in rows))
+    task = MathTask(train_data=str(data), eval_data=str(data), fields={"level": "level"})
+    assert task.levels == ["1", "2", "all"]
+    counts = []
+    for levels in (None, ["all"]):
+        cfg = EvalConfig(problems=0, levels=levels, max_new_tokens=2)
+        assert eval_work(task, cfg) == 5
+        results = evaluate(*policy, task, cfg)
+        counts.append({group: row["problems"] for group, row in results.items()})
+    assert counts == [{"1": 3, "2": 2, "all": 5}] * 2
+
+
 def test_cli_evaluates_a_benchmark_with_samples(model_dir, capsys):
     from treerl.cli import main
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -35,8 +36,20 @@ def k_values(samples: int) -> list[int]:
 
 
 def eval_set(task: Task, cfg: EvalConfig) -> list[Problem]:
-    """The held-out problems `evaluate` runs on: cfg.problems of each level in cfg.levels (default: all levels)."""
-    return [p for level in cfg.levels or task.levels for p in task.eval_problems(level, cfg.problems)]
+    """The held-out problems `evaluate` runs on: cfg.problems of each level in cfg.levels (default: all levels),
+    each problem once however many of those levels hold it (a level-3 problem is also one of `all`). As multisets:
+    a problem k times in one level's list and j times in another's is evaluated max(k, j) times."""
+    chosen: list[Problem] = []
+    taken: Counter[tuple[str, str]] = Counter()
+    for level in cfg.levels or task.levels:
+        listed: Counter[tuple[str, str]] = Counter()
+        for problem in task.eval_problems(level, cfg.problems):
+            key = (problem.level, problem.question)
+            listed[key] += 1
+            if listed[key] > taken[key]:
+                chosen.append(problem)
+                taken[key] += 1
+    return chosen
 
 
 def eval_work(task: Task, cfg: EvalConfig) -> int:
