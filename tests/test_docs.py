@@ -1,67 +1,54 @@
+import runpy
 from pathlib import Path
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, Field
 
-from treerl.config import Config
-from treerl.train.pretrain import PretrainConfig
-
-DOC = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
-
-
-def dotted_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in schema.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            keys += dotted_keys(field.annotation, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
+ROOT = Path(__file__).parents[1]
+DOC = (ROOT / "docs" / "config.md").read_text()
+CONFIG_TABLES = runpy.run_path(str(ROOT / "docs" / "config_tables.py"))
+"""The generator of docs/config.md's key tables: its functions by name (it is a script, not a module of treerl)."""
 
 
-def test_every_config_key_is_documented():
-    missing = [key for key in dotted_keys(Config) + dotted_keys(PretrainConfig) if f"`{key}`" not in DOC]
-    assert not missing, f"add to docs/config.md: {missing}"
+def test_config_md_s_key_tables_are_written_from_the_config_classes():
+    """Every key of Config and PretrainConfig has one row, with its default and its Field description, in the
+    classes' order, and no row is of a key that is gone."""
+    assert DOC == CONFIG_TABLES["generated"](DOC), \
+        "docs/config.md's key tables differ from the config classes: run .venv/bin/python docs/config_tables.py"
 
 
-def table_rows(section: str) -> list[tuple[str, str]]:
-    """(key, default cell) of each row of the tables in a section of docs/config.md."""
-    rows = []
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`") and cells[0] != "`key`" and "," not in cells[0]:
-            rows.append((cells[0].strip("`"), cells[1]))
-    return rows
+def test_a_key_table_row_holds_the_default_as_yaml_and_the_description():
+    class Inner(BaseModel):
+        names: list[str] = Field(default_factory=lambda: ["medium", "hard"], description="levels")
+        mix: dict[str, float] = Field(default_factory=lambda: {"easy": 0.25}, description="shares")
+
+    class Outer(BaseModel):
+        lr: float = Field(5e-5, description="rate")
+        peak: float = Field(2e-3, description="peak")
+        tau: float | None = Field(0.1, description="tau")
+        zero: float = Field(0.0, description="zero")
+        steps: int = Field(600, description="steps")
+        mode: str | None = Field(None, description="mode")
+        on: bool = Field(True, description="on")
+        name: str = Field("off", description="name")
+        params: dict[str, float] = Field(default_factory=dict, description="params")
+        inner: Inner = Inner()
+
+    assert CONFIG_TABLES["rows"](Outer) == [
+        "| `lr` | 5e-5 | rate |", "| `peak` | 2e-3 | peak |", "| `tau` | 0.1 | tau |", "| `zero` | 0.0 | zero |",
+        "| `steps` | 600 | steps |", "| `mode` | null | mode |", "| `on` | true | on |", "| `name` | `off` | name |",
+        "| `params` | `{}` | params |", "| `inner.names` | `[medium, hard]` | levels |",
+        "| `inner.mix` | `{easy: 0.25}` | shares |"]
 
 
-def as_documented(value) -> str:
-    """A default as the table writes it: YAML's spelling, strings in backticks."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, str):
-        return f"`{value}`"
-    if isinstance(value, list):
-        return f"`[{', '.join(value)}]`"
-    if isinstance(value, dict) and not value:
-        return "`{}`"
-    return repr(value)
+def test_a_key_without_a_description_stops_the_table_generator():
+    class Bare(BaseModel):
+        steps: int = 600
 
-
-def test_documented_defaults_match_the_code():
-    """Every key's default cell follows the code: numbers by value, everything else as it is spelled."""
-    main, pretrain = DOC.split("## `treerl pretrain`")
-    checked = 0
-    for defaults, section in ((Config(), main), (PretrainConfig(), pretrain)):
-        for key, cell in table_rows(section):
-            value = defaults
-            for part in key.split("."):
-                value = getattr(value, part)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                assert float(cell) == float(value), key
-            elif not (key == "level_mix" and cell.startswith("see ")):
-                assert cell == as_documented(value), key
-            checked += 1
-    # hidden, layers, heads share a row
-    assert checked == len(dotted_keys(Config)) + len(dotted_keys(PretrainConfig)) - 3
+    with pytest.raises(ValueError, match="Bare.steps has no description"):
+        CONFIG_TABLES["rows"](Bare)
+    with pytest.raises(ValueError, match="needs one '<!-- keys: config -->'"):
+        CONFIG_TABLES["generated"]("# Configuration\n")
 
 
 def table_cells(line: str) -> int:

@@ -22,23 +22,28 @@ from treerl.train.batch import completion_logprobs, make_batch
 
 
 class PretrainConfig(Section):
-    seed: int = 0
-    out: str = "runs/pretrain"
-    task: str = "arithmetic"
-    template: str | None = Field(None, description="prompt template; null = the task's default")
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0.0)
-    warmup_steps: int = Field(50, ge=0)
-    hidden: int = Field(128, ge=16)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
+    seed: int = Field(0, description="initial weights and data")
+    out: str = Field("runs/pretrain", description="output directory (`--out` sets it)")
+    task: str = Field("arithmetic", description=(
+        "task whose worked solutions are learned (arithmetic or countdown)"))
+    template: str | None = Field(None, description=(
+        "prompt template; null = the task's default (train with the same `task.template`)"))
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(128, ge=1, description="problems per step")
+    lr: float = Field(2e-3, gt=0.0, description=(
+        "peak AdamW learning rate (warm-up, then cosine to 10%)"))
+    warmup_steps: int = Field(50, ge=0, description="learning-rate warm-up")
+    hidden: int = Field(128, ge=16, description=(
+        "Qwen2 architecture: hidden size (intermediate size 3 x hidden)"))
+    layers: int = Field(4, ge=1, description="Qwen2 architecture: decoder layers")
+    heads: int = Field(4, ge=1, description="Qwen2 architecture: attention heads")
     level_mix: dict[str, float] = Field(
         default_factory=lambda: {"trivial": 0.25, "easy": 0.65, "medium": 0.07, "hard": 0.03},
         description="share of each level in the warm-up data; the hard levels get little, RL does the rest")
-    eval_problems: int = Field(200, ge=1)
-    eval_max_new_tokens: int = Field(64, ge=1)
-    threads: int = Field(0, ge=0)
+    eval_problems: int = Field(200, ge=1, description=(
+        "held-out problems per level in the closing table"))
+    eval_max_new_tokens: int = Field(64, ge=1, description="response budget of that evaluation")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 
     @field_validator("level_mix")
     @classmethod
