@@ -199,6 +199,19 @@ def test_weights_move_from_simple_to_complex_queries():
     assert loss_weight(0.25, 0, T, "linear", w_min=1.0, w_max=3.0) == pytest.approx(2.5)
 
 
+def test_past_their_horizon_the_schedules_stay_at_their_end():
+    """A resume that sets train.steps past the horizon T the run began with: t > T is taken as T. Before, cosine's
+    a = (1 + cos(pi 1.5)) / 2 = 0.5 went back to p = (1/2, 1/2) at t = 1.5 T, and linear weights left [w_min, w_max]
+    (gamma 1.5: w = 0.5 + 1.5 (-0.5 + 1.5 rank) = -0.25 for rank 0)."""
+    from treerl.curriculum.levels import make_schedule
+
+    for name in ("classic", "cosine", "gaussian"):
+        schedule = make_schedule(name, 10, 2, {})
+        assert schedule.probs(15) == schedule.probs(10)
+    assert make_schedule("cosine", 10, 2, {}).probs(15) == pytest.approx([1 / 3, 2 / 3])
+    assert [loss_weight(r, 15, 10, "linear") for r in (0.0, 1.0)] == [0.5, 2.0]
+
+
 def test_score_book_ranks_unseen_queries_at_the_median():
     book = ScoreBook({"a": 0.9, "b": 0.1})
     assert (book.rank("a"), book.rank("b"), book.rank("new")) == (0.0, 1.0, 0.5)

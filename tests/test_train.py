@@ -154,6 +154,33 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(model_dir, tmp_path, capsys):
+    """A 2-step run (cosine learning rate, no warm-up; cosine level schedule over easy and medium) resumed with
+    train.steps=4: steps 1-2 are those of the 2-step plan and steps 3-4 run at the schedules' end values, instead
+    of a schedule reshaped over 4 steps mid-run (0.55 and 0.232 x lr, p(easy) 1/2 and 0.382). By hand, with
+    progress p = min(t / 2, 1) at t = step - 1: lr factor 0.1 + 0.45 (1 + cos(pi p)) = 1, 0.55, 0.1, 0.1;
+    p(easy) = a 2/3 + (1 - a) 1/3 with a = (1 + cos(pi p)) / 2 = 2/3, 1/2, 1/3, 1/3."""
+    from treerl.cli import main
+    from treerl.rundir import RunDir
+
+    run = tmp_path / "run"
+    args = [f"model.name_or_path={model_dir}", "rollout.batch_prompts=2", "rollout.n=2", "rollout.max_new_tokens=4",
+            "eval.problems=1", "eval.levels=[easy]", "eval.max_new_tokens=2", "output.progress=false",
+            "train.threads=1", "train.lr=1e-3", "train.warmup_steps=0", "curriculum.name=cosine",
+            "curriculum.levels=[easy,medium]", "train.save_every=1"]
+    assert main(["train", "--out", str(run), "train.steps=2", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.steps=4"]) == 0
+    line = ("train.steps 2 -> 4: the learning rate, the level schedule and Re-Schedule's weights keep the run's "
+            "horizon of 2 steps; steps 3 to 4 run at their end values")
+    assert line in " ".join(capsys.readouterr().out.split())
+    assert RunDir(run).resumes()[0]["schedules"] == line
+    metrics = read_metrics(run)
+    assert [m["lr"] for m in metrics] == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])
+    assert [m["curriculum/p/easy"] for m in metrics] == pytest.approx([2 / 3, 1 / 2, 1 / 3, 1 / 3])
+
+
+@pytest.mark.slow
 def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, monkeypatch):
     """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
     and weighs them the same."""

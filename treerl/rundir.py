@@ -1,7 +1,8 @@
 """The run directory, its one owner: what a run writes, where, and how it is read back.
 
     config.yaml        the resolved config of the run's start, never rewritten
-    resumes.jsonl      each resume: when, from which step, which keys it changed (from, to)
+    resumes.jsonl      each resume: when, from which step, which keys it changed (from, to), and when it changed
+                       train.steps, what that does to the schedules (`schedules`, the line it printed)
     metrics.jsonl      one JSON object per step, appended
     eval.json          {step: {group: metrics}}
     trees.jsonl        saved reasoning trees (output.save_trees), appended
@@ -220,20 +221,29 @@ class RunDir:
     def resumes(self) -> list[dict[str, Any]]:
         return read_jsonl(self.resumes_path) if self.resumes_path.is_file() else []
 
+    def begun_with(self) -> dict[str, Any]:
+        """The config the run began with: config.yaml, without the changes of its resumes."""
+        return read_yaml_text(self.config_text()) or {}
+
     def config_data(self) -> dict[str, Any]:
-        """The run's config as it is now: config.yaml with the changes of every resume applied."""
-        data = read_yaml_text(self.config_text()) or {}
+        """The run's config as it is now: config.yaml with the changes of every resume applied (a dotted key names
+        its place: train.steps, rollout.vllm.max_num_seqs)."""
+        data = self.begun_with()
         for resume in self.resumes():
             for key, change in resume["changes"].items():
-                section, _, name = key.rpartition(".")
-                (data.setdefault(section, {}) if section else data)[name] = change["to"]
+                *sections, name = key.split(".")
+                node = data
+                for section in sections:
+                    node = node.setdefault(section, {})
+                node[name] = change["to"]
         return data
 
-    def record_resume(self, step: int, changed: dict[str, tuple[Any, Any]]) -> None:
-        append_jsonl(self.resumes_path, [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step,
-                                          "pid": os.getpid(), "host": socket.gethostname(),
-                                          "changes": {key: {"from": old, "to": new}
-                                                      for key, (old, new) in changed.items()}}])
+    def record_resume(self, step: int, changed: dict[str, tuple[Any, Any]], schedules: str | None = None) -> None:
+        """A line of resumes.jsonl; `schedules` says what a change of train.steps does to the schedules."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "pid": os.getpid(),
+                  "host": socket.gethostname(),
+                  "changes": {key: {"from": old, "to": new} for key, (old, new) in changed.items()}}
+        append_jsonl(self.resumes_path, [{**record, "schedules": schedules} if schedules else record])
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -1,7 +1,8 @@
 """E2H level schedules (arXiv 2506.06632), registered by name: the probability of each training level at step t.
 
 Levels are k = 0..K-1, easiest first; t counts the steps already taken, 0..T. Each batch slot draws a
-level from p(t), then the next problem of that level.
+level from p(t), then the next problem of that level. Past T (a resume that set train.steps above the horizon the
+run began with) a schedule stays at p(T): t / T is taken as at most 1.
 - `balanced`: p_k = 1/K.
 - `classic`: all mass on level min(floor(t K / T), K - 1): K equal stages, easiest first.
 - `cosine` (E2H-C): a_t = (1 + cos(pi t / T)) / 2, Z = K (K + 1) / 2,
@@ -96,7 +97,8 @@ def level_probs(schedule: str, step: int, total_steps: int, num_levels: int, **p
 
 
 def _progress(step: int, total_steps: int) -> float:
-    return step / total_steps if total_steps else 1.0
+    """min(t / T, 1): the schedule's progress, at its end from T on."""
+    return min(1.0, step / total_steps) if total_steps else 1.0
 
 
 @register_schedule("balanced")

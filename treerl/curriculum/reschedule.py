@@ -46,8 +46,9 @@ MIXES.add("sigmoid", lambda progress: 1.0 / (1.0 + math.exp(-10.0 * (progress - 
 
 
 def time_mix(mix: str, step: int, total_steps: int) -> float:
-    """gamma(t): how far the weights have moved from favouring simple queries to favouring complex ones."""
-    return MIXES.lookup(mix)(step / total_steps if total_steps else 1.0)
+    """gamma(t): how far the weights have moved from favouring simple queries to favouring complex ones, from the
+    progress min(t / T, 1) (past T, as at T)."""
+    return MIXES.lookup(mix)(min(1.0, step / total_steps) if total_steps else 1.0)
 
 
 def loss_weight(rank: float, step: int, total_steps: int, mix: str = "sigmoid", w_min: float = 0.5,

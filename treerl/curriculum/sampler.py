@@ -82,9 +82,10 @@ class ProblemSampler:
         self.schedule.load_state_dict(state.get("schedule", {}))   # checkpoints before 2026-12-06 hold none
 
 
-def task_and_sampler(cfg: Config) -> tuple[Task, ProblemSampler]:
-    """The task of a config and the sampler of its curriculum, the training levels checked."""
+def task_and_sampler(cfg: Config, horizon: int | None = None) -> tuple[Task, ProblemSampler]:
+    """The task of a config and the sampler of its curriculum, the training levels checked; the level schedule
+    spans `horizon` steps (default train.steps; a resumed run's is the train.steps it began with)."""
     task = make_task(cfg.task)
     check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
     c = cfg.curriculum
-    return task, ProblemSampler(task, c.levels, c.name, c.params, cfg.train.steps, c.pool_size)
+    return task, ProblemSampler(task, c.levels, c.name, c.params, horizon or cfg.train.steps, c.pool_size)

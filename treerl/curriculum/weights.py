@@ -17,7 +17,7 @@ from treerl.tasks.base import Problem
 
 class QueryWeights:
     def __init__(self, cfg: Config, ranking: Ranking | None, scores: dict[str, float] | None = None,
-                 source: str | None = None):
+                 source: str | None = None, horizon: int | None = None):
         rs = cfg.reschedule
         self.ranking = ranking
         self.source = source
@@ -25,26 +25,29 @@ class QueryWeights:
         self.online = ranking is not None and rs.scores == "online"
         self.book = ScoreBook(scores)
         self.rscore, self.mix, self.w_min, self.w_max = cfg.rscore, rs.mix, rs.w_min, rs.w_max
-        self.total_steps = cfg.train.steps
+        self.total_steps = horizon or cfg.train.steps
+        """T of w(rank, t): the steps the weights move over (a resumed run's is the train.steps it began with)."""
         self.rescore_every, self.rescore_at = rs.rescore_every, set(rs.rescore_at)
 
     @classmethod
-    def from_config(cls, cfg: Config, tree_depth: int, pool: list[Problem] | None = None) -> QueryWeights:
+    def from_config(cls, cfg: Config, tree_depth: int, pool: list[Problem] | None = None,
+                    horizon: int | None = None) -> QueryWeights:
         """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which online r-scores
-        are computed from; `pool` the training queries a score file must cover (None: a level draws without end)."""
+        are computed from; `pool` the training queries a score file must cover (None: a level draws without end);
+        `horizon` the steps they move over (default train.steps)."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
         if ranking and rs.scores == "online":
             ranking.check_depth(cfg.rscore, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
         if not (ranking and rs.scores == "static" and rs.scores_file):
-            return cls(cfg, ranking)
+            return cls(cfg, ranking, horizon=horizon)
         if pool is None:
             raise UserError(f"reschedule.scores_file scores a fixed pool of queries, but task '{cfg.task.name}' "
                             "generates problems without end: set curriculum.pool_size=N, as when it was scored")
         scores, pool_ids = read_scores(rs.scores_file, ranking), [problem.id for problem in pool]
         covered = pool_scores(scores, pool_ids, rs.scores_file, rs.min_coverage)
         source = f"reschedule: {coverage_line(covered, scores, pool_ids)} from {rs.scores_file}"
-        return cls(cfg, ranking, covered, source)
+        return cls(cfg, ranking, covered, source, horizon)
 
     def rescore_due(self, step: int) -> bool:
         """Whether every query is scored again before training step `step` (1-based): at reschedule.rescore_at, and

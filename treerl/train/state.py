@@ -35,12 +35,13 @@ LR_SCHEDULES.add("constant", lambda progress: 1.0)
 LR_SCHEDULES.add("cosine", lambda progress: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def lr_factor(step: int, cfg: Config) -> float:
-    """Linear warm-up, then train.lr_schedule over the remaining steps."""
+def lr_factor(step: int, cfg: Config, horizon: int | None = None) -> float:
+    """Linear warm-up, then train.lr_schedule over the remaining steps of the horizon (default train.steps); past
+    it, the schedule's final value."""
     t = cfg.train
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    progress = (step - t.warmup_steps) / max(1, (horizon or t.steps) - t.warmup_steps)
     return LR_SCHEDULES.lookup(t.lr_schedule)(min(1.0, progress))
 
 
@@ -58,6 +59,9 @@ class TrainState:
     """This rank's sampling and shuffling stream."""
     sampler: ProblemSampler
     weights: QueryWeights
+    horizon: int
+    """The steps the learning-rate schedule spans: train.steps as the run began (a resume that changes train.steps
+    keeps it)."""
     step: int = 0
     """Steps done."""
     spent: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0, "rescore": 0.0})
@@ -65,8 +69,9 @@ class TrainState:
 
     @classmethod
     def start(cls, cfg: Config, sampler: ProblemSampler, weights: QueryWeights, checkpoint: Path | None,
-              par: Parallel) -> TrainState:
-        """A fresh state from cfg.model, or the one saved in `checkpoint`."""
+              par: Parallel, horizon: int | None = None) -> TrainState:
+        """A fresh state from cfg.model, or the one saved in `checkpoint`; the learning rate's schedule spans
+        `horizon` steps (default train.steps)."""
         torch.manual_seed(cfg.seed)
         m = cfg.model
         model, tokenizer = load_policy(str(checkpoint) if checkpoint else m.name_or_path, m.dtype, par.device,
@@ -83,7 +88,8 @@ class TrainState:
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         generator = torch.Generator(device=par.device).manual_seed(cfg.seed + RANK_SEED_STRIDE * par.rank)
-        state = cls(policy, reference, tokenizer, optimizer, random.Random(cfg.seed), generator, sampler, weights)
+        state = cls(policy, reference, tokenizer, optimizer, random.Random(cfg.seed), generator, sampler, weights,
+                    horizon or cfg.train.steps)
         if checkpoint:
             state.restore(checkpoint, cfg.seed, par)
         return state
@@ -103,8 +109,8 @@ class TrainState:
         self.spent = {**self.spent, **saved.get("spent", {})}   # checkpoints from before 2026-12 have none
 
     def set_lr(self, cfg: Config, step: int) -> float:
-        """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1)."""
-        lr = cfg.train.lr * lr_factor(step - 1, cfg)
+        """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1) over the horizon."""
+        lr = cfg.train.lr * lr_factor(step - 1, cfg, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -121,6 +121,18 @@ def resume_point(run: RunDir, cfg: Config, par: Parallel) -> tuple[Path | None, 
     return checkpoint, changed
 
 
+def horizon_line(changed: dict[str, tuple[Any, Any]], horizon: int) -> str | None:
+    """What a resume that changes train.steps does to the schedules, in one line (None when it keeps train.steps).
+    The learning rate, the level schedule and Re-Schedule's weights keep the horizon the run began with: no step
+    of the run's plan changes, and the steps past it run at the schedules' end values."""
+    if "train.steps" not in changed:
+        return None
+    old, new = changed["train.steps"]
+    past = f"; steps {horizon + 1} to {new} run at their end values" if new > horizon else ""
+    return (f"train.steps {old} -> {new}: the learning rate, the level schedule and Re-Schedule's weights keep the "
+            f"run's horizon of {horizon} steps{past}")
+
+
 def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | None = None,
           par: Parallel | None = None) -> dict[str, Any]:
     """Train from cfg into run_dir (or continue the run there); returns {'before': eval, 'after': eval}.
@@ -135,10 +147,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     # every name, level and file the config refers to is looked up here, before a model is loaded
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
     estimator.check(cfg.algo.params)
-    task, sampler = task_and_sampler(cfg)
+    run = RunDir(run_dir)
+    horizon = run.begun_with().get("train", {}).get("steps", cfg.train.steps) if resume else cfg.train.steps
+    task, sampler = task_and_sampler(cfg, horizon)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     pool = None if None in sampler.pools.values() else sampler.problems()
-    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth, pool)
+    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth, pool, horizon)
     if weights.source:
         console.print(weights.source)
     if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and pool is None:
@@ -146,23 +160,25 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
                         "end, so set curriculum.pool_size=N")
     if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
         check_depth(cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)")
-    run = RunDir(run_dir)
     if not resume:
         run.check_new()
     with run.disk_errors(), holding(run, par):
         checkpoint, changed = resume_point(run, cfg, par) if resume else (None, {})
-        state = TrainState.start(cfg, sampler, weights, checkpoint, par)
+        schedules = horizon_line(changed, horizon)
+        state = TrainState.start(cfg, sampler, weights, checkpoint, par, horizon)
         if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
             raise UserError(f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
                             "training process for now; under torchrun set rollout.backend=lean (or hf)")
         par.barrier()   # every rank has looked at run_dir before rank 0 writes there
         if par.main and resume:
             run.truncate_to(state.step)   # what was logged after the checkpoint is redone
-            run.record_resume(state.step, changed)
+            run.record_resume(state.step, changed, schedules)
         elif par.main:
             run.write_config(cfg)
         if checkpoint:
             console.print(f"resuming {run_dir} from step {state.step}")
+        if schedules:
+            console.print(schedules)
         return run_steps(state, cfg, run, task, estimator, objective, console, par)
 
 
