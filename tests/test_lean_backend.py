@@ -10,7 +10,7 @@ from treerl.rollout import lean_backend
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.lean import LeanDecoder, Plan, lean_decoder
-from treerl.rollout.lean_backend import BLOCK, LeanBackend, blocks
+from treerl.rollout.lean_backend import BLOCK, LeanBackend, blocks, gib_up, least_blocks
 
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]
 
@@ -120,6 +120,25 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
         assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
 
 
+def short_ones_first(tok, monkeypatch):
+    """18 prompts (PROMPTS six times) and their keys: the first six sequences stop after 2 tokens, no other stops."""
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
+    keys = row_keys(torch.Generator().manual_seed(2), len(ids), "cpu")
+    short = set(keys[:6].tolist())
+    real_pick = lean_backend.pick
+
+    def pick(logits, row_keys_, positions, sampling):
+        logits = logits.clone()
+        ends = torch.tensor([k in short for k in row_keys_.tolist()]) & (positions == 1)
+        logits[:, tok.eos_token_id] = float("-inf")
+        logits[ends] = float("-inf")
+        logits[ends, tok.eos_token_id] = 0.0
+        return real_pick(logits, row_keys_, positions, sampling)
+
+    monkeypatch.setattr(lean_backend, "pick", pick)
+    return ids, keys
+
+
 @pytest.mark.parametrize("forks, spare", [(None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)])
 def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, monkeypatch, forks, spare):
     """Six sequences that stop after 2 tokens, then twelve (or twelve trees) that never stop, in a pool of two
@@ -129,21 +148,8 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, mo
     noise)."""
     model, tok = policy
     eos = tok.eos_token_id
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
-    keys = row_keys(torch.Generator().manual_seed(2), len(ids), "cpu")
-    short = set(keys[:6].tolist())
-    real_pick = lean_backend.pick
-
-    def pick(logits, row_keys_, positions, sampling):
-        logits = logits.clone()
-        ends = torch.tensor([k in short for k in row_keys_.tolist()]) & (positions == 1)
-        logits[:, eos] = float("-inf")
-        logits[ends] = float("-inf")
-        logits[ends, eos] = 0.0
-        return real_pick(logits, row_keys_, positions, sampling)
-
+    ids, keys = short_ones_first(tok, monkeypatch)
     preempted = preemptions(monkeypatch)
-    monkeypatch.setattr(lean_backend, "pick", pick)
     decoder = lean_decoder(model)
     free = LeanBackend(decoder).sample(ids, keys, 40, Sampling(), eos, forks)
     assert sum(preempted) == 0
@@ -156,6 +162,35 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, mo
     assert all(len(s.token_ids) == 40 - s.start for s in bounded[6:])
     for a, b in zip(bounded, free):
         assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
+
+
+def test_least_blocks_by_hand():
+    """Prompts of 20 and 3 tokens (2 + 1 blocks of 16), 4 rows of trees with N = 2, D = 3, s = 16 and 40 new tokens:
+    4 x (1 + 2) inner segments of 1 block, and a leaf of 40 - 2 x 16 = 8 tokens (1 block): 16. Flat: the prompts
+    and one sequence of 40 tokens (3 blocks): 6; one child a node never forks, so it is flat."""
+    assert least_blocks([20, 3], 4, Forks(branching=2, depth=3, step_tokens=16), 40) == 16
+    assert least_blocks([20, 3], 4, None, 40) == least_blocks([20, 3], 4, Forks(1, 3, 16), 40) == 6
+    assert gib_up(0.00012207) == 0.000123 and gib_up(2.0) == 2.0 and gib_up(1234.5) == 1240.0
+
+
+def test_a_call_out_of_room_names_the_least_budget_which_never_runs_out(policy, monkeypatch):
+    """Trees of two levels of 20 tokens over 18 prompts' rows, six of which stop at once and make the others look
+    short: with 28 blocks the waiting forks' prefixes fill the pool with one row left, and the call stops in one
+    line naming least_blocks = 3 prompt blocks + 18 x 2 inner + 2 leaf = 41 blocks in GiB; with that budget the
+    call preempts and samples what it samples with all the memory it needs."""
+    model, tok = policy
+    ids, keys = short_ones_first(tok, monkeypatch)
+    forks = Forks(branching=2, depth=2, step_tokens=20)
+    decoder = lean_decoder(model)
+    block = LeanBackend(decoder).block_bytes() / 2**30
+    assert least_blocks([len(p) for p in {tuple(p) for p in ids}], len(ids), forks, 40) == 41
+    with pytest.raises(UserError, match=f"raise it to {gib_up(41 * block):g}, which no sampling of these 18 "):
+        LeanBackend(decoder, 28 * block).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+    preempted = preemptions(monkeypatch)
+    free = LeanBackend(decoder).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+    least = LeanBackend(decoder, 41 * block).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+    assert sum(preempted) > 0
+    assert [(s.parent, s.start, s.token_ids) for s in least] == [(s.parent, s.start, s.token_ids) for s in free]
 
 
 def test_a_budget_below_one_sequence_is_a_user_error(policy):

@@ -83,6 +83,46 @@ def test_a_resume_may_change_only_some_keys_and_records_what_it_changed(run_copy
 
 
 @pytest.mark.slow
+def test_a_resume_may_change_the_memory_keys_that_compute_the_same(run_copy, capsys):
+    """A run that stopped for its KV budget continues with a larger one: the KV budget, vLLM's memory and batch and
+    the micro-batch may change on resume, as resource keys (recorded like the others); what they would not be, like
+    model.lora.r, is still refused."""
+    assert main(["train", "--resume", str(run_copy), "model.lora.r=4"]) == 2
+    assert "cannot change model.lora.r" in error_line(capsys)
+    assert main(["train", "--resume", str(run_copy), "train.steps=4", "rollout.kv_budget_gib=0.01",
+                 "rollout.vllm.max_num_seqs=8", "train.micro_batch=1"]) == 0
+    (resume,) = RunDir(run_copy).resumes()
+    assert resume["changes"] == {"rollout.kv_budget_gib": {"from": 0.0, "to": 0.01},
+                                 "rollout.vllm.max_num_seqs": {"from": 256, "to": 8},
+                                 "train.micro_batch": {"from": 64, "to": 1}, "train.steps": {"from": 3, "to": 4}}
+    assert RunDir(run_copy).config_data()["rollout"]["vllm"]["max_num_seqs"] == 8
+    assert [m["step"] for m in RunDir(run_copy).metrics()] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_kv_budget_the_trees_can_outgrow_is_refused_before_the_first_step(model_dir, policy, tmp_path, capsys):
+    """TreeRPO trees of 2 children and 2 levels of 4 tokens over 2 prompts a step (each under 16 tokens: one block)
+    can hold, at worst, both prompts and the 4 level-1 nodes' blocks while their forks wait, and one leaf: 7 blocks
+    of 16 tokens (8,192 bytes in the test model), 5.35e-05 GiB rounded up. One block less is refused before the
+    first step with nothing written (it started, and could die at a later step); that budget trains."""
+    from treerl.rollout.lean import lean_decoder
+    from treerl.rollout.lean_backend import LeanBackend, gib_up
+
+    trees = [f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2", "rollout.n=2",
+             "rollout.max_new_tokens=8", "rollout.batch_prompts=2", "eval.problems=1", "eval.levels=[easy]",
+             "eval.max_new_tokens=6", "output.progress=false", "train.threads=1", "train.steps=1"]
+    block = LeanBackend(lean_decoder(policy[0])).block_bytes() / 2**30
+    least = gib_up(7 * block)
+    assert least == 5.35e-05
+    assert main(["train", "--out", str(tmp_path / "small"), *trees, f"rollout.kv_budget_gib={6 * block}"]) == 2
+    assert error_line(capsys).endswith(f"a training step's trees can need: {least:g} GiB holds every prompt and "
+                                       "tree node whose continuations may wait at once, and one sequence; set "
+                                       f"rollout.kv_budget_gib={least:g} or more")
+    assert not (tmp_path / "small" / "config.yaml").exists()
+    assert main(["train", "--out", str(tmp_path / "least"), *trees, f"rollout.kv_budget_gib={least}"]) == 0
+
+
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(run_copy, capsys):
     weights = run_copy / "checkpoints" / "step_3" / "model.safetensors"
     torn = weights.read_bytes()[:-100]

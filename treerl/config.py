@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -545,26 +545,46 @@ def config_yaml(cfg: BaseModel) -> str:
 
 
 RESUMABLE = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps", "train.threads",
-             "train.compile", "train.strategy", "model.device", "eval.", "output.")
-"""The keys a resume may change (a prefix ending in '.' covers its section): how long, how often to save and
-evaluate, where and how fast to run, what to log. The rest would make the run's steps disagree with its config."""
+             "train.compile", "train.strategy", "model.device", "rollout.kv_budget_gib",
+             "rollout.vllm.gpu_memory_utilization", "rollout.vllm.cpu_kv_cache_gib", "rollout.vllm.max_num_seqs",
+             "rollout.vllm.sleep", "train.micro_batch", "train.gradient_checkpointing", "train.logit_chunk", "eval.",
+             "output.")
+"""The keys a resume may change (a prefix ending in '.' covers its section): how long (the learning-rate, level and
+weight schedules keep the horizon the run began with), how often to save and evaluate, where and how fast to run,
+how much memory sampling and the update take (the KV budget, vLLM's memory and batch, micro-batches, activation
+checkpointing, chunked log-probs: none changes what is computed, only the order of float sums), what to log. The
+rest would make the run's steps disagree with its config."""
 FIXED_ON_RESUME = ("output.dir",)
 
 
-def flat(data: dict[str, Any]) -> dict[str, Any]:
-    """A config dict as {dotted key: value}: `section.key` (a dict-valued key, like curriculum.params, is one)."""
+def flat(data: dict[str, Any], subsections: bool = False) -> dict[str, Any]:
+    """A config dict as {dotted key: value}: `section.key` (a dict-valued key, like curriculum.params, is one); with
+    `subsections`, a section inside a section (rollout.vllm, model.lora) is its keys: rollout.vllm.max_num_seqs."""
     out: dict[str, Any] = {}
     for name, value in data.items():
         if isinstance(value, dict) and name in Config.model_fields and name != "seed":
-            out.update({f"{name}.{key}": inner for key, inner in value.items()})
+            for key, inner in value.items():
+                if subsections and isinstance(inner, dict) and (name, key) in SUBSECTIONS:
+                    out.update({f"{name}.{key}.{deeper}": item for deeper, item in inner.items()})
+                else:
+                    out[f"{name}.{key}"] = inner
         else:
             out[name] = value
     return out
 
 
+def is_section(annotation: Any) -> TypeGuard[type[Section]]:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+SUBSECTIONS = {(name, key) for name, field in Config.model_fields.items() if is_section(field.annotation)
+               for key, inner in field.annotation.model_fields.items() if is_section(inner.annotation)}
+"""(section, key) of each section inside a section: ('rollout', 'vllm'), ('model', 'lora')."""
+
+
 def changes(before: Config, after: Config) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (before, after)} for every key whose value differs."""
-    old, new = flat(before.model_dump()), flat(after.model_dump())
+    """{dotted key: (before, after)} for every key whose value differs, a section inside a section key by key."""
+    old, new = flat(before.model_dump(), subsections=True), flat(after.model_dump(), subsections=True)
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
 
 

@@ -13,7 +13,9 @@
   sequences; the whole budget until one finishes) next to what the running rows are expected to take. Memory
   goes to the tokens sampled, not to budgets that most sequences never reach; when it runs out all the same, the
   rows that joined last are preempted: their own blocks are freed, and they join again first, replaying their
-  tokens (fed, not sampled) before they sample on.
+  tokens (fed, not sampled) before they sample on. Prefixes that waiting sequences continue stay held, so a
+  budget below `least_blocks` (every prompt and inner node held at once, and one leaf) can run out with one row
+  left; the call then stops in one line naming that least, which training checks for before its first step.
 
 A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its batch (and
 a replay) changes the floating-point order of its log-probs' sums, so they agree with a sequence sampled alone
@@ -36,6 +38,7 @@ Bookkeeping invariants (what `sample` and its helpers keep true between decode s
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields
 
@@ -55,6 +58,27 @@ REFILL_SHARE = 8
 
 def blocks(tokens: int) -> int:
     return -(-tokens // BLOCK)
+
+
+def least_blocks(prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int) -> int:
+    """The fewest blocks that no sampling of `rows` sequences over distinct prompts of these lengths can run out of.
+    A group holds its prefix while any of its sequences waits, so at worst every prompt and every inner node's
+    segment is held at once, next to the one leaf that runs; a row's own tokens take at most blocks(own tokens) new
+    blocks (a fork's first row goes on in its group's last block). With N children, depth D and steps of s tokens:
+    sum_p blocks(p) + rows (1 + N + ... + N^(D-2)) blocks(s) + blocks(max_new_tokens - (D-1) s); flat: no inner
+    nodes, one leaf of max_new_tokens. No call then preempts all but one row and still lacks a block for it, nor
+    waits with nothing running (the module's docstring)."""
+    prompts = sum(blocks(length) for length in prompt_lengths)
+    if forks is None or forks.branching < 2:
+        return prompts + blocks(max_new_tokens)
+    inner = rows * sum(forks.branching ** level for level in range(forks.depth - 1))
+    return prompts + inner * blocks(forks.step_tokens) + blocks(max_new_tokens - (forks.depth - 1) * forks.step_tokens)
+
+
+def gib_up(gib: float) -> float:
+    """`gib` rounded up to three significant digits: a budget that holds it, short enough to read."""
+    scale = 10.0 ** (2 - math.floor(math.log10(gib)))
+    return math.ceil(gib * scale) / scale
 
 
 class Pool:
@@ -280,6 +304,18 @@ class LeanBackend:
         d = self.decoder
         return 2 * len(d.layers) * d.kv_heads * BLOCK * d.head_dim * d.embed.element_size()
 
+    def least_gib(self, prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int) -> float:
+        """`least_blocks` in GiB, rounded up (`gib_up`): the least rollout.kv_budget_gib such a call fits in."""
+        return gib_up(least_blocks(prompt_lengths, rows, forks, max_new_tokens) * self.block_bytes() / 2**30)
+
+    def out_of_room(self, call: Call) -> UserError:
+        """The call ran out of room: what it holds is prefixes waiting sequences continue."""
+        prompts = [len(prompt) for prompt in set(call.prompts)]
+        need = self.least_gib(prompts, len(call.prompts), call.forks, call.max_new_tokens)
+        return UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
+                         f"sequences continue and one sequence's tokens at once; raise it to {need:g}, which no "
+                         f"sampling of these {len(call.prompts)} sequences runs out of")
+
     def pool_size(self, prompts: list[list[int]], max_new_tokens: int, forks: Forks | None) -> int:
         """Blocks for the call's worst case (every sequence runs to its budget and forks), or the KV budget."""
         need = sum(blocks(len(p)) for p in {tuple(p) for p in prompts}) + len(prompts) * blocks(max_new_tokens)
@@ -357,8 +393,7 @@ class LeanBackend:
             preempted = Waiting(int(rows.sequence[keep]), rows.key[keep], int(rows.group[keep]), int(rows.start[keep]))
             call.prefix_queue.appendleft(preempted)   # ahead of the rows preempted before it, which joined after it
         if int(opening[:keep].sum()) > len(pool.free):
-            raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
-                            "sequences continue and one sequence's tokens at once; raise it")
+            raise self.out_of_room(call)
         if keep == len(rows.sequence):
             return rows, tokens
         return rows.select(torch.arange(keep, device=tokens.device)), tokens[:keep]
@@ -400,8 +435,7 @@ class LeanBackend:
             joining += [call.prompt_queue.popleft() for _ in range(admitted)]
         if not joining:
             if not len(rows.sequence) and (call.prompt_queue or call.prefix_queue):
-                raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
-                                "sequences continue and one sequence's tokens at once; raise it")
+                raise self.out_of_room(call)
             return rows
         return rows.extend(self.new_rows(call, joining))
 

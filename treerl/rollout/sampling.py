@@ -10,7 +10,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from treerl.config import Config, RolloutConfig
 from treerl.errors import UserError
+from treerl.rollout.backend import Forks
 from treerl.rollout.engine import context_length
+from treerl.rollout.lean_backend import LeanBackend
 from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
 from treerl.tasks.base import Problem, Task
 from treerl.tasks.prompts import render_prompt
@@ -25,6 +27,10 @@ class TreeShape:
     depth: int
     step_tokens: int
     max_new_tokens: int
+
+    def forks(self) -> Forks | None:
+        """Where its sequences fork (None: a flat sample)."""
+        return Forks(self.branching, self.depth, self.step_tokens) if self.depth > 1 else None
 
     @classmethod
     def for_training(cls, cfg: Config, deep: bool) -> TreeShape:
@@ -56,6 +62,14 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Pr
     """Each problem's prompt in the task's template, encoded without special tokens."""
     return [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
             for p in problems]
+
+
+def least_kv_gib(backend: LeanBackend, tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem],
+                 per_call: int, shape: TreeShape) -> float:
+    """The least rollout.kv_budget_gib that no lean sampling call of `per_call` of `problems` in trees of `shape`
+    can run out of: that of the call of their `per_call` longest prompts (`lean_backend.least_blocks`)."""
+    lengths = sorted((len(ids) for ids in prompt_ids(tokenizer, task, problems)), reverse=True)[:per_call]
+    return backend.least_gib(lengths, len(lengths) * shape.branching, shape.forks(), shape.max_new_tokens)
 
 
 def check_context(model: PreTrainedModel, ids: list[list[int]], problems: list[Problem], max_new_tokens: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager, nullcontext
@@ -16,19 +17,20 @@ from treerl.algo.advantages import ESTIMATORS, Estimator
 from treerl.algo.treerpo import prune_tau
 from treerl.config import RESUMABLE, Config, OutputConfig, build, changes, resumable
 from treerl.curriculum.rscore import check_depth, greedy_choices
-from treerl.curriculum.sampler import task_and_sampler
+from treerl.curriculum.sampler import ProblemSampler, task_and_sampler
 from treerl.curriculum.scoring import score_queries
 from treerl.curriculum.weights import QueryWeights
 from treerl.errors import RunStopped, UserError, warn
-from treerl.eval import eval_work, evaluate, print_eval
+from treerl.eval import eval_set, eval_work, evaluate, print_eval
 from treerl.models import DTYPES, resolve_device
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
-from treerl.rollout.engine import backend_name
-from treerl.rollout.sampling import TreeShape
+from treerl.rollout.engine import backend_for, backend_name
+from treerl.rollout.lean_backend import LeanBackend
+from treerl.rollout.sampling import TreeShape, least_kv_gib
 from treerl.rundir import RunDir, checkpoint_step
 from treerl.tasks import check_levels
-from treerl.tasks.base import Task
+from treerl.tasks.base import Problem, Task
 from treerl.trackers import Trackers
 from treerl.train.collect import Rollout, collect
 from treerl.train.metrics import memory_metrics, merged, step_metrics
@@ -87,6 +89,44 @@ def rescore(state: TrainState, task: Task, cfg: Config, step: int, bar: Progress
     bar.remove_task(job)
     field = state.weights.ranking.field if state.weights.ranking else "r_score"
     state.weights.update((row["id"], row[field]) for part in par.gather(rows) for row in part)
+
+
+GENERATED_SAMPLE = 64
+"""Problems of each level generated without end whose prompts stand for the level's in the KV budget's check."""
+
+
+def drawable(sampler: ProblemSampler) -> list[Problem]:
+    """The training problems a step may draw: the finite pools, and a sample of GENERATED_SAMPLE fresh problems
+    of each level generated without end (from a stream of its own: training's draws stay as they are)."""
+    rng = random.Random(0)
+    return [problem for level, pool in sampler.pools.items()
+            for problem in (pool if pool is not None else [sampler.task.sample(level, rng)
+                                                            for _ in range(GENERATED_SAMPLE)])]
+
+
+def check_kv_budget(state: TrainState, task: Task, cfg: Config, estimator: Estimator, par: Parallel) -> None:
+    """Before step 0: a rollout.kv_budget_gib that a sampling call of the run (lean backend) could run out of is
+    refused in one line naming the least that fits, so that no run dies at a later step for it: a step's trees
+    (a call's share of rollout.batch_prompts), an evaluation (eval.batch_size prompts) and the re-scoring trees
+    (rscore.batch_prompts), each over its longest prompts."""
+    model, budget = unwrap(state.policy), cfg.rollout.kv_budget_gib
+    if not budget or backend_name(model, cfg.rollout.backend) != "lean":
+        return
+    backend = backend_for(model, cfg.rollout)
+    assert isinstance(backend, LeanBackend)   # backend_name said lean
+    share = -(-cfg.rollout.batch_prompts // par.world)
+    flat_eval = TreeShape(1, 1, cfg.eval.max_new_tokens, cfg.eval.max_new_tokens)
+    calls = {"a training step's trees": (drawable(state.sampler), min(cfg.rollout.generation_batch or share, share),
+                                         TreeShape.for_training(cfg, estimator.deep)),
+             "an evaluation": (eval_set(task, cfg.eval), cfg.eval.batch_size, flat_eval)}
+    if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
+        calls["the re-scoring trees"] = (state.sampler.problems(), cfg.rscore.batch_prompts, TreeShape.for_scoring(cfg))
+    needs = {name: least_kv_gib(backend, state.tokenizer, task, *call) for name, call in calls.items()}
+    name, need = max(needs.items(), key=lambda item: item[1])
+    if need > budget:
+        raise UserError(f"rollout.kv_budget_gib={budget:g} is less than {name} can need: {need:g} GiB holds every "
+                        "prompt and tree node whose continuations may wait at once, and one sequence; set "
+                        f"rollout.kv_budget_gib={need:g} or more")
 
 
 @contextmanager
@@ -166,6 +206,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         checkpoint, changed = resume_point(run, cfg, par) if resume else (None, {})
         schedules = horizon_line(changed, horizon)
         state = TrainState.start(cfg, sampler, weights, checkpoint, par, horizon)
+        check_kv_budget(state, task, cfg, estimator, par)
         if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
             raise UserError(f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
                             "training process for now; under torchrun set rollout.backend=lean (or hf)")
