@@ -154,7 +154,7 @@ class Plan:
     """[B] each row's group."""
     slot: torch.Tensor
     """[B] each row's place among its group's rows."""
-    queries: int
+    most_rows: int
     """The most rows of one group."""
     visible: torch.Tensor
     """[B, (Nshared + Nown) x block] which slots of its group's shared blocks and its own blocks each row attends
@@ -290,7 +290,7 @@ class LeanDecoder:
                 return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)
         rows, heads, dim = q.shape
         kv, groups = self.kv_heads, plan.shared.shape[0]
-        per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.queries
+        per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.most_rows
         dtype = torch.promote_types(q.dtype, torch.float32)
 
         def read(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:

@@ -219,7 +219,7 @@ class Grouping:
     slot: torch.Tensor
     """[B] each row's place among its group's rows: 0, 1, ... in row order."""
     most_rows: int
-    """The most rows in one group (`Plan.queries`)."""
+    """The most rows in one group (`Plan.most_rows`)."""
 
     @classmethod
     def of(cls, groups: list[Group], row_groups: torch.Tensor) -> Grouping:
