@@ -62,6 +62,21 @@ def test_trailing_mean_by_hand():
     assert trailing_mean([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
 
 
+def test_stalls_are_five_or_more_steps_in_a_row_that_trained_nothing():
+    """Steps 1-5 trained nothing and earned nothing, step 6 trained, steps 7-9 trained nothing (only 3), step 10
+    trained, steps 11-16 trained nothing but earned a reward at step 12: two stalls, each said once, at its fifth
+    step."""
+    from treerl.rundir import Stall, stall_begun, stalls
+
+    trained = {step: 40 if step in (6, 10) else 0 for step in range(1, 17)}
+    records = [{"step": step, "tokens/trained": trained[step], "reward/mean": 0.25 if step == 12 else 0.0}
+               for step in range(1, 17)]
+    assert stalls(records) == [Stall(1, 5, False), Stall(11, 16, True)]
+    assert [step for step in range(1, 17) if stall_begun(records[:step])] == [5, 15]
+    assert "every sample's reward was 0" in Stall(1, 5, False).line() and "task.template" in Stall(1, 5, False).line()
+    assert "equal rewards" in Stall(11, 16, True).line() and "rollout.n" in Stall(11, 16, True).line()
+
+
 def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path):
     import matplotlib.pyplot as plt
 

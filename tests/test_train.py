@@ -181,6 +181,27 @@ def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(model_
 
 
 @pytest.mark.slow
+def test_a_run_that_learns_nothing_says_so_on_the_console_and_in_the_report(model_dir, tmp_path, monkeypatch, capsys):
+    """A judge that finds no answer right (as the boxed template on a model that never boxes): every step has reward
+    0 and trains no token. After the fifth such step the console says so once, with the likely causes; the report
+    says it for steps 1-6."""
+    from treerl.cli import main
+
+    monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), f"model.name_or_path={model_dir}", "rollout.batch_prompts=2",
+                 "rollout.n=2", "rollout.max_new_tokens=4", "eval.problems=1", "eval.levels=[easy]",
+                 "eval.max_new_tokens=2", "output.progress=false", "train.threads=1", "train.steps=6"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("treerl: warning: ")]
+    assert warnings == ["treerl: warning: steps 1-5 trained no token: every sample's reward was 0, so the run learns "
+                        "nothing. Likely causes: the model does not answer in task.template's format (boxed: "
+                        "\\boxed{...}, think: <answer>...</answer>, plain: an 'Answer:' line), the reward "
+                        "(task.format_required, task.format_reward), or the data's answer field (task.fields)"]
+    assert [m["tokens/trained"] for m in read_metrics(run)] == [0] * 6
+    assert "steps 1-6 trained no token: every sample&#x27;s reward was 0" in (run / "report.html").read_text()
+
+
+@pytest.mark.slow
 def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, monkeypatch):
     """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
     and weighs them the same."""

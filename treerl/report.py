@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from treerl.errors import UserError  # noqa: E402
-from treerl.rundir import REPORT_FILE, TREES_PAGE, RunDir  # noqa: E402
+from treerl.rundir import REPORT_FILE, TREES_PAGE, RunDir, stalls  # noqa: E402
 from treerl.tree_records import saved_trees  # noqa: E402
 from treerl.viewer import pick_trees, render_trees  # noqa: E402
 
@@ -272,13 +272,20 @@ def trees_links(run: RunData, page_dir: Path) -> str:
             f"({'none' if step is None else step}): {links}</p>")
 
 
+def stall_warnings(run: RunData) -> str:
+    """A warning for each stretch of steps in a row that trained no token, with its likely causes."""
+    return "".join(f"<p class='warn'>{html.escape(stall.line())}</p>" for stall in stalls(run.metrics))
+
+
 def summary(runs: list[RunData], page_dir: Path) -> str:
-    """The first screen: accuracy before and after, then per run its size, where the time went, its trees."""
+    """The first screen: accuracy before and after, then per run whether it learned nothing for a while, its size,
+    where the time went, its trees."""
     cards = []
     for run in runs:
         size = "".join(f"<div><b>{value}</b><br>{name}</div>" for name, value in facts(run).items())
         name = f"<h3>{html.escape(run.name)}</h3>" if len(runs) > 1 else ""
-        cards.append(f"<div class='card'>{name}<div class='facts'>{size}</div><h4>where the time went</h4>"
+        cards.append(f"<div class='card'>{name}{stall_warnings(run)}<div class='facts'>{size}</div>"
+                     "<h4>where the time went</h4>"
                      f"{time_bar(run)}{trees_links(run, page_dir)}</div>")
     return f"<div class='summary'>{eval_table(runs)}<div class='cards'>{''.join(cards)}</div></div>"
 
@@ -291,6 +298,7 @@ STYLE = """body{font-family:sans-serif;margin:1.5em 2em;max-width:1600px}
 .legend i{display:inline-block;width:0.8em;height:0.8em;margin:0 0.3em 0 0.6em}.legend{font-size:0.85em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:right}
 caption{text-align:left;font-weight:bold;padding-bottom:0.3em}.up{color:#1a7f1a;font-weight:bold}.down{color:#c33}
+.warn{background:#fff3d6;border-left:4px solid #d08a00;padding:0.4em 0.7em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:0.8em}
 .grid img{width:100%;border:1px solid #eee}
 pre{background:#f6f6f6;padding:1em;overflow:auto}summary{cursor:pointer;font-weight:bold}"""

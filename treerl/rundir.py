@@ -3,7 +3,7 @@
     config.yaml        the resolved config of the run's start, never rewritten
     resumes.jsonl      each resume: when, from which step, which keys it changed (from, to), and when it changed
                        train.steps, what that does to the schedules (`schedules`, the line it printed)
-    metrics.jsonl      one JSON object per step, appended
+    metrics.jsonl      one JSON object per step, appended (`stalls`: the steps in a row that trained nothing)
     eval.json          {step: {group: metrics}}
     trees.jsonl        saved reasoning trees (output.save_trees), appended
     timing.json        where the time went
@@ -30,6 +30,8 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,52 @@ def holds_run(path: Path) -> bool:
 def enclosing_run(path: Path) -> Path | None:
     """The run directory that `path` is in (or is), or None."""
     return next((folder for folder in [path, *path.parents] if holds_run(folder)), None)
+
+
+IDLE_STEPS = 5
+"""Steps in a row that train no token before a run says that it learns nothing."""
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Steps in a row of a run that trained no token (metrics' tokens/trained 0: every sample's advantage 0, or
+    filtered out by train.filter_tau)."""
+    first: int
+    last: int
+    rewarded: bool
+    """Whether any of their samples earned a reward."""
+
+    def line(self) -> str:
+        """What the stall says, with its likely causes."""
+        steps = f"steps {self.first}-{self.last} trained no token"
+        if not self.rewarded:
+            return (f"{steps}: every sample's reward was 0, so the run learns nothing. Likely causes: the model does "
+                    "not answer in task.template's format (boxed: \\boxed{...}, think: <answer>...</answer>, plain: "
+                    "an 'Answer:' line), the reward (task.format_required, task.format_reward), or the data's answer "
+                    "field (task.fields)")
+        return (f"{steps}: each prompt's samples earned equal rewards (all right or all wrong) or were filtered "
+                "(train.filter_tau), so the run learns nothing. Likely causes: levels too easy or too hard for the "
+                "model (curriculum.levels), too few samples per prompt (rollout.n)")
+
+
+def stalls(records: list[dict[str, Any]]) -> list[Stall]:
+    """Each run of IDLE_STEPS or more steps in a row that trained no token, in metrics records."""
+    found = []
+    for idle, group in groupby(records, key=lambda record: record.get("tokens/trained") == 0):
+        steps = list(group)
+        if idle and len(steps) >= IDLE_STEPS:
+            found.append(Stall(steps[0]["step"], steps[-1]["step"],
+                               any((record.get("reward/mean") or 0.0) > 0 for record in steps)))
+    return found
+
+
+def stall_begun(records: list[dict[str, Any]]) -> Stall | None:
+    """The stall whose IDLE_STEPS-th step is the last record, if any: a run says each stall once, when it begins.
+    Only the last IDLE_STEPS + 1 records matter."""
+    recent = stalls(records[-IDLE_STEPS - 1:])
+    if recent and recent[-1].last == records[-1]["step"] and recent[-1].last - recent[-1].first + 1 == IDLE_STEPS:
+        return recent[-1]
+    return None
 
 
 class RunDir:

@@ -28,7 +28,7 @@ from treerl.progress import progress_bar, step_done
 from treerl.rollout.engine import backend_for, backend_name
 from treerl.rollout.lean_backend import LeanBackend
 from treerl.rollout.sampling import TreeShape, least_kv_gib
-from treerl.rundir import RunDir, checkpoint_step
+from treerl.rundir import IDLE_STEPS, RunDir, checkpoint_step, stall_begun
 from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
 from treerl.trackers import Trackers
@@ -252,6 +252,7 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
             run_eval(0)
         job = bar.add_task("train", total=cfg.train.steps, completed=state.step, info="")
         bad_steps = 0
+        recent: list[dict[str, Any]] = []   # the last steps' metrics, for stall_begun
         for step in range(state.step + 1, cfg.train.steps + 1):
             if state.weights.rescore_due(step):
                 t0 = time.perf_counter()
@@ -264,9 +265,12 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 raise UserError(f"step {step}: {err}, so the run stops without keeping them; "
                                 f"{f'the last good checkpoint is {latest}' if latest else 'no checkpoint was written'}"
                                 f". Lower train.lr and continue with --resume {run.path}") from None
+            recent = [*recent, metrics][-IDLE_STEPS - 1:]
             if par.main:
                 run.log(metrics)
                 trackers.log(metrics)
+                if stall := stall_begun(recent):   # steps in a row that trained nothing: say so, once
+                    warn(stall.line())
             if par.main and cfg.output.save_trees:
                 r = cfg.rscore
                 run.save_trees([tree_record(p.tree, p.problem, state.tokenizer, prune_tau(cfg.algo),
