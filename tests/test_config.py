@@ -1,8 +1,11 @@
+"""The typed config. Names that registries hold (algo.name, reschedule.mix, ...) are checked at load against the
+registries imported, which treerl.commands imports all of, as every command does."""
 
 from pathlib import Path
 
 import pytest
 
+from treerl import commands  # noqa: F401  (every registry)
 from treerl.cli import main
 from treerl.config import SHIPPED_CONFIGS, AlgoConfig, Config, load_config, shipped_configs
 from treerl.errors import UserError

@@ -354,10 +354,10 @@ def test_activation_checkpointing_and_chunked_log_probs_train(model_dir, tmp_pat
 @pytest.mark.slow
 def test_a_reactive_schedule_moves_on_from_training_accuracy_and_resumes_where_it_was(model_dir, tmp_path,
                                                                                       monkeypatch):
-    """curriculum.name=mastery with window 2 and a threshold any accuracy above 0 passes: easy for steps 1-2, then
-    medium for steps 3-4. The crash comes in step 3, after the move, so the resumed run must have kept the
-    schedule's level in the step-2 checkpoint."""
-    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "curriculum.name=mastery",
+    """curriculum.name=mastery with window 2 and a threshold any accuracy above 0 passes, on the embedded model
+    (it solves easy problems): easy for steps 1-2, then medium for steps 3-4. The crash comes in step 3, after the
+    move, so the resumed run must have kept the schedule's level in the step-2 checkpoint."""
+    cfg = tiny_config("tiny", "train.steps=4", "train.save_every=2", "curriculum.name=mastery",
                       "curriculum.levels=[easy,medium,hard]", "curriculum.params={threshold: 0.01, window: 2}")
     metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
     assert [m["acc/easy"] > 0 for m in metrics[:2]] == [True, True]
