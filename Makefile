@@ -28,6 +28,7 @@ test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || $(APT) install -y -q chromium >/dev/null 2>&1 \
 		|| ($(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q chromium >/dev/null 2>&1) \
 		|| echo "chromium could not be installed: tests/test_browser.py will be skipped"
-	$(BIN)/ruff check treerl tests bench
+	$(BIN)/ruff format --check treerl tests bench docs/config_tables.py
+	$(BIN)/ruff check treerl tests bench docs/config_tables.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q

@@ -15,9 +15,13 @@ def add_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
         default, help_text = default if isinstance(default, tuple) else (default, None)
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif isinstance(default, list):
-            parser.add_argument(flag, type=type(default[0]), nargs="+", default=default, help=help_text)
+            parser.add_argument(
+                flag, type=type(default[0]), nargs="+", default=default, help=help_text
+            )
         else:
             parser.add_argument(flag, type=type(default), default=default, help=help_text)
 
@@ -29,5 +33,11 @@ def options(doc: str, **defaults: Any) -> argparse.ArgumentParser:
     return parser
 
 
-GRPO_STEP: dict[str, Any] = {"prompts_per_step": 8, "n": 8, "max_new_tokens": 32, "temperature": 0.7, "lr": 5e-5}
+GRPO_STEP: dict[str, Any] = {
+    "prompts_per_step": 8,
+    "n": 8,
+    "max_new_tokens": 32,
+    "temperature": 0.7,
+    "lr": 5e-5,
+}
 """The GRPO step that bench/vs_trl.py times in both tools (bench/trl_side.py is TRL's half): its options' defaults."""

@@ -25,17 +25,40 @@ TREERPO = "treerpo_demo"
 TASKS = {
     "arithmetic": {
         "model": "tiny",
-        "common": ["curriculum.levels=[trivial,easy,medium,hard]", "curriculum.pool_size=256", "train.steps=200",
-                   "eval.levels=[hard,ood]", "eval.problems=200"],
-        "score": ["rscore.branching=3", "rscore.depth=3", "rscore.step_tokens=8", "rscore.batch_prompts=16"],
+        "common": [
+            "curriculum.levels=[trivial,easy,medium,hard]",
+            "curriculum.pool_size=256",
+            "train.steps=200",
+            "eval.levels=[hard,ood]",
+            "eval.problems=200",
+        ],
+        "score": [
+            "rscore.branching=3",
+            "rscore.depth=3",
+            "rscore.step_tokens=8",
+            "rscore.batch_prompts=16",
+        ],
         "report": ["hard", "ood"],
     },
     "countdown": {
         "model": "tiny-countdown",
-        "common": ["task.name=countdown", "task.template=plain", "curriculum.levels=[trivial,easy,medium,hard]",
-                   "curriculum.pool_size=256", "train.steps=150", "rollout.max_new_tokens=128",
-                   "eval.max_new_tokens=128", "eval.levels=[hard,ood]", "eval.problems=100"],
-        "score": ["rscore.branching=3", "rscore.depth=3", "rscore.step_tokens=24", "rscore.batch_prompts=16"],
+        "common": [
+            "task.name=countdown",
+            "task.template=plain",
+            "curriculum.levels=[trivial,easy,medium,hard]",
+            "curriculum.pool_size=256",
+            "train.steps=150",
+            "rollout.max_new_tokens=128",
+            "eval.max_new_tokens=128",
+            "eval.levels=[hard,ood]",
+            "eval.problems=100",
+        ],
+        "score": [
+            "rscore.branching=3",
+            "rscore.depth=3",
+            "rscore.step_tokens=24",
+            "rscore.batch_prompts=16",
+        ],
         "report": ["hard", "ood"],
         # the demo's 4 x 4 x 4 trees of 128-token answers cost ~50 s a step on 2 cores (68k tokens); depth 2 over
         # 8 prompts samples about what the GRPO variants do (~10k tokens)
@@ -58,31 +81,58 @@ def variants(task: dict, scores: Path) -> dict[str, tuple[str | None, list[str]]
         # the weighted runs' mean loss weight is about 1.25: balanced at 1.25 x lr separates the two effects
         "balanced-lr1.25": (None, ["curriculum.name=balanced", "train.lr=6.25e-5"]),
         "treerpo-balanced": (TREERPO, ["curriculum.name=balanced", *tree]),
-        "reschedule-online": (TREERPO, ["reschedule.rank_by=rscore", "reschedule.scores=online", *tree]),
+        "reschedule-online": (
+            TREERPO,
+            ["reschedule.rank_by=rscore", "reschedule.scores=online", *tree],
+        ),
     }
 
 
 def score_pool(task: dict, out: Path) -> Path:
     """One `treerl score` pass of the starting model over the pool, shared by every seed."""
-    return score(out / "scores.jsonl", f"model.name_or_path={task['model']}", *task["common"], *task["score"])
+    return score(
+        out / "scores.jsonl", f"model.name_or_path={task['model']}", *task["common"], *task["score"]
+    )
 
 
-def run_variant(out: Path, task: dict, name: str, config: str | None, overrides: list[str], seed: int) -> dict:
-    run = train(out / f"{name}-seed{seed}", f"seed={seed}", f"model.name_or_path={task['model']}", *task["common"],
-                *overrides, config=config)
+def run_variant(
+    out: Path, task: dict, name: str, config: str | None, overrides: list[str], seed: int
+) -> dict:
+    run = train(
+        out / f"{name}-seed{seed}",
+        f"seed={seed}",
+        f"model.name_or_path={task['model']}",
+        *task["common"],
+        *overrides,
+        config=config,
+    )
     metrics = run["metrics"]
-    return {"variant": name, "seed": seed, "steps": len(metrics),
-            "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
-            "accuracy": {level: {"before": run["before"][level]["accuracy"], "after": run["after"][level]["accuracy"]}
-                         for level in task["report"]},
-            "train_acc_last25": train_accuracy(metrics[-25:])}
+    return {
+        "variant": name,
+        "seed": seed,
+        "steps": len(metrics),
+        "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
+        "accuracy": {
+            level: {
+                "before": run["before"][level]["accuracy"],
+                "after": run["after"][level]["accuracy"],
+            }
+            for level in task["report"]
+        },
+        "train_acc_last25": train_accuracy(metrics[-25:]),
+    }
 
 
 def train_accuracy(metrics: list[dict]) -> dict[str, float]:
-    ("Mean accuracy (%) of the sampled answers per training level over these steps "
-     "(levels not sampled are left out).")
-    levels = sorted({key.removeprefix("acc/") for m in metrics for key in m
-                     if key.startswith("acc/") and key != "acc/mean"})
+    "Mean accuracy (%) of the sampled answers per training level over these steps (levels not sampled are left out)."
+    levels = sorted(
+        {
+            key.removeprefix("acc/")
+            for m in metrics
+            for key in m
+            if key.startswith("acc/") and key != "acc/mean"
+        }
+    )
     means = {}
     for level in levels:
         values = [m[f"acc/{level}"] for m in metrics if m.get(f"acc/{level}") is not None]
@@ -92,8 +142,12 @@ def train_accuracy(metrics: list[dict]) -> dict[str, float]:
 
 
 def table(rows: list[dict], levels: list[str]) -> str:
-    lines = ["| variant | " + " | ".join(f"{lvl} before -> after (mean ± sd)" for lvl in levels) + " | train s |",
-             "|---" * (len(levels) + 2) + "|"]
+    lines = [
+        "| variant | "
+        + " | ".join(f"{lvl} before -> after (mean ± sd)" for lvl in levels)
+        + " | train s |",
+        "|---" * (len(levels) + 2) + "|",
+    ]
     for name in dict.fromkeys(row["variant"] for row in rows):
         mine = [row for row in rows if row["variant"] == name]
         cells = []
@@ -116,9 +170,16 @@ def main() -> None:
     args = parser.parse_args()
     task = TASKS[args.task]
     out = Path(args.out) / args.task
-    chosen = {name: spec for name, spec in variants(task, score_pool(task, out)).items()
-              if not args.variants or name in args.variants}
-    jobs = [(name, config, overrides, seed) for seed in args.seeds for name, (config, overrides) in chosen.items()]
+    chosen = {
+        name: spec
+        for name, spec in variants(task, score_pool(task, out)).items()
+        if not args.variants or name in args.variants
+    }
+    jobs = [
+        (name, config, overrides, seed)
+        for seed in args.seeds
+        for name, (config, overrides) in chosen.items()
+    ]
     with ThreadPoolExecutor(max_workers=2) as pool:
         rows = list(pool.map(lambda job: run_variant(out, task, *job), jobs))
     for row in rows:

@@ -37,22 +37,42 @@ METHODS = {
 }
 
 
-def run(out: Path, seed: int, method: str, target: float, every: int, steps: int, read_only: bool) -> dict:
+def run(
+    out: Path, seed: int, method: str, target: float, every: int, steps: int, read_only: bool
+) -> dict:
     """Train for `steps` steps with an evaluation every `every`; time to the first evaluation at the target."""
     run_dir = out / f"{method}-seed{seed}"
-    result = read(run_dir) if read_only else train(run_dir, f"seed={seed}", f"train.steps={steps}",
-                                                   f"eval.every={every}", *COMMON, *METHODS[method])
+    result = (
+        read(run_dir)
+        if read_only
+        else train(
+            run_dir,
+            f"seed={seed}",
+            f"train.steps={steps}",
+            f"eval.every={every}",
+            *COMMON,
+            *METHODS[method],
+        )
+    )
     metrics, evals = result["metrics"], result["evals"]
     hard = {int(s): evals[s]["hard"]["accuracy"] for s in evals}
     reached = min((s for s, acc in hard.items() if s > 0 and acc >= target), default=None)
     train_s = round(sum(m["timing/step_s"] for m in metrics), 1)
     return {
-        "method": method, "seed": seed, "steps": len(metrics), "finished": len(metrics) == steps, "target": target,
+        "method": method,
+        "seed": seed,
+        "steps": len(metrics),
+        "finished": len(metrics) == steps,
+        "target": target,
         "reached_at_step": reached,
-        "train_s_to_target": round(sum(m["timing/step_s"] for m in metrics[:reached]), 1) if reached else None,
+        "train_s_to_target": round(sum(m["timing/step_s"] for m in metrics[:reached]), 1)
+        if reached
+        else None,
         "train_s_to_target_at_least": train_s if reached is None and len(metrics) < steps else None,
         "train_s": train_s,
-        "hard_before": hard[0], "hard_final": hard[max(hard)], "hard_best": max(hard.values()),
+        "hard_before": hard[0],
+        "hard_final": hard[max(hard)],
+        "hard_best": max(hard.values()),
         "hard_by_step": {str(s): hard[s] for s in sorted(hard)},
         "mean_rollout_s": round(statistics.mean(m["timing/rollout_s"] for m in metrics), 3),
         "mean_update_s": round(statistics.mean(m["timing/update_s"] for m in metrics), 3),
@@ -61,25 +81,44 @@ def run(out: Path, seed: int, method: str, target: float, every: int, steps: int
 
 
 def main() -> None:
-    args = options(__doc__, seeds=[0, 1, 2], target=(0.70, "greedy accuracy on hard to reach"),
-                   every=(25, "evaluate every this many steps"), steps=300,
-                   jobs=(2, "runs at a time (2 on the 2-core machine: the two arms of a seed side by side; 6 on a GPU "
-                            "machine)"),
-                   out="runs/bench-dash", read_only=(False, "summarise the runs in --out, train nothing")).parse_args()
+    args = options(
+        __doc__,
+        seeds=[0, 1, 2],
+        target=(0.70, "greedy accuracy on hard to reach"),
+        every=(25, "evaluate every this many steps"),
+        steps=300,
+        jobs=(
+            2,
+            "runs at a time (2 on the 2-core machine: the two arms of a seed side by side; 6 on a GPU "
+            "machine)",
+        ),
+        out="runs/bench-dash",
+        read_only=(False, "summarise the runs in --out, train nothing"),
+    ).parse_args()
     out = Path(args.out)
     jobs = [(seed, method) for seed in args.seeds for method in METHODS]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = dict(zip(jobs, pool.map(lambda job: run(out, *job, args.target, args.every, args.steps,
-                                                                   args.read_only), jobs)))
+        done = dict(
+            zip(
+                jobs,
+                pool.map(
+                    lambda job: run(out, *job, args.target, args.every, args.steps, args.read_only),
+                    jobs,
+                ),
+            )
+        )
     rows = []
     for seed in args.seeds:
         standard, dash = done[(seed, "standard")], done[(seed, "dash")]
         ratio = {"seed": seed}
         if standard["train_s_to_target"] and dash["train_s_to_target"]:
-            ratio["speedup_to_target"] = round(standard["train_s_to_target"] / dash["train_s_to_target"], 2)
+            ratio["speedup_to_target"] = round(
+                standard["train_s_to_target"] / dash["train_s_to_target"], 2
+            )
         elif standard["train_s_to_target_at_least"] and dash["train_s_to_target"]:
-            ratio["speedup_to_target_at_least"] = round(standard["train_s_to_target_at_least"]
-                                                        / dash["train_s_to_target"], 2)
+            ratio["speedup_to_target_at_least"] = round(
+                standard["train_s_to_target_at_least"] / dash["train_s_to_target"], 2
+            )
         rows += [standard, dash, ratio]
         for row in rows[-3:]:
             print(json.dumps(row), flush=True)

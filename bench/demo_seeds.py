@@ -27,15 +27,40 @@ def main() -> None:
     for seed in args.seeds:
         run_dir = Path(args.out) / f"seed{seed}"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "treerl.cli", "train", "--out", str(run_dir), f"seed={seed}",
-                        "output.progress=false", *args.overrides], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "treerl.cli",
+                "train",
+                "--out",
+                str(run_dir),
+                f"seed={seed}",
+                "output.progress=false",
+                *args.overrides,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - start
         evals = json.loads((run_dir / "eval.json").read_text())
         before, after = evals["0"], evals[max(evals, key=int)]
-        rows.append({"seed": seed, "wall_s": round(seconds, 1), **{
-            level: {"before": before[level]["accuracy"], "after": after[level]["accuracy"],
-                    "change_points": round(100 * (after[level]["accuracy"] - before[level]["accuracy"]), 1)}
-            for level in args.levels}})
+        rows.append(
+            {
+                "seed": seed,
+                "wall_s": round(seconds, 1),
+                **{
+                    level: {
+                        "before": before[level]["accuracy"],
+                        "after": after[level]["accuracy"],
+                        "change_points": round(
+                            100 * (after[level]["accuracy"] - before[level]["accuracy"]), 1
+                        ),
+                    }
+                    for level in args.levels
+                },
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"runs": rows}, indent=2))
 

@@ -41,8 +41,15 @@ from treerl.rollout.lean import lean_decoder
 from treerl.rollout.lean_backend import LeanBackend
 from treerl.rollout.vllm_backend import VllmBackend
 
-TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)
+TINY = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    tie_word_embeddings=True,
+)
 
 
 def sync(device: torch.device) -> None:
@@ -80,7 +87,9 @@ def roofline(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, bytes_pe
     c = model.config
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     if not c.tie_word_embeddings:
-        weights -= model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+        weights -= (
+            model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+        )
     head_dim = c.hidden_size // c.num_attention_heads
     kv_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 2
     kv = rows * (prompt + (new - 1) / 2) * kv_per_token
@@ -91,33 +100,56 @@ def roofline(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, bytes_pe
 def decode(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, device: torch.device) -> dict:
     """Generated tokens per second of the lean backend, the vLLM backend and `model.generate` (after a short warm-up
     of each). No EOS: the sampling calls stop at token id -1, which never comes."""
-    prompts = torch.randint(2, model.config.vocab_size, (rows, prompt), generator=torch.Generator().manual_seed(0))
+    prompts = torch.randint(
+        2, model.config.vocab_size, (rows, prompt), generator=torch.Generator().manual_seed(0)
+    )
     keys = row_keys(torch.Generator().manual_seed(0), rows, device)
-    backends = {"treerl": LeanBackend(lean_decoder(model)), "vllm": VllmBackend(model, VllmSettings(sleep=False))}
+    backends = {
+        "treerl": LeanBackend(lean_decoder(model)),
+        "vllm": VllmBackend(model, VllmSettings(sleep=False)),
+    }
     result = {}
     for name in ("treerl", "vllm", "generate"):
-        for tokens in (4, new):   # warm-up, then the measurement
+        for tokens in (4, new):  # warm-up, then the measurement
             sync(device)
             t0 = time.perf_counter()
             with torch.no_grad():
                 if name in backends:
-                    made = sum(len(s.token_ids) for s in backends[name].sample(prompts.tolist(), keys, tokens,
-                                                                                 Sampling(), -1))
+                    made = sum(
+                        len(s.token_ids)
+                        for s in backends[name].sample(
+                            prompts.tolist(), keys, tokens, Sampling(), -1
+                        )
+                    )
                 else:
                     ids = prompts.to(device)
-                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                         temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=tokens,
-                                         min_new_tokens=tokens, pad_token_id=0)
+                    out = model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        do_sample=True,
+                        temperature=1.0,
+                        top_k=0,
+                        top_p=1.0,
+                        max_new_tokens=tokens,
+                        min_new_tokens=tokens,
+                        pad_token_id=0,
+                    )
                     made = out[:, prompt:].numel()
             sync(device)
             seconds = time.perf_counter() - t0
-        result[name] = {"tokens": made, "seconds": round(seconds, 3), "tok_s": round(made / seconds, 1)}
+        result[name] = {
+            "tokens": made,
+            "seconds": round(seconds, 3),
+            "tok_s": round(made / seconds, 1),
+        }
     if device.type == "cuda":
         result["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
 
 
-def treerpo_step(size: str, shapes: dict, args, device: torch.device, backend: str = "lean") -> dict:
+def treerpo_step(
+    size: str, shapes: dict, args, device: torch.device, backend: str = "lean"
+) -> dict:
     """One step of the paper's TreeRPO config with a random model of this size, sampled by `backend`; seconds by
     phase, peak memory."""
     out = Path(args.out)
@@ -125,6 +157,7 @@ def treerpo_step(size: str, shapes: dict, args, device: torch.device, backend: s
         path = out / "model-tiny"
         if not (path / "config.json").is_file():
             from treerl.models import load_tokenizer
+
             random_model(shapes[size], torch.device("cpu")).save_pretrained(path)
             load_tokenizer("tiny").save_pretrained(path)
     else:
@@ -132,32 +165,71 @@ def treerpo_step(size: str, shapes: dict, args, device: torch.device, backend: s
         make_model(size, path)
     run = out / f"treerpo-{size}-{backend}"
     subprocess.run(["rm", "-rf", str(run)], check=True)
-    lengths = ["rollout.max_new_tokens=24", "tree.step_tokens=8", "eval.max_new_tokens=8"] if args.tiny else []
+    lengths = (
+        ["rollout.max_new_tokens=24", "tree.step_tokens=8", "eval.max_new_tokens=8"]
+        if args.tiny
+        else []
+    )
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "treerl", "train", "--config", "treerpo_paper", "--out", str(run),
-                    f"model.name_or_path={path}", f"model.device={device.type}", "train.steps=1",
-                    f"rollout.batch_prompts={args.tree_prompts}", "algo.params.prune_tau=0", "eval.problems=2",
-                    "eval.samples=1", "eval.levels=[all]", "output.progress=false", f"rollout.backend={backend}",
-                    *lengths],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treerl",
+            "train",
+            "--config",
+            "treerpo_paper",
+            "--out",
+            str(run),
+            f"model.name_or_path={path}",
+            f"model.device={device.type}",
+            "train.steps=1",
+            f"rollout.batch_prompts={args.tree_prompts}",
+            "algo.params.prune_tau=0",
+            "eval.problems=2",
+            "eval.samples=1",
+            "eval.levels=[all]",
+            "output.progress=false",
+            f"rollout.backend={backend}",
+            *lengths,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"prompts": args.tree_prompts, "wall_s": round(time.perf_counter() - t0, 1),
-            **{k: metrics[k] for k in metrics if k.startswith(("timing/", "memory/", "tokens/", "throughput/"))}}
+    return {
+        "prompts": args.tree_prompts,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        **{
+            k: metrics[k]
+            for k in metrics
+            if k.startswith(("timing/", "memory/", "tokens/", "throughput/"))
+        },
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/gpu-check")
-    parser.add_argument("--tiny", action="store_true", help="small shapes on the CPU: checks the script")
+    parser.add_argument(
+        "--tiny", action="store_true", help="small shapes on the CPU: checks the script"
+    )
     parser.add_argument("--tree-prompts", type=int, default=2)
-    parser.add_argument("--sections", nargs="*", default=["bandwidth", "decode", "treerpo_step", "tests"])
+    parser.add_argument(
+        "--sections", nargs="*", default=["bandwidth", "decode", "treerpo_step", "tests"]
+    )
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shapes = {"tiny": TINY} if args.tiny else {size: SHAPES[size] for size in ("0.5b", "1.5b", "7b")}
+    shapes = (
+        {"tiny": TINY} if args.tiny else {size: SHAPES[size] for size in ("0.5b", "1.5b", "7b")}
+    )
     rows_list, prompt, new = ((4, 16), 8, 16) if args.tiny else ((64, 256), 32, 256)
-    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "tiny": args.tiny}
+    result: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "tiny": args.tiny,
+    }
 
     def section(name: str, run) -> None:
         if name not in args.sections:
@@ -165,7 +237,7 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             result[name] = run()
-        except Exception:   # noqa: BLE001 - record it, and go on to the next section
+        except Exception:  # noqa: BLE001 - record it, and go on to the next section
             result[name] = {"error": traceback.format_exc(limit=3)}
         result.setdefault("section_s", {})[name] = round(time.perf_counter() - t0, 1)
         (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
@@ -175,7 +247,10 @@ def main() -> None:
 
     def decode_all() -> dict:
         found = {}
-        bytes_per_s = result.get("bandwidth", {}).get("bytes_per_s") or bandwidth(device, 0.125)["bytes_per_s"]
+        bytes_per_s = (
+            result.get("bandwidth", {}).get("bytes_per_s")
+            or bandwidth(device, 0.125)["bytes_per_s"]
+        )
         for size, shape in shapes.items():
             model = random_model(shape, device)
             for rows in rows_list:
@@ -184,9 +259,15 @@ def main() -> None:
                 measured = decode(model, rows, prompt, new, device)
                 limit = roofline(model, rows, prompt, new, bytes_per_s)
                 measured["roofline_tok_s"] = round(limit["tok_s"], 1)
-                measured["share_of_roofline"] = round(measured["treerl"]["tok_s"] / limit["tok_s"], 3)
-                measured["vllm_share_of_roofline"] = round(measured["vllm"]["tok_s"] / limit["tok_s"], 3)
-                measured["vs_generate"] = round(measured["treerl"]["tok_s"] / measured["generate"]["tok_s"], 2)
+                measured["share_of_roofline"] = round(
+                    measured["treerl"]["tok_s"] / limit["tok_s"], 3
+                )
+                measured["vllm_share_of_roofline"] = round(
+                    measured["vllm"]["tok_s"] / limit["tok_s"], 3
+                )
+                measured["vs_generate"] = round(
+                    measured["treerl"]["tok_s"] / measured["generate"]["tok_s"], 2
+                )
                 found[f"{size}/{rows}"] = measured
                 result["decode"] = found
                 (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
@@ -199,21 +280,32 @@ def main() -> None:
 
     def steps() -> dict:
         found = {}
-        for size, backend in ([("tiny", "lean"), ("tiny", "vllm")] if args.tiny
-                              else [("1.5b", "lean"), ("1.5b", "vllm"), ("7b", "lean")]):
+        for size, backend in (
+            [("tiny", "lean"), ("tiny", "vllm")]
+            if args.tiny
+            else [("1.5b", "lean"), ("1.5b", "vllm"), ("7b", "lean")]
+        ):
             try:
-                found[f"{size}/{backend}"] = treerpo_step(size, shapes if args.tiny else SHAPES, args, device, backend)
-            except Exception:   # noqa: BLE001 - 7B may not fit: say so and keep 1.5B's numbers
+                found[f"{size}/{backend}"] = treerpo_step(
+                    size, shapes if args.tiny else SHAPES, args, device, backend
+                )
+            except Exception:  # noqa: BLE001 - 7B may not fit: say so and keep 1.5B's numbers
                 found[f"{size}/{backend}"] = {"error": traceback.format_exc(limit=2)}
-            (out / "gpu_check.json").write_text(json.dumps({**result, "treerpo_step": found}, indent=2))
+            (out / "gpu_check.json").write_text(
+                json.dumps({**result, "treerpo_step": found}, indent=2)
+            )
         return found
 
     section("treerpo_step", steps)
 
     def tests() -> dict:
         env = {"TREERL_TEST_DEVICE": "cpu"} if args.tiny else {}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests"], capture_output=True,
-                              text=True, env={**os.environ, **env})
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
         return {"returncode": done.returncode, "tail": done.stdout[-1500:]}
 
     section("tests", tests)

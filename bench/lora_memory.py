@@ -50,8 +50,15 @@ def child(args: argparse.Namespace) -> None:
     from treerl.train.batch import completion_logprobs, make_batch
 
     torch.set_num_threads(args.threads)
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=args.layers,
-                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=args.layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(args.device)
     if args.rank:
@@ -62,19 +69,30 @@ def child(args: argparse.Namespace) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
     gen = torch.Generator().manual_seed(1)
-    batch = make_batch([torch.randint(0, 151936, (64,), generator=gen).tolist()] * args.rows,
-                       [torch.randint(0, 151936, (args.tokens,), generator=gen).tolist()
-                        for _ in range(args.rows)]).to(args.device)
+    batch = make_batch(
+        [torch.randint(0, 151936, (64,), generator=gen).tolist()] * args.rows,
+        [
+            torch.randint(0, 151936, (args.tokens,), generator=gen).tolist()
+            for _ in range(args.rows)
+        ],
+    ).to(args.device)
     before = peak_bytes(args.device)
     t0 = time.perf_counter()
     logprobs, _ = completion_logprobs(model, batch, chunk=1024)
     (logprobs * batch.completion_mask).sum().backward()
     optimizer.step()
     seconds = time.perf_counter() - t0
-    print(json.dumps({"trained_parameters": sum(p.numel() for p in trainable),
-                      "peak_gib": round(peak_bytes(args.device) / 2**30, 3),
-                      "model_and_data_gib": round(before / 2**30, 3),
-                      "held_after_step_gib": round(held_bytes(args.device) / 2**30, 3), "seconds": round(seconds, 2)}))
+    print(
+        json.dumps(
+            {
+                "trained_parameters": sum(p.numel() for p in trainable),
+                "peak_gib": round(peak_bytes(args.device) / 2**30, 3),
+                "model_and_data_gib": round(before / 2**30, 3),
+                "held_after_step_gib": round(held_bytes(args.device) / 2**30, 3),
+                "seconds": round(seconds, 2),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -82,22 +100,44 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[0, 16], help="0 = every weight trains")
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=[0, 16], help="0 = every weight trains"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="activation checkpointing (train.gradient_checkpointing)")
+    parser.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="activation checkpointing (train.gradient_checkpointing)",
+    )
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank is not None:
         return child(args)
     results = {}
     for rank in args.ranks:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--rank", str(rank)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         results["full" if rank == 0 else f"lora_r{rank}"] = json.loads(out.strip().splitlines()[-1])
-    print(json.dumps({"shape": "Qwen2.5-0.5B", "layers": args.layers, "rows": args.rows, "tokens": args.tokens,
-                      "checkpointing": args.checkpointing, "device": args.device, "settings": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "shape": "Qwen2.5-0.5B",
+                "layers": args.layers,
+                "rows": args.rows,
+                "tokens": args.tokens,
+                "checkpointing": args.checkpointing,
+                "device": args.device,
+                "settings": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,15 +22,38 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    subprocess.run([sys.executable, "-m", "treerl", "train", "--out", str(out), f"train.steps={args.steps}",
-                    "output.progress=false", "eval.problems=20", *args.overrides],
-                   check=True, stdout=subprocess.DEVNULL)
-    rss = {m["step"]: m["memory/rss_gib"] * 1024
-           for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treerl",
+            "train",
+            "--out",
+            str(out),
+            f"train.steps={args.steps}",
+            "output.progress=false",
+            "eval.problems=20",
+            *args.overrides,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    rss = {
+        m["step"]: m["memory/rss_gib"] * 1024
+        for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    }
     early, late = rss[args.early], rss[args.steps]
-    print(json.dumps({"rss_mib_at_step": {args.early: round(early, 1), args.steps: round(late, 1)},
-                      "ratio": round(late / early, 3), "max_rss_mib": round(max(rss.values()), 1),
-                      "max_rss_step": max(rss, key=rss.get)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "rss_mib_at_step": {args.early: round(early, 1), args.steps: round(late, 1)},
+                "ratio": round(late / early, 3),
+                "max_rss_mib": round(max(rss.values()), 1),
+                "max_rss_step": max(rss, key=rss.get),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

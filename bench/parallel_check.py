@@ -18,20 +18,55 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-SETTINGS = ["train.steps=1", "train.lr=1e-3", "train.warmup_steps=0", "algo.entropy_coef=0.1", "train.filter_tau=null",
-            "rollout.top_p=1e-6", "rollout.generation_batch=1", "rollout.max_new_tokens=32", "train.micro_batch=5",
-            "eval.problems=8", "eval.levels=[hard]", "output.progress=false"]
+SETTINGS = [
+    "train.steps=1",
+    "train.lr=1e-3",
+    "train.warmup_steps=0",
+    "algo.entropy_coef=0.1",
+    "train.filter_tau=null",
+    "rollout.top_p=1e-6",
+    "rollout.generation_batch=1",
+    "rollout.max_new_tokens=32",
+    "train.micro_batch=5",
+    "eval.problems=8",
+    "eval.levels=[hard]",
+    "output.progress=false",
+]
 
 
 def train(out: Path, ranks: int, strategy: str | None) -> dict:
-    launcher = [sys.executable] if strategy is None else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    launcher = (
+        [sys.executable]
+        if strategy is None
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={ranks}",
+        ]
+    )
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    subprocess.run([*launcher, "-m", "treerl", "train", "--out", str(out), *SETTINGS,
-                    f"rollout.batch_prompts={4 * ranks}", *([f"train.strategy={strategy}"] if strategy else [])],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *launcher,
+            "-m",
+            "treerl",
+            "train",
+            "--out",
+            str(out),
+            *SETTINGS,
+            f"rollout.batch_prompts={4 * ranks}",
+            *([f"train.strategy={strategy}"] if strategy else []),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     step = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    return {key: step[key] for key in ("loss/policy", "entropy", "grad_norm", "tokens/trained", "memory/gpu_peak_gib")}
+    return {
+        key: step[key]
+        for key in ("loss/policy", "entropy", "grad_norm", "tokens/trained", "memory/gpu_peak_gib")
+    }
 
 
 def main() -> None:
@@ -45,7 +80,9 @@ def main() -> None:
     for strategy in ("ddp", "fsdp2"):
         result[strategy] = train(out / strategy, args.ranks, strategy)
         got = load_file(out / strategy / "checkpoints/step_1/model.safetensors")
-        result[strategy]["max_weight_diff"] = max((got[k].float() - want[k].float()).abs().max().item() for k in want)
+        result[strategy]["max_weight_diff"] = max(
+            (got[k].float() - want[k].float()).abs().max().item() for k in want
+        )
     print(json.dumps(result, indent=2))
 
 

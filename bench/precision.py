@@ -30,15 +30,27 @@ PRECISIONS = {"fp32": [], "bf16": ["model.autocast=bfloat16"]}
 
 
 def run(out: Path, precision: str, seed: int, threads: int, window: int) -> dict:
-    result = train(out / precision / f"seed{seed}", f"seed={seed}", f"train.threads={threads}",
-                   *PRECISIONS[precision])
+    result = train(
+        out / precision / f"seed{seed}",
+        f"seed={seed}",
+        f"train.threads={threads}",
+        *PRECISIONS[precision],
+    )
     metrics = result["metrics"]
     hard = [m["acc/hard"] for m in metrics if "acc/hard" in m]
     return {
-        "precision": precision, "seed": seed,
-        "heldout": {level: {"before": result["before"][level]["accuracy"], "after": result["after"][level]["accuracy"]}
-                    for level in result["after"]},
-        "train_acc_hard": [round(statistics.mean(hard[i:i + window]), 4) for i in range(0, len(hard), window)],
+        "precision": precision,
+        "seed": seed,
+        "heldout": {
+            level: {
+                "before": result["before"][level]["accuracy"],
+                "after": result["after"][level]["accuracy"],
+            }
+            for level in result["after"]
+        },
+        "train_acc_hard": [
+            round(statistics.mean(hard[i : i + window]), 4) for i in range(0, len(hard), window)
+        ],
         "step_s": round(statistics.median(m["timing/step_s"] for m in metrics), 4),
         "rollout_s": round(statistics.median(m["timing/rollout_s"] for m in metrics), 4),
         "update_s": round(statistics.median(m["timing/update_s"] for m in metrics), 4),
@@ -46,10 +58,14 @@ def run(out: Path, precision: str, seed: int, threads: int, window: int) -> dict
 
 
 def mean_over_seeds(runs: list[dict]) -> dict:
-    return {"hard_after": round(statistics.mean(r["heldout"]["hard"]["after"] for r in runs), 4),
-            "step_s": round(statistics.mean(r["step_s"] for r in runs), 4),
-            "update_s": round(statistics.mean(r["update_s"] for r in runs), 4),
-            "train_acc_hard": [round(statistics.mean(v), 4) for v in zip(*(r["train_acc_hard"] for r in runs))]}
+    return {
+        "hard_after": round(statistics.mean(r["heldout"]["hard"]["after"] for r in runs), 4),
+        "step_s": round(statistics.mean(r["step_s"] for r in runs), 4),
+        "update_s": round(statistics.mean(r["update_s"] for r in runs), 4),
+        "train_acc_hard": [
+            round(statistics.mean(v), 4) for v in zip(*(r["train_acc_hard"] for r in runs))
+        ],
+    }
 
 
 def plot(rows: list[dict], window: int, path: Path) -> None:
@@ -59,8 +75,13 @@ def plot(rows: list[dict], window: int, path: Path) -> None:
         steps = [window * (i + 1) for i in range(len(curves[0]))]
         for curve in curves:
             ax.plot(steps, curve, color=color, alpha=0.3, linewidth=1)
-        ax.plot(steps, [statistics.mean(values) for values in zip(*curves)], color=color, linewidth=2.5,
-                label=f"{precision} (mean of {len(curves)} seeds)")
+        ax.plot(
+            steps,
+            [statistics.mean(values) for values in zip(*curves)],
+            color=color,
+            linewidth=2.5,
+            label=f"{precision} (mean of {len(curves)} seeds)",
+        )
     ax.set_xlabel("step")
     ax.set_ylabel(f"training accuracy on hard (mean over {window} steps)")
     ax.grid(alpha=0.3)
@@ -71,14 +92,25 @@ def plot(rows: list[dict], window: int, path: Path) -> None:
 
 
 def main() -> None:
-    args = options(__doc__, seeds=[0, 1, 2], threads=(0, "torch threads per run; 0 = all cores"),
-                   jobs=(1, "runs side by side"), window=100, out="runs/bench-precision").parse_args()
+    args = options(
+        __doc__,
+        seeds=[0, 1, 2],
+        threads=(0, "torch threads per run; 0 = all cores"),
+        jobs=(1, "runs side by side"),
+        window=100,
+        out="runs/bench-precision",
+    ).parse_args()
     out = Path(args.out)
     jobs = [(precision, seed) for seed in args.seeds for precision in PRECISIONS]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run(out, *job, args.threads, args.window), jobs))
-    summary = {"runs": rows, "mean": {precision: mean_over_seeds([r for r in rows if r["precision"] == precision])
-                                      for precision in PRECISIONS}}
+    summary = {
+        "runs": rows,
+        "mean": {
+            precision: mean_over_seeds([r for r in rows if r["precision"] == precision])
+            for precision in PRECISIONS
+        },
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.window, out / "precision.png")
     print(json.dumps(summary["mean"], indent=2))

@@ -7,15 +7,19 @@ import time
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, shapes: list[tuple[int, int, int]], repeats: int = 5,
-                device: str = "cpu") -> float:
+def matmul_peak(
+    dtype: torch.dtype, shapes: list[tuple[int, int, int]], repeats: int = 5, device: str = "cpu"
+) -> float:
     """Best FLOP/s of torch.mm over the shapes (m, k, n) on `device`, each timed `repeats` times after one
     warm-up; on a GPU also over 8192^3, which it takes to reach a GPU's peak."""
     gpu = device.startswith("cuda")
     sync = torch.cuda.synchronize if gpu else lambda: None
     best = 0.0
     for m, k, n in [*shapes, *([(8192, 8192, 8192)] if gpu else [])]:
-        a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+        a, b = (
+            torch.randn(m, k, dtype=dtype, device=device),
+            torch.randn(k, n, dtype=dtype, device=device),
+        )
         torch.mm(a, b)
         for _ in range(repeats):
             sync()

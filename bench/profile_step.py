@@ -34,12 +34,19 @@ from treerl.train.batch import completion_logprobs, make_batch, scatter_completi
 def top_ops(prof, count: int) -> list[dict]:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count,
-             "us_per_call": round(e.self_cpu_time_total / e.count, 1)} for e in events[:count]]
+    return [
+        {
+            "op": e.key,
+            "share": round(e.self_cpu_time_total / total, 3),
+            "calls": e.count,
+            "us_per_call": round(e.self_cpu_time_total / e.count, 1),
+        }
+        for e in events[:count]
+    ]
 
 
 def timed(phase, rounds: int, top: int) -> dict:
-    phase()   # warm-up
+    phase()  # warm-up
     seconds = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -52,18 +59,31 @@ def timed(phase, rounds: int, top: int) -> dict:
 
 
 def main() -> None:
-    args = options(__doc__, prompts=8, n=8, max_new_tokens=32, temperature=0.7, rounds=10, top=8).parse_args()
+    args = options(
+        __doc__, prompts=8, n=8, max_new_tokens=32, temperature=0.7, rounds=10, top=8
+    ).parse_args()
     model, tokenizer = load_policy(str(TINY_DIR), "float32", "cpu")
     params = sum(p.numel() for p in model.parameters())
     task, rng = get_task("arithmetic"), random.Random(0)
-    prompts = [tokenizer(render_prompt(task.template, task.sample("hard", rng).question, tokenizer),
-                         add_special_tokens=False)["input_ids"] for _ in range(args.prompts)]
+    prompts = [
+        tokenizer(
+            render_prompt(task.template, task.sample("hard", rng).question, tokenizer),
+            add_special_tokens=False,
+        )["input_ids"]
+        for _ in range(args.prompts)
+    ]
     rows = [p for p in prompts for _ in range(args.n)]
     generator = torch.Generator().manual_seed(0)
 
     def sample():
-        return generate(model, tokenizer, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        generator=generator)
+        return generate(
+            model,
+            tokenizer,
+            rows,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            generator=generator,
+        )
 
     gen = sample()
     batch = make_batch(gen.prompt_ids, gen.completion_ids, tokenizer.pad_token_id)
@@ -74,7 +94,9 @@ def main() -> None:
     def update():
         model.train()
         logprobs, entropy = completion_logprobs(model, batch, args.temperature, with_entropy=True)
-        loss, _ = clipped_policy_loss(logprobs, old, advantages, AlgoConfig(clip_low=0.2, clip_high=0.28))
+        loss, _ = clipped_policy_loss(
+            logprobs, old, advantages, AlgoConfig(clip_low=0.2, clip_high=0.28)
+        )
         mask = batch.completion_mask
         token_mean(loss, mask, mask.shape[0], float(mask.sum()), None).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -84,16 +106,28 @@ def main() -> None:
     generated = sum(map(len, gen.completion_ids))
     prompt_tokens = sum(map(len, rows))
     distinct_prompt_tokens = sum(map(len, prompts))
-    peak = matmul_peak(torch.float32, model_shapes(model.config.to_dict(), len(rows) * args.max_new_tokens))
-    phases = {"sampling": (sample, 2 * params * (generated + prompt_tokens)),
-              "update": (update, 6 * params * (generated + distinct_prompt_tokens))}
-    result = {"threads": torch.get_num_threads(), "sequences": len(rows), "generated_tokens": generated,
-              "matmul_peak_gflop_s": round(peak / 1e9, 1)}
+    peak = matmul_peak(
+        torch.float32, model_shapes(model.config.to_dict(), len(rows) * args.max_new_tokens)
+    )
+    phases = {
+        "sampling": (sample, 2 * params * (generated + prompt_tokens)),
+        "update": (update, 6 * params * (generated + distinct_prompt_tokens)),
+    }
+    result = {
+        "threads": torch.get_num_threads(),
+        "sequences": len(rows),
+        "generated_tokens": generated,
+        "matmul_peak_gflop_s": round(peak / 1e9, 1),
+    }
     for name, (phase, flops) in phases.items():
         measured = timed(phase, args.rounds, args.top)
-        result[name] = {"seconds": measured["seconds"], "gflop": round(flops / 1e9, 2),
-                        "floor_s": round(flops / peak, 4),
-                        "of_matmul_peak": round(flops / peak / measured["seconds"], 3), "top_ops": measured["top_ops"]}
+        result[name] = {
+            "seconds": measured["seconds"],
+            "gflop": round(flops / 1e9, 2),
+            "floor_s": round(flops / peak, 4),
+            "of_matmul_peak": round(flops / peak / measured["seconds"], 3),
+            "top_ops": measured["top_ops"],
+        }
     print(json.dumps(result, indent=2))
 
 

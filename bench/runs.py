@@ -12,7 +12,9 @@ import yaml
 
 def finished(run_dir: Path, steps: int) -> bool:
     """Whether the run in run_dir ended: eval.json holds its evaluation after `steps` steps."""
-    evals = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+    evals = (
+        json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+    )
     return str(steps) in evals
 
 
@@ -20,12 +22,18 @@ def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
     """Train into run_dir (one thread, no progress bar) unless a finished run is there; its metrics and evals.
     An unfinished one is started again."""
     config_file = run_dir / "config.yaml"
-    if not (config_file.is_file() and finished(run_dir, yaml.safe_load(config_file.read_text())["train"]["steps"])):
+    if not (
+        config_file.is_file()
+        and finished(run_dir, yaml.safe_load(config_file.read_text())["train"]["steps"])
+    ):
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
         command = [sys.executable, "-m", "treerl.cli", "train", "--out", str(run_dir)]
         command += ["--config", config] if config else []
-        subprocess.run(command + ["output.progress=false", "train.threads=1", *overrides], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            command + ["output.progress=false", "train.threads=1", *overrides],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return read(run_dir)
 
 
@@ -33,8 +41,21 @@ def score(path: Path, *overrides: str) -> Path:
     """One `treerl score` pass (two threads) into path unless it is there; shared by every seed of a bench."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "treerl.cli", "score", "--out", str(path), "output.progress=false",
-                        "train.threads=2", *overrides], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "treerl.cli",
+                "score",
+                "--out",
+                str(path),
+                "output.progress=false",
+                "train.threads=2",
+                *overrides,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return path
 
 
@@ -42,4 +63,9 @@ def read(run_dir: Path) -> dict:
     """A run's metrics and evals as they stand: one stopped by a time limit is read as far as it got."""
     evals = json.loads((run_dir / "eval.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"metrics": metrics, "evals": evals, "before": evals["0"], "after": evals[max(evals, key=int)]}
+    return {
+        "metrics": metrics,
+        "evals": evals,
+        "before": evals["0"],
+        "after": evals[max(evals, key=int)],
+    }

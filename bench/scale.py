@@ -25,12 +25,33 @@ from common import options
 from treerl.models import load_tokenizer
 
 SHAPES = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -45,38 +66,85 @@ def make_model(size: str, path: Path) -> int:
         model.save_pretrained(path)
         load_tokenizer("tiny").save_pretrained(path)
         del model
-        torch.cuda.empty_cache()   # the training process needs the GPU, not this one
+        torch.cuda.empty_cache()  # the training process needs the GPU, not this one
     with torch.device("meta"):
         return sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
 
 
 def main() -> None:
-    parser = options(__doc__, gpus=(1, "processes under torchrun"), steps=3, batch_prompts=8, n=8, max_new_tokens=256,
-                     micro_batch=8, out="runs/bench-scale")
+    parser = options(
+        __doc__,
+        gpus=(1, "processes under torchrun"),
+        steps=3,
+        batch_prompts=8,
+        n=8,
+        max_new_tokens=256,
+        micro_batch=8,
+        out="runs/bench-scale",
+    )
     parser.add_argument("--size", choices=sorted(SHAPES), default="1.5b")
-    parser.add_argument("--strategy", choices=["none", "ddp", "fsdp2"], default="none",
-                        help="none: one process without torchrun")
+    parser.add_argument(
+        "--strategy",
+        choices=["none", "ddp", "fsdp2"],
+        default="none",
+        help="none: one process without torchrun",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
     out = Path(args.out)
     params = make_model(args.size, out / f"model-{args.size}")
     run = out / f"{args.size}-{args.strategy}-{args.gpus}gpu"
     subprocess.run(["rm", "-rf", str(run)], check=True)
-    launcher = [sys.executable] if args.strategy == "none" else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}"]
-    subprocess.run([*launcher, "-m", "treerl", "train", "--out", str(run),
-                    f"model.name_or_path={out}/model-{args.size}",
-                    "model.dtype=bfloat16", f"train.strategy={args.strategy if args.strategy != 'none' else 'ddp'}",
-                    f"train.steps={args.steps}", f"rollout.batch_prompts={args.batch_prompts}", f"rollout.n={args.n}",
-                    f"rollout.max_new_tokens={args.max_new_tokens}", f"train.micro_batch={args.micro_batch}",
-                    "train.filter_tau=null", "eval.problems=4", "eval.levels=[easy]", "eval.max_new_tokens=8",
-                    "output.progress=false", *args.overrides], check=True, stdout=subprocess.DEVNULL)
+    launcher = (
+        [sys.executable]
+        if args.strategy == "none"
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={args.gpus}",
+        ]
+    )
+    subprocess.run(
+        [
+            *launcher,
+            "-m",
+            "treerl",
+            "train",
+            "--out",
+            str(run),
+            f"model.name_or_path={out}/model-{args.size}",
+            "model.dtype=bfloat16",
+            f"train.strategy={args.strategy if args.strategy != 'none' else 'ddp'}",
+            f"train.steps={args.steps}",
+            f"rollout.batch_prompts={args.batch_prompts}",
+            f"rollout.n={args.n}",
+            f"rollout.max_new_tokens={args.max_new_tokens}",
+            f"train.micro_batch={args.micro_batch}",
+            "train.filter_tau=null",
+            "eval.problems=4",
+            "eval.levels=[easy]",
+            "eval.max_new_tokens=8",
+            "output.progress=false",
+            *args.overrides,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    later = metrics[1:] or metrics   # the first step also pays for warm-up
+    later = metrics[1:] or metrics  # the first step also pays for warm-up
     result = {
-        "size": args.size, "parameters": params, "strategy": args.strategy, "gpus": args.gpus,
+        "size": args.size,
+        "parameters": params,
+        "strategy": args.strategy,
+        "gpus": args.gpus,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "rollout": {"prompts": args.batch_prompts, "n": args.n, "max_new_tokens": args.max_new_tokens},
+        "rollout": {
+            "prompts": args.batch_prompts,
+            "n": args.n,
+            "max_new_tokens": args.max_new_tokens,
+        },
         "micro_batch": args.micro_batch,
         "gpu_peak_gib": max(m["memory/gpu_peak_gib"] or 0.0 for m in metrics),
         "step_s": statistics.median(m["timing/step_s"] for m in later),

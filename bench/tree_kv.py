@@ -34,12 +34,16 @@ EOS = 1
 
 
 def main() -> None:
-    args = parse_with_model_arguments(options(__doc__, prompts=2, branching=8, depth=3, step_tokens=16))
+    args = parse_with_model_arguments(
+        options(__doc__, prompts=2, branching=8, depth=3, step_tokens=16)
+    )
     model = random_model(args.hidden, args.layers, args.vocab)
     decoder = lean_decoder(model)
     assert decoder is not None
     rng = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(2, args.vocab, (30,), generator=rng).tolist() for _ in range(args.prompts)]
+    prompts = [
+        torch.randint(2, args.vocab, (30,), generator=rng).tolist() for _ in range(args.prompts)
+    ]
     budget = args.depth * args.step_tokens
     forks = Forks(args.branching, args.depth, args.step_tokens)
     rows = [p for p in prompts for _ in range(args.branching)]
@@ -55,15 +59,20 @@ def main() -> None:
     flat_rows = [prompts[i % len(prompts)] for i in range(-(-generated // budget))]
 
     def flat() -> None:
-        LeanBackend(decoder).sample(flat_rows, row_keys(torch.Generator().manual_seed(0), len(flat_rows), "cpu"),
-                                    budget, Sampling(), EOS)
+        LeanBackend(decoder).sample(
+            flat_rows,
+            row_keys(torch.Generator().manual_seed(0), len(flat_rows), "cpu"),
+            budget,
+            Sampling(),
+            EOS,
+        )
 
     seconds: dict[str, list[float]] = {"tree": [], "flat": []}
     for round_ in range(args.rounds + 1):
         for name, run in (("tree", tree), ("flat", flat)):
             t0 = time.perf_counter()
             run()
-            if round_:   # round 0 warms up
+            if round_:  # round 0 warms up
                 seconds[name].append(time.perf_counter() - t0)
     distinct = sum(map(len, prompts)) + generated
     paths = sum(len(rows[seq.prompt]) + seq.start + len(seq.token_ids) for seq in sequences)
@@ -71,19 +80,35 @@ def main() -> None:
     tree_tok_s = generated / statistics.median(seconds["tree"])
     flat_tok_s = len(flat_rows) * budget / statistics.median(seconds["flat"])
     mib = 2**20
-    print(json.dumps({
-        "model": {"parameters": sum(p.numel() for p in model.parameters()), "hidden": args.hidden,
-                  "layers": args.layers},
-        "prompts": args.prompts, "branching": args.branching, "depth": args.depth, "step_tokens": args.step_tokens,
-        "sequences": len(sequences), "generated_tokens": generated, "flat_sequences": len(flat_rows),
-        "rounds": args.rounds, "threads": args.threads,
-        "distinct_kv_mib": round(distinct * token_bytes / mib, 2),
-        "peak_kv_mib": round(backend.pool.peak * BLOCK * token_bytes / mib, 2),
-        "pool_kv_mib": round(backend.pool.size * BLOCK * token_bytes / mib, 2),
-        "copied_kv_mib": round(paths * token_bytes / mib, 2),
-        "peak_vs_distinct": round(backend.pool.peak * BLOCK / distinct, 3),
-        "tree_tok_s": round(tree_tok_s, 1), "flat_tok_s": round(flat_tok_s, 1),
-        "tree_vs_flat": round(tree_tok_s / flat_tok_s, 2)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": {
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                },
+                "prompts": args.prompts,
+                "branching": args.branching,
+                "depth": args.depth,
+                "step_tokens": args.step_tokens,
+                "sequences": len(sequences),
+                "generated_tokens": generated,
+                "flat_sequences": len(flat_rows),
+                "rounds": args.rounds,
+                "threads": args.threads,
+                "distinct_kv_mib": round(distinct * token_bytes / mib, 2),
+                "peak_kv_mib": round(backend.pool.peak * BLOCK * token_bytes / mib, 2),
+                "pool_kv_mib": round(backend.pool.size * BLOCK * token_bytes / mib, 2),
+                "copied_kv_mib": round(paths * token_bytes / mib, 2),
+                "peak_vs_distinct": round(backend.pool.peak * BLOCK / distinct, 3),
+                "tree_tok_s": round(tree_tok_s, 1),
+                "flat_tok_s": round(flat_tok_s, 1),
+                "tree_vs_flat": round(tree_tok_s / flat_tok_s, 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

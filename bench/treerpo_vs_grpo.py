@@ -25,24 +25,38 @@ TREERPO = "treerpo_demo"
 def summary(name: str, seed: int, run: dict, batch_prompts: int) -> dict:
     metrics = run["metrics"]
     return {
-        "algo": name, "seed": seed, "steps": len(metrics),
+        "algo": name,
+        "seed": seed,
+        "steps": len(metrics),
         "train_s": round(sum(m["timing/step_s"] for m in metrics), 1),
-        "generated_tokens_per_prompt": round(sum(m["tokens/generated"] for m in metrics)
-                                             / (batch_prompts * len(metrics)), 1),
-        "accuracy": {lvl: {"before": run["before"][lvl]["accuracy"], "after": run["after"][lvl]["accuracy"]}
-                     for lvl in LEVELS},
+        "generated_tokens_per_prompt": round(
+            sum(m["tokens/generated"] for m in metrics) / (batch_prompts * len(metrics)), 1
+        ),
+        "accuracy": {
+            lvl: {"before": run["before"][lvl]["accuracy"], "after": run["after"][lvl]["accuracy"]}
+            for lvl in LEVELS
+        },
         "response_length_after": {lvl: run["after"][lvl]["response_length"] for lvl in LEVELS},
     }
 
 
 def treerpo_run(out: Path, seed: int, grpo: dict) -> dict:
     """TreeRPO for as many steps as fit in the GRPO run's training time, measured by a 10-step probe."""
-    probe = train(out / f"treerpo-probe-seed{seed}", f"seed={seed}", "train.steps=10", "eval.problems=1",
-                  config=TREERPO)
+    probe = train(
+        out / f"treerpo-probe-seed{seed}",
+        f"seed={seed}",
+        "train.steps=10",
+        "eval.problems=1",
+        config=TREERPO,
+    )
     per_step = sum(m["timing/step_s"] for m in probe["metrics"]) / len(probe["metrics"])
     steps = max(1, round(grpo["train_s"] / per_step))
-    return summary("treerpo", seed, train(out / f"treerpo-seed{seed}", f"seed={seed}", f"train.steps={steps}",
-                                          config=TREERPO), 16)
+    return summary(
+        "treerpo",
+        seed,
+        train(out / f"treerpo-seed{seed}", f"seed={seed}", f"train.steps={steps}", config=TREERPO),
+        16,
+    )
 
 
 def main() -> None:
@@ -51,10 +65,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-tvg")
     args = parser.parse_args()
     out = Path(args.out)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # every GRPO run first, so no worker waits long on its budget
-        grpo = {s: pool.submit(lambda s=s: summary("grpo", s, train(out / f"grpo-seed{s}", f"seed={s}"), 16))
-                for s in args.seeds}
-        tree = {s: pool.submit(lambda s=s: treerpo_run(out, s, grpo[s].result())) for s in args.seeds}
+    with ThreadPoolExecutor(
+        max_workers=2
+    ) as pool:  # every GRPO run first, so no worker waits long on its budget
+        grpo = {
+            s: pool.submit(
+                lambda s=s: summary("grpo", s, train(out / f"grpo-seed{s}", f"seed={s}"), 16)
+            )
+            for s in args.seeds
+        }
+        tree = {
+            s: pool.submit(lambda s=s: treerpo_run(out, s, grpo[s].result())) for s in args.seeds
+        }
         rows = [future.result() for s in args.seeds for future in (grpo[s], tree[s])]
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -55,20 +55,39 @@ class StepClock(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "completions/mean_length" in logs:
-            self.out.write(json.dumps({"step": state.global_step, "seconds": self.seconds,
-                                       "generate_seconds": self.generate_seconds,
-                                       "mean_length": logs["completions/mean_length"]}) + "\n")
+            self.out.write(
+                json.dumps(
+                    {
+                        "step": state.global_step,
+                        "seconds": self.seconds,
+                        "generate_seconds": self.generate_seconds,
+                        "mean_length": logs["completions/mean_length"],
+                    }
+                )
+                + "\n"
+            )
             self.out.flush()
 
 
 def main() -> None:
-    parser = options(__doc__, steps=10, **GRPO_STEP, threads=0,
-                     gradient_checkpointing=(False, "recompute activations in the backward pass (TRL's default; off "
-                                                    "at equal work)"))
+    parser = options(
+        __doc__,
+        steps=10,
+        **GRPO_STEP,
+        threads=0,
+        gradient_checkpointing=(
+            False,
+            "recompute activations in the backward pass (TRL's default; off at equal work)",
+        ),
+    )
     for required in ("--model", "--prompts", "--out"):
         parser.add_argument(required, required=True)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "default"], default="fp32",
-                        help="bf16: bf16 mixed precision (TRL's autocast); default: TRL's own default (bf16)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "default"],
+        default="fp32",
+        help="bf16: bf16 mixed precision (TRL's autocast); default: TRL's own default (bf16)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,16 +96,38 @@ def main() -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config = GRPOConfig(
-        output_dir=f"{args.out}.trainer", per_device_train_batch_size=args.prompts_per_step * args.n,
-        num_generations=args.n, max_completion_length=args.max_new_tokens, temperature=args.temperature,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, beta=0.0, num_iterations=1,
-        gradient_accumulation_steps=1, epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, max_steps=args.steps,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
+        output_dir=f"{args.out}.trainer",
+        per_device_train_batch_size=args.prompts_per_step * args.n,
+        num_generations=args.n,
+        max_completion_length=args.max_new_tokens,
+        temperature=args.temperature,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0,
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
         bf16={"fp32": False, "bf16": True, "default": None}[args.precision],
         gradient_checkpointing=args.gradient_checkpointing,
-        seed=0, dataloader_num_workers=0, disable_tqdm=True)
-    trainer = GRPOTrainer(model=args.model, reward_funcs=correct, args=config, processing_class=tokenizer,
-                          train_dataset=Dataset.from_list(rows))
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=args.model,
+        reward_funcs=correct,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows),
+    )
     trainer.add_callback(StepClock(args.out))
     trainer.train()
 

@@ -20,8 +20,12 @@ import time
 
 from common import options
 
-SETTINGS = {"whole": (0, False), "chunked_1024": (1024, False), "checkpointing": (0, True),
-            "chunked_1024_checkpointing": (1024, True)}
+SETTINGS = {
+    "whole": (0, False),
+    "chunked_1024": (1024, False),
+    "checkpointing": (0, True),
+    "chunked_1024_checkpointing": (1024, True),
+}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -31,44 +35,86 @@ def child(args: argparse.Namespace) -> None:
     from treerl.train.batch import completion_logprobs, make_batch
 
     torch.set_num_threads(args.threads)
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                         num_key_value_heads=max(1, args.hidden // 256), tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=3 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=max(1, args.hidden // 256),
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(args.device).train()
     chunk, checkpointing = SETTINGS[args.setting]
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     gen = torch.Generator().manual_seed(1)
-    batch = make_batch([torch.randint(0, args.vocab, (64,), generator=gen).tolist()] * args.rows,
-                       [torch.randint(0, args.vocab, (args.tokens,), generator=gen).tolist()
-                        for _ in range(args.rows)]).to(args.device)
-    before = (torch.cuda.max_memory_allocated() if args.device == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    batch = make_batch(
+        [torch.randint(0, args.vocab, (64,), generator=gen).tolist()] * args.rows,
+        [
+            torch.randint(0, args.vocab, (args.tokens,), generator=gen).tolist()
+            for _ in range(args.rows)
+        ],
+    ).to(args.device)
+    before = (
+        torch.cuda.max_memory_allocated()
+        if args.device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     t0 = time.perf_counter()
-    logprobs, entropy = completion_logprobs(model, batch, with_entropy=True, chunk=chunk,
-                                            shared_contexts=not checkpointing)
+    logprobs, entropy = completion_logprobs(
+        model, batch, with_entropy=True, chunk=chunk, shared_contexts=not checkpointing
+    )
     ((logprobs - 0.01 * entropy) * batch.completion_mask).sum().backward()
     seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"peak_gib": round(peak / 2**30, 3), "model_and_data_gib": round(before / 2**30, 3),
-                      "seconds": round(seconds, 2)}))
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if args.device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    print(
+        json.dumps(
+            {
+                "peak_gib": round(peak / 2**30, 3),
+                "model_and_data_gib": round(before / 2**30, 3),
+                "seconds": round(seconds, 2),
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = options(__doc__, vocab=151936, hidden=256, layers=4, rows=8, tokens=512, threads=2, device="cpu")
+    parser = options(
+        __doc__, vocab=151936, hidden=256, layers=4, rows=8, tokens=512, threads=2, device="cpu"
+    )
     parser.add_argument("--setting", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setting:
         return child(args)
     results = {}
     for name in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--setting", name], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--setting", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
-    print(json.dumps({"vocab": args.vocab, "hidden": args.hidden, "layers": args.layers, "rows": args.rows,
-                      "tokens": args.tokens, "device": args.device, "settings": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "vocab": args.vocab,
+                "hidden": args.hidden,
+                "layers": args.layers,
+                "rows": args.rows,
+                "tokens": args.tokens,
+                "device": args.device,
+                "settings": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

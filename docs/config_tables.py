@@ -30,7 +30,9 @@ def as_documented(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return f"`{value}`"
-    return f"`{yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()}`"
+    return (
+        f"`{yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()}`"
+    )
 
 
 def rows(schema: type[BaseModel], prefix: str = "") -> list[str]:

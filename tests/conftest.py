@@ -55,9 +55,31 @@ def trained_run(model_dir, tmp_path_factory):
     from treerl.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    assert main(["train", "--out", str(out), f"model.name_or_path={model_dir}", "algo.name=treerpo", "tree.depth=2",
-                 "rollout.n=3", "rollout.max_new_tokens=8", "rollout.batch_prompts=3", "output.save_trees=2",
-                 "eval.problems=2", "eval.max_new_tokens=4", "eval.every=2", "output.progress=false",
-                 "train.threads=1", "train.steps=4", "train.save_every=1", "curriculum.name=cosine",
-                 "reschedule.rank_by=acc", "reschedule.scores=online"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                f"model.name_or_path={model_dir}",
+                "algo.name=treerpo",
+                "tree.depth=2",
+                "rollout.n=3",
+                "rollout.max_new_tokens=8",
+                "rollout.batch_prompts=3",
+                "output.save_trees=2",
+                "eval.problems=2",
+                "eval.max_new_tokens=4",
+                "eval.every=2",
+                "output.progress=false",
+                "train.threads=1",
+                "train.steps=4",
+                "train.save_every=1",
+                "curriculum.name=cosine",
+                "reschedule.rank_by=acc",
+                "reschedule.scores=online",
+            ]
+        )
+        == 0
+    )
     return out

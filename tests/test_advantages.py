@@ -2,7 +2,14 @@ import math
 
 import pytest
 
-from treerl.algo.advantages import ESTIMATORS, dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo
+from treerl.algo.advantages import (
+    ESTIMATORS,
+    dr_grpo,
+    grpo,
+    reinforce_pp,
+    reinforce_pp_baseline,
+    rloo,
+)
 from treerl.errors import UserError
 from treerl.registry import Registry
 from treerl.rollout.tree import ReasoningTree
@@ -14,7 +21,9 @@ def flat(*rewards: float) -> ReasoningTree:
 
 
 def values(advantages: dict[tuple[int, ...], float]) -> list[float]:
-    assert list(advantages) == [(i,) for i in range(len(advantages))]   # one per root child, in order
+    assert list(advantages) == [
+        (i,) for i in range(len(advantages))
+    ]  # one per root child, in order
     return list(advantages.values())
 
 
@@ -22,7 +31,9 @@ def test_grpo_normalises_by_group_mean_and_unbiased_std():
     # mean 0.5; squared deviations 4 * 0.25 = 1; unbiased var 1/3; std sqrt(1/3)
     # (1 - 0.5) / sqrt(1/3) = 0.5 * sqrt(3) = 0.8660...
     expected = 0.5 * math.sqrt(3)
-    assert values(grpo(flat(1, 0, 0, 1), eps=0.0)) == pytest.approx([expected, -expected, -expected, expected])
+    assert values(grpo(flat(1, 0, 0, 1), eps=0.0)) == pytest.approx(
+        [expected, -expected, -expected, expected]
+    )
     # mean 3.5, deviations -0.5 x3, +1.5; unbiased var (3*0.25 + 2.25)/3 = 1
     assert values(grpo(flat(3, 3, 3, 5), eps=0.0)) == pytest.approx([-0.5, -0.5, -0.5, 1.5])
 
@@ -59,38 +70,71 @@ def test_a_flat_estimator_scores_the_root_children_of_any_tree():
 
 
 def test_every_estimator_declares_its_shape():
-    assert {name: estimator.deep for name, estimator in ESTIMATORS.items()} == \
-        {"grpo": False, "dr_grpo": False, "rloo": False, "reinforce_pp": False, "reinforce_pp_baseline": False,
-         "treerpo": True}
+    assert {name: estimator.deep for name, estimator in ESTIMATORS.items()} == {
+        "grpo": False,
+        "dr_grpo": False,
+        "rloo": False,
+        "reinforce_pp": False,
+        "reinforce_pp_baseline": False,
+        "treerpo": True,
+    }
 
 
 def test_unknown_estimator_lists_available_names():
     with pytest.raises(UserError) as err:
         ESTIMATORS.lookup("grpoo")
-    assert str(err.value) == ("unknown algo.name 'grpoo'; available: dr_grpo, grpo, reinforce_pp, "
-                              "reinforce_pp_baseline, rloo, treerpo")
+    assert str(err.value) == (
+        "unknown algo.name 'grpoo'; available: dr_grpo, grpo, reinforce_pp, "
+        "reinforce_pp_baseline, rloo, treerpo"
+    )
     assert isinstance(ESTIMATORS, Registry)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("curriculum.name=hardest_first",
-     "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian, mastery"),
-    ("task.name=chess", "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math"),
-    ("algo.name=ppo", "unknown algo.name 'ppo'; available: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo, "
-                      "treerpo"),
-    ("algo.params.norm=zscore", "unknown algo.params.norm 'zscore'; available: bernoulli, none, std"),
-    ("reschedule.mix=step", "unknown reschedule.mix 'step'; available: linear, sigmoid"),
-    ("reschedule.rank_by=length", "unknown reschedule.rank_by 'length'; available: acc, off, rscore, rscore_prune"),
-    ("task.template=chat", "unknown task.template 'chat'; available: boxed, plain, think"),
-    ("train.lr_schedule=linear", "unknown train.lr_schedule 'linear'; available: constant, cosine"),
-    ("rscore.eligible=leaves", "unknown rscore.eligible 'leaves'; available: all, reference"),
-    ("rscore.child=first", "unknown rscore.child 'first'; available: accuracy, gain"),
-    ("algo.params.beta=1", "algo.params: estimator 'grpo' has no parameter 'beta'; it takes: eps"),
-    ("algo.policy_loss=gspo", "unknown algo.policy_loss 'gspo'; available: clipped, dual_clip"),
-    ("algo.loss_agg=sum", "unknown algo.loss_agg 'sum'; available: seq-mean-token-mean, seq-mean-token-sum-norm, "
-                          "token-mean"),
-    ("algo.kl_estimator=k4", "unknown algo.kl_estimator 'k4'; available: k1, k2, k3"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "curriculum.name=hardest_first",
+            "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian, mastery",
+        ),
+        (
+            "task.name=chess",
+            "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math",
+        ),
+        (
+            "algo.name=ppo",
+            "unknown algo.name 'ppo'; available: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo, "
+            "treerpo",
+        ),
+        (
+            "algo.params.norm=zscore",
+            "unknown algo.params.norm 'zscore'; available: bernoulli, none, std",
+        ),
+        ("reschedule.mix=step", "unknown reschedule.mix 'step'; available: linear, sigmoid"),
+        (
+            "reschedule.rank_by=length",
+            "unknown reschedule.rank_by 'length'; available: acc, off, rscore, rscore_prune",
+        ),
+        ("task.template=chat", "unknown task.template 'chat'; available: boxed, plain, think"),
+        (
+            "train.lr_schedule=linear",
+            "unknown train.lr_schedule 'linear'; available: constant, cosine",
+        ),
+        ("rscore.eligible=leaves", "unknown rscore.eligible 'leaves'; available: all, reference"),
+        ("rscore.child=first", "unknown rscore.child 'first'; available: accuracy, gain"),
+        (
+            "algo.params.beta=1",
+            "algo.params: estimator 'grpo' has no parameter 'beta'; it takes: eps",
+        ),
+        ("algo.policy_loss=gspo", "unknown algo.policy_loss 'gspo'; available: clipped, dual_clip"),
+        (
+            "algo.loss_agg=sum",
+            "unknown algo.loss_agg 'sum'; available: seq-mean-token-mean, seq-mean-token-sum-norm, "
+            "token-mean",
+        ),
+        ("algo.kl_estimator=k4", "unknown algo.kl_estimator 'k4'; available: k1, k2, k3"),
+    ],
+)
 def test_every_registry_names_the_config_key_and_the_choices(override, message, capsys, tmp_path):
     from treerl.cli import main
 
@@ -103,7 +147,10 @@ def test_reinforce_pp_normalises_over_every_response_of_the_step():
     """Two prompts, rewards (1, 0) and (1, 1): over the four, mean 0.75, squared deviations 0.0625 x3 + 0.5625 =
     0.75, Bessel var 0.25, std 0.5: A = +0.5 for each 1 and -1.5 for the 0. A per-prompt GRPO would give the
     second prompt 0 and the first +-0.707."""
-    assert [values(a) for a in reinforce_pp([flat(1, 0), flat(1, 1)], eps=0.0)] == [[0.5, -1.5], [0.5, 0.5]]
+    assert [values(a) for a in reinforce_pp([flat(1, 0), flat(1, 1)], eps=0.0)] == [
+        [0.5, -1.5],
+        [0.5, 0.5],
+    ]
 
 
 def test_reinforce_pp_baseline_subtracts_the_group_mean_then_normalises_over_the_step():
@@ -111,15 +158,25 @@ def test_reinforce_pp_baseline_subtracts_the_group_mean_then_normalises_over_the
     sum of squares 0.25 x2 + 0.5625 + 0.0625 x3 = 1.25, Bessel var 1.25 / 7, std 0.422577: A = x / 0.422577."""
     std = (1.25 / 7) ** 0.5
     out = reinforce_pp_baseline([flat(1, 0), flat(1, 1), flat(1, 0, 0, 0)], eps=0.0)
-    assert [values(a) for a in out] == [pytest.approx([0.5 / std, -0.5 / std]), [0.0, 0.0],
-                                        pytest.approx([0.75 / std] + [-0.25 / std] * 3)]
+    assert [values(a) for a in out] == [
+        pytest.approx([0.5 / std, -0.5 / std]),
+        [0.0, 0.0],
+        pytest.approx([0.75 / std] + [-0.25 / std] * 3),
+    ]
 
 
 def test_an_estimator_takes_only_its_own_parameters_with_its_defaults():
     treerpo = ESTIMATORS.lookup("treerpo")
-    assert treerpo.params({"norm": "std"}) == {"prune_tau": 0.1, "norm": "std", "eps": 1e-6, "weighting": "none"}
+    assert treerpo.params({"norm": "std"}) == {
+        "prune_tau": 0.1,
+        "norm": "std",
+        "eps": 1e-6,
+        "weighting": "none",
+    }
     assert ESTIMATORS.lookup("dr_grpo").params({}) == {}
-    with pytest.raises(UserError, match="algo.params: estimator 'dr_grpo' has no parameter 'eps'; it takes: none"):
+    with pytest.raises(
+        UserError, match="algo.params: estimator 'dr_grpo' has no parameter 'eps'; it takes: none"
+    ):
         ESTIMATORS.lookup("dr_grpo").advantages([flat(1, 0)], {"eps": 0.1})
 
 

@@ -39,7 +39,9 @@ def test_levels_set_operand_count():
             assert prompt.endswith("\n")
             assert len(re.findall(r"\d+", prompt)) == OPERANDS[level]
     counts = [OPERANDS[level] for level in task.levels]
-    assert counts[0] == 2 and counts == sorted(set(counts))  # trivial = 2 operands, more at every level
+    assert counts[0] == 2 and counts == sorted(
+        set(counts)
+    )  # trivial = 2 operands, more at every level
 
 
 @pytest.mark.parametrize("level", ["trivial", "hard", "ood"])
@@ -67,7 +69,9 @@ def test_train_and_eval_are_disjoint(level):
     eval_prompts = [p.question for p in evals]
     assert not any(is_held_out(p.strip()) for p in train)
     assert all(is_held_out(p.strip()) for p in eval_prompts)
-    assert len(set(eval_prompts)) == len(eval_prompts) == (200 if level != "trivial" else len(evals))
+    assert (
+        len(set(eval_prompts)) == len(eval_prompts) == (200 if level != "trivial" else len(evals))
+    )
     assert all(p.level == level for p in evals)
     assert not train & set(eval_prompts)
 
@@ -85,47 +89,59 @@ def test_training_samples_follow_the_rng():
     assert a == b
 
 
-PROBLEM = Problem(question="37+52-18+64\n", reference="135", level="medium")  # the verifier reads any integer
+PROBLEM = Problem(
+    question="37+52-18+64\n", reference="135", level="medium"
+)  # the verifier reads any integer
 
 
-@pytest.mark.parametrize("completion, reward", [
-    ("89-18+64\n71+64\nAnswer: 135", 1.0),
-    ("Answer: 135", 1.0),
-    ("Answer: 135\n", 1.0),
-    ("Answer: 136", 0.0),
-    ("Answer: -135", 0.0),
-    ("Answer: twelve", 0.0),
-    ("135", 0.0),
-    ("", 0.0),
-    ("Answer: 135abc", 0.0),
-    ("The Answer: 135", 0.0),
-    ("Answer: 1\nAnswer: 135", 1.0),    # the last answer line wins
-    ("Answer: 135\nAnswer: 1", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, reward",
+    [
+        ("89-18+64\n71+64\nAnswer: 135", 1.0),
+        ("Answer: 135", 1.0),
+        ("Answer: 135\n", 1.0),
+        ("Answer: 136", 0.0),
+        ("Answer: -135", 0.0),
+        ("Answer: twelve", 0.0),
+        ("135", 0.0),
+        ("", 0.0),
+        ("Answer: 135abc", 0.0),
+        ("The Answer: 135", 0.0),
+        ("Answer: 1\nAnswer: 135", 1.0),  # the last answer line wins
+        ("Answer: 135\nAnswer: 1", 0.0),
+    ],
+)
 def test_verify_binary(completion, reward):
     assert get_task("arithmetic").verify(completion, PROBLEM.reference) == reward
     assert get_task("arithmetic").grade(completion, PROBLEM.reference).correct == (reward == 1.0)
     assert score("arithmetic", completion, "135") == reward
 
 
-@pytest.mark.parametrize("completion, reward", [
-    ("71+64\nAnswer: 135", 1.0),        # 0.9 * correct + 0.1 * well-formed
-    ("71+64\nAnswer: 7", 0.1),          # wrong but well-formed
-    ("71+64\n135", 0.0),                # no answer line
-    ("Answer: 135\nso that is it", 0.9),  # right answer, but the answer line is not last
-])
+@pytest.mark.parametrize(
+    "completion, reward",
+    [
+        ("71+64\nAnswer: 135", 1.0),  # 0.9 * correct + 0.1 * well-formed
+        ("71+64\nAnswer: 7", 0.1),  # wrong but well-formed
+        ("71+64\n135", 0.0),  # no answer line
+        ("Answer: 135\nso that is it", 0.9),  # right answer, but the answer line is not last
+    ],
+)
 def test_verify_with_format_reward(completion, reward):
     task = get_task("arithmetic", format_reward=0.1)
     assert task.verify(completion, PROBLEM.reference) == pytest.approx(reward)
 
 
 @pytest.mark.parametrize("format_reward", [0.0, 0.1])
-@pytest.mark.parametrize("completion", [
-    "1" * 10_000_000,
-    "Answer: 135\n" * 1_000_000,
-    "Answer: " + "9" * 10_000_000,
-    " " * 10_000_000 + "Answer: 135",
-], ids=["digits", "answer-lines", "long-number", "leading-spaces"])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "1" * 10_000_000,
+        "Answer: 135\n" * 1_000_000,
+        "Answer: " + "9" * 10_000_000,
+        " " * 10_000_000 + "Answer: 135",
+    ],
+    ids=["digits", "answer-lines", "long-number", "leading-spaces"],
+)
 def test_verify_is_bounded_on_huge_completions(completion, format_reward):
     task = get_task("arithmetic", format_reward=format_reward)
     start = time.perf_counter()
@@ -136,8 +152,13 @@ def test_verify_is_bounded_on_huge_completions(completion, format_reward):
 
 def test_a_level_with_few_held_out_problems_gives_all_of_them_without_hanging():
     """Two one-digit operands make only ~120 expressions, a tenth of them held out."""
-    held_out = {f"{a}{op}{b}\n" for a in range(1, MAX_OPERAND + 1) for b in range(1, MAX_OPERAND + 1)
-                for op in ("+-" if a >= b else "+") if is_held_out(f"{a}{op}{b}")}
+    held_out = {
+        f"{a}{op}{b}\n"
+        for a in range(1, MAX_OPERAND + 1)
+        for b in range(1, MAX_OPERAND + 1)
+        for op in ("+-" if a >= b else "+")
+        if is_held_out(f"{a}{op}{b}")
+    }
     start = time.perf_counter()
     problems = Arithmetic().eval_problems("trivial", 200)
     assert time.perf_counter() - start < 5.0

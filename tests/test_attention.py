@@ -36,13 +36,23 @@ def test_loaded_models_use_it_and_do_not_save_it(model_dir, tmp_path):
 
 @pytest.mark.parametrize("weights", ["float32", "bfloat16"])
 @pytest.mark.parametrize("lean", [True, False])
-def test_sampling_attention_is_fp32_under_bf16_autocast(model_dir, attention_calls, monkeypatch, lean, weights):
+def test_sampling_attention_is_fp32_under_bf16_autocast(
+    model_dir, attention_calls, monkeypatch, lean, weights
+):
     model, tok = load_policy(str(model_dir), dtype=weights)
     if not lean:
         monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
-    paged, real = [], LeanDecoder.attend_paged   # the lean decode steps' attention (prefill runs sdpa)
-    monkeypatch.setattr(LeanDecoder, "attend_paged", lambda self, q, *args: paged.append(
-        (q.dtype, torch.is_autocast_enabled("cpu"))) or real(self, q, *args))
+    paged, real = (
+        [],
+        LeanDecoder.attend_paged,
+    )  # the lean decode steps' attention (prefill runs sdpa)
+    monkeypatch.setattr(
+        LeanDecoder,
+        "attend_paged",
+        lambda self, q, *args: (
+            paged.append((q.dtype, torch.is_autocast_enabled("cpu"))) or real(self, q, *args)
+        ),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         generate(model, tok, ["1+2\n"] * 2, max_new_tokens=3, greedy=True)
     assert attention_calls and set(attention_calls) == {(torch.float32, False)}
@@ -55,7 +65,7 @@ def test_training_attention_is_fp32_and_the_matmuls_bf16(policy, attention_calls
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=batch.completion_ids).logits
         logprobs, _ = completion_logprobs(model, batch)
-    assert logits.dtype == torch.bfloat16   # the head ran under autocast
+    assert logits.dtype == torch.bfloat16  # the head ran under autocast
     logprobs.sum().backward()
     model.zero_grad(set_to_none=True)
     assert set(attention_calls) == {(torch.float32, False)}
@@ -73,8 +83,14 @@ def test_lean_and_transformers_sample_alike_under_bf16_autocast(policy, monkeypa
 
     def draw():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return generate(model, tok, ["37+52\n", "9\n"] * 3, max_new_tokens=12, temperature=0.7,
-                            generator=torch.Generator().manual_seed(3))
+            return generate(
+                model,
+                tok,
+                ["37+52\n", "9\n"] * 3,
+                max_new_tokens=12,
+                temperature=0.7,
+                generator=torch.Generator().manual_seed(3),
+            )
 
     lean = draw()
     monkeypatch.setattr(engine, "lean_decoder", lambda model: None)

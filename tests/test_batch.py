@@ -16,7 +16,7 @@ def whole_sequence_logprobs(model, temperature: float) -> list[torch.Tensor]:
     out = []
     for context, completion in zip(CONTEXTS, COMPLETIONS):
         ids = torch.tensor([context + completion])
-        logits = model(input_ids=ids).logits[0, len(context) - 1:-1].float() / temperature
+        logits = model(input_ids=ids).logits[0, len(context) - 1 : -1].float() / temperature
         out.append(logits.log_softmax(-1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1))
     return out
 
@@ -68,7 +68,10 @@ def test_chunked_log_probs_equal_the_whole_ones_with_their_gradient(policy, chun
 
     model, tok = copy.deepcopy(policy[0]).train(), policy[1]
     contexts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("1+2\n", "37+52-9\n")]
-    completions = [tok(t, add_special_tokens=False)["input_ids"] for t in ("3\nAnswer: 3", "80", "89-9\n80\nAnswer:")]
+    completions = [
+        tok(t, add_special_tokens=False)["input_ids"]
+        for t in ("3\nAnswer: 3", "80", "89-9\n80\nAnswer:")
+    ]
     batch = make_batch([contexts[0], contexts[1], contexts[1]], completions)
     results = []
     for size in (0, chunk):
@@ -88,17 +91,27 @@ def test_activation_checkpointing_gives_the_same_log_probs_and_gradient(policy, 
     import copy
 
     tok = policy[1]
-    batch = make_batch([tok(t, add_special_tokens=False)["input_ids"] for t in ("1+2\n", "37+52-9\n", "37+52-9\n")],
-                       [tok(t, add_special_tokens=False)["input_ids"] for t in ("3\nAnswer: 3", "80", "89-9\n80")])
+    batch = make_batch(
+        [
+            tok(t, add_special_tokens=False)["input_ids"]
+            for t in ("1+2\n", "37+52-9\n", "37+52-9\n")
+        ],
+        [tok(t, add_special_tokens=False)["input_ids"] for t in ("3\nAnswer: 3", "80", "89-9\n80")],
+    )
     results = []
     for checkpointing in (False, True):
         model = copy.deepcopy(policy[0]).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        logprobs, entropy = completion_logprobs(model, batch, with_entropy=True, chunk=chunk,
-                                                shared_contexts=not checkpointing)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        logprobs, entropy = completion_logprobs(
+            model, batch, with_entropy=True, chunk=chunk, shared_contexts=not checkpointing
+        )
         ((logprobs - 0.1 * entropy) * batch.completion_mask).sum().backward()
         results.append((logprobs, [p.grad for p in model.parameters()]))
     (shared, shared_grad), (alone, alone_grad) = results
-    assert torch.allclose((shared - alone) * batch.completion_mask, torch.zeros_like(shared), atol=1e-6)
+    assert torch.allclose(
+        (shared - alone) * batch.completion_mask, torch.zeros_like(shared), atol=1e-6
+    )
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(shared_grad, alone_grad))

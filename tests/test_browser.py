@@ -13,7 +13,9 @@ from treerl.rundir import RunDir
 from treerl.viewer import render_tree, render_trees
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)"
+)
 
 PROBE = """<script>
 const seen = [];
@@ -61,15 +63,29 @@ def browse(page, tmp_path, name, fragment=""):
     probed = tmp_path / f"{name}.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
     url = probed.as_uri() + fragment
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    subprocess.run([*flags, f"--screenshot={tmp_path / f'{name}.png'}", "--window-size=1400,2200", url],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={tmp_path / f'{name}.png'}", "--window-size=1400,2200", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
-    return {key: html.unescape(value) for key, value in re.findall(r'data-(\w+)="([^"]*)"', body)}, console
+    return {
+        key: html.unescape(value) for key, value in re.findall(r'data-(\w+)="([^"]*)"', body)
+    }, console
 
 
 @pytest.mark.slow
@@ -101,29 +117,38 @@ def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     while last["children"]:
         last, depth = last["children"][-1], depth + 1
     seen, console = browse(render_tree(record), tmp_path, "tree")
-    assert seen["nodes"] == str(count(record["root"])) and seen["red"] == seen["zeros"]   # colours follow values
-    assert seen["shown"] == last["text"]                    # a click shows the node's text,
-    assert seen["context"] == str(depth + 1)                # with the prompt and its ancestors' texts above
-    trained = "not trained on" if last["advantage"] is None else f"advantage {last['advantage']:+.2f}"
+    assert (
+        seen["nodes"] == str(count(record["root"])) and seen["red"] == seen["zeros"]
+    )  # colours follow values
+    assert seen["shown"] == last["text"]  # a click shows the node's text,
+    assert seen["context"] == str(depth + 1)  # with the prompt and its ancestors' texts above
+    trained = (
+        "not trained on" if last["advantage"] is None else f"advantage {last['advantage']:+.2f}"
+    )
     assert trained in seen["head"] and f"{last['tokens']} tokens" in seen["head"]
-    assert seen["zoomed"] == "1.25"                         # the drawing grows
-    assert seen["closed"] == seen["open"] == str(inner + 1)  # the list of every node, and its inner nodes
+    assert seen["zoomed"] == "1.25"  # the drawing grows
+    assert (
+        seen["closed"] == seen["open"] == str(inner + 1)
+    )  # the list of every node, and its inner nodes
     assert seen["errors"] == "none" and console == []
 
 
 @pytest.mark.slow
-def test_a_page_of_every_saved_tree_opens_at_the_fragment_and_pages_and_searches(trained_run, tmp_path):
-    records = RunDir(trained_run).trees()                  # 4 steps x 2 trees
+def test_a_page_of_every_saved_tree_opens_at_the_fragment_and_pages_and_searches(
+    trained_run, tmp_path
+):
+    records = RunDir(trained_run).trees()  # 4 steps x 2 trees
     chosen = records[3]
     fragment = f"#step={chosen['step']}&problem={chosen['id']}"
     seen, console = browse(render_trees(records), tmp_path, "trees", fragment)
     assert seen["sections"] == "8" and seen["visible"] == "1"
     assert seen["current"] == f"{chosen['step']}/{chosen['id']}" and seen["hash"] == fragment
     assert seen["missing"] == "no saved tree of problem no-such-problem"
-    after = records[4]                                      # the next page, named in the fragment
-    assert seen["turned"] == (f"{after['step']}/{after['id']} tree 5 of 8 "
-                              f"#step={after['step']}&problem={after['id']}")
-    prefix = records[-1]["id"][:6]                          # found by the start of its id, this step's first
+    after = records[4]  # the next page, named in the fragment
+    assert seen["turned"] == (
+        f"{after['step']}/{after['id']} tree 5 of 8 #step={after['step']}&problem={after['id']}"
+    )
+    prefix = records[-1]["id"][:6]  # found by the start of its id, this step's first
     hits = [r for r in records if r["id"].startswith(prefix)]
     found = next((r for r in hits if r["step"] == after["step"]), hits[0])
     assert seen["found"] == f"{found['step']}/{found['id']}"
@@ -137,7 +162,7 @@ def test_a_hostile_record_runs_nothing_in_the_browser(tmp_path):
     seen, console = browse(render_tree(hostile_record()), tmp_path, "hostile")
     assert "pwned" not in seen and seen["errors"] == "none" and console == []
     dom = (tmp_path / "hostile.html").read_text()
-    assert ATTACK not in dom                      # what the page holds is the escaped text
+    assert ATTACK not in dom  # what the page holds is the escaped text
 
 
 @pytest.mark.slow
@@ -150,8 +175,9 @@ def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
     from treerl.rollout.tree import ReasoningTree
     from treerl.tasks.base import Problem
 
-    tree = ReasoningTree.from_leaf_rewards([[[(i + j + k) % 2 for k in range(10)] for j in range(10)]
-                                            for i in range(10)])
+    tree = ReasoningTree.from_leaf_rewards(
+        [[[(i + j + k) % 2 for k in range(10)] for j in range(10)] for i in range(10)]
+    )
     tree.prompt_ids = [0, 1]
     for path, node in tree.walk():
         node.token_ids = [len(path) % 26] * 40

@@ -21,12 +21,14 @@ def test_defaults_load():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  lr: 0.001\n  steps: 7\nrollout:\n  n: 3\n")
-    cfg = load_config(path, ["train.lr=1e-5", "curriculum.levels=[easy,hard]", "output.progress=false"])
-    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)   # override wins over the file
-    assert cfg.train.steps == 7 and cfg.rollout.n == 3                 # the file wins over defaults
+    cfg = load_config(
+        path, ["train.lr=1e-5", "curriculum.levels=[easy,hard]", "output.progress=false"]
+    )
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)  # override wins over the file
+    assert cfg.train.steps == 7 and cfg.rollout.n == 3  # the file wins over defaults
     assert cfg.curriculum.levels == ["easy", "hard"]
     assert cfg.output.progress is False
-    assert cfg.algo == AlgoConfig()                                    # untouched sections keep defaults
+    assert cfg.algo == AlgoConfig()  # untouched sections keep defaults
 
 
 def test_empty_yaml_is_defaults(tmp_path):
@@ -49,14 +51,17 @@ def test_unknown_section_is_rejected():
         load_config(None, ["bogus.x=1"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("rollout.n=abc", "rollout.n"),
-    ("rollout.n=0", "rollout.n"),
-    ("algo.clip_low=1.5", "algo.clip_low"),
-    ("train.lr=-1", "train.lr"),
-    ("reschedule.mix=cubic", "reschedule.mix"),
-    ("algo.clip_ratio_c=0.5", "algo.clip_ratio_c"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("rollout.n=abc", "rollout.n"),
+        ("rollout.n=0", "rollout.n"),
+        ("algo.clip_low=1.5", "algo.clip_low"),
+        ("train.lr=-1", "train.lr"),
+        ("reschedule.mix=cubic", "reschedule.mix"),
+        ("algo.clip_ratio_c=0.5", "algo.clip_ratio_c"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_config(None, [override])
@@ -103,9 +108,22 @@ def test_cli_bad_override_is_one_line(in_tmp, capsys):
 
 def test_cli_missing_model_path(in_tmp, capsys):
     missing = in_tmp / "no-such-model"
-    assert main(["train", "--out", str(in_tmp / "run"), f"model.name_or_path={missing}", "output.progress=false"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(in_tmp / "run"),
+                f"model.name_or_path={missing}",
+                "output.progress=false",
+            ]
+        )
+        == 2
+    )
     assert str(missing) in one_error_line(capsys)
-    assert not (in_tmp / "run" / "config.yaml").exists()  # a retry with the same --out must not be refused
+    assert not (
+        in_tmp / "run" / "config.yaml"
+    ).exists()  # a retry with the same --out must not be refused
 
 
 def test_cli_resume_needs_a_run(in_tmp, capsys):
@@ -127,9 +145,22 @@ def test_cli_out_refuses_existing_run(in_tmp, capsys):
 
 def test_cli_unknown_eval_level_is_a_user_error(in_tmp, capsys, model_dir):
     run = in_tmp / "run"
-    code = main(["train", "--out", str(run), f"model.name_or_path={model_dir}", "eval.levels=[easy,bogus]",
-                 "output.progress=false", "train.steps=1", "eval.problems=1", "rollout.batch_prompts=1",
-                 "rollout.n=2", "rollout.max_new_tokens=2", "eval.max_new_tokens=2"])
+    code = main(
+        [
+            "train",
+            "--out",
+            str(run),
+            f"model.name_or_path={model_dir}",
+            "eval.levels=[easy,bogus]",
+            "output.progress=false",
+            "train.steps=1",
+            "eval.problems=1",
+            "rollout.batch_prompts=1",
+            "rollout.n=2",
+            "rollout.max_new_tokens=2",
+            "eval.max_new_tokens=2",
+        ]
+    )
     assert code == 2
     assert "bogus" in one_error_line(capsys)
     assert not (run / "config.yaml").exists()
@@ -144,11 +175,23 @@ def test_ready_configs_load_by_name_from_anywhere(name, in_tmp):
 
 
 def test_an_unknown_config_name_lists_the_shipped_ones(in_tmp):
-    assert set(shipped_configs()) == {"dash_paper", "e2h_blocksworld_paper", "e2h_countdown_paper", "e2h_demo",
-                                      "reschedule_demo", "reschedule_paper", "treerpo_demo", "treerpo_paper"}
-    with pytest.raises(UserError, match="does not exist .configs shipped with treerl: dash_paper, e2h_blocksworld"):
+    assert set(shipped_configs()) == {
+        "dash_paper",
+        "e2h_blocksworld_paper",
+        "e2h_countdown_paper",
+        "e2h_demo",
+        "reschedule_demo",
+        "reschedule_paper",
+        "treerpo_demo",
+        "treerpo_paper",
+    }
+    with pytest.raises(
+        UserError, match="does not exist .configs shipped with treerl: dash_paper, e2h_blocksworld"
+    ):
         load_config("treerpo_dem")
-    (in_tmp / "treerpo_demo.yaml").write_text("seed: 7\n")   # a file of the user's wins over a shipped name
+    (in_tmp / "treerpo_demo.yaml").write_text(
+        "seed: 7\n"
+    )  # a file of the user's wins over a shipped name
     assert load_config("treerpo_demo.yaml").seed == 7
 
 
@@ -182,17 +225,28 @@ def test_every_paper_config_has_the_settings_its_table_in_methods_md_names():
         config = flat(load_config(name).model_dump())
         for key, value in rows:
             expected = yaml.safe_load(value)
-            section_key, _, param = key.partition(".params.")   # an estimator's or a schedule's own parameter
+            section_key, _, param = key.partition(
+                ".params."
+            )  # an estimator's or a schedule's own parameter
             got = config[section_key + ".params"][param] if param else config[key]
-            assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, (name, key)
+            assert (
+                got == pytest.approx(expected) if isinstance(expected, float) else got == expected
+            ), (name, key)
     assert len(tables["reschedule_paper"]) >= 20 and len(tables["treerpo_paper"]) >= 15
 
 
 def test_vllm_log_probs_of_a_nucleus_are_never_the_updates_old_log_probs():
     """With top_p < 1 vLLM's log-probs are of the renormalised nucleus, the update's new ones of the whole softmax:
     rollout.vllm.old_logprobs=sampler would put two distributions in one ratio, and is refused in one line."""
-    with pytest.raises(UserError, match="set rollout.vllm.old_logprobs=trainer or rollout.top_p=1$"):
-        load_config(None, ["rollout.backend=vllm", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"])
-    for fine in (["rollout.vllm.old_logprobs=sampler"], ["rollout.backend=vllm", "rollout.top_p=0.9"],
-                 ["rollout.backend=lean", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"]):
+    with pytest.raises(
+        UserError, match="set rollout.vllm.old_logprobs=trainer or rollout.top_p=1$"
+    ):
+        load_config(
+            None, ["rollout.backend=vllm", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"]
+        )
+    for fine in (
+        ["rollout.vllm.old_logprobs=sampler"],
+        ["rollout.backend=vllm", "rollout.top_p=0.9"],
+        ["rollout.backend=lean", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"],
+    ):
         load_config(None, fine)

@@ -16,13 +16,19 @@ from treerl.rollout.lean import LeanDecoder, Plan, lean_decoder
 from treerl.rollout.lean_backend import LeanBackend
 
 DEVICE = os.environ.get("TREERL_TEST_DEVICE", "cuda")
-pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"
+)
 
 
 def sample_tree(model, tok, device):
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ["37+52\n", "1+2-3+4-5+6\n", "9\n"]]
+    ids = [
+        tok(p, add_special_tokens=False)["input_ids"] for p in ["37+52\n", "1+2-3+4-5+6\n", "9\n"]
+    ]
     keys = row_keys(torch.Generator().manual_seed(3), len(ids), "cpu").to(device)
-    return LeanBackend(lean_decoder(model)).sample(ids, keys, 12, Sampling(), tok.eos_token_id, Forks(3, 3, 4))
+    return LeanBackend(lean_decoder(model)).sample(
+        ids, keys, 12, Sampling(), tok.eos_token_id, Forks(3, 3, 4)
+    )
 
 
 def test_cuda_lean_backend_samples_the_trees_the_cpu_samples(policy):
@@ -31,8 +37,12 @@ def test_cuda_lean_backend_samples_the_trees_the_cpu_samples(policy):
     model, tok = policy
     on_cpu = sample_tree(model, tok, "cpu")
     on_device = sample_tree(copy.deepcopy(model).to(DEVICE), tok, DEVICE)
-    assert [(s.parent, s.start, s.child) for s in on_cpu[:3]] == [(s.parent, s.start, s.child) for s in on_device[:3]]
-    same = [a for a, b in zip(on_cpu, on_device) if a.token_ids == b.token_ids and a.start == b.start]
+    assert [(s.parent, s.start, s.child) for s in on_cpu[:3]] == [
+        (s.parent, s.start, s.child) for s in on_device[:3]
+    ]
+    same = [
+        a for a, b in zip(on_cpu, on_device) if a.token_ids == b.token_ids and a.start == b.start
+    ]
     assert len(on_cpu) > 9 and len(same) >= 0.9 * len(on_cpu)
     for a, b in zip(on_cpu, on_device):
         if a.token_ids == b.token_ids:
@@ -54,29 +64,38 @@ def test_cuda_cascade_attention_in_bf16_is_attention():
     own_lengths = [1, 30, 5, 12, 2, 17, 9, 24]
     owns, at = [], 66
     for length in own_lengths:
-        owns.append(slots[at:at + length])
+        owns.append(slots[at : at + length])
         at += length
     shared = torch.zeros(3, 40, dtype=torch.long, device=DEVICE)
     for g, prefix in enumerate(prefixes):
-        shared[g, :len(prefix)] = prefix
+        shared[g, : len(prefix)] = prefix
     own = torch.zeros(8, 30, dtype=torch.long, device=DEVICE)
     for row, row_slots in enumerate(owns):
-        own[row, :len(row_slots)] = row_slots
-    visible = torch.cat([torch.stack([torch.arange(40, device=DEVICE) < len(prefixes[g]) for g in group.tolist()]),
-                         torch.stack([torch.arange(30, device=DEVICE) < n for n in own_lengths])], dim=1)
+        own[row, : len(row_slots)] = row_slots
+    visible = torch.cat(
+        [
+            torch.stack(
+                [torch.arange(40, device=DEVICE) < len(prefixes[g]) for g in group.tolist()]
+            ),
+            torch.stack([torch.arange(30, device=DEVICE) < n for n in own_lengths]),
+        ],
+        dim=1,
+    )
     slot = torch.tensor([0, 1, 0, 0, 1, 2, 2, 1], device=DEVICE)
-    plan = Plan(own[:, 0], own, shared, group, slot, 3, visible, 1)   # blocks of one slot
+    plan = Plan(own[:, 0], own, shared, group, slot, 3, visible, 1)  # blocks of one slot
     decoder = LeanDecoder.__new__(LeanDecoder)
     decoder.kv_heads = kv
     q = torch.randn(8, heads, dim, device=DEVICE, dtype=torch.bfloat16) * 2.5
-    out = decoder.attend_paged(q, keys, values, plan, scaling=dim ** -0.5)
+    out = decoder.attend_paged(q, keys, values, plan, scaling=dim**-0.5)
     assert out.dtype == torch.bfloat16
     for row in range(8):
         context = torch.cat([prefixes[int(group[row])], owns[row]])
         k = keys[:, context].float().repeat_interleave(heads // kv, 0)
         v = values[:, context].float().repeat_interleave(heads // kv, 0)
-        expected = F.scaled_dot_product_attention(q[row].float()[:, None], k, v, scale=dim ** -0.5)[:, 0]
-        assert float((out[row].float() - expected).abs().mean() / expected.abs().mean()) < 2.0 ** -9
+        expected = F.scaled_dot_product_attention(q[row].float()[:, None], k, v, scale=dim**-0.5)[
+            :, 0
+        ]
+        assert float((out[row].float() - expected).abs().mean() / expected.abs().mean()) < 2.0**-9
 
 
 def test_cuda_training_step_reports_its_gpu_memory_and_changes_the_weights(model_dir, tmp_path):
@@ -89,14 +108,37 @@ def test_cuda_training_step_reports_its_gpu_memory_and_changes_the_weights(model
     from treerl.train.trainer import train
 
     out = tmp_path / "run"
-    train(load_config(None, [f"model.name_or_path={model_dir}", f"model.device={DEVICE}", "algo.name=treerpo",
-                             "tree.depth=2", "rollout.n=3", "rollout.max_new_tokens=8", "rollout.batch_prompts=4",
-                             "algo.params.prune_tau=0", "train.filter_tau=null", "eval.problems=2",
-                             "eval.max_new_tokens=4", "train.steps=1",
-                             "train.save_every=1", "train.threads=1", "output.progress=false",
-                             "model.autocast=bfloat16", "algo.entropy_coef=0.01"]), out)
+    train(
+        load_config(
+            None,
+            [
+                f"model.name_or_path={model_dir}",
+                f"model.device={DEVICE}",
+                "algo.name=treerpo",
+                "tree.depth=2",
+                "rollout.n=3",
+                "rollout.max_new_tokens=8",
+                "rollout.batch_prompts=4",
+                "algo.params.prune_tau=0",
+                "train.filter_tau=null",
+                "eval.problems=2",
+                "eval.max_new_tokens=4",
+                "train.steps=1",
+                "train.save_every=1",
+                "train.threads=1",
+                "output.progress=false",
+                "model.autocast=bfloat16",
+                "algo.entropy_coef=0.01",
+            ],
+        ),
+        out,
+    )
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (metrics["memory/gpu_peak_gib"] or 0) > 0 if DEVICE != "cpu" else metrics["memory/gpu_peak_gib"] is None
+    assert (
+        (metrics["memory/gpu_peak_gib"] or 0) > 0
+        if DEVICE != "cpu"
+        else metrics["memory/gpu_peak_gib"] is None
+    )
     before = load_file(model_dir / "model.safetensors")
     after = load_file(out / "checkpoints" / "step_1" / "model.safetensors")
     assert any(not torch.equal(before[name], after[name].to(before[name].dtype)) for name in before)

@@ -28,6 +28,7 @@ def approx(values):
 
 # E2H schedules, K = 4 levels, T = 100 steps, at t = 0, T/4, T/2, T
 
+
 def test_balanced_is_uniform_throughout():
     for t in (0, 25, 50, 100):
         assert level_probs("balanced", t, T, 4) == [0.25] * 4
@@ -35,9 +36,25 @@ def test_balanced_is_uniform_throughout():
 
 def test_classic_moves_through_k_equal_stages():
     assert [level_probs("classic", t, T, 4) for t in (0, 25, 50, 100)] == [
-        [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+        [1, 0, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 0, 0, 1],
+    ]
     # K = 3 over 10 steps: floor(t * 3 / 10) -> stages [0, 3), [4, 6), [7, 10]
-    assert [level_probs("classic", t, 10, 3).index(1) for t in range(11)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert [level_probs("classic", t, 10, 3).index(1) for t in range(11)] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+        2,
+    ]
 
 
 def test_cosine_mirrors_the_linear_ramp():
@@ -59,13 +76,16 @@ def test_gaussian_follows_its_mean_with_a_floor():
     # q ~ (0.0001234, 0.0808857, 0.9709918, 0.2134920) / 1.2654929
     assert level_probs("gaussian", 50, T, 4) == approx([0.1000585, 0.1383498, 0.5603701, 0.2012216])
     # t=T: mu=3, the mirror of t=0
-    assert level_probs("gaussian", 100, T, 4) == approx([0.1000000, 0.1001772, 0.1715002, 0.6283216])
+    assert level_probs("gaussian", 100, T, 4) == approx(
+        [0.1000000, 0.1001772, 0.1715002, 0.6283216]
+    )
 
 
 def test_gaussian_parameters():
     # p_min = 0: pure normalised Gaussian; K=2 at t=0: q ~ (1, e^-2)
     assert level_probs("gaussian", 0, T, 2, p_min=0.0) == approx(
-        [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))])
+        [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))]
+    )
     # beta = 1: mu moves linearly, at T/2 it is 1.5 of 0..3: symmetric
     p = level_probs("gaussian", 50, T, 4, beta=1.0)
     assert p == approx(p[::-1]) and sum(p) == pytest.approx(1.0)
@@ -74,7 +94,9 @@ def test_gaussian_parameters():
 
 
 def test_schedule_parameters_are_checked_by_name():
-    with pytest.raises(UserError, match="schedule 'cosine' has no parameter 'beta'; it takes: none"):
+    with pytest.raises(
+        UserError, match="schedule 'cosine' has no parameter 'beta'; it takes: none"
+    ):
         level_probs("cosine", 0, T, 4, beta=0.5)
     with pytest.raises(UserError, match="has no parameter 'mu'; it takes: beta, sigma, p_min"):
         level_probs("gaussian", 0, T, 4, mu=1.0)
@@ -91,6 +113,7 @@ def test_every_schedule_is_a_distribution(schedule):
 
 
 # r-score
+
 
 def test_r_score_greedy_on_a_small_tree():
     # leaves 1 0 | 0 1 1: ACC = 3/5. Gains: root +1/15 (via [[0,1],1]), (0,) +3/20, (1,) +1/15, (1, 0) +3/20.
@@ -147,10 +170,16 @@ def test_selection_r_score_of_a_full_tree_by_hand():
     # Step 2: 2.1 and 2.2 each gain 7/12 - 7/14 = 1/12: 2.1. Step 3: 2.2 gains 7/10 - 7/12 = 7/60.
     # Then keeping a child of 1.1 (both right) drops ACC: 5/8 < 7/10. Sum 1/16 + 1/12 + 7/60 = 21/80.
     tree = ReasoningTree.from_leaf_rewards(FULL)
-    assert greedy_choices(tree, 10, "reference") == [((0, 1), 0, pytest.approx(1 / 16)),
-                                                     ((1, 0), 0, pytest.approx(1 / 12)),
-                                                     ((1, 1), 0, pytest.approx(7 / 60))]
-    assert r_score(tree, 10, "reference") == pytest.approx(21 / 80) == r_score(tree, 10, "reference", "gain")
+    assert greedy_choices(tree, 10, "reference") == [
+        ((0, 1), 0, pytest.approx(1 / 16)),
+        ((1, 0), 0, pytest.approx(1 / 12)),
+        ((1, 1), 0, pytest.approx(7 / 60)),
+    ]
+    assert (
+        r_score(tree, 10, "reference")
+        == pytest.approx(21 / 80)
+        == r_score(tree, 10, "reference", "gain")
+    )
     assert r_score(tree, 2, "reference") == pytest.approx(7 / 48)
 
 
@@ -159,11 +188,16 @@ def test_pruning_r_score_of_a_full_tree_by_hand():
     # Then removing 2.2 gives 6/8 (+1/6), 2.1 gives 5/8 (+1/24): remove 2.2. Then 2.1: 4/4 (+1/4).
     # Removing the last subtree leaves no leaf, ACC 0: no gain. Sum 7/48 + 1/6 + 1/4 = 9/16.
     tree = ReasoningTree.from_leaf_rewards(FULL)
-    assert pruning_choices(tree, 10, "reference") == [((0, 1), pytest.approx(7 / 48)), ((1, 1), pytest.approx(1 / 6)),
-                                                      ((1, 0), pytest.approx(1 / 4))]
+    assert pruning_choices(tree, 10, "reference") == [
+        ((0, 1), pytest.approx(7 / 48)),
+        ((1, 1), pytest.approx(1 / 6)),
+        ((1, 0), pytest.approx(1 / 4)),
+    ]
     assert r_score_pruning(tree, 10, "reference") == pytest.approx(9 / 16)
     assert r_score_pruning(tree, 2, "reference") == pytest.approx(15 / 48)
-    assert r_score_pruning(ReasoningTree.from_leaf_rewards([[1, 1], [1, 1]])) == 0.0   # nothing to remove
+    assert (
+        r_score_pruning(ReasoningTree.from_leaf_rewards([[1, 1], [1, 1]])) == 0.0
+    )  # nothing to remove
 
 
 def test_reference_eligibility_needs_trees_of_depth_four():
@@ -176,14 +210,24 @@ def test_reference_eligibility_needs_trees_of_depth_four():
 
 
 def test_leaf_accuracy():
-    assert leaf_accuracy(ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])) == pytest.approx(0.6)
-    assert leaf_accuracy(ReasoningTree.from_leaf_rewards([0.5, 1])) == 0.5  # partial credit is not correct
+    assert leaf_accuracy(ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])) == pytest.approx(
+        0.6
+    )
+    assert (
+        leaf_accuracy(ReasoningTree.from_leaf_rewards([0.5, 1])) == 0.5
+    )  # partial credit is not correct
 
 
 # ranks and weights
 
+
 def test_ranks_put_the_highest_score_first_and_share_ties():
-    assert ranks({"a": 0.5, "b": 0.5, "c": 0.1, "d": 0.9}) == {"d": 0.0, "a": 0.5, "b": 0.5, "c": 1.0}
+    assert ranks({"a": 0.5, "b": 0.5, "c": 0.1, "d": 0.9}) == {
+        "d": 0.0,
+        "a": 0.5,
+        "b": 0.5,
+        "c": 1.0,
+    }
     assert ranks({"a": 0.3, "b": 0.2, "c": 0.1}) == {"a": 0.0, "b": 0.5, "c": 1.0}
     assert ranks({"a": 1.0}) == {"a": 0.5}
 
@@ -195,7 +239,11 @@ def test_weights_move_from_simple_to_complex_queries():
     # sigmoid: gamma(0) = 1/(1+e^5) = 0.0066929 -> 0.5 + 1.5 * 0.9933071 = 1.4899606 + 0.5
     assert loss_weight(0.0, 0, T, "sigmoid") == pytest.approx(1.9899606)
     assert loss_weight(1.0, T, T, "sigmoid") == pytest.approx(1.9899606)
-    assert loss_weight(0.0, 50, T, "sigmoid") == pytest.approx(1.25) == loss_weight(1.0, 50, T, "sigmoid")
+    assert (
+        loss_weight(0.0, 50, T, "sigmoid")
+        == pytest.approx(1.25)
+        == loss_weight(1.0, 50, T, "sigmoid")
+    )
     assert loss_weight(0.25, 0, T, "linear", w_min=1.0, w_max=3.0) == pytest.approx(2.5)
 
 
@@ -224,6 +272,7 @@ def test_score_book_ranks_unseen_queries_at_the_median():
 
 # the problem sampler
 
+
 def test_a_pool_is_walked_once_per_pass_and_resumes_exactly():
     task = get_task("arithmetic")
     sampler = ProblemSampler(task, ["easy", "medium"], "balanced", {}, 10, pool_size=5)
@@ -251,17 +300,30 @@ def test_classic_draws_only_the_current_stage():
     task = get_task("arithmetic")
     sampler = ProblemSampler(task, ["easy", "medium", "hard"], "classic", {}, 9)
     rng = random.Random(1)
-    assert {p.level for p in sampler.draw(1, 30, rng)} == {"easy"}      # t = 0
-    assert {p.level for p in sampler.draw(5, 30, rng)} == {"medium"}    # t = 4: floor(4*3/9) = 1
-    assert {p.level for p in sampler.draw(9, 30, rng)} == {"hard"}      # t = 8: floor(8*3/9) = 2
+    assert {p.level for p in sampler.draw(1, 30, rng)} == {"easy"}  # t = 0
+    assert {p.level for p in sampler.draw(5, 30, rng)} == {"medium"}  # t = 4: floor(4*3/9) = 1
+    assert {p.level for p in sampler.draw(9, 30, rng)} == {"hard"}  # t = 8: floor(8*3/9) = 2
 
 
 # treerl score, and training from its file
 
+
 def score_args(model_dir, out, *extra):
-    return ["score", "--out", str(out), f"model.name_or_path={model_dir}", "output.progress=false", "train.threads=1",
-            "curriculum.levels=[easy,medium]", "curriculum.pool_size=3", "rscore.branching=2", "rscore.depth=2",
-            "rscore.step_tokens=4", "rollout.max_new_tokens=12", *extra]
+    return [
+        "score",
+        "--out",
+        str(out),
+        f"model.name_or_path={model_dir}",
+        "output.progress=false",
+        "train.threads=1",
+        "curriculum.levels=[easy,medium]",
+        "curriculum.pool_size=3",
+        "rscore.branching=2",
+        "rscore.depth=2",
+        "rscore.step_tokens=4",
+        "rollout.max_new_tokens=12",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -277,18 +339,36 @@ def test_score_writes_one_row_per_query_and_training_reads_it(model_dir, tmp_pat
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and {row["level"] for row in rows} == {"easy", "medium"}
     for row in rows:
-        assert 0.0 <= row["r_score"] <= 1.0 - row["leaf_acc"] + 1e-9   # the greedy can at most fix every leaf
+        assert (
+            0.0 <= row["r_score"] <= 1.0 - row["leaf_acc"] + 1e-9
+        )  # the greedy can at most fix every leaf
         assert 2 <= row["leaves"] <= 4 and 0.0 <= row["rank"] <= 1.0
-    assert sorted(row["rank"] for row in rows) == sorted(ranks({r["id"]: r["r_score"] for r in rows}).values())
+    assert sorted(row["rank"] for row in rows) == sorted(
+        ranks({r["id"]: r["r_score"] for r in rows}).values()
+    )
     assert "r-scores of 6 queries" in capsys.readouterr().out
 
-    cfg = load_config(None, [f"model.name_or_path={model_dir}", "output.progress=false", "train.threads=1",
-                             "train.steps=2", "rollout.batch_prompts=2", "rollout.n=2",
-                             "rollout.max_new_tokens=8", "eval.problems=2", "curriculum.levels=[easy,medium]",
-                             "curriculum.pool_size=3", "reschedule.rank_by=rscore",
-                             f"reschedule.scores_file={out}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "output.progress=false",
+            "train.threads=1",
+            "train.steps=2",
+            "rollout.batch_prompts=2",
+            "rollout.n=2",
+            "rollout.max_new_tokens=8",
+            "eval.problems=2",
+            "curriculum.levels=[easy,medium]",
+            "curriculum.pool_size=3",
+            "reschedule.rank_by=rscore",
+            f"reschedule.scores_file={out}",
+        ],
+    )
     trainer.train(cfg, tmp_path / "run")
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all(m["reschedule/score_mean"] is not None for m in metrics)
 
 
@@ -309,28 +389,48 @@ def test_score_out_is_checked_before_any_work(tmp_path, capsys):
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    for name, text in [("config.yaml", "seed: 0\n"), ("metrics.jsonl", '{"step": 1}\n'), (".lock", "")]:
+    for name, text in [
+        ("config.yaml", "seed: 0\n"),
+        ("metrics.jsonl", '{"step": 1}\n'),
+        (".lock", ""),
+    ]:
         (run / name).write_text(text)
     (tmp_path / "dir").mkdir()
     (tmp_path / "old.jsonl").write_text("kept\n")
-    cases = [([str(run / "metrics.jsonl")], f"is in the run directory {run}"),
-             ([str(run / "checkpoints" / "s.jsonl")], f"is in the run directory {run}"),
-             ([str(run)], f"is in the run directory {run}"),
-             ([str(tmp_path / "dir")], "is a directory; give the file to write"),
-             ([str(tmp_path / "old.jsonl")], "exists; give --overwrite to replace it"),
-             ([str(tmp_path / "new.jsonl"), "--resume"], "new.jsonl.partial does not exist"),
-             ([str(tmp_path / "old.jsonl"), "--resume"], "old.jsonl is complete and")]
+    cases = [
+        ([str(run / "metrics.jsonl")], f"is in the run directory {run}"),
+        ([str(run / "checkpoints" / "s.jsonl")], f"is in the run directory {run}"),
+        ([str(run)], f"is in the run directory {run}"),
+        ([str(tmp_path / "dir")], "is a directory; give the file to write"),
+        ([str(tmp_path / "old.jsonl")], "exists; give --overwrite to replace it"),
+        ([str(tmp_path / "new.jsonl"), "--resume"], "new.jsonl.partial does not exist"),
+        ([str(tmp_path / "old.jsonl"), "--resume"], "old.jsonl is complete and"),
+    ]
     for out, why in cases:
-        assert main(["score", "--out", *out, "model.name_or_path=/no/such/model", "curriculum.pool_size=2"]) == 2
+        assert (
+            main(
+                [
+                    "score",
+                    "--out",
+                    *out,
+                    "model.name_or_path=/no/such/model",
+                    "curriculum.pool_size=2",
+                ]
+            )
+            == 2
+        )
         assert why in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "old.jsonl", "run"]
-    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (tmp_path / "old.jsonl").read_text() == "kept\n"
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' and (
+        tmp_path / "old.jsonl"
+    ).read_text() == "kept\n"
     assert not list((tmp_path / "dir").iterdir()) and not list((run / "checkpoints").iterdir())
 
 
 @pytest.mark.slow
-def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_file(model_dir, tmp_path, capsys,
-                                                                                     monkeypatch):
+def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_file(
+    model_dir, tmp_path, capsys, monkeypatch
+):
     """Five queries in batches of two; the disk fills while the second batch is written. OUT.partial keeps the
     first batch; --resume (after a kill tore its last line) scores the other three as the uninterrupted scoring
     did (the same rows, the same generator state after each batch) and writes the same file."""
@@ -340,7 +440,10 @@ def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_f
     from treerl.cli import main
 
     def limited(out, *flags, extra=()):
-        sampled = ["rscore.batch_prompts=2", "rollout.temperature=2.0"]   # hot sampling: the draws show in the rows
+        sampled = [
+            "rscore.batch_prompts=2",
+            "rollout.temperature=2.0",
+        ]  # hot sampling: the draws show in the rows
         return ["score", *flags, "--limit", "5", *score_args(model_dir, out, *sampled, *extra)[1:]]
 
     appended, fail_at = [], [0]
@@ -361,17 +464,25 @@ def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_f
     fail_at[0] = 2
     assert main(limited(out)) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {out}.partial: No space left on device; the queries scored before are kept" in err
-    assert "treerl score --resume" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert (
+        f"cannot write {out}.partial: No space left on device; the queries scored before are kept"
+        in err
+    )
+    assert (
+        "treerl score --resume" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    )
     partial = tmp_path / "scores.jsonl.partial"
     kept = [json.loads(line) for line in partial.read_text().splitlines()]
     assert kept[0]["settings"]["limit"] == 5 and kept[1:] == uninterrupted[:1]
     assert main(limited(out)) == 2
     assert "holds an interrupted scoring" in capsys.readouterr().err
     assert main(limited(out, "--resume", extra=["rscore.top_m=3"])) == 2
-    assert "was scored with rscore.top_m=4, not 3; resume with the same settings" in capsys.readouterr().err
+    assert (
+        "was scored with rscore.top_m=4, not 3; resume with the same settings"
+        in capsys.readouterr().err
+    )
     with partial.open("a") as f:
-        f.write('{"rows": [{"id": ')   # a kill in the middle of a line
+        f.write('{"rows": [{"id": ')  # a kill in the middle of a line
     appended.clear()
     fail_at[0] = 0
     assert main(limited(out, "--resume")) == 0
@@ -401,20 +512,24 @@ def test_a_score_file_with_nan_strings_booleans_or_repeated_ids_is_refused_by_li
 
     path = tmp_path / "scores.jsonl"
     good = '{"id": "a", "r_score": 0.5}\n'
-    for bad, why in [('{"id": "b", "r_score": NaN}', "'r_score' is NaN, not a finite number"),
-                     ('{"id": "b", "r_score": Infinity}', "'r_score' is Infinity, not a finite number"),
-                     ('{"id": "b", "r_score": "0.5"}', "'r_score' is \"0.5\", not a finite number"),
-                     ('{"id": "b", "r_score": true}', "'r_score' is true, not a finite number"),
-                     ('{"id": 7, "r_score": 0.5}', "'id' is 7, not a string"),
-                     ('["b", 0.5]', "not a score row"),
-                     ('{"id": "a", "r_score": 0.25}', "id 'a' was scored on line 1 already")]:
+    for bad, why in [
+        ('{"id": "b", "r_score": NaN}', "'r_score' is NaN, not a finite number"),
+        ('{"id": "b", "r_score": Infinity}', "'r_score' is Infinity, not a finite number"),
+        ('{"id": "b", "r_score": "0.5"}', "'r_score' is \"0.5\", not a finite number"),
+        ('{"id": "b", "r_score": true}', "'r_score' is true, not a finite number"),
+        ('{"id": 7, "r_score": 0.5}', "'id' is 7, not a string"),
+        ('["b", 0.5]', "not a score row"),
+        ('{"id": "a", "r_score": 0.25}', "id 'a' was scored on line 1 already"),
+    ]:
         path.write_text(good + bad + "\n")
         with pytest.raises(UserError, match=f"scores.jsonl:2: {re.escape(why)}"):
             read_scores(str(path), RANKINGS["rscore"])
 
 
 def coverage_config(path, *extra):
-    return load_config(None, ["reschedule.rank_by=rscore", f"reschedule.scores_file={path}", *extra])
+    return load_config(
+        None, ["reschedule.rank_by=rscore", f"reschedule.scores_file={path}", *extra]
+    )
 
 
 def test_a_score_file_must_cover_the_pool_unless_told(tmp_path):
@@ -422,22 +537,43 @@ def test_a_score_file_must_cover_the_pool_unless_told(tmp_path):
     pool = [Problem(f"q{i}", "1", "easy") for i in range(4)]
     ids = [problem.id for problem in pool]
     path = tmp_path / "scores.jsonl"
-    path.write_text("".join(json.dumps({"id": i, "r_score": s}) + "\n" for i, s in [(ids[0], 0.1), (ids[2], 0.3),
-                                                                                       ("other", 0.9)]))
-    with pytest.raises(UserError, match=r"has scores for 2 of 4 queries, and 1 for queries not in the pool, fewer "
-                                        r"than reschedule.min_coverage=1: .* set reschedule.min_coverage=0.5 to"):
+    path.write_text(
+        "".join(
+            json.dumps({"id": i, "r_score": s}) + "\n"
+            for i, s in [(ids[0], 0.1), (ids[2], 0.3), ("other", 0.9)]
+        )
+    )
+    with pytest.raises(
+        UserError,
+        match=r"has scores for 2 of 4 queries, and 1 for queries not in the pool, fewer "
+        r"than reschedule.min_coverage=1: .* set reschedule.min_coverage=0.5 to",
+    ):
         QueryWeights.from_config(coverage_config(path), 1, pool)
-    weights = QueryWeights.from_config(coverage_config(path, "reschedule.min_coverage=0.5"), 1, pool)
-    assert weights.source == f"reschedule: scores for 2 of 4 queries, and 1 for queries not in the pool from {path}"
-    assert [weights.book.rank(i) for i in ids] == [1.0, 0.5, 0.0, 0.5]   # q2 (0.3) the simplest, q0 (0.1) the last
+    weights = QueryWeights.from_config(
+        coverage_config(path, "reschedule.min_coverage=0.5"), 1, pool
+    )
+    assert (
+        weights.source
+        == f"reschedule: scores for 2 of 4 queries, and 1 for queries not in the pool from {path}"
+    )
+    assert [weights.book.rank(i) for i in ids] == [
+        1.0,
+        0.5,
+        0.0,
+        0.5,
+    ]  # q2 (0.3) the simplest, q0 (0.1) the last
     path.write_text("")
     with pytest.raises(UserError, match=r"has scores for 0 of 4 queries, fewer than"):
         QueryWeights.from_config(coverage_config(path, "reschedule.min_coverage=0.01"), 1, pool)
-    with pytest.raises(UserError, match="generates problems without end: set curriculum.pool_size=N"):
+    with pytest.raises(
+        UserError, match="generates problems without end: set curriculum.pool_size=N"
+    ):
         QueryWeights.from_config(coverage_config(path), 1, None)
 
 
-def test_training_refuses_a_score_file_of_a_limited_scoring_before_loading_a_model(tmp_path, capsys):
+def test_training_refuses_a_score_file_of_a_limited_scoring_before_loading_a_model(
+    tmp_path, capsys
+):
     from treerl.cli import main
     from treerl.curriculum.sampler import task_and_sampler
 
@@ -445,24 +581,62 @@ def test_training_refuses_a_score_file_of_a_limited_scoring_before_loading_a_mod
     first = task_and_sampler(cfg)[1].problems()[0]
     scores = tmp_path / "scores.jsonl"
     scores.write_text(json.dumps({"id": first.id, "level": first.level, "r_score": 0.5}) + "\n")
-    args = ["train", "--out", str(tmp_path / "run"), "model.name_or_path=/no/such/model", "curriculum.pool_size=3",
-            "curriculum.levels=[easy,medium]", "reschedule.rank_by=rscore", f"reschedule.scores_file={scores}"]
+    args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "model.name_or_path=/no/such/model",
+        "curriculum.pool_size=3",
+        "curriculum.levels=[easy,medium]",
+        "reschedule.rank_by=rscore",
+        f"reschedule.scores_file={scores}",
+    ]
     assert main(args) == 2
-    assert "has scores for 1 of 6 queries, fewer than reschedule.min_coverage=1" in capsys.readouterr().err
+    assert (
+        "has scores for 1 of 6 queries, fewer than reschedule.min_coverage=1"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "run").exists()
 
 
-def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(model_dir, tmp_path, capsys):
+def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(
+    model_dir, tmp_path, capsys
+):
     from treerl.cli import main
 
     online = ["reschedule.rank_by=rscore", "reschedule.scores=online", "rscore.eligible=reference"]
-    assert main(["train", "--out", str(tmp_path / "run"), f"model.name_or_path={model_dir}", *online]) == 2
-    assert "are 1 deep" in capsys.readouterr().err                       # GRPO's depth-1 trees
-    assert main(["train", "--out", str(tmp_path / "run"), f"model.name_or_path={model_dir}", *online,
-                 "algo.name=treerpo", "tree.depth=3"]) == 2
+    assert (
+        main(["train", "--out", str(tmp_path / "run"), f"model.name_or_path={model_dir}", *online])
+        == 2
+    )
+    assert "are 1 deep" in capsys.readouterr().err  # GRPO's depth-1 trees
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "run"),
+                f"model.name_or_path={model_dir}",
+                *online,
+                "algo.name=treerpo",
+                "tree.depth=3",
+            ]
+        )
+        == 2
+    )
     assert "are 3 deep" in capsys.readouterr().err
-    assert main(score_args(model_dir, tmp_path / "s.jsonl", "rscore.eligible=reference", "rscore.depth=3",
-                           "rscore.step_tokens=2")) == 2
+    assert (
+        main(
+            score_args(
+                model_dir,
+                tmp_path / "s.jsonl",
+                "rscore.eligible=reference",
+                "rscore.depth=3",
+                "rscore.step_tokens=2",
+            )
+        )
+        == 2
+    )
     assert "needs trees of depth 4" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "s.jsonl").exists()
 
@@ -486,7 +660,9 @@ def test_a_leaf_is_right_when_any_of_its_rollouts_is(monkeypatch):
 
     long_leaf = Node(token_ids=[3, 4, 5, 6], correct=False)
     short_leaf = Node(token_ids=[3, 9], correct=False, finished=True)
-    tree = ReasoningTree(Node(children=[Node(token_ids=[1, 2], children=[long_leaf, short_leaf])]), prompt_ids=[0])
+    tree = ReasoningTree(
+        Node(children=[Node(token_ids=[1, 2], children=[long_leaf, short_leaf])]), prompt_ids=[0]
+    )
     calls = []
 
     def fake_generate(model, tokenizer, contexts, **kwargs):
@@ -495,14 +671,30 @@ def test_a_leaf_is_right_when_any_of_its_rollouts_is(monkeypatch):
 
     monkeypatch.setattr(scoring, "generate", fake_generate)
     shape = TreeShape(branching=2, depth=2, step_tokens=2, max_new_tokens=8)
-    scoring.extra_rollouts(None, Digits(), EndsInEight(), [tree], [Problem("q", "r", "easy")], shape, 2,
-                           RolloutConfig(), None)
-    assert calls == [([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]], 4)]   # two rollouts from prompt + 4 generated tokens
-    assert long_leaf.correct is True and short_leaf.correct is False   # "12348" is right; the short leaf untouched
+    scoring.extra_rollouts(
+        None,
+        Digits(),
+        EndsInEight(),
+        [tree],
+        [Problem("q", "r", "easy")],
+        shape,
+        2,
+        RolloutConfig(),
+        None,
+    )
+    assert calls == [
+        ([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]], 4)
+    ]  # two rollouts from prompt + 4 generated tokens
+    assert (
+        long_leaf.correct is True and short_leaf.correct is False
+    )  # "12348" is right; the short leaf untouched
 
 
 def test_rescoring_is_due_at_the_steps_asked_for():
-    cfg = load_config(None, ["reschedule.rank_by=acc", "reschedule.rescore_every=3", "reschedule.rescore_at=[1,5]"])
+    cfg = load_config(
+        None,
+        ["reschedule.rank_by=acc", "reschedule.rescore_every=3", "reschedule.rescore_at=[1,5]"],
+    )
     weights = QueryWeights.from_config(cfg, tree_depth=1)
     assert [step for step in range(1, 12) if weights.rescore_due(step)] == [1, 4, 5, 7, 10]
     with pytest.raises(UserError, match="set reschedule.rank_by too"):
@@ -510,7 +702,9 @@ def test_rescoring_is_due_at_the_steps_asked_for():
 
 
 @pytest.mark.slow
-def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model_dir, tmp_path, monkeypatch):
+def test_training_rescores_every_query_of_the_pool_with_the_current_policy(
+    model_dir, tmp_path, monkeypatch
+):
     import treerl.train.trainer as trainer
 
     seen = []
@@ -521,15 +715,32 @@ def test_training_rescores_every_query_of_the_pool_with_the_current_policy(model
         return real(model, tokenizer, task, problems, cfg, generator, scored)
 
     monkeypatch.setattr(trainer, "score_queries", spy)
-    cfg = load_config(None, [f"model.name_or_path={model_dir}", "train.steps=3", "rollout.batch_prompts=2",
-                             "rollout.n=2", "rollout.max_new_tokens=6", "eval.problems=1", "eval.levels=[easy]",
-                             "output.progress=false", "train.threads=1", "curriculum.pool_size=3",
-                             "reschedule.rank_by=rscore", "reschedule.rescore_at=[1,3]", "rscore.branching=2",
-                             "rscore.depth=2", "rscore.step_tokens=2", "rscore.max_new_tokens=6"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "train.steps=3",
+            "rollout.batch_prompts=2",
+            "rollout.n=2",
+            "rollout.max_new_tokens=6",
+            "eval.problems=1",
+            "eval.levels=[easy]",
+            "output.progress=false",
+            "train.threads=1",
+            "curriculum.pool_size=3",
+            "reschedule.rank_by=rscore",
+            "reschedule.rescore_at=[1,3]",
+            "rscore.branching=2",
+            "rscore.depth=2",
+            "rscore.step_tokens=2",
+            "rscore.max_new_tokens=6",
+        ],
+    )
     trainer.train(cfg, tmp_path / "run")
-    assert seen == [6, 6]   # two levels x 3 problems, before steps 1 and 3
-    scores = torch.load(tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.pt",
-                        weights_only=True)["curriculum"]["scores"]["scores"]
+    assert seen == [6, 6]  # two levels x 3 problems, before steps 1 and 3
+    scores = torch.load(
+        tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.pt", weights_only=True
+    )["curriculum"]["scores"]["scores"]
     assert len(scores) == 6
     timing = json.loads((tmp_path / "run" / "timing.json").read_text())
     assert timing["seconds"]["re-scoring queries"] > 0
@@ -556,11 +767,17 @@ def test_the_mastery_schedule_moves_on_when_the_current_levels_accuracy_passes_t
     assert schedule.probs(8) == again.probs(8) == [0, 0, 1]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"threshold": 0.0}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
-    ({"window": 1.5}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
-    ({"beta": 1.0}, "curriculum.params: schedule 'mastery' has no parameter 'beta'; it takes: threshold, window"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"threshold": 0.0}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
+        ({"window": 1.5}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
+        (
+            {"beta": 1.0},
+            "curriculum.params: schedule 'mastery' has no parameter 'beta'; it takes: threshold, window",
+        ),
+    ],
+)
 def test_the_mastery_schedule_refuses_bad_parameters(params, message):
     from treerl.curriculum.levels import make_schedule
 

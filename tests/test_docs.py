@@ -13,8 +13,9 @@ CONFIG_TABLES = runpy.run_path(str(ROOT / "docs" / "config_tables.py"))
 def test_config_md_s_key_tables_are_written_from_the_config_classes():
     """Every key of Config and PretrainConfig has one row, with its default and its Field description, in the
     classes' order, and no row is of a key that is gone."""
-    assert DOC == CONFIG_TABLES["generated"](DOC), \
+    assert DOC == CONFIG_TABLES["generated"](DOC), (
         "docs/config.md's key tables differ from the config classes: run .venv/bin/python docs/config_tables.py"
+    )
 
 
 def test_a_key_table_row_holds_the_default_as_yaml_and_the_description():
@@ -35,10 +36,18 @@ def test_a_key_table_row_holds_the_default_as_yaml_and_the_description():
         inner: Inner = Inner()
 
     assert CONFIG_TABLES["rows"](Outer) == [
-        "| `lr` | 5e-5 | rate |", "| `peak` | 2e-3 | peak |", "| `tau` | 0.1 | tau |", "| `zero` | 0.0 | zero |",
-        "| `steps` | 600 | steps |", "| `mode` | null | mode |", "| `on` | true | on |", "| `name` | `off` | name |",
-        "| `params` | `{}` | params |", "| `inner.names` | `[medium, hard]` | levels |",
-        "| `inner.mix` | `{easy: 0.25}` | shares |"]
+        "| `lr` | 5e-5 | rate |",
+        "| `peak` | 2e-3 | peak |",
+        "| `tau` | 0.1 | tau |",
+        "| `zero` | 0.0 | zero |",
+        "| `steps` | 600 | steps |",
+        "| `mode` | null | mode |",
+        "| `on` | true | on |",
+        "| `name` | `off` | name |",
+        "| `params` | `{}` | params |",
+        "| `inner.names` | `[medium, hard]` | levels |",
+        "| `inner.mix` | `{easy: 0.25}` | shares |",
+    ]
 
 
 def test_a_key_without_a_description_stops_the_table_generator():
@@ -65,7 +74,11 @@ def table_cells(line: str) -> int:
 
 def test_every_table_row_has_the_header_s_cells():
     root = Path(__file__).parents[1]
-    for page in [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]:
+    for page in [
+        root / "README.md",
+        root / "CONTRIBUTING.md",
+        *sorted((root / "docs").glob("*.md")),
+    ]:
         header, in_fence = None, False
         for number, line in enumerate(page.read_text().splitlines(), 1):
             in_fence ^= line.startswith("```")
@@ -74,7 +87,9 @@ def test_every_table_row_has_the_header_s_cells():
                 continue
             if header is None:
                 header = table_cells(line)
-            assert table_cells(line) == header, f"{page.name}:{number} has {table_cells(line)} cells, not {header}"
+            assert table_cells(line) == header, (
+                f"{page.name}:{number} has {table_cells(line)} cells, not {header}"
+            )
 
 
 def test_every_test_that_reliability_md_names_exists():
@@ -83,8 +98,11 @@ def test_every_test_that_reliability_md_names_exists():
     root = Path(__file__).parents[1]
     page = (root / "docs" / "reliability.md").read_text()
     named = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", page)
-    named += [(file, test) for file, rest in re.findall(r"`(test_\w+\.py)::test_\w+`((?:, `test_\w+`)+)", page)
-              for test in re.findall(r"`(test_\w+)`", rest)]
+    named += [
+        (file, test)
+        for file, rest in re.findall(r"`(test_\w+\.py)::test_\w+`((?:, `test_\w+`)+)", page)
+        for test in re.findall(r"`(test_\w+)`", rest)
+    ]
     assert len(named) > 20
     for file, test in named:
         source = (root / "tests" / file).read_text()
@@ -110,7 +128,9 @@ def test_every_registry_and_every_name_in_it_is_documented():
     architecture = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
     assert len(REGISTRIES) >= 13
     for key, registry in REGISTRIES.items():
-        assert f"| `{key}` |" in architecture, f"add {key} to the registries of docs/architecture.md"
+        assert f"| `{key}` |" in architecture, (
+            f"add {key} to the registries of docs/architecture.md"
+        )
         row = config_row(key)
         missing = [name for name in registry.names() if f"`{name}`" not in row]
         assert not missing, f"document {key}: {missing} in docs/config.md"

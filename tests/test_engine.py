@@ -6,7 +6,7 @@ from treerl.rollout.engine import generate
 from treerl.rollout.lean import LeanDecoder
 from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 
-PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]   # different lengths: left padding in the engine
+PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]  # different lengths: left padding in the engine
 
 
 def sample(policy, prompts=PROMPTS, seed=0, **kwargs):
@@ -41,7 +41,9 @@ def test_completions_stop_at_eos(policy):
     _, tok = policy
     gen = sample(policy, prompts=["1+2\n"] * 32, seed=0, max_new_tokens=32)
     assert any(gen.finished), "a near-uniform random model should emit EOS in 32 x 32 draws"
-    for ids, logps, finished, text in zip(gen.completion_ids, gen.logprobs, gen.finished, gen.texts):
+    for ids, logps, finished, text in zip(
+        gen.completion_ids, gen.logprobs, gen.finished, gen.texts
+    ):
         assert len(ids) == len(logps) >= 1
         assert tok.eos_token_id not in ids[:-1]
         assert finished == (ids[-1] == tok.eos_token_id)
@@ -55,7 +57,9 @@ def test_behaviour_logprobs_match_full_forward(policy, temperature, top_p):
     """The sampler's log-probs are the trainer's (completion_logprobs: softmax(logits / T) over the whole
     vocabulary), with top_p < 1 too, so that the update's ratio compares one distribution on both sides."""
     model, tok = policy
-    gen = sample(policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, top_p=top_p, max_new_tokens=10)
+    gen = sample(
+        policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, top_p=top_p, max_new_tokens=10
+    )
     batch = make_batch(gen.prompt_ids, gen.completion_ids, pad_id=tok.pad_token_id)
     with torch.no_grad():
         logprobs, _ = completion_logprobs(model, batch, temperature=temperature)
@@ -83,16 +87,25 @@ def test_tiny_top_p_is_greedy(policy):
 @pytest.mark.parametrize("sampler", ["generate", "sample_trees"])
 def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, mode, sampler):
     model, tok = policy
-    seen, real = [], engine.backend_for       # both samplers go through engine.sample_sequences
-    monkeypatch.setattr(engine, "backend_for", lambda m, *args: seen.append(m.training) or real(m, *args))
+    seen, real = [], engine.backend_for  # both samplers go through engine.sample_sequences
+    monkeypatch.setattr(
+        engine, "backend_for", lambda m, *args: seen.append(m.training) or real(m, *args)
+    )
     model.train(mode == "train")
     try:
         if sampler == "generate":
             sample(policy, max_new_tokens=2)
         else:
-            tree.sample_trees(model, tok, [tok("1+2\n")["input_ids"]], branching=2, depth=2, step_tokens=2,
-                              generator=torch.Generator().manual_seed(0))
-        assert seen == [False]                      # sampled in eval mode: no dropout in the rollout
+            tree.sample_trees(
+                model,
+                tok,
+                [tok("1+2\n")["input_ids"]],
+                branching=2,
+                depth=2,
+                step_tokens=2,
+                generator=torch.Generator().manual_seed(0),
+            )
+        assert seen == [False]  # sampled in eval mode: no dropout in the rollout
         assert model.training == (mode == "train")  # and left as it was found
     finally:
         model.eval()
@@ -105,13 +118,21 @@ def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
     encoded_rows = []
     if lean:
         forward = LeanDecoder.forward
-        monkeypatch.setattr(LeanDecoder, "forward", lambda self, ids, *args: encoded_rows.append(len(ids))
-                            or forward(self, ids, *args))
+        monkeypatch.setattr(
+            LeanDecoder,
+            "forward",
+            lambda self, ids, *args: encoded_rows.append(len(ids)) or forward(self, ids, *args),
+        )
     else:
         monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
         forward = model.forward
-        monkeypatch.setattr(model, "forward", lambda input_ids, **kwargs: encoded_rows.append(input_ids.shape)
-                            or forward(input_ids=input_ids, **kwargs))
+        monkeypatch.setattr(
+            model,
+            "forward",
+            lambda input_ids, **kwargs: (
+                encoded_rows.append(input_ids.shape) or forward(input_ids=input_ids, **kwargs)
+            ),
+        )
     rows = [0, 1, 0, 2, 0, 1]
     together = sample(policy, prompts=[PROMPTS[i] for i in rows], greedy=True, max_new_tokens=4)
     assert encoded_rows[0] == 3 if lean else encoded_rows[0][0] == 3
@@ -128,8 +149,9 @@ def ending_policy(policy):
 
     model, tok = copy.deepcopy(policy[0]), policy[1]
     with torch.no_grad():
-        model.lm_head.weight[tok.eos_token_id] += 0.35 * torch.randn(model.config.hidden_size,
-                                                                     generator=torch.Generator().manual_seed(1))
+        model.lm_head.weight[tok.eos_token_id] += 0.35 * torch.randn(
+            model.config.hidden_size, generator=torch.Generator().manual_seed(1)
+        )
     return model.eval(), tok
 
 
@@ -141,8 +163,10 @@ def test_a_sequence_samples_the_same_tokens_whatever_shares_its_batch(ending_pol
     it, the batch size or when finished rows leave; its log-probs agree to float rounding."""
     together = sample(ending_policy, MANY, seed=5, max_new_tokens=40)
     lengths = [len(c) for c in together.completion_ids]
-    assert min(lengths) < 10 and max(lengths) == 40                       # finished rows left early
-    alone = sample(ending_policy, MANY[:1], seed=5, max_new_tokens=40)   # row 0 has the same key alone
+    assert min(lengths) < 10 and max(lengths) == 40  # finished rows left early
+    alone = sample(
+        ending_policy, MANY[:1], seed=5, max_new_tokens=40
+    )  # row 0 has the same key alone
     assert alone.completion_ids[0] == together.completion_ids[0]
     assert torch.allclose(alone.logprobs[0], together.logprobs[0], rtol=0.0, atol=1e-6)
 
@@ -159,11 +183,17 @@ def test_finished_rows_leave_the_batch(ending_policy, monkeypatch):
 
     monkeypatch.setattr(LeanDecoder, "step", spy)
     lean = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
-    assert len(MANY) // 2 < rows_fed[0] <= len(MANY) and rows_fed == sorted(rows_fed, reverse=True) and rows_fed[-1] < 6
+    assert (
+        len(MANY) // 2 < rows_fed[0] <= len(MANY)
+        and rows_fed == sorted(rows_fed, reverse=True)
+        and rows_fed[-1] < 6
+    )
     monkeypatch.setattr(engine, "lean_decoder", lambda model: None)
     full = sample(ending_policy, MANY, seed=6, max_new_tokens=40)
     assert lean.completion_ids == full.completion_ids
-    assert all(torch.allclose(a, b, rtol=0.0, atol=1e-5) for a, b in zip(lean.logprobs, full.logprobs))
+    assert all(
+        torch.allclose(a, b, rtol=0.0, atol=1e-5) for a, b in zip(lean.logprobs, full.logprobs)
+    )
 
 
 def test_inverse_cdf_sampling_follows_the_distribution():
@@ -173,12 +203,15 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
-    tokens, _ = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0))
+    tokens, _ = sample_tokens(
+        logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0)
+    )
     share = torch.bincount(tokens, minlength=3) / 20000
     assert torch.allclose(share, torch.softmax(logits[0], -1), atol=0.01)
-    top, top_logps = sample_tokens(logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000,
-                                                                       "cpu"), 0))
-    assert set(top.tolist()) == {2}                                   # nucleus 0.5 keeps the 0.665 token only
+    top, top_logps = sample_tokens(
+        logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0)
+    )
+    assert set(top.tolist()) == {2}  # nucleus 0.5 keeps the 0.665 token only
     assert torch.allclose(top_logps, torch.tensor(0.6652409557748219).log())
     edge, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
     assert edge.tolist() == [2, 2]
@@ -191,17 +224,20 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
 
     logits = torch.full((20000, 1000), float("-inf"))
     logits[:, [5, 300, 999]] = torch.tensor([0.2, 0.3, 0.5]).log()
-    tokens, logps = sample_tokens(logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(1), 20000,
-                                                                       "cpu"), 3))
+    tokens, logps = sample_tokens(
+        logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(1), 20000, "cpu"), 3)
+    )
     assert set(tokens.tolist()) == {5, 300, 999}
     share = torch.bincount(tokens, minlength=1000)[[5, 300, 999]] / 20000
     assert torch.allclose(share, torch.tensor([0.2, 0.3, 0.5]), atol=0.01)
-    assert torch.allclose(logps, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-6)
+    assert torch.allclose(
+        logps, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-6
+    )
     hot, _ = sample_tokens(logits[:3] * 0.1, 0.1, 1.0, torch.tensor([0.0, 0.45, 1.0 - 2.0**-53]))
     assert hot.tolist() == [5, 300, 999]
 
 
-GRID = 2 ** 53
+GRID = 2**53
 """`uniforms` draws u = n / 2^53, n in [0, 2^53): a draw's exact probability is a count of n over GRID."""
 
 
@@ -215,10 +251,14 @@ def exact_draw_distribution(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     vocab = logits.shape[-1]
 
     def draw(n: torch.Tensor) -> torch.Tensor:
-        return sample_tokens(logits.expand(len(n), vocab), 1.0, top_p, n.double() / GRID)[0] if len(n) else n
+        return (
+            sample_tokens(logits.expand(len(n), vocab), 1.0, top_p, n.double() / GRID)[0]
+            if len(n)
+            else n
+        )
 
     lo, hi = torch.tensor([0]), torch.tensor([GRID])
-    at_lo, at_hi = draw(lo), torch.tensor([vocab])                   # n = GRID is past the end: no token
+    at_lo, at_hi = draw(lo), torch.tensor([vocab])  # n = GRID is past the end: no token
     count = torch.zeros(vocab, dtype=torch.long)
     while len(lo):
         settled = (at_lo == at_hi) | (hi - lo == 1)
@@ -226,7 +266,9 @@ def exact_draw_distribution(logits: torch.Tensor, top_p: float) -> torch.Tensor:
         lo, hi, at_lo, at_hi = (t[~settled] for t in (lo, hi, at_lo, at_hi))
         mid = (lo + hi) // 2
         at_mid = draw(mid)
-        lo, hi, at_lo, at_hi = (torch.cat(pair) for pair in ((lo, mid), (mid, hi), (at_lo, at_mid), (at_mid, at_hi)))
+        lo, hi, at_lo, at_hi = (
+            torch.cat(pair) for pair in ((lo, mid), (mid, hi), (at_lo, at_mid), (at_mid, at_hi))
+        )
     assert int(count.sum()) == GRID
     return count.double() / GRID
 
@@ -241,7 +283,9 @@ def test_a_draw_follows_the_softmax_to_float64_precision(shape):
     at 30 over N(0, 3^2): the others' probabilities span 7e-18 to 2e-8), is float64's softmax to 1e-7 in total
     variation (1.6e-8 and 5e-14 here), and every token above 1e-14 (90 values of n) is drawn. With fp32 sums and
     target, the flat one was 6.5e-6 off and the peaked one drew only its top token (fp32's step near 1 is 6e-8)."""
-    logits = torch.randn(1024, generator=torch.Generator().manual_seed(0)) * (0.1 if shape == "flat" else 3.0)
+    logits = torch.randn(1024, generator=torch.Generator().manual_seed(0)) * (
+        0.1 if shape == "flat" else 3.0
+    )
     if shape == "peaked":
         logits[0] = 30.0
     softmax = torch.softmax(logits.double(), -1)

@@ -8,16 +8,19 @@ from treerl.eval import evaluate, k_values, pass_at_k
 from treerl.tasks.base import Problem, Task
 
 
-@pytest.mark.parametrize("n, c, k, expected", [
-    (5, 0, 1, 0.0),
-    (5, 0, 5, 0.0),
-    (5, 5, 1, 1.0),
-    (5, 5, 5, 1.0),
-    (4, 1, 1, 0.25),                              # 1 - C(3,1)/C(4,1) = 1 - 3/4
-    (4, 1, 2, 0.5),                               # 1 - C(3,2)/C(4,2) = 1 - 3/6
-    (10, 3, 5, 1 - 21 / 252),                     # 1 - C(7,5)/C(10,5)
-    (10, 8, 3, 1.0),                              # fewer than k wrong samples: always a hit
-])
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (5, 0, 1, 0.0),
+        (5, 0, 5, 0.0),
+        (5, 5, 1, 1.0),
+        (5, 5, 5, 1.0),
+        (4, 1, 1, 0.25),  # 1 - C(3,1)/C(4,1) = 1 - 3/4
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (10, 8, 3, 1.0),  # fewer than k wrong samples: always a hit
+    ],
+)
 def test_pass_at_k_by_hand(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
 
@@ -38,14 +41,17 @@ def test_k_larger_than_n_raises():
         pass_at_k(4, 2, 5)
 
 
-@pytest.mark.parametrize("samples, expected", [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8]),
-                                               (9, [1, 2, 4, 8, 9])])
+@pytest.mark.parametrize(
+    "samples, expected",
+    [(1, [1]), (2, [1, 2]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8]), (9, [1, 2, 4, 8, 9])],
+)
 def test_k_values(samples, expected):
     assert k_values(samples) == expected
 
 
 class Judged(Task):
     """Eval problems with levels and subjects whose reference says whether any completion counts as correct."""
+
     name = "judged"
     default_template = "plain"
     levels = ["all"]
@@ -54,9 +60,16 @@ class Judged(Task):
         raise NotImplementedError
 
     def eval_problems(self, level, n):
-        rows = [("2", "Algebra", "yes"), ("1", "Geometry", "no"), ("1", "Algebra", "yes"), ("2", "Algebra", "no")]
-        return [Problem(question=f"{i}+1\n", reference=ref, level=lvl, subject=subj)
-                for i, (lvl, subj, ref) in enumerate(rows)]
+        rows = [
+            ("2", "Algebra", "yes"),
+            ("1", "Geometry", "no"),
+            ("1", "Algebra", "yes"),
+            ("2", "Algebra", "no"),
+        ]
+        return [
+            Problem(question=f"{i}+1\n", reference=ref, level=lvl, subject=subj)
+            for i, (lvl, subj, ref) in enumerate(rows)
+        ]
 
     def judge(self, completion, reference):
         return reference == "yes", float(reference == "yes")
@@ -69,11 +82,15 @@ def test_evaluate_groups_by_level_and_subject_with_an_overall_row(policy):
     assert [results[g]["problems"] for g in results] == [2, 2, 3, 1, 4]
     assert results["1"]["accuracy"] == 0.5 and results["2"]["accuracy"] == 0.5
     assert results["subject:Algebra"]["accuracy"] == pytest.approx(2 / 3)
-    assert results["subject:Geometry"]["avg@2"] == 0.0 and results["subject:Geometry"]["pass@2"] == 0.0
+    assert (
+        results["subject:Geometry"]["avg@2"] == 0.0 and results["subject:Geometry"]["pass@2"] == 0.0
+    )
     assert results["all"]["accuracy"] == results["all"]["avg@2"] == results["all"]["pass@1"] == 0.5
 
 
-def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_levels(policy, tmp_path):
+def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_levels(
+    policy, tmp_path
+):
     """A file of 3 level-1 and 2 level-2 problems: the default eval.levels (1, 2 and all) evaluates each problem once
     and counts n = 3, 2 and 5 (it counted 6, 4 and 10: each problem under its level and again under `all`), as
     eval.levels=[all] (what `treerl eval --benchmark` sets) does."""
@@ -82,7 +99,9 @@ def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_lev
 
     data = tmp_path / "levels.jsonl"
     rows = [("1+1", "2", 1), ("2+2", "4", 1), ("3+3", "6", 1), ("4+4", "8", 2), ("5+5", "10", 2)]
-    data.write_text("".join(json.dumps({"problem": q, "answer": a, "level": lvl}) + "\n" for q, a, lvl in rows))
+    data.write_text(
+        "".join(json.dumps({"problem": q, "answer": a, "level": lvl}) + "\n" for q, a, lvl in rows)
+    )
     task = MathTask(train_data=str(data), eval_data=str(data), fields={"level": "level"})
     assert task.levels == ["1", "2", "all"]
     counts = []
@@ -97,8 +116,23 @@ def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_lev
 def test_cli_evaluates_a_benchmark_with_samples(model_dir, capsys):
     from treerl.cli import main
 
-    assert main(["eval", "--model", str(model_dir), "--benchmark", "amc23", "--samples", "4", "--json",
-                 "eval.max_new_tokens=4", "output.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--benchmark",
+                "amc23",
+                "--samples",
+                "4",
+                "--json",
+                "eval.max_new_tokens=4",
+                "output.progress=false",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert (out["task"], out["benchmark"]) == ("math", "amc23")
     row = out["groups"]["all"]
@@ -111,4 +145,6 @@ def test_cli_unknown_benchmark_is_a_user_error(capsys):
     from treerl.cli import main
 
     assert main(["eval", "--benchmark", "mmlu"]) == 2
-    assert capsys.readouterr().err.startswith("treerl: error: --benchmark mmlu: not a benchmark; choose from math500")
+    assert capsys.readouterr().err.startswith(
+        "treerl: error: --benchmark mmlu: not a benchmark; choose from math500"
+    )

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "treerl"
 
-LAYERS = [   # top first: a module may import from its own layer and the layers below it
+LAYERS = [  # top first: a module may import from its own layer and the layers below it
     ("commands", ["treerl", "treerl.__main__", "treerl.cli", "treerl.commands"]),
     ("loop", ["treerl.train"]),
     ("views", ["treerl.report", "treerl.viewer"]),
@@ -18,8 +18,20 @@ LAYERS = [   # top first: a module may import from its own layer and the layers 
     ("methods", ["treerl.algo", "treerl.curriculum"]),
     ("sampling", ["treerl.rollout"]),
     ("problems", ["treerl.tasks"]),
-    ("ground", ["treerl.config", "treerl.models", "treerl.rundir", "treerl.tree_records", "treerl.parallel",
-                "treerl.registry", "treerl.errors", "treerl.progress", "treerl.trackers"]),
+    (
+        "ground",
+        [
+            "treerl.config",
+            "treerl.models",
+            "treerl.rundir",
+            "treerl.tree_records",
+            "treerl.parallel",
+            "treerl.registry",
+            "treerl.errors",
+            "treerl.progress",
+            "treerl.trackers",
+        ],
+    ),
 ]
 APART = [("loop", "views")]
 """(upper, lower): layers that never import each other although one is above the other. The loop draws no
@@ -28,10 +40,19 @@ pages: the train command composes training and the report."""
 
 def layer(module: str) -> int:
     """The index in LAYERS of a module: the layer whose longest prefix names it (0 = the top)."""
-    best = max(((len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-                if module == prefix or module.startswith(prefix + ".")), default=None)
+    best = max(
+        (
+            (len(prefix), index)
+            for index, (_, prefixes) in enumerate(LAYERS)
+            for prefix in prefixes
+            if module == prefix or module.startswith(prefix + ".")
+        ),
+        default=None,
+    )
     if best is None:
-        raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to the README's Layout)")
+        raise AssertionError(
+            f"{module} is in no layer: add it to LAYERS (and to the README's Layout)"
+        )
     return best[1]
 
 
@@ -50,8 +71,10 @@ def imports(source: str, module: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
     return {name for name in found if name in known}
@@ -60,15 +83,22 @@ def imports(source: str, module: str, known: set[str]) -> set[str]:
 def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
     """{module: the treerl modules it imports}; `sources` maps module names (a package as `pkg.__init__` too)."""
     known = {name.removesuffix(".__init__") for name in sources} | set(sources)
-    return {name.removesuffix(".__init__"): imports(source, name.removesuffix(".__init__"), known) - {name}
-            for name, source in sources.items()}
+    return {
+        name.removesuffix(".__init__"): imports(source, name.removesuffix(".__init__"), known)
+        - {name}
+        for name, source in sources.items()
+    }
 
 
 def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
     """Each import that points to a higher layer, or from one layer to another that APART keeps it away from."""
-    return [f"{module} ({LAYERS[layer(module)][0]}) imports {target} ({LAYERS[layer(target)][0]})"
-            for module, targets in sorted(graph.items()) for target in sorted(targets)
-            if layer(target) < layer(module) or (LAYERS[layer(module)][0], LAYERS[layer(target)][0]) in APART]
+    return [
+        f"{module} ({LAYERS[layer(module)][0]}) imports {target} ({LAYERS[layer(target)][0]})"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer(target) < layer(module)
+        or (LAYERS[layer(module)][0], LAYERS[layer(target)][0]) in APART
+    ]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -79,7 +109,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[module] = "open"
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                found.append(trail[trail.index(target):] + [target])
+                found.append(trail[trail.index(target) :] + [target])
             elif target not in state:
                 visit(target, trail + [target])
         state[module] = "done"
@@ -123,19 +153,52 @@ def test_pure_parts_never_reach_the_loop_the_commands_or_the_views():
             assert not {m for m in reach(module) if LAYERS[layer(m)][0] in above}, module
 
 
-@pytest.mark.parametrize("sources, problem", [
-    ({"treerl.algo.__init__": "", "treerl.algo.x": "def f():\n    from treerl.train import trainer\n",
-      "treerl.train.__init__": "", "treerl.train.trainer": ""},
-     "forbidden"),
-    ({"treerl.tasks.__init__": "from treerl.tasks import a\n", "treerl.tasks.a": "from treerl.tasks import b\n",
-      "treerl.tasks.b": "import treerl.tasks.a\n"}, "cycle"),
-    ({"treerl.eval": "from treerl.train.parallel import Parallel\n", "treerl.train.__init__": "",
-      "treerl.train.parallel": ""}, "forbidden"),
-    ({"treerl.train.__init__": "", "treerl.train.trainer": "from treerl.report import write_report\n",
-      "treerl.report": ""}, "forbidden"),
-    ({"treerl.train.__init__": "", "treerl.train.trainer": "def f():\n    from treerl.viewer import render_tree\n",
-      "treerl.viewer": ""}, "forbidden"),
-])
+@pytest.mark.parametrize(
+    "sources, problem",
+    [
+        (
+            {
+                "treerl.algo.__init__": "",
+                "treerl.algo.x": "def f():\n    from treerl.train import trainer\n",
+                "treerl.train.__init__": "",
+                "treerl.train.trainer": "",
+            },
+            "forbidden",
+        ),
+        (
+            {
+                "treerl.tasks.__init__": "from treerl.tasks import a\n",
+                "treerl.tasks.a": "from treerl.tasks import b\n",
+                "treerl.tasks.b": "import treerl.tasks.a\n",
+            },
+            "cycle",
+        ),
+        (
+            {
+                "treerl.eval": "from treerl.train.parallel import Parallel\n",
+                "treerl.train.__init__": "",
+                "treerl.train.parallel": "",
+            },
+            "forbidden",
+        ),
+        (
+            {
+                "treerl.train.__init__": "",
+                "treerl.train.trainer": "from treerl.report import write_report\n",
+                "treerl.report": "",
+            },
+            "forbidden",
+        ),
+        (
+            {
+                "treerl.train.__init__": "",
+                "treerl.train.trainer": "def f():\n    from treerl.viewer import render_tree\n",
+                "treerl.viewer": "",
+            },
+            "forbidden",
+        ),
+    ],
+)
 def test_the_checker_finds_a_forbidden_import_and_a_cycle(sources, problem):
     graph = import_graph(sources)
     assert bool(forbidden_imports(graph)) == (problem == "forbidden")

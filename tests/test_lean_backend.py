@@ -29,11 +29,18 @@ def cascade_attention(dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, t
     shared[0], shared[1, :3] = prefixes[0], prefixes[1]
     own = torch.zeros(3, 4, dtype=torch.long)
     for row, slots in enumerate(owns):
-        own[row, :len(slots)] = slots
+        own[row, : len(slots)] = slots
     columns = torch.arange(5)
-    visible = torch.cat([torch.stack([columns < len(prefixes[g]) for g in group.tolist()]),
-                         torch.stack([torch.arange(4) < len(slots) for slots in owns])], dim=1)
-    plan = Plan(own[:, 0], own, shared, group, torch.tensor([0, 0, 1]), 2, visible, 1)   # blocks of one slot
+    visible = torch.cat(
+        [
+            torch.stack([columns < len(prefixes[g]) for g in group.tolist()]),
+            torch.stack([torch.arange(4) < len(slots) for slots in owns]),
+        ],
+        dim=1,
+    )
+    plan = Plan(
+        own[:, 0], own, shared, group, torch.tensor([0, 0, 1]), 2, visible, 1
+    )  # blocks of one slot
     decoder = LeanDecoder.__new__(LeanDecoder)
     decoder.kv_heads = kv
     q = (torch.randn(3, heads, dim) * scale).to(dtype)
@@ -41,8 +48,10 @@ def cascade_attention(dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, t
     for row in range(3):
         slots = torch.cat([prefixes[int(group[row])], owns[row]])
         k, v = (t[:, slots].float().repeat_interleave(heads // kv, 0) for t in (keys, values))
-        expected.append(F.scaled_dot_product_attention(q[row].float()[:, None], k, v, scale=dim ** -0.5)[:, 0])
-    return decoder.attend_paged(q, keys, values, plan, scaling=dim ** -0.5), torch.stack(expected)
+        expected.append(
+            F.scaled_dot_product_attention(q[row].float()[:, None], k, v, scale=dim**-0.5)[:, 0]
+        )
+    return decoder.attend_paged(q, keys, values, plan, scaling=dim**-0.5), torch.stack(expected)
 
 
 def test_cascade_attention_is_attention_over_the_whole_context():
@@ -56,7 +65,7 @@ def test_cascade_attention_in_bf16_computes_in_fp32():
     probabilities in bf16 gave 2.9e-3)."""
     out, expected = cascade_attention(torch.bfloat16, scale=2.5)
     assert out.dtype == torch.bfloat16
-    assert float((out.float() - expected).abs().mean() / expected.abs().mean()) < 2.0 ** -9
+    assert float((out.float() - expected).abs().mean() / expected.abs().mean()) < 2.0**-9
 
 
 def backend_sample(policy, prompts, max_new_tokens, forks=None, budget=0.0, seed=0):
@@ -64,14 +73,21 @@ def backend_sample(policy, prompts, max_new_tokens, forks=None, budget=0.0, seed
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     backend = LeanBackend(lean_decoder(model), budget)
     keys = row_keys(torch.Generator().manual_seed(seed), len(ids), "cpu")
-    return backend, ids, backend.sample(ids, keys, max_new_tokens, Sampling(), tok.eos_token_id, forks)
+    return (
+        backend,
+        ids,
+        backend.sample(ids, keys, max_new_tokens, Sampling(), tok.eos_token_id, forks),
+    )
 
 
 def count_steps(monkeypatch):
     rows = []
     real = LeanDecoder.step
-    monkeypatch.setattr(LeanDecoder, "step", lambda self, tokens, *args: rows.append(len(tokens))
-                        or real(self, tokens, *args))
+    monkeypatch.setattr(
+        LeanDecoder,
+        "step",
+        lambda self, tokens, *args: rows.append(len(tokens)) or real(self, tokens, *args),
+    )
     return rows
 
 
@@ -93,13 +109,15 @@ def test_a_tree_holds_each_distinct_token_once_and_forks_join_at_once(policy, mo
     steps = count_steps(monkeypatch)
     forks = Forks(branching=3, depth=3, step_tokens=4)
     backend, ids, sequences = backend_sample(policy, PROMPTS[:2] * 3, 12, forks)
-    assert any(seq.start == 8 for seq in sequences)                       # forks of forks: the last level
+    assert any(seq.start == 8 for seq in sequences)  # forks of forks: the last level
     own = sum(blocks(len(seq.token_ids)) for seq in sequences)
     prompts = sum(blocks(len(p)) for p in {tuple(p) for p in ids})
     paths = sum(len(ids[seq.prompt]) + seq.start + len(seq.token_ids) for seq in sequences)
-    assert backend.pool is not None and backend.pool.peak <= own + prompts   # nothing is copied
-    assert backend.pool.peak * BLOCK < paths                                 # which copying prefixes would need
-    assert len(steps) <= 12   # forks join the step their prefix is decoded: no level waits for the one above
+    assert backend.pool is not None and backend.pool.peak <= own + prompts  # nothing is copied
+    assert backend.pool.peak * BLOCK < paths  # which copying prefixes would need
+    assert (
+        len(steps) <= 12
+    )  # forks join the step their prefix is decoded: no level waits for the one above
 
 
 def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy, monkeypatch):
@@ -110,9 +128,12 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
     _, _, free = backend_sample(policy, PROMPTS * 8, 64)
     steps.clear()
     decoder = lean_decoder(policy[0])
-    room = 4 * blocks(64) + sum(blocks(len(policy[1](p, add_special_tokens=False)["input_ids"])) for p in PROMPTS)
-    backend, _, bounded = backend_sample(policy, PROMPTS * 8, 64,
-                                         budget=room * LeanBackend(decoder).block_bytes() / 2**30)
+    room = 4 * blocks(64) + sum(
+        blocks(len(policy[1](p, add_special_tokens=False)["input_ids"])) for p in PROMPTS
+    )
+    backend, _, bounded = backend_sample(
+        policy, PROMPTS * 8, 64, budget=room * LeanBackend(decoder).block_bytes() / 2**30
+    )
     assert backend.pool is not None and backend.pool.size == room and backend.pool.peak <= room
     assert steps[0] == 4 and max(steps) > 4
     assert [s.token_ids for s in bounded] == [s.token_ids for s in free]
@@ -139,8 +160,12 @@ def short_ones_first(tok, monkeypatch):
     return ids, keys
 
 
-@pytest.mark.parametrize("forks, spare", [(None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)])
-def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, monkeypatch, forks, spare):
+@pytest.mark.parametrize(
+    "forks, spare", [(None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)]
+)
+def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(
+    policy, monkeypatch, forks, spare
+):
     """Six sequences that stop after 2 tokens, then twelve (or twelve trees) that never stop, in a pool of two
     full sequences and `spare` blocks (a tree's fork prefixes hold blocks while their continuations wait). The
     short ones make the long ones look short: too many join, outgrow the pool and are preempted; each comes back,
@@ -157,7 +182,9 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(policy, mo
     tight = LeanBackend(decoder, room * LeanBackend(decoder).block_bytes() / 2**30)
     bounded = tight.sample(ids, keys, 40, Sampling(), eos, forks)
     assert sum(preempted) > 3 and tight.pool is not None and tight.pool.peak <= room
-    assert [(s.parent, s.start, s.token_ids) for s in bounded] == [(s.parent, s.start, s.token_ids) for s in free]
+    assert [(s.parent, s.start, s.token_ids) for s in bounded] == [
+        (s.parent, s.start, s.token_ids) for s in free
+    ]
     assert [len(s.token_ids) for s in bounded[:6]] == [2] * 6
     assert all(len(s.token_ids) == 40 - s.start for s in bounded[6:])
     for a, b in zip(bounded, free):
@@ -184,13 +211,19 @@ def test_a_call_out_of_room_names_the_least_budget_which_never_runs_out(policy, 
     decoder = lean_decoder(model)
     block = LeanBackend(decoder).block_bytes() / 2**30
     assert least_blocks([len(p) for p in {tuple(p) for p in ids}], len(ids), forks, 40) == 41
-    with pytest.raises(UserError, match=f"raise it to {gib_up(41 * block):g}, which no sampling of these 18 "):
+    with pytest.raises(
+        UserError, match=f"raise it to {gib_up(41 * block):g}, which no sampling of these 18 "
+    ):
         LeanBackend(decoder, 28 * block).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
     preempted = preemptions(monkeypatch)
     free = LeanBackend(decoder).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
-    least = LeanBackend(decoder, 41 * block).sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+    least = LeanBackend(decoder, 41 * block).sample(
+        ids, keys, 40, Sampling(), tok.eos_token_id, forks
+    )
     assert sum(preempted) > 0
-    assert [(s.parent, s.start, s.token_ids) for s in least] == [(s.parent, s.start, s.token_ids) for s in free]
+    assert [(s.parent, s.start, s.token_ids) for s in least] == [
+        (s.parent, s.start, s.token_ids) for s in free
+    ]
 
 
 def test_a_budget_below_one_sequence_is_a_user_error(policy):
@@ -198,8 +231,15 @@ def test_a_budget_below_one_sequence_is_a_user_error(policy):
         backend_sample(policy, PROMPTS, 24, budget=1e-9)
 
 
-@pytest.mark.parametrize("forks, spare", [(None, None), (Forks(branching=3, depth=3, step_tokens=4), None),
-                                          (None, 2), (Forks(branching=2, depth=2, step_tokens=20), 30)])
+@pytest.mark.parametrize(
+    "forks, spare",
+    [
+        (None, None),
+        (Forks(branching=3, depth=3, step_tokens=4), None),
+        (None, 2),
+        (Forks(branching=2, depth=2, step_tokens=20), 30),
+    ],
+)
 def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypatch, forks, spare):
     """A row gives back its own blocks when it stops or is preempted, a group those of its prefix when its last
     sequence finishes, a fork's shared last block is held by both: after each call no block has a holder and each
@@ -209,7 +249,11 @@ def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypa
     model, tok = policy
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
     decoder = lean_decoder(model)
-    room = 0 if spare is None else 2 * blocks(40) + sum(blocks(len(p)) for p in {tuple(p) for p in ids}) + spare
+    room = (
+        0
+        if spare is None
+        else 2 * blocks(40) + sum(blocks(len(p)) for p in {tuple(p) for p in ids}) + spare
+    )
     backend = LeanBackend(decoder, room * LeanBackend(decoder).block_bytes() / 2**30)
     for seed in range(3):
         keys = row_keys(torch.Generator().manual_seed(seed), len(ids), "cpu")

@@ -41,7 +41,7 @@ def test_fresh_adapters_freeze_the_base_weights(model_dir):
     model, _ = load_policy(str(model_dir), lora=LORA)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
-    assert len(trainable) == 2 * 7 * model.config.num_hidden_layers   # A and B on every projection
+    assert len(trainable) == 2 * 7 * model.config.num_hidden_layers  # A and B on every projection
 
 
 def test_lean_forward_applies_adapters(model_dir, monkeypatch):
@@ -50,7 +50,9 @@ def test_lean_forward_applies_adapters(model_dir, monkeypatch):
     lean, reference = lean_then_transformers(lambda: draw(model, tok), monkeypatch)
     assert_same_samples(lean, reference, atol=1e-5)
     plain, _ = load_policy(str(model_dir))
-    assert draw(plain.eval(), tok).completion_ids != lean.completion_ids   # the adapters changed the samples
+    assert (
+        draw(plain.eval(), tok).completion_ids != lean.completion_ids
+    )  # the adapters changed the samples
 
 
 def test_bf16_weights_with_fp32_adapters_encode_prompts_to_the_bit(model_dir, monkeypatch):
@@ -58,8 +60,9 @@ def test_bf16_weights_with_fp32_adapters_encode_prompts_to_the_bit(model_dir, mo
     distribution (from the prompt's encoding) matches to the bit."""
     model, tok = adapted(model_dir, dtype="bfloat16")
     assert {p.dtype for name, p in model.named_parameters() if "lora_" in name} == {torch.float32}
-    lean, reference = lean_then_transformers(lambda: generate(model, tok, PROMPTS, max_new_tokens=1, greedy=True),
-                                             monkeypatch)
+    lean, reference = lean_then_transformers(
+        lambda: generate(model, tok, PROMPTS, max_new_tokens=1, greedy=True), monkeypatch
+    )
     assert_same_samples(lean, reference, atol=0.0)
 
 
@@ -91,17 +94,29 @@ def test_lora_run_saves_adapters_that_load_for_evaluation(model_dir, tmp_path, m
     0); the checkpoint loads with peft, through load_policy (adapters kept, or merged for full training)."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     run = tmp_path / "run"
-    trainer.train(tiny_config(model_dir, "model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2",
-                              "algo.kl_coef=0.1", "train.filter_tau=null"), run)
+    trainer.train(
+        tiny_config(
+            model_dir,
+            "model.lora.r=4",
+            "model.lora.alpha=8",
+            "train.lr=1e-2",
+            "algo.kl_coef=0.1",
+            "train.filter_tau=null",
+        ),
+        run,
+    )
     metrics = read_metrics(run)
     assert metrics[0]["kl"] == 0.0 and metrics[1]["kl"] > 0.0
     checkpoint = run / "checkpoints" / "step_2"
     saved = load_file(checkpoint / "adapter_model.safetensors")
     assert saved and all("lora_A" in key or "lora_B" in key for key in saved)
     assert any(t.abs().sum() > 0 for key, t in saved.items() if "lora_B" in key)
-    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        str(model_dir.resolve())
-    by_peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), checkpoint).eval()
+    assert json.loads((checkpoint / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ] == str(model_dir.resolve())
+    by_peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_dir), checkpoint
+    ).eval()
     mine, tok = load_policy(str(checkpoint))
     merged, _ = load_policy(str(checkpoint), lora=LoraSettings(r=0))
     assert not isinstance(merged, PeftModel)
@@ -111,16 +126,35 @@ def test_lora_run_saves_adapters_that_load_for_evaluation(model_dir, tmp_path, m
         assert torch.equal(mine.eval()(input_ids=ids).logits, expected)
         assert torch.allclose(merged.eval()(input_ids=ids).logits, expected, atol=1e-5)
     capsys.readouterr()
-    assert main(["eval", "--model", str(checkpoint), "--json", "eval.problems=2", "eval.levels=[easy]",
-                 "eval.max_new_tokens=4", "output.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(checkpoint),
+                "--json",
+                "eval.problems=2",
+                "eval.levels=[easy]",
+                "eval.max_new_tokens=4",
+                "output.progress=false",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["groups"]["easy"]["problems"] == 2
 
 
 @pytest.mark.slow
 def test_lora_resume_reproduces_the_run(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
-    cfg = tiny_config(model_dir, "train.steps=4", "train.save_every=2", "train.lr=1e-2", "model.lora.r=4",
-                      "algo.kl_coef=0.1")
+    cfg = tiny_config(
+        model_dir,
+        "train.steps=4",
+        "train.save_every=2",
+        "train.lr=1e-2",
+        "model.lora.r=4",
+        "algo.kl_coef=0.1",
+    )
     metrics = crash_and_resume(cfg, tmp_path, monkeypatch)
     assert any(m["grad_norm"] > 0 for m in metrics[2:])
 
@@ -138,6 +172,7 @@ def edit_config(**changes):
     def edit(path):
         config = json.loads((path / "adapter_config.json").read_text())
         (path / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
     return edit
 
 
@@ -149,30 +184,47 @@ def truncate(path):
 def keep_weights(part):
     def edit(path):
         weights = load_file(path / "adapter_model.safetensors")
-        save_file({key: t for key, t in weights.items() if part in key}, path / "adapter_model.safetensors")
+        save_file(
+            {key: t for key, t in weights.items() if part in key},
+            path / "adapter_model.safetensors",
+        )
+
     return edit
 
 
 BROKEN_ADAPTERS = {
     "truncated weights": (truncate, "adapter_model.safetensors is damaged"),
-    "target_modules matching nothing": (edit_config(target_modules=["no_such_proj"]),
-                                        "adapter_config.json: Target modules {'no_such_proj'} not found"),
-    "an edited r": (edit_config(r=8), "adapter_model.safetensors does not fit adapter_config.json .*torch.Size\\(\\[4"),
-    "no weights file": (lambda path: (path / "adapter_model.safetensors").unlink(),
-                        "adapter_model.safetensors does not exist"),
-    "a base that is the adapters": (lambda path: edit_config(base_model_name_or_path=str(path))(path),
-                                    "adapter_config.json: base_model_name_or_path .* \\(this one\\), not a model"),
-    "weights for fewer modules than the config": (keep_weights("q_proj"),
-                                                   "adapter_model.safetensors holds no weights for 24 of the 28 "
-                                                   "adapter matrices"),
-    "a config naming fewer modules than the weights": (edit_config(target_modules=["q_proj"]),
-                                                       "adapter_model.safetensors holds 24 adapter matrices "
-                                                       "that no module takes"),
+    "target_modules matching nothing": (
+        edit_config(target_modules=["no_such_proj"]),
+        "adapter_config.json: Target modules {'no_such_proj'} not found",
+    ),
+    "an edited r": (
+        edit_config(r=8),
+        "adapter_model.safetensors does not fit adapter_config.json .*torch.Size\\(\\[4",
+    ),
+    "no weights file": (
+        lambda path: (path / "adapter_model.safetensors").unlink(),
+        "adapter_model.safetensors does not exist",
+    ),
+    "a base that is the adapters": (
+        lambda path: edit_config(base_model_name_or_path=str(path))(path),
+        "adapter_config.json: base_model_name_or_path .* \\(this one\\), not a model",
+    ),
+    "weights for fewer modules than the config": (
+        keep_weights("q_proj"),
+        "adapter_model.safetensors holds no weights for 24 of the 28 adapter matrices",
+    ),
+    "a config naming fewer modules than the weights": (
+        edit_config(target_modules=["q_proj"]),
+        "adapter_model.safetensors holds 24 adapter matrices that no module takes",
+    ),
 }
 
 
 @pytest.mark.parametrize("damage, says", BROKEN_ADAPTERS.values(), ids=BROKEN_ADAPTERS.keys())
-def test_a_broken_adapter_directory_is_one_line_naming_the_file(adapter_dir, tmp_path, damage, says):
+def test_a_broken_adapter_directory_is_one_line_naming_the_file(
+    adapter_dir, tmp_path, damage, says
+):
     broken = tmp_path / "adapters"
     shutil.copytree(adapter_dir, broken)
     damage(broken)
@@ -184,5 +236,7 @@ def test_a_broken_adapter_directory_is_one_line_naming_the_file(adapter_dir, tmp
 def test_an_intact_adapter_directory_loads_its_weights(adapter_dir, model_dir):
     model, _ = load_policy(str(adapter_dir))
     saved = load_file(adapter_dir / "adapter_model.safetensors")
-    loaded = {key.replace(".default", ""): t for key, t in model.state_dict().items() if "lora_" in key}
+    loaded = {
+        key.replace(".default", ""): t for key, t in model.state_dict().items() if "lora_" in key
+    }
     assert len(saved) == 28 and all(torch.equal(loaded[key], t) for key, t in saved.items())

@@ -7,8 +7,14 @@ from treerl.algo.loss import AGGREGATIONS, KL_ESTIMATORS, clipped_policy_loss, d
 from treerl.config import AlgoConfig
 
 
-def ppo(ratio: float, advantage: float, clip_low: float = 0.2, clip_high: float = 0.28, loss=clipped_policy_loss,
-        clip_ratio_c: float = 3.0):
+def ppo(
+    ratio: float,
+    advantage: float,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    loss=clipped_policy_loss,
+    clip_ratio_c: float = 3.0,
+):
     logp = torch.tensor([math.log(ratio)])
     algo = AlgoConfig(clip_low=clip_low, clip_high=clip_high, clip_ratio_c=clip_ratio_c)
     value, clipped = loss(logp, torch.zeros(1), torch.tensor([advantage]), algo)
@@ -59,23 +65,38 @@ def test_low_and_high_clip_are_separate():
     assert ppo(0.5, -1.0, clip_low=0.2, clip_high=5.0) == pytest.approx((0.8, 1.0))
 
 
-@pytest.mark.parametrize("ratio, advantage, expected", [
-    (5.0, -1.0, (3.0, 1.0)),     # A < 0, r = 5: the clipped loss max(5, 1.28) = 5 is bounded by -A c = 3
-    (2.0, -1.0, (2.0, 0.0)),     # r = 2: max(2, 1.28) = 2 < 3, as the clipped loss (not clipped: r past 1.28
-                                 # with A < 0 keeps the unclipped, pessimistic term)
-    (0.5, -1.0, (0.8, 1.0)),     # the lower clip as before
-    (5.0, 1.0, (-1.28, 1.0)),    # A > 0: exactly the clipped loss, never the dual bound
-    (5.0, -2.0, (6.0, 1.0)),     # the bound scales with A: -A c = 2 x 3
-])
+@pytest.mark.parametrize(
+    "ratio, advantage, expected",
+    [
+        (
+            5.0,
+            -1.0,
+            (3.0, 1.0),
+        ),  # A < 0, r = 5: the clipped loss max(5, 1.28) = 5 is bounded by -A c = 3
+        (
+            2.0,
+            -1.0,
+            (2.0, 0.0),
+        ),  # r = 2: max(2, 1.28) = 2 < 3, as the clipped loss (not clipped: r past 1.28
+        # with A < 0 keeps the unclipped, pessimistic term)
+        (0.5, -1.0, (0.8, 1.0)),  # the lower clip as before
+        (5.0, 1.0, (-1.28, 1.0)),  # A > 0: exactly the clipped loss, never the dual bound
+        (5.0, -2.0, (6.0, 1.0)),  # the bound scales with A: -A c = 2 x 3
+    ],
+)
 def test_dual_clip_bounds_negative_advantage_terms(ratio, advantage, expected):
     assert ppo(ratio, advantage, loss=dual_clip_policy_loss) == pytest.approx(expected)
-    if advantage > 0 or ratio < 3.0:   # where the bound is not reached, both losses agree
-        assert ppo(ratio, advantage, loss=dual_clip_policy_loss) == pytest.approx(ppo(ratio, advantage))
+    if advantage > 0 or ratio < 3.0:  # where the bound is not reached, both losses agree
+        assert ppo(ratio, advantage, loss=dual_clip_policy_loss) == pytest.approx(
+            ppo(ratio, advantage)
+        )
 
 
 def test_dual_clip_bound_gets_no_gradient():
     logp = torch.log(torch.tensor([5.0, 2.0])).requires_grad_()
-    loss, clipped = dual_clip_policy_loss(logp, torch.zeros(2), -torch.ones(2), AlgoConfig(clip_ratio_c=3.0))
+    loss, clipped = dual_clip_policy_loss(
+        logp, torch.zeros(2), -torch.ones(2), AlgoConfig(clip_ratio_c=3.0)
+    )
     loss.sum().backward()
     # the bounded token is the constant 3; the other is -A r = r with gradient r = 2
     assert clipped.tolist() == [1.0, 0.0]
@@ -101,11 +122,14 @@ VALUES = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("token-mean", 10 / 4),                       # (1+2+3+4) / 4 tokens
-    ("seq-mean-token-mean", (2 + 4) / 2),         # means 6/3 and 4/1, averaged over 2 sequences
-    ("seq-mean-token-sum-norm", 10 / (2 * 4)),    # token sum / (2 sequences x norm_len 4)
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("token-mean", 10 / 4),  # (1+2+3+4) / 4 tokens
+        ("seq-mean-token-mean", (2 + 4) / 2),  # means 6/3 and 4/1, averaged over 2 sequences
+        ("seq-mean-token-sum-norm", 10 / (2 * 4)),  # token sum / (2 sequences x norm_len 4)
+    ],
+)
 def test_aggregate_modes(mode, expected):
     assert aggregate(VALUES, MASK, mode, norm_len=4).item() == pytest.approx(expected)
 
@@ -114,14 +138,19 @@ def test_aggregate_ignores_masked_values():
     noisy = VALUES + torch.tensor([[0.0, 0.0, 0.0], [0.0, 100.0, -7.0]])
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
         assert aggregate(noisy, MASK, mode, norm_len=4).item() == pytest.approx(
-            aggregate(VALUES, MASK, mode, norm_len=4).item())
+            aggregate(VALUES, MASK, mode, norm_len=4).item()
+        )
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_add_up_to_the_full_batch(mode):
     full = aggregate(VALUES, MASK, mode, norm_len=4)
-    parts = sum(aggregate(VALUES[i:i + 1], MASK[i:i + 1], mode, total_seqs=2, total_tokens=4, norm_len=4)
-                for i in range(2))
+    parts = sum(
+        aggregate(
+            VALUES[i : i + 1], MASK[i : i + 1], mode, total_seqs=2, total_tokens=4, norm_len=4
+        )
+        for i in range(2)
+    )
     assert parts.item() == pytest.approx(full.item())
 
 

@@ -54,11 +54,26 @@ def test_pretrain_warms_up_a_model_on_another_task_and_template(tmp_path):
     from treerl.train.pretrain import PretrainConfig, pretrain
 
     out = tmp_path / "warm"
-    cfg = PretrainConfig(task="countdown", template="plain", steps=3, batch_size=4, hidden=16, layers=1, heads=2,
-                         level_mix={"trivial": 1.0}, eval_problems=2, eval_max_new_tokens=8, threads=1, out=str(out))
+    cfg = PretrainConfig(
+        task="countdown",
+        template="plain",
+        steps=3,
+        batch_size=4,
+        hidden=16,
+        layers=1,
+        heads=2,
+        level_mix={"trivial": 1.0},
+        eval_problems=2,
+        eval_max_new_tokens=8,
+        threads=1,
+        out=str(out),
+    )
     summary = pretrain(cfg)
     assert set(summary["eval"]) == {"trivial", "easy", "medium", "hard", "ood"}
-    assert all(group["problems"] == 2 and group["response_length"] <= 8 for group in summary["eval"].values())
+    assert all(
+        group["problems"] == 2 and group["response_length"] <= 8
+        for group in summary["eval"].values()
+    )
     assert json.loads((out / "pretrain.json").read_text())["parameters"] == summary["parameters"]
     model, _ = load_policy(str(out))
     assert model.config.hidden_size == 16
@@ -72,8 +87,10 @@ def test_the_embedded_countdown_model_solves_some_countdown_problems():
 
     model, tokenizer = load_policy("tiny-countdown")
     task = get_task("countdown", template="plain")
-    results = evaluate(model, tokenizer, task, EvalConfig(problems=20, levels=["trivial"], max_new_tokens=80))
-    assert results["trivial"]["accuracy"] >= 0.5   # 80% on 100 held-out problems after its warm-up
+    results = evaluate(
+        model, tokenizer, task, EvalConfig(problems=20, levels=["trivial"], max_new_tokens=80)
+    )
+    assert results["trivial"]["accuracy"] >= 0.5  # 80% on 100 held-out problems after its warm-up
 
 
 def test_a_task_tokenizer_covers_its_characters_and_reloads_identically(tmp_path):
@@ -96,5 +113,7 @@ def test_a_task_tokenizer_covers_its_characters_and_reloads_identically(tmp_path
     assert built.unk_token_id not in ids and "[" in text
     assert loaded(text, add_special_tokens=False)["input_ids"] == ids
     assert loaded.decode(ids) == text
-    assert (build_tokenizer(task_characters(get_task("arithmetic"), ["easy"])).get_vocab()
-            == build_tokenizer().get_vocab())
+    assert (
+        build_tokenizer(task_characters(get_task("arithmetic"), ["easy"])).get_vocab()
+        == build_tokenizer().get_vocab()
+    )

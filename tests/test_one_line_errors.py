@@ -22,9 +22,19 @@ def error_line(capsys) -> str:
 
 
 def small(model_dir, *extra):
-    return [f"model.name_or_path={model_dir}", "train.steps=1", "rollout.batch_prompts=2", "rollout.n=2",
-            "rollout.max_new_tokens=6", "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=6",
-            "output.progress=false", "train.threads=1", *extra]
+    return [
+        f"model.name_or_path={model_dir}",
+        "train.steps=1",
+        "rollout.batch_prompts=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=6",
+        "eval.problems=2",
+        "eval.levels=[easy]",
+        "eval.max_new_tokens=6",
+        "output.progress=false",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -38,19 +48,42 @@ def broken_models(model_dir, tmp_path):
     weights = made["weights"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     config = json.loads((made["code"] / "config.json").read_text())
-    config.update(model_type="homemade", auto_map={"AutoConfig": "conf.HomemadeConfig",
-                                                    "AutoModelForCausalLM": "model.HomemadeModel"})
+    config.update(
+        model_type="homemade",
+        auto_map={
+            "AutoConfig": "conf.HomemadeConfig",
+            "AutoModelForCausalLM": "model.HomemadeModel",
+        },
+    )
     (made["code"] / "config.json").write_text(json.dumps(config))
     for module in ("conf", "model"):
-        (made["code"] / f"{module}.py").write_text("raise SystemExit('the model directory's code ran')\n")
+        (made["code"] / f"{module}.py").write_text(
+            "raise SystemExit('the model directory's code ran')\n"
+        )
     return made
 
 
-@pytest.mark.parametrize("kind, message", [("config", "config.json is not valid JSON"),
-                                           ("weights", "model.safetensors is damaged"),
-                                           ("code", "model.trust_remote_code=true")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("config", "config.json is not valid JSON"),
+        ("weights", "model.safetensors is damaged"),
+        ("code", "model.trust_remote_code=true"),
+    ],
+)
 def test_a_broken_model_directory_is_one_line(broken_models, kind, message, tmp_path, capsys):
-    assert main(["eval", "--model", str(broken_models[kind]), "eval.problems=1", "output.progress=false"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(broken_models[kind]),
+                "eval.problems=1",
+                "output.progress=false",
+            ]
+        )
+        == 2
+    )
     assert message in error_line(capsys)
 
 
@@ -86,38 +119,98 @@ def test_tree_out_into_a_missing_folder_creates_it(model_dir, tmp_path):
 
     problem = get_task("arithmetic").eval_problems("easy", 1)[0]
     out = tmp_path / "new" / "deeper" / "tree.html"
-    assert main(["tree", "--model", str(model_dir), "--problem", problem.id, "--out", str(out), "rollout.n=2",
-                 "tree.depth=2", "rollout.max_new_tokens=6"]) == 0
+    assert (
+        main(
+            [
+                "tree",
+                "--model",
+                str(model_dir),
+                "--problem",
+                problem.id,
+                "--out",
+                str(out),
+                "rollout.n=2",
+                "tree.depth=2",
+                "rollout.max_new_tokens=6",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 
 def test_prompts_longer_than_the_context_are_counted_not_indexed_past(tmp_path, capsys):
     rows = tmp_path / "long.jsonl"
-    rows.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n"
-                    + json.dumps({"problem": "1+" * 300 + "1", "answer": "301"}) + "\n")
-    assert main(["eval", "--model", "tiny", "--benchmark", str(rows), "--json", "eval.max_new_tokens=16"]) == 0
+    rows.write_text(
+        json.dumps({"problem": "1+1", "answer": "2"})
+        + "\n"
+        + json.dumps({"problem": "1+" * 300 + "1", "answer": "301"})
+        + "\n"
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "tiny",
+                "--benchmark",
+                str(rows),
+                "--json",
+                "eval.max_new_tokens=16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     report = json.loads(out.out)["groups"]["all"]
     assert report["problems"] == 2 and report["too_long"] == 1 and report["accuracy"] <= 0.5
-    assert "1 of 2 prompts leave no room for eval.max_new_tokens=16 in the model's context of 512" in out.err
+    assert (
+        "1 of 2 prompts leave no room for eval.max_new_tokens=16 in the model's context of 512"
+        in out.err
+    )
 
 
 def test_training_refuses_a_prompt_longer_than_the_context(model_dir, tmp_path, capsys):
     rows = tmp_path / "long.jsonl"
     rows.write_text(json.dumps({"problem": "1+" * 300 + "1", "answer": "301"}) + "\n")
-    code = main(["train", "--out", str(tmp_path / "run"), *small(model_dir, "task.name=math",
-                 f"task.train_data={rows}", f"task.eval_data={rows}", "curriculum.levels=[all]",
-                 "eval.levels=[all]", "eval.problems=0", "eval.max_new_tokens=600")])
+    code = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "run"),
+            *small(
+                model_dir,
+                "task.name=math",
+                f"task.train_data={rows}",
+                f"task.eval_data={rows}",
+                "curriculum.levels=[all]",
+                "eval.levels=[all]",
+                "eval.problems=0",
+                "eval.max_new_tokens=600",
+            ),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[0].startswith("treerl: warning: 1 of 1 prompts")   # the evaluation at step 0 said so
-    assert len(err) == 2 and err[1].startswith("treerl: error: ") and "exceed the model's context of 512" in err[1]
+    assert code == 2 and err[0].startswith(
+        "treerl: warning: 1 of 1 prompts"
+    )  # the evaluation at step 0 said so
+    assert (
+        len(err) == 2
+        and err[1].startswith("treerl: error: ")
+        and "exceed the model's context of 512" in err[1]
+    )
 
 
 @pytest.mark.slow
 def test_a_step_that_filters_every_sample_gives_no_scheduler_warning(model_dir, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["train", "--out", str(tmp_path / "run"), *small(model_dir, "train.filter_tau=100")]) == 0
+        assert (
+            main(
+                ["train", "--out", str(tmp_path / "run"), *small(model_dir, "train.filter_tau=100")]
+            )
+            == 0
+        )
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
 
 
@@ -127,18 +220,28 @@ def test_timing_counts_every_process_of_a_resumed_run(model_dir, tmp_path):
 
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *small(model_dir, "train.save_every=1")]) == 0
-    saved = torch.load(run / "checkpoints" / "step_1" / "trainer_state.pt", weights_only=True)["spent"]
-    assert saved["eval"] > 0                     # the evaluation at step 0, before that checkpoint
+    saved = torch.load(run / "checkpoints" / "step_1" / "trainer_state.pt", weights_only=True)[
+        "spent"
+    ]
+    assert saved["eval"] > 0  # the evaluation at step 0, before that checkpoint
     assert main(["train", "--resume", str(run), "train.steps=2"]) == 0
     seconds = json.loads((run / "timing.json").read_text())["seconds"]
     assert seconds["evaluation"] > saved["eval"] and seconds["checkpoints"] > saved["checkpoint"]
 
 
 KEYS = sorted(flat(Config().model_dump()))
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True),
-                   st.text(max_size=12), st.lists(st.text(max_size=5), max_size=3),
-                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-OVERRIDES = st.lists(st.tuples(st.sampled_from(KEYS) | st.text(min_size=1, max_size=12), VALUES), max_size=4)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+OVERRIDES = st.lists(
+    st.tuples(st.sampled_from(KEYS) | st.text(min_size=1, max_size=12), VALUES), max_size=4
+)
 
 
 class Started(Exception):
@@ -146,20 +249,24 @@ class Started(Exception):
 
 
 def one_line_or_started(argv, capsys) -> None:
-    capsys.readouterr()   # what earlier examples printed
+    capsys.readouterr()  # what earlier examples printed
     try:
         code = main(argv)
     except Started:
         return
-    except SystemExit as stop:   # argparse refusing an argument
+    except SystemExit as stop:  # argparse refusing an argument
         code = stop.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("treerl: error: "), (argv, err)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(pairs=OVERRIDES, command=st.sampled_from(["train", "eval"]))
-def test_random_overrides_are_run_or_refused_in_one_line(pairs, command, monkeypatch, tmp_path_factory, capsys):
+def test_random_overrides_are_run_or_refused_in_one_line(
+    pairs, command, monkeypatch, tmp_path_factory, capsys
+):
     import treerl.commands.evaluate as evaluate
     import treerl.train.trainer as trainer
 
@@ -168,17 +275,33 @@ def test_random_overrides_are_run_or_refused_in_one_line(pairs, command, monkeyp
 
     monkeypatch.setattr(trainer.TrainState, "start", start)
     monkeypatch.setattr(evaluate, "load_policy", start)
-    argv = [command, *([] if command == "eval" else ["--out", str(tmp_path_factory.mktemp("fuzz") / "run")]),
-            *(f"{key}={json.dumps(value)}" for key, value in pairs)]
+    argv = [
+        command,
+        *([] if command == "eval" else ["--out", str(tmp_path_factory.mktemp("fuzz") / "run")]),
+        *(f"{key}={json.dumps(value)}" for key, value in pairs),
+    ]
     one_line_or_started(argv, capsys)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(document=st.text(max_size=200) | st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from([*KEYS[:20], "train", "algo", "x"]),
-                                                                 inner, max_size=3), max_leaves=8).map(json.dumps))
-def test_random_yaml_configs_are_run_or_refused_in_one_line(document, monkeypatch, tmp_path_factory, capsys):
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    document=st.text(max_size=200)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from([*KEYS[:20], "train", "algo", "x"]), inner, max_size=3
+            )
+        ),
+        max_leaves=8,
+    ).map(json.dumps)
+)
+def test_random_yaml_configs_are_run_or_refused_in_one_line(
+    document, monkeypatch, tmp_path_factory, capsys
+):
     import treerl.train.trainer as trainer
 
     def start(*args, **kwargs):
@@ -187,4 +310,6 @@ def test_random_yaml_configs_are_run_or_refused_in_one_line(document, monkeypatc
     monkeypatch.setattr(trainer.TrainState, "start", start)
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "c.yaml").write_text(document)
-    one_line_or_started(["train", "--config", str(folder / "c.yaml"), "--out", str(folder / "run")], capsys)
+    one_line_or_started(
+        ["train", "--config", str(folder / "c.yaml"), "--out", str(folder / "run")], capsys
+    )

@@ -26,7 +26,9 @@ def test_every_named_dataset_is_inside_the_repository(monkeypatch):
         path = source.path()
         assert path.is_file() and path.is_relative_to(ROOT), name
         if name in BENCHMARKS:
-            assert path.is_relative_to(ROOT / "treerl"), name   # inside the package, so inside the wheel
+            assert path.is_relative_to(ROOT / "treerl"), (
+                name
+            )  # inside the package, so inside the wheel
 
 
 def test_treerl_data_points_every_named_dataset_elsewhere(monkeypatch, tmp_path):
@@ -39,8 +41,13 @@ def test_treerl_data_points_every_named_dataset_elsewhere(monkeypatch, tmp_path)
 
 @pytest.mark.slow
 def test_a_copy_of_the_repository_with_nothing_beside_it_runs_the_data_tests(tmp_path):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     copy = tmp_path / "alone" / "treerl-copy"
     for name in files:
         if (ROOT / name).is_file():
@@ -48,40 +55,130 @@ def test_a_copy_of_the_repository_with_nothing_beside_it_runs_the_data_tests(tmp
             shutil.copy2(ROOT / name, copy / name)
     assert not (copy.parent / "shared").exists()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_benchmarks.py",
-         "tests/test_eval.py", "tests/test_packaging.py", "-k", "not copy_of_the_repository and not wheel"],
-        cwd=copy, env=clean_env(PYTHONPATH=str(copy)), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_benchmarks.py",
+            "tests/test_eval.py",
+            "tests/test_packaging.py",
+            "-k",
+            "not copy_of_the_repository and not wheel",
+        ],
+        cwd=copy,
+        env=clean_env(PYTHONPATH=str(copy)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @pytest.mark.slow
 def test_the_installed_wheel_evaluates_a_shipped_benchmark(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("treerl-*.whl")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
-    assert sorted(p.name for p in (site / "treerl" / "data" / "benchmarks").iterdir()) == \
-        sorted(Path(source.file).name for source in BENCHMARKS.values())
-    assert not (site / "data").exists()   # the training sets stay in the repository
-    assert sorted(p.name for p in (site / "treerl" / "configs").iterdir()) == \
-        sorted(p.name for p in (ROOT / "treerl" / "configs").glob("*.yaml"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert sorted(p.name for p in (site / "treerl" / "data" / "benchmarks").iterdir()) == sorted(
+        Path(source.file).name for source in BENCHMARKS.values()
+    )
+    assert not (site / "data").exists()  # the training sets stay in the repository
+    assert sorted(p.name for p in (site / "treerl" / "configs").iterdir()) == sorted(
+        p.name for p in (ROOT / "treerl" / "configs").glob("*.yaml")
+    )
     env = clean_env(PYTHONPATH=str(site))
-    where = subprocess.run([sys.executable, "-c", "import treerl; print(treerl.__file__)"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import treerl; print(treerl.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert Path(where.strip()).is_relative_to(site)
-    found = subprocess.run([sys.executable, "-c", "from treerl.config import load_config; "
-                            "print(load_config('treerpo_demo').algo.name)"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, check=True).stdout
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from treerl.config import load_config; print(load_config('treerpo_demo').algo.name)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert found.strip() == "treerpo"
-    result = subprocess.run([sys.executable, "-m", "treerl", "eval", "--benchmark", "amc23", "--model", "tiny",
-                             "--json", "eval.max_new_tokens=4", "train.threads=1"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "treerl",
+            "eval",
+            "--benchmark",
+            "amc23",
+            "--model",
+            "tiny",
+            "--json",
+            "eval.max_new_tokens=4",
+            "train.threads=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert report["benchmark"] == "amc23" and report["groups"]["all"]["problems"] == len(load_problems("amc23"))
-    missing = subprocess.run([sys.executable, "-m", "treerl", "eval", "task.name=gsm8k",
-                              "task.eval_data=gsm8k_train"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert missing.returncode == 2 and "set TREERL_DATA" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    assert report["benchmark"] == "amc23" and report["groups"]["all"]["problems"] == len(
+        load_problems("amc23")
+    )
+    missing = subprocess.run(
+        [sys.executable, "-m", "treerl", "eval", "task.name=gsm8k", "task.eval_data=gsm8k_train"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        missing.returncode == 2
+        and "set TREERL_DATA" in missing.stderr
+        and len(missing.stderr.splitlines()) == 1
+    )

@@ -6,7 +6,11 @@ def test_without_a_terminal_progress_is_logged_as_lines(capsys):
         job = bar.add_task("train", total=100, info="")
         for step in range(100):
             step_done(bar, job, f"reward {step}")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train ") and "/100" in line]
+    lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("train ") and "/100" in line
+    ]
     assert lines[0] == "train 5/100  reward 4"
     assert len([line for line in lines if "━" not in line]) == LOG_LINES
 

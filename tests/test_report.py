@@ -15,23 +15,37 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.slow
 def test_the_train_command_writes_the_report_with_every_plot(trained_run):
-    assert sorted(p.name for p in (trained_run / "plots").iterdir()) == sorted(f"{name}.png" for name in PLOTS)
-    assert all((trained_run / "plots" / f"{name}.png").read_bytes().startswith(PNG) for name in PLOTS)
+    assert sorted(p.name for p in (trained_run / "plots").iterdir()) == sorted(
+        f"{name}.png" for name in PLOTS
+    )
+    assert all(
+        (trained_run / "plots" / f"{name}.png").read_bytes().startswith(PNG) for name in PLOTS
+    )
     page = (trained_run / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == len(PLOTS) and all(base64.b64decode(image).startswith(PNG) for image in images)
-    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)   # opens offline: nothing to fetch
+    assert len(images) == len(PLOTS) and all(
+        base64.b64decode(image).startswith(PNG) for image in images
+    )
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # opens offline: nothing to fetch
     assert "<script" not in page
     # the first screen: accuracy before and after, the run's size, where the time went, its trees; then the
     # curves; the config folded at the bottom
-    first, curves, config = (page.index("held-out accuracy (%)"), page.index("<h2>curves"),
-                             page.index("<details><summary>config"))
-    assert first < page.index("where the time went") < curves < page.index("<img") and curves < config
+    first, curves, config = (
+        page.index("held-out accuracy (%)"),
+        page.index("<h2>curves"),
+        page.index("<details><summary>config"),
+    )
+    assert (
+        first < page.index("where the time went") < curves < page.index("<img") and curves < config
+    )
     assert "step 0 to 4" in page and "<b>4</b><br>steps" in page and "tokens generated" in page
-    assert "generation" in page[page.index("class='bar'"):curves]
-    assert "curriculum:" in page[config:] and "name: cosine" in page[config:]   # the resolved config
+    assert "generation" in page[page.index("class='bar'") : curves]
+    assert "curriculum:" in page[config:] and "name: cosine" in page[config:]  # the resolved config
     trees = (trained_run / "trees.html").read_text()
-    assert "href='trees.html'>8 saved reasoning trees" in page and trees.count("<section class='tree'") == 8
+    assert (
+        "href='trees.html'>8 saved reasoning trees" in page
+        and trees.count("<section class='tree'") == 8
+    )
     last = RunDir(trained_run).trees()[-1]
     assert f"href='trees.html#step=4&amp;problem={last['id']}'" in page
 
@@ -43,11 +57,13 @@ def test_compare_overlays_runs_and_report_reads_a_torn_metrics_line(trained_run,
     for name in ("metrics.jsonl", "eval.json", "config.yaml"):
         (torn / name).write_text((trained_run / name).read_text())
     with (torn / "metrics.jsonl").open("a") as f:
-        f.write('{"step": 5, "rew')                                 # killed while writing
+        f.write('{"step": 5, "rew')  # killed while writing
     assert len(load_run(torn).metrics) == 4
     assert main(["compare", str(trained_run), str(torn), "--out", str(tmp_path / "both.html")]) == 0
     page = (tmp_path / "both.html").read_text()
-    assert "run vs torn" in page and page.count("class='card'") == 2   # the report's layout, a card per run
+    assert (
+        "run vs torn" in page and page.count("class='card'") == 2
+    )  # the report's layout, a card per run
     assert page.count("<td>run</td><td>hard</td>") == page.count("<td>torn</td><td>hard</td>") == 1
     assert page.count("<details><summary>config of") == 2 and "<h2>curves" in page
     assert "comparison:" in capsys.readouterr().out
@@ -69,12 +85,19 @@ def test_stalls_are_five_or_more_steps_in_a_row_that_trained_nothing():
     from treerl.rundir import Stall, stall_begun, stalls
 
     trained = {step: 40 if step in (6, 10) else 0 for step in range(1, 17)}
-    records = [{"step": step, "tokens/trained": trained[step], "reward/mean": 0.25 if step == 12 else 0.0}
-               for step in range(1, 17)]
+    records = [
+        {"step": step, "tokens/trained": trained[step], "reward/mean": 0.25 if step == 12 else 0.0}
+        for step in range(1, 17)
+    ]
     assert stalls(records) == [Stall(1, 5, False), Stall(11, 16, True)]
     assert [step for step in range(1, 17) if stall_begun(records[:step])] == [5, 15]
-    assert "every sample's reward was 0" in Stall(1, 5, False).line() and "task.template" in Stall(1, 5, False).line()
-    assert "equal rewards" in Stall(11, 16, True).line() and "rollout.n" in Stall(11, 16, True).line()
+    assert (
+        "every sample's reward was 0" in Stall(1, 5, False).line()
+        and "task.template" in Stall(1, 5, False).line()
+    )
+    assert (
+        "equal rewards" in Stall(11, 16, True).line() and "rollout.n" in Stall(11, 16, True).line()
+    )
 
 
 def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path):
@@ -82,13 +105,31 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
 
     from treerl.report import RunData, draw, plot_accuracy, plot_eval
 
-    metrics = [{"step": s, "acc/mean": 0.5, "acc/hard": 0.3, "acc/medium": 0.7, "reward/mean": 0.5,
-                "reschedule/weight_mean": 1.0, "reschedule/score_mean": None, "timing/step_s": 1.0,
-                "timing/rollout_s": 0.5, "timing/reward_s": 0.1, "timing/update_s": 0.4,
-                "curriculum/share/medium": 0.5, "curriculum/share/hard": 0.5, "curriculum/p/medium": 0.5,
-                "curriculum/p/hard": 0.5, "response_length/mean": 9.0} for s in (1, 2)]
-    evals = {"0": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.9}, "hard": {"accuracy": 0.5}},
-             "2": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.95}, "hard": {"accuracy": 0.6}}}
+    metrics = [
+        {
+            "step": s,
+            "acc/mean": 0.5,
+            "acc/hard": 0.3,
+            "acc/medium": 0.7,
+            "reward/mean": 0.5,
+            "reschedule/weight_mean": 1.0,
+            "reschedule/score_mean": None,
+            "timing/step_s": 1.0,
+            "timing/rollout_s": 0.5,
+            "timing/reward_s": 0.1,
+            "timing/update_s": 0.4,
+            "curriculum/share/medium": 0.5,
+            "curriculum/share/hard": 0.5,
+            "curriculum/p/medium": 0.5,
+            "curriculum/p/hard": 0.5,
+            "response_length/mean": 9.0,
+        }
+        for s in (1, 2)
+    ]
+    evals = {
+        "0": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.9}, "hard": {"accuracy": 0.5}},
+        "2": {"easy": {"accuracy": 1.0}, "medium": {"accuracy": 0.95}, "hard": {"accuracy": 0.6}},
+    }
     run = RunData("run", metrics, evals, "")
     colours = {}
     for plot in (plot_accuracy, plot_eval):
@@ -110,28 +151,56 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
     plt.close(fig)
     assert styles == {"run": {"-"}, "other": {"--"}}
     assert "reschedule" not in draw([run], tmp_path / "plots")
-    one_level = [{k: v for k, v in m.items() if not k.startswith("curriculum/") or k.endswith("hard")}
-                 for m in metrics]
-    assert "curriculum" not in draw([RunData("hard only", one_level, evals, "")], tmp_path / "plots-one")
-    assert "reschedule" in draw([RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
-                                tmp_path / "plots-on")
+    one_level = [
+        {k: v for k, v in m.items() if not k.startswith("curriculum/") or k.endswith("hard")}
+        for m in metrics
+    ]
+    assert "curriculum" not in draw(
+        [RunData("hard only", one_level, evals, "")], tmp_path / "plots-one"
+    )
+    assert "reschedule" in draw(
+        [RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
+        tmp_path / "plots-on",
+    )
 
 
 def test_report_skips_saved_records_that_are_not_trees(tmp_path, capsys):
     """A null line, an array, a record without a root, children as a string and a tree 3,000 levels deep are
     skipped, counted and the first named; the last tree, saved without a step, is linked by step=''."""
+
     def record(step, root):
-        return json.dumps({"step": step, "id": f"id{step}", "level": "easy", "prompt": "p", "r_score": 0.0,
-                           "prune_tau": 0.1, "picks": [], **({"root": root} if root else {})})
+        return json.dumps(
+            {
+                "step": step,
+                "id": f"id{step}",
+                "level": "easy",
+                "prompt": "p",
+                "r_score": 0.0,
+                "prune_tau": 0.1,
+                "picks": [],
+                **({"root": root} if root else {}),
+            }
+        )
 
     leaf = {"text": "a", "value": 1.0, "correct": True}
     deep = '{"text": "", "value": 0.0, "children": [' * 3000 + json.dumps(leaf) + "]}" * 3000
-    lines = [record(1, leaf), "null", "[1, 2]", record(2, None), record(3, {**leaf, "children": "abc"}),
-             record(4, leaf).removesuffix("}}") + ', "children": [' + deep + "]}}", record(None, leaf)]
+    lines = [
+        record(1, leaf),
+        "null",
+        "[1, 2]",
+        record(2, None),
+        record(3, {**leaf, "children": "abc"}),
+        record(4, leaf).removesuffix("}}") + ', "children": [' + deep + "]}}",
+        record(None, leaf),
+    ]
     (tmp_path / "trees.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5, "timing/step_s": 1.0}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "reward/mean": 0.5, "timing/step_s": 1.0}) + "\n"
+    )
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "trees.html").read_text().count("<section class='tree'") == 2
-    assert (f"skipped 5 of the 7 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a tree "
-            "record: null") in capsys.readouterr().err
+    assert (
+        f"skipped 5 of the 7 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a tree "
+        "record: null"
+    ) in capsys.readouterr().err
     assert "href='trees.html#step=&amp;problem=idNone'" in (tmp_path / "report.html").read_text()

@@ -9,10 +9,10 @@ from treerl.rollout.tree import Node, ReasoningTree
 
 def test_values_back_up_as_means_of_children():
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])
-    assert tree.node((0,)).value == 0.5               # mean(1, 0)
-    assert tree.node((1, 0)).value == 0.5             # mean(0, 1)
-    assert tree.node((1,)).value == 0.75              # mean(0.5, 1)
-    assert tree.root.value == 0.625                   # mean(0.5, 0.75): not the mean of the 5 leaves (0.6)
+    assert tree.node((0,)).value == 0.5  # mean(1, 0)
+    assert tree.node((1, 0)).value == 0.5  # mean(0, 1)
+    assert tree.node((1,)).value == 0.75  # mean(0.5, 1)
+    assert tree.root.value == 0.625  # mean(0.5, 0.75): not the mean of the 5 leaves (0.6)
     assert tree.depth == 3
     assert [path for path, _ in tree.leaves()] == [(0, 0), (0, 1), (1, 0, 0), (1, 0, 1), (1, 1)]
 
@@ -22,7 +22,9 @@ def test_the_tree_is_exported_at_the_top_level():
 
     assert treerl.ReasoningTree is ReasoningTree
     # mean(1/2, mean(1/2, 1))
-    assert treerl.ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]]).root.value == pytest.approx(5 / 8)
+    assert treerl.ReasoningTree.from_leaf_rewards(
+        [[1, 0], [[0, 1], 1]]
+    ).root.value == pytest.approx(5 / 8)
 
 
 def test_walk_visits_parents_before_children_in_order():
@@ -44,18 +46,26 @@ def test_bernoulli_advantages_by_hand():
     # group under (1, 0): (0, 1) -> -+2
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])
     adv = treerpo_advantages(tree)
-    expected = {(0,): -0.125 / 0.234375, (1,): 0.125 / 0.234375, (0, 0): 2.0, (0, 1): -2.0,
-                (1, 0): -4 / 3, (1, 1): 4 / 3, (1, 0, 0): -2.0, (1, 0, 1): 2.0}
+    expected = {
+        (0,): -0.125 / 0.234375,
+        (1,): 0.125 / 0.234375,
+        (0, 0): 2.0,
+        (0, 1): -2.0,
+        (1, 0): -4 / 3,
+        (1, 1): 4 / 3,
+        (1, 0, 0): -2.0,
+        (1, 0, 1): 2.0,
+    }
     assert adv.keys() == expected.keys()
     for path, value in expected.items():
         assert adv[path] == pytest.approx(value, rel=1e-5), path
 
 
 def test_std_and_no_normalisation():
-    tree = ReasoningTree.from_leaf_rewards([1, 0, 0, 0])          # mu = 0.25, population std = sqrt(3)/4
+    tree = ReasoningTree.from_leaf_rewards([1, 0, 0, 0])  # mu = 0.25, population std = sqrt(3)/4
     std = treerpo_advantages(tree, norm="std")
-    assert std[(0,)] == pytest.approx(0.75 / (3 ** 0.5 / 4), rel=1e-5)
-    assert std[(1,)] == pytest.approx(-0.25 / (3 ** 0.5 / 4), rel=1e-5)
+    assert std[(0,)] == pytest.approx(0.75 / (3**0.5 / 4), rel=1e-5)
+    assert std[(1,)] == pytest.approx(-0.25 / (3**0.5 / 4), rel=1e-5)
     none = treerpo_advantages(tree, norm="none")
     assert none == {(0,): 0.75, (1,): -0.25, (2,): -0.25, (3,): -0.25}
 
@@ -67,7 +77,8 @@ def test_weighting_by_groups_divides_a_trees_advantages_by_its_kept_groups():
     plain = treerpo_advantages(tree, norm="none")
     assert plain == pytest.approx({(0, 0): 0.5, (0, 1): -0.5, (1, 0): 0.07, (1, 1): -0.07})
     assert treerpo_advantages(tree, norm="none", weighting="groups") == pytest.approx(
-        {(0, 0): 0.25, (0, 1): -0.25, (1, 0): 0.035, (1, 1): -0.035})
+        {(0, 0): 0.25, (0, 1): -0.25, (1, 0): 0.035, (1, 1): -0.035}
+    )
     one_group = ReasoningTree.from_leaf_rewards([1, 0])
     assert treerpo_advantages(one_group, weighting="groups") == treerpo_advantages(one_group)
 
@@ -77,7 +88,14 @@ def test_groups_whose_values_spread_less_than_tau_are_pruned():
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])
     assert set(treerpo_advantages(tree)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert set(treerpo_advantages(tree, prune_tau=0.2)) == {(0, 0), (0, 1)}
-    assert set(treerpo_advantages(tree, prune_tau=0.0)) == {(0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1)}
+    assert set(treerpo_advantages(tree, prune_tau=0.0)) == {
+        (0,),
+        (1,),
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    }
     all_equal = ReasoningTree.from_leaf_rewards([[1, 1], [0, 0]])
     assert set(treerpo_advantages(all_equal)) == {(0,), (1,)}  # only the root group differs
 
@@ -90,7 +108,13 @@ def test_unknown_norm_is_an_error():
 
 
 def test_prefix_and_text_ids_follow_the_path():
-    root = Node(children=[Node(token_ids=[5, 6], children=[Node(token_ids=[7], reward=1.0), Node([8], reward=0.0)])])
+    root = Node(
+        children=[
+            Node(
+                token_ids=[5, 6], children=[Node(token_ids=[7], reward=1.0), Node([8], reward=0.0)]
+            )
+        ]
+    )
     tree = ReasoningTree(root, prompt_ids=[1, 2])
     tree.backup()
     assert tree.prefix_ids((0,)) == [1, 2]
@@ -111,15 +135,24 @@ def sample(policy, prompts, seed=0, **kwargs):
 def test_depth_one_is_plain_sampling(policy):
     from treerl.rollout.engine import generate
 
-    trees, _ = sample(policy, ["1+2\n", "7-3+1\n"], branching=3, depth=1, step_tokens=6, temperature=0.9)
-    gen = generate(*policy, ["1+2\n"] * 3 + ["7-3+1\n"] * 3, max_new_tokens=6, temperature=0.9,
-                   generator=torch.Generator().manual_seed(0))
+    trees, _ = sample(
+        policy, ["1+2\n", "7-3+1\n"], branching=3, depth=1, step_tokens=6, temperature=0.9
+    )
+    gen = generate(
+        *policy,
+        ["1+2\n"] * 3 + ["7-3+1\n"] * 3,
+        max_new_tokens=6,
+        temperature=0.9,
+        generator=torch.Generator().manual_seed(0),
+    )
     leaves = [node.token_ids for tree in trees for _, node in tree.leaves()]
     assert leaves == gen.completion_ids
 
 
 def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
-    trees, stats = sample(policy, ["1+2\n", "5+5-1\n"], branching=3, depth=3, step_tokens=4, temperature=1.0)
+    trees, stats = sample(
+        policy, ["1+2\n", "5+5-1\n"], branching=3, depth=3, step_tokens=4, temperature=1.0
+    )
     total = 0
     for tree in trees:
         for path, node in tree.walk():
@@ -137,8 +170,15 @@ def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
 
 def test_the_last_level_holds_the_rest_of_the_response(policy):
     """Re-Schedule's scoring tree: branch every step_tokens down to depth d, then one full completion."""
-    trees, stats = sample(policy, ["1+2\n", "5+5-1\n"], branching=2, depth=2, step_tokens=3, max_new_tokens=12,
-                          temperature=1.0)
+    trees, stats = sample(
+        policy,
+        ["1+2\n", "5+5-1\n"],
+        branching=2,
+        depth=2,
+        step_tokens=3,
+        max_new_tokens=12,
+        temperature=1.0,
+    )
     deepest = 0
     for tree in trees:
         for path, node in tree.walk():
@@ -148,7 +188,7 @@ def test_the_last_level_holds_the_rest_of_the_response(policy):
                 assert 1 <= len(node.token_ids) <= 9 and not node.children
                 deepest = max(deepest, len(node.token_ids))
         assert all(len(tree.text_ids(path)) <= 12 for path, _ in tree.leaves())
-    assert deepest > 3   # some completion ran past one step
+    assert deepest > 3  # some completion ran past one step
     with pytest.raises(ValueError, match="leaves nothing for depth 3"):
         sample(policy, ["1+2\n"], branching=2, depth=3, step_tokens=4, max_new_tokens=8)
 
@@ -158,7 +198,9 @@ def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
     from treerl.train.batch import completion_logprobs, make_batch
 
     model, tokenizer = policy
-    trees, _ = sample(policy, ["3+4-2\n", "9\n"], branching=2, depth=3, step_tokens=3, temperature=0.8, seed=3)
+    trees, _ = sample(
+        policy, ["3+4-2\n", "9\n"], branching=2, depth=3, step_tokens=3, temperature=0.8, seed=3
+    )
     contexts, segments, stored = [], [], []
     for tree in trees:
         for path, node in tree.walk():
@@ -176,17 +218,29 @@ def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
 def test_each_kept_node_is_a_sample_whose_mask_covers_only_its_segment():
     from treerl.train.batch import make_batch
 
-    leaf = lambda ids, reward: Node(token_ids=ids, logprobs=[-0.5] * len(ids), reward=reward, finished=True)  # noqa: E731
-    root = Node(children=[Node(token_ids=[10, 11], logprobs=[-1.0, -1.0],
-                               children=[leaf([12], 1.0), leaf([13, 14], 0.0)]),
-                          leaf([20, 21, 22], 0.0)])
+    def leaf(ids, reward):
+        return Node(token_ids=ids, logprobs=[-0.5] * len(ids), reward=reward, finished=True)
+
+    root = Node(
+        children=[
+            Node(
+                token_ids=[10, 11],
+                logprobs=[-1.0, -1.0],
+                children=[leaf([12], 1.0), leaf([13, 14], 0.0)],
+            ),
+            leaf([20, 21, 22], 0.0),
+        ]
+    )
     tree = ReasoningTree(root, prompt_ids=[1, 2, 3])
     tree.backup()
     samples = tree.training_samples(treerpo_advantages(tree))
     # root group (0.5, 0): mu 0.25, d = 0.1875 -> +-4/3; group under (0,): (1, 0) -> +-2
     assert [(s.path, s.context_ids, s.segment_ids) for s in samples] == [
-        ((0,), [1, 2, 3], [10, 11]), ((0, 0), [1, 2, 3, 10, 11], [12]), ((0, 1), [1, 2, 3, 10, 11], [13, 14]),
-        ((1,), [1, 2, 3], [20, 21, 22])]
+        ((0,), [1, 2, 3], [10, 11]),
+        ((0, 0), [1, 2, 3, 10, 11], [12]),
+        ((0, 1), [1, 2, 3, 10, 11], [13, 14]),
+        ((1,), [1, 2, 3], [20, 21, 22]),
+    ]
     assert [s.advantage for s in samples] == pytest.approx([4 / 3, 2.0, -2.0, -4 / 3], rel=1e-5)
     batch = make_batch([s.context_ids for s in samples], [s.segment_ids for s in samples])
     # each distinct context is encoded once; the mask marks exactly each segment's tokens

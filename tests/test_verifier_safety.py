@@ -46,16 +46,29 @@ ARITHMETIC_REFS = ["135", "0", "-7", "10"]
 MATH_REFS = ["\\frac{14}{3}", "2", "18", "\\sqrt{2}"]
 GSM8K_REFS = ["18", "2", "1000000", "0.5"]
 COUNTDOWN_REFS = [{"numbers": [3, 41, 7], "target": 20}] + [
-    Countdown().sample(level, random.Random(i)).reference for i, level in enumerate(["trivial", "easy", "medium"])]
-BLOCKS_PROBLEMS = [Blocksworld().sample(level, random.Random(i))
-                   for i, level in enumerate(["trivial", "easy", "medium", "hard"])]
+    Countdown().sample(level, random.Random(i)).reference
+    for i, level in enumerate(["trivial", "easy", "medium"])
+]
+BLOCKS_PROBLEMS = [
+    Blocksworld().sample(level, random.Random(i))
+    for i, level in enumerate(["trivial", "easy", "medium", "hard"])
+]
 BLOCKS_REFS = [p.reference for p in BLOCKS_PROBLEMS]
 
-SOLUTIONS = ([p.solution for p in BLOCKS_PROBLEMS]
-             + [Countdown().sample("easy", random.Random(i)).solution for i in range(3)]
-             + [Arithmetic().sample("easy", random.Random(i)).solution for i in range(3)]
-             + ["<think>3 + 41 = 44</think>\n<answer>(41 - 3) - 7 - 11</answer>", "<answer>41 - 3*7</answer>",
-                "Answer: 135", "\\boxed{\\frac{14}{3}}", "\\boxed{14/3}", "#### 18", "The answer is $18.00."])
+SOLUTIONS = (
+    [p.solution for p in BLOCKS_PROBLEMS]
+    + [Countdown().sample("easy", random.Random(i)).solution for i in range(3)]
+    + [Arithmetic().sample("easy", random.Random(i)).solution for i in range(3)]
+    + [
+        "<think>3 + 41 = 44</think>\n<answer>(41 - 3) - 7 - 11</answer>",
+        "<answer>41 - 3*7</answer>",
+        "Answer: 135",
+        "\\boxed{\\frac{14}{3}}",
+        "\\boxed{14/3}",
+        "#### 18",
+        "The answer is $18.00.",
+    ]
+)
 
 # ------------------------------------------------------------------------------------------------ payloads
 
@@ -75,27 +88,123 @@ PAYLOADS = [
     f"x = __import__('os').system('touch {SENTINEL}')",
 ]
 
-ACTIONS = [say(action) for action in [("unstack", "red", "blue"), ("stack", "blue", "red"),
-                                      ("pick up", "orange", None), ("put down", "yellow", None),
-                                      ("stack", "red", "red"), ("unstack", "cyan", "hand")]]
+ACTIONS = [
+    say(action)
+    for action in [
+        ("unstack", "red", "blue"),
+        ("stack", "blue", "red"),
+        ("pick up", "orange", None),
+        ("put down", "yellow", None),
+        ("stack", "red", "red"),
+        ("unstack", "cyan", "hand"),
+    ]
+]
 ACTIONS += [f"{i}. pick up the {c} block" for i, c in enumerate(COLOURS)] + [
-    "(stack red blue)", "- put down the red block on the table",
+    "(stack red blue)",
+    "- put down the red block on the table",
     "unstack the __import__ block from on top of the os block",
-    "step 999: stack the red block onto the blue block.", "pick-up " + "red " * 60]
+    "step 999: stack the red block onto the blue block.",
+    "pick-up " + "red " * 60,
+]
 
 FRAGMENTS = [
-    "\\boxed{", "\\boxed ", "\\fbox{", "}", "{", "<answer>", "</answer>", "<think>", "</think>", "Answer:", "Answer: ",
-    "####", "The answer is", "the final answer is:", "\nA:", "(", ")", "[", "]", "**", "*", "+", "-", "/", "^", "=",
-    "9", "99", "9" * 20, "9" * 400, "e999999", "e-999", ".", ",", "1,000", "\\frac{", "\\dfrac{", "^{", "_{", "\\sqrt{",
-    "\\text{", "\\left(", "\\right)", "$", "\\$", "%", "\\%", "^\\circ", "\\infty", "\\pi", "x", "=", "\\\\",
-    "lambda: 0", "exec(", "eval(", "open(", "__import__", "import os", "\x00", "\n", "\r\n", "\t", " ", "\u2028",
-    "\ufeff", "\udcff", "\U0001F600", "14", "3", "18", "20", "41", "7", "135", "2", "/3", "14/3", "1.0", "-",
-    "table", "hand", "block", *PAYLOADS[:3], *ACTIONS[:8],
+    "\\boxed{",
+    "\\boxed ",
+    "\\fbox{",
+    "}",
+    "{",
+    "<answer>",
+    "</answer>",
+    "<think>",
+    "</think>",
+    "Answer:",
+    "Answer: ",
+    "####",
+    "The answer is",
+    "the final answer is:",
+    "\nA:",
+    "(",
+    ")",
+    "[",
+    "]",
+    "**",
+    "*",
+    "+",
+    "-",
+    "/",
+    "^",
+    "=",
+    "9",
+    "99",
+    "9" * 20,
+    "9" * 400,
+    "e999999",
+    "e-999",
+    ".",
+    ",",
+    "1,000",
+    "\\frac{",
+    "\\dfrac{",
+    "^{",
+    "_{",
+    "\\sqrt{",
+    "\\text{",
+    "\\left(",
+    "\\right)",
+    "$",
+    "\\$",
+    "%",
+    "\\%",
+    "^\\circ",
+    "\\infty",
+    "\\pi",
+    "x",
+    "=",
+    "\\\\",
+    "lambda: 0",
+    "exec(",
+    "eval(",
+    "open(",
+    "__import__",
+    "import os",
+    "\x00",
+    "\n",
+    "\r\n",
+    "\t",
+    " ",
+    "\u2028",
+    "\ufeff",
+    "\udcff",
+    "\U0001f600",
+    "14",
+    "3",
+    "18",
+    "20",
+    "41",
+    "7",
+    "135",
+    "2",
+    "/3",
+    "14/3",
+    "1.0",
+    "-",
+    "table",
+    "hand",
+    "block",
+    *PAYLOADS[:3],
+    *ACTIONS[:8],
 ]
 
 # --------------------------------------------------------------------------------------------- strategies
 
-SLOW_FOR_SYMPY = ["9^{9^{9^{9}}}", "10^{10^{10}}", "2^{2^{2^{2^{2^{2}}}}}", "99999999!", "10**10**10", "9**9**9**9"]
+SLOW_FOR_SYMPY = [
+    "9^{9^{9^{9}}}",
+    "10^{10^{10}}",
+    "2^{2^{2^{2^{2^{2}}}}}",
+    "99999999!",
+    "10**10**10",
+    "9**9**9**9",
+]
 """Answers whose exact value math-verify tries to compute: only the time bound stops them."""
 
 huge_numbers = st.one_of(
@@ -105,11 +214,38 @@ huge_numbers = st.one_of(
     st.integers(1, 300).map(lambda k: ",".join(["999"] * k)),
     st.integers(1, 700).map(lambda k: "0." + "0" * k + "1"),
     st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(
-        lambda t: f"\\frac{{{t[0]}}}{{{t[1]}}}"),
-    st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(lambda t: f"{t[0]}/{t[1]}"),
-    st.sampled_from(["9" * 5000, "9" * 4301, "1e999999", "-1e999", "1e-999999", "1.7976931348623157e309", "1e308",
-                     "\\frac{1}{0}", "0/0", "1/0", "inf", "-inf", "nan", "NaN", "\\infty", "10^{-10^{10}}",
-                     "1" + "0" * 308 + ".5", "0x" + "f" * 100, "1_000_000", "١٢٣", "１８", "\u00bd", "²"]),
+        lambda t: f"\\frac{{{t[0]}}}{{{t[1]}}}"
+    ),
+    st.tuples(st.integers(-(10**40), 10**40), st.integers(-(10**40), 10**40)).map(
+        lambda t: f"{t[0]}/{t[1]}"
+    ),
+    st.sampled_from(
+        [
+            "9" * 5000,
+            "9" * 4301,
+            "1e999999",
+            "-1e999",
+            "1e-999999",
+            "1.7976931348623157e309",
+            "1e308",
+            "\\frac{1}{0}",
+            "0/0",
+            "1/0",
+            "inf",
+            "-inf",
+            "nan",
+            "NaN",
+            "\\infty",
+            "10^{-10^{10}}",
+            "1" + "0" * 308 + ".5",
+            "0x" + "f" * 100,
+            "1_000_000",
+            "١٢٣",
+            "１８",
+            "\u00bd",
+            "²",
+        ]
+    ),
     st.sampled_from(SLOW_FOR_SYMPY),
 )
 
@@ -140,46 +276,91 @@ raw_bytes = st.binary(max_size=300)
 non_utf8 = st.one_of(
     raw_bytes.map(lambda b: b.decode("utf-8", "surrogateescape")),
     raw_bytes.map(lambda b: b.decode("latin-1")),
-    st.sampled_from([b"\\boxed{1\x80}", b"Answer: 1\xc3\x28", b"\xed\xa0\x80", b"<answer>\xff\xfe</answer>",
-                     b"\\boxed{\xf0\x9f\x98}", b"#### 18\x00\xff"]).map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.sampled_from(
+        [
+            b"\\boxed{1\x80}",
+            b"Answer: 1\xc3\x28",
+            b"\xed\xa0\x80",
+            b"<answer>\xff\xfe</answer>",
+            b"\\boxed{\xf0\x9f\x98}",
+            b"#### 18\x00\xff",
+        ]
+    ).map(lambda b: b.decode("utf-8", "surrogateescape")),
 )
 
 odd_text = st.one_of(
     st.text(),
     st.text(st.one_of(st.characters(), st.characters(categories=["Cs"]))),  # with lone surrogates
-    st.text(st.characters(categories=["Co", "Cn", "Cc", "Cf", "Mn", "Me"])),  # private use, unassigned, controls, marks
+    st.text(
+        st.characters(categories=["Co", "Cn", "Cc", "Cf", "Mn", "Me"])
+    ),  # private use, unassigned, controls, marks
     st.text(st.characters(categories=["Nd", "No", "Nl", "Sm", "Zs", "Zl", "Zp", "Cc", "Cf"])),
 )
 
-fragment_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.sampled_from(FRAGMENTS), st.text(max_size=4)),
-                         max_size=40).map("".join)
+fragment_text = st.lists(
+    st.one_of(st.sampled_from(FRAGMENTS), st.sampled_from(FRAGMENTS), st.text(max_size=4)),
+    max_size=40,
+).map("".join)
 action_lines = st.lists(st.sampled_from(ACTIONS), max_size=12).map("\n".join)
 
-atom = st.one_of(odd_text, fragment_text, fragment_text, huge_numbers, deep_nesting, non_utf8,
-                 st.sampled_from(PAYLOADS), st.sampled_from(SOLUTIONS), action_lines)
+atom = st.one_of(
+    odd_text,
+    fragment_text,
+    fragment_text,
+    huge_numbers,
+    deep_nesting,
+    non_utf8,
+    st.sampled_from(PAYLOADS),
+    st.sampled_from(SOLUTIONS),
+    action_lines,
+)
 candidate = st.one_of(atom, st.lists(atom, min_size=2, max_size=4).map("".join))
 
 CONTEXTS = [
-    ("\\boxed{", "}"), ("$\\boxed{", "}$"), ("\\fbox{", "}"), ("\\boxed ", ""), ("<answer>", "</answer>"),
-    ("<think>Let me think.</think>\n<answer>", "</answer>"), ("<think>", "</think><answer>2</answer>"),
-    ("Answer: ", ""), ("Reasoning...\nAnswer: ", "\n"), ("The answer is ", "."), ("#### ", ""),
-    ("", "\nAnswer: 135"), ("", "\n\\boxed{\\frac{14}{3}}"), ("", "\n<answer>\n" + ACTIONS[0] + "\n</answer>"),
-    ("<answer>\n", "\n</answer>"), ("\\boxed{\\frac{", "}{3}}"), ("\\boxed{", "^{9^{9}}}"),
+    ("\\boxed{", "}"),
+    ("$\\boxed{", "}$"),
+    ("\\fbox{", "}"),
+    ("\\boxed ", ""),
+    ("<answer>", "</answer>"),
+    ("<think>Let me think.</think>\n<answer>", "</answer>"),
+    ("<think>", "</think><answer>2</answer>"),
+    ("Answer: ", ""),
+    ("Reasoning...\nAnswer: ", "\n"),
+    ("The answer is ", "."),
+    ("#### ", ""),
+    ("", "\nAnswer: 135"),
+    ("", "\n\\boxed{\\frac{14}{3}}"),
+    ("", "\n<answer>\n" + ACTIONS[0] + "\n</answer>"),
+    ("<answer>\n", "\n</answer>"),
+    ("\\boxed{\\frac{", "}{3}}"),
+    ("\\boxed{", "^{9^{9}}}"),
 ]
 in_context = st.tuples(st.sampled_from(CONTEXTS), candidate).map(lambda t: t[0][0] + t[1] + t[0][1])
 
 MB = 1 << 20
 _noise = random.Random(0).randbytes(MB)
 MEGABYTE = [
-    "9" * MB, "{" * MB, "}" * MB, "\\boxed{" * (MB // 7), "(" * (MB // 2) + "1" + ")" * (MB // 2),
-    "Answer: 1\n" * (MB // 10), "<answer>" * (MB // 8), "\n" * MB, " " * MB + "Answer: 135",
-    _noise.decode("latin-1"), _noise.decode("utf-8", "surrogateescape"),
-    "x" * MB + "\\boxed{\\frac{14}{3}}", (ACTIONS[0] + "\n") * (MB // len(ACTIONS[0])),
-    "a" * MB + PAYLOADS[0], ("\\boxed{" + "9" * 1000 + "}") * (MB // 1008),
+    "9" * MB,
+    "{" * MB,
+    "}" * MB,
+    "\\boxed{" * (MB // 7),
+    "(" * (MB // 2) + "1" + ")" * (MB // 2),
+    "Answer: 1\n" * (MB // 10),
+    "<answer>" * (MB // 8),
+    "\n" * MB,
+    " " * MB + "Answer: 135",
+    _noise.decode("latin-1"),
+    _noise.decode("utf-8", "surrogateescape"),
+    "x" * MB + "\\boxed{\\frac{14}{3}}",
+    (ACTIONS[0] + "\n") * (MB // len(ACTIONS[0])),
+    "a" * MB + PAYLOADS[0],
+    ("\\boxed{" + "9" * 1000 + "}") * (MB // 1008),
 ]
-megabyte = st.one_of(st.sampled_from(MEGABYTE),
-                     st.tuples(st.sampled_from(MEGABYTE), candidate).map(lambda t: t[0] + t[1]),
-                     st.tuples(candidate, st.sampled_from(MEGABYTE)).map(lambda t: t[0] + t[1]))
+megabyte = st.one_of(
+    st.sampled_from(MEGABYTE),
+    st.tuples(st.sampled_from(MEGABYTE), candidate).map(lambda t: t[0] + t[1]),
+    st.tuples(candidate, st.sampled_from(MEGABYTE)).map(lambda t: t[0] + t[1]),
+)
 
 COMPLETIONS = st.one_of(candidate, in_context, in_context, megabyte)
 
@@ -200,17 +381,27 @@ class Verifier:
 
 def variants(name: str, **options) -> list:
     """The task with its defaults, and with a 0.1 format reward under each template."""
-    return [get_task(name, **options)] + [get_task(name, format_reward=0.1, template=t, **options)
-                                          for t in ("think", "boxed", "plain")]
+    return [get_task(name, **options)] + [
+        get_task(name, format_reward=0.1, template=t, **options)
+        for t in ("think", "boxed", "plain")
+    ]
 
 
 VERIFIERS = {
     "arithmetic": Verifier(variants("arithmetic"), ARITHMETIC_REFS, IN_PROCESS_BOUND, True),
     "countdown": Verifier(variants("countdown"), COUNTDOWN_REFS, IN_PROCESS_BOUND, True),
-    "blocksworld": Verifier(variants("blocksworld") + [get_task("blocksworld", plan_shaping="ratio")], BLOCKS_REFS,
-                            IN_PROCESS_BOUND, True),
-    "math": Verifier(variants("math", verify_timeout=MATH_TIMEOUT), MATH_REFS, MATH_TIMEOUT + MATH_SLACK, False),
-    "gsm8k": Verifier(variants("gsm8k", verify_timeout=MATH_TIMEOUT), GSM8K_REFS, MATH_TIMEOUT + MATH_SLACK, False),
+    "blocksworld": Verifier(
+        variants("blocksworld") + [get_task("blocksworld", plan_shaping="ratio")],
+        BLOCKS_REFS,
+        IN_PROCESS_BOUND,
+        True,
+    ),
+    "math": Verifier(
+        variants("math", verify_timeout=MATH_TIMEOUT), MATH_REFS, MATH_TIMEOUT + MATH_SLACK, False
+    ),
+    "gsm8k": Verifier(
+        variants("gsm8k", verify_timeout=MATH_TIMEOUT), GSM8K_REFS, MATH_TIMEOUT + MATH_SLACK, False
+    ),
 }
 
 
@@ -223,6 +414,7 @@ def no_code_execution():
         def record(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"a verifier called {name}")
+
         return record
 
     saved = builtins.eval, builtins.exec, os.system, subprocess.Popen
@@ -242,16 +434,28 @@ def verify_once(name: str, completion: str, pick: int) -> None:
     reward = task.verify(completion, reference)
     elapsed = time.perf_counter() - start
     assert isinstance(reward, float) and 0.0 <= reward <= 1.0, f"{name} returned {reward!r}"
-    assert elapsed <= verifier.bound, f"{name} took {elapsed:.2f} s (bound {verifier.bound} s) on {completion[:200]!r}"
+    assert elapsed <= verifier.bound, (
+        f"{name} took {elapsed:.2f} s (bound {verifier.bound} s) on {completion[:200]!r}"
+    )
     verifier.calls += 1
     verifier.slowest = max(verifier.slowest, elapsed)
     verifier.seconds += elapsed
     verifier.credited += reward > 0
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, print_blob=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.filter_too_much,
+    ],
+)
 @given(completion=COMPLETIONS, pick=st.integers(0, 1 << 16))
 @example(completion="\\boxed{9^{9^{9^{9}}}}", pick=0)
 @example(completion="\\boxed{" * 50_000, pick=0)
@@ -291,10 +495,14 @@ def test_adversarial_completions_are_safe_for_every_verifier(warm_math_verify):
     timeouts_before = MATH_VERIFY.timeouts
     started = time.perf_counter()
     check_every_verifier()
-    summary = ", ".join(f"{name} {v.calls} calls ({v.seconds:.0f} s, slowest {v.slowest:.2f} s, {v.credited} credited)"
-                        for name, v in VERIFIERS.items())
-    print(f"\n{summary}; math-verify timeouts {MATH_VERIFY.timeouts - timeouts_before}; "
-          f"{time.perf_counter() - started:.0f} s")
+    summary = ", ".join(
+        f"{name} {v.calls} calls ({v.seconds:.0f} s, slowest {v.slowest:.2f} s, {v.credited} credited)"
+        for name, v in VERIFIERS.items()
+    )
+    print(
+        f"\n{summary}; math-verify timeouts {MATH_VERIFY.timeouts - timeouts_before}; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     for name, verifier in VERIFIERS.items():
         assert verifier.calls >= EXAMPLES, f"{name} saw only {verifier.calls} completions"
     assert not os.path.exists(SENTINEL)
@@ -305,7 +513,9 @@ def test_math_verify_timeout_kills_the_child_and_the_next_call_works(warm_math_v
     pid = MATH_VERIFY.process.pid
     timeouts = MATH_VERIFY.timeouts
     start = time.perf_counter()
-    reward = task.verify("\\boxed{9^{9^{9^{9}}}}", "9^{9^{9}}")  # sympy tries to compute 9^387420489
+    reward = task.verify(
+        "\\boxed{9^{9^{9^{9}}}}", "9^{9^{9}}"
+    )  # sympy tries to compute 9^387420489
     elapsed = time.perf_counter() - start
     assert reward == 0.0
     assert MATH_TIMEOUT <= elapsed <= MATH_TIMEOUT + MATH_SLACK
@@ -332,7 +542,9 @@ def test_bounded_worker_bounds_a_call_and_restarts():
             os.kill(pid, 0)
         assert worker(0, timeout=60.0) is None  # a fresh child
         assert worker.timeouts == 1
-        assert worker("not a number", timeout=60.0) == "late"  # an exception in the child gives the default
+        assert (
+            worker("not a number", timeout=60.0) == "late"
+        )  # an exception in the child gives the default
         assert worker.process.poll() is None  # and leaves the child serving
     finally:
         worker.stop()

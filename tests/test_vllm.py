@@ -37,7 +37,9 @@ def encode(tok, prompts):
 
 
 def sample(model, tok, ids, keys, max_new_tokens=12, sampling=Sampling(), forks=None, rollout=VLLM):
-    return backend_for(model, rollout).sample(ids, keys, max_new_tokens, sampling, tok.eos_token_id, forks)
+    return backend_for(model, rollout).sample(
+        ids, keys, max_new_tokens, sampling, tok.eos_token_id, forks
+    )
 
 
 def keys_for(rows, seed=0):
@@ -51,12 +53,18 @@ def check_tree_rule(sequences, prompts, forks, budget, eos):
     for s in sequences:
         assert len(s.token_ids) == budget - s.start or (s.finished and s.token_ids[-1] == eos)
         assert len(s.logprobs) == len(s.token_ids)
-        paths.append((paths[s.parent][:s.start] if s.parent is not None else []) + s.token_ids)
+        paths.append((paths[s.parent][: s.start] if s.parent is not None else []) + s.token_ids)
     assert [s.prompt for s in sequences if s.parent is None] == list(range(prompts))
-    expected = sorted((n, level * forks.step_tokens, child) for n, s in enumerate(sequences)
-                      for level in range(1, forks.depth) if s.start < level * forks.step_tokens < len(paths[n])
-                      for child in range(1, forks.branching))
-    assert sorted((s.parent, s.start, s.child) for s in sequences if s.parent is not None) == expected
+    expected = sorted(
+        (n, level * forks.step_tokens, child)
+        for n, s in enumerate(sequences)
+        for level in range(1, forks.depth)
+        if s.start < level * forks.step_tokens < len(paths[n])
+        for child in range(1, forks.branching)
+    )
+    assert (
+        sorted((s.parent, s.start, s.child) for s in sequences if s.parent is not None) == expected
+    )
     return len(sequences)
 
 
@@ -68,13 +76,27 @@ def test_flat_samples_and_trees_have_the_lean_backends_shapes(vllm_policy):
     ids = encode(tok, PROMPTS) * 2
     flat = sample(model, tok, ids, keys_for(len(ids)), max_new_tokens=10)
     check_tree_rule(flat, len(ids), Forks(1, 1, 10), 10, tok.eos_token_id)
-    no_eos = backend_for(model, VLLM).sample(ids, keys_for(len(ids)), 10, Sampling(), -1)   # as the lean backend
-    assert [len(s.token_ids) for s in no_eos] == [10] * len(ids) and not any(s.finished for s in no_eos)
+    no_eos = backend_for(model, VLLM).sample(
+        ids, keys_for(len(ids)), 10, Sampling(), -1
+    )  # as the lean backend
+    assert [len(s.token_ids) for s in no_eos] == [10] * len(ids) and not any(
+        s.finished for s in no_eos
+    )
     forks = Forks(3, 3, 4)
-    counts = {name: check_tree_rule(sample(model, tok, ids, keys_for(len(ids)), 12, forks=forks, rollout=rollout),
-                                    len(ids), forks, 12, tok.eos_token_id)
-              for name, rollout in (("vllm", VLLM), ("lean", LEAN))}
-    assert counts["vllm"] > 3 * len(ids) and abs(counts["vllm"] - counts["lean"]) <= 0.25 * counts["lean"], counts
+    counts = {
+        name: check_tree_rule(
+            sample(model, tok, ids, keys_for(len(ids)), 12, forks=forks, rollout=rollout),
+            len(ids),
+            forks,
+            12,
+            tok.eos_token_id,
+        )
+        for name, rollout in (("vllm", VLLM), ("lean", LEAN))
+    }
+    assert (
+        counts["vllm"] > 3 * len(ids)
+        and abs(counts["vllm"] - counts["lean"]) <= 0.25 * counts["lean"]
+    ), counts
 
 
 def test_greedy_sequences_equal_the_lean_backends_in_fp32():
@@ -85,14 +107,19 @@ def test_greedy_sequences_equal_the_lean_backends_in_fp32():
 
     model, tok = load_policy("tiny")
     task = Arithmetic()
-    ids = encode(tok, [render_prompt(task.template, p.question, tok) for p in task.eval_problems("hard", 200)])
+    ids = encode(
+        tok,
+        [render_prompt(task.template, p.question, tok) for p in task.eval_problems("hard", 200)],
+    )
     keys = keys_for(len(ids))
     ours = sample(model, tok, ids, keys, 64, Sampling(greedy=True))
     theirs = sample(model, tok, ids, keys, 64, Sampling(greedy=True), rollout=LEAN)
     same = sum(a.token_ids == b.token_ids for a, b in zip(ours, theirs))
     assert same >= 196, f"{same} of 200 equal"
     for a, b in zip(ours, theirs):
-        if a.token_ids != b.token_ids:   # where they part, the lean backend's top two were within float noise
+        if (
+            a.token_ids != b.token_ids
+        ):  # where they part, the lean backend's top two were within float noise
             at = next(i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
             assert abs(float(a.logprobs[at]) - float(b.logprobs[at])) < 1e-3
 
@@ -106,15 +133,20 @@ def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(vllm_policy):
     alone = sample(model, tok, ids[2:3], keys[2:3], sampling=hot)
     shuffled = sample(model, tok, [ids[3], ids[2], ids[0]], keys[[3, 2, 0]], sampling=hot)
     assert alone[0].token_ids == together[2].token_ids == shuffled[1].token_ids
-    assert shuffled[0].token_ids == together[3].token_ids and shuffled[2].token_ids == together[0].token_ids
+    assert (
+        shuffled[0].token_ids == together[3].token_ids
+        and shuffled[2].token_ids == together[0].token_ids
+    )
     other = sample(model, tok, ids, keys_for(len(ids), seed=5), sampling=hot)
-    assert [s.token_ids for s in other] != [s.token_ids for s in together]   # the key is what decides
+    assert [s.token_ids for s in other] != [
+        s.token_ids for s in together
+    ]  # the key is what decides
     # more rows than vLLM runs at once (256), with more prompt tokens than one engine step prefills (4096): a
     # prompt prefilled in chunks would draw from its generator at each chunk (and vLLM's CPU build fails on it)
     crowd = ids + encode(tok, ["9-7+6+5-9\n2+6+5-9\n"]) * 300
     crowd_keys = torch.cat([keys, keys_for(len(crowd) - len(ids), seed=9)])
     crowded = sample(model, tok, crowd, crowd_keys, 1, sampling=hot)
-    assert [s.token_ids for s in crowded[:len(ids)]] == [s.token_ids[:1] for s in together]
+    assert [s.token_ids for s in crowded[: len(ids)]] == [s.token_ids[:1] for s in together]
 
 
 def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):
@@ -136,11 +168,15 @@ def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_d
     with torch.no_grad():
         trainer, _ = completion_logprobs(model.eval(), batch, temperature=0.7)
     for row, s in enumerate(moved):
-        assert torch.allclose(s.logprobs, trainer[row, :len(s.token_ids)].float(), atol=1e-4, rtol=0.0)
+        assert torch.allclose(
+            s.logprobs, trainer[row, : len(s.token_ids)].float(), atol=1e-4, rtol=0.0
+        )
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(saved[name])
-    assert [s.token_ids for s in sample(model, tok, ids, keys, sampling=sampling)] == [s.token_ids for s in before]
+    assert [s.token_ids for s in sample(model, tok, ids, keys, sampling=sampling)] == [
+        s.token_ids for s in before
+    ]
 
 
 def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
@@ -160,27 +196,40 @@ def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
         with model.disable_adapter():
             plain, _ = completion_logprobs(model, batch)
     for row, s in enumerate(sequences):
-        assert torch.allclose(s.logprobs, merged[row, :len(s.token_ids)], atol=1e-4, rtol=0.0)
-    assert not torch.allclose(merged, plain, atol=1e-2)   # the adapters do change the model
+        assert torch.allclose(s.logprobs, merged[row, : len(s.token_ids)], atol=1e-4, rtol=0.0)
+    assert not torch.allclose(merged, plain, atol=1e-2)  # the adapters do change the model
 
 
 def test_forks_are_served_their_prefix_from_the_cache(vllm_policy):
     """Trees of 4 children, 3 levels of 40 tokens from prompts of about 10 tokens (blocks of 32): at least 90% of
     the inherited tokens in whole blocks come from vLLM's prefix cache, and the step's metrics say so."""
     model, tok = vllm_policy
-    _, stats = sample_trees(model, tok, encode(tok, PROMPTS), branching=4, depth=3, step_tokens=40,
-                            max_new_tokens=120, generator=torch.Generator().manual_seed(0), rollout=VLLM)
+    _, stats = sample_trees(
+        model,
+        tok,
+        encode(tok, PROMPTS),
+        branching=4,
+        depth=3,
+        step_tokens=40,
+        max_new_tokens=120,
+        generator=torch.Generator().manual_seed(0),
+        rollout=VLLM,
+    )
     assert stats.prefix_tokens_cacheable > 0.5 * stats.prefix_tokens_inherited
     assert stats.prefix_tokens_saved >= 0.9 * stats.prefix_tokens_cacheable
     # by hand: 100 tokens inherited, 64 of them in whole blocks, 60 served
-    assert prefix_cache_metrics(TreeStats(0, 60, 100, 64)) == {"sampler/prefix_cache_hit": 60 / 64,
-                                                                "sampler/prefix_cache_hit_raw": 0.6}
-    assert prefix_cache_metrics(TreeStats(0, 100, 100, 0)) == {}   # the other backends log none
+    assert prefix_cache_metrics(TreeStats(0, 60, 100, 64)) == {
+        "sampler/prefix_cache_hit": 60 / 64,
+        "sampler/prefix_cache_hit_raw": 0.6,
+    }
+    assert prefix_cache_metrics(TreeStats(0, 100, 100, 0)) == {}  # the other backends log none
 
 
 def test_auto_picks_vllm_on_a_gpu_and_vllm_missing_is_one_line(vllm_policy, monkeypatch):
     model, _ = vllm_policy
-    assert backend_name(model, "auto") == "lean"   # on the CPU the lean backend samples as fast or faster
+    assert (
+        backend_name(model, "auto") == "lean"
+    )  # on the CPU the lean backend samples as fast or faster
     monkeypatch.setattr(engine, "device_type", lambda model: "cuda")
     assert backend_name(model, "auto") == "vllm"
     monkeypatch.setattr(engine, "vllm_installed", lambda: False)
@@ -196,7 +245,7 @@ def test_greedy_forks_of_a_tree_continue_their_parents(vllm_policy):
     sequences = sample(model, tok, ids, keys_for(2), 12, Sampling(greedy=True), Forks(2, 3, 4))
     paths = []
     for s in sequences:
-        paths.append((paths[s.parent][:s.start] if s.parent is not None else []) + s.token_ids)
+        paths.append((paths[s.parent][: s.start] if s.parent is not None else []) + s.token_ids)
     forks = [n for n, s in enumerate(sequences) if s.parent is not None]
     assert forks and all(paths[n] == paths[sequences[n].parent] for n in forks)
 
@@ -209,14 +258,26 @@ def test_forty_demo_steps_on_vllm_lift_hard_as_the_lean_backend_does(tmp_path):
     1,000); the vLLM run logs a small log-prob mismatch."""
     after = {}
     for backend in ("lean", "vllm"):
-        cfg = load_config(None, [f"rollout.backend={backend}", "train.steps=40", "eval.levels=[hard]",
-                                 "eval.problems=1000",
-                                 "output.progress=false"])
+        cfg = load_config(
+            None,
+            [
+                f"rollout.backend={backend}",
+                "train.steps=40",
+                "eval.levels=[hard]",
+                "eval.problems=1000",
+                "output.progress=false",
+            ],
+        )
         after[backend] = train(cfg, tmp_path / backend)["after"]["hard"]["accuracy"]
-        metrics = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+        metrics = [
+            json.loads(line)
+            for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()
+        ]
         assert len(metrics) == 40
         if backend == "vllm":
-            assert all(m["sampler/logprob_abs_diff"] < 1e-3 and m["sampler/kl"] < 1e-4 for m in metrics)
+            assert all(
+                m["sampler/logprob_abs_diff"] < 1e-3 and m["sampler/kl"] < 1e-4 for m in metrics
+            )
     assert abs(after["vllm"] - after["lean"]) <= 0.035, after
 
 
@@ -232,21 +293,40 @@ def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_pa
     from safetensors.torch import load_file
 
     steps = 6
-    args = [f"model.name_or_path={vllm_dir}", f"train.steps={steps}", "train.save_every=2", "train.lr=1e-3",
-            "algo.entropy_coef=0.01", "rollout.batch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=8",
-            "eval.problems=2", "eval.levels=[easy]", "eval.max_new_tokens=8", "output.progress=false",
-            "train.threads=1", "train.filter_tau=null", "rollout.backend=vllm"]
+    args = [
+        f"model.name_or_path={vllm_dir}",
+        f"train.steps={steps}",
+        "train.save_every=2",
+        "train.lr=1e-3",
+        "algo.entropy_coef=0.01",
+        "rollout.batch_prompts=2",
+        "rollout.n=4",
+        "rollout.max_new_tokens=8",
+        "eval.problems=2",
+        "eval.levels=[easy]",
+        "eval.max_new_tokens=8",
+        "output.progress=false",
+        "train.threads=1",
+        "train.filter_tau=null",
+        "rollout.backend=vllm",
+    ]
     train(load_config(None, args), tmp_path / "straight")
     run = tmp_path / "killed"
     metrics_file = run / "metrics.jsonl"
 
     def cli(*cli_args):
-        return subprocess.Popen([sys.executable, "-m", "treerl.cli", "train", *cli_args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "treerl.cli", "train", *cli_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     process = cli("--out", str(run), *args)
     deadline = time.time() + 300
-    while (not metrics_file.is_file() or len(metrics_file.read_text().splitlines()) < 3) and process.poll() is None:
+    while (
+        not metrics_file.is_file() or len(metrics_file.read_text().splitlines()) < 3
+    ) and process.poll() is None:
         assert time.time() < deadline, "the run made no progress"
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
@@ -256,10 +336,19 @@ def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_pa
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     got = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    expected = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(line)
+        for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [m["step"] for m in got] == list(range(1, steps + 1))
     for a, b in zip(expected, got):
-        assert a["reward/mean"] == b["reward/mean"] and a["loss/policy"] == pytest.approx(b["loss/policy"], abs=1e-6)
+        assert a["reward/mean"] == b["reward/mean"] and a["loss/policy"] == pytest.approx(
+            b["loss/policy"], abs=1e-6
+        )
     final = f"checkpoints/step_{steps}/model.safetensors"
-    assert all(torch.equal(x, y) for x, y in zip(load_file(tmp_path / "straight" / final).values(),
-                                                 load_file(run / final).values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            load_file(tmp_path / "straight" / final).values(), load_file(run / final).values()
+        )
+    )

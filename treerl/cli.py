@@ -13,16 +13,26 @@ from typing import NoReturn
 
 from treerl.errors import RunStopped, UserError
 
-FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
-                      errno.EISDIR}
+FILE_SYSTEM_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
 """A path the user gave that cannot be read or written: one line (the path, the reason), exit code 2."""
 OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see docs/config.md)"
 
 
 def command(module: str, function: str = "run") -> Callable[[argparse.Namespace], None]:
     """treerl.commands.<module>.<function>, imported when the command runs (so that --help stays quick)."""
+
     def call(args: argparse.Namespace) -> None:
         getattr(importlib.import_module(f"treerl.commands.{module}"), function)(args)
+
     return call
 
 
@@ -41,49 +51,92 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy with RL (no arguments: the embedded demo)")
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--out", help="run directory (default runs/<timestamp>)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint"
+    )
     train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     train.set_defaults(func=command("train"))
 
-    ev = sub.add_parser("eval", help="accuracy per level (greedy), avg@k and pass@k (eval.samples=k)")
+    ev = sub.add_parser(
+        "eval", help="accuracy per level (greedy), avg@k and pass@k (eval.samples=k)"
+    )
     ev.add_argument("--config", help="YAML config file")
-    ev.add_argument("--model", help="'tiny', a run's checkpoint or any local HF causal LM directory")
-    ev.add_argument("--benchmark", help="a math benchmark: math500, gsm8k, aime24, amc23, minerva_math, olympiadbench, "
-                                        "or a .jsonl / .parquet file with the fields problem and answer")
-    ev.add_argument("--samples", type=int, help="k samples per problem for avg@k and pass@k (eval.samples)")
+    ev.add_argument(
+        "--model", help="'tiny', a run's checkpoint or any local HF causal LM directory"
+    )
+    ev.add_argument(
+        "--benchmark",
+        help="a math benchmark: math500, gsm8k, aime24, amc23, minerva_math, olympiadbench, "
+        "or a .jsonl / .parquet file with the fields problem and answer",
+    )
+    ev.add_argument(
+        "--samples", type=int, help="k samples per problem for avg@k and pass@k (eval.samples)"
+    )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=command("evaluate"))
 
-    sc = sub.add_parser("score", help="Re-Schedule: sample a tree per training query, write r-scores as JSONL")
-    sc.add_argument("--config", help="YAML config file (model, task, curriculum.levels/pool_size, rscore.*)")
+    sc = sub.add_parser(
+        "score", help="Re-Schedule: sample a tree per training query, write r-scores as JSONL"
+    )
+    sc.add_argument(
+        "--config", help="YAML config file (model, task, curriculum.levels/pool_size, rscore.*)"
+    )
     sc.add_argument("--out", required=True, help="JSONL file to write (for reschedule.scores_file)")
     sc.add_argument("--limit", type=int, default=0, help="score only the first N queries (0 = all)")
     again = sc.add_mutually_exclusive_group()
-    again.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once all is scored)")
-    again.add_argument("--resume", action="store_true", help="continue an interrupted scoring into --out: score only "
-                                                             "the queries its OUT.partial file does not hold")
+    again.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (once all is scored)"
+    )
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted scoring into --out: score only "
+        "the queries its OUT.partial file does not hold",
+    )
     sc.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     sc.set_defaults(func=command("score"))
 
-    rep = sub.add_parser("report", help="a run's plots (RUN_DIR/plots/*.png) and RUN_DIR/report.html")
+    rep = sub.add_parser(
+        "report", help="a run's plots (RUN_DIR/plots/*.png) and RUN_DIR/report.html"
+    )
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.set_defaults(func=command("report"))
 
     cmp_ = sub.add_parser("compare", help="several runs overlaid on one HTML page")
     cmp_.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
-    cmp_.add_argument("--out", default="compare.html", help="HTML file to write (its plots go beside it)")
+    cmp_.add_argument(
+        "--out", default="compare.html", help="HTML file to write (its plots go beside it)"
+    )
     cmp_.set_defaults(func=command("report", "compare"))
 
-    tr = sub.add_parser("tree", help="reasoning trees as an HTML page: saved in training, or one sampled now")
-    tr.add_argument("--run", metavar="RUN_DIR", help="show the trees the run saved (output.save_trees=N), paged; with "
-                                                    "--model, sample one of its problems anew with the run's config")
-    tr.add_argument("--step", type=int, help="with --run: the trees of this step (default: every step's, as many "
-                                             "of the newest as fit on one page)")
-    tr.add_argument("--problem", metavar="ID", help="the problem's id (as in `treerl score` files and trees.jsonl)")
-    tr.add_argument("--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory")
+    tr = sub.add_parser(
+        "tree", help="reasoning trees as an HTML page: saved in training, or one sampled now"
+    )
+    tr.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="show the trees the run saved (output.save_trees=N), paged; with "
+        "--model, sample one of its problems anew with the run's config",
+    )
+    tr.add_argument(
+        "--step",
+        type=int,
+        help="with --run: the trees of this step (default: every step's, as many "
+        "of the newest as fit on one page)",
+    )
+    tr.add_argument(
+        "--problem",
+        metavar="ID",
+        help="the problem's id (as in `treerl score` files and trees.jsonl)",
+    )
+    tr.add_argument(
+        "--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory"
+    )
     tr.add_argument("--task", help="the task of the problem (task.name)")
-    tr.add_argument("--config", help="YAML config file (tree.*, rollout.n/max_new_tokens/temperature)")
+    tr.add_argument(
+        "--config", help="YAML config file (tree.*, rollout.n/max_new_tokens/temperature)"
+    )
     tr.add_argument("--out", help="HTML file to write (default tree.html, or RUN_DIR/tree.html)")
     tr.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     tr.set_defaults(func=command("tree"))
@@ -108,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as err:
-        if os.environ.get("RANK", "0") == "0":   # under torchrun every rank stops alike; rank 0 says why
+        if (
+            os.environ.get("RANK", "0") == "0"
+        ):  # under torchrun every rank stops alike; rank 0 says why
             say(f"treerl: error: {err}")
         return 2
     except RunStopped as stop:

@@ -31,7 +31,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def k_values(samples: int) -> list[int]:
     """1, 2, 4, ... up to and including `samples`."""
-    ks = [k for k in (2 ** i for i in range(samples.bit_length())) if k <= samples]
+    ks = [k for k in (2**i for i in range(samples.bit_length())) if k <= samples]
     return sorted(set(ks + [samples]))
 
 
@@ -57,21 +57,44 @@ def eval_work(task: Task, cfg: EvalConfig) -> int:
     return len(eval_set(task, cfg)) * (1 + cfg.samples)
 
 
-def _grade(model, tokenizer, task: Task, problems: list[Problem], cfg: EvalConfig, greedy: bool,
-           generator: torch.Generator | None, advance: Callable[[int], None],
-           rollout: RolloutConfig | None) -> tuple[list[bool], list[int], list[bool]]:
+def _grade(
+    model,
+    tokenizer,
+    task: Task,
+    problems: list[Problem],
+    cfg: EvalConfig,
+    greedy: bool,
+    generator: torch.Generator | None,
+    advance: Callable[[int], None],
+    rollout: RolloutConfig | None,
+) -> tuple[list[bool], list[int], list[bool]]:
     """(correct, response length, too long) per problem. A prompt that leaves no room for eval.max_new_tokens in
     the model's context is not generated: it counts as wrong, with length 0."""
     limit = context_length(model)
     correct, lengths, too_long = [], [], []
     for start in range(0, len(problems), cfg.batch_size):
-        chunk = problems[start:start + cfg.batch_size]
-        ids = [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
-               for p in chunk]
+        chunk = problems[start : start + cfg.batch_size]
+        ids = [
+            tokenizer(
+                render_prompt(task.template, p.question, tokenizer), add_special_tokens=False
+            )["input_ids"]
+            for p in chunk
+        ]
         fits = [limit is None or len(prompt) + cfg.max_new_tokens <= limit for prompt in ids]
-        gen = generate(model, tokenizer, [prompt for prompt, ok in zip(ids, fits) if ok],
-                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, greedy=greedy,
-                       generator=generator, rollout=rollout) if any(fits) else None
+        gen = (
+            generate(
+                model,
+                tokenizer,
+                [prompt for prompt, ok in zip(ids, fits) if ok],
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                greedy=greedy,
+                generator=generator,
+                rollout=rollout,
+            )
+            if any(fits)
+            else None
+        )
         done = iter(zip(gen.texts, gen.completion_ids) if gen else [])
         for problem, ok in zip(chunk, fits):
             text, completion = next(done) if ok else ("", [])
@@ -87,7 +110,9 @@ def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for i, p in enumerate(problems):
         out.setdefault(p.level, []).append(i)
-    if all(level.isdigit() for level in out):  # dataset levels 1..5: in order, whatever order the rows came in
+    if all(
+        level.isdigit() for level in out
+    ):  # dataset levels 1..5: in order, whatever order the rows came in
         out = dict(sorted(out.items(), key=lambda item: int(item[0])))
     for i, p in sorted(enumerate(problems), key=lambda item: item[1].subject):
         if p.subject:
@@ -97,9 +122,16 @@ def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
     return out
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: EvalConfig,
-             seed: int = 0, advance: Callable[[int], None] = lambda n: None,
-             par: Parallel = Parallel(), rollout: RolloutConfig | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    cfg: EvalConfig,
+    seed: int = 0,
+    advance: Callable[[int], None] = lambda n: None,
+    par: Parallel = Parallel(),
+    rollout: RolloutConfig | None = None,
+) -> dict[str, dict[str, float]]:
     """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j,
     sampled through rollout.backend. Under torchrun every rank grades its share of the problems and every rank
     returns the whole result."""
@@ -108,31 +140,44 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance, rollout)
     correct, lengths, too_long = par.unshare(mine[0]), par.unshare(mine[1]), par.unshare(mine[2])
     if any(too_long) and par.main:
-        warn(f"{sum(too_long)} of {len(problems)} prompts leave no room for eval.max_new_tokens={cfg.max_new_tokens} "
-             f"in the model's context of {context_length(model)} tokens: not generated, counted wrong (too_long in "
-             "the results)")
+        warn(
+            f"{sum(too_long)} of {len(problems)} prompts leave no room for eval.max_new_tokens={cfg.max_new_tokens} "
+            f"in the model's context of {context_length(model)} tokens: not generated, counted wrong (too_long in "
+            "the results)"
+        )
     hits = None
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]
-        sampled = par.unshare(_grade(model, tokenizer, task, par.share(repeated), cfg, False, generator, advance,
-                                        rollout)[0])
+        sampled = par.unshare(
+            _grade(
+                model, tokenizer, task, par.share(repeated), cfg, False, generator, advance, rollout
+            )[0]
+        )
         hits = np.array(sampled).reshape(len(problems), cfg.samples).sum(1)
     results: dict[str, dict[str, float]] = {}
     for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():
-        row = {"problems": len(rows), "accuracy": float(np.mean([correct[i] for i in rows])),
-               "response_length": float(np.mean([lengths[i] for i in rows]))}
+        row = {
+            "problems": len(rows),
+            "accuracy": float(np.mean([correct[i] for i in rows])),
+            "response_length": float(np.mean([lengths[i] for i in rows])),
+        }
         if any(too_long[i] for i in rows):
             row["too_long"] = sum(too_long[i] for i in rows)
         if hits is not None:
             row[f"avg@{cfg.samples}"] = float(hits[rows].mean() / cfg.samples)
             for k in k_values(cfg.samples):
-                row[f"pass@{k}"] = float(np.mean([pass_at_k(cfg.samples, int(hits[i]), k) for i in rows]))
+                row[f"pass@{k}"] = float(
+                    np.mean([pass_at_k(cfg.samples, int(hits[i]), k) for i in rows])
+                )
         results[name] = row
     return results
 
 
-def eval_table(results: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None,
-               title: str = "evaluation") -> Table:
+def eval_table(
+    results: dict[str, dict[str, float]],
+    before: dict[str, dict[str, float]] | None = None,
+    title: str = "evaluation",
+) -> Table:
     table = Table(title=title, caption="acc: greedy accuracy %; len: mean response tokens")
     table.add_column("group", no_wrap=True)
     table.add_column("n", justify="right")
@@ -152,15 +197,21 @@ def eval_table(results: dict[str, dict[str, float]], before: dict[str, dict[str,
         cells.append(f"{100 * row['accuracy']:.1f}")
         if before is not None:
             delta = 100 * (row["accuracy"] - before[level]["accuracy"])
-            cells.append(f"[{'green' if delta > 0 else 'red' if delta < 0 else 'white'}]{delta:+.1f}[/]")
+            cells.append(
+                f"[{'green' if delta > 0 else 'red' if delta < 0 else 'white'}]{delta:+.1f}[/]"
+            )
         cells += [f"{100 * row[key]:.1f}" for key in extra]
         cells.append(f"{row['response_length']:.1f}")
         table.add_row(*cells)
     return table
 
 
-def print_eval(results: dict[str, dict[str, float]], before: dict[str, dict[str, float]] | None = None,
-               title: str = "evaluation", console: Console | None = None) -> None:
+def print_eval(
+    results: dict[str, dict[str, float]],
+    before: dict[str, dict[str, float]] | None = None,
+    title: str = "evaluation",
+    console: Console | None = None,
+) -> None:
     console = console or Console()
     if not console.is_terminal:  # a log file or a pipe: as wide as the table needs, not 80 columns
         console.width = max(console.width, 160)

@@ -19,6 +19,7 @@ T = TypeVar("T")
 @dataclass
 class Parallel:
     """This process's place in the run: rank, world size, strategy, and the collectives the trainer needs."""
+
     rank: int = 0
     world: int = 1
     strategy: str = "none"
@@ -32,12 +33,14 @@ class Parallel:
 
     def share(self, items: list[T]) -> list[T]:
         """This rank's share of a list that every rank holds in full: items rank, rank + world, ..."""
-        return items[self.rank::self.world]
+        return items[self.rank :: self.world]
 
     def unshare(self, mine: list[T]) -> list[T]:
         """The inverse of share: every rank's results, back in the order of the full list."""
         parts = self.gather(mine)
-        return [parts[i % self.world][i // self.world] for i in range(sum(len(part) for part in parts))]
+        return [
+            parts[i % self.world][i // self.world] for i in range(sum(len(part) for part in parts))
+        ]
 
     def sum(self, values: list[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.SUM)
@@ -85,13 +88,18 @@ def init_parallel(strategy: str, device: torch.device) -> Parallel:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} has no GPU (torch sees {torch.cuda.device_count()}); start at "
-                            "most one process per GPU with torchrun --nproc_per_node")
+            raise UserError(
+                f"local rank {local_rank} has no GPU (torch sees {torch.cuda.device_count()}); start at "
+                "most one process per GPU with torchrun --nproc_per_node"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(minutes=30),
+            device_id=device if device.type == "cuda" else None,
+        )
     return Parallel(dist.get_rank(), dist.get_world_size(), strategy, device)
 
 

@@ -17,9 +17,17 @@ LOG_LINES = 20
 
 def progress_bar(enabled: bool = True) -> Progress:
     """Use as `with progress_bar() as bar: job = bar.add_task(name, total=N, info="")`."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )
 
 
 def step_done(bar: Progress, job: TaskID, info: str) -> None:
@@ -28,4 +36,6 @@ def step_done(bar: Progress, job: TaskID, info: str) -> None:
     task = bar.tasks[bar.task_ids.index(job)]
     every = max(1, int(task.total or 1) // LOG_LINES)
     if not bar.disable and not bar.console.is_terminal and int(task.completed) % every == 0:
-        bar.console.print(f"{task.description} {int(task.completed)}/{int(task.total or 0)}  {info}")
+        bar.console.print(
+            f"{task.description} {int(task.completed)}/{int(task.total or 0)}  {info}"
+        )

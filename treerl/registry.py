@@ -40,7 +40,9 @@ class Registry(dict[str, T], Generic[T]):
 
     def check(self, name: Any) -> None:
         if not isinstance(name, str) or (name not in self and name not in self.extra):
-            raise UserError(f"unknown {self.config_key} '{name}'; available: {', '.join(self.names())}")
+            raise UserError(
+                f"unknown {self.config_key} '{name}'; available: {', '.join(self.names())}"
+            )
 
     def lookup(self, name: str) -> T:
         self.check(name)
@@ -57,16 +59,22 @@ def keyword_params(fn: Callable, fixed: int) -> dict[str, inspect.Parameter]:
 
 
 def param_defaults(fn: Callable, fixed: int) -> dict[str, Any]:
-    return {name: p.default for name, p in keyword_params(fn, fixed).items() if p.default is not p.empty}
+    return {
+        name: p.default for name, p in keyword_params(fn, fixed).items() if p.default is not p.empty
+    }
 
 
-def check_params(config_key: str, owner: str, fn: Callable, params: Mapping[str, Any], fixed: int) -> None:
+def check_params(
+    config_key: str, owner: str, fn: Callable, params: Mapping[str, Any], fixed: int
+) -> None:
     """A UserError when `params` (the dict under `config_key`) names a parameter fn does not take."""
     accepted = list(keyword_params(fn, fixed))
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise UserError(f"{config_key}: {owner} has no parameter '{unknown[0]}'; it takes: "
-                        f"{', '.join(accepted) or 'none'}")
+        raise UserError(
+            f"{config_key}: {owner} has no parameter '{unknown[0]}'; it takes: "
+            f"{', '.join(accepted) or 'none'}"
+        )
 
 
 def check_names(config: Mapping[str, Any]) -> None:

@@ -27,7 +27,11 @@ from treerl.viewer import pick_trees, render_trees  # noqa: E402
 
 SMOOTH = 10
 """Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""
-TIMINGS = {"timing/rollout_s": "generation", "timing/reward_s": "grading and scoring", "timing/update_s": "update"}
+TIMINGS = {
+    "timing/rollout_s": "generation",
+    "timing/reward_s": "grading and scoring",
+    "timing/update_s": "update",
+}
 PHASE_COLOURS = ["#7f7f7f", "#c7a77d", "#3b3b3b", "#d9d9d9", "#9c755f", "#b0b0b0", "#e8d5b5"]
 """Where the time went, in neutral tones: the bright colours are the levels'."""
 RUN_STYLES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
@@ -56,8 +60,12 @@ class RunData:
 def load_run(run_dir: Path) -> RunData:
     run = RunDir(run_dir)
     if not run.metrics_path.is_file():
-        raise UserError(f"{run_dir} has no {run.metrics_path.name}; give the directory of a treerl train run")
-    return RunData(run_dir.name, run.metrics(), run.evals(), run.config_text(), run.timing(), run_dir)
+        raise UserError(
+            f"{run_dir} has no {run.metrics_path.name}; give the directory of a treerl train run"
+        )
+    return RunData(
+        run_dir.name, run.metrics(), run.evals(), run.config_text(), run.timing(), run_dir
+    )
 
 
 def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
@@ -71,9 +79,17 @@ def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
 def level_colors(runs: list[RunData]) -> dict[str, str]:
     """One colour per level (and held-out group) in every plot, the same for every run: held-out groups in their
     order, then training levels."""
-    names = [group for run in runs for step in sorted(run.evals, key=int) for group in run.evals[step]]
-    names += [key.removeprefix("acc/") for run in runs for key in run.keys("acc/") if key != "acc/mean"]
-    names += [key.removeprefix("curriculum/share/") for run in runs for key in run.keys("curriculum/share/")]
+    names = [
+        group for run in runs for step in sorted(run.evals, key=int) for group in run.evals[step]
+    ]
+    names += [
+        key.removeprefix("acc/") for run in runs for key in run.keys("acc/") if key != "acc/mean"
+    ]
+    names += [
+        key.removeprefix("curriculum/share/")
+        for run in runs
+        for key in run.keys("curriculum/share/")
+    ]
     return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
 
 
@@ -83,12 +99,17 @@ def run_style(runs: list[RunData], i: int) -> str:
 
 def uses_reschedule(runs: list[RunData]) -> bool:
     """Whether any run weighted its queries (scores, or a weight other than 1): otherwise the plot is flat."""
-    return any(run.series("reschedule/score_mean")[0] or any(w != 1.0 for w in run.series("reschedule/weight_mean")[1])
-               for run in runs)
+    return any(
+        run.series("reschedule/score_mean")[0]
+        or any(w != 1.0 for w in run.series("reschedule/weight_mean")[1])
+        for run in runs
+    )
 
 
-def curve(ax, steps: list[int], values: list[float], label: str, color=None, style: str = "-") -> None:
-    line, = ax.plot(steps, trailing_mean(values), label=label, color=color, linestyle=style)
+def curve(
+    ax, steps: list[int], values: list[float], label: str, color=None, style: str = "-"
+) -> None:
+    (line,) = ax.plot(steps, trailing_mean(values), label=label, color=color, linestyle=style)
     ax.plot(steps, values, color=line.get_color(), alpha=0.15, linewidth=0.8, linestyle=style)
 
 
@@ -97,7 +118,9 @@ def plot_accuracy(ax, runs: list[RunData]) -> None:
     colors = level_colors(runs)
     for i, run in enumerate(runs):
         prefix, style = f"{run.name}: " if len(runs) > 1 else "", run_style(runs, i)
-        for key in (k for k in run.keys("acc/") if k != "acc/mean"):   # the mean is the reward's curve
+        for key in (
+            k for k in run.keys("acc/") if k != "acc/mean"
+        ):  # the mean is the reward's curve
             level = key.removeprefix("acc/")
             curve(ax, *run.series(key), f"{prefix}{level}", colors[level], style)
         curve(ax, *run.series("reward/mean"), f"{prefix}reward", "black", style)
@@ -112,8 +135,18 @@ def plot_eval(ax, runs: list[RunData]) -> None:
         steps = sorted(run.evals, key=int)
         groups = list(dict.fromkeys(g for step in steps for g in run.evals[step]))
         for group in groups:
-            points = [(int(s), 100 * run.evals[s][group]["accuracy"]) for s in steps if group in run.evals[s]]
-            ax.plot(*zip(*points), marker="o", label=f"{prefix}{group}", color=colors[group], linestyle=style)
+            points = [
+                (int(s), 100 * run.evals[s][group]["accuracy"])
+                for s in steps
+                if group in run.evals[s]
+            ]
+            ax.plot(
+                *zip(*points),
+                marker="o",
+                label=f"{prefix}{group}",
+                color=colors[group],
+                linestyle=style,
+            )
     ax.set(title="held-out accuracy (%)", xlabel="step", ylim=(-2, 102))
 
 
@@ -124,15 +157,23 @@ def plot_curriculum(ax, runs: list[RunData]) -> None:
     if levels:
         steps = run.series(f"curriculum/share/{levels[0]}")[0]
         colors = level_colors(runs)
-        ax.stackplot(steps, *[trailing_mean(run.series(f"curriculum/share/{lvl}")[1]) for lvl in levels],
-                     labels=levels, alpha=0.8, colors=[colors.get(lvl, f"C{i}") for i, lvl in enumerate(levels)])
+        ax.stackplot(
+            steps,
+            *[trailing_mean(run.series(f"curriculum/share/{lvl}")[1]) for lvl in levels],
+            labels=levels,
+            alpha=0.8,
+            colors=[colors.get(lvl, f"C{i}") for i, lvl in enumerate(levels)],
+        )
         bottom = [0.0] * len(steps)
         for lvl in levels:
             p = run.series(f"curriculum/p/{lvl}")[1]
             bottom = [b + q for b, q in zip(bottom, p)]
             ax.plot(steps, bottom, color="black", linestyle="--", linewidth=0.8)
-    ax.set(title=f"curriculum: level shares{' of ' + run.name if len(runs) > 1 else ''} (dashed: schedule)",
-           xlabel="step", ylim=(0, 1))
+    ax.set(
+        title=f"curriculum: level shares{' of ' + run.name if len(runs) > 1 else ''} (dashed: schedule)",
+        xlabel="step",
+        ylim=(0, 1),
+    )
 
 
 def plot_reschedule(ax, runs: list[RunData]) -> None:
@@ -156,8 +197,12 @@ def plot_time(ax, runs: list[RunData]) -> None:
     if len(runs) == 1:
         run = runs[0]
         steps = run.series("timing/step_s")[0]
-        ax.stackplot(steps, *[trailing_mean(run.series(key)[1]) for key in TIMINGS], labels=list(TIMINGS.values()),
-                     colors=PHASE_COLOURS[:len(TIMINGS)])
+        ax.stackplot(
+            steps,
+            *[trailing_mean(run.series(key)[1]) for key in TIMINGS],
+            labels=list(TIMINGS.values()),
+            colors=PHASE_COLOURS[: len(TIMINGS)],
+        )
     else:
         for i, run in enumerate(runs):
             curve(ax, *run.series("timing/step_s"), run.name, "black", run_style(runs, i))
@@ -169,11 +214,19 @@ def uses_curriculum(runs: list[RunData]) -> bool:
     return any(len(run.keys("curriculum/share/")) > 1 for run in runs)
 
 
-DRAWN_WHEN: dict[str, Callable[[list[RunData]], bool]] = {"reschedule": uses_reschedule,
-                                                          "curriculum": uses_curriculum}
+DRAWN_WHEN: dict[str, Callable[[list[RunData]], bool]] = {
+    "reschedule": uses_reschedule,
+    "curriculum": uses_curriculum,
+}
 """Plots drawn only when the runs have something to show in them."""
-PLOTS: dict[str, Callable] = {"accuracy": plot_accuracy, "eval": plot_eval, "curriculum": plot_curriculum,
-                              "reschedule": plot_reschedule, "length": plot_length, "time": plot_time}
+PLOTS: dict[str, Callable] = {
+    "accuracy": plot_accuracy,
+    "eval": plot_eval,
+    "curriculum": plot_curriculum,
+    "reschedule": plot_reschedule,
+    "length": plot_length,
+    "time": plot_time,
+}
 
 
 def draw(runs: list[RunData], folder: Path) -> dict[str, Path]:
@@ -185,7 +238,7 @@ def draw(runs: list[RunData], folder: Path) -> dict[str, Path]:
             continue
         fig, ax = plt.subplots(figsize=(7, 3.8))
         plot(ax, runs)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # steps are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
@@ -198,8 +251,14 @@ def draw(runs: list[RunData], folder: Path) -> dict[str, Path]:
 
 def eval_table(runs: list[RunData]) -> str:
     """Held-out accuracy (%) per level, first and last evaluation and the change, a row per run and level."""
-    head = "<tr>" + ("<th>run</th>" if len(runs) > 1 else "") + ("<th>level</th><th>problems</th><th>before</th>"
-                                                                 "<th>after</th><th>change</th><th>length</th></tr>")
+    head = (
+        "<tr>"
+        + ("<th>run</th>" if len(runs) > 1 else "")
+        + (
+            "<th>level</th><th>problems</th><th>before</th>"
+            "<th>after</th><th>change</th><th>length</th></tr>"
+        )
+    )
     rows = []
     for run in runs:
         if not run.evals:
@@ -211,36 +270,59 @@ def eval_table(runs: list[RunData]) -> str:
             after = 100 * row["accuracy"]
             change = after - before
             tone = "up" if change > 0 else "down" if change < 0 else ""
-            rows.append("<tr>" + (f"<td>{html.escape(run.name)}</td>" if len(runs) > 1 else "")
-                        + f"<td>{html.escape(group)}</td><td>{row['problems']}</td><td>{before:.1f}</td>"
-                          f"<td>{after:.1f}</td><td class='{tone}'>{change:+.1f}</td>"
-                          f"<td>{row['response_length']:.1f}</td></tr>")
-    steps = ", ".join(f"{html.escape(run.name)}: step {min(run.evals, key=int)} to {max(run.evals, key=int)}"
-                      for run in runs if run.evals)
-    return (f"<table class='levels'><caption>held-out accuracy (%), greedy ({steps})</caption>{head}"
-            f"{''.join(rows)}</table>")
+            rows.append(
+                "<tr>"
+                + (f"<td>{html.escape(run.name)}</td>" if len(runs) > 1 else "")
+                + f"<td>{html.escape(group)}</td><td>{row['problems']}</td><td>{before:.1f}</td>"
+                f"<td>{after:.1f}</td><td class='{tone}'>{change:+.1f}</td>"
+                f"<td>{row['response_length']:.1f}</td></tr>"
+            )
+    steps = ", ".join(
+        f"{html.escape(run.name)}: step {min(run.evals, key=int)} to {max(run.evals, key=int)}"
+        for run in runs
+        if run.evals
+    )
+    return (
+        f"<table class='levels'><caption>held-out accuracy (%), greedy ({steps})</caption>{head}"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def facts(run: RunData) -> dict[str, str]:
     """The run's size at a glance: steps, training time, tokens generated and trained."""
     step_s = sum(m.get("timing/step_s", 0.0) for m in run.metrics)
     total = run.timing["total_s"] if run.timing else step_s
-    return {"steps": f"{len(run.metrics):,}", "time": f"{total / 60:.1f} min",
-            "tokens generated": f"{sum(m.get('tokens/generated', 0) for m in run.metrics):,}",
-            "tokens trained": f"{sum(m.get('tokens/trained', 0) for m in run.metrics):,}"}
+    return {
+        "steps": f"{len(run.metrics):,}",
+        "time": f"{total / 60:.1f} min",
+        "tokens generated": f"{sum(m.get('tokens/generated', 0) for m in run.metrics):,}",
+        "tokens trained": f"{sum(m.get('tokens/trained', 0) for m in run.metrics):,}",
+    }
 
 
 def time_bar(run: RunData) -> str:
     """Where the time went as one bar of coloured shares (timing.json; the steps' phases for a run still going)."""
-    phases = (run.timing["seconds"] if run.timing else
-              {name: sum(m.get(key, 0.0) for m in run.metrics) for key, name in TIMINGS.items()})
+    phases = (
+        run.timing["seconds"]
+        if run.timing
+        else {name: sum(m.get(key, 0.0) for m in run.metrics) for key, name in TIMINGS.items()}
+    )
     total = sum(phases.values()) or 1.0
-    parts = [(PHASE_COLOURS[i % len(PHASE_COLOURS)], name, seconds)
-             for i, (name, seconds) in enumerate(phases.items()) if seconds >= 0.005 * total]   # 0% left out
-    bar = "".join(f"<span style='width:{100 * seconds / total:.2f}%;background:{colour}' "
-                  f"title='{html.escape(name)}: {seconds:.1f} s'></span>" for colour, name, seconds in parts)
-    legend = ", ".join(f"<i style='background:{colour}'></i>{html.escape(name)} {100 * seconds / total:.0f}% "
-                       f"({seconds:.0f} s)" for colour, name, seconds in parts)
+    parts = [
+        (PHASE_COLOURS[i % len(PHASE_COLOURS)], name, seconds)
+        for i, (name, seconds) in enumerate(phases.items())
+        if seconds >= 0.005 * total
+    ]  # 0% left out
+    bar = "".join(
+        f"<span style='width:{100 * seconds / total:.2f}%;background:{colour}' "
+        f"title='{html.escape(name)}: {seconds:.1f} s'></span>"
+        for colour, name, seconds in parts
+    )
+    legend = ", ".join(
+        f"<i style='background:{colour}'></i>{html.escape(name)} {100 * seconds / total:.0f}% "
+        f"({seconds:.0f} s)"
+        for colour, name, seconds in parts
+    )
     return f"<div class='bar'>{bar}</div><p class='legend'>{legend}</p>"
 
 
@@ -264,17 +346,26 @@ def trees_links(run: RunData, page_dir: Path) -> str:
     out, saved = written
     href = html.escape(quote(os.path.relpath(out, page_dir)))
     step = saved[-1]["step"]
-    fragment_step = "" if step is None else step   # the page names a tree saved without a step by step=''
+    fragment_step = (
+        "" if step is None else step
+    )  # the page names a tree saved without a step by step=''
     last = [t for t in saved if t["step"] == step]
-    links = " ".join(f"<a href='{href}#step={fragment_step}&amp;problem={html.escape(quote(str(t['id'])))}'>"
-                     f"{html.escape(str(t['id'])[:10])} ({html.escape(str(t['level']))})</a>" for t in last)
-    return (f"<p><a href='{href}'>{len(saved):,} saved reasoning trees</a>; the last step's "
-            f"({'none' if step is None else step}): {links}</p>")
+    links = " ".join(
+        f"<a href='{href}#step={fragment_step}&amp;problem={html.escape(quote(str(t['id'])))}'>"
+        f"{html.escape(str(t['id'])[:10])} ({html.escape(str(t['level']))})</a>"
+        for t in last
+    )
+    return (
+        f"<p><a href='{href}'>{len(saved):,} saved reasoning trees</a>; the last step's "
+        f"({'none' if step is None else step}): {links}</p>"
+    )
 
 
 def stall_warnings(run: RunData) -> str:
     """A warning for each stretch of steps in a row that trained no token, with its likely causes."""
-    return "".join(f"<p class='warn'>{html.escape(stall.line())}</p>" for stall in stalls(run.metrics))
+    return "".join(
+        f"<p class='warn'>{html.escape(stall.line())}</p>" for stall in stalls(run.metrics)
+    )
 
 
 def summary(runs: list[RunData], page_dir: Path) -> str:
@@ -284,9 +375,11 @@ def summary(runs: list[RunData], page_dir: Path) -> str:
     for run in runs:
         size = "".join(f"<div><b>{value}</b><br>{name}</div>" for name, value in facts(run).items())
         name = f"<h3>{html.escape(run.name)}</h3>" if len(runs) > 1 else ""
-        cards.append(f"<div class='card'>{name}{stall_warnings(run)}<div class='facts'>{size}</div>"
-                     "<h4>where the time went</h4>"
-                     f"{time_bar(run)}{trees_links(run, page_dir)}</div>")
+        cards.append(
+            f"<div class='card'>{name}{stall_warnings(run)}<div class='facts'>{size}</div>"
+            "<h4>where the time went</h4>"
+            f"{time_bar(run)}{trees_links(run, page_dir)}</div>"
+        )
     return f"<div class='summary'>{eval_table(runs)}<div class='cards'>{''.join(cards)}</div></div>"
 
 
@@ -306,11 +399,16 @@ pre{background:#f6f6f6;padding:1em;overflow:auto}summary{cursor:pointer;font-wei
 
 def page(title: str, images: dict[str, Path], first_screen: str, config: str) -> str:
     """A self-contained page: the PNGs inlined as data URIs, no script, no external resource."""
-    figures = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,'
-                      f'{base64.b64encode(path.read_bytes()).decode()}"></figure>' for name, path in images.items())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{first_screen}"
-            f"<h2>curves</h2><div class='grid'>{figures}</div>{config}</body></html>")
+    figures = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"></figure>'
+        for name, path in images.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{first_screen}"
+        f"<h2>curves</h2><div class='grid'>{figures}</div>{config}</body></html>"
+    )
 
 
 def write_report(run_dir: Path) -> Path:
@@ -319,21 +417,34 @@ def write_report(run_dir: Path) -> Path:
     images = draw([run], run_dir / "plots")
     config = f"<details><summary>config</summary><pre>{html.escape(run.config)}</pre></details>"
     out = run_dir / REPORT_FILE
-    out.write_text(page(f"treerl run {run.name} ({len(run.metrics)} steps)", images, summary([run], run_dir),
-                        config))
+    out.write_text(
+        page(
+            f"treerl run {run.name} ({len(run.metrics)} steps)",
+            images,
+            summary([run], run_dir),
+            config,
+        )
+    )
     return out
 
 
 def write_comparison(run_dirs: list[Path], out: Path) -> Path:
     """The runs on one page in out (an HTML file) laid out as a report; its PNGs in a folder beside it."""
     runs = [load_run(path) for path in run_dirs]
-    if len({run.name for run in runs}) < len(runs):   # same folder names: tell them apart by the whole path
+    if len({run.name for run in runs}) < len(
+        runs
+    ):  # same folder names: tell them apart by the whole path
         for run, path in zip(runs, run_dirs):
             run.name = str(path)
     images = draw(runs, out.with_suffix("") / "plots")
-    configs = "".join(f"<details><summary>config of {html.escape(run.name)}</summary>"
-                      f"<pre>{html.escape(run.config)}</pre></details>" for run in runs)
-    styles = ", ".join(f"{html.escape(run.name)} {RUN_STYLES[run_style(runs, i)]}" for i, run in enumerate(runs))
+    configs = "".join(
+        f"<details><summary>config of {html.escape(run.name)}</summary>"
+        f"<pre>{html.escape(run.config)}</pre></details>"
+        for run in runs
+    )
+    styles = ", ".join(
+        f"{html.escape(run.name)} {RUN_STYLES[run_style(runs, i)]}" for i, run in enumerate(runs)
+    )
     first = summary(runs, out.parent) + f"<p>line styles in the plots: {styles}</p>"
     out.write_text(page("treerl: " + " vs ".join(run.name for run in runs), images, first, configs))
     return out

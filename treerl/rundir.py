@@ -54,9 +54,13 @@ MANIFEST = "manifest.json"
 RESUMES_FILE = "resumes.jsonl"
 LOCK_FILE = ".lock"
 CHECKPOINT_NAME = re.compile(r"step_(\d+)")
-DISK_ERRORS = {errno.ENOSPC: "no space is left", errno.EDQUOT: "the disk quota is used up",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
-               errno.EPERM: "permission is denied"}
+DISK_ERRORS = {
+    errno.ENOSPC: "no space is left",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission is denied",
+    errno.EPERM: "permission is denied",
+}
 """OSErrors of the disk a run writes to, each said in one line (with the command that resumes the run)."""
 LOW_SPACE_BYTES = 64 * 2**20
 """torch's writer reports a full disk as a generic write failure: with less than this free, say so."""
@@ -81,7 +85,9 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)   # a failed write (a full disk) leaves the old file and no debris
+        tmp.unlink(
+            missing_ok=True
+        )  # a failed write (a full disk) leaves the old file and no debris
         raise
     fsync_path(path.parent)
 
@@ -110,7 +116,7 @@ def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
-        bad_line = path.read_bytes()[:err.start].count(b"\n") + 1
+        bad_line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise UserError(f"{path}:{bad_line}: not UTF-8 text; the file is damaged") from None
     records: list[tuple[int, Any]] = []
     for number, line in enumerate(lines, 1):
@@ -120,8 +126,10 @@ def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
             records.append((number, TooDeep()))
         except json.JSONDecodeError:
             if number < len(lines):
-                raise UserError(f"{path}:{number}: not a JSON line; the file is damaged (only a torn last line "
-                                "is expected after a crash)") from None
+                raise UserError(
+                    f"{path}:{number}: not a JSON line; the file is damaged (only a torn last line "
+                    "is expected after a crash)"
+                ) from None
     return records
 
 
@@ -179,7 +187,11 @@ def disk_error_reason(err: BaseException, where: Path) -> str | None:
 
 def holds_run(path: Path) -> bool:
     """Whether a directory is a run's: it holds the run's config and its lock, metrics or checkpoints."""
-    marks = (path / LOCK_FILE).is_file() or (path / METRICS_FILE).is_file() or (path / "checkpoints").is_dir()
+    marks = (
+        (path / LOCK_FILE).is_file()
+        or (path / METRICS_FILE).is_file()
+        or (path / "checkpoints").is_dir()
+    )
     return marks and (path / CONFIG_FILE).is_file()
 
 
@@ -196,6 +208,7 @@ IDLE_STEPS = 5
 class Stall:
     """Steps in a row of a run that trained no token (metrics' tokens/trained 0: every sample's advantage 0, or
     filtered out by train.filter_tau)."""
+
     first: int
     last: int
     rewarded: bool
@@ -205,13 +218,17 @@ class Stall:
         """What the stall says, with its likely causes."""
         steps = f"steps {self.first}-{self.last} trained no token"
         if not self.rewarded:
-            return (f"{steps}: every sample's reward was 0, so the run learns nothing. Likely causes: the model does "
-                    "not answer in task.template's format (boxed: \\boxed{...}, think: <answer>...</answer>, plain: "
-                    "an 'Answer:' line), the reward (task.format_required, task.format_reward), or the data's answer "
-                    "field (task.fields)")
-        return (f"{steps}: each prompt's samples earned equal rewards (all right or all wrong) or were filtered "
-                "(train.filter_tau), so the run learns nothing. Likely causes: levels too easy or too hard for the "
-                "model (curriculum.levels), too few samples per prompt (rollout.n)")
+            return (
+                f"{steps}: every sample's reward was 0, so the run learns nothing. Likely causes: the model does "
+                "not answer in task.template's format (boxed: \\boxed{...}, think: <answer>...</answer>, plain: "
+                "an 'Answer:' line), the reward (task.format_required, task.format_reward), or the data's answer "
+                "field (task.fields)"
+            )
+        return (
+            f"{steps}: each prompt's samples earned equal rewards (all right or all wrong) or were filtered "
+            "(train.filter_tau), so the run learns nothing. Likely causes: levels too easy or too hard for the "
+            "model (curriculum.levels), too few samples per prompt (rollout.n)"
+        )
 
 
 def stalls(records: list[dict[str, Any]]) -> list[Stall]:
@@ -220,16 +237,25 @@ def stalls(records: list[dict[str, Any]]) -> list[Stall]:
     for idle, group in groupby(records, key=lambda record: record.get("tokens/trained") == 0):
         steps = list(group)
         if idle and len(steps) >= IDLE_STEPS:
-            found.append(Stall(steps[0]["step"], steps[-1]["step"],
-                               any((record.get("reward/mean") or 0.0) > 0 for record in steps)))
+            found.append(
+                Stall(
+                    steps[0]["step"],
+                    steps[-1]["step"],
+                    any((record.get("reward/mean") or 0.0) > 0 for record in steps),
+                )
+            )
     return found
 
 
 def stall_begun(records: list[dict[str, Any]]) -> Stall | None:
     """The stall whose IDLE_STEPS-th step is the last record, if any: a run says each stall once, when it begins.
     Only the last IDLE_STEPS + 1 records matter."""
-    recent = stalls(records[-IDLE_STEPS - 1:])
-    if recent and recent[-1].last == records[-1]["step"] and recent[-1].last - recent[-1].first + 1 == IDLE_STEPS:
+    recent = stalls(records[-IDLE_STEPS - 1 :])
+    if (
+        recent
+        and recent[-1].last == records[-1]["step"]
+        and recent[-1].last - recent[-1].first + 1 == IDLE_STEPS
+    ):
         return recent[-1]
     return None
 
@@ -252,12 +278,20 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file; give a new or empty directory")
         if self.config_path.exists():
-            raise UserError(f"--out {self.path} already holds a run; continue it with --resume {self.path} "
-                            "or choose another --out")
-        others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE) if self.path.is_dir() else []
+            raise UserError(
+                f"--out {self.path} already holds a run; continue it with --resume {self.path} "
+                "or choose another --out"
+            )
+        others = (
+            sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+            if self.path.is_dir()
+            else []
+        )
         if others:
-            raise UserError(f"--out {self.path} is not empty ({', '.join(others[:3])}{', ...' if others[3:] else ''})"
-                            "; give a new or empty directory, so that nothing in it is overwritten")
+            raise UserError(
+                f"--out {self.path} is not empty ({', '.join(others[:3])}{', ...' if others[3:] else ''})"
+                "; give a new or empty directory, so that nothing in it is overwritten"
+            )
 
     def write_config(self, cfg: BaseModel) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -286,12 +320,20 @@ class RunDir:
                 node[name] = change["to"]
         return data
 
-    def record_resume(self, step: int, changed: dict[str, tuple[Any, Any]], schedules: str | None = None) -> None:
+    def record_resume(
+        self, step: int, changed: dict[str, tuple[Any, Any]], schedules: str | None = None
+    ) -> None:
         """A line of resumes.jsonl; `schedules` says what a change of train.steps does to the schedules."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": step, "pid": os.getpid(),
-                  "host": socket.gethostname(),
-                  "changes": {key: {"from": old, "to": new} for key, (old, new) in changed.items()}}
-        append_jsonl(self.resumes_path, [{**record, "schedules": schedules} if schedules else record])
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "step": step,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "changes": {key: {"from": old, "to": new} for key, (old, new) in changed.items()},
+        }
+        append_jsonl(
+            self.resumes_path, [{**record, "schedules": schedules} if schedules else record]
+        )
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -305,14 +347,16 @@ class RunDir:
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UserError(f"{self.path} is in use by {holder}; wait for it to end (or stop it), then resume "
-                            f"with --resume {self.path}") from None
+            raise UserError(
+                f"{self.path} is in use by {holder}; wait for it to end (or stop it), then resume "
+                f"with --resume {self.path}"
+            ) from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}".encode())
             yield
         finally:
-            os.close(fd)   # releases the lock; the file stays
+            os.close(fd)  # releases the lock; the file stays
 
     @contextmanager
     def disk_errors(self) -> Iterator[None]:
@@ -325,9 +369,15 @@ class RunDir:
                 raise
             where = getattr(err, "filename", None) or self.path
             latest = self.latest_checkpoint()
-            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-            raise UserError(f"cannot write the run: {reason} at {where}; {kept}. Make room (or fix the "
-                            f"permissions), then continue with treerl train --resume {self.path}") from None
+            kept = (
+                f"the last good checkpoint is {latest}"
+                if latest
+                else "no checkpoint was written yet"
+            )
+            raise UserError(
+                f"cannot write the run: {reason} at {where}; {kept}. Make room (or fix the "
+                f"permissions), then continue with treerl train --resume {self.path}"
+            ) from None
 
     def metrics(self) -> list[dict[str, Any]]:
         """The logged steps; a torn last line (the process was killed while writing it) is left out."""
@@ -339,8 +389,10 @@ class RunDir:
     def saved_trees_path(self) -> Path:
         """trees.jsonl, which must exist."""
         if not self.trees_path.is_file():
-            raise UserError(f"{self.trees_path} does not exist: train with output.save_trees=N to save trees, or "
-                            "sample one with treerl tree --model PATH --problem ID")
+            raise UserError(
+                f"{self.trees_path} does not exist: train with output.save_trees=N to save trees, or "
+                "sample one with treerl tree --model PATH --problem ID"
+            )
         return self.trees_path
 
     def trees(self) -> list[dict[str, Any]]:
@@ -374,13 +426,28 @@ class RunDir:
         write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
         if self.trees_path.is_file():
             # a record that is not a tree of a numbered step (the viewer skips those) is kept as it is
-            write_jsonl(self.trees_path, [r for r in self.trees() if not (
-                isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > step)])
+            write_jsonl(
+                self.trees_path,
+                [
+                    r
+                    for r in self.trees()
+                    if not (
+                        isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > step
+                    )
+                ],
+            )
 
     def checkpoints(self) -> list[Path]:
         """The complete checkpoints, oldest first (a temporary folder of an interrupted save is never one)."""
-        return sorted((p for p in self.checkpoints_path.glob("step_*") if CHECKPOINT_NAME.fullmatch(p.name)
-                       and ((p / MANIFEST).is_file() or (p / TRAINER_STATE).is_file())), key=checkpoint_step)
+        return sorted(
+            (
+                p
+                for p in self.checkpoints_path.glob("step_*")
+                if CHECKPOINT_NAME.fullmatch(p.name)
+                and ((p / MANIFEST).is_file() or (p / TRAINER_STATE).is_file())
+            ),
+            key=checkpoint_step,
+        )
 
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
@@ -400,11 +467,21 @@ class RunDir:
             warn(f"skipped {checkpoint} ({why}); kept it as {aside.name}")
         return None
 
-    def save_checkpoint(self, step: int, model, model_state: dict[str, torch.Tensor], tokenizer,
-                        trainer_state: dict[str, Any], keep: int = 0) -> Path:
+    def save_checkpoint(
+        self,
+        step: int,
+        model,
+        model_state: dict[str, torch.Tensor],
+        tokenizer,
+        trainer_state: dict[str, Any],
+        keep: int = 0,
+    ) -> Path:
         """Write model_state as the HF model's weights, and the trainer state, into a temporary folder, then rename
         it: a crash never leaves a half-written step_N. With keep > 0, only the newest `keep` checkpoints stay."""
-        final, tmp = self.checkpoints_path / f"step_{step}", self.checkpoints_path / f".step_{step}.tmp"
+        final, tmp = (
+            self.checkpoints_path / f"step_{step}",
+            self.checkpoints_path / f".step_{step}.tmp",
+        )
         if final.exists():
             raise UserError(f"{final} exists already; a run never overwrites a checkpoint")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -416,12 +493,17 @@ class RunDir:
             tokenizer.save_pretrained(tmp)
             torch.save({"step": step, **trainer_state}, tmp / TRAINER_STATE)
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
-            manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}
+            manifest = {
+                str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+                for p in files
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
             for path in [*files, tmp / MANIFEST, tmp]:
                 fsync_path(path)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)   # a failed save leaves the last good checkpoint and no debris
+            shutil.rmtree(
+                tmp, ignore_errors=True
+            )  # a failed save leaves the last good checkpoint and no debris
             raise
         os.replace(tmp, final)
         fsync_path(self.checkpoints_path)

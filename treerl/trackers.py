@@ -18,22 +18,34 @@ class Trackers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("output.tensorboard needs the tensorboard package: pip install 'treerl[trackers]'") \
-                    from None
+                raise UserError(
+                    "output.tensorboard needs the tensorboard package: pip install 'treerl[trackers]'"
+                ) from None
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if output.wandb:
             try:
                 import wandb
             except ImportError:
-                raise UserError("output.wandb needs the wandb package: pip install 'treerl[trackers]'") from None
-            self.wandb_run = wandb.init(project=output.wandb_project, name=run_dir.name, dir=str(run_dir),
-                                        config=config, mode=output.wandb_mode, id=run_dir.name.replace("/", "-"),
-                                        resume="allow")
+                raise UserError(
+                    "output.wandb needs the wandb package: pip install 'treerl[trackers]'"
+                ) from None
+            self.wandb_run = wandb.init(
+                project=output.wandb_project,
+                name=run_dir.name,
+                dir=str(run_dir),
+                config=config,
+                mode=output.wandb_mode,
+                id=run_dir.name.replace("/", "-"),
+                resume="allow",
+            )
 
     def log(self, metrics: dict[str, Any]) -> None:
         step = metrics["step"]
-        scalars = {k: float(v) for k, v in metrics.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {
+            k: float(v)
+            for k, v in metrics.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(key, value, step)
@@ -41,8 +53,16 @@ class Trackers:
             self.wandb_run.log(scalars, step=step)
 
     def log_eval(self, step: int, results: dict[str, dict[str, float]]) -> None:
-        self.log({"step": step, **{f"eval/{group}/{key}": value for group, row in results.items()
-                                   for key, value in row.items()}})
+        self.log(
+            {
+                "step": step,
+                **{
+                    f"eval/{group}/{key}": value
+                    for group, row in results.items()
+                    for key, value in row.items()
+                },
+            }
+        )
 
     def close(self) -> None:
         if self.writer is not None:

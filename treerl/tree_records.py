@@ -59,9 +59,16 @@ class RecordedProblem(Protocol):
     def reference(self) -> Any: ...
 
 
-def tree_record(tree: GradedTree, problem: RecordedProblem, tokenizer: PreTrainedTokenizerBase, prune_tau: float,
-                picks: list[Pick], step: int | None = None, advantages: dict[Path, float] | None = None,
-                weight: float | None = None) -> dict[str, Any]:
+def tree_record(
+    tree: GradedTree,
+    problem: RecordedProblem,
+    tokenizer: PreTrainedTokenizerBase,
+    prune_tau: float,
+    picks: list[Pick],
+    step: int | None = None,
+    advantages: dict[Path, float] | None = None,
+    weight: float | None = None,
+) -> dict[str, Any]:
     """A graded tree as plain data: nested nodes with their decoded text, token count and (where the estimator
     trained on it) advantage, the pruned groups, the r-score's greedy picks (r_score = the sum of their gains)
     and the query's loss weight."""
@@ -70,22 +77,36 @@ def tree_record(tree: GradedTree, problem: RecordedProblem, tokenizer: PreTraine
     def node_record(node: GradedNode, path: Path) -> dict[str, Any]:
         values = [child.value for child in node.children]
         advantage = trained.get(path)
-        return {"text": tokenizer.decode(node.token_ids, skip_special_tokens=True), "tokens": len(node.token_ids),
-                "value": round(node.value, 4), "reward": node.reward, "correct": node.correct,
-                "finished": node.finished, "advantage": None if advantage is None else round(advantage, 4),
-                "pruned": bool(values) and max(values) - min(values) < prune_tau,
-                "children": [node_record(child, path + (i,)) for i, child in enumerate(node.children)]}
+        return {
+            "text": tokenizer.decode(node.token_ids, skip_special_tokens=True),
+            "tokens": len(node.token_ids),
+            "value": round(node.value, 4),
+            "reward": node.reward,
+            "correct": node.correct,
+            "finished": node.finished,
+            "advantage": None if advantage is None else round(advantage, 4),
+            "pruned": bool(values) and max(values) - min(values) < prune_tau,
+            "children": [node_record(child, path + (i,)) for i, child in enumerate(node.children)],
+        }
 
-    return {"step": step, "id": problem.id, "level": problem.level, "question": problem.question,
-            "reference": problem.reference,
-            "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
-            "r_score": float(sum(gain for _, _, gain in picks)), "prune_tau": prune_tau,
-            "picks": [[list(path), child, gain] for path, child, gain in picks], "weight": weight,
-            "root": node_record(tree.root, ())}
+    return {
+        "step": step,
+        "id": problem.id,
+        "level": problem.level,
+        "question": problem.question,
+        "reference": problem.reference,
+        "prompt": tokenizer.decode(tree.prompt_ids, skip_special_tokens=True),
+        "r_score": float(sum(gain for _, _, gain in picks)),
+        "prune_tau": prune_tau,
+        "picks": [[list(path), child, gain] for path, child, gain in picks],
+        "weight": weight,
+        "root": node_record(tree.root, ()),
+    }
 
 
 class NodeRecord(BaseModel):
     """A node as a record holds it: every value typed, so that nothing but text reaches the page as a string."""
+
     model_config = ConfigDict(coerce_numbers_to_str=True)
     text: str
     tokens: int | None = None
@@ -116,8 +137,15 @@ class TreeRecord(BaseModel):
 MAX_DEPTH = 100
 """The most levels below its root that a tree record may have: far more than any tree.depth trains with, and
 fewer than the nesting where Python's recursion (about 1,000 frames) or pydantic's (255 levels) give up."""
-JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-              type(None): "null", TooDeep: "nested too deeply to read"}
+JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+    TooDeep: "nested too deeply to read",
+}
 
 
 def deeper_than(root: Any, levels: int) -> bool:
@@ -145,7 +173,9 @@ def typed(record: Any) -> TreeRecord:
         return TreeRecord.model_validate(record)
     except ValidationError as err:
         first = err.errors()[0]
-        raise UserError(f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise UserError(
+            f"not a tree record: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
 
 
 def saved_trees(run: RunDir) -> list[dict[str, Any]]:
@@ -159,5 +189,7 @@ def saved_trees(run: RunDir) -> list[dict[str, Any]]:
         except UserError as err:
             skipped.append(f"{run.trees_path}:{number}: {err}")
     if skipped:
-        warn(f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; the first: {skipped[0]}")
+        warn(
+            f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; the first: {skipped[0]}"
+        )
     return kept

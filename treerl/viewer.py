@@ -27,15 +27,26 @@ def saved_steps(trees: list[dict[str, Any]]) -> str:
     return f"{', '.join(parts)} ({len(trees)} trees)"
 
 
-def pick_trees(trees: list[dict[str, Any]], step: int | None, problem: str | None,
-               max_nodes: int = MAX_PAGE_NODES) -> tuple[list[dict[str, Any]], int]:
+def pick_trees(
+    trees: list[dict[str, Any]],
+    step: int | None,
+    problem: str | None,
+    max_nodes: int = MAX_PAGE_NODES,
+) -> tuple[list[dict[str, Any]], int]:
     """The saved trees (typed records: tree_records.saved_trees) that match the step and the problem id (either may be
     None: any), the newest that fit in max_nodes nodes (at least one), in the order they were saved; and how
     many matching trees were left out."""
-    matches = [t for t in trees if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)]
+    matches = [
+        t
+        for t in trees
+        if (step is None or t["step"] == step) and (problem is None or t["id"] == problem)
+    ]
     if not matches:
-        raise UserError(f"no saved tree for step {step} and problem {problem}; saved steps: {saved_steps(trees)}"
-                        if trees else "no tree saved in the file")
+        raise UserError(
+            f"no saved tree for step {step} and problem {problem}; saved steps: {saved_steps(trees)}"
+            if trees
+            else "no tree saved in the file"
+        )
     kept: list[dict[str, Any]] = []
     nodes = 0
     for tree in reversed(matches):
@@ -63,18 +74,28 @@ def _node_html(node: NodeRecord, path: list[int], picked: dict[tuple[int, ...], 
         badge = "&#10003;" if node.correct else "&#10007;"
     if len(path) and picked.get(key[:-1]) == key[-1]:
         classes.append("picked")
-    label = (f"<span class='path'>{'.'.join(map(str, path)) or 'root'}</span> "
-             f"<span class='value'>v={node.value:.2f}</span>"
-             + (f" <span class='adv'>A={signed(node.advantage)}</span>" if node.advantage is not None else "")
-             + f" <span class='badge'>{badge}</span>"
-             + (" <span class='tag'>child group pruned</span>" if node.pruned else "")
-             + (" <span class='tag pick'>r-score pick</span>" if "picked" in classes else ""))
+    label = (
+        f"<span class='path'>{'.'.join(map(str, path)) or 'root'}</span> "
+        f"<span class='value'>v={node.value:.2f}</span>"
+        + (
+            f" <span class='adv'>A={signed(node.advantage)}</span>"
+            if node.advantage is not None
+            else ""
+        )
+        + f" <span class='badge'>{badge}</span>"
+        + (" <span class='tag'>child group pruned</span>" if node.pruned else "")
+        + (" <span class='tag pick'>r-score pick</span>" if "picked" in classes else "")
+    )
     text = f"<pre>{html.escape(node.text)}</pre>" if node.text else ""
     if not node.children:
         return f"<div class='{' '.join(classes)}'>{label}{text}</div>"
-    children = "".join(_node_html(child, path + [i], picked) for i, child in enumerate(node.children))
-    return (f"<details open class='{' '.join(classes)}'><summary>{label}</summary>{text}"
-            f"<div class='children'>{children}</div></details>")
+    children = "".join(
+        _node_html(child, path + [i], picked) for i, child in enumerate(node.children)
+    )
+    return (
+        f"<details open class='{' '.join(classes)}'><summary>{label}</summary>{text}"
+        f"<div class='children'>{children}</div></details>"
+    )
 
 
 def walk(root: NodeRecord) -> Iterator[tuple[tuple[int, ...], NodeRecord]]:
@@ -138,29 +159,40 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
             classes.append("picked")
         marks = ""
         if not node.children:
-            marks = (f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
-                     f"{'&#10003;' if node.correct else '&#10007;'}</text>")
+            marks = (
+                f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
+                f"{'&#10003;' if node.correct else '&#10007;'}</text>"
+            )
         if node.advantage is not None:
-            marks += (f"<text x='{x:.1f}' y='{y - 1.4 * RADIUS:.1f}' class='adv'>"
-                      f"{node.advantage:+.1f}</text>")
+            marks += (
+                f"<text x='{x:.1f}' y='{y - 1.4 * RADIUS:.1f}' class='adv'>"
+                f"{node.advantage:+.1f}</text>"
+            )
         name = ".".join(map(str, path)) or "root"
-        circles.append(f"<g class='{' '.join(classes)}' data-path='{name}' data-value='{node.value:.4f}' "
-                       f"data-advantage='{signed(node.advantage)}' data-tokens='{node.tokens or ''}' "
-                       "onclick='show(this)'>"
-                       f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{marks}"
-                       f"<title>{name}: v={node.value:.2f}"
-                       + (f", A={signed(node.advantage)}" if node.advantage is not None else "") + "</title></g>")
+        circles.append(
+            f"<g class='{' '.join(classes)}' data-path='{name}' data-value='{node.value:.4f}' "
+            f"data-advantage='{signed(node.advantage)}' data-tokens='{node.tokens or ''}' "
+            "onclick='show(this)'>"
+            f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{marks}"
+            f"<title>{name}: v={node.value:.2f}"
+            + (f", A={signed(node.advantage)}" if node.advantage is not None else "")
+            + "</title></g>"
+        )
     width = X_STEP * max(x for x, _ in places.values()) + 4 * RADIUS
     height = Y_STEP * max(depth for _, depth in places.values()) + 5 * RADIUS
-    return (f"<svg class='drawing' width='{width:.0f}' height='{height:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
-            f"data-width='{width:.0f}' data-height='{height:.0f}' role='img'>"
-            f"<g class='edges'>{''.join(edges)}</g>{''.join(circles)}</svg>")
+    return (
+        f"<svg class='drawing' width='{width:.0f}' height='{height:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
+        f"data-width='{width:.0f}' data-height='{height:.0f}' role='img'>"
+        f"<g class='edges'>{''.join(edges)}</g>{''.join(circles)}</svg>"
+    )
 
 
 def _texts(tree: TreeRecord) -> str:
     """Every node's text by path, and the prompt, as JSON inside a script element: '<' is written as \\u003c, so
     no text can close the element."""
-    texts = {"prompt": tree.prompt} | {".".join(map(str, path)) or "root": node.text for path, node in walk(tree.root)}
+    texts = {"prompt": tree.prompt} | {
+        ".".join(map(str, path)) or "root": node.text for path, node in walk(tree.root)
+    }
     return json.dumps(texts).replace("<", "\\u003c")
 
 
@@ -245,15 +277,17 @@ def _section(tree: TreeRecord) -> str:
     leaves = [node.correct for _, node in walk(tree.root) if not node.children]
     step = f"step {tree.step}" if tree.step is not None else "sampled now"
     weight = f", loss weight {tree.weight:.2f}" if tree.weight is not None else ""
-    return (f"<section class='tree' data-step='{'' if tree.step is None else tree.step}' "
-            f"data-id='{html.escape(tree.id)}' hidden><h2>{step}: problem <code>{html.escape(tree.id)}</code> "
-            f"(level {html.escape(tree.level)})</h2><p>{sum(map(bool, leaves))} of {len(leaves)} leaves correct, "
-            f"r-score {tree.r_score:.3f}{weight}; sibling groups whose values differ by less than "
-            f"{tree.prune_tau:g} are pruned by TreeRPO.</p><pre>{html.escape(tree.prompt)}</pre>"
-            f"<div class='scroll'>{_svg(tree, picked)}</div><div class='detail'></div>"
-            f"<script type='application/json' class='texts'>{_texts(tree)}</script>"
-            f"<details class='every'><summary>every node as text</summary>"
-            f"{_node_html(tree.root, [], picked)}</details></section>")
+    return (
+        f"<section class='tree' data-step='{'' if tree.step is None else tree.step}' "
+        f"data-id='{html.escape(tree.id)}' hidden><h2>{step}: problem <code>{html.escape(tree.id)}</code> "
+        f"(level {html.escape(tree.level)})</h2><p>{sum(map(bool, leaves))} of {len(leaves)} leaves correct, "
+        f"r-score {tree.r_score:.3f}{weight}; sibling groups whose values differ by less than "
+        f"{tree.prune_tau:g} are pruned by TreeRPO.</p><pre>{html.escape(tree.prompt)}</pre>"
+        f"<div class='scroll'>{_svg(tree, picked)}</div><div class='detail'></div>"
+        f"<script type='application/json' class='texts'>{_texts(tree)}</script>"
+        f"<details class='every'><summary>every node as text</summary>"
+        f"{_node_html(tree.root, [], picked)}</details></section>"
+    )
 
 
 def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
@@ -265,23 +299,41 @@ def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
     steps = list(dict.fromkeys("" if t.step is None else str(t.step) for t in trees))
     options = "".join(f"<option value='{s}'>{s or 'sampled'}</option>" for s in steps)
     ids = "".join(f"<option value='{html.escape(i)}'>" for i in dict.fromkeys(t.id for t in trees))
-    older = (f" The {left_out} older saved trees are left out: pick them with --step." if left_out else "")
-    nav = (f"<nav><button onclick='turn(-1)'>&larr; previous</button> <span id='position'></span> "
-           f"<button onclick='turn(1)'>next &rarr;</button> step <select id='step' onchange='byStep(this.value)'>"
-           f"{options}</select> problem <input id='search' list='ids' placeholder='problem id (or its start)' "
-           f"onchange='search(this.value)'><datalist id='ids'>{ids}</datalist> "
-           "<button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
-           "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
-           "<button onclick='openAll(false)'>collapse all</button> <span id='missing'></span></nav>")
-    legend = ("<p id='legend'>value <span style='background:" + value_colour(0.0) + "'>0</span><span "
-              "style='background:" + value_colour(0.5) + "'>0.5</span><span style='background:" + value_colour(1.0)
-              + "'>1</span>; numbers above nodes: the advantage each node was trained with; a gold ring: the "
-              "r-score's pick; faded: a pruned sibling group; click a node for its text, with its path's above "
-              f"it.{older}</p>")
-    title = f"{len(trees)} reasoning trees" if len(trees) > 1 else f"tree {html.escape(trees[0].id[:12])}"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{title}</h1>{nav}{legend}"
-            + "".join(_section(tree) for tree in trees) + "</body></html>")
+    older = (
+        f" The {left_out} older saved trees are left out: pick them with --step."
+        if left_out
+        else ""
+    )
+    nav = (
+        f"<nav><button onclick='turn(-1)'>&larr; previous</button> <span id='position'></span> "
+        f"<button onclick='turn(1)'>next &rarr;</button> step <select id='step' onchange='byStep(this.value)'>"
+        f"{options}</select> problem <input id='search' list='ids' placeholder='problem id (or its start)' "
+        f"onchange='search(this.value)'><datalist id='ids'>{ids}</datalist> "
+        "<button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
+        "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
+        "<button onclick='openAll(false)'>collapse all</button> <span id='missing'></span></nav>"
+    )
+    legend = (
+        "<p id='legend'>value <span style='background:" + value_colour(0.0) + "'>0</span><span "
+        "style='background:"
+        + value_colour(0.5)
+        + "'>0.5</span><span style='background:"
+        + value_colour(1.0)
+        + "'>1</span>; numbers above nodes: the advantage each node was trained with; a gold ring: the "
+        "r-score's pick; faded: a pruned sibling group; click a node for its text, with its path's above "
+        f"it.{older}</p>"
+    )
+    title = (
+        f"{len(trees)} reasoning trees"
+        if len(trees) > 1
+        else f"tree {html.escape(trees[0].id[:12])}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>{title}</h1>{nav}{legend}"
+        + "".join(_section(tree) for tree in trees)
+        + "</body></html>"
+    )
 
 
 def render_tree(record: dict[str, Any]) -> str:

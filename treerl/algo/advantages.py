@@ -54,20 +54,26 @@ class Estimator:
 ESTIMATORS: Registry[Estimator] = Registry("algo.name")
 
 
-def register_estimator(name: str, deep: bool = False, per_tree: bool = False) -> Callable[[Callable], Callable]:
+def register_estimator(
+    name: str, deep: bool = False, per_tree: bool = False
+) -> Callable[[Callable], Callable]:
     """Register a step estimator `(trees, **params) -> [advantages]` under algo.name=name; with per_tree=True, a
     function `(tree, **params) -> advantages` of one tree, applied to each (it is returned unchanged)."""
+
     def wrap(fn: Callable) -> Callable:
         ESTIMATORS.add(name, Estimator(name, each_tree(fn) if per_tree else fn, deep))
         return fn
+
     return wrap
 
 
 def each_tree(fn: Callable[..., Advantages]) -> StepEstimator:
     """A step estimator that applies a one-tree estimator to every tree (its signature is fn's, for the check)."""
+
     @functools.wraps(fn)
     def step(trees: list[ReasoningTree], **params: Any) -> list[Advantages]:
         return [fn(tree, **params) for tree in trees]
+
     return step
 
 
@@ -83,7 +89,9 @@ def per_child(advantages: torch.Tensor) -> Advantages:
 
 def std_or_zero(values: torch.Tensor) -> torch.Tensor:
     """[1, n] -> [1, 1]: the standard deviation with Bessel's correction (as TRL and verl); 0 for one value."""
-    return values.std(-1, keepdim=True) if values.shape[-1] > 1 else torch.zeros_like(values[..., :1])
+    return (
+        values.std(-1, keepdim=True) if values.shape[-1] > 1 else torch.zeros_like(values[..., :1])
+    )
 
 
 @register_estimator("grpo", per_tree=True)

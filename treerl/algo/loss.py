@@ -10,7 +10,9 @@ import torch
 from treerl.config import AlgoConfig
 from treerl.registry import Registry
 
-PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AlgoConfig], tuple[torch.Tensor, torch.Tensor]]
+PolicyLoss = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, AlgoConfig], tuple[torch.Tensor, torch.Tensor]
+]
 """(logprobs, old_logprobs, advantages, algo) -> (per-token loss, where clipping took the gradient away)."""
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("algo.policy_loss")
 
@@ -23,16 +25,18 @@ KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KL_ESTIMATORS: Registry[KLEstimator] = Registry("algo.kl_estimator")
 
 
-def _ratio_terms(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                 algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _ratio_terms(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, algo: AlgoConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-A r and -A clip(r, 1 - clip_low, 1 + clip_high), with r = exp(logprobs - old_logprobs)."""
     ratio = torch.exp(logprobs - old_logprobs)
     return -advantages * ratio, -advantages * ratio.clamp(1.0 - algo.clip_low, 1.0 + algo.clip_high)
 
 
 @POLICY_LOSSES.register("clipped")
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, algo: AlgoConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped loss with decoupled bounds (DAPO's clip-higher): max(-A r, -A clip(r, 1 - clip_low,
     1 + clip_high)) per token."""
     unclipped, clipped = _ratio_terms(logprobs, old_logprobs, advantages, algo)
@@ -40,8 +44,9 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
 
 
 @POLICY_LOSSES.register("dual_clip")
-def dual_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                          algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def dual_clip_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, algo: AlgoConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dual-clip PPO (Ye et al., 2020), as verl's `vanilla` loss: the clipped loss, and where A < 0 also at most
     -A c (c = algo.clip_ratio_c > 1), so that a token whose ratio has grown far past 1 + clip_high no longer
     pushes with an unbounded weight."""
@@ -50,26 +55,31 @@ def dual_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ad
     bound = -advantages * algo.clip_ratio_c
     negative = advantages < 0
     dual = negative & (loss > bound)
-    return torch.where(negative, torch.minimum(loss, bound), loss), ((clipped > unclipped) | dual).float()
+    return torch.where(negative, torch.minimum(loss, bound), loss), (
+        (clipped > unclipped) | dual
+    ).float()
 
 
 @AGGREGATIONS.register("token-mean")
-def token_mean(values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float,
-               norm_len: float | None) -> torch.Tensor:
+def token_mean(
+    values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float, norm_len: float | None
+) -> torch.Tensor:
     """Sum over all tokens / number of tokens (DAPO)."""
     return (values * mask).sum() / max(float(tokens), 1.0)
 
 
 @AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float,
-                        norm_len: float | None) -> torch.Tensor:
+def seq_mean_token_mean(
+    values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float, norm_len: float | None
+) -> torch.Tensor:
     """Mean over sequences of each sequence's token mean (the GRPO paper)."""
     return ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / seqs
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float,
-                            norm_len: float | None) -> torch.Tensor:
+def seq_mean_token_sum_norm(
+    values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float, norm_len: float | None
+) -> torch.Tensor:
     """Sum over all tokens / (sequences x norm_len), a constant length: the generation budget (Dr. GRPO)."""
     if norm_len is None:
         raise ValueError("seq-mean-token-sum-norm needs norm_len (the generation budget)")

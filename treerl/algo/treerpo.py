@@ -36,8 +36,13 @@ WEIGHTINGS.add("groups", lambda groups: float(max(groups, 1)))
 
 
 @register_estimator("treerpo", deep=True, per_tree=True)
-def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = "bernoulli",
-                       eps: float = 1e-6, weighting: str = "none") -> dict[Path, float]:
+def treerpo_advantages(
+    tree: ReasoningTree,
+    prune_tau: float = 0.1,
+    norm: str = "bernoulli",
+    eps: float = 1e-6,
+    weighting: str = "none",
+) -> dict[Path, float]:
     """{path: advantage} for every node in a kept sibling group; the tree's values must be backed up. The
     parameters are algo.params.prune_tau, .norm, .eps and .weighting."""
     divisor, weight = NORMS.lookup(norm), WEIGHTINGS.lookup(weighting)
@@ -56,8 +61,9 @@ def treerpo_advantages(tree: ReasoningTree, prune_tau: float = 0.1, norm: str = 
     return {path: a / w for path, a in advantages.items()}
 
 
-
 def prune_tau(algo: AlgoConfig) -> float:
     """The prune_tau TreeRPO has under this config (shown by the tree viewer): algo.params.prune_tau when
     algo.name=treerpo, else its default."""
-    return ESTIMATORS.lookup("treerpo").params(algo.params if algo.name == "treerpo" else {})["prune_tau"]
+    return ESTIMATORS.lookup("treerpo").params(algo.params if algo.name == "treerpo" else {})[
+        "prune_tau"
+    ]

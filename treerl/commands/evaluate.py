@@ -30,32 +30,66 @@ def benchmark_overrides(benchmark: str, task_name: str) -> list[str]:
             raise UserError(f"--benchmark {benchmark}: no such file")
         task_name = task_name if task_name in BENCHMARK_TASKS else "math"
     else:
-        raise UserError(f"--benchmark {benchmark}: not a benchmark; choose from {', '.join(BENCHMARKS)}, or give a "
-                        f"{' / '.join(DATA_SUFFIXES)} file with the fields problem and answer (rename them with "
-                        "task.fields)")
-    return [f"task.name={task_name}", f"task.eval_data={benchmark}", "eval.levels=[all]", "eval.problems=0"]
+        raise UserError(
+            f"--benchmark {benchmark}: not a benchmark; choose from {', '.join(BENCHMARKS)}, or give a "
+            f"{' / '.join(DATA_SUFFIXES)} file with the fields problem and answer (rename them with "
+            "task.fields)"
+        )
+    return [
+        f"task.name={task_name}",
+        f"task.eval_data={benchmark}",
+        "eval.levels=[all]",
+        "eval.problems=0",
+    ]
 
 
 def run(args: argparse.Namespace) -> None:
-    overrides = [*([f"model.name_or_path={args.model}"] if args.model else []),
-                 *([f"eval.samples={args.samples}"] if args.samples is not None else [])]
+    overrides = [
+        *([f"model.name_or_path={args.model}"] if args.model else []),
+        *([f"eval.samples={args.samples}"] if args.samples is not None else []),
+    ]
     cfg = load_config(args.config, overrides + list(args.overrides))
     if args.benchmark:
-        cfg = load_config(args.config, overrides + benchmark_overrides(args.benchmark, cfg.task.name)
-                          + list(args.overrides))
+        cfg = load_config(
+            args.config,
+            overrides + benchmark_overrides(args.benchmark, cfg.task.name) + list(args.overrides),
+        )
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     task = make_task(cfg.task)
     if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, resolve_device(cfg.model.device),
-                                   cfg.model.trust_remote_code)
+    model, tokenizer = load_policy(
+        cfg.model.name_or_path,
+        cfg.model.dtype,
+        resolve_device(cfg.model.device),
+        cfg.model.trust_remote_code,
+    )
     with progress_bar(cfg.output.progress and not args.json) as bar:
         job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
-        results = evaluate(model, tokenizer, task, cfg.eval, seed=cfg.seed, advance=lambda k: bar.advance(job, k),
-                           rollout=cfg.rollout)
+        results = evaluate(
+            model,
+            tokenizer,
+            task,
+            cfg.eval,
+            seed=cfg.seed,
+            advance=lambda k: bar.advance(job, k),
+            rollout=cfg.rollout,
+        )
     if args.json:
-        print(json.dumps({"model": cfg.model.name_or_path, "task": task.name, "benchmark": args.benchmark,
-                          "groups": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": cfg.model.name_or_path,
+                    "task": task.name,
+                    "benchmark": args.benchmark,
+                    "groups": results,
+                },
+                indent=2,
+            )
+        )
     else:
-        print_eval(results, title=f"{cfg.model.name_or_path} on {args.benchmark or task.name} (accuracy %, greedy)")
+        print_eval(
+            results,
+            title=f"{cfg.model.name_or_path} on {args.benchmark or task.name} (accuracy %, greedy)",
+        )

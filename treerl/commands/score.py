@@ -34,7 +34,15 @@ from treerl.rollout.sampling import TreeShape
 from treerl.rundir import append_jsonl, enclosing_run, read_jsonl, write_jsonl
 from treerl.tasks.base import Problem, Task
 
-SETTINGS = ("seed", "model.", "task.", "rollout.", "curriculum.levels", "curriculum.pool_size", "rscore.")
+SETTINGS = (
+    "seed",
+    "model.",
+    "task.",
+    "rollout.",
+    "curriculum.levels",
+    "curriculum.pool_size",
+    "rscore.",
+)
 """The config keys (a prefix ending in '.' covers its section) that the scores depend on: a resume keeps them."""
 RESUME_HINT = "make room, then continue with `treerl score --resume` and the same arguments"
 
@@ -49,18 +57,26 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
     --resume or --overwrite); --resume needs that file."""
     run = enclosing_run(out.resolve())
     if run:
-        raise UserError(f"--out {out} is in the run directory {run}, whose files belong to its run; write the scores "
-                        f"outside it, e.g. --out {run.parent / (run.name + '-scores.jsonl')}")
+        raise UserError(
+            f"--out {out} is in the run directory {run}, whose files belong to its run; write the scores "
+            f"outside it, e.g. --out {run.parent / (run.name + '-scores.jsonl')}"
+        )
     if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give the file to write, e.g. --out {out / 'scores.jsonl'}")
+        raise UserError(
+            f"--out {out} is a directory; give the file to write, e.g. --out {out / 'scores.jsonl'}"
+        )
     partial = partial_path(out)
     if resume and not partial.is_file():
         done = f"{out} is complete and " if out.is_file() else ""
-        raise UserError(f"--resume: {done}{partial} does not exist, so no scoring is left to continue; drop --resume "
-                        "to score anew (with --overwrite to replace the file)")
+        raise UserError(
+            f"--resume: {done}{partial} does not exist, so no scoring is left to continue; drop --resume "
+            "to score anew (with --overwrite to replace the file)"
+        )
     if not (resume or overwrite) and partial.is_file():
-        raise UserError(f"{partial} holds an interrupted scoring for --out {out}: continue it with --resume, or "
-                        "score anew with --overwrite")
+        raise UserError(
+            f"{partial} holds an interrupted scoring for --out {out}: continue it with --resume, or "
+            "score anew with --overwrite"
+        )
     if not (resume or overwrite) and out.exists():
         raise UserError(f"--out {out} exists; give --overwrite to replace it, or another --out")
 
@@ -76,7 +92,9 @@ def writing(path: Path, kept: str) -> Iterator[None]:
 
 def settings(cfg: Config, limit: int) -> dict[str, Any]:
     """The settings scores are made with (as JSON gives them back): SETTINGS of the config, and --limit."""
-    chosen = {key: value for key, value in flat(cfg.model_dump()).items() if key.startswith(SETTINGS)}
+    chosen = {
+        key: value for key, value in flat(cfg.model_dump()).items() if key.startswith(SETTINGS)
+    }
     return json.loads(json.dumps({**chosen, "limit": limit}))
 
 
@@ -96,40 +114,60 @@ def read_partial(partial: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The settings line and the batch lines of OUT.partial (a torn last line, cut by a kill, is left out)."""
     records = read_jsonl(partial)
     batches = records[1:]
-    if not (records and isinstance(records[0], dict) and isinstance(records[0].get("settings"), dict)
-            and all(isinstance(batch, dict) and isinstance(batch.get("generator"), str)
-                    and isinstance(batch.get("rows"), list) and all(isinstance(row, dict) for row in batch["rows"])
-                    for batch in batches)):
-        raise UserError(f"--resume: {partial} is not the file of an interrupted scoring; score anew with --overwrite")
+    if not (
+        records
+        and isinstance(records[0], dict)
+        and isinstance(records[0].get("settings"), dict)
+        and all(
+            isinstance(batch, dict)
+            and isinstance(batch.get("generator"), str)
+            and isinstance(batch.get("rows"), list)
+            and all(isinstance(row, dict) for row in batch["rows"])
+            for batch in batches
+        )
+    ):
+        raise UserError(
+            f"--resume: {partial} is not the file of an interrupted scoring; score anew with --overwrite"
+        )
     return records[0]["settings"], batches
 
 
-def resume_partial(partial: Path, made_with: dict[str, Any],
-                   problems: list[Problem]) -> tuple[list[dict[str, Any]], str | None]:
+def resume_partial(
+    partial: Path, made_with: dict[str, Any], problems: list[Problem]
+) -> tuple[list[dict[str, Any]], str | None]:
     """The rows an interrupted scoring kept and the generator state after them, once the settings and the queries
     are checked to be this scoring's. OUT.partial is rewritten without a torn last line, so appends stay whole."""
     saved, batches = read_partial(partial)
-    differ = sorted(key for key in saved.keys() | made_with.keys() if saved.get(key) != made_with.get(key))
+    differ = sorted(
+        key for key in saved.keys() | made_with.keys() if saved.get(key) != made_with.get(key)
+    )
     if differ:
         more = f" ({len(differ) - 1} more keys differ)" if differ[1:] else ""
-        raise UserError(f"--resume: {partial} was scored with {differ[0]}={json.dumps(saved.get(differ[0]))}, not "
-                        f"{json.dumps(made_with.get(differ[0]))}{more}; resume with the same settings, or score anew "
-                        "with --overwrite")
+        raise UserError(
+            f"--resume: {partial} was scored with {differ[0]}={json.dumps(saved.get(differ[0]))}, not "
+            f"{json.dumps(made_with.get(differ[0]))}{more}; resume with the same settings, or score anew "
+            "with --overwrite"
+        )
     rows = [row for batch in batches for row in batch["rows"]]
-    if [row.get("id") for row in rows] != [problem.id for problem in problems[:len(rows)]]:
-        raise UserError(f"--resume: {partial} scored other queries than this config's pool; score anew with "
-                        "--overwrite")
+    if [row.get("id") for row in rows] != [problem.id for problem in problems[: len(rows)]]:
+        raise UserError(
+            f"--resume: {partial} scored other queries than this config's pool; score anew with "
+            "--overwrite"
+        )
     with writing(partial, f"it holds {len(rows):,} scored queries; {RESUME_HINT}"):
         write_jsonl(partial, [{"settings": saved}, *batches])
     return rows, batches[-1]["generator"] if batches else None
 
 
-def score_rest(cfg: Config, task: Task, problems: list[Problem], partial: Path, state: str | None,
-               done: int) -> list[dict[str, Any]]:
+def score_rest(
+    cfg: Config, task: Task, problems: list[Problem], partial: Path, state: str | None, done: int
+) -> list[dict[str, Any]]:
     """Score `problems` (the queries after the first `done`), from generator `state` (None: the seed's), each
     batch appended to OUT.partial with the generator's state after it."""
     device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    model, tokenizer = load_policy(
+        cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code
+    )
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     if state:
         generator.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
@@ -144,8 +182,9 @@ def score_rest(cfg: Config, task: Task, problems: list[Problem], partial: Path, 
         return score_queries(model, tokenizer, task, problems, cfg, generator, scored=keep)
 
 
-def score_pool(cfg: Config, out: Path, limit: int = 0, overwrite: bool = False,
-               resume: bool = False) -> list[dict[str, Any]]:
+def score_pool(
+    cfg: Config, out: Path, limit: int = 0, overwrite: bool = False, resume: bool = False
+) -> list[dict[str, Any]]:
     """Score every query of the training pools of curriculum.levels (the first `limit` if > 0); write JSONL."""
     check_out(out, overwrite, resume)
     if cfg.train.threads:
@@ -153,10 +192,14 @@ def score_pool(cfg: Config, out: Path, limit: int = 0, overwrite: bool = False,
     torch.manual_seed(cfg.seed)
     task, sampler = task_and_sampler(cfg)
     if any(pool is None for pool in sampler.pools.values()):
-        raise UserError(f"task '{task.name}' generates problems without end: set curriculum.pool_size=N to score "
-                        "(and train on) a fixed pool of N problems per level")
-    problems = sampler.problems()[:limit or None]
-    check_depth(cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)")
+        raise UserError(
+            f"task '{task.name}' generates problems without end: set curriculum.pool_size=N to score "
+            "(and train on) a fixed pool of N problems per level"
+        )
+    problems = sampler.problems()[: limit or None]
+    check_depth(
+        cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)"
+    )
     partial, made_with = partial_path(out), settings(cfg, limit)
     if resume:
         rows, state = resume_partial(partial, made_with, problems)
@@ -164,7 +207,7 @@ def score_pool(cfg: Config, out: Path, limit: int = 0, overwrite: bool = False,
         start_partial(partial, made_with)
         rows, state = [], None
     if len(rows) < len(problems):
-        rows += score_rest(cfg, task, problems[len(rows):], partial, state, len(rows))
+        rows += score_rest(cfg, task, problems[len(rows) :], partial, state, len(rows))
     ranked = with_ranks(rows)
     with writing(out, f"all {len(rows):,} scores are kept in {partial}; {RESUME_HINT}"):
         write_jsonl(out, ranked)
@@ -182,6 +225,12 @@ def run(args: argparse.Namespace) -> None:
     for level in cfg.curriculum.levels:
         mine = [row for row in rows if row["level"] == level]
         if mine:
-            table.add_row(level, str(len(mine)), *(f"{sum(r[k] for r in mine) / len(mine):.3f}"
-                                                   for k in ("r_score", "leaf_acc", "leaves")))
+            table.add_row(
+                level,
+                str(len(mine)),
+                *(
+                    f"{sum(r[k] for r in mine) / len(mine):.3f}"
+                    for k in ("r_score", "leaf_acc", "leaves")
+                ),
+            )
     Console().print(table)

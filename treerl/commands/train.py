@@ -21,10 +21,14 @@ def run(args: argparse.Namespace) -> None:
     if args.resume:
         resumed = RunDir(Path(args.resume))
         if not resumed.config_path.is_file():
-            raise UserError(f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run")
+            raise UserError(
+                f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run"
+            )
         if args.config:
-            raise UserError("--resume continues with the run's own config.yaml: drop --config and override the keys "
-                            "a resume may change on the command line (for example train.steps=1000)")
+            raise UserError(
+                "--resume continues with the run's own config.yaml: drop --config and override the keys "
+                "a resume may change on the command line (for example train.steps=1000)"
+            )
         cfg = load_config(None, args.overrides, base=resumed.config_data())
     else:
         cfg = load_config(args.config, args.overrides)
@@ -33,12 +37,16 @@ def run(args: argparse.Namespace) -> None:
         if args.resume:
             run_dir = Path(args.resume)
         else:
-            run_dir = Path(args.out or cfg.output.dir or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
+            run_dir = Path(
+                args.out
+                or cfg.output.dir
+                or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+            )
             cfg.output.dir = str(run_dir)
         train(cfg, run_dir, resume=bool(args.resume), par=par)
         if par.main:
             print(f"report: {write_report(run_dir)}")
-        par.barrier()   # every rank is done (rank 0 writes the report last) before the process group goes
+        par.barrier()  # every rank is done (rank 0 writes the report last) before the process group goes
     finally:
         close_parallel()
     if par.main:

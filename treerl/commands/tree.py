@@ -27,31 +27,51 @@ def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> t
     """(task, problem) for an id among the training pools of curriculum.levels, every level's held-out problems
     (eval.problems of each) and the trees a run saved (question and reference are in each record)."""
     task, sampler = task_and_sampler(cfg)
-    candidates = sampler.problems() + [p for level in task.levels
-                                       for p in task.eval_problems(level, cfg.eval.problems)]
-    candidates += [Problem(r["question"], r["reference"], str(r["level"])) for r in saved
-                   if r["reference"] is not None]
+    candidates = sampler.problems() + [
+        p for level in task.levels for p in task.eval_problems(level, cfg.eval.problems)
+    ]
+    candidates += [
+        Problem(r["question"], r["reference"], str(r["level"]))
+        for r in saved
+        if r["reference"] is not None
+    ]
     for problem in candidates:
         if problem.id == problem_id:
             return task, problem
     where = "" if saved else f"; for an id from a run's {TREES_FILE}, add --run RUN_DIR"
-    raise UserError(f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and saved "
-                    f"problems of task '{task.name}'{where}")
+    raise UserError(
+        f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and saved "
+        f"problems of task '{task.name}'{where}"
+    )
 
 
 def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> dict[str, Any]:
     """Sample and grade one problem's deep tree as training would, and return its record."""
     task, problem = find_problem(cfg, problem_id, saved)
     device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-    trees = sample_problem_trees(model, tokenizer, task, [problem], TreeShape.for_training(cfg, deep=True),
-                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 generator=torch.Generator(device=device).manual_seed(cfg.seed),
-                                 rollout=cfg.rollout)
+    model, tokenizer = load_policy(
+        cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code
+    )
+    trees = sample_problem_trees(
+        model,
+        tokenizer,
+        task,
+        [problem],
+        TreeShape.for_training(cfg, deep=True),
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        rollout=cfg.rollout,
+    )
     grade_trees(trees, [problem], task, tokenizer)
     r = cfg.rscore
-    return tree_record(trees[0], problem, tokenizer, prune_tau(cfg.algo),
-                       greedy_choices(trees[0], r.top_m, r.eligible, r.child))
+    return tree_record(
+        trees[0],
+        problem,
+        tokenizer,
+        prune_tau(cfg.algo),
+        greedy_choices(trees[0], r.top_m, r.eligible, r.child),
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -62,9 +82,14 @@ def run(args: argparse.Namespace) -> None:
         records, left_out = pick_trees(saved_trees(run_dir), args.step, args.problem)
     else:
         if not args.problem:
-            raise UserError("give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training")
-        overrides = [*args.overrides, *([f"model.name_or_path={args.model}"] if args.model else []),
-                     *([f"task.name={args.task}"] if args.task else [])]
+            raise UserError(
+                "give --problem ID to sample a tree, or --run RUN_DIR to show one saved in training"
+            )
+        overrides = [
+            *args.overrides,
+            *([f"model.name_or_path={args.model}"] if args.model else []),
+            *([f"task.name={args.task}"] if args.task else []),
+        ]
         cfg = load_config(args.config, overrides, base=run_dir.config_data() if run_dir else None)
         records = [sample_tree_record(cfg, args.problem, saved_trees(run_dir) if run_dir else [])]
         left_out = 0

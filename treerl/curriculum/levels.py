@@ -50,6 +50,7 @@ SCHEDULES: Registry[Callable[..., Schedule]] = Registry("curriculum.name")
 @dataclass
 class FixedSchedule:
     """A schedule that is a function of t alone: it observes nothing and keeps no state."""
+
     fn: Callable[..., list[float]]
     total_steps: int
     num_levels: int
@@ -68,15 +69,20 @@ class FixedSchedule:
         pass
 
 
-def register_schedule(name: str) -> Callable[[Callable[..., list[float]]], Callable[..., list[float]]]:
+def register_schedule(
+    name: str,
+) -> Callable[[Callable[..., list[float]]], Callable[..., list[float]]]:
     """Register a fixed schedule, a function (t, total_steps, num_levels, **params) -> p (returned unchanged)."""
+
     def wrap(fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
         def make(total_steps: int, num_levels: int, **params: Any) -> Schedule:
             return FixedSchedule(fn, total_steps, num_levels, params)
-        signature = inspect.signature(fn)   # the params check reads the function's own parameters
+
+        signature = inspect.signature(fn)  # the params check reads the function's own parameters
         make.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore
         SCHEDULES.add(name, make)
         return fn
+
     return wrap
 
 
@@ -85,11 +91,15 @@ def make_schedule(name: str, total_steps: int, num_levels: int, params: dict[str
     make = SCHEDULES.lookup(name)
     check_params("curriculum.params", f"schedule '{name}'", make, params, fixed=2)
     if num_levels < 1 or total_steps < 0:
-        raise ValueError(f"need num_levels >= 1 and total_steps >= 0, got {num_levels} levels, {total_steps} steps")
+        raise ValueError(
+            f"need num_levels >= 1 and total_steps >= 0, got {num_levels} levels, {total_steps} steps"
+        )
     return make(total_steps, num_levels, **params)
 
 
-def level_probs(schedule: str, step: int, total_steps: int, num_levels: int, **params: float | None) -> list[float]:
+def level_probs(
+    schedule: str, step: int, total_steps: int, num_levels: int, **params: float | None
+) -> list[float]:
     """p(t) of a fixed schedule; `params` are the schedule's own (gaussian: beta, sigma, p_min)."""
     if not 0 <= step <= max(total_steps, 0):
         raise ValueError(f"need 0 <= step <= total_steps, got {step}/{total_steps}")
@@ -120,16 +130,26 @@ def cosine(step: int, total_steps: int, num_levels: int) -> list[float]:
 
 
 @register_schedule("gaussian")
-def gaussian(step: int, total_steps: int, num_levels: int, beta: float = 0.5, sigma: float = 0.5,
-             p_min: float | None = None) -> list[float]:
+def gaussian(
+    step: int,
+    total_steps: int,
+    num_levels: int,
+    beta: float = 0.5,
+    sigma: float = 0.5,
+    p_min: float | None = None,
+) -> list[float]:
     if beta <= 0 or sigma <= 0:
-        raise UserError(f"curriculum.params: gaussian needs beta > 0 and sigma > 0, got beta={beta}, sigma={sigma}")
+        raise UserError(
+            f"curriculum.params: gaussian needs beta > 0 and sigma > 0, got beta={beta}, sigma={sigma}"
+        )
     floor = 2.0 / (num_levels * (num_levels + 1)) if p_min is None else p_min
     if not 0.0 <= floor <= 1.0 / num_levels:
-        raise UserError(f"curriculum.params: gaussian p_min must be in [0, 1/K] = [0, {1.0 / num_levels:.4g}], "
-                        f"got {floor}")
+        raise UserError(
+            f"curriculum.params: gaussian p_min must be in [0, 1/K] = [0, {1.0 / num_levels:.4g}], "
+            f"got {floor}"
+        )
     mu = _progress(step, total_steps) ** beta * (num_levels - 1)
-    q = [math.exp(-((k - mu) ** 2) / (2.0 * sigma ** 2)) for k in range(num_levels)]
+    q = [math.exp(-((k - mu) ** 2) / (2.0 * sigma**2)) for k in range(num_levels)]
     total = sum(q)
     return [floor + (1.0 - num_levels * floor) * qk / total for qk in q]
 
@@ -139,10 +159,14 @@ class Mastery:
     """All mass on the current level k, from the easiest; k moves to k + 1 once the mean of level k's training
     accuracy over the last `window` steps that drew it reaches `threshold` (the last level stays)."""
 
-    def __init__(self, total_steps: int, num_levels: int, threshold: float = 0.8, window: float = 5):
+    def __init__(
+        self, total_steps: int, num_levels: int, threshold: float = 0.8, window: float = 5
+    ):
         if not 0.0 < threshold <= 1.0 or window < 1 or window != int(window):
-            raise UserError(f"curriculum.params: mastery needs 0 < threshold <= 1 and a whole window >= 1, got "
-                            f"threshold={threshold}, window={window}")
+            raise UserError(
+                f"curriculum.params: mastery needs 0 < threshold <= 1 and a whole window >= 1, got "
+                f"threshold={threshold}, window={window}"
+            )
         self.num_levels, self.threshold, self.window = num_levels, threshold, int(window)
         self.level = 0
         self.recent: list[float] = []
@@ -154,8 +178,10 @@ class Mastery:
     def observe(self, t: int, accuracy: dict[int, float]) -> None:
         if self.level not in accuracy:
             return
-        self.recent = (self.recent + [accuracy[self.level]])[-self.window:]
-        mastered = len(self.recent) == self.window and sum(self.recent) / self.window >= self.threshold
+        self.recent = (self.recent + [accuracy[self.level]])[-self.window :]
+        mastered = (
+            len(self.recent) == self.window and sum(self.recent) / self.window >= self.threshold
+        )
         if mastered and self.level < self.num_levels - 1:
             self.level, self.recent = self.level + 1, []
 

@@ -33,7 +33,7 @@ def ranks(scores: dict[str, float]) -> dict[str, float]:
         end = start
         while end + 1 < len(ordered) and scores[ordered[end + 1]] == scores[ordered[start]]:
             end += 1
-        for key in ordered[start:end + 1]:
+        for key in ordered[start : end + 1]:
             out[key] = (start + end) / 2 / (len(ordered) - 1)
         start = end + 1
     return out
@@ -51,8 +51,14 @@ def time_mix(mix: str, step: int, total_steps: int) -> float:
     return MIXES.lookup(mix)(min(1.0, step / total_steps) if total_steps else 1.0)
 
 
-def loss_weight(rank: float, step: int, total_steps: int, mix: str = "sigmoid", w_min: float = 0.5,
-                w_max: float = 2.0) -> float:
+def loss_weight(
+    rank: float,
+    step: int,
+    total_steps: int,
+    mix: str = "sigmoid",
+    w_min: float = 0.5,
+    w_max: float = 2.0,
+) -> float:
     gamma = time_mix(mix, step, total_steps)
     return w_min + (w_max - w_min) * ((1.0 - gamma) * (1.0 - rank) + gamma * rank)
 

@@ -45,12 +45,18 @@ ELIGIBLE: Registry[Eligibility] = Registry("rscore.eligible")
 ELIGIBLE.add("all", Eligibility(lambda path, node: True, 1))
 # the reference code's: a node at depth >= 2 with a child that is not a leaf, so a tree of depth 3 or less
 # scores 0 whatever its leaves say
-ELIGIBLE.add("reference", Eligibility(
-    lambda path, node: len(path) >= 2 and not all(c.is_leaf for c in node.children), 4))
+ELIGIBLE.add(
+    "reference",
+    Eligibility(lambda path, node: len(path) >= 2 and not all(c.is_leaf for c in node.children), 4),
+)
 
-CHILD_RULES: Registry[Callable[[list[tuple[int, int]], list[Fraction]], list[Fraction]]] = Registry("rscore.child")
+CHILD_RULES: Registry[Callable[[list[tuple[int, int]], list[Fraction]], list[Fraction]]] = Registry(
+    "rscore.child"
+)
 """(correct, leaves) below each child, each child's gain -> what the kept child maximises (the first on ties)."""
-CHILD_RULES.add("accuracy", lambda below, gains: [Fraction(c, n) for c, n in below])   # the reference code's
+CHILD_RULES.add(
+    "accuracy", lambda below, gains: [Fraction(c, n) for c, n in below]
+)  # the reference code's
 CHILD_RULES.add("gain", lambda below, gains: gains)
 
 
@@ -58,9 +64,11 @@ def check_depth(eligible: str, depth: int, where: str) -> None:
     """A UserError when trees of this depth can only have r-score 0 (nothing in them is eligible)."""
     shallowest = ELIGIBLE.lookup(eligible).shallowest
     if depth < shallowest:
-        raise UserError(f"rscore.eligible={eligible} needs trees of depth {shallowest} or more (a node at "
-                        f"depth 2 or deeper with a grandchild), but {where} are {depth} deep: every r-score would be "
-                        f"0. Use rscore.eligible=all, or deeper trees")
+        raise UserError(
+            f"rscore.eligible={eligible} needs trees of depth {shallowest} or more (a node at "
+            f"depth 2 or deeper with a grandchild), but {where} are {depth} deep: every r-score would be "
+            f"0. Use rscore.eligible=all, or deeper trees"
+        )
 
 
 def leaf_accuracy(tree: ReasoningTree) -> float:
@@ -78,11 +86,17 @@ def _correct(leaf: Node) -> bool:
 def _eligible(tree: ReasoningTree, eligible: str, min_children: int) -> list[Path]:
     """The candidate nodes, breadth-first."""
     keeps = ELIGIBLE.lookup(eligible).keeps
-    inner = [path for path, node in tree.walk() if len(node.children) >= min_children and keeps(path, node)]
+    inner = [
+        path
+        for path, node in tree.walk()
+        if len(node.children) >= min_children and keeps(path, node)
+    ]
     return sorted(inner, key=lambda path: (len(path), path))
 
 
-def _counts(tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int, Node]]]) -> Counts:
+def _counts(
+    tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int, Node]]]
+) -> Counts:
     """(correct leaves, leaves) below every node still in the tree, given which children each node keeps."""
     out: Counts = {}
 
@@ -98,15 +112,20 @@ def _counts(tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int
     return out
 
 
-def greedy_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all",
-                   child: str = "accuracy") -> list[tuple[Path, int, float]]:
+def greedy_choices(
+    tree: ReasoningTree, top_m: int = 4, eligible: str = "all", child: str = "accuracy"
+) -> list[tuple[Path, int, float]]:
     """The selection edits in order: (node path, child kept, gain)."""
     rule = CHILD_RULES.lookup(child)
     candidates = _eligible(tree, eligible, min_children=2)
     keep: dict[Path, int] = {}
 
     def children(path: Path, node: Node) -> list[tuple[int, Node]]:
-        return [(keep[path], node.children[keep[path]])] if path in keep else list(enumerate(node.children))
+        return (
+            [(keep[path], node.children[keep[path]])]
+            if path in keep
+            else list(enumerate(node.children))
+        )
 
     picks: list[tuple[Path, int, float]] = []
     while len(picks) < top_m:
@@ -119,9 +138,11 @@ def greedy_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all",
                 continue
             c_n, n_n = count[path]
             below = [count[path + (i,)] for i in range(len(tree.node(path).children))]
-            gains = [Fraction(correct_all - c_n + c_c, n_all - n_n + n_c) - base for c_c, n_c in below]
+            gains = [
+                Fraction(correct_all - c_n + c_c, n_all - n_n + n_c) - base for c_c, n_c in below
+            ]
             ranked = rule(below, gains)
-            kept = ranked.index(max(ranked))   # the first on ties
+            kept = ranked.index(max(ranked))  # the first on ties
             if gains[kept] > 0 and (best is None or gains[kept] > best[0]):
                 best = (gains[kept], path, kept)
         if best is None:
@@ -132,12 +153,16 @@ def greedy_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all",
     return picks
 
 
-def r_score(tree: ReasoningTree, top_m: int = 4, eligible: str = "all", child: str = "accuracy") -> float:
+def r_score(
+    tree: ReasoningTree, top_m: int = 4, eligible: str = "all", child: str = "accuracy"
+) -> float:
     """The sum of the selection edits' gains: ACC after at most top_m edits minus ACC before."""
     return float(sum(gain for _, _, gain in greedy_choices(tree, top_m, eligible, child)))
 
 
-def pruning_choices(tree: ReasoningTree, top_m: int = 4, eligible: str = "all") -> list[tuple[Path, float]]:
+def pruning_choices(
+    tree: ReasoningTree, top_m: int = 4, eligible: str = "all"
+) -> list[tuple[Path, float]]:
     """The pruning edits in order: (node path removed, gain)."""
     candidates = _eligible(tree, eligible, min_children=1)
     removed: set[Path] = set()

@@ -34,14 +34,23 @@ def generated_pool(task: Task, level: str, size: int) -> list[Problem]:
 
 
 class ProblemSampler:
-    def __init__(self, task: Task, levels: list[str], schedule: str, params: dict[str, float | None], total_steps: int,
-                 pool_size: int = 0):
+    def __init__(
+        self,
+        task: Task,
+        levels: list[str],
+        schedule: str,
+        params: dict[str, float | None],
+        total_steps: int,
+        pool_size: int = 0,
+    ):
         self.task, self.levels = task, levels
         self.schedule = make_schedule(schedule, total_steps, len(levels), params)
         self.schedule.probs(0)
         self.pools: dict[str, list[Problem] | None] = {
-            level: task.train_pool(level) or (generated_pool(task, level, pool_size) if pool_size else None)
-            for level in levels}
+            level: task.train_pool(level)
+            or (generated_pool(task, level, pool_size) if pool_size else None)
+            for level in levels
+        }
         self.orders: dict[str, list[int]] = {level: [] for level in levels}
         self.positions: dict[str, int] = {level: 0 for level in levels}
 
@@ -51,8 +60,14 @@ class ProblemSampler:
 
     def observe(self, step: int, accuracy: dict[str, float]) -> None:
         """Training step `step` is done: its training accuracy per level (levels it did not draw are absent)."""
-        self.schedule.observe(step, {self.levels.index(level): acc for level, acc in accuracy.items()
-                                     if level in self.levels})
+        self.schedule.observe(
+            step,
+            {
+                self.levels.index(level): acc
+                for level, acc in accuracy.items()
+                if level in self.levels
+            },
+        )
 
     def draw(self, step: int, k: int, rng: random.Random) -> list[Problem]:
         levels = rng.choices(self.levels, self.probs(step), k=k)
@@ -73,13 +88,18 @@ class ProblemSampler:
         return [problem for level in self.levels for problem in self.pools[level] or []]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"orders": {k: list(v) for k, v in self.orders.items()}, "positions": dict(self.positions),
-                "schedule": self.schedule.state_dict()}
+        return {
+            "orders": {k: list(v) for k, v in self.orders.items()},
+            "positions": dict(self.positions),
+            "schedule": self.schedule.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.orders = {level: list(state["orders"].get(level, [])) for level in self.levels}
         self.positions = {level: int(state["positions"].get(level, 0)) for level in self.levels}
-        self.schedule.load_state_dict(state.get("schedule", {}))   # checkpoints before 2026-12-06 hold none
+        self.schedule.load_state_dict(
+            state.get("schedule", {})
+        )  # checkpoints before 2026-12-06 hold none
 
 
 def task_and_sampler(cfg: Config, horizon: int | None = None) -> tuple[Task, ProblemSampler]:
@@ -88,4 +108,6 @@ def task_and_sampler(cfg: Config, horizon: int | None = None) -> tuple[Task, Pro
     task = make_task(cfg.task)
     check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
     c = cfg.curriculum
-    return task, ProblemSampler(task, c.levels, c.name, c.params, horizon or cfg.train.steps, c.pool_size)
+    return task, ProblemSampler(
+        task, c.levels, c.name, c.params, horizon or cfg.train.steps, c.pool_size
+    )

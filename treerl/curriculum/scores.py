@@ -37,9 +37,16 @@ class Ranking:
 OFF = "off"
 """reschedule.rank_by for no ranking: every query weighs 1."""
 RANKINGS: Registry[Ranking] = Registry("reschedule.rank_by", extra=(OFF,))
-RANKINGS.add("rscore", Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible, r.child), "r_score", edits=True))
-RANKINGS.add("rscore_prune", Ranking(lambda tree, r: r_score_pruning(tree, r.top_m, r.eligible), "r_score_prune",
-                                     edits=True))
+RANKINGS.add(
+    "rscore",
+    Ranking(lambda tree, r: r_score(tree, r.top_m, r.eligible, r.child), "r_score", edits=True),
+)
+RANKINGS.add(
+    "rscore_prune",
+    Ranking(
+        lambda tree, r: r_score_pruning(tree, r.top_m, r.eligible), "r_score_prune", edits=True
+    ),
+)
 RANKINGS.add("acc", Ranking(lambda tree, r: leaf_accuracy(tree), "leaf_acc"))
 
 
@@ -50,9 +57,14 @@ def ranking_of(rank_by: str) -> Ranking | None:
 
 def score_row(tree: ReasoningTree, problem: Problem, rscore: RScoreConfig) -> dict[str, Any]:
     """A graded tree as one row of a score file: every ranking's score and the tree's size."""
-    return {"id": problem.id, "level": problem.level,
-            **{ranking.field: ranking.score(tree, rscore) for ranking in RANKINGS.values()},
-            "leaves": len(tree.leaves()), "nodes": sum(1 for path, _ in tree.walk() if path), "depth": tree.depth}
+    return {
+        "id": problem.id,
+        "level": problem.level,
+        **{ranking.field: ranking.score(tree, rscore) for ranking in RANKINGS.values()},
+        "leaves": len(tree.leaves()),
+        "nodes": sum(1 for path, _ in tree.walk() if path),
+        "depth": tree.depth,
+    }
 
 
 def with_ranks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,7 +90,9 @@ def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
     number (not NaN, a string or a boolean), else a UserError naming the line."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"reschedule.scores_file '{path}' does not exist; write it with `treerl score --out {path}`")
+        raise UserError(
+            f"reschedule.scores_file '{path}' does not exist; write it with `treerl score --out {path}`"
+        )
     scores: dict[str, float] = {}
     lines: dict[str, int] = {}
     for number, line in enumerate(file.read_text().splitlines(), 1):
@@ -89,27 +103,34 @@ def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
         except ValueError as err:
             raise UserError(f"{path}:{number}: {err}; write the file with `treerl score`") from None
         if problem_id in lines:
-            raise UserError(f"{path}:{number}: id '{problem_id}' was scored on line {lines[problem_id]} already; a "
-                            "score file has one row per query (write it with `treerl score`)")
+            raise UserError(
+                f"{path}:{number}: id '{problem_id}' was scored on line {lines[problem_id]} already; a "
+                "score file has one row per query (write it with `treerl score`)"
+            )
         scores[problem_id], lines[problem_id] = score, number
     return scores
 
 
-def pool_scores(scores: dict[str, float], pool_ids: list[str], path: str, min_coverage: float) -> dict[str, float]:
+def pool_scores(
+    scores: dict[str, float], pool_ids: list[str], path: str, min_coverage: float
+) -> dict[str, float]:
     """The scores of the training pool's queries (ids of other pools left out). Coverage = scored / pool queries;
     below `min_coverage` the file is refused, since every unscored query would rank at the median."""
     covered = {problem_id: scores[problem_id] for problem_id in pool_ids if problem_id in scores}
     coverage = len(covered) / len(pool_ids) if pool_ids else 0.0
     if coverage < min_coverage:
-        raise UserError(f"reschedule.scores_file {path} has {coverage_line(covered, scores, pool_ids)}, fewer than "
-                        f"reschedule.min_coverage={min_coverage:g}: score this config's pool with `treerl score`, "
-                        f"or set reschedule.min_coverage={math.floor(coverage * 100) / 100:g} to train with it "
-                        "(unscored queries rank at the median)")
+        raise UserError(
+            f"reschedule.scores_file {path} has {coverage_line(covered, scores, pool_ids)}, fewer than "
+            f"reschedule.min_coverage={min_coverage:g}: score this config's pool with `treerl score`, "
+            f"or set reschedule.min_coverage={math.floor(coverage * 100) / 100:g} to train with it "
+            "(unscored queries rank at the median)"
+        )
     return covered
 
 
 def coverage_line(covered: dict[str, float], scores: dict[str, float], pool_ids: list[str]) -> str:
     """'scores for 24 of 1,024 queries', and how many of the file's ids are not in the pool."""
     foreign = len(scores) - len(covered)
-    return (f"scores for {len(covered):,} of {len(pool_ids):,} queries"
-            + (f", and {foreign:,} for queries not in the pool" if foreign else ""))
+    return f"scores for {len(covered):,} of {len(pool_ids):,} queries" + (
+        f", and {foreign:,} for queries not in the pool" if foreign else ""
+    )

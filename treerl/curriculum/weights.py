@@ -16,8 +16,14 @@ from treerl.tasks.base import Problem
 
 
 class QueryWeights:
-    def __init__(self, cfg: Config, ranking: Ranking | None, scores: dict[str, float] | None = None,
-                 source: str | None = None, horizon: int | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        ranking: Ranking | None,
+        scores: dict[str, float] | None = None,
+        source: str | None = None,
+        horizon: int | None = None,
+    ):
         rs = cfg.reschedule
         self.ranking = ranking
         self.source = source
@@ -30,20 +36,29 @@ class QueryWeights:
         self.rescore_every, self.rescore_at = rs.rescore_every, set(rs.rescore_at)
 
     @classmethod
-    def from_config(cls, cfg: Config, tree_depth: int, pool: list[Problem] | None = None,
-                    horizon: int | None = None) -> QueryWeights:
+    def from_config(
+        cls,
+        cfg: Config,
+        tree_depth: int,
+        pool: list[Problem] | None = None,
+        horizon: int | None = None,
+    ) -> QueryWeights:
         """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which online r-scores
         are computed from; `pool` the training queries a score file must cover (None: a level draws without end);
         `horizon` the steps they move over (default train.steps)."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
         if ranking and rs.scores == "online":
-            ranking.check_depth(cfg.rscore, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})")
+            ranking.check_depth(
+                cfg.rscore, tree_depth, f"the training trees (tree.depth or 1 for {cfg.algo.name})"
+            )
         if not (ranking and rs.scores == "static" and rs.scores_file):
             return cls(cfg, ranking, horizon=horizon)
         if pool is None:
-            raise UserError(f"reschedule.scores_file scores a fixed pool of queries, but task '{cfg.task.name}' "
-                            "generates problems without end: set curriculum.pool_size=N, as when it was scored")
+            raise UserError(
+                f"reschedule.scores_file scores a fixed pool of queries, but task '{cfg.task.name}' "
+                "generates problems without end: set curriculum.pool_size=N, as when it was scored"
+            )
         scores, pool_ids = read_scores(rs.scores_file, ranking), [problem.id for problem in pool]
         covered = pool_scores(scores, pool_ids, rs.scores_file, rs.min_coverage)
         source = f"reschedule: {coverage_line(covered, scores, pool_ids)} from {rs.scores_file}"
@@ -67,7 +82,9 @@ class QueryWeights:
         """w(rank, t) at training step `step` (t = step - 1 steps taken); 1.0 when off."""
         if self.ranking is None:
             return 1.0
-        return loss_weight(self.book.rank(problem_id), step - 1, self.total_steps, self.mix, self.w_min, self.w_max)
+        return loss_weight(
+            self.book.rank(problem_id), step - 1, self.total_steps, self.mix, self.w_min, self.w_max
+        )
 
     def score(self, problem_id: str) -> float | None:
         return self.book.scores.get(problem_id)

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from treerl.config import LoraSettings
@@ -19,8 +24,11 @@ hf_logging.disable_progress_bar()
 # treerl checks prompts against the model's context itself (eval counts them, training refuses them)
 hf_logging.get_logger("transformers.tokenization_utils_base").setLevel(hf_logging.ERROR)
 TINY_DIR = Path(__file__).parent / "tiny"
-EMBEDDED = {"tiny": TINY_DIR, "tiny-countdown": Path(__file__).parent / "tiny_countdown",
-            "tiny-novice": Path(__file__).parent / "tiny_novice"}
+EMBEDDED = {
+    "tiny": TINY_DIR,
+    "tiny-countdown": Path(__file__).parent / "tiny_countdown",
+    "tiny-novice": Path(__file__).parent / "tiny_novice",
+}
 """Models shipped in the package: the arithmetic warm-up (the default), a Countdown warm-up, and a shorter
 arithmetic warm-up that barely solves the hard level (docs/science.md's setting)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -30,8 +38,10 @@ def resolve_model_path(name_or_path: str) -> Path:
     path = EMBEDDED.get(name_or_path) or Path(name_or_path).expanduser()
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise UserError(f"model path '{name_or_path}' {what}; give {', '.join(map(repr, EMBEDDED))} or a local "
-                        "Hugging Face model directory")
+        raise UserError(
+            f"model path '{name_or_path}' {what}; give {', '.join(map(repr, EMBEDDED))} or a local "
+            "Hugging Face model directory"
+        )
     return path
 
 
@@ -41,18 +51,23 @@ def check_model_files(path: Path, name: str) -> None:
     try:
         json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"model path '{name}': config.json is not valid JSON ({err}); restore the file") from None
+        raise UserError(
+            f"model path '{name}': config.json is not valid JSON ({err}); restore the file"
+        ) from None
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        raise UserError(f"model path '{name}' has no .safetensors weights; treerl loads weights only through "
-                        "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))")
+        raise UserError(
+            f"model path '{name}' has no .safetensors weights; treerl loads weights only through "
+            "safetensors (re-save the model with save_pretrained(..., safe_serialization=True))"
+        )
     for file in weights:
         try:
             with safe_open(str(file), framework="pt"):
                 pass
         except (SafetensorError, OSError) as err:
-            raise UserError(f"model path '{name}': {file.name} is damaged ({err}); copy or download it "
-                            "again") from None
+            raise UserError(
+                f"model path '{name}': {file.name} is damaged ({err}); copy or download it again"
+            ) from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,22 +76,32 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"model.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(
+            f"model.device '{name}' is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"model.device '{name}' asks for a GPU but torch sees none; use model.device=cpu")
+        raise UserError(
+            f"model.device '{name}' asks for a GPU but torch sees none; use model.device=cpu"
+        )
     return device
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.device = "cpu",
-                trust_remote_code: bool = False,
-                lora: LoraSettings | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(
+    name_or_path: str,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    lora: LoraSettings | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (weights through safetensors) and tokenizer from 'tiny', a local HF directory or a directory of LoRA
     adapters (on the base model it names), with a pad token set; the directory's own code runs only with
     trust_remote_code. With lora.r > 0 only adapters train: the directory's, or fresh ones on a plain model; with
@@ -85,18 +110,25 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str | torch.d
         adapter = Path(name_or_path).expanduser()
         base, tokenizer = load_policy(base_of(adapter), dtype, device, trust_remote_code)
         adapted = load_adapter(base, adapter, trainable=lora is not None and lora.r > 0).to(device)
-        return (adapted.merge_and_unload() if lora is not None and lora.r == 0 else adapted), tokenizer
+        return (
+            adapted.merge_and_unload() if lora is not None and lora.r == 0 else adapted
+        ), tokenizer
     path = resolve_model_path(name_or_path)
     check_model_files(path, name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True).to(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        ).to(device)
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
-        raise UserError(f"model path '{name_or_path}' ships its own Python code to build the model; treerl runs it "
-                        "only with model.trust_remote_code=true (set it if you trust that code)") from None
+        raise UserError(
+            f"model path '{name_or_path}' ships its own Python code to build the model; treerl runs it "
+            "only with model.trust_remote_code=true (set it if you trust that code)"
+        ) from None
     use_fp32_attention_on_cpu(model)
     if lora is not None and lora.r > 0:
-        model = with_adapters(model, lora, base=name_or_path if name_or_path in EMBEDDED else str(path.resolve()))
+        model = with_adapters(
+            model, lora, base=name_or_path if name_or_path in EMBEDDED else str(path.resolve())
+        )
     return model, load_tokenizer(name_or_path, trust_remote_code)

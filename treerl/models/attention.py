@@ -20,8 +20,14 @@ NAME = "sdpa_fp32_on_cpu"
 T = TypeVar("T")
 
 
-def attend_fp32_on_cpu(attend: Callable[..., T], query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       mask: torch.Tensor | None, **kwargs) -> T:
+def attend_fp32_on_cpu(
+    attend: Callable[..., T],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    **kwargs,
+) -> T:
     """attend(query, key, value, mask, **kwargs); under CPU autocast, in fp32 with autocast off."""
     if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return attend(query, key, value, mask, **kwargs)
@@ -30,11 +36,23 @@ def attend_fp32_on_cpu(attend: Callable[..., T], query: torch.Tensor, key: torch
         return attend(query.float(), key.float(), value.float(), mask, **kwargs)
 
 
-def sdpa_fp32_on_cpu(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+def sdpa_fp32_on_cpu(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' sdpa attention, in fp32 under CPU autocast."""
-    return attend_fp32_on_cpu(functools.partial(sdpa_attention_forward, module), query, key, value, attention_mask,
-                              **kwargs)
+    return attend_fp32_on_cpu(
+        functools.partial(sdpa_attention_forward, module),
+        query,
+        key,
+        value,
+        attention_mask,
+        **kwargs,
+    )
 
 
 AttentionInterface.register(NAME, sdpa_fp32_on_cpu)

@@ -35,21 +35,32 @@ def base_of(path: Path) -> str:
     try:
         base = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     except (ValueError, KeyError, UnicodeDecodeError):
-        raise UserError(f"{path / ADAPTER_CONFIG} names no base model (base_model_name_or_path)") from None
+        raise UserError(
+            f"{path / ADAPTER_CONFIG} names no base model (base_model_name_or_path)"
+        ) from None
     if not base:
         raise UserError(f"{path / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
-    if is_adapter(Path(base).expanduser()):   # itself, or other adapters: loading would go round for ever
+    if is_adapter(
+        Path(base).expanduser()
+    ):  # itself, or other adapters: loading would go round for ever
         itself = " (this one)" if Path(base).expanduser().resolve() == path.resolve() else ""
-        raise UserError(f"{path / ADAPTER_CONFIG}: base_model_name_or_path '{base}' is a directory of adapters"
-                        f"{itself}, not a model; name the model the adapters were trained on")
+        raise UserError(
+            f"{path / ADAPTER_CONFIG}: base_model_name_or_path '{base}' is a directory of adapters"
+            f"{itself}, not a model; name the model the adapters were trained on"
+        )
     return str(base)
 
 
 def with_adapters(model: PreTrainedModel, settings: LoraSettings, base: str) -> PeftModel:
     """The model with fresh adapters on settings.target_modules, its own weights frozen; `base` is what the
     adapters' directory will name as their base model."""
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
     try:
         adapted = get_peft_model(model, config)
     except ValueError as err:
@@ -63,8 +74,10 @@ def saved_adapter_keys(path: Path) -> set[str]:
     unpickle adapter_model.bin, and look a missing file up on the Hugging Face Hub)."""
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
-        raise UserError(f"{weights} does not exist; treerl loads adapters only from safetensors (copy the "
-                        "directory again, or save the adapters with save_pretrained(..., safe_serialization=True))")
+        raise UserError(
+            f"{weights} does not exist; treerl loads adapters only from safetensors (copy the "
+            "directory again, or save the adapters with save_pretrained(..., safe_serialization=True))"
+        )
     try:
         with safe_open(str(weights), framework="pt") as f:
             return set(f.keys())
@@ -76,19 +89,29 @@ def check_coverage(adapted: PeftModel, path: Path, saved: set[str]) -> None:
     """A UserError unless the weights file holds exactly the adapter matrices that adapter_config.json calls for:
     peft leaves a missing one at its initial value (B = 0: that module unadapted) and drops one that no module
     takes, both without a word."""
-    expected = {key for key in get_peft_model_state_dict(adapted, save_embedding_layers=False) if ".lora_" in key}
+    expected = {
+        key
+        for key in get_peft_model_state_dict(adapted, save_embedding_layers=False)
+        if ".lora_" in key
+    }
     missing = sorted(expected - saved)
     dropped = sorted(key for key in saved - expected if ".lora_" in key)
-    targets = adapted.peft_config["default"].target_modules   # a set of names, or one regular expression
+    targets = adapted.peft_config[
+        "default"
+    ].target_modules  # a set of names, or one regular expression
     modules = targets if isinstance(targets, str) else ", ".join(sorted(targets))
     if missing:
-        raise UserError(f"{path / ADAPTER_WEIGHTS} holds no weights for {len(missing)} of the {len(expected)} adapter "
-                        f"matrices that {ADAPTER_CONFIG} calls for (target_modules: {modules}; the first: "
-                        f"{missing[0]}); name only the modules the file covers, or save the adapters again")
+        raise UserError(
+            f"{path / ADAPTER_WEIGHTS} holds no weights for {len(missing)} of the {len(expected)} adapter "
+            f"matrices that {ADAPTER_CONFIG} calls for (target_modules: {modules}; the first: "
+            f"{missing[0]}); name only the modules the file covers, or save the adapters again"
+        )
     if dropped:
-        raise UserError(f"{path / ADAPTER_WEIGHTS} holds {len(dropped)} adapter matrices that no module takes under "
-                        f"{ADAPTER_CONFIG} (target_modules: {modules}; the first: {dropped[0]}), so they would be "
-                        "dropped; name every adapted module in target_modules")
+        raise UserError(
+            f"{path / ADAPTER_WEIGHTS} holds {len(dropped)} adapter matrices that no module takes under "
+            f"{ADAPTER_CONFIG} (target_modules: {modules}; the first: {dropped[0]}), so they would be "
+            "dropped; name every adapted module in target_modules"
+        )
 
 
 def load_adapter(model: PreTrainedModel, path: Path, trainable: bool) -> PeftModel:
@@ -98,17 +121,20 @@ def load_adapter(model: PreTrainedModel, path: Path, trainable: bool) -> PeftMod
     saved = saved_adapter_keys(path)
     try:
         adapted = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-    except ValueError as err:   # peft's NoMatchingPeftModuleError among them
+    except ValueError as err:  # peft's NoMatchingPeftModuleError among them
         raise UserError(f"{path / ADAPTER_CONFIG}: {str(err).splitlines()[0]}") from None
     except RuntimeError as err:
-        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), None)
+        mismatch = next(
+            (line.strip() for line in str(err).splitlines() if "size mismatch" in line), None
+        )
         if mismatch is None:
             raise
-        raise UserError(f"{path / ADAPTER_WEIGHTS} does not fit {ADAPTER_CONFIG} (was r or target_modules "
-                        f"edited?): {mismatch}") from None
+        raise UserError(
+            f"{path / ADAPTER_WEIGHTS} does not fit {ADAPTER_CONFIG} (was r or target_modules "
+            f"edited?): {mismatch}"
+        ) from None
     check_coverage(adapted, path, saved)
     return adapted
-
 
 
 def underlying(model: Any) -> Any:
@@ -128,7 +154,9 @@ def merged_weights(model: Any) -> dict[str, torch.Tensor]:
     merged: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
-            layer: Any = module   # a LoraLayer subclass (Linear, Embedding, ...): each computes its own delta
+            layer: Any = (
+                module  # a LoraLayer subclass (Linear, Embedding, ...): each computes its own delta
+            )
             weight = layer.get_base_layer().weight
             for adapter in layer.active_adapters:
                 if adapter in layer.lora_A:

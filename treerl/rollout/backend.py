@@ -32,6 +32,7 @@ class Forks:
 @dataclass
 class Sequence:
     """One sampled sequence: the first ones continue the prompts, in order; forks follow."""
+
     prompt: int
     """Index of its prompt in the call."""
     parent: int | None
@@ -58,8 +59,15 @@ class Sequence:
 
 
 class Backend(Protocol):
-    def sample(self, prompts: list[list[int]], keys: torch.Tensor, max_new_tokens: int, sampling: Sampling,
-               eos_id: int, forks: Forks | None = None) -> list[Sequence]:
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: torch.Tensor,
+        max_new_tokens: int,
+        sampling: Sampling,
+        eos_id: int,
+        forks: Forks | None = None,
+    ) -> list[Sequence]:
         """One sequence per prompt (repeat a prompt to sample it several times), each with its key, up to
         max_new_tokens tokens from its prompt, then the forks, each after the sequence it continues."""
         ...

@@ -35,10 +35,15 @@ def mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift(z, 31)
 
 
-def row_keys(generator: torch.Generator | None, rows: int, device: torch.device | str) -> torch.Tensor:
+def row_keys(
+    generator: torch.Generator | None, rows: int, device: torch.device | str
+) -> torch.Tensor:
     """A key per row: one draw from `generator` (the call's seed) hashed with the row's index."""
-    base = 0 if generator is None else int(torch.randint(-2**62, 2**62, (), generator=generator,
-                                                         device=generator.device))
+    base = (
+        0
+        if generator is None
+        else int(torch.randint(-(2**62), 2**62, (), generator=generator, device=generator.device))
+    )
     return mix(torch.arange(rows, device=device) * GOLDEN + base)
 
 
@@ -65,8 +70,9 @@ def first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`, and their
     log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1 (never renormalised over the
     nucleus: the update's new log-probs are of that distribution, so its ratio compares like with like; a drawn
@@ -83,21 +89,26 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     if top_p < 1.0:
         sorted_weights, order = weights.sort(dim=-1, descending=True)
         drop = sorted_weights.cumsum(-1) - sorted_weights > top_p
-        weights = torch.zeros_like(weights).scatter(-1, order, sorted_weights.masked_fill(drop, 0.0))
+        weights = torch.zeros_like(weights).scatter(
+            -1, order, sorted_weights.masked_fill(drop, 0.0)
+        )
     rows, vocab = weights.shape
     padded = F.pad(weights, (0, -vocab % CHUNK)).view(rows, -1, CHUNK)
     chunk_sums = padded.sum(-1, dtype=torch.float64)
     chunk_cdf = chunk_sums.cumsum(-1)
     target = u.to(chunk_cdf)[:, None] * chunk_cdf[:, -1:]
-    chunk = first_past(chunk_cdf, target)                        # [B, 1]
+    chunk = first_past(chunk_cdf, target)  # [B, 1]
     before = chunk_cdf.gather(-1, chunk) - chunk_sums.gather(-1, chunk)
     within = padded.gather(1, chunk[:, :, None].expand(rows, 1, CHUNK)).squeeze(1)
-    tokens = (chunk * CHUNK + first_past(within.double().cumsum(-1), (target - before).clamp_min(0.0))).squeeze(-1)
+    tokens = (
+        chunk * CHUNK + first_past(within.double().cumsum(-1), (target - before).clamp_min(0.0))
+    ).squeeze(-1)
     return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()
 
 
-def pick(logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int,
-         sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+def pick(
+    logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int, sampling: Sampling
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's (key, position)."""
     logits = logits.float()
     if sampling.greedy:

@@ -47,8 +47,10 @@ def backend_name(model: PreTrainedModel, choice: str) -> str:
     if choice == "vllm" and not vllm_installed():
         raise UserError(INSTALL)
     if choice == "lean" and lean_decoder(model) is None:
-        raise UserError(f"rollout.backend=lean: treerl's lean forward does not cover {type(model).__name__}; use "
-                        "rollout.backend=hf (its transformers forward) or vllm")
+        raise UserError(
+            f"rollout.backend=lean: treerl's lean forward does not cover {type(model).__name__}; use "
+            "rollout.backend=hf (its transformers forward) or vllm"
+        )
     return choice
 
 
@@ -69,32 +71,63 @@ def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def sample_sequences(model: PreTrainedModel, prompt_ids: list[list[int]], *, max_new_tokens: int,
-                     sampling: Sampling, eos_id: int, generator: torch.Generator | None,
-                     rollout: RolloutConfig | None = None, forks: Forks | None = None) -> list[Sequence]:
+def sample_sequences(
+    model: PreTrainedModel,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling,
+    eos_id: int,
+    generator: torch.Generator | None,
+    rollout: RolloutConfig | None = None,
+    forks: Forks | None = None,
+) -> list[Sequence]:
     """Each prompt sampled once (and forked into trees with `forks`) in eval mode, each row keyed from one draw
     of `generator`; the model's mode is restored after."""
     was_training = model.training
     model.eval()
     try:
         keys = row_keys(generator, len(prompt_ids), next(model.parameters()).device)
-        return backend_for(model, rollout).sample(prompt_ids, keys, max_new_tokens, sampling, eos_id, forks)
+        return backend_for(model, rollout).sample(
+            prompt_ids, keys, max_new_tokens, sampling, eos_id, forks
+        )
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str] | list[list[int]], *,
-             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-             generator: torch.Generator | None = None, rollout: RolloutConfig | None = None) -> Generation:
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str] | list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    rollout: RolloutConfig | None = None,
+) -> Generation:
     """Complete each prompt once, through rollout.backend (default settings without `rollout`); repeat a prompt in
     `prompts` to sample it several times."""
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
-                  for p in prompts]
-    sequences = sample_sequences(model, prompt_ids, max_new_tokens=max_new_tokens,
-                                 sampling=Sampling(temperature, top_p, greedy), eos_id=tokenizer.eos_token_id,
-                                 generator=generator, rollout=rollout)
+    prompt_ids = [
+        tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+        for p in prompts
+    ]
+    sequences = sample_sequences(
+        model,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        sampling=Sampling(temperature, top_p, greedy),
+        eos_id=tokenizer.eos_token_id,
+        generator=generator,
+        rollout=rollout,
+    )
     completions = [seq.token_ids for seq in sequences]
-    return Generation(prompt_ids, completions, [seq.logprobs for seq in sequences],
-                      [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions],
-                      [seq.finished for seq in sequences])
+    return Generation(
+        prompt_ids,
+        completions,
+        [seq.logprobs for seq in sequences],
+        [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions],
+        [seq.finished for seq in sequences],
+    )

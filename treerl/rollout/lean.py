@@ -35,27 +35,37 @@ def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
     model = underlying(model)
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    plain = (config.model_type in LLAMA_FAMILY and config.hidden_act == "silu"
-             and rope.get("rope_type", "default") in STATIC_ROPE
-             and not getattr(config, "use_sliding_window", False)
-             and (config.model_type != "mistral" or config.sliding_window is None)
-             and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or []))
+    plain = (
+        config.model_type in LLAMA_FAMILY
+        and config.hidden_act == "silu"
+        and rope.get("rope_type", "default") in STATIC_ROPE
+        and not getattr(config, "use_sliding_window", False)
+        and (config.model_type != "mistral" or config.sliding_window is None)
+        and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or [])
+    )
     if not plain:
-        tell(config.model_type, f"a {config.model_type} model samples through its transformers forward: treerl's "
-             f"lean forward covers {', '.join(LLAMA_FAMILY)} decoders with full attention and "
-             f"{', '.join(STATIC_ROPE)} rotary embeddings")
+        tell(
+            config.model_type,
+            f"a {config.model_type} model samples through its transformers forward: treerl's "
+            f"lean forward covers {', '.join(LLAMA_FAMILY)} decoders with full attention and "
+            f"{', '.join(STATIC_ROPE)} rotary embeddings",
+        )
         return None
-    if not all(type(p) is torch.nn.Parameter for p in model.parameters()):   # FSDP2's DTensors
+    if not all(type(p) is torch.nn.Parameter for p in model.parameters()):  # FSDP2's DTensors
         return None
     try:
         decoder = LeanDecoder(model)
     except UnsupportedAdapter:
         decoder = None
     adapted = sum(isinstance(module, BaseTunerLayer) for module in model.modules())
-    if decoder is None or adapted != sum(linear.lora is not None for layer in decoder.layers
-                                         for linear in layer.linears()):
-        tell("adapter", "these adapters sample through the transformers forward: treerl's lean forward applies one "
-             "plain, unmerged LoRA adapter on the decoder layers' projections")
+    if decoder is None or adapted != sum(
+        linear.lora is not None for layer in decoder.layers for linear in layer.linears()
+    ):
+        tell(
+            "adapter",
+            "these adapters sample through the transformers forward: treerl's lean forward applies one "
+            "plain, unmerged LoRA adapter on the decoder layers' projections",
+        )
         return None
     return decoder
 
@@ -75,6 +85,7 @@ class UnsupportedAdapter(Exception):
 class Linear:
     """A linear layer's tensors; with a LoRA adapter (peft), its A, B and scale, applied as peft applies them:
     base(x) + B(A(x)) * scale in the adapter's dtype, cast back to the base output's."""
+
     weight: torch.Tensor
     bias: torch.Tensor | None
     lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None
@@ -88,13 +99,17 @@ class Linear:
             return cls(module.weight, module.bias)
         if not isinstance(module, LoraLayer):
             raise UnsupportedAdapter
-        layer: Any = module   # peft's layers are typed loosely
+        layer: Any = module  # peft's layers are typed loosely
         base = layer.get_base_layer()
         if layer.disable_adapters:
             return cls(base.weight, base.bias)
         active = [name for name in layer.active_adapters if name in layer.lora_A]
-        if (layer.merged or len(active) != 1 or active[0] in layer.lora_variant
-                or getattr(layer, "cast_input_dtype_enabled", True) is False):
+        if (
+            layer.merged
+            or len(active) != 1
+            or active[0] in layer.lora_variant
+            or getattr(layer, "cast_input_dtype_enabled", True) is False
+        ):
             raise UnsupportedAdapter
         a, b = layer.lora_A[active[0]], layer.lora_B[active[0]]
         return cls(base.weight, base.bias, (a.weight, b.weight, b.bias, layer.scaling[active[0]]))
@@ -111,6 +126,7 @@ class Linear:
 class LayerWeights:
     """One decoder layer's tensors, looked up once: a module call or attribute lookup costs more than a matmul
     of a small model."""
+
     input_norm: torch.Tensor
     q: Linear
     k: Linear
@@ -131,9 +147,23 @@ class LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         q, k, v, o = (Linear.of(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
         gate, up, down = (Linear.of(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
-        q_norm, k_norm = (getattr(getattr(attn, name, None), "weight", None) for name in ("q_norm", "k_norm"))
-        return cls(layer.input_layernorm.weight, q, k, v, o, q_norm, k_norm, attn.scaling,
-                   layer.post_attention_layernorm.weight, gate, up, down)
+        q_norm, k_norm = (
+            getattr(getattr(attn, name, None), "weight", None) for name in ("q_norm", "k_norm")
+        )
+        return cls(
+            layer.input_layernorm.weight,
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            attn.scaling,
+            layer.post_attention_layernorm.weight,
+            gate,
+            up,
+            down,
+        )
 
     def linears(self) -> tuple[Linear, ...]:
         return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
@@ -144,6 +174,7 @@ class Plan:
     """Where the rows of one decode step write and read in a paged cache: the pool's slots come in blocks of
     `block` slots, read a block at a time (whole blocks copy faster than scattered slots), and `visible` says
     which of the slots read each row attends to."""
+
     write: torch.Tensor
     """[B] the slot each row's new token goes to."""
     own: torch.Tensor
@@ -181,7 +212,11 @@ class LeanDecoder:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
-        self.embed, self.norm, self.head = body.embed_tokens.weight, body.norm.weight, model.lm_head.weight
+        self.embed, self.norm, self.head = (
+            body.embed_tokens.weight,
+            body.norm.weight,
+            model.lm_head.weight,
+        )
         self.inv_freq = body.rotary_emb.inv_freq
         self.rope_scale = float(getattr(body.rotary_emb, "attention_scaling", 1.0))
         self.layers = [LayerWeights.of(layer) for layer in body.layers]
@@ -190,13 +225,17 @@ class LeanDecoder:
         dtype, x = x.dtype, x.float()
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
 
-    def rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotary(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of the rotary angles, the first half of sin negated (see `rotate`)."""
         freqs = positions[..., None].float() * self.inv_freq.float()
         angles = torch.cat((freqs, freqs), dim=-1)
         sin, half = angles.sin() * self.rope_scale, freqs.shape[-1]
         cos = angles.cos() * self.rope_scale
-        return cos.to(dtype)[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1).to(dtype)[:, None]
+        return cos.to(dtype)[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1).to(dtype)[
+            :, None
+        ]
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -204,8 +243,14 @@ class LeanDecoder:
         its halves swapped and the first one negated, and -a * b == a * -b exactly."""
         return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
-    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-               scaling: float) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
         """Attention of queries [B, H, T, D] over keys and values of the key-value heads, as transformers computes
         it under a mask on the CPU (so the bits are its bits): with several query heads per key-value head, one
         query token is packed as `groups` queries of its head's group, more tokens attend to repeated keys. On a
@@ -213,19 +258,39 @@ class LeanDecoder:
         rows, heads, length, dim = q.shape
         groups = heads // self.kv_heads
         if groups == 1 or keys.is_cuda:
-            return attend_fp32_on_cpu(F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling,
-                                      enable_gqa=groups > 1)
+            return attend_fp32_on_cpu(
+                F.scaled_dot_product_attention,
+                q,
+                keys,
+                values,
+                mask,
+                scale=scaling,
+                enable_gqa=groups > 1,
+            )
         if length == 1:
-            out = attend_fp32_on_cpu(F.scaled_dot_product_attention, q.reshape(rows, self.kv_heads, groups, dim),
-                                     keys, values, mask, scale=scaling)
+            out = attend_fp32_on_cpu(
+                F.scaled_dot_product_attention,
+                q.reshape(rows, self.kv_heads, groups, dim),
+                keys,
+                values,
+                mask,
+                scale=scaling,
+            )
             return out.reshape(rows, heads, 1, dim)
         span = keys.shape[2]
-        keys, values = (t[:, :, None].expand(rows, self.kv_heads, groups, span, dim).reshape(rows, heads, span, dim)
-                        for t in (keys, values))
-        return attend_fp32_on_cpu(F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling)
+        keys, values = (
+            t[:, :, None]
+            .expand(rows, self.kv_heads, groups, span, dim)
+            .reshape(rows, heads, span, dim)
+            for t in (keys, values)
+        )
+        return attend_fp32_on_cpu(
+            F.scaled_dot_product_attention, q, keys, values, mask, scale=scaling
+        )
 
-    def qkv(self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor,
-            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(
+        self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries [B, H, T, D], keys and values [B, KV, T, D] of x [B, T, hidden], rotated."""
         rows, length, _ = x.shape
         h = self.rms_norm(x, w.input_norm)
@@ -236,7 +301,9 @@ class LeanDecoder:
         v = w.v(h).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
         return self.rotate(q.transpose(1, 2), cos, sin), self.rotate(k.transpose(1, 2), cos, sin), v
 
-    def rest_of_layer(self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    def rest_of_layer(
+        self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor
+    ) -> torch.Tensor:
         """x after the attention output [B, H, T, D] and the MLP."""
         rows, _, length, _ = attended.shape
         x = x + w.o(attended.transpose(1, 2).reshape(rows, length, -1))
@@ -246,7 +313,9 @@ class LeanDecoder:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
         mask [B, 1, T, width + T] says which cached and new columns each new token attends to."""
         x = F.embedding(ids, self.embed)
@@ -256,12 +325,19 @@ class LeanDecoder:
             q, k, v = self.qkv(w, x, cos, sin)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
-            x = self.rest_of_layer(w, x, self.attend(q, keys[:, :, :end], values[:, :, :end], mask, w.scaling))
+            x = self.rest_of_layer(
+                w, x, self.attend(q, keys[:, :, :end], values[:, :, :end], mask, w.scaling)
+            )
         cache.width = end
         return self.logits(x)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, pool: list[tuple[torch.Tensor, torch.Tensor]],
-             plan: Plan) -> torch.Tensor:
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        pool: list[tuple[torch.Tensor, torch.Tensor]],
+        plan: Plan,
+    ) -> torch.Tensor:
         """Next-token logits after one token per row, tokens [B] at positions [B], over a paged cache: `pool`
         holds each layer's keys and values [KV, slots, D]; the plan says where each row writes and what it
         attends to."""
@@ -271,11 +347,14 @@ class LeanDecoder:
             q, k, v = self.qkv(w, x, cos, sin)
             keys.index_copy_(1, plan.write, k[:, :, 0].transpose(0, 1).to(keys.dtype))
             values.index_copy_(1, plan.write, v[:, :, 0].transpose(0, 1).to(values.dtype))
-            x = self.rest_of_layer(w, x, self.attend_paged(q[:, :, 0], keys, values, plan, w.scaling)[:, :, None])
+            x = self.rest_of_layer(
+                w, x, self.attend_paged(q[:, :, 0], keys, values, plan, w.scaling)[:, :, None]
+            )
         return self.logits(x)
 
-    def attend_paged(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan,
-                     scaling: float) -> torch.Tensor:
+    def attend_paged(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan, scaling: float
+    ) -> torch.Tensor:
         """Attention of one query per row, q [B, H, D], over its group's shared prefix and its own tokens.
 
         Cascade attention: the rows of a group (continuations of one prompt, or of one fork point) share their
@@ -298,17 +377,30 @@ class LeanDecoder:
             by_block = pool.view(kv, -1, plan.block * dim).index_select(1, blocks.flatten())
             return by_block.view(kv, blocks.shape[0], -1, dim).to(dtype)
 
-        place = plan.group * slots + plan.slot                                          # [B] in [G x slots]
-        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)                 # [KV, B, g, D]
-        own_keys, own_values = read(keys, plan.own), read(values, plan.own)             # [KV, B, Wo, D]
-        shared_keys, shared_values = read(keys, plan.shared), read(values, plan.shared)  # [KV, G, Wg, D]
+        place = plan.group * slots + plan.slot  # [B] in [G x slots]
+        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)  # [KV, B, g, D]
+        own_keys, own_values = read(keys, plan.own), read(values, plan.own)  # [KV, B, Wo, D]
+        shared_keys, shared_values = (
+            read(keys, plan.shared),
+            read(values, plan.shared),
+        )  # [KV, G, Wg, D]
         grouped = mine.new_zeros(kv, groups * slots, per_kv, dim).index_copy_(1, place, mine)
-        shared = (grouped.view(kv, groups, slots * per_kv, dim) @ shared_keys.transpose(-1, -2)) * scaling
-        shared = shared.view(kv, groups * slots, per_kv, width).index_select(1, place)  # [KV, B, g, Wg]
-        own = (mine @ own_keys.transpose(-1, -2)) * scaling                              # [KV, B, g, Wo]
-        scores = torch.cat([shared, own], -1).masked_fill(~plan.visible[None, :, None], float("-inf"))
+        shared = (
+            grouped.view(kv, groups, slots * per_kv, dim) @ shared_keys.transpose(-1, -2)
+        ) * scaling
+        shared = shared.view(kv, groups * slots, per_kv, width).index_select(
+            1, place
+        )  # [KV, B, g, Wg]
+        own = (mine @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
+        scores = torch.cat([shared, own], -1).masked_fill(
+            ~plan.visible[None, :, None], float("-inf")
+        )
         probs = scores.softmax(-1)
-        back = probs.new_zeros(kv, groups * slots, per_kv, width).index_copy_(1, place, probs[..., :width])
-        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(kv, groups * slots, per_kv, dim)
-        out = out.index_select(1, place) + probs[..., width:] @ own_values               # [KV, B, g, D]
+        back = probs.new_zeros(kv, groups * slots, per_kv, width).index_copy_(
+            1, place, probs[..., :width]
+        )
+        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(
+            kv, groups * slots, per_kv, dim
+        )
+        out = out.index_select(1, place) + probs[..., width:] @ own_values  # [KV, B, g, D]
         return out.transpose(0, 1).reshape(rows, heads, dim).to(q.dtype)

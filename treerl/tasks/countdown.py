@@ -40,7 +40,12 @@ MAX_MAGNITUDE = 10**12
 EXPRESSION_CHARS = re.compile(r"[\d+\-*/().\s]*")
 SYMBOLS = {"\\times": "*", "\\cdot": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/", "−": "-"}
 """Operator spellings models write, mapped to the ASCII the parser takes."""
-OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
 REFERENCE_SHAPE = '{"numbers": [...], "target": N}'
 
 
@@ -56,7 +61,12 @@ def random_chain(numbers: list[int], rng: random.Random) -> tuple[int, str, list
     for number in order[1:]:
         ops = ["+", "*"] + ["-"] * (value >= number) + ["/"] * (value % number == 0)
         op = rng.choice(ops)
-        result = {"+": value + number, "-": value - number, "*": value * number, "/": value // number}[op]
+        result = {
+            "+": value + number,
+            "-": value - number,
+            "*": value * number,
+            "/": value // number,
+        }[op]
         steps.append(f"{value} {op} {number} = {result}")
         value, expression = result, f"({expression} {op} {number})"
     return value, expression, steps
@@ -72,8 +82,10 @@ def random_problem(count: int, rng: random.Random) -> tuple[list[int], int, str,
 
 
 def question(numbers: list[int], target: int) -> str:
-    return (f"Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
-            "arithmetic operations (+, -, *, /) and each number can only be used once.")
+    return (
+        f"Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
+        "arithmetic operations (+, -, *, /) and each number can only be used once."
+    )
 
 
 def value_of(node: ast.AST, literals: list[int]) -> Fraction:
@@ -85,7 +97,9 @@ def value_of(node: ast.AST, literals: list[int]) -> Fraction:
         value = value_of(node.operand, literals)
         value = -value if isinstance(node.op, ast.USub) else value
     elif isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
-        value = OPERATORS[type(node.op)](value_of(node.left, literals), value_of(node.right, literals))
+        value = OPERATORS[type(node.op)](
+            value_of(node.left, literals), value_of(node.right, literals)
+        )
     else:
         raise ValueError(f"not allowed: {type(node).__name__}")
     if abs(value) > MAX_MAGNITUDE:
@@ -108,9 +122,14 @@ def evaluate(expression: str) -> tuple[Fraction, list[int]] | None:
 def check_reference(reference: Any) -> tuple[list[int], int]:
     numbers = reference.get("numbers") if isinstance(reference, dict) else None
     target = reference.get("target") if isinstance(reference, dict) else None
-    if (not isinstance(numbers, list) or not all(type(n) is int for n in numbers)
-            or type(target) is not int):
-        raise UserError(f"countdown reference must be {REFERENCE_SHAPE}, got {repr(reference)[:80]}")
+    if (
+        not isinstance(numbers, list)
+        or not all(type(n) is int for n in numbers)
+        or type(target) is not int
+    ):
+        raise UserError(
+            f"countdown reference must be {REFERENCE_SHAPE}, got {repr(reference)[:80]}"
+        )
     return numbers, target
 
 
@@ -129,8 +148,12 @@ class Countdown(Task):
         """A random problem of a level, and whether it is held out."""
         numbers, target, expression, steps = random_problem(self._count(level), rng)
         solution = f"<think>{', '.join(steps)}.</think>\n<answer>{expression}</answer>"
-        problem = Problem(question=question(numbers, target), reference={"numbers": numbers, "target": target},
-                          level=level, solution=solution)
+        problem = Problem(
+            question=question(numbers, target),
+            reference={"numbers": numbers, "target": target},
+            level=level,
+            solution=solution,
+        )
         return problem, is_held_out(numbers, target)
 
     def sample(self, level: str, rng: random.Random) -> Problem:
@@ -164,8 +187,11 @@ class Countdown(Task):
         for symbol, ascii_op in SYMBOLS.items():
             answer = answer.replace(symbol, ascii_op)
         evaluated = evaluate(answer.split("=", 1)[0])  # '(1 + 2) * 3 = 9' -> the left side
-        correct = (evaluated is not None and sorted(evaluated[1]) == sorted(numbers)
-                   and abs(evaluated[0] - target) < Fraction(1, 10**5))
+        correct = (
+            evaluated is not None
+            and sorted(evaluated[1]) == sorted(numbers)
+            and abs(evaluated[0] - target) < Fraction(1, 10**5)
+        )
         return correct, float(correct)
 
 

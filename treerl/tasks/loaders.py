@@ -34,6 +34,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 @dataclass(frozen=True)
 class Fields:
     """Where a row keeps its parts; dotted names reach into nested fields (`reward_model.ground_truth`)."""
+
     problem: str = "problem"
     answer: str = "answer"
     answer_format: Literal["plain", "boxed", "gsm8k"] = "plain"
@@ -54,23 +55,38 @@ class Source:
         override = os.environ.get("TREERL_DATA")
         if override:
             return Path(override) / self.file
-        return (PACKAGE_DATA if self.file.startswith("benchmarks/") else REPOSITORY_DATA) / self.file
+        return (
+            PACKAGE_DATA if self.file.startswith("benchmarks/") else REPOSITORY_DATA
+        ) / self.file
 
 
 BENCHMARKS = {
     "math500": Source("benchmarks/math500.jsonl", "math", Fields(level="level", subject="subject")),
-    "gsm8k": Source("benchmarks/gsm8k.jsonl", "gsm8k", Fields(problem="question", answer_format="gsm8k")),
+    "gsm8k": Source(
+        "benchmarks/gsm8k.jsonl", "gsm8k", Fields(problem="question", answer_format="gsm8k")
+    ),
     "aime24": Source("benchmarks/aime24.jsonl", "math", Fields()),
     "amc23": Source("benchmarks/amc23.jsonl", "math", Fields()),
-    "minerva_math": Source("benchmarks/minerva_math.jsonl", "math",
-                           Fields(answer="solution", answer_format="boxed", subject="type")),
-    "olympiadbench": Source("benchmarks/olympiadbench.jsonl", "math",
-                            Fields(problem="question", answer="final_answer", subject="subfield")),
+    "minerva_math": Source(
+        "benchmarks/minerva_math.jsonl",
+        "math",
+        Fields(answer="solution", answer_format="boxed", subject="type"),
+    ),
+    "olympiadbench": Source(
+        "benchmarks/olympiadbench.jsonl",
+        "math",
+        Fields(problem="question", answer="final_answer", subject="subfield"),
+    ),
 }
 TRAINING_SETS = {
-    "math_train": Source("train/math_train.parquet", "math",
-                         Fields(problem="prompt", answer="reward_model.ground_truth")),
-    "gsm8k_train": Source("train/gsm8k_train.jsonl", "gsm8k", Fields(problem="question", answer_format="gsm8k")),
+    "math_train": Source(
+        "train/math_train.parquet",
+        "math",
+        Fields(problem="prompt", answer="reward_model.ground_truth"),
+    ),
+    "gsm8k_train": Source(
+        "train/gsm8k_train.jsonl", "gsm8k", Fields(problem="question", answer_format="gsm8k")
+    ),
 }
 NAMED = {**BENCHMARKS, **TRAINING_SETS}
 
@@ -86,7 +102,11 @@ def field(row: dict[str, Any], name: str) -> Any:
 
 def as_text(value: Any) -> str:
     """A field as text: chat messages give the last user turn, numbers drop a '.0', lists join with ', '."""
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and "content" in m for m in value)
+    ):
         users = [m["content"] for m in value if m.get("role") == "user"]
         return str(users[-1] if users else value[-1]["content"])
     if isinstance(value, list):
@@ -125,7 +145,9 @@ def to_problem(row: Any, fields: Fields) -> Problem | None:
         level = as_text(field(row, fields.level)) if fields.level else ALL_LEVELS
         subject = as_text(field(row, fields.subject)) if fields.subject else ""
     except KeyError as missing:
-        raise ValueError(f"has no field {missing} (fields: {', '.join(row)}); set task.fields") from None
+        raise ValueError(
+            f"has no field {missing} (fields: {', '.join(row)}); set task.fields"
+        ) from None
     if not question:
         raise ValueError("has an empty problem")
     if not answer:
@@ -137,6 +159,7 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, row) for each row of a JSONL, JSON-list or parquet file; `where` is 'file:line' or 'file: row N'."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
+
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as error:
@@ -148,7 +171,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise UserError(f"{path}:{number}: not UTF-8 text; save the file as UTF-8") from None
+                raise UserError(
+                    f"{path}:{number}: not UTF-8 text; save the file as UTF-8"
+                ) from None
             if line.strip():
                 try:
                     yield f"{path}:{number}", json.loads(line)
@@ -156,7 +181,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
                     raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
 
 
-def to_problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str | Path) -> list[Problem]:
+def to_problems(
+    rows: Iterable[tuple[str, Any]], fields: Fields, source: str | Path
+) -> list[Problem]:
     problems, skipped = [], []
     for where, row in rows:
         try:
@@ -168,7 +195,10 @@ def to_problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str | P
         else:
             problems.append(problem)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} row(s) with an empty answer: {'; '.join(skipped[:5])}", stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} row(s) with an empty answer: {'; '.join(skipped[:5])}",
+            stacklevel=2,
+        )
     if not problems:
         raise UserError(f"{source}: no rows with a problem and an answer")
     return problems
@@ -177,26 +207,33 @@ def to_problems(rows: Iterable[tuple[str, Any]], fields: Fields, source: str | P
 def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
     """A Hugging Face dataset from the local cache or a local folder: 'name' or 'name:split'; nothing is downloaded."""
     import datasets
+
     datasets.disable_progress_bars()
     repo, _, split = name.partition(":")
     try:
         rows = datasets.load_dataset(repo, split=split or default_split)
     except Exception:
-        raise UserError(f"'{name}' is not a file, a named dataset ({', '.join(NAMED)}) or a Hugging Face dataset "
-                        f"in the local cache") from None
+        raise UserError(
+            f"'{name}' is not a file, a named dataset ({', '.join(NAMED)}) or a Hugging Face dataset "
+            f"in the local cache"
+        ) from None
     yield from ((f"{name}: row {i}", row) for i, row in enumerate(rows))
 
 
 @lru_cache(maxsize=16)
-def load_problems(source: str, fields: Fields | None = None, default_split: str = "test") -> tuple[Problem, ...]:
+def load_problems(
+    source: str, fields: Fields | None = None, default_split: str = "test"
+) -> tuple[Problem, ...]:
     """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, or a cached HF dataset name."""
     if source in NAMED:
         named = NAMED[source]
         path = named.path()
         if not path.exists():
-            raise UserError(f"{source}: {path} not found; the training sets are in the repository's data/ folder "
-                            "(not in an installed package): set TREERL_DATA to a folder that holds benchmarks/ "
-                            "and train/")
+            raise UserError(
+                f"{source}: {path} not found; the training sets are in the repository's data/ folder "
+                "(not in an installed package): set TREERL_DATA to a folder that holds benchmarks/ "
+                "and train/"
+            )
         return tuple(to_problems(read_rows(path), named.fields, path))
     fields = fields or Fields()
     path = Path(source).expanduser()
@@ -213,8 +250,14 @@ def with_fields(fields: dict[str, str] | None) -> Fields | None:
         return None
     unknown = set(fields) - set(Fields.__dataclass_fields__)
     if unknown:
-        raise UserError(f"task.fields: unknown key(s) {', '.join(sorted(unknown))}; "
-                        f"keys: {', '.join(Fields.__dataclass_fields__)}")
+        raise UserError(
+            f"task.fields: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"keys: {', '.join(Fields.__dataclass_fields__)}"
+        )
     if fields.get("answer_format", "plain") not in ("plain", "boxed", "gsm8k"):
-        raise UserError(f"task.fields.answer_format: '{fields['answer_format']}' is not plain, boxed or gsm8k")
-    return replace(Fields(), **cast(dict[str, Any], fields))   # answer_format is one of its literals (checked above)
+        raise UserError(
+            f"task.fields.answer_format: '{fields['answer_format']}' is not plain, boxed or gsm8k"
+        )
+    return replace(
+        Fields(), **cast(dict[str, Any], fields)
+    )  # answer_format is one of its literals (checked above)

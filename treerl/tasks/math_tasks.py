@@ -28,9 +28,16 @@ class MathTask(Task):
     default_train_data = "math_train"
     default_eval_data = "math500"
 
-    def __init__(self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False,
-                 train_data: str | None = None, eval_data: str | None = None, fields: dict[str, str] | None = None,
-                 verify_timeout: float = 3.0):
+    def __init__(
+        self,
+        format_reward: float = 0.0,
+        template: str | None = None,
+        format_required: bool = False,
+        train_data: str | None = None,
+        eval_data: str | None = None,
+        fields: dict[str, str] | None = None,
+        verify_timeout: float = 3.0,
+    ):
         super().__init__(format_reward, template, format_required)
         self.train_data = train_data or self.default_train_data
         self.eval_data = eval_data or self.default_eval_data
@@ -57,15 +64,21 @@ class MathTask(Task):
         return self.train_pools[level]
 
     def eval_problems(self, level: str, n: int) -> list[Problem]:
-        rows = [p for p in load_problems(self.eval_data, self.fields, "test") if level in (ALL_LEVELS, p.level)]
+        rows = [
+            p
+            for p in load_problems(self.eval_data, self.fields, "test")
+            if level in (ALL_LEVELS, p.level)
+        ]
         if not rows:
             raise UserError(f"{self.eval_data} has no problems of level '{level}'")
         return rows[:n] if n else rows
 
     def judge(self, completion: str, reference: str | int | float) -> tuple[bool, float]:
         if isinstance(reference, bool) or not isinstance(reference, str | int | float):
-            raise UserError(f"a {self.name} reference is the answer as a string, like '18' or '\\frac{{14}}{{3}}'; "
-                            f"got {type(reference).__name__}")
+            raise UserError(
+                f"a {self.name} reference is the answer as a string, like '18' or '\\frac{{14}}{{3}}'; "
+                f"got {type(reference).__name__}"
+            )
         correct = is_correct(completion, str(reference), self.numeric, self.verify_timeout)
         return correct, float(correct)
 

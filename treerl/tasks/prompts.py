@@ -47,21 +47,36 @@ def think_then_answer(text: str) -> bool:
     if any(text.count(tag) != 1 for tag in tags):
         return False
     positions = [text.index(tag) for tag in tags]
-    between = text[positions[1] + len(tags[1]):positions[2]]
-    return (positions == sorted(positions) and positions[0] == 0 and text.endswith(tags[3])
-            and not between.strip())
+    between = text[positions[1] + len(tags[1]) : positions[2]]
+    return (
+        positions == sorted(positions)
+        and positions[0] == 0
+        and text.endswith(tags[3])
+        and not between.strip()
+    )
 
 
 TEMPLATES: Registry[Template] = Registry("task.template")
 TEMPLATES.add("plain", Template("plain", "", "", ends_with_answer_line))
-TEMPLATES.add("boxed", Template("boxed", "Please reason step by step, and put your final answer within \\boxed{}.",
-                                "", has_boxed))
-TEMPLATES.add("think", Template(
+TEMPLATES.add(
+    "boxed",
+    Template(
+        "boxed",
+        "Please reason step by step, and put your final answer within \\boxed{}.",
+        "",
+        has_boxed,
+    ),
+)
+TEMPLATES.add(
     "think",
-    "You are a helpful assistant. You first think about the reasoning process in the mind "
-    "and then provide the user with the answer.",
-    "Show your work in <think> </think> tags, and return the final answer in <answer> </answer> tags.",
-    think_then_answer))
+    Template(
+        "think",
+        "You are a helpful assistant. You first think about the reasoning process in the mind "
+        "and then provide the user with the answer.",
+        "Show your work in <think> </think> tags, and return the final answer in <answer> </answer> tags.",
+        think_then_answer,
+    ),
+)
 
 
 def render_prompt(template: Template, question: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -70,6 +85,9 @@ def render_prompt(template: Template, question: str, tokenizer: PreTrainedTokeni
         return question
     user = f"{question}\n{template.instruction}" if template.instruction else question
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+        messages = [
+            {"role": "system", "content": template.system},
+            {"role": "user", "content": user},
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{template.system}\n\n{user}\n"

@@ -25,6 +25,7 @@ from treerl.train.update import trainable
 @dataclass
 class PromptRollout:
     """One prompt's part of a step: its reasoning tree, the leaves' grades, and what training makes of them."""
+
     problem: Problem
     tree: ReasoningTree
     rewards: torch.Tensor
@@ -47,6 +48,7 @@ class PromptRollout:
 @dataclass
 class Rollout:
     """One step's training data: a record per prompt, and the samples trained on (one per kept node)."""
+
     prompts: list[PromptRollout]
     samples: list[TrainingSample]
     stats: TreeStats
@@ -57,9 +59,19 @@ class Rollout:
     """Seconds spent generating (timing/rollout_s) and grading and scoring (timing/reward_s)."""
 
 
-def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Estimator, rng: random.Random,
-            generator: torch.Generator, sampler: ProblemSampler, weights: QueryWeights,
-            par: Parallel = Parallel()) -> Rollout:
+def collect(
+    policy,
+    tokenizer,
+    task: Task,
+    cfg: Config,
+    step: int,
+    estimator: Estimator,
+    rng: random.Random,
+    generator: torch.Generator,
+    sampler: ProblemSampler,
+    weights: QueryWeights,
+    par: Parallel = Parallel(),
+) -> Rollout:
     """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each), generated
     rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill, more rounds while fewer
     than batch_prompts prompts have a sample that survives train.filter_tau. Under torchrun every rank draws the
@@ -74,42 +86,77 @@ def collect(policy, tokenizer, task: Task, cfg: Config, step: int, estimator: Es
     for _ in range(1 + ro.refill):
         new = par.share(sampler.draw(step, ro.batch_prompts, rng))
         t0 = time.perf_counter()
-        trees = sample_problem_trees(policy, tokenizer, task, new, shape, temperature=ro.temperature, top_p=ro.top_p,
-                                     generator=generator, rollout=ro, batch_prompts=ro.generation_batch, stats=stats)
+        trees = sample_problem_trees(
+            policy,
+            tokenizer,
+            task,
+            new,
+            shape,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            generator=generator,
+            rollout=ro,
+            batch_prompts=ro.generation_batch,
+            stats=stats,
+        )
         t1 = time.perf_counter()
         timings["timing/rollout_s"] += t1 - t0
         grades = grade_trees(trees, new, task, tokenizer)
         online = [(problem.id, weights.online_score(tree)) for tree, problem in zip(trees, new)]
-        weights.update((problem_id, score) for part in par.gather(online) for problem_id, score in part
-                       if score is not None)
-        for problem, tree, graded, advantages in zip(new, trees, grades, step_advantages(estimator, trees, cfg, par)):
-            prompts.append(PromptRollout(problem, tree, torch.tensor([g.reward for g in graded]),
-                                         torch.tensor([g.correct for g in graded], dtype=torch.float),
-                                         weights.weight(problem.id, step), advantages))
+        weights.update(
+            (problem_id, score)
+            for part in par.gather(online)
+            for problem_id, score in part
+            if score is not None
+        )
+        for problem, tree, graded, advantages in zip(
+            new, trees, grades, step_advantages(estimator, trees, cfg, par)
+        ):
+            prompts.append(
+                PromptRollout(
+                    problem,
+                    tree,
+                    torch.tensor([g.reward for g in graded]),
+                    torch.tensor([g.correct for g in graded], dtype=torch.float),
+                    weights.weight(problem.id, step),
+                    advantages,
+                )
+            )
         timings["timing/reward_s"] += time.perf_counter() - t1
         if not ro.refill:
             break
-        with_signal = [p for p in prompts if any(trainable(sample, cfg) for sample in training_samples(p))]
+        with_signal = [
+            p for p in prompts if any(trainable(sample, cfg) for sample in training_samples(p))
+        ]
         if not par.max([len(with_signal) < share])[0]:
             break
     for prompt in prompts:
         prompt.score = weights.score(prompt.problem.id)
     buffer = with_signal[:share] if ro.refill else prompts
-    return Rollout(prompts, [sample for prompt in buffer for sample in training_samples(prompt)], stats,
-                   sampler.probs(step), timings)
+    return Rollout(
+        prompts,
+        [sample for prompt in buffer for sample in training_samples(prompt)],
+        stats,
+        sampler.probs(step),
+        timings,
+    )
 
 
-def step_advantages(estimator: Estimator, trees: list[ReasoningTree], cfg: Config,
-                    par: Parallel) -> list[Advantages]:
+def step_advantages(
+    estimator: Estimator, trees: list[ReasoningTree], cfg: Config, par: Parallel
+) -> list[Advantages]:
     """The estimator's advantages of this rank's trees, computed over every rank's trees of the round."""
     if par.world == 1:
         return estimator.advantages(trees, cfg.algo.params)
     parts = par.gather(trees)
     every = estimator.advantages([tree for part in parts for tree in part], cfg.algo.params)
-    start = sum(len(part) for part in parts[:par.rank])
-    return every[start:start + len(trees)]
+    start = sum(len(part) for part in parts[: par.rank])
+    return every[start : start + len(trees)]
 
 
 def training_samples(prompt: PromptRollout) -> list[TrainingSample]:
     """One sample per node the estimator gave an advantage, weighted by the prompt's Re-Schedule weight."""
-    return [replace(sample, weight=prompt.weight) for sample in prompt.tree.training_samples(prompt.advantages)]
+    return [
+        replace(sample, weight=prompt.weight)
+        for sample in prompt.tree.training_samples(prompt.advantages)
+    ]

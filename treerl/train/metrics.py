@@ -15,12 +15,20 @@ from treerl.rollout.tree import TreeStats
 from treerl.train.collect import Rollout
 
 
-def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings: dict[str, float],
-                 lr: float, levels: list[str]) -> dict[str, Any]:
+def step_metrics(
+    step: int,
+    rollout: Rollout,
+    learner: dict[str, float],
+    timings: dict[str, float],
+    lr: float,
+    levels: list[str],
+) -> dict[str, Any]:
     """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape, token counts, curriculum."""
     prompts = rollout.prompts
-    lengths = torch.tensor([len(p.tree.text_ids(path)) for p in prompts for path, _ in p.tree.leaves()],
-                           dtype=torch.float)
+    lengths = torch.tensor(
+        [len(p.tree.text_ids(path)) for p in prompts for path, _ in p.tree.leaves()],
+        dtype=torch.float,
+    )
     correct = torch.cat([p.correct for p in prompts])
     inner = sum(1 for p in prompts for _, node in p.tree.walk() if node.children)
     groups_kept = sum(p.groups_kept for p in prompts)
@@ -49,9 +57,13 @@ def step_metrics(step: int, rollout: Rollout, learner: dict[str, float], timings
     }
     for level, prob in zip(levels, rollout.level_probs):
         metrics[f"curriculum/p/{level}"] = prob
-        metrics[f"curriculum/share/{level}"] = sum(p.problem.level == level for p in prompts) / len(prompts)
+        metrics[f"curriculum/share/{level}"] = sum(p.problem.level == level for p in prompts) / len(
+            prompts
+        )
     for level in sorted({p.problem.level for p in prompts}):
-        metrics[f"acc/{level}"] = torch.cat([p.correct for p in prompts if p.problem.level == level]).mean().item()
+        metrics[f"acc/{level}"] = (
+            torch.cat([p.correct for p in prompts if p.problem.level == level]).mean().item()
+        )
     return metrics
 
 
@@ -60,20 +72,29 @@ def prefix_cache_metrics(stats: TreeStats) -> dict[str, float]:
     (all it can serve) that it served, and the share of all inherited tokens; nothing for other backends."""
     if not stats.prefix_tokens_cacheable:
         return {}
-    return {"sampler/prefix_cache_hit": stats.prefix_tokens_saved / stats.prefix_tokens_cacheable,
-            "sampler/prefix_cache_hit_raw": stats.prefix_tokens_saved / stats.prefix_tokens_inherited}
+    return {
+        "sampler/prefix_cache_hit": stats.prefix_tokens_saved / stats.prefix_tokens_cacheable,
+        "sampler/prefix_cache_hit_raw": stats.prefix_tokens_saved / stats.prefix_tokens_inherited,
+    }
 
 
 def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | None]:
     """GiB, the largest over ranks: the peak GPU memory torch allocated since the last call (null on CPU) and
     the resident memory of the process now (null where /proc is missing)."""
     statm = Path("/proc/self/statm")
-    rss = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30 if statm.is_file() else None
+    rss = (
+        int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+        if statm.is_file()
+        else None
+    )
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gpu_max, rss_max = par.max([gpu or 0.0, rss or 0.0])
-    return {"memory/gpu_peak_gib": None if gpu is None else gpu_max, "memory/rss_gib": None if rss is None else rss_max}
+    return {
+        "memory/gpu_peak_gib": None if gpu is None else gpu_max,
+        "memory/rss_gib": None if rss is None else rss_max,
+    }
 
 
 def merged(rollout: Rollout, par: Parallel) -> Rollout:
@@ -84,5 +105,10 @@ def merged(rollout: Rollout, par: Parallel) -> Rollout:
     stats = TreeStats()
     for part in parts:
         stats += part.stats
-    return Rollout([p for part in parts for p in part.prompts], [], stats, rollout.level_probs,
-                   {key: max(part.timings[key] for part in parts) for key in rollout.timings})
+    return Rollout(
+        [p for part in parts for p in part.prompts],
+        [],
+        stats,
+        rollout.level_probs,
+        {key: max(part.timings[key] for part in parts) for key in rollout.timings},
+    )

@@ -20,14 +20,18 @@ from treerl.parallel import Parallel
 
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 """Whole tensors, gathered to rank 0's CPU memory (other ranks get an empty dict)."""
-TRAINED_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+TRAINED_ON_RANK0 = StateDictOptions(
+    full_state_dict=True, cpu_offload=True, ignore_frozen_params=True
+)
 """The same for the parameters that train (under LoRA, the adapters)."""
 
 
 def wrap_policy(model: torch.nn.Module, par: Parallel) -> torch.nn.Module:
     """DDP, or FSDP2 with one shard group per decoder layer (the model's _no_split_modules) plus the root."""
     if par.strategy == "ddp":
-        return DistributedDataParallel(model, device_ids=[par.device.index] if par.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model, device_ids=[par.device.index] if par.device.type == "cuda" else None
+        )
     if par.strategy == "fsdp2":
         layers = set(getattr(model, "_no_split_modules", None) or [])
         for module in model.modules():
@@ -72,13 +76,21 @@ def full_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tup
     """(model, optimizer) state with whole tensors, on rank 0's CPU, of the parameters that train (and the
     buffers); keyed by parameter name, so that a run saved with N ranks resumes with M."""
     model = unwrap(policy)
-    aliases = ({name for name, _ in model.named_parameters(remove_duplicate=False)}
-               - {name for name, _ in model.named_parameters()})   # tied weights, e.g. lm_head = embed_tokens
-    weights = {name: tensor for name, tensor in get_model_state_dict(policy, options=TRAINED_ON_RANK0).items()
-               if name not in aliases}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
+        name for name, _ in model.named_parameters()
+    }  # tied weights, e.g. lm_head = embed_tokens
+    weights = {
+        name: tensor
+        for name, tensor in get_model_state_dict(policy, options=TRAINED_ON_RANK0).items()
+        if name not in aliases
+    }
     return weights, get_optimizer_state_dict(policy, optimizer, options=FULL_ON_RANK0)
 
 
-def load_optimizer_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(
+    policy: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
     """Every rank reads the full optimizer state; FSDP2 keeps its own shard of it."""
-    set_optimizer_state_dict(policy, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        policy, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )

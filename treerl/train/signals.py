@@ -25,7 +25,7 @@ def stop_signals() -> Iterator[StopRequest]:
 
     def handle(signum: int, frame) -> None:
         if request.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt   # asked twice: stop now
+            raise KeyboardInterrupt  # asked twice: stop now
         request.signal = signal.Signals(signum)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -64,32 +64,66 @@ class TrainState:
     keeps it)."""
     step: int = 0
     """Steps done."""
-    spent: dict[str, float] = field(default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0, "rescore": 0.0})
+    spent: dict[str, float] = field(
+        default_factory=lambda: {"eval": 0.0, "checkpoint": 0.0, "rescore": 0.0}
+    )
     """Seconds of evaluation, checkpoints and re-scoring over the whole run, resumes included."""
 
     @classmethod
-    def start(cls, cfg: Config, sampler: ProblemSampler, weights: QueryWeights, checkpoint: Path | None,
-              par: Parallel, horizon: int | None = None) -> TrainState:
+    def start(
+        cls,
+        cfg: Config,
+        sampler: ProblemSampler,
+        weights: QueryWeights,
+        checkpoint: Path | None,
+        par: Parallel,
+        horizon: int | None = None,
+    ) -> TrainState:
         """A fresh state from cfg.model, or the one saved in `checkpoint`; the learning rate's schedule spans
         `horizon` steps (default train.steps)."""
         torch.manual_seed(cfg.seed)
         m = cfg.model
-        model, tokenizer = load_policy(str(checkpoint) if checkpoint else m.name_or_path, m.dtype, par.device,
-                                       m.trust_remote_code, m.lora)
+        model, tokenizer = load_policy(
+            str(checkpoint) if checkpoint else m.name_or_path,
+            m.dtype,
+            par.device,
+            m.trust_remote_code,
+            m.lora,
+        )
         if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if cfg.train.compile:
             model.forward = torch.compile(model.forward, dynamic=True)
         policy = wrap_policy(model, par)
         reference = None
-        if cfg.algo.kl_coef > 0:   # a LoRA run's reference is its base model: the adapters switched off
-            reference = (WithoutAdapters(model) if isinstance(model, PeftModel)
-                         else load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval())
+        if (
+            cfg.algo.kl_coef > 0
+        ):  # a LoRA run's reference is its base model: the adapters switched off
+            reference = (
+                WithoutAdapters(model)
+                if isinstance(model, PeftModel)
+                else load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval()
+            )
         trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        generator = torch.Generator(device=par.device).manual_seed(cfg.seed + RANK_SEED_STRIDE * par.rank)
-        state = cls(policy, reference, tokenizer, optimizer, random.Random(cfg.seed), generator, sampler, weights,
-                    horizon or cfg.train.steps)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        generator = torch.Generator(device=par.device).manual_seed(
+            cfg.seed + RANK_SEED_STRIDE * par.rank
+        )
+        state = cls(
+            policy,
+            reference,
+            tokenizer,
+            optimizer,
+            random.Random(cfg.seed),
+            generator,
+            sampler,
+            weights,
+            horizon or cfg.train.steps,
+        )
         if checkpoint:
             state.restore(checkpoint, cfg.seed, par)
         return state
@@ -101,12 +135,15 @@ class TrainState:
         sampling = saved["rng"]["sampling"]
         if par.rank < len(sampling):
             self.generator.set_state(sampling[par.rank])
-        else:   # resumed on more processes than the run was saved with: a fresh stream for this rank
+        else:  # resumed on more processes than the run was saved with: a fresh stream for this rank
             self.generator.manual_seed(seed + RANK_SEED_STRIDE * par.rank + saved["step"])
         self.sampler.load_state_dict(saved["curriculum"]["sampler"])
         self.weights.load_state_dict(saved["curriculum"]["scores"])
         self.step = saved["step"]
-        self.spent = {**self.spent, **saved.get("spent", {})}   # checkpoints from before 2026-12 have none
+        self.spent = {
+            **self.spent,
+            **saved.get("spent", {}),
+        }  # checkpoints from before 2026-12 have none
 
     def set_lr(self, cfg: Config, step: int) -> float:
         """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1) over the horizon."""
@@ -118,9 +155,20 @@ class TrainState:
     def save(self, run: RunDir, keep: int, par: Parallel) -> None:
         """Collective: every rank hands its part (sharded weights, its sampling stream); rank 0 writes."""
         model_state, optimizer_state = full_state(self.policy, self.optimizer)
-        saved = {"optimizer": optimizer_state, "spent": self.spent,
-                 "rng": {"problems": self.rng.getstate(), "sampling": par.gather(self.generator.get_state())},
-                 "curriculum": {"sampler": self.sampler.state_dict(), "scores": self.weights.state_dict()}}
+        saved = {
+            "optimizer": optimizer_state,
+            "spent": self.spent,
+            "rng": {
+                "problems": self.rng.getstate(),
+                "sampling": par.gather(self.generator.get_state()),
+            },
+            "curriculum": {
+                "sampler": self.sampler.state_dict(),
+                "scores": self.weights.state_dict(),
+            },
+        }
         if par.main:
-            run.save_checkpoint(self.step, unwrap(self.policy), model_state, self.tokenizer, saved, keep=keep)
+            run.save_checkpoint(
+                self.step, unwrap(self.policy), model_state, self.tokenizer, saved, keep=keep
+            )
         par.barrier()

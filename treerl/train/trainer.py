@@ -49,43 +49,94 @@ def mixed_precision(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=DTYPES[cfg.model.autocast])
 
 
-def train_step(state: TrainState, task: Task, cfg: Config, step: int, estimator: Estimator, objective: Objective,
-               par: Parallel) -> tuple[Rollout, dict[str, Any]]:
+def train_step(
+    state: TrainState,
+    task: Task,
+    cfg: Config,
+    step: int,
+    estimator: Estimator,
+    objective: Objective,
+    par: Parallel,
+) -> tuple[Rollout, dict[str, Any]]:
     """Roll out (sample, grade, score), update, and the step's metrics."""
     t0 = time.perf_counter()
     with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
-        rollout = collect(sampling_policy, state.tokenizer, task, cfg, step, estimator, state.rng, state.generator,
-                          state.sampler, state.weights, par)
+        rollout = collect(
+            sampling_policy,
+            state.tokenizer,
+            task,
+            cfg,
+            step,
+            estimator,
+            state.rng,
+            state.generator,
+            state.sampler,
+            state.weights,
+            par,
+        )
     t1 = time.perf_counter()
     lr = state.set_lr(cfg, step)
     other_engine = backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm"
     with mixed_precision(cfg, par.device):
-        learner = update(state.policy, state.reference, state.optimizer, rollout.samples, cfg, objective,
-                         state.generator, par,
-                         OwnOld(cfg.rollout.vllm.old_logprobs == "trainer") if other_engine else None)
+        learner = update(
+            state.policy,
+            state.reference,
+            state.optimizer,
+            rollout.samples,
+            cfg,
+            objective,
+            state.generator,
+            par,
+            OwnOld(cfg.rollout.vllm.old_logprobs == "trainer") if other_engine else None,
+        )
     state.step = step
     t2 = time.perf_counter()
-    metrics = step_metrics(step, merged(rollout, par), learner,
-                           {**rollout.timings, "timing/update_s": t2 - t1, "timing/step_s": t2 - t0}, lr,
-                           cfg.curriculum.levels)
-    metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(metrics["timing/rollout_s"], 1e-9)
-    metrics["throughput/train_tok_s"] = (metrics["tokens/trained"] * cfg.train.epochs
-                                         / max(metrics["timing/update_s"], 1e-9))
+    metrics = step_metrics(
+        step,
+        merged(rollout, par),
+        learner,
+        {**rollout.timings, "timing/update_s": t2 - t1, "timing/step_s": t2 - t0},
+        lr,
+        cfg.curriculum.levels,
+    )
+    metrics["throughput/rollout_tok_s"] = metrics["tokens/generated"] / max(
+        metrics["timing/rollout_s"], 1e-9
+    )
+    metrics["throughput/train_tok_s"] = (
+        metrics["tokens/trained"] * cfg.train.epochs / max(metrics["timing/update_s"], 1e-9)
+    )
     metrics.update(memory_metrics(par.device, par))
-    state.sampler.observe(step, {level: metrics[f"acc/{level}"] for level in cfg.curriculum.levels
-                                 if f"acc/{level}" in metrics})   # every rank's prompts: all ranks agree
+    state.sampler.observe(
+        step,
+        {
+            level: metrics[f"acc/{level}"]
+            for level in cfg.curriculum.levels
+            if f"acc/{level}" in metrics
+        },
+    )  # every rank's prompts: all ranks agree
     return rollout, metrics
 
 
-def rescore(state: TrainState, task: Task, cfg: Config, step: int, bar: Progress, par: Parallel) -> None:
+def rescore(
+    state: TrainState, task: Task, cfg: Config, step: int, bar: Progress, par: Parallel
+) -> None:
     """Score every query of the pools again with the current policy (Re-Schedule's score updates); each rank
     scores its share, on a stream of its own so that training's sampling stays as it was."""
     problems = state.sampler.problems()
     job = bar.add_task(f"re-score @ step {step}", total=len(problems), info="")
-    generator = torch.Generator(device=par.device).manual_seed(cfg.seed + step + RANK_SEED_STRIDE * par.rank)
+    generator = torch.Generator(device=par.device).manual_seed(
+        cfg.seed + step + RANK_SEED_STRIDE * par.rank
+    )
     with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
-        rows = score_queries(sampling_policy, state.tokenizer, task, par.share(problems), cfg, generator,
-                             scored=lambda rows: bar.advance(job, len(rows) * par.world))
+        rows = score_queries(
+            sampling_policy,
+            state.tokenizer,
+            task,
+            par.share(problems),
+            cfg,
+            generator,
+            scored=lambda rows: bar.advance(job, len(rows) * par.world),
+        )
     bar.remove_task(job)
     field = state.weights.ranking.field if state.weights.ranking else "r_score"
     state.weights.update((row["id"], row[field]) for part in par.gather(rows) for row in part)
@@ -99,12 +150,20 @@ def drawable(sampler: ProblemSampler) -> list[Problem]:
     """The training problems a step may draw: the finite pools, and a sample of GENERATED_SAMPLE fresh problems
     of each level generated without end (from a stream of its own: training's draws stay as they are)."""
     rng = random.Random(0)
-    return [problem for level, pool in sampler.pools.items()
-            for problem in (pool if pool is not None else [sampler.task.sample(level, rng)
-                                                            for _ in range(GENERATED_SAMPLE)])]
+    return [
+        problem
+        for level, pool in sampler.pools.items()
+        for problem in (
+            pool
+            if pool is not None
+            else [sampler.task.sample(level, rng) for _ in range(GENERATED_SAMPLE)]
+        )
+    ]
 
 
-def check_kv_budget(state: TrainState, task: Task, cfg: Config, estimator: Estimator, par: Parallel) -> None:
+def check_kv_budget(
+    state: TrainState, task: Task, cfg: Config, estimator: Estimator, par: Parallel
+) -> None:
     """Before step 0: a rollout.kv_budget_gib that a sampling call of the run (lean backend) could run out of is
     refused in one line naming the least that fits, so that no run dies at a later step for it: a step's trees
     (a call's share of rollout.batch_prompts), an evaluation (eval.batch_size prompts) and the re-scoring trees
@@ -113,20 +172,33 @@ def check_kv_budget(state: TrainState, task: Task, cfg: Config, estimator: Estim
     if not budget or backend_name(model, cfg.rollout.backend) != "lean":
         return
     backend = backend_for(model, cfg.rollout)
-    assert isinstance(backend, LeanBackend)   # backend_name said lean
+    assert isinstance(backend, LeanBackend)  # backend_name said lean
     share = -(-cfg.rollout.batch_prompts // par.world)
     flat_eval = TreeShape(1, 1, cfg.eval.max_new_tokens, cfg.eval.max_new_tokens)
-    calls = {"a training step's trees": (drawable(state.sampler), min(cfg.rollout.generation_batch or share, share),
-                                         TreeShape.for_training(cfg, estimator.deep)),
-             "an evaluation": (eval_set(task, cfg.eval), cfg.eval.batch_size, flat_eval)}
+    calls = {
+        "a training step's trees": (
+            drawable(state.sampler),
+            min(cfg.rollout.generation_batch or share, share),
+            TreeShape.for_training(cfg, estimator.deep),
+        ),
+        "an evaluation": (eval_set(task, cfg.eval), cfg.eval.batch_size, flat_eval),
+    }
     if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
-        calls["the re-scoring trees"] = (state.sampler.problems(), cfg.rscore.batch_prompts, TreeShape.for_scoring(cfg))
-    needs = {name: least_kv_gib(backend, state.tokenizer, task, *call) for name, call in calls.items()}
+        calls["the re-scoring trees"] = (
+            state.sampler.problems(),
+            cfg.rscore.batch_prompts,
+            TreeShape.for_scoring(cfg),
+        )
+    needs = {
+        name: least_kv_gib(backend, state.tokenizer, task, *call) for name, call in calls.items()
+    }
     name, need = max(needs.items(), key=lambda item: item[1])
     if need > budget:
-        raise UserError(f"rollout.kv_budget_gib={budget:g} is less than {name} can need: {need:g} GiB holds every "
-                        "prompt and tree node whose continuations may wait at once, and one sequence; set "
-                        f"rollout.kv_budget_gib={need:g} or more")
+        raise UserError(
+            f"rollout.kv_budget_gib={budget:g} is less than {name} can need: {need:g} GiB holds every "
+            "prompt and tree node whose continuations may wait at once, and one sequence; set "
+            f"rollout.kv_budget_gib={need:g} or more"
+        )
 
 
 @contextmanager
@@ -145,19 +217,25 @@ def holding(run: RunDir, par: Parallel) -> Iterator[None]:
         yield
 
 
-def resume_point(run: RunDir, cfg: Config, par: Parallel) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
+def resume_point(
+    run: RunDir, cfg: Config, par: Parallel
+) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
     """The checkpoint a resume continues from (the newest intact one) and what the resume changes in the config:
     only keys a resume may change (config.RESUMABLE), and never train.steps below the steps already done."""
     changed = changes(build(Config, run.config_data()), cfg)
     refused = [key for key in changed if not resumable(key)]
     if refused:
-        raise UserError(f"a resume cannot change {', '.join(refused)}: the run's steps were made with the saved "
-                        f"values. It may change {', '.join(RESUMABLE)}; start a new run for the rest")
+        raise UserError(
+            f"a resume cannot change {', '.join(refused)}: the run's steps were made with the saved "
+            f"values. It may change {', '.join(RESUMABLE)}; start a new run for the rest"
+        )
     checkpoint = par.broadcast(run.intact_checkpoint(warn) if par.main else None)
     done = checkpoint_step(checkpoint) if checkpoint else 0
     if cfg.train.steps < done:
-        raise UserError(f"--resume {run.path}: the run has done {done} steps (checkpoint step_{done}); "
-                        f"train.steps={cfg.train.steps} is fewer. Give train.steps={done} or more")
+        raise UserError(
+            f"--resume {run.path}: the run has done {done} steps (checkpoint step_{done}); "
+            f"train.steps={cfg.train.steps} is fewer. Give train.steps={done} or more"
+        )
     return checkpoint, changed
 
 
@@ -169,12 +247,19 @@ def horizon_line(changed: dict[str, tuple[Any, Any]], horizon: int) -> str | Non
         return None
     old, new = changed["train.steps"]
     past = f"; steps {horizon + 1} to {new} run at their end values" if new > horizon else ""
-    return (f"train.steps {old} -> {new}: the learning rate, the level schedule and Re-Schedule's weights keep the "
-            f"run's horizon of {horizon} steps{past}")
+    return (
+        f"train.steps {old} -> {new}: the learning rate, the level schedule and Re-Schedule's weights keep the "
+        f"run's horizon of {horizon} steps{past}"
+    )
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | None = None,
-          par: Parallel | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    par: Parallel | None = None,
+) -> dict[str, Any]:
     """Train from cfg into run_dir (or continue the run there); returns {'before': eval, 'after': eval}.
     Under torchrun, pass the Parallel of init_parallel: only rank 0 writes and prints."""
     console = console or Console(quiet=par is not None and not par.main)
@@ -182,24 +267,38 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.rollout.batch_prompts < par.world:
-        raise UserError(f"rollout.batch_prompts={cfg.rollout.batch_prompts} gives some of the {par.world} processes "
-                        f"no prompt; set it to at least {par.world}")
+        raise UserError(
+            f"rollout.batch_prompts={cfg.rollout.batch_prompts} gives some of the {par.world} processes "
+            f"no prompt; set it to at least {par.world}"
+        )
     # every name, level and file the config refers to is looked up here, before a model is loaded
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
     estimator.check(cfg.algo.params)
     run = RunDir(run_dir)
-    horizon = run.begun_with().get("train", {}).get("steps", cfg.train.steps) if resume else cfg.train.steps
+    horizon = (
+        run.begun_with().get("train", {}).get("steps", cfg.train.steps)
+        if resume
+        else cfg.train.steps
+    )
     task, sampler = task_and_sampler(cfg, horizon)
     check_levels(task, cfg.eval.levels or [], "eval.levels")
     pool = None if None in sampler.pools.values() else sampler.problems()
-    weights = QueryWeights.from_config(cfg, TreeShape.for_training(cfg, estimator.deep).depth, pool, horizon)
+    weights = QueryWeights.from_config(
+        cfg, TreeShape.for_training(cfg, estimator.deep).depth, pool, horizon
+    )
     if weights.source:
         console.print(weights.source)
     if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and pool is None:
-        raise UserError(f"re-scoring scores every query of the pools: task '{task.name}' generates problems without "
-                        "end, so set curriculum.pool_size=N")
+        raise UserError(
+            f"re-scoring scores every query of the pools: task '{task.name}' generates problems without "
+            "end, so set curriculum.pool_size=N"
+        )
     if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
-        check_depth(cfg.rscore.eligible, TreeShape.for_scoring(cfg).depth, "the scoring trees (rscore.depth)")
+        check_depth(
+            cfg.rscore.eligible,
+            TreeShape.for_scoring(cfg).depth,
+            "the scoring trees (rscore.depth)",
+        )
     if not resume:
         run.check_new()
     with run.disk_errors(), holding(run, par):
@@ -208,11 +307,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         state = TrainState.start(cfg, sampler, weights, checkpoint, par, horizon)
         check_kv_budget(state, task, cfg, estimator, par)
         if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
-            raise UserError(f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
-                            "training process for now; under torchrun set rollout.backend=lean (or hf)")
-        par.barrier()   # every rank has looked at run_dir before rank 0 writes there
+            raise UserError(
+                f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
+                "training process for now; under torchrun set rollout.backend=lean (or hf)"
+            )
+        par.barrier()  # every rank has looked at run_dir before rank 0 writes there
         if par.main and resume:
-            run.truncate_to(state.step)   # what was logged after the checkpoint is redone
+            run.truncate_to(state.step)  # what was logged after the checkpoint is redone
             run.record_resume(state.step, changed, schedules)
         elif par.main:
             run.write_config(cfg)
@@ -223,8 +324,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, console: Console | N
         return run_steps(state, cfg, run, task, estimator, objective, console, par)
 
 
-def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator: Estimator, objective: Objective,
-              console: Console, par: Parallel) -> dict[str, Any]:
+def run_steps(
+    state: TrainState,
+    cfg: Config,
+    run: RunDir,
+    task: Task,
+    estimator: Estimator,
+    objective: Objective,
+    console: Console,
+    par: Parallel,
+) -> dict[str, Any]:
     """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints between; the
     final evaluation and checkpoint, the tables and timing.json (the train command then writes the report)."""
 
@@ -234,14 +343,26 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
         state.spent["checkpoint"] += time.perf_counter() - t0
 
     trackers = Trackers(cfg.output if par.main else OutputConfig(), run.path, cfg.model_dump())
-    with stop_signals() as stop, progress_bar(cfg.output.progress and par.main) as bar, closing(trackers):
+    with (
+        stop_signals() as stop,
+        progress_bar(cfg.output.progress and par.main) as bar,
+        closing(trackers),
+    ):
 
         def run_eval(step: int) -> None:
             t0 = time.perf_counter()
             job = bar.add_task(f"eval @ step {step}", total=eval_work(task, cfg.eval), info="")
             with sampling_model(state.policy) as sampling_policy, mixed_precision(cfg, par.device):
-                results = evaluate(sampling_policy, state.tokenizer, task, cfg.eval, seed=cfg.seed,
-                                   advance=lambda k: bar.advance(job, k * par.world), par=par, rollout=cfg.rollout)
+                results = evaluate(
+                    sampling_policy,
+                    state.tokenizer,
+                    task,
+                    cfg.eval,
+                    seed=cfg.seed,
+                    advance=lambda k: bar.advance(job, k * par.world),
+                    par=par,
+                    rollout=cfg.rollout,
+                )
             bar.remove_task(job)
             if par.main:
                 run.record_eval(step, results)
@@ -252,7 +373,7 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
             run_eval(0)
         job = bar.add_task("train", total=cfg.train.steps, completed=state.step, info="")
         bad_steps = 0
-        recent: list[dict[str, Any]] = []   # the last steps' metrics, for stall_begun
+        recent: list[dict[str, Any]] = []  # the last steps' metrics, for stall_begun
         for step in range(state.step + 1, cfg.train.steps + 1):
             if state.weights.rescore_due(step):
                 t0 = time.perf_counter()
@@ -262,23 +383,42 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
                 rollout, metrics = train_step(state, task, cfg, step, estimator, objective, par)
             except NonFiniteWeights as err:
                 latest = run.latest_checkpoint()
-                raise UserError(f"step {step}: {err}, so the run stops without keeping them; "
-                                f"{f'the last good checkpoint is {latest}' if latest else 'no checkpoint was written'}"
-                                f". Lower train.lr and continue with --resume {run.path}") from None
-            recent = [*recent, metrics][-IDLE_STEPS - 1:]
+                raise UserError(
+                    f"step {step}: {err}, so the run stops without keeping them; "
+                    f"{f'the last good checkpoint is {latest}' if latest else 'no checkpoint was written'}"
+                    f". Lower train.lr and continue with --resume {run.path}"
+                ) from None
+            recent = [*recent, metrics][-IDLE_STEPS - 1 :]
             if par.main:
                 run.log(metrics)
                 trackers.log(metrics)
-                if stall := stall_begun(recent):   # steps in a row that trained nothing: say so, once
+                if stall := stall_begun(
+                    recent
+                ):  # steps in a row that trained nothing: say so, once
                     warn(stall.line())
             if par.main and cfg.output.save_trees:
                 r = cfg.rscore
-                run.save_trees([tree_record(p.tree, p.problem, state.tokenizer, prune_tau(cfg.algo),
-                                            greedy_choices(p.tree, r.top_m, r.eligible, r.child), step,
-                                            p.advantages, p.weight)
-                                for p in rollout.prompts[:cfg.output.save_trees]])
-            step_done(bar, job, f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
-                                f"{metrics['timing/step_s']:.2f} s/step")
+                run.save_trees(
+                    [
+                        tree_record(
+                            p.tree,
+                            p.problem,
+                            state.tokenizer,
+                            prune_tau(cfg.algo),
+                            greedy_choices(p.tree, r.top_m, r.eligible, r.child),
+                            step,
+                            p.advantages,
+                            p.weight,
+                        )
+                        for p in rollout.prompts[: cfg.output.save_trees]
+                    ]
+                )
+            step_done(
+                bar,
+                job,
+                f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
+                f"{metrics['timing/step_s']:.2f} s/step",
+            )
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
             saved = bool(cfg.train.save_every and step % cfg.train.save_every == 0)
@@ -288,16 +428,24 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
             if bad_steps >= cfg.train.max_bad_steps:
                 if not saved:
                     save()
-                raise UserError(f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step "
-                                f"{step}), so their updates were skipped; the last good state is saved in "
-                                f"{run.path}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
-                                f"continue with --resume {run.path}")
-            if par.max([stop.signal is not None])[0]:   # one rank asked to stop: all stop after this step
+                raise UserError(
+                    f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step "
+                    f"{step}), so their updates were skipped; the last good state is saved in "
+                    f"{run.path}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
+                    f"continue with --resume {run.path}"
+                )
+            if par.max([stop.signal is not None])[
+                0
+            ]:  # one rank asked to stop: all stop after this step
                 if not saved:
                     save()
-                name = stop.signal.name if stop.signal is not None else "a signal to another process"
-                raise RunStopped(f"stopped by {name} after step {step} of {cfg.train.steps}; the "
-                                 f"checkpoint is saved: continue with treerl train --resume {run.path}")
+                name = (
+                    stop.signal.name if stop.signal is not None else "a signal to another process"
+                )
+                raise RunStopped(
+                    f"stopped by {name} after step {step} of {cfg.train.steps}; the "
+                    f"checkpoint is saved: continue with treerl train --resume {run.path}"
+                )
         final = cfg.train.steps
         if str(final) not in par.broadcast(run.evals()):
             run_eval(final)
@@ -308,7 +456,9 @@ def run_steps(state: TrainState, cfg: Config, run: RunDir, task: Task, estimator
     before, after = evals["0"], evals[str(final)]
     print_eval(after, before, title=f"held-out accuracy (%), step 0 -> {final}", console=console)
     if par.main:
-        timing = time_summary(run.metrics(), state.spent["eval"], state.spent["checkpoint"], state.spent["rescore"])
+        timing = time_summary(
+            run.metrics(), state.spent["eval"], state.spent["checkpoint"], state.spent["rescore"]
+        )
         run.write_timing(timing)
         print_time_summary(timing, console)
     return {"before": before, "after": after}
