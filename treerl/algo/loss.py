@@ -1,5 +1,6 @@
-"""The learner's loss, each part registered by name: the policy loss (algo.policy_loss), the aggregation of
-per-token values into one scalar (algo.loss_agg) and the KL estimator (algo.kl_estimator)."""
+"""The learner's loss, each part registered by name: the policy loss (algo.policy_loss), the
+aggregation of per-token values into one scalar (algo.loss_agg) and the KL estimator
+(algo.kl_estimator)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from treerl.registry import Registry
 PolicyLoss = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, AlgoConfig], tuple[torch.Tensor, torch.Tensor]
 ]
-"""(logprobs, old_logprobs, advantages, algo) -> (per-token loss, where clipping took the gradient away)."""
+"""(logprobs, old_logprobs, advantages, algo) -> (per-token loss, where clipping took the gradient
+away)."""
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("algo.policy_loss")
 
 Aggregation = Callable[[torch.Tensor, torch.Tensor, float, float, float | None], torch.Tensor]
-"""(values [B, T], mask [B, T], sequences, tokens, norm_len) -> scalar; the counts are the whole mini-batch's."""
+"""(values [B, T], mask [B, T], sequences, tokens, norm_len) -> scalar; the counts are the whole
+mini-batch's."""
 AGGREGATIONS: Registry[Aggregation] = Registry("algo.loss_agg")
 
 KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,8 +40,8 @@ def _ratio_terms(
 def clipped_policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, algo: AlgoConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped loss with decoupled bounds (DAPO's clip-higher): max(-A r, -A clip(r, 1 - clip_low,
-    1 + clip_high)) per token."""
+    """PPO's clipped loss with decoupled bounds (DAPO's clip-higher): max(-A r, -A clip(r,
+    1 - clip_low, 1 + clip_high)) per token."""
     unclipped, clipped = _ratio_terms(logprobs, old_logprobs, advantages, algo)
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
 
@@ -47,9 +50,9 @@ def clipped_policy_loss(
 def dual_clip_policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, algo: AlgoConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dual-clip PPO (Ye et al., 2020), as verl's `vanilla` loss: the clipped loss, and where A < 0 also at most
-    -A c (c = algo.clip_ratio_c > 1), so that a token whose ratio has grown far past 1 + clip_high no longer
-    pushes with an unbounded weight."""
+    """Dual-clip PPO (Ye et al., 2020), as verl's `vanilla` loss: the clipped loss, and where A < 0
+    also at most -A c (c = algo.clip_ratio_c > 1), so that a token whose ratio has grown far past
+    1 + clip_high no longer pushes with an unbounded weight."""
     unclipped, clipped = _ratio_terms(logprobs, old_logprobs, advantages, algo)
     loss = torch.maximum(unclipped, clipped)
     bound = -advantages * algo.clip_ratio_c
@@ -80,7 +83,8 @@ def seq_mean_token_mean(
 def seq_mean_token_sum_norm(
     values: torch.Tensor, mask: torch.Tensor, seqs: float, tokens: float, norm_len: float | None
 ) -> torch.Tensor:
-    """Sum over all tokens / (sequences x norm_len), a constant length: the generation budget (Dr. GRPO)."""
+    """Sum over all tokens / (sequences x norm_len), a constant length: the generation budget
+    (Dr. GRPO)."""
     if norm_len is None:
         raise ValueError("seq-mean-token-sum-norm needs norm_len (the generation budget)")
     return (values * mask).sum() / (seqs * norm_len)

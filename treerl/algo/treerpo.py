@@ -1,16 +1,19 @@
-"""TreeRPO's step-level advantages (arXiv 2506.05183): group-relative among siblings of a reasoning tree.
+"""TreeRPO's step-level advantages (arXiv 2506.05183): group-relative among siblings of a reasoning
+tree.
 
 Each inner node's children form a group, compared by their values (a leaf's reward, an inner node's
 subtree mean). A group whose values spread less than `prune_tau` (max - min) teaches nothing and is
 dropped. Within a kept group A = (v - mu) / d, where d is, by `norm`:
-- `bernoulli`: mu (1 - mu) + eps, the Bernoulli variance, as the paper's code does (at mu = 0.5, A = +-2);
+- `bernoulli`: mu (1 - mu) + eps, the Bernoulli variance, as the paper's code does
+  (at mu = 0.5, A = +-2);
 - `std`: the population standard deviation of the group's values + eps;
 - `none`: 1 (A = v - mu), the mean difference other TreeRPO implementations use.
 
 Then, by `weighting`, every advantage of a tree is divided by w:
-- `none`: w = 1 (the paper's code): a tree with many kept groups weighs more in the loss than one with few;
-- `groups`: w = the tree's number of kept groups, so that every prompt weighs about as much as in GRPO, whose
-  tree has one group.
+- `none`: w = 1 (the paper's code): a tree with many kept groups weighs more in the loss than one
+  with few;
+- `groups`: w = the tree's number of kept groups, so that every prompt weighs about as much as in
+  GRPO, whose tree has one group.
 Pruning comes first, so w counts the groups that carry advantages, whatever the norm.
 """
 
@@ -43,8 +46,8 @@ def treerpo_advantages(
     eps: float = 1e-6,
     weighting: str = "none",
 ) -> dict[Path, float]:
-    """{path: advantage} for every node in a kept sibling group; the tree's values must be backed up. The
-    parameters are algo.params.prune_tau, .norm, .eps and .weighting."""
+    """{path: advantage} for every node in a kept sibling group; the tree's values must be backed
+    up. The parameters are algo.params.prune_tau, .norm, .eps and .weighting."""
     divisor, weight = NORMS.lookup(norm), WEIGHTINGS.lookup(weighting)
     advantages: dict[Path, float] = {}
     for path, node in tree.walk():
@@ -62,8 +65,8 @@ def treerpo_advantages(
 
 
 def prune_tau(algo: AlgoConfig) -> float:
-    """The prune_tau TreeRPO has under this config (shown by the tree viewer): algo.params.prune_tau when
-    algo.name=treerpo, else its default."""
+    """The prune_tau TreeRPO has under this config (shown by the tree viewer): algo.params.prune_tau
+    when algo.name=treerpo, else its default."""
     return ESTIMATORS.lookup("treerpo").params(algo.params if algo.name == "treerpo" else {})[
         "prune_tau"
     ]

@@ -1,4 +1,5 @@
-"""Curricula: E2H level schedules (which levels a step samples) and Re-Schedule (how much each query counts)."""
+"""Curricula: E2H level schedules (which levels a step samples) and Re-Schedule (how much each query
+counts)."""
 
 from treerl.curriculum.levels import level_probs
 from treerl.curriculum.reschedule import loss_weight, ranks

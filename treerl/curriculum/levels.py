@@ -1,22 +1,24 @@
-"""E2H level schedules (arXiv 2506.06632), registered by name: the probability of each training level at step t.
+"""E2H level schedules (arXiv 2506.06632), registered by name: the probability of each training
+level at step t.
 
-Levels are k = 0..K-1, easiest first; t counts the steps already taken, 0..T. Each batch slot draws a
-level from p(t), then the next problem of that level. Past T (a resume that set train.steps above the horizon the
-run began with) a schedule stays at p(T): t / T is taken as at most 1.
+Levels are k = 0..K-1, easiest first; t counts the steps already taken, 0..T. Each batch slot draws
+a level from p(t), then the next problem of that level. Past T (a resume that set train.steps above
+the horizon the run began with) a schedule stays at p(T): t / T is taken as at most 1.
 - `balanced`: p_k = 1/K.
 - `classic`: all mass on level min(floor(t K / T), K - 1): K equal stages, easiest first.
 - `cosine` (E2H-C): a_t = (1 + cos(pi t / T)) / 2, Z = K (K + 1) / 2,
-  p_k = a_t (K - k) / Z + (1 - a_t) (k + 1) / Z: from a linear ramp favouring easy levels to its mirror.
+  p_k = a_t (K - k) / Z + (1 - a_t) (k + 1) / Z: from a linear ramp favouring easy levels to its
+  mirror.
 - `gaussian` (E2H-G): mu = (t / T)^beta (K - 1), q_k proportional to exp(-(k - mu)^2 / (2 sigma^2)),
   p_k = p_min + (1 - K p_min) q_k; p_min = 2 / (K (K + 1)) unless given (0 allowed).
-- `mastery` (reactive, in the spirit of prime-rl's online difficulty filtering): all mass on the current level
-  k, from the easiest; k moves on once level k's training accuracy, averaged over the last `window` steps that
-  drew it, reaches `threshold`.
+- `mastery` (reactive, in the spirit of prime-rl's online difficulty filtering): all mass on the
+  current level k, from the easiest; k moves on once level k's training accuracy, averaged over the
+  last `window` steps that drew it, reaches `threshold`.
 
-A schedule is an object (`Schedule`): `probs(t)`, `observe(t, accuracy)` after each step with the step's
-training accuracy per level, and a state dict saved in checkpoints. The four fixed ones are pure functions of t
-(registered with `register_schedule`); a reactive one is a class registered with `SCHEDULES.register`, built
-from (total_steps, num_levels, **curriculum.params).
+A schedule is an object (`Schedule`): `probs(t)`, `observe(t, accuracy)` after each step with the
+step's training accuracy per level, and a state dict saved in checkpoints. The four fixed ones are
+pure functions of t (registered with `register_schedule`); a reactive one is a class registered with
+`SCHEDULES.register`, built from (total_steps, num_levels, **curriculum.params).
 """
 
 from __future__ import annotations
@@ -72,14 +74,17 @@ class FixedSchedule:
 def register_schedule(
     name: str,
 ) -> Callable[[Callable[..., list[float]]], Callable[..., list[float]]]:
-    """Register a fixed schedule, a function (t, total_steps, num_levels, **params) -> p (returned unchanged)."""
+    """Register a fixed schedule, a function (t, total_steps, num_levels, **params) -> p
+    (returned unchanged)."""
 
     def wrap(fn: Callable[..., list[float]]) -> Callable[..., list[float]]:
         def make(total_steps: int, num_levels: int, **params: Any) -> Schedule:
             return FixedSchedule(fn, total_steps, num_levels, params)
 
         signature = inspect.signature(fn)  # the params check reads the function's own parameters
-        make.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])  # type: ignore
+        make.__signature__ = signature.replace(  # type: ignore
+            parameters=list(signature.parameters.values())[1:]
+        )
         SCHEDULES.add(name, make)
         return fn
 
@@ -92,7 +97,8 @@ def make_schedule(name: str, total_steps: int, num_levels: int, params: dict[str
     check_params("curriculum.params", f"schedule '{name}'", make, params, fixed=2)
     if num_levels < 1 or total_steps < 0:
         raise ValueError(
-            f"need num_levels >= 1 and total_steps >= 0, got {num_levels} levels, {total_steps} steps"
+            f"need num_levels >= 1 and total_steps >= 0, got {num_levels} levels, "
+            f"{total_steps} steps"
         )
     return make(total_steps, num_levels, **params)
 
@@ -140,7 +146,8 @@ def gaussian(
 ) -> list[float]:
     if beta <= 0 or sigma <= 0:
         raise UserError(
-            f"curriculum.params: gaussian needs beta > 0 and sigma > 0, got beta={beta}, sigma={sigma}"
+            "curriculum.params: gaussian needs beta > 0 and sigma > 0, "
+            f"got beta={beta}, sigma={sigma}"
         )
     floor = 2.0 / (num_levels * (num_levels + 1)) if p_min is None else p_min
     if not 0.0 <= floor <= 1.0 / num_levels:
@@ -156,8 +163,9 @@ def gaussian(
 
 @SCHEDULES.register("mastery")
 class Mastery:
-    """All mass on the current level k, from the easiest; k moves to k + 1 once the mean of level k's training
-    accuracy over the last `window` steps that drew it reaches `threshold` (the last level stays)."""
+    """All mass on the current level k, from the easiest; k moves to k + 1 once the mean of level
+    k's training accuracy over the last `window` steps that drew it reaches `threshold`
+    (the last level stays)."""
 
     def __init__(
         self, total_steps: int, num_levels: int, threshold: float = 0.8, window: float = 5

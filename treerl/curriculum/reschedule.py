@@ -1,13 +1,14 @@
 """Re-Schedule's loss weights (arXiv 2510.24832): from simple to complex queries over the run.
 
-A query's score (its r-score, or for the path-based baseline its pass rate) becomes a rank in [0, 1]: 0 for the
-highest score (the simplest query), 1 for the lowest, ties sharing their mean position. At step t of T, with
-gamma(t) = t / T (`linear`) or sigmoid(10 (t / T - 0.5)) (`sigmoid`),
+A query's score (its r-score, or for the path-based baseline its pass rate) becomes a rank in
+[0, 1]: 0 for the highest score (the simplest query), 1 for the lowest, ties sharing their mean
+position. At step t of T, with gamma(t) = t / T (`linear`) or sigmoid(10 (t / T - 0.5)) (`sigmoid`),
 
     w(q, t) = w_min + (w_max - w_min) ((1 - gamma(t)) (1 - rank_q) + gamma(t) rank_q),
 
-so simple queries weigh most at the start and complex ones at the end. The paper's formula, read literally,
-switches every weight at once at T/2; this smooth form moves them gradually (docs/methods.md).
+so simple queries weigh most at the start and complex ones at the end. The paper's formula, read
+literally, switches every weight at once at T/2; this smooth form moves them gradually
+(docs/methods.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ MEDIAN_RANK = 0.5
 
 
 def ranks(scores: dict[str, float]) -> dict[str, float]:
-    """Rank in [0, 1] per query: 0 for the highest score, 1 for the lowest, ties averaged; one query ranks 0.5."""
+    """Rank in [0, 1] per query: 0 for the highest score, 1 for the lowest, ties averaged; one query
+    ranks 0.5."""
     if len(scores) < 2:
         return {key: MEDIAN_RANK for key in scores}
     ordered = sorted(scores, key=lambda key: -scores[key])
@@ -46,8 +48,8 @@ MIXES.add("sigmoid", lambda progress: 1.0 / (1.0 + math.exp(-10.0 * (progress - 
 
 
 def time_mix(mix: str, step: int, total_steps: int) -> float:
-    """gamma(t): how far the weights have moved from favouring simple queries to favouring complex ones, from the
-    progress min(t / T, 1) (past T, as at T)."""
+    """gamma(t): how far the weights have moved from favouring simple queries to favouring complex
+    ones, from the progress min(t / T, 1) (past T, as at T)."""
     return MIXES.lookup(mix)(min(1.0, step / total_steps) if total_steps else 1.0)
 
 
@@ -64,7 +66,8 @@ def loss_weight(
 
 
 class ScoreBook:
-    """Scores per problem id and their ranks, recomputed when a score changes; saved in checkpoints."""
+    """Scores per problem id and their ranks, recomputed when a score changes; saved in
+    checkpoints."""
 
     def __init__(self, scores: dict[str, float] | None = None):
         self.scores: dict[str, float] = dict(scores or {})

@@ -1,22 +1,24 @@
-"""Re-Schedule's r-scores (arXiv 2510.24832): how much a query's leaf accuracy rises from a few edits of its tree.
+"""Re-Schedule's r-scores (arXiv 2510.24832): how much a query's leaf accuracy rises from a few
+edits of its tree.
 
 ACC(S) is the share of correct leaves in S. Both r-scores are greedy, as the reference code
-(`reasoning_tree/analyze_tree.py`) computes them: repeatedly apply the eligible edit with the largest positive
-gain in ACC over the current tree's leaves, add the gain, stop after `top_m` edits or when no gain is
-positive. A high r-score means a few decisions fix the query: it is simple.
+(`reasoning_tree/analyze_tree.py`) computes them: repeatedly apply the eligible edit with the
+largest positive gain in ACC over the current tree's leaves, add the gain, stop after `top_m` edits
+or when no gain is positive. A high r-score means a few decisions fix the query: it is simple.
 
-- **Selection** (`r_score`, the paper's): the edit at an inner node n keeps one child c and drops the other
-  children's subtrees; its gain is ACC(leaves with L(n) replaced by L(c)) - ACC(leaves). The kept child is,
-  by `child`: `accuracy`, the child whose own subtree has the highest share of correct leaves (the code's
-  rule), or `gain`, the child whose keeping raises ACC most. They agree when sibling subtrees have equally
-  many leaves, and differ when an early end-of-sequence leaf stands beside a whole subtree.
-- **Pruning** (`r_score_pruning`, the code's second score): the edit removes node n's whole subtree; its
-  gain is ACC(leaves outside n) - ACC(leaves), and removing every leaf counts as ACC 0.
+- **Selection** (`r_score`, the paper's): the edit at an inner node n keeps one child c and drops
+  the other children's subtrees; its gain is ACC(leaves with L(n) replaced by L(c)) - ACC(leaves).
+  The kept child is, by `child`: `accuracy`, the child whose own subtree has the highest share of
+  correct leaves (the code's rule), or `gain`, the child whose keeping raises ACC most. They agree
+  when sibling subtrees have equally many leaves, and differ when an early end-of-sequence leaf
+  stands beside a whole subtree.
+- **Pruning** (`r_score_pruning`, the code's second score): the edit removes node n's whole subtree;
+  its gain is ACC(leaves outside n) - ACC(leaves), and removing every leaf counts as ACC 0.
 
-Eligible nodes: `all` inner nodes, the root included; `reference` as the code: neither the root nor a depth-1
-node, nor a node whose children are all leaves (and, for selection, only nodes with two or more children).
-Ties go to the node met first breadth-first (shallower, then left to right: the code's node order) and, for
-selection, to the first best child.
+Eligible nodes: `all` inner nodes, the root included; `reference` as the code: neither the root nor
+a depth-1 node, nor a node whose children are all leaves (and, for selection, only nodes with two or
+more children). Ties go to the node met first breadth-first (shallower, then left to right: the
+code's node order) and, for selection, to the first best child.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class Eligibility:
 
 ELIGIBLE: Registry[Eligibility] = Registry("rscore.eligible")
 ELIGIBLE.add("all", Eligibility(lambda path, node: True, 1))
-# the reference code's: a node at depth >= 2 with a child that is not a leaf, so a tree of depth 3 or less
-# scores 0 whatever its leaves say
+# the reference code's: a node at depth >= 2 with a child that is not a leaf, so a tree of depth 3
+# or less scores 0 whatever its leaves say
 ELIGIBLE.add(
     "reference",
     Eligibility(lambda path, node: len(path) >= 2 and not all(c.is_leaf for c in node.children), 4),
@@ -53,7 +55,8 @@ ELIGIBLE.add(
 CHILD_RULES: Registry[Callable[[list[tuple[int, int]], list[Fraction]], list[Fraction]]] = Registry(
     "rscore.child"
 )
-"""(correct, leaves) below each child, each child's gain -> what the kept child maximises (the first on ties)."""
+"""(correct, leaves) below each child, each child's gain -> what the kept child maximises
+(the first on ties)."""
 CHILD_RULES.add(
     "accuracy", lambda below, gains: [Fraction(c, n) for c, n in below]
 )  # the reference code's
@@ -61,13 +64,14 @@ CHILD_RULES.add("gain", lambda below, gains: gains)
 
 
 def check_depth(eligible: str, depth: int, where: str) -> None:
-    """A UserError when trees of this depth can only have r-score 0 (nothing in them is eligible)."""
+    """A UserError when trees of this depth can only have r-score 0 (nothing in them is
+    eligible)."""
     shallowest = ELIGIBLE.lookup(eligible).shallowest
     if depth < shallowest:
         raise UserError(
             f"rscore.eligible={eligible} needs trees of depth {shallowest} or more (a node at "
-            f"depth 2 or deeper with a grandchild), but {where} are {depth} deep: every r-score would be "
-            f"0. Use rscore.eligible=all, or deeper trees"
+            f"depth 2 or deeper with a grandchild), but {where} are {depth} deep: every r-score "
+            "would be 0. Use rscore.eligible=all, or deeper trees"
         )
 
 
@@ -97,7 +101,8 @@ def _eligible(tree: ReasoningTree, eligible: str, min_children: int) -> list[Pat
 def _counts(
     tree: ReasoningTree, children: Callable[[Path, Node], list[tuple[int, Node]]]
 ) -> Counts:
-    """(correct leaves, leaves) below every node still in the tree, given which children each node keeps."""
+    """(correct leaves, leaves) below every node still in the tree, given which children each node
+    keeps."""
     out: Counts = {}
 
     def visit(path: Path, node: Node) -> tuple[int, int]:

@@ -1,10 +1,12 @@
-"""Which problems a step trains on: each batch slot draws a level from the schedule, then that level's next problem.
+"""Which problems a step trains on: each batch slot draws a level from the schedule, then that
+level's next problem.
 
-The schedule (curriculum.name) gives p(t) and observes each step's training accuracy per level (a reactive one
-changes p with it); it is built, and p(0) computed, when the sampler is, so a bad schedule parameter fails before
-training starts. A level with a finite pool (a dataset task's training set, or `curriculum.pool_size`
-generated problems) is walked in a shuffled order, reshuffled after every pass; a generating task without a
-pool draws a fresh problem each time. Positions and orders are saved in checkpoints.
+The schedule (curriculum.name) gives p(t) and observes each step's training accuracy per level (a
+reactive one changes p with it); it is built, and p(0) computed, when the sampler is, so a bad
+schedule parameter fails before training starts. A level with a finite pool (a dataset task's
+training set, or `curriculum.pool_size` generated problems) is walked in a shuffled order,
+reshuffled after every pass; a generating task without a pool draws a fresh problem each time.
+Positions and orders are saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ POOL_DRAWS_PER_PROBLEM = 20
 
 
 def generated_pool(task: Task, level: str, size: int) -> list[Problem]:
-    """`size` distinct problems of a level, the same for every run and seed (so a score file matches them)."""
+    """`size` distinct problems of a level, the same for every run and seed (so a score file matches
+    them)."""
     rng = random.Random(f"{task.name}-train-pool-{level}")
     pool: dict[str, Problem] = {}
     for _ in range(size * POOL_DRAWS_PER_PROBLEM):
@@ -59,7 +62,8 @@ class ProblemSampler:
         return self.schedule.probs(step - 1)
 
     def observe(self, step: int, accuracy: dict[str, float]) -> None:
-        """Training step `step` is done: its training accuracy per level (levels it did not draw are absent)."""
+        """Training step `step` is done: its training accuracy per level (levels it did not draw are
+        absent)."""
         self.schedule.observe(
             step,
             {
@@ -103,8 +107,9 @@ class ProblemSampler:
 
 
 def task_and_sampler(cfg: Config, horizon: int | None = None) -> tuple[Task, ProblemSampler]:
-    """The task of a config and the sampler of its curriculum, the training levels checked; the level schedule
-    spans `horizon` steps (default train.steps; a resumed run's is the train.steps it began with)."""
+    """The task of a config and the sampler of its curriculum, the training levels checked; the
+    level schedule spans `horizon` steps (default train.steps; a resumed run's is the train.steps it
+    began with)."""
     task = make_task(cfg.task)
     check_levels(task, cfg.curriculum.levels, "curriculum.levels", trainable=True)
     c = cfg.curriculum

@@ -1,5 +1,6 @@
-"""Query scores for Re-Schedule, registered by reschedule.rank_by: what a query's reasoning tree says about it
-(its r-score, or its pass rate for the ACC baseline), and the `treerl score` file that holds them per query."""
+"""Query scores for Re-Schedule, registered by reschedule.rank_by: what a query's reasoning tree
+says about it (its r-score, or its pass rate for the ACC baseline), and the `treerl score` file that
+holds them per query."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class Ranking:
     field: str
     """The score's field in a `treerl score` file."""
     edits: bool = False
-    """Whether the score edits the tree at rscore.eligible nodes: then trees too shallow to hold one are refused."""
+    """Whether the score edits the tree at rscore.eligible nodes: then trees too shallow to hold one
+    are refused."""
 
     def check_depth(self, rscore: RScoreConfig, depth: int, where: str) -> None:
         """A UserError when the score of trees this deep could only be 0."""
@@ -86,12 +88,13 @@ def score_of(row: Any, field: str) -> tuple[str, float]:
 
 
 def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
-    """{problem id: score} from a `treerl score` file, the score of `ranking`: one row per id, each score a finite
-    number (not NaN, a string or a boolean), else a UserError naming the line."""
+    """{problem id: score} from a `treerl score` file, the score of `ranking`: one row per id, each
+    score a finite number (not NaN, a string or a boolean), else a UserError naming the line."""
     file = Path(path)
     if not file.is_file():
         raise UserError(
-            f"reschedule.scores_file '{path}' does not exist; write it with `treerl score --out {path}`"
+            f"reschedule.scores_file '{path}' does not exist; write it with "
+            f"`treerl score --out {path}`"
         )
     scores: dict[str, float] = {}
     lines: dict[str, int] = {}
@@ -104,8 +107,8 @@ def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
             raise UserError(f"{path}:{number}: {err}; write the file with `treerl score`") from None
         if problem_id in lines:
             raise UserError(
-                f"{path}:{number}: id '{problem_id}' was scored on line {lines[problem_id]} already; a "
-                "score file has one row per query (write it with `treerl score`)"
+                f"{path}:{number}: id '{problem_id}' was scored on line {lines[problem_id]} "
+                "already; a score file has one row per query (write it with `treerl score`)"
             )
         scores[problem_id], lines[problem_id] = score, number
     return scores
@@ -114,16 +117,17 @@ def read_scores(path: str, ranking: Ranking) -> dict[str, float]:
 def pool_scores(
     scores: dict[str, float], pool_ids: list[str], path: str, min_coverage: float
 ) -> dict[str, float]:
-    """The scores of the training pool's queries (ids of other pools left out). Coverage = scored / pool queries;
-    below `min_coverage` the file is refused, since every unscored query would rank at the median."""
+    """The scores of the training pool's queries (ids of other pools left out).
+    Coverage = scored / pool queries; below `min_coverage` the file is refused, since every unscored
+    query would rank at the median."""
     covered = {problem_id: scores[problem_id] for problem_id in pool_ids if problem_id in scores}
     coverage = len(covered) / len(pool_ids) if pool_ids else 0.0
     if coverage < min_coverage:
         raise UserError(
-            f"reschedule.scores_file {path} has {coverage_line(covered, scores, pool_ids)}, fewer than "
-            f"reschedule.min_coverage={min_coverage:g}: score this config's pool with `treerl score`, "
-            f"or set reschedule.min_coverage={math.floor(coverage * 100) / 100:g} to train with it "
-            "(unscored queries rank at the median)"
+            f"reschedule.scores_file {path} has {coverage_line(covered, scores, pool_ids)}, fewer "
+            f"than reschedule.min_coverage={min_coverage:g}: score this config's pool with "
+            f"`treerl score`, or set reschedule.min_coverage={math.floor(coverage * 100) / 100:g} "
+            "to train with it (unscored queries rank at the median)"
         )
     return covered
 

@@ -1,7 +1,7 @@
-"""Re-Schedule's scoring pass: for each query, sample the scoring tree (rscore.*), grade its leaves (a leaf is
-right when any of rscore.rollouts rollouts from its last branch point is, as the reference code's
-rollout_times), and make its score row. `treerl score` runs it before training; the trainer runs it again at
-reschedule.rescore_every / rescore_at steps with the current policy."""
+"""Re-Schedule's scoring pass: for each query, sample the scoring tree (rscore.*), grade its leaves
+(a leaf is right when any of rscore.rollouts rollouts from its last branch point is, as the
+reference code's rollout_times), and make its score row. `treerl score` runs it before training; the
+trainer runs it again at reschedule.rescore_every / rescore_at steps with the current policy."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def extra_rollouts(
     rollout: RolloutConfig,
     generator: torch.Generator,
 ) -> None:
-    """Complete each deepest leaf `rollouts` more times from its last branch point (depth x step_tokens
-    generated tokens) and mark it right when any completion is. Leaves that end before that point keep their
-    one outcome, as in the reference code."""
+    """Complete each deepest leaf `rollouts` more times from its last branch point
+    (depth x step_tokens generated tokens) and mark it right when any completion is. Leaves that end
+    before that point keep their one outcome, as in the reference code."""
     start = shape.depth * shape.step_tokens
     if rollouts < 1 or start >= shape.max_new_tokens:
         return
@@ -75,8 +75,8 @@ def score_queries(
     generator: torch.Generator,
     scored: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
 ) -> list[dict[str, Any]]:
-    """One score row per problem (rscore.batch_prompts trees sampled together); `scored` is called with each
-    batch's rows as they are made, after the batch's last draw from `generator`."""
+    """One score row per problem (rscore.batch_prompts trees sampled together); `scored` is called
+    with each batch's rows as they are made, after the batch's last draw from `generator`."""
     shape, r = TreeShape.for_scoring(cfg), cfg.rscore
     rows: list[dict[str, Any]] = []
     for start in range(0, len(problems), r.batch_prompts):

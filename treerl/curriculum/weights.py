@@ -1,6 +1,6 @@
-"""Re-Schedule's loss weight of each query, one object the trainer asks: w(rank, t) from the query's score rank,
-or 1.0 for every query when reschedule.rank_by=off. Scores come from a `treerl score` file (static) or from the
-training trees themselves (online); they are saved in checkpoints."""
+"""Re-Schedule's loss weight of each query, one object the trainer asks: w(rank, t) from the query's
+score rank, or 1.0 for every query when reschedule.rank_by=off. Scores come from a `treerl score`
+file (static) or from the training trees themselves (online); they are saved in checkpoints."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ class QueryWeights:
         rs = cfg.reschedule
         self.ranking = ranking
         self.source = source
-        """Where the static scores came from and how many of the pool's queries they cover, said at the start."""
+        """Where the static scores came from and how many of the pool's queries they cover, said at
+        the start."""
         self.online = ranking is not None and rs.scores == "online"
         self.book = ScoreBook(scores)
         self.rscore, self.mix, self.w_min, self.w_max = cfg.rscore, rs.mix, rs.w_min, rs.w_max
         self.total_steps = horizon or cfg.train.steps
-        """T of w(rank, t): the steps the weights move over (a resumed run's is the train.steps it began with)."""
+        """T of w(rank, t): the steps the weights move over (a resumed run's is the train.steps it
+        began with)."""
         self.rescore_every, self.rescore_at = rs.rescore_every, set(rs.rescore_at)
 
     @classmethod
@@ -43,9 +45,10 @@ class QueryWeights:
         pool: list[Problem] | None = None,
         horizon: int | None = None,
     ) -> QueryWeights:
-        """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which online r-scores
-        are computed from; `pool` the training queries a score file must cover (None: a level draws without end);
-        `horizon` the steps they move over (default train.steps)."""
+        """The weights of cfg.reschedule; `tree_depth` is the depth of the training trees, which
+        online r-scores are computed from; `pool` the training queries a score file must cover
+        (None: a level draws without end); `horizon` the steps they move over
+        (default train.steps)."""
         rs = cfg.reschedule
         ranking = ranking_of(rs.rank_by)
         if ranking and rs.scores == "online":
@@ -56,8 +59,9 @@ class QueryWeights:
             return cls(cfg, ranking, horizon=horizon)
         if pool is None:
             raise UserError(
-                f"reschedule.scores_file scores a fixed pool of queries, but task '{cfg.task.name}' "
-                "generates problems without end: set curriculum.pool_size=N, as when it was scored"
+                "reschedule.scores_file scores a fixed pool of queries, but task "
+                f"'{cfg.task.name}' generates problems without end: set curriculum.pool_size=N, "
+                "as when it was scored"
             )
         scores, pool_ids = read_scores(rs.scores_file, ranking), [problem.id for problem in pool]
         covered = pool_scores(scores, pool_ids, rs.scores_file, rs.min_coverage)
@@ -65,8 +69,8 @@ class QueryWeights:
         return cls(cfg, ranking, covered, source, horizon)
 
     def rescore_due(self, step: int) -> bool:
-        """Whether every query is scored again before training step `step` (1-based): at reschedule.rescore_at, and
-        after every reschedule.rescore_every steps."""
+        """Whether every query is scored again before training step `step` (1-based): at
+        reschedule.rescore_at, and after every reschedule.rescore_every steps."""
         every = self.rescore_every and step > 1 and (step - 1) % self.rescore_every == 0
         return self.ranking is not None and bool(every or step in self.rescore_at)
 

@@ -29,8 +29,8 @@ EMBEDDED = {
     "tiny-countdown": Path(__file__).parent / "tiny_countdown",
     "tiny-novice": Path(__file__).parent / "tiny_novice",
 }
-"""Models shipped in the package: the arithmetic warm-up (the default), a Countdown warm-up, and a shorter
-arithmetic warm-up that barely solves the hard level (docs/science.md's setting)."""
+"""Models shipped in the package: the arithmetic warm-up (the default), a Countdown warm-up, and a
+shorter arithmetic warm-up that barely solves the hard level (docs/science.md's setting)."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -46,8 +46,8 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 
 def check_model_files(path: Path, name: str) -> None:
-    """A UserError for a model directory whose config.json is not JSON, or whose safetensors weights are missing
-    or damaged (a torn download or copy), before transformers reads them."""
+    """A UserError for a model directory whose config.json is not JSON, or whose safetensors weights
+    are missing or damaged (a torn download or copy), before transformers reads them."""
     try:
         json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
@@ -102,10 +102,11 @@ def load_policy(
     trust_remote_code: bool = False,
     lora: LoraSettings | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (weights through safetensors) and tokenizer from 'tiny', a local HF directory or a directory of LoRA
-    adapters (on the base model it names), with a pad token set; the directory's own code runs only with
-    trust_remote_code. With lora.r > 0 only adapters train: the directory's, or fresh ones on a plain model; with
-    lora.r = 0 a directory's adapters are merged into the base weights, which all train."""
+    """Model (weights through safetensors) and tokenizer from 'tiny', a local HF directory or a
+    directory of LoRA adapters (on the base model it names), with a pad token set; the directory's
+    own code runs only with trust_remote_code. With lora.r > 0 only adapters train: the directory's,
+    or fresh ones on a plain model; with lora.r = 0 a directory's adapters are merged into the base
+    weights, which all train."""
     if is_adapter(Path(name_or_path).expanduser()):
         adapter = Path(name_or_path).expanduser()
         base, tokenizer = load_policy(base_of(adapter), dtype, device, trust_remote_code)
@@ -123,8 +124,8 @@ def load_policy(
         if "trust_remote_code" not in str(err):
             raise
         raise UserError(
-            f"model path '{name_or_path}' ships its own Python code to build the model; treerl runs it "
-            "only with model.trust_remote_code=true (set it if you trust that code)"
+            f"model path '{name_or_path}' ships its own Python code to build the model; treerl "
+            "runs it only with model.trust_remote_code=true (set it if you trust that code)"
         ) from None
     use_fp32_attention_on_cpu(model)
     if lora is not None and lora.r > 0:

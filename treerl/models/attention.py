@@ -1,9 +1,11 @@
-"""On the CPU, attention runs in fp32 even under bf16 autocast; the matmuls around it keep autocast's dtype.
+"""On the CPU, attention runs in fp32 even under bf16 autocast; the matmuls around it keep
+autocast's dtype.
 
-The CPU's bf16 flash attention is slow where its matmuls are fast: in the tiny model's update its backward
-takes about 6x the fp32 one (3.5 ms against 0.6 ms a call on average), while bf16 matmuls of those shapes run
-3.6x faster than fp32 (docs/performance.md). GPUs keep bf16 attention. `load_policy` gives every sdpa model this
-attention, and the lean sampling forward follows the same rule, so sampling and training compute alike."""
+The CPU's bf16 flash attention is slow where its matmuls are fast: in the tiny model's update its
+backward takes about 6x the fp32 one (3.5 ms against 0.6 ms a call on average), while bf16 matmuls
+of those shapes run 3.6x faster than fp32 (docs/performance.md). GPUs keep bf16 attention.
+`load_policy` gives every sdpa model this attention, and the lean sampling forward follows the same
+rule, so sampling and training compute alike."""
 
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 def use_fp32_attention_on_cpu(model: PreTrainedModel) -> None:
-    """Switch an sdpa model to `sdpa_fp32_on_cpu` (the same as sdpa without CPU autocast; not saved with it)."""
+    """Switch an sdpa model to `sdpa_fp32_on_cpu` (the same as sdpa without CPU autocast; not saved
+    with it)."""
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(NAME)

@@ -1,6 +1,6 @@
-"""LoRA adapters through peft: a policy gets adapters (model.lora.*), a directory of adapters (a LoRA run's
-checkpoint, or any PEFT adapter) loads onto its base model, and the model underneath the adapters is at hand for
-the lean forward."""
+"""LoRA adapters through peft: a policy gets adapters (model.lora.*), a directory of adapters (a
+LoRA run's checkpoint, or any PEFT adapter) loads onto its base model, and the model underneath the
+adapters is at hand for the lean forward."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # peft asks transformers 5 whether gradient checkpointing is on by a name it deprecates
 warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-# peft warns of adapter weights missing from a file; load_adapter refuses such a file itself, in one line
+# peft warns of adapter weights missing from a file;
+# load_adapter refuses such a file itself, in one line
 warnings.filterwarnings("ignore", "Found missing adapter keys", UserWarning)
 
 
@@ -52,8 +53,8 @@ def base_of(path: Path) -> str:
 
 
 def with_adapters(model: PreTrainedModel, settings: LoraSettings, base: str) -> PeftModel:
-    """The model with fresh adapters on settings.target_modules, its own weights frozen; `base` is what the
-    adapters' directory will name as their base model."""
+    """The model with fresh adapters on settings.target_modules, its own weights frozen; `base` is
+    what the adapters' directory will name as their base model."""
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -70,13 +71,14 @@ def with_adapters(model: PreTrainedModel, settings: LoraSettings, base: str) -> 
 
 
 def saved_adapter_keys(path: Path) -> set[str]:
-    """The tensor names in an adapter directory's weights, which must be a whole safetensors file (peft would
-    unpickle adapter_model.bin, and look a missing file up on the Hugging Face Hub)."""
+    """The tensor names in an adapter directory's weights, which must be a whole safetensors file
+    (peft would unpickle adapter_model.bin, and look a missing file up on the Hugging Face Hub)."""
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise UserError(
             f"{weights} does not exist; treerl loads adapters only from safetensors (copy the "
-            "directory again, or save the adapters with save_pretrained(..., safe_serialization=True))"
+            "directory again, or save the adapters with "
+            "save_pretrained(..., safe_serialization=True))"
         )
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -86,9 +88,9 @@ def saved_adapter_keys(path: Path) -> set[str]:
 
 
 def check_coverage(adapted: PeftModel, path: Path, saved: set[str]) -> None:
-    """A UserError unless the weights file holds exactly the adapter matrices that adapter_config.json calls for:
-    peft leaves a missing one at its initial value (B = 0: that module unadapted) and drops one that no module
-    takes, both without a word."""
+    """A UserError unless the weights file holds exactly the adapter matrices that
+    adapter_config.json calls for: peft leaves a missing one at its initial value
+    (B = 0: that module unadapted) and drops one that no module takes, both without a word."""
     expected = {
         key
         for key in get_peft_model_state_dict(adapted, save_embedding_layers=False)
@@ -102,22 +104,24 @@ def check_coverage(adapted: PeftModel, path: Path, saved: set[str]) -> None:
     modules = targets if isinstance(targets, str) else ", ".join(sorted(targets))
     if missing:
         raise UserError(
-            f"{path / ADAPTER_WEIGHTS} holds no weights for {len(missing)} of the {len(expected)} adapter "
-            f"matrices that {ADAPTER_CONFIG} calls for (target_modules: {modules}; the first: "
-            f"{missing[0]}); name only the modules the file covers, or save the adapters again"
+            f"{path / ADAPTER_WEIGHTS} holds no weights for {len(missing)} of the "
+            f"{len(expected)} adapter matrices that {ADAPTER_CONFIG} calls for (target_modules: "
+            f"{modules}; the first: {missing[0]}); name only the modules the file covers, or "
+            "save the adapters again"
         )
     if dropped:
         raise UserError(
-            f"{path / ADAPTER_WEIGHTS} holds {len(dropped)} adapter matrices that no module takes under "
-            f"{ADAPTER_CONFIG} (target_modules: {modules}; the first: {dropped[0]}), so they would be "
-            "dropped; name every adapted module in target_modules"
+            f"{path / ADAPTER_WEIGHTS} holds {len(dropped)} adapter matrices that no module takes "
+            f"under {ADAPTER_CONFIG} (target_modules: {modules}; the first: {dropped[0]}), so "
+            "they would be dropped; name every adapted module in target_modules"
         )
 
 
 def load_adapter(model: PreTrainedModel, path: Path, trainable: bool) -> PeftModel:
-    """The adapters of a directory on their base model, refused in one line that names the file when the weights
-    are missing or damaged, when adapter_config.json's target_modules match no module, when its shapes (r)
-    differ from the weights', or when the weights do not cover exactly the modules it adapts."""
+    """The adapters of a directory on their base model, refused in one line that names the file when
+    the weights are missing or damaged, when adapter_config.json's target_modules match no module,
+    when its shapes (r) differ from the weights', or when the weights do not cover exactly the
+    modules it adapts."""
     saved = saved_adapter_keys(path)
     try:
         adapted = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
@@ -138,8 +142,8 @@ def load_adapter(model: PreTrainedModel, path: Path, trainable: bool) -> PeftMod
 
 
 def underlying(model: Any) -> Any:
-    """The transformers model under a PeftModel (its linear layers wrapped with adapters) or WithoutAdapters,
-    or the model itself."""
+    """The transformers model under a PeftModel (its linear layers wrapped with adapters) or
+    WithoutAdapters, or the model itself."""
     if isinstance(model, WithoutAdapters):
         model = model.peft
     return model.get_base_model() if isinstance(model, PeftModel) else model
@@ -147,9 +151,9 @@ def underlying(model: Any) -> Any:
 
 @torch.no_grad()
 def merged_weights(model: Any) -> dict[str, torch.Tensor]:
-    """The model's weights named as its transformers class names them, with a PeftModel's active adapters merged
-    into the layers they adapt (W + B A alpha / r, peft's own delta); what another engine loads to sample as the
-    model does."""
+    """The model's weights named as its transformers class names them, with a PeftModel's active
+    adapters merged into the layers they adapt (W + B A alpha / r, peft's own delta); what another
+    engine loads to sample as the model does."""
     base = underlying(model)
     merged: dict[str, torch.Tensor] = {}
     for name, module in base.named_modules():
@@ -171,8 +175,8 @@ def merged_weights(model: Any) -> dict[str, torch.Tensor]:
 
 
 class WithoutAdapters(torch.nn.Module):
-    """A PeftModel's base model as a module of its own: its forward runs with the adapters switched off, so a
-    LoRA run's KL reference costs no second copy of the weights."""
+    """A PeftModel's base model as a module of its own: its forward runs with the adapters switched
+    off, so a LoRA run's KL reference costs no second copy of the weights."""
 
     def __init__(self, model: PeftModel):
         super().__init__()

