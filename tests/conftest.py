@@ -8,9 +8,9 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """The models here are tiny: a second intra-op thread only adds contention on a busy 2-core machine
-    (test_engine.py took ~50 s with 2 threads next to another CPU job, ~4 s with 1). The trainer tests
-    set train.threads=1, which does the same for the rest of the session anyway."""
+    """The models here are tiny: a second intra-op thread only adds contention on a busy 2-core
+    machine (test_engine.py took ~50 s with 2 threads next to another CPU job, ~4 s with 1). The
+    trainer tests set train.threads=1, which does the same for the rest of the session anyway."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -18,7 +18,8 @@ def one_torch_thread():
 
 
 def save_random_model(path, hidden: int):
-    """A random 2-layer character-level model with 2 heads, saved with its tokenizer as a local HF directory."""
+    """A random 2-layer character-level model with 2 heads, saved with its tokenizer as a local HF
+    directory."""
     from treerl.models.tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
@@ -49,9 +50,10 @@ def policy(model_dir):
 
 @pytest.fixture(scope="session")
 def trained_run(model_dir, tmp_path_factory):
-    """One short training run made by `treerl train` (so with its report), shared by the report, viewer and
-    browser tests (read-only): TreeRPO trees of 3 x 3 leaves, 2 saved per step, a cosine level schedule, online
-    Re-Schedule weights, evaluation at steps 0, 2 and 4, a checkpoint every step."""
+    """One short training run made by `treerl train` (so with its report), shared by the report,
+    viewer and browser tests (read-only): TreeRPO trees of 3 x 3 leaves, 2 saved per step, a cosine
+    level schedule, online Re-Schedule weights, evaluation at steps 0, 2 and 4, a checkpoint every
+    step."""
     from treerl.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "run"

@@ -55,7 +55,8 @@ def test_dr_grpo_is_reward_minus_group_mean():
 
 
 def test_rloo_subtracts_the_mean_of_the_others():
-    # r = (1, 0, 0, 1): each 1 has others (0, 0, 1), mean 1/3 -> 2/3; each 0 has others (0, 1, 1) -> -2/3
+    # r = (1, 0, 0, 1): each 1 has others (0, 0, 1), mean 1/3 -> 2/3;
+    # each 0 has others (0, 1, 1) -> -2/3
     assert values(rloo(flat(1, 0, 0, 1))) == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
     # r = (2, 0, 1): 2 - 0.5 = 1.5; 0 - 1.5 = -1.5; 1 - 1 = 0  (= 3/2 x (r - mean 1))
     assert values(rloo(flat(2, 0, 1))) == pytest.approx([1.5, -1.5, 0.0])
@@ -64,7 +65,8 @@ def test_rloo_subtracts_the_mean_of_the_others():
 
 
 def test_a_flat_estimator_scores_the_root_children_of_any_tree():
-    # values of the root's children: 0.5 (mean of 1, 0) and 1.0; Dr. GRPO: -0.25, +0.25, nothing deeper
+    # values of the root's children: 0.5 (mean of 1, 0) and 1.0; Dr. GRPO: -0.25, +0.25, nothing
+    # deeper
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [1]])
     assert dr_grpo(tree) == {(0,): -0.25, (1,): 0.25}
 
@@ -95,7 +97,8 @@ def test_unknown_estimator_lists_available_names():
     [
         (
             "curriculum.name=hardest_first",
-            "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, gaussian, mastery",
+            "unknown curriculum.name 'hardest_first'; available: balanced, classic, cosine, "
+            "gaussian, mastery",
         ),
         (
             "task.name=chess",
@@ -103,8 +106,8 @@ def test_unknown_estimator_lists_available_names():
         ),
         (
             "algo.name=ppo",
-            "unknown algo.name 'ppo'; available: dr_grpo, grpo, reinforce_pp, reinforce_pp_baseline, rloo, "
-            "treerpo",
+            "unknown algo.name 'ppo'; available: dr_grpo, grpo, reinforce_pp, "
+            "reinforce_pp_baseline, rloo, treerpo",
         ),
         (
             "algo.params.norm=zscore",
@@ -144,9 +147,9 @@ def test_every_registry_names_the_config_key_and_the_choices(override, message, 
 
 
 def test_reinforce_pp_normalises_over_every_response_of_the_step():
-    """Two prompts, rewards (1, 0) and (1, 1): over the four, mean 0.75, squared deviations 0.0625 x3 + 0.5625 =
-    0.75, Bessel var 0.25, std 0.5: A = +0.5 for each 1 and -1.5 for the 0. A per-prompt GRPO would give the
-    second prompt 0 and the first +-0.707."""
+    """Two prompts, rewards (1, 0) and (1, 1): over the four, mean 0.75, squared deviations 0.0625
+    x3 + 0.5625 = 0.75, Bessel var 0.25, std 0.5: A = +0.5 for each 1 and -1.5 for the 0. A
+    per-prompt GRPO would give the second prompt 0 and the first +-0.707."""
     assert [values(a) for a in reinforce_pp([flat(1, 0), flat(1, 1)], eps=0.0)] == [
         [0.5, -1.5],
         [0.5, 0.5],
@@ -154,8 +157,9 @@ def test_reinforce_pp_normalises_over_every_response_of_the_step():
 
 
 def test_reinforce_pp_baseline_subtracts_the_group_mean_then_normalises_over_the_step():
-    """(1, 0) -> (0.5, -0.5); (1, 1) -> (0, 0); (1, 0, 0, 0) -> (0.75, -0.25 x3). Over these eight: mean 0,
-    sum of squares 0.25 x2 + 0.5625 + 0.0625 x3 = 1.25, Bessel var 1.25 / 7, std 0.422577: A = x / 0.422577."""
+    """(1, 0) -> (0.5, -0.5); (1, 1) -> (0, 0); (1, 0, 0, 0) -> (0.75, -0.25 x3). Over these eight:
+    mean 0, sum of squares 0.25 x2 + 0.5625 + 0.0625 x3 = 1.25, Bessel var 1.25 / 7, std 0.422577:
+    A = x / 0.422577."""
     std = (1.25 / 7) ** 0.5
     out = reinforce_pp_baseline([flat(1, 0), flat(1, 1), flat(1, 0, 0, 0)], eps=0.0)
     assert [values(a) for a in out] == [

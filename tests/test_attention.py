@@ -1,4 +1,5 @@
-"""On the CPU, attention runs in fp32 under bf16 autocast, in the transformers forward and in the lean one alike."""
+"""On the CPU, attention runs in fp32 under bf16 autocast, in the transformers forward and in the
+lean one alike."""
 
 import pytest
 import torch

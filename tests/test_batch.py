@@ -1,4 +1,5 @@
-"""Encoding each distinct context once gives the log-probs and gradients of encoding every sequence whole."""
+"""Encoding each distinct context once gives the log-probs and gradients of encoding every sequence
+whole."""
 
 import copy
 
@@ -62,8 +63,9 @@ def test_one_token_completions(policy):
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000])
 def test_chunked_log_probs_equal_the_whole_ones_with_their_gradient(policy, chunk):
-    """train.logit_chunk: the output head on a few tokens at a time from the final hidden states, recomputed in
-    the backward pass, gives the log-probs, entropies and weight gradient of the whole computation."""
+    """train.logit_chunk: the output head on a few tokens at a time from the final hidden states,
+    recomputed in the backward pass, gives the log-probs, entropies and weight gradient of the whole
+    computation."""
     import copy
 
     model, tok = copy.deepcopy(policy[0]).train(), policy[1]
@@ -86,8 +88,9 @@ def test_chunked_log_probs_equal_the_whole_ones_with_their_gradient(policy, chun
 
 @pytest.mark.parametrize("chunk", [0, 4])
 def test_activation_checkpointing_gives_the_same_log_probs_and_gradient(policy, chunk):
-    """train.gradient_checkpointing: transformers recomputes each layer in the backward pass and drops caches, so
-    each completion runs with its own copy of its context; the numbers are those of the shared-context path."""
+    """train.gradient_checkpointing: transformers recomputes each layer in the backward pass and
+    drops caches, so each completion runs with its own copy of its context; the numbers are those of
+    the shared-context path."""
     import copy
 
     tok = policy[1]

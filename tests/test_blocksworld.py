@@ -23,7 +23,8 @@ TWO = {
     "goal": {"red": "hand", "blue": "table"},
     "optimal_length": 1,
 }
-# Three blocks, red on blue, green on the table; the goal is red on green, blue on the table: two actions.
+# Three blocks, red on blue, green on the table; the goal is red on green, blue on the table: two
+# actions.
 THREE = {
     "initial": {"red": "blue", "blue": "table", "green": "table"},
     "goal": {"red": "green", "blue": "table", "green": "table"},
@@ -47,8 +48,8 @@ def test_levels():
 def test_question_wording():
     text = question(TWO["initial"], TWO["goal"])
     assert (
-        "[STATEMENT]\nAs initial conditions I have that, the red block is clear, the hand is empty, "
-        "the red block is on top of the blue block and the blue block is on the table.\n"
+        "[STATEMENT]\nAs initial conditions I have that, the red block is clear, the hand is "
+        "empty, the red block is on top of the blue block and the blue block is on the table.\n"
     ) in text
     assert (
         "My goal is to have that the blue block is on the table and I am holding the red block.\n"
@@ -368,8 +369,9 @@ def test_unknown_level_message_names_the_levels():
 
 
 def test_e2h_rewards_on_its_own_scale_divided_by_three():
-    """The E2H code: well formed 1 + correct 2 x (1, or (1 + n/v) / 2 for a plan of length v above the optimum n);
-    malformed 0. Divided by 3 (the same advantages under GRPO's std scaling): 1, (2 + n/v) / 3, 1/3, 0."""
+    """The E2H code: well formed 1 + correct 2 x (1, or (1 + n/v) / 2 for a plan of length v above
+    the optimum n); malformed 0. Divided by 3 (the same advantages under GRPO's std scaling): 1,
+    (2 + n/v) / 3, 1/3, 0."""
     lines = [
         "unstack the red block from on top of the blue block",
         "put down the red block",

@@ -1,6 +1,6 @@
-"""The report and a tree page as a user sees them: rendered by headless Chromium (Debian's chromium package,
-which `make test` installs), every plot and the tree drawn, the buttons working, no error in the console.
-Screenshots are saved in the test's temporary directory."""
+"""The report and a tree page as a user sees them: rendered by headless Chromium (Debian's chromium
+package, which `make test` installs), every plot and the tree drawn, the buttons working, no error
+in the console. Screenshots are saved in the test's temporary directory."""
 
 import html
 import re
@@ -58,8 +58,8 @@ window.addEventListener('load', () => {
 
 
 def browse(page, tmp_path, name, fragment=""):
-    """(data attributes of the rendered body, console lines) of a page with the probe in front of its own
-    scripts, opened at the URL fragment given; a screenshot beside it."""
+    """(data attributes of the rendered body, console lines) of a page with the probe in front of
+    its own scripts, opened at the URL fragment given; a screenshot beside it."""
     probed = tmp_path / f"{name}.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
     url = probed.as_uri() + fragment
@@ -167,8 +167,9 @@ def test_a_hostile_record_runs_nothing_in_the_browser(tmp_path):
 
 @pytest.mark.slow
 def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
-    """10 x 10 x 10 leaves (1,111 nodes), each node with 40 characters of text: every node drawn, a click still
-    shows its text, the page loads without errors within Chromium's virtual-time budget, under 1 MB."""
+    """10 x 10 x 10 leaves (1,111 nodes), each node with 40 characters of text: every node drawn, a
+    click still shows its text, the page loads without errors within Chromium's virtual-time budget,
+    under 1 MB."""
     import time
 
     from test_viewer import record_of

@@ -1,5 +1,5 @@
-"""The typed config. Names that registries hold (algo.name, reschedule.mix, ...) are checked at load against the
-registries imported, which treerl.commands imports all of, as every command does."""
+"""The typed config. Names that registries hold (algo.name, reschedule.mix, ...) are checked at load
+against the registries imported, which treerl.commands imports all of, as every command does."""
 
 from pathlib import Path
 
@@ -196,8 +196,8 @@ def test_an_unknown_config_name_lists_the_shipped_ones(in_tmp):
 
 
 def paper_tables() -> dict[str, list[tuple[str, str]]]:
-    """{config name: [(key, value)]} from the settings tables of docs/methods.md (a heading naming one shipped
-    config, then rows `| setting | paper | key | value | source |`)."""
+    """{config name: [(key, value)]} from the settings tables of docs/methods.md (a heading naming
+    one shipped config, then rows `| setting | paper | key | value | source |`)."""
     import re
 
     page = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
@@ -236,8 +236,9 @@ def test_every_paper_config_has_the_settings_its_table_in_methods_md_names():
 
 
 def test_vllm_log_probs_of_a_nucleus_are_never_the_updates_old_log_probs():
-    """With top_p < 1 vLLM's log-probs are of the renormalised nucleus, the update's new ones of the whole softmax:
-    rollout.vllm.old_logprobs=sampler would put two distributions in one ratio, and is refused in one line."""
+    """With top_p < 1 vLLM's log-probs are of the renormalised nucleus, the update's new ones of the
+    whole softmax: rollout.vllm.old_logprobs=sampler would put two distributions in one ratio, and
+    is refused in one line."""
     with pytest.raises(
         UserError, match="set rollout.vllm.old_logprobs=trainer or rollout.top_p=1$"
     ):

@@ -1,4 +1,5 @@
-"""Crash-safe runs: SIGKILL at random moments and resume, SIGTERM stops cleanly, non-finite updates are skipped."""
+"""Crash-safe runs: SIGKILL at random moments and resume, SIGTERM stops cleanly, non-finite updates
+are skipped."""
 
 import json
 import os

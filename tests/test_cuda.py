@@ -1,6 +1,7 @@
-"""On a GPU: the lean backend samples there what it samples on the CPU, its cascade attention holds in bf16,
-and a training step runs and reports its GPU memory. Skipped without CUDA; bench/gpu_check.py runs them
-(`pytest -k cuda`). TREERL_TEST_DEVICE=cpu runs them on the CPU, to check the tests themselves."""
+"""On a GPU: the lean backend samples there what it samples on the CPU, its cascade attention holds
+in bf16, and a training step runs and reports its GPU memory. Skipped without CUDA;
+bench/gpu_check.py runs them (`pytest -k cuda`). TREERL_TEST_DEVICE=cpu runs them on the CPU, to
+check the tests themselves."""
 
 import copy
 import json
@@ -32,8 +33,9 @@ def sample_tree(model, tok, device):
 
 
 def test_cuda_lean_backend_samples_the_trees_the_cpu_samples(policy):
-    """The same keys, fp32 weights: at least 90% of the tree's sequences have the same tokens on both devices
-    (a draw within float noise of a token boundary may differ), and their log-probs agree to 1e-4."""
+    """The same keys, fp32 weights: at least 90% of the tree's sequences have the same tokens on
+    both devices (a draw within float noise of a token boundary may differ), and their log-probs
+    agree to 1e-4."""
     model, tok = policy
     on_cpu = sample_tree(model, tok, "cpu")
     on_device = sample_tree(copy.deepcopy(model).to(DEVICE), tok, DEVICE)
@@ -50,10 +52,11 @@ def test_cuda_lean_backend_samples_the_trees_the_cpu_samples(policy):
 
 
 def test_cuda_cascade_attention_in_bf16_is_attention():
-    """Eight rows in three groups sharing prefixes of 40, 7 and 19 slots, 1 to 30 own slots each, 8 query heads
-    over 2 key-value heads, bf16, queries and keys of std 2.5 (scores up to about 23, as in a trained model's sharp
-    heads): each row's output is fp32 sdpa over its prefix and own slots rounded once to bf16, a mean relative
-    error below bf16's 2^-9 (scores and probabilities in bf16 miss that by 3x)."""
+    """Eight rows in three groups sharing prefixes of 40, 7 and 19 slots, 1 to 30 own slots each, 8
+    query heads over 2 key-value heads, bf16, queries and keys of std 2.5 (scores up to about 23, as
+    in a trained model's sharp heads): each row's output is fp32 sdpa over its prefix and own slots
+    rounded once to bf16, a mean relative error below bf16's 2^-9 (scores and probabilities in bf16
+    miss that by 3x)."""
     torch.manual_seed(0)
     kv, heads, dim = 2, 8, 64
     keys = torch.randn(kv, 400, dim, device=DEVICE, dtype=torch.bfloat16) * 2.5
@@ -99,9 +102,9 @@ def test_cuda_cascade_attention_in_bf16_is_attention():
 
 
 def test_cuda_training_step_reports_its_gpu_memory_and_changes_the_weights(model_dir, tmp_path):
-    """One TreeRPO step in bf16 autocast on the device, every sibling group kept and an entropy bonus (a gradient
-    even when every reward is 0): it trains (the weights change) and logs a peak GPU
-    memory (None on the CPU)."""
+    """One TreeRPO step in bf16 autocast on the device, every sibling group kept and an entropy
+    bonus (a gradient even when every reward is 0): it trains (the weights change) and logs a peak
+    GPU memory (None on the CPU)."""
     from safetensors.torch import load_file
 
     from treerl.config import load_config

@@ -1,4 +1,5 @@
-"""E2H schedules, the r-score, ranks and Re-Schedule weights against hand-worked numbers; the problem sampler."""
+"""E2H schedules, the r-score, ranks and Re-Schedule weights against hand-worked numbers; the
+problem sampler."""
 
 import json
 import math
@@ -58,7 +59,8 @@ def test_classic_moves_through_k_equal_stages():
 
 
 def test_cosine_mirrors_the_linear_ramp():
-    # t=0: a=1, p_k = (K-k)/Z with Z=10; t=T/2: a=1/2, p_k = (K+1)/(2Z) = 1/4; t=T: a=0, p_k = (k+1)/Z
+    # t=0: a=1, p_k = (K-k)/Z with Z=10; t=T/2: a=1/2, p_k = (K+1)/(2Z) = 1/4;
+    # t=T: a=0, p_k = (k+1)/Z
     assert level_probs("cosine", 0, T, 4) == approx([0.4, 0.3, 0.2, 0.1])
     # t=T/4: a = (1 + cos(pi/4))/2 = 0.8535534; p_0 = 0.4a + 0.1(1-a) = 0.3560660
     assert level_probs("cosine", 25, T, 4) == approx([0.3560660, 0.2853553, 0.2146447, 0.1439340])
@@ -67,7 +69,8 @@ def test_cosine_mirrors_the_linear_ramp():
 
 
 def test_gaussian_follows_its_mean_with_a_floor():
-    # beta = sigma = 0.5, p_min = 2/(4*5) = 0.1, so p_k = 0.1 + 0.6 q_k with q_k ~ exp(-2 (k - mu)^2)
+    # beta = sigma = 0.5, p_min = 2/(4*5) = 0.1, so p_k = 0.1 + 0.6 q_k
+    # with q_k ~ exp(-2 (k - mu)^2)
     # t=0: mu=0, q ~ (1, e^-2, e^-8, e^-18) / 1.1356700
     assert level_probs("gaussian", 0, T, 4) == approx([0.6283216, 0.1715002, 0.1001772, 0.1000000])
     # t=T/4: mu = sqrt(1/4) * 3 = 1.5, q ~ (e^-4.5, e^-0.5, e^-0.5, e^-4.5) / 1.2352787
@@ -116,8 +119,10 @@ def test_every_schedule_is_a_distribution(schedule):
 
 
 def test_r_score_greedy_on_a_small_tree():
-    # leaves 1 0 | 0 1 1: ACC = 3/5. Gains: root +1/15 (via [[0,1],1]), (0,) +3/20, (1,) +1/15, (1, 0) +3/20.
-    # Pick (0,) (first of the tie, preorder) -> ACC 3/4; then the root, (1,) and (1,0) all gain 1/4: the root wins.
+    # leaves 1 0 | 0 1 1: ACC = 3/5. Gains: root +1/15 (via [[0,1],1]), (0,) +3/20, (1,) +1/15,
+    # (1, 0) +3/20.
+    # Pick (0,) (first of the tie, preorder) -> ACC 3/4; then the root, (1,) and (1,0) all gain 1/4:
+    # the root wins.
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [[0, 1], 1]])
     assert greedy_choices(tree) == [((0,), 0, pytest.approx(0.15)), ((), 0, pytest.approx(0.25))]
     assert r_score(tree) == pytest.approx(0.4)
@@ -132,43 +137,50 @@ def test_r_score_of_all_correct_and_all_wrong_trees_is_zero():
 
 
 def test_r_score_on_an_unbalanced_tree_with_early_leaves():
-    # A chain with an early EOS leaf at every depth: root -> X | 0, X -> Y | 0, Y -> Z | 0, Z -> 1 | 0.
-    # Leaves 1 0 0 0 0: ACC = 1/5. Every candidate gains 1/20 at first; preorder picks the root, then X (+1/12),
-    # then Y (+1/6), then Z (+1/2): 1/20 + 1/12 + 1/6 + 1/2 = 4/5 = 1 - 1/5.
+    # A chain with an early EOS leaf at every depth: root -> X | 0, X -> Y | 0, Y -> Z | 0,
+    # Z -> 1 | 0.
+    # Leaves 1 0 0 0 0: ACC = 1/5. Every candidate gains 1/20 at first; preorder picks the root,
+    # then X (+1/12), then Y (+1/6), then Z (+1/2): 1/20 + 1/12 + 1/6 + 1/2 = 4/5 = 1 - 1/5.
     tree = ReasoningTree.from_leaf_rewards([[[[1, 0], 0], 0], 0])
     assert [path for path, _, _ in greedy_choices(tree)] == [(), (0,), (0, 0), (0, 0, 0)]
     assert r_score(tree) == pytest.approx(0.8)
     assert r_score(tree, top_m=3) == pytest.approx(0.3)
-    # reference: only Y = (0, 0) qualifies (depth 2, one inner child): keep Z -> leaves 1 0 0 0 -> +1/20
+    # reference: only Y = (0, 0) qualifies (depth 2, one inner child):
+    # keep Z -> leaves 1 0 0 0 -> +1/20
     assert greedy_choices(tree, eligible="reference") == [((0, 0), 0, pytest.approx(0.05))]
 
 
 def test_r_score_prefers_the_larger_gain_over_preorder():
     # root children: [0, 0] and [0, 1, 0, 0]; the root is first in preorder but (1,) gains more:
-    # ACC = 1/6; (0,): keep a 0 -> 1/5 (+1/30); (1,): keep the 1 -> 1/3 (+1/6); root: keep (1,) -> 1/4 (+1/12)
+    # ACC = 1/6; (0,): keep a 0 -> 1/5 (+1/30); (1,): keep the 1 -> 1/3 (+1/6);
+    # root: keep (1,) -> 1/4 (+1/12)
     tree = ReasoningTree.from_leaf_rewards([[0, 0], [0, 1, 0, 0]])
     assert greedy_choices(tree, top_m=1) == [((1,), 1, pytest.approx(1 / 6))]
 
 
 def test_the_kept_child_is_the_one_of_highest_subtree_accuracy_as_the_reference_code():
-    # root -> X -> P, Q; P -> leaf 1, R = [1, 1, 1, 0], S = [0, 0, 0, 0]; Q = [0, 0, 0, 0]. ACC = 4/13.
-    # Only P is eligible under `reference`. The code keeps P's best child by accuracy, the lone leaf 1 (100%):
-    # leaves 1 + Q's four 0s = 1/5 < 4/13, no gain, r-score 0. Keeping R instead (75%, but 4 leaves) gives
-    # 3/8: a gain of 3/8 - 4/13 = 7/104 = 0.0673, which `child=gain` takes.
+    # root -> X -> P, Q; P -> leaf 1, R = [1, 1, 1, 0], S = [0, 0, 0, 0]; Q = [0, 0, 0, 0].
+    # ACC = 4/13.
+    # Only P is eligible under `reference`. The code keeps P's best child by accuracy, the lone leaf
+    # 1 (100%): leaves 1 + Q's four 0s = 1/5 < 4/13, no gain, r-score 0. Keeping R instead (75%, but
+    # 4 leaves) gives 3/8: a gain of 3/8 - 4/13 = 7/104 = 0.0673, which `child=gain` takes.
     tree = ReasoningTree.from_leaf_rewards([[[1, [1, 1, 1, 0], [0, 0, 0, 0]], [0, 0, 0, 0]]])
     assert r_score(tree, top_m=5, eligible="reference") == 0.0
     assert r_score(tree, top_m=5, eligible="reference", child="gain") == pytest.approx(7 / 104)
     assert greedy_choices(tree, 5, "reference", "gain") == [((0, 0), 1, pytest.approx(7 / 104))]
 
 
-# k = 2, d = 4, 16 leaves; depth-2 nodes 1.1 (4/4 right), 1.2 (0/4), 2.1 ([1, 1], [0, 0]), 2.2 ([1, 0], [0, 0])
+# k = 2, d = 4, 16 leaves; depth-2 nodes 1.1 (4/4 right), 1.2 (0/4), 2.1 ([1, 1], [0, 0]),
+# 2.2 ([1, 0], [0, 0])
 FULL = [[[[1, 1], [1, 1]], [[0, 0], [0, 0]]], [[[1, 1], [0, 0]], [[1, 0], [0, 0]]]]
 
 
 def test_selection_r_score_of_a_full_tree_by_hand():
-    # ACC 7/16. Step 1: 1.2, 2.1 and 2.2 each gain 7/14 - 7/16 = 1/16; the first breadth-first, 1.2, is taken.
+    # ACC 7/16. Step 1: 1.2, 2.1 and 2.2 each gain 7/14 - 7/16 = 1/16; the first breadth-first, 1.2,
+    # is taken.
     # Step 2: 2.1 and 2.2 each gain 7/12 - 7/14 = 1/12: 2.1. Step 3: 2.2 gains 7/10 - 7/12 = 7/60.
-    # Then keeping a child of 1.1 (both right) drops ACC: 5/8 < 7/10. Sum 1/16 + 1/12 + 7/60 = 21/80.
+    # Then keeping a child of 1.1 (both right) drops ACC: 5/8 < 7/10. Sum
+    # 1/16 + 1/12 + 7/60 = 21/80.
     tree = ReasoningTree.from_leaf_rewards(FULL)
     assert greedy_choices(tree, 10, "reference") == [
         ((0, 1), 0, pytest.approx(1 / 16)),
@@ -184,7 +196,8 @@ def test_selection_r_score_of_a_full_tree_by_hand():
 
 
 def test_pruning_r_score_of_a_full_tree_by_hand():
-    # ACC 7/16. Removing 1.2 gives 7/12 (+7/48), 2.2 gives 6/12 (+3/48), 1.1 and 2.1 lose: remove 1.2.
+    # ACC 7/16. Removing 1.2 gives 7/12 (+7/48), 2.2 gives 6/12 (+3/48), 1.1 and 2.1 lose: remove
+    # 1.2.
     # Then removing 2.2 gives 6/8 (+1/6), 2.1 gives 5/8 (+1/24): remove 2.2. Then 2.1: 4/4 (+1/4).
     # Removing the last subtree leaves no leaf, ACC 0: no gain. Sum 7/48 + 1/6 + 1/4 = 9/16.
     tree = ReasoningTree.from_leaf_rewards(FULL)
@@ -248,9 +261,10 @@ def test_weights_move_from_simple_to_complex_queries():
 
 
 def test_past_their_horizon_the_schedules_stay_at_their_end():
-    """A resume that sets train.steps past the horizon T the run began with: t > T is taken as T. Before, cosine's
-    a = (1 + cos(pi 1.5)) / 2 = 0.5 went back to p = (1/2, 1/2) at t = 1.5 T, and linear weights left [w_min, w_max]
-    (gamma 1.5: w = 0.5 + 1.5 (-0.5 + 1.5 rank) = -0.25 for rank 0)."""
+    """A resume that sets train.steps past the horizon T the run began with: t > T is taken as T.
+    Before, cosine's a = (1 + cos(pi 1.5)) / 2 = 0.5 went back to p = (1/2, 1/2) at t = 1.5 T, and
+    linear weights left [w_min, w_max] (gamma 1.5: w = 0.5 + 1.5 (-0.5 + 1.5 rank) = -0.25 for rank
+    0)."""
     from treerl.curriculum.levels import make_schedule
 
     for name in ("classic", "cosine", "gaussian"):
@@ -383,8 +397,9 @@ def test_score_needs_a_fixed_pool_for_generated_tasks(model_dir, tmp_path, capsy
 
 
 def test_score_out_is_checked_before_any_work(tmp_path, capsys):
-    """A path in a run directory, a directory, an existing file without --overwrite, a --resume with nothing to
-    resume: refused in one line before the model loads (it does not exist here), and nothing is written."""
+    """A path in a run directory, a directory, an existing file without --overwrite, a --resume with
+    nothing to resume: refused in one line before the model loads (it does not exist here), and
+    nothing is written."""
     from treerl.cli import main
 
     run = tmp_path / "run"
@@ -431,9 +446,10 @@ def test_score_out_is_checked_before_any_work(tmp_path, capsys):
 def test_a_failed_scoring_keeps_its_batches_and_resume_gives_the_uninterrupted_file(
     model_dir, tmp_path, capsys, monkeypatch
 ):
-    """Five queries in batches of two; the disk fills while the second batch is written. OUT.partial keeps the
-    first batch; --resume (after a kill tore its last line) scores the other three as the uninterrupted scoring
-    did (the same rows, the same generator state after each batch) and writes the same file."""
+    """Five queries in batches of two; the disk fills while the second batch is written. OUT.partial
+    keeps the first batch; --resume (after a kill tore its last line) scores the other three as the
+    uninterrupted scoring did (the same rows, the same generator state after each batch) and writes
+    the same file."""
     import errno
 
     import treerl.commands.score as score
@@ -533,7 +549,8 @@ def coverage_config(path, *extra):
 
 
 def test_a_score_file_must_cover_the_pool_unless_told(tmp_path):
-    """Ranks are taken among the pool's queries: ids of another pool are left out, unscored queries rank 0.5."""
+    """Ranks are taken among the pool's queries: ids of another pool are left out, unscored queries
+    rank 0.5."""
     pool = [Problem(f"q{i}", "1", "easy") for i in range(4)]
     ids = [problem.id for problem in pool]
     path = tmp_path / "scores.jsonl"
@@ -642,8 +659,9 @@ def test_reference_eligibility_on_shallow_trees_is_refused_before_anything_runs(
 
 
 def test_a_leaf_is_right_when_any_of_its_rollouts_is(monkeypatch):
-    """rscore.rollouts (the reference code's rollout_times): more completions from each deepest leaf's last branch
-    point, depth x step_tokens tokens in; a leaf that ended before that point keeps its one outcome."""
+    """rscore.rollouts (the reference code's rollout_times): more completions from each deepest
+    leaf's last branch point, depth x step_tokens tokens in; a leaf that ended before that point
+    keeps its one outcome."""
     import treerl.curriculum.scoring as scoring
     from treerl.rollout.engine import Generation
     from treerl.rollout.sampling import TreeShape
@@ -747,9 +765,9 @@ def test_training_rescores_every_query_of_the_pool_with_the_current_policy(
 
 
 def test_the_mastery_schedule_moves_on_when_the_current_levels_accuracy_passes_the_threshold():
-    """threshold 0.75, window 2: level 0's accuracies 0.5 then 1.0 average 0.75, so it moves to level 1; an
-    accuracy of level 0 seen later changes nothing; level 1's 0.9 then 0.5 average 0.7 (stay), then 0.5 and 1.0
-    average 0.75 (move to 2, the last, where it stays)."""
+    """threshold 0.75, window 2: level 0's accuracies 0.5 then 1.0 average 0.75, so it moves to
+    level 1; an accuracy of level 0 seen later changes nothing; level 1's 0.9 then 0.5 average 0.7
+    (stay), then 0.5 and 1.0 average 0.75 (move to 2, the last, where it stays)."""
     from treerl.curriculum.levels import make_schedule
 
     schedule = make_schedule("mastery", 10, 3, {"threshold": 0.75, "window": 2})
@@ -774,7 +792,8 @@ def test_the_mastery_schedule_moves_on_when_the_current_levels_accuracy_passes_t
         ({"window": 1.5}, "mastery needs 0 < threshold <= 1 and a whole window >= 1"),
         (
             {"beta": 1.0},
-            "curriculum.params: schedule 'mastery' has no parameter 'beta'; it takes: threshold, window",
+            "curriculum.params: schedule 'mastery' has no parameter 'beta'; it takes: threshold, "
+            "window",
         ),
     ],
 )

@@ -1,4 +1,5 @@
-"""DASH: gradient filtering before the forward pass, loss denominators, off-policy ratios, chunked generation."""
+"""DASH: gradient filtering before the forward pass, loss denominators, off-policy ratios, chunked
+generation."""
 
 import copy
 import json
@@ -15,7 +16,8 @@ from treerl.tasks.arithmetic import Arithmetic
 
 
 def samples_with(policy, advantages, shift=0.0):
-    """One sample per advantage: prompt '1+2\\n', a 3-token segment, behaviour log-probs = the model's own + shift."""
+    """One sample per advantage: prompt '1+2\\n', a 3-token segment, behaviour log-probs = the
+    model's own + shift."""
     from treerl.train.batch import completion_logprobs, make_batch
 
     model, tok = policy
@@ -33,7 +35,8 @@ def samples_with(policy, advantages, shift=0.0):
 
 
 def updated(policy, samples, *overrides):
-    """A copy of the model after one `update` with plain SGD at lr 1 (so the weight change is minus the gradient)."""
+    """A copy of the model after one `update` with plain SGD at lr 1 (so the weight change is minus
+    the gradient)."""
     cfg = load_config(None, ["train.max_grad_norm=1e9", "rollout.temperature=1.0", *overrides])
     model = copy.deepcopy(policy[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -97,8 +100,9 @@ def test_the_filter_keeps_exactly_the_rows_above_tau(policy, monkeypatch):
 
 
 def test_off_policy_ratio_uses_the_behaviour_log_probs(policy):
-    """Behaviour log-probs 1 below the current ones: ratio e = 2.718 > 1 + clip_high, so with A > 0 every token
-    is clipped (no gradient) and the approximate KL log pi_old - log pi is -1; with A < 0 nothing is clipped."""
+    """Behaviour log-probs 1 below the current ones: ratio e = 2.718 > 1 + clip_high, so with A > 0
+    every token is clipped (no gradient) and the approximate KL log pi_old - log pi is -1; with
+    A < 0 nothing is clipped."""
     samples = samples_with(policy, [1.0, 1.0], shift=-1.0)
     model, stats = updated(policy, samples)
     assert stats["clip_frac"] == pytest.approx(1.0)
@@ -175,13 +179,14 @@ def test_generation_in_chunks_times_every_phase(model_dir, tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_refill_samples_until_enough_prompts_have_signal(model_dir, tmp_path, monkeypatch):
-    """Every reward equal: no prompt has signal, so each step samples 1 + refill rounds and trains on nothing."""
+    """Every reward equal: no prompt has signal, so each step samples 1 + refill rounds and trains
+    on nothing."""
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))
     metrics = run_metrics(model_dir, tmp_path, "refill", "rollout.refill=2", "train.filter_tau=0")
     assert [m["tree/leaves"] for m in metrics] == [48, 48]  # 3 rounds x 4 prompts x 4 samples
     assert all(m["train/optimizer_steps"] == 0 and m["tokens/trained"] == 0 for m in metrics)
-    # Step 1's first round has no signal (every reward 0), its second round alternates 0, 1 in every group;
-    # step 2's first round alternates too: step 1 samples two rounds and stops, step 2 one.
+    # Step 1's first round has no signal (every reward 0), its second round alternates 0, 1 in every
+    # group; step 2's first round alternates too: step 1 samples two rounds and stops, step 2 one.
     calls = iter(range(10**6))
     eval_calls, round_size = 2, 4 * 4
 
@@ -220,9 +225,9 @@ def test_refill_needs_a_filter(model_dir, tmp_path, capsys):
 
 
 def test_the_treerpo_paper_config_trains_every_node_of_a_kept_group():
-    """Seven siblings at 0.5 and one at 0.375: spread 0.125 >= 0.1, so TreeRPO keeps the group; mu = 0.484375,
-    d = mu (1 - mu) + 1e-6 = 0.249756, A = +0.0626 (x7) and -0.4379. DASH's default filter (0.1) would drop the
-    seven; the paper's config trains all eight."""
+    """Seven siblings at 0.5 and one at 0.375: spread 0.125 >= 0.1, so TreeRPO keeps the group;
+    mu = 0.484375, d = mu (1 - mu) + 1e-6 = 0.249756, A = +0.0626 (x7) and -0.4379. DASH's default
+    filter (0.1) would drop the seven; the paper's config trains all eight."""
     from treerl.algo.advantages import ESTIMATORS
     from treerl.rollout.tree import ReasoningTree
 
@@ -240,10 +245,11 @@ def test_the_treerpo_paper_config_trains_every_node_of_a_kept_group():
     "overrides", [["train.mini_batch=64"], ["train.mini_batch=4", "train.epochs=2"]]
 )
 def test_old_log_probs_from_the_trainer_make_the_update_of_exact_ones(policy, overrides):
-    """Samples from another engine whose log-probs sit 0.1 below the policy's (as vLLM's might, by far more than
-    its rounding): taking the old log-probs from the policy's own forward (one mini-batch, or three over two
-    epochs) gives the update that exact old log-probs give, and measures the gap by hand: |diff| = 0.1 and
-    KL(sampler || trainer) = k3 = r - 1 - log r with r = p_trainer / p_sampler = e^0.1: 0.0051709."""
+    """Samples from another engine whose log-probs sit 0.1 below the policy's (as vLLM's might, by
+    far more than its rounding): taking the old log-probs from the policy's own forward (one
+    mini-batch, or three over two epochs) gives the update that exact old log-probs give, and
+    measures the gap by hand: |diff| = 0.1 and KL(sampler || trainer) = k3 = r - 1 - log r with
+    r = p_trainer / p_sampler = e^0.1: 0.0051709."""
     advantages = [1.0, -1.0, 0.5, 2.0, -0.5, 1.5, -2.0, 0.25, -1.0, 1.0]
     exact, exact_stats = updated(policy, samples_with(policy, advantages), *overrides)
     cfg = load_config(None, ["train.max_grad_norm=1e9", "rollout.temperature=1.0", *overrides])

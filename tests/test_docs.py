@@ -7,14 +7,16 @@ from pydantic import BaseModel, Field
 ROOT = Path(__file__).parents[1]
 DOC = (ROOT / "docs" / "config.md").read_text()
 CONFIG_TABLES = runpy.run_path(str(ROOT / "docs" / "config_tables.py"))
-"""The generator of docs/config.md's key tables: its functions by name (it is a script, not a module of treerl)."""
+"""The generator of docs/config.md's key tables: its functions by name (it is a script, not a module
+of treerl)."""
 
 
 def test_config_md_s_key_tables_are_written_from_the_config_classes():
-    """Every key of Config and PretrainConfig has one row, with its default and its Field description, in the
-    classes' order, and no row is of a key that is gone."""
+    """Every key of Config and PretrainConfig has one row, with its default and its Field
+    description, in the classes' order, and no row is of a key that is gone."""
     assert DOC == CONFIG_TABLES["generated"](DOC), (
-        "docs/config.md's key tables differ from the config classes: run .venv/bin/python docs/config_tables.py"
+        "docs/config.md's key tables differ from the config classes: run .venv/bin/python "
+        "docs/config_tables.py"
     )
 
 
@@ -61,7 +63,8 @@ def test_a_key_without_a_description_stops_the_table_generator():
 
 
 def table_cells(line: str) -> int:
-    """Cells of a markdown table row: pipes inside `code` or escaped as \\| do not separate cells."""
+    """Cells of a markdown table row: pipes inside `code` or escaped as \\| do not separate
+    cells."""
     count, in_code, previous = 1, False, ""
     for char in line.strip().strip("|"):
         if char == "`":
@@ -110,7 +113,8 @@ def test_every_test_that_reliability_md_names_exists():
 
 
 def config_row(key: str) -> str:
-    """The docs/config.md row of a key, or of the dict key it sits in (algo.params for algo.params.norm)."""
+    """The docs/config.md row of a key, or of the dict key it sits in (algo.params for
+    algo.params.norm)."""
     while key:
         rows = [line for line in DOC.splitlines() if line.startswith(f"| `{key}` |")]
         if rows:
@@ -120,8 +124,9 @@ def config_row(key: str) -> str:
 
 
 def test_every_registry_and_every_name_in_it_is_documented():
-    """A new registry, or a new name in one, cannot go undocumented: its key is in docs/architecture.md's table of
-    registries, and each name it takes is in the key's row of docs/config.md."""
+    """A new registry, or a new name in one, cannot go undocumented: its key is in
+    docs/architecture.md's table of registries, and each name it takes is in the key's row of
+    docs/config.md."""
     from treerl import commands  # noqa: F401  (imports every registry)
     from treerl.registry import REGISTRIES
 

@@ -54,8 +54,9 @@ def test_completions_stop_at_eos(policy):
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (0.7, 0.8)])
 def test_behaviour_logprobs_match_full_forward(policy, temperature, top_p):
-    """The sampler's log-probs are the trainer's (completion_logprobs: softmax(logits / T) over the whole
-    vocabulary), with top_p < 1 too, so that the update's ratio compares one distribution on both sides."""
+    """The sampler's log-probs are the trainer's (completion_logprobs: softmax(logits / T) over the
+    whole vocabulary), with top_p < 1 too, so that the update's ratio compares one distribution on
+    both sides."""
     model, tok = policy
     gen = sample(
         policy, prompts=PROMPTS * 2, seed=1, temperature=temperature, top_p=top_p, max_new_tokens=10
@@ -113,7 +114,8 @@ def test_sampling_runs_in_eval_mode_and_restores_the_mode(policy, monkeypatch, m
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
-    """n samples of a prompt share one encoding of it, and each sample is what the prompt alone would give."""
+    """n samples of a prompt share one encoding of it, and each sample is what the prompt alone
+    would give."""
     model, tok = policy
     encoded_rows = []
     if lean:
@@ -144,7 +146,8 @@ def test_a_repeated_prompt_is_encoded_once(policy, monkeypatch, lean):
 
 @pytest.fixture(scope="module")
 def ending_policy(policy):
-    """The test model with its EOS logit raised, so that sampled lengths spread from a few tokens to the limit."""
+    """The test model with its EOS logit raised, so that sampled lengths spread from a few tokens to
+    the limit."""
     import copy
 
     model, tok = copy.deepcopy(policy[0]), policy[1]
@@ -159,8 +162,9 @@ MANY = PROMPTS * 6
 
 
 def test_a_sequence_samples_the_same_tokens_whatever_shares_its_batch(ending_policy):
-    """Per-row keys: a row's samples depend on the call's seed, its index and the model, not on the rows beside
-    it, the batch size or when finished rows leave; its log-probs agree to float rounding."""
+    """Per-row keys: a row's samples depend on the call's seed, its index and the model, not on the
+    rows beside it, the batch size or when finished rows leave; its log-probs agree to float
+    rounding."""
     together = sample(ending_policy, MANY, seed=5, max_new_tokens=40)
     lengths = [len(c) for c in together.completion_ids]
     assert min(lengths) < 10 and max(lengths) == 40  # finished rows left early
@@ -172,8 +176,8 @@ def test_a_sequence_samples_the_same_tokens_whatever_shares_its_batch(ending_pol
 
 
 def test_finished_rows_leave_the_batch(ending_policy, monkeypatch):
-    """The lean backend feeds only the rows still sampling; the transformers backend, which feeds every row to
-    the longest, samples the same tokens."""
+    """The lean backend feeds only the rows still sampling; the transformers backend, which feeds
+    every row to the longest, samples the same tokens."""
     rows_fed = []
     real = LeanDecoder.step
 
@@ -197,9 +201,9 @@ def test_finished_rows_leave_the_batch(ending_policy, monkeypatch):
 
 
 def test_inverse_cdf_sampling_follows_the_distribution():
-    """Tokens drawn at 20,000 keys from softmax([0, 1, 2]) / T = 1 land with frequencies of 0.090, 0.245, 0.665;
-    a token of probability 0 (top_p) is never drawn, and its log-prob is the softmax's, log 0.665, not the
-    nucleus's log 1; u near 1 stays within the support."""
+    """Tokens drawn at 20,000 keys from softmax([0, 1, 2]) / T = 1 land with frequencies of 0.090,
+    0.245, 0.665; a token of probability 0 (top_p) is never drawn, and its log-prob is the
+    softmax's, log 0.665, not the nucleus's log 1; u near 1 stays within the support."""
     from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
@@ -218,8 +222,9 @@ def test_inverse_cdf_sampling_follows_the_distribution():
 
 
 def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
-    """A 1000-token vocabulary (3 chunks and a padded one) with its mass on tokens 5, 300 and 999 (0.2, 0.3,
-    0.5): 20,000 draws land there with those frequencies and never elsewhere; the log-probs are log_softmax's."""
+    """A 1000-token vocabulary (3 chunks and a padded one) with its mass on tokens 5, 300 and 999
+    (0.2, 0.3, 0.5): 20,000 draws land there with those frequencies and never elsewhere; the
+    log-probs are log_softmax's."""
     from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.full((20000, 1000), float("-inf"))
@@ -238,14 +243,16 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
 
 
 GRID = 2**53
-"""`uniforms` draws u = n / 2^53, n in [0, 2^53): a draw's exact probability is a count of n over GRID."""
+"""`uniforms` draws u = n / 2^53, n in [0, 2^53): a draw's exact probability is a count of n over
+GRID."""
 
 
 def exact_draw_distribution(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """P(sample_tokens draws token k) for logits [V] at T = 1 over every u, exactly: u -> token is monotone (the
-    target u x total rises with u; the chunk, then the token within it, rise with the target), so a range [lo, hi)
-    of n whose ends draw the same token draws it throughout. Ranges whose ends differ are halved until they are one
-    n wide (at most 53 rounds, each round's midpoints drawn as one batch)."""
+    """P(sample_tokens draws token k) for logits [V] at T = 1 over every u, exactly: u -> token is
+    monotone (the target u x total rises with u; the chunk, then the token within it, rise with the
+    target), so a range [lo, hi) of n whose ends draw the same token draws it throughout. Ranges
+    whose ends differ are halved until they are one n wide (at most 53 rounds, each round's
+    midpoints drawn as one batch)."""
     from treerl.rollout.draws import sample_tokens
 
     vocab = logits.shape[-1]
@@ -279,10 +286,11 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("shape", ["flat", "peaked"])
 def test_a_draw_follows_the_softmax_to_float64_precision(shape):
-    """The exact distribution of a draw from 1024 tokens (4 chunks), flat (logits N(0, 0.1^2)) or peaked (one logit
-    at 30 over N(0, 3^2): the others' probabilities span 7e-18 to 2e-8), is float64's softmax to 1e-7 in total
-    variation (1.6e-8 and 5e-14 here), and every token above 1e-14 (90 values of n) is drawn. With fp32 sums and
-    target, the flat one was 6.5e-6 off and the peaked one drew only its top token (fp32's step near 1 is 6e-8)."""
+    """The exact distribution of a draw from 1024 tokens (4 chunks), flat (logits N(0, 0.1^2)) or
+    peaked (one logit at 30 over N(0, 3^2): the others' probabilities span 7e-18 to 2e-8), is
+    float64's softmax to 1e-7 in total variation (1.6e-8 and 5e-14 here), and every token above
+    1e-14 (90 values of n) is drawn. With fp32 sums and target, the flat one was 6.5e-6 off and the
+    peaked one drew only its top token (fp32's step near 1 is 6e-8)."""
     logits = torch.randn(1024, generator=torch.Generator().manual_seed(0)) * (
         0.1 if shape == "flat" else 3.0
     )
@@ -295,10 +303,11 @@ def test_a_draw_follows_the_softmax_to_float64_precision(shape):
 
 
 def test_top_p_draws_only_inside_the_nucleus():
-    """A peaked 4096-token distribution (50 logits raised by 25 over N(0, 3^2)) at top_p 0.95: a draw's exact
-    distribution is the nucleus renormalised (float64) to 1e-7 in total variation, with nothing outside. In fp32,
-    target - (the chunks before its chunk) came out an ulp below 0 for some targets, and the chunk's first token,
-    of probability 1e-11 and outside the nucleus, was drawn with probability 6e-8."""
+    """A peaked 4096-token distribution (50 logits raised by 25 over N(0, 3^2)) at top_p 0.95: a
+    draw's exact distribution is the nucleus renormalised (float64) to 1e-7 in total variation, with
+    nothing outside. In fp32, target - (the chunks before its chunk) came out an ulp below 0 for
+    some targets, and the chunk's first token, of probability 1e-11 and outside the nucleus, was
+    drawn with probability 6e-8."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4096, generator=generator) * 3.0
     logits[torch.randperm(4096, generator=generator)[:50]] += 25.0

@@ -50,7 +50,8 @@ def test_k_values(samples, expected):
 
 
 class Judged(Task):
-    """Eval problems with levels and subjects whose reference says whether any completion counts as correct."""
+    """Eval problems with levels and subjects whose reference says whether any completion counts as
+    correct."""
 
     name = "judged"
     default_template = "plain"
@@ -91,9 +92,10 @@ def test_evaluate_groups_by_level_and_subject_with_an_overall_row(policy):
 def test_each_held_out_problem_is_evaluated_once_with_levels_and_the_default_levels(
     policy, tmp_path
 ):
-    """A file of 3 level-1 and 2 level-2 problems: the default eval.levels (1, 2 and all) evaluates each problem once
-    and counts n = 3, 2 and 5 (it counted 6, 4 and 10: each problem under its level and again under `all`), as
-    eval.levels=[all] (what `treerl eval --benchmark` sets) does."""
+    """A file of 3 level-1 and 2 level-2 problems: the default eval.levels (1, 2 and all) evaluates
+    each problem once and counts n = 3, 2 and 5 (it counted 6, 4 and 10: each problem under its
+    level and again under `all`), as eval.levels=[all] (what `treerl eval --benchmark` sets)
+    does."""
     from treerl.eval import eval_work
     from treerl.tasks.math_tasks import MathTask
 

@@ -1,5 +1,6 @@
-"""The README's "How to add" section, run as written: an estimator, a task and a schedule defined outside the
-package, then a training run that uses all three (in a fresh process, so that nothing here is registered)."""
+"""The README's "How to add" section, run as written: an estimator, a task and a schedule defined
+outside the package, then a training run that uses all three (in a fresh process, so that nothing
+here is registered)."""
 
 import json
 import re

@@ -1,7 +1,7 @@
 """The layers of the package only point down, and no module imports itself through others.
 
-Every import in treerl/ is read from the source, those inside functions included, and checked against LAYERS
-and APART (README's Layout and docs/architecture.md describe the same layers)."""
+Every import in treerl/ is read from the source, those inside functions included, and checked
+against LAYERS and APART (README's Layout and docs/architecture.md describe the same layers)."""
 
 import ast
 from pathlib import Path
@@ -34,8 +34,8 @@ LAYERS = [  # top first: a module may import from its own layer and the layers b
     ),
 ]
 APART = [("loop", "views")]
-"""(upper, lower): layers that never import each other although one is above the other. The loop draws no
-pages: the train command composes training and the report."""
+"""(upper, lower): layers that never import each other although one is above the other. The loop
+draws no pages: the train command composes training and the report."""
 
 
 def layer(module: str) -> int:
@@ -62,7 +62,8 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports(source: str, module: str, known: set[str]) -> set[str]:
-    """The treerl modules a source imports anywhere in it: `from a.b import c` is a.b.c when that is a module."""
+    """The treerl modules a source imports anywhere in it: `from a.b import c` is a.b.c when that is
+    a module."""
     package = module if f"{module}.__init__" in known else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(source)):
@@ -81,7 +82,8 @@ def imports(source: str, module: str, known: set[str]) -> set[str]:
 
 
 def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
-    """{module: the treerl modules it imports}; `sources` maps module names (a package as `pkg.__init__` too)."""
+    """{module: the treerl modules it imports}; `sources` maps module names (a package as
+    `pkg.__init__` too)."""
     known = {name.removesuffix(".__init__") for name in sources} | set(sources)
     return {
         name.removesuffix(".__init__"): imports(source, name.removesuffix(".__init__"), known)
@@ -91,7 +93,8 @@ def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
 
 
 def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
-    """Each import that points to a higher layer, or from one layer to another that APART keeps it away from."""
+    """Each import that points to a higher layer, or from one layer to another that APART keeps it
+    away from."""
     return [
         f"{module} ({LAYERS[layer(module)][0]}) imports {target} ({LAYERS[layer(target)][0]})"
         for module, targets in sorted(graph.items())

@@ -1,5 +1,6 @@
-"""The lean backend samples what the transformers backend samples (to the bit where both run the same operations,
-to float rounding where cascade attention sums differently), and steps aside where it does not fit."""
+"""The lean backend samples what the transformers backend samples (to the bit where both run the
+same operations, to float rounding where cascade attention sums differently), and steps aside where
+it does not fit."""
 
 import pytest
 import torch
@@ -67,7 +68,8 @@ def trees(model, tok):
 
 
 def assert_same_trees(lean, reference):
-    """The same nodes and tokens; log-probs to float rounding (a fork's prefix is read in another order)."""
+    """The same nodes and tokens; log-probs to float rounding (a fork's prefix is read in another
+    order)."""
     assert [[(path, ids) for path, ids, _ in tree] for tree in lean] == [
         [(path, ids) for path, ids, _ in tree] for tree in reference
     ]
@@ -81,7 +83,8 @@ def test_forked_lean_caches_give_the_transformers_trees(policy, monkeypatch):
 
 
 def test_grouped_query_attention_with_biasless_llama(policy, monkeypatch):
-    """Two query heads per key-value head, no projection biases: the lean forward's log-probs match."""
+    """Two query heads per key-value head, no projection biases: the lean forward's log-probs
+    match."""
     _, tok = policy
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -119,7 +122,8 @@ def test_other_architectures_sample_through_transformers(policy):
 
 
 def family(kind: str, tok):
-    """A tiny random model of each architecture the lean forward covers, in its own transformers class."""
+    """A tiny random model of each architecture the lean forward covers, in its own transformers
+    class."""
     from transformers import (
         MistralConfig,
         MistralForCausalLM,

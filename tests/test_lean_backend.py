@@ -1,5 +1,6 @@
-"""The lean backend's paged cache: cascade attention is attention, a tree holds each distinct token once, forks
-join at once, a KV budget bounds the batch without changing what is sampled, and every block goes back to the pool."""
+"""The lean backend's paged cache: cascade attention is attention, a tree holds each distinct token
+once, forks join at once, a KV budget bounds the batch without changing what is sampled, and every
+block goes back to the pool."""
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]
 
 
 def cascade_attention(dtype: torch.dtype, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows 0 and 2 share group 0's prefix (5 slots), row 1 group 1's (3 slots); own tokens 2, 4 and 1. Eight query
-    heads of 64 dimensions over two key-value heads, queries and keys N(0, scale^2). The paged output [3, H, D] in
-    `dtype`, and sdpa in fp32 over each row's prefix and own slots gathered."""
+    """Rows 0 and 2 share group 0's prefix (5 slots), row 1 group 1's (3 slots); own tokens 2, 4
+    and 1. Eight query heads of 64 dimensions over two key-value heads, queries and keys N(0,
+    scale^2). The paged output [3, H, D] in `dtype`, and sdpa in fp32 over each row's prefix and own
+    slots gathered."""
     torch.manual_seed(0)
     kv, dim, heads = 2, 64, 8
     keys, values = (torch.randn(kv, 40, dim) * scale).to(dtype), torch.randn(kv, 40, dim).to(dtype)
@@ -60,9 +62,9 @@ def test_cascade_attention_is_attention_over_the_whole_context():
 
 
 def test_cascade_attention_in_bf16_computes_in_fp32():
-    """bf16 queries and keys of std 2.5 (scores up to about 20, as in a trained model's sharp heads): the output
-    is fp32 attention rounded to bf16 once, a mean relative error below bf16's 2^-9 (1.1e-3 here; scores and
-    probabilities in bf16 gave 2.9e-3)."""
+    """bf16 queries and keys of std 2.5 (scores up to about 20, as in a trained model's sharp
+    heads): the output is fp32 attention rounded to bf16 once, a mean relative error below bf16's
+    2^-9 (1.1e-3 here; scores and probabilities in bf16 gave 2.9e-3)."""
     out, expected = cascade_attention(torch.bfloat16, scale=2.5)
     assert out.dtype == torch.bfloat16
     assert float((out.float() - expected).abs().mean() / expected.abs().mean()) < 2.0**-9
@@ -121,9 +123,10 @@ def test_a_tree_holds_each_distinct_token_once_and_forks_join_at_once(policy, mo
 
 
 def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy, monkeypatch):
-    """A pool of 4 full sequences' blocks, 24 sequences of up to 64 tokens (3 to 64 here): the pool is never
-    exceeded, yet once short sequences have finished more than 4 rows run at once (memory goes to the tokens
-    expected), and every sequence samples what it samples with all the memory it needs."""
+    """A pool of 4 full sequences' blocks, 24 sequences of up to 64 tokens (3 to 64 here): the pool
+    is never exceeded, yet once short sequences have finished more than 4 rows run at once (memory
+    goes to the tokens expected), and every sequence samples what it samples with all the memory it
+    needs."""
     steps = count_steps(monkeypatch)
     _, _, free = backend_sample(policy, PROMPTS * 8, 64)
     steps.clear()
@@ -142,7 +145,8 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
 
 
 def short_ones_first(tok, monkeypatch):
-    """18 prompts (PROMPTS six times) and their keys: the first six sequences stop after 2 tokens, no other stops."""
+    """18 prompts (PROMPTS six times) and their keys: the first six sequences stop after 2 tokens,
+    no other stops."""
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
     keys = row_keys(torch.Generator().manual_seed(2), len(ids), "cpu")
     short = set(keys[:6].tolist())
@@ -166,11 +170,11 @@ def short_ones_first(tok, monkeypatch):
 def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(
     policy, monkeypatch, forks, spare
 ):
-    """Six sequences that stop after 2 tokens, then twelve (or twelve trees) that never stop, in a pool of two
-    full sequences and `spare` blocks (a tree's fork prefixes hold blocks while their continuations wait). The
-    short ones make the long ones look short: too many join, outgrow the pool and are preempted; each comes back,
-    replays its tokens and samples the same tokens and log-probs as with all the memory it needs (to float
-    noise)."""
+    """Six sequences that stop after 2 tokens, then twelve (or twelve trees) that never stop, in a
+    pool of two full sequences and `spare` blocks (a tree's fork prefixes hold blocks while their
+    continuations wait). The short ones make the long ones look short: too many join, outgrow the
+    pool and are preempted; each comes back, replays its tokens and samples the same tokens and
+    log-probs as with all the memory it needs (to float noise)."""
     model, tok = policy
     eos = tok.eos_token_id
     ids, keys = short_ones_first(tok, monkeypatch)
@@ -192,19 +196,21 @@ def test_preempted_sequences_replay_and_sample_on_as_if_never_stopped(
 
 
 def test_least_blocks_by_hand():
-    """Prompts of 20 and 3 tokens (2 + 1 blocks of 16), 4 rows of trees with N = 2, D = 3, s = 16 and 40 new tokens:
-    4 x (1 + 2) inner segments of 1 block, and a leaf of 40 - 2 x 16 = 8 tokens (1 block): 16. Flat: the prompts
-    and one sequence of 40 tokens (3 blocks): 6; one child a node never forks, so it is flat."""
+    """Prompts of 20 and 3 tokens (2 + 1 blocks of 16), 4 rows of trees with N = 2, D = 3, s = 16
+    and 40 new tokens: 4 x (1 + 2) inner segments of 1 block, and a leaf of 40 - 2 x 16 = 8 tokens
+    (1 block): 16. Flat: the prompts and one sequence of 40 tokens (3 blocks): 6; one child a node
+    never forks, so it is flat."""
     assert least_blocks([20, 3], 4, Forks(branching=2, depth=3, step_tokens=16), 40) == 16
     assert least_blocks([20, 3], 4, None, 40) == least_blocks([20, 3], 4, Forks(1, 3, 16), 40) == 6
     assert gib_up(0.00012207) == 0.000123 and gib_up(2.0) == 2.0 and gib_up(1234.5) == 1240.0
 
 
 def test_a_call_out_of_room_names_the_least_budget_which_never_runs_out(policy, monkeypatch):
-    """Trees of two levels of 20 tokens over 18 prompts' rows, six of which stop at once and make the others look
-    short: with 28 blocks the waiting forks' prefixes fill the pool with one row left, and the call stops in one
-    line naming least_blocks = 3 prompt blocks + 18 x 2 inner + 2 leaf = 41 blocks in GiB; with that budget the
-    call preempts and samples what it samples with all the memory it needs."""
+    """Trees of two levels of 20 tokens over 18 prompts' rows, six of which stop at once and make
+    the others look short: with 28 blocks the waiting forks' prefixes fill the pool with one row
+    left, and the call stops in one line naming least_blocks = 3 prompt blocks + 18 x 2 inner + 2
+    leaf = 41 blocks in GiB; with that budget the call preempts and samples what it samples with all
+    the memory it needs."""
     model, tok = policy
     ids, keys = short_ones_first(tok, monkeypatch)
     forks = Forks(branching=2, depth=2, step_tokens=20)
@@ -241,10 +247,11 @@ def test_a_budget_below_one_sequence_is_a_user_error(policy):
     ],
 )
 def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypatch, forks, spare):
-    """A row gives back its own blocks when it stops or is preempted, a group those of its prefix when its last
-    sequence finishes, a fork's shared last block is held by both: after each call no block has a holder and each
-    is free exactly once. Flat and forked, with all the memory a call can need and (`spare` blocks above two full
-    sequences and the prompts) under a budget tight enough to preempt."""
+    """A row gives back its own blocks when it stops or is preempted, a group those of its prefix
+    when its last sequence finishes, a fork's shared last block is held by both: after each call no
+    block has a holder and each is free exactly once. Flat and forked, with all the memory a call
+    can need and (`spare` blocks above two full sequences and the prompts) under a budget tight
+    enough to preempt."""
     preempted = preemptions(monkeypatch)
     model, tok = policy
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]

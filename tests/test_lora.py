@@ -1,5 +1,6 @@
-"""LoRA through peft: only the adapters train and are saved, the lean forward applies them to the bit, the KL
-reference is the base model, and an adapter directory loads for evaluation and resume."""
+"""LoRA through peft: only the adapters train and are saved, the lean forward applies them to the
+bit, the KL reference is the base model, and an adapter directory loads for evaluation and
+resume."""
 
 import json
 import re
@@ -28,7 +29,8 @@ LORA = LoraSettings(r=4, alpha=8)
 
 
 def adapted(model_dir, seed: int = 0, dtype: str = "float32"):
-    """The small model with fresh adapters whose B is random (at initialisation B = 0: no effect to check)."""
+    """The small model with fresh adapters whose B is random (at initialisation B = 0: no effect to
+    check)."""
     model, tok = load_policy(str(model_dir), dtype, lora=LORA)
     torch.manual_seed(seed)
     for name, param in model.named_parameters():
@@ -56,8 +58,8 @@ def test_lean_forward_applies_adapters(model_dir, monkeypatch):
 
 
 def test_bf16_weights_with_fp32_adapters_encode_prompts_to_the_bit(model_dir, monkeypatch):
-    """peft keeps adapters in fp32 over bf16 weights; the lean forward casts as peft does: the first token's
-    distribution (from the prompt's encoding) matches to the bit."""
+    """peft keeps adapters in fp32 over bf16 weights; the lean forward casts as peft does: the first
+    token's distribution (from the prompt's encoding) matches to the bit."""
     model, tok = adapted(model_dir, dtype="bfloat16")
     assert {p.dtype for name, p in model.named_parameters() if "lora_" in name} == {torch.float32}
     lean, reference = lean_then_transformers(
@@ -90,8 +92,9 @@ def test_unknown_target_module_is_a_user_error(model_dir):
 
 @pytest.mark.slow
 def test_lora_run_saves_adapters_that_load_for_evaluation(model_dir, tmp_path, monkeypatch, capsys):
-    """Two steps: only adapters change and are saved; the first step's KL to the base is exactly 0 (B starts at
-    0); the checkpoint loads with peft, through load_policy (adapters kept, or merged for full training)."""
+    """Two steps: only adapters change and are saved; the first step's KL to the base is exactly 0
+    (B starts at 0); the checkpoint loads with peft, through load_policy (adapters kept, or merged
+    for full training)."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     run = tmp_path / "run"
     trainer.train(

@@ -9,7 +9,8 @@ TEXT = "7+5-8+6\n12-8+6\n4+6\nAnswer: 10"
 
 
 def test_saved_tokenizer_keeps_whitespace_when_loaded_by_auto_tokenizer(model_dir):
-    """AutoTokenizer loads it as Qwen2Tokenizer (the config is qwen2); newlines and spaces must survive."""
+    """AutoTokenizer loads it as Qwen2Tokenizer (the config is qwen2); newlines and spaces must
+    survive."""
     built, loaded = build_tokenizer(), AutoTokenizer.from_pretrained(model_dir)
     ids = loaded(TEXT, add_special_tokens=False)["input_ids"]
     assert ids == built(TEXT, add_special_tokens=False)["input_ids"]

@@ -1,5 +1,6 @@
-"""A user mistake or a hostile file ends in one line on stderr and exit code 2, never a traceback, and writes
-nothing (docs/reliability.md); where treerl can go on instead, it says in one warning what it did."""
+"""A user mistake or a hostile file ends in one line on stderr and exit code 2, never a traceback,
+and writes nothing (docs/reliability.md); where treerl can go on instead, it says in one warning
+what it did."""
 
 import errno
 import json
@@ -39,7 +40,8 @@ def small(model_dir, *extra):
 
 @pytest.fixture
 def broken_models(model_dir, tmp_path):
-    """Copies of a good model directory: a config.json that is not JSON, weights cut short, custom code."""
+    """Copies of a good model directory: a config.json that is not JSON, weights cut short, custom
+    code."""
     made = {}
     for name in ("config", "weights", "code"):
         made[name] = tmp_path / name

@@ -1,5 +1,5 @@
-"""The project carries its own data: a copy of the repository with nothing beside it loads every named dataset,
-and an installed wheel has the benchmarks (and the embedded models) inside it."""
+"""The project carries its own data: a copy of the repository with nothing beside it loads every
+named dataset, and an installed wheel has the benchmarks (and the embedded models) inside it."""
 
 import json
 import os

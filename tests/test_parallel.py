@@ -1,4 +1,5 @@
-"""Data parallelism under torchrun (gloo on CPU): 2 ranks with DDP or FSDP2 make the update of 1 process."""
+"""Data parallelism under torchrun (gloo on CPU): 2 ranks with DDP or FSDP2 make the update of 1
+process."""
 
 import json
 import os
@@ -15,10 +16,11 @@ from treerl.train.update import Objective, train_pass
 
 
 def overrides(model_dir, steps=1):
-    # top_p near 0 samples greedily, so that every rank draws what the single process draws (one prompt per
-    # generation call: the same shapes too); greedy groups have no advantage, entropy_coef moves the weights.
-    # Three prompts of 3 samples over 2 ranks in micro-batches of 5: rank 0 trains 6 samples in 2 passes, rank 1
-    # trains 3 in 1 pass and then joins the second gradient reduction with a stand-in pass.
+    # top_p near 0 samples greedily, so that every rank draws what the single process draws (one
+    # prompt per generation call: the same shapes too); greedy groups have no advantage,
+    # entropy_coef moves the weights. Three prompts of 3 samples over 2 ranks in micro-batches of 5:
+    # rank 0 trains 6 samples in 2 passes, rank 1 trains 3 in 1 pass and then joins the second
+    # gradient reduction with a stand-in pass.
     return [
         f"model.name_or_path={model_dir}",
         f"train.steps={steps}",
@@ -135,7 +137,8 @@ def test_unshare_puts_every_rank_share_back_in_order():
 
 @pytest.mark.slow
 def test_lora_under_fsdp2_makes_the_single_process_update(model_dir, tmp_path):
-    """Frozen base weights and trained adapters share FSDP2's shard groups; the saved adapters match."""
+    """Frozen base weights and trained adapters share FSDP2's shard groups; the saved adapters
+    match."""
     lora = ["model.lora.r=4", "algo.kl_coef=0.1"]
     run(tmp_path / "one", model_dir, *lora)
     run(tmp_path / "two", model_dir, *lora, "train.strategy=fsdp2", ranks=2)
@@ -149,9 +152,10 @@ def test_lora_under_fsdp2_makes_the_single_process_update(model_dir, tmp_path):
     assert set(got) == set(want) and any(
         t.abs().max() > 0 for k, t in want.items() if "lora_B" in k
     )
-    # Adam's first step moves a weight by lr g / (|g| + eps): where |g| is near eps (1e-8) it turns the last bits
-    # of the gradient's rounding (the ranks sum in another order) into differences of 1e-6 at lr 1e-2. So the
-    # gradients are compared through Adam's first moments (0.1 g), and the adapters where |g| > 1000 eps.
+    # Adam's first step moves a weight by lr g / (|g| + eps): where |g| is near eps (1e-8) it turns
+    # the last bits of the gradient's rounding (the ranks sum in another order) into differences of
+    # 1e-6 at lr 1e-2. So the gradients are compared through Adam's first moments (0.1 g), and the
+    # adapters where |g| > 1000 eps.
     moments = [
         torch.load(tmp_path / name / "checkpoints/step_1/trainer_state.pt", weights_only=True)[
             "optimizer"

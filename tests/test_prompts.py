@@ -44,9 +44,8 @@ def test_think_adds_the_e2h_instruction(chat_tokenizer):
 def test_without_a_chat_template_the_system_prompt_leads_as_text(policy):
     assert policy[1].chat_template is None
     prompt = render_prompt(TEMPLATES["boxed"], "What is 1+1?", policy[1])
-    assert (
-        prompt
-        == "Please reason step by step, and put your final answer within \\boxed{}.\n\nWhat is 1+1?\n"
+    assert prompt == (
+        "Please reason step by step, and put your final answer within \\boxed{}.\n\nWhat is 1+1?\n"
     )
 
 

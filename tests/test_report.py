@@ -1,4 +1,5 @@
-"""`treerl report` and `treerl compare`: the plots of a run, in PNG files and one self-contained HTML page."""
+"""`treerl report` and `treerl compare`: the plots of a run, in PNG files and one self-contained
+HTML page."""
 
 import base64
 import json
@@ -28,8 +29,8 @@ def test_the_train_command_writes_the_report_with_every_plot(trained_run):
     )
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # opens offline: nothing to fetch
     assert "<script" not in page
-    # the first screen: accuracy before and after, the run's size, where the time went, its trees; then the
-    # curves; the config folded at the bottom
+    # the first screen: accuracy before and after, the run's size, where the time went, its trees;
+    # then the curves; the config folded at the bottom
     first, curves, config = (
         page.index("held-out accuracy (%)"),
         page.index("<h2>curves"),
@@ -79,9 +80,9 @@ def test_trailing_mean_by_hand():
 
 
 def test_stalls_are_five_or_more_steps_in_a_row_that_trained_nothing():
-    """Steps 1-5 trained nothing and earned nothing, step 6 trained, steps 7-9 trained nothing (only 3), step 10
-    trained, steps 11-16 trained nothing but earned a reward at step 12: two stalls, each said once, at its fifth
-    step."""
+    """Steps 1-5 trained nothing and earned nothing, step 6 trained, steps 7-9 trained nothing (only
+    3), step 10 trained, steps 11-16 trained nothing but earned a reward at step 12: two stalls,
+    each said once, at its fifth step."""
     from treerl.rundir import Stall, stall_begun, stalls
 
     trained = {step: 40 if step in (6, 10) else 0 for step in range(1, 17)}
@@ -165,8 +166,9 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
 
 
 def test_report_skips_saved_records_that_are_not_trees(tmp_path, capsys):
-    """A null line, an array, a record without a root, children as a string and a tree 3,000 levels deep are
-    skipped, counted and the first named; the last tree, saved without a step, is linked by step=''."""
+    """A null line, an array, a record without a root, children as a string and a tree 3,000 levels
+    deep are skipped, counted and the first named; the last tree, saved without a step, is linked by
+    step=''."""
 
     def record(step, root):
         return json.dumps(
@@ -200,7 +202,7 @@ def test_report_skips_saved_records_that_are_not_trees(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "trees.html").read_text().count("<section class='tree'") == 2
     assert (
-        f"skipped 5 of the 7 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a tree "
-        "record: null"
+        "skipped 5 of the 7 saved records that are not trees; the first: "
+        f"{tmp_path}/trees.jsonl:2: not a tree record: null"
     ) in capsys.readouterr().err
     assert "href='trees.html#step=&amp;problem=idNone'" in (tmp_path / "report.html").read_text()

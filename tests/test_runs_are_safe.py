@@ -1,5 +1,6 @@
-"""What no mistake may do to a run: lose a checkpoint, overwrite the user's files, block a resume, mix two configs,
-let two processes write one run, or end in a traceback when the disk is full (docs/reliability.md)."""
+"""What no mistake may do to a run: lose a checkpoint, overwrite the user's files, block a resume,
+mix two configs, let two processes write one run, or end in a traceback when the disk is full
+(docs/reliability.md)."""
 
 import errno
 import hashlib
@@ -53,7 +54,8 @@ def error_line(capsys):
 
 @pytest.fixture(scope="module")
 def done_run(model_dir, tmp_path_factory):
-    """A finished 3-step run with a checkpoint after every step; tests copy it before they touch it."""
+    """A finished 3-step run with a checkpoint after every step; tests copy it before they touch
+    it."""
     run = tmp_path_factory.mktemp("done") / "run"
     assert main(["train", "--out", str(run), *overrides(model_dir)]) == 0
     return run
@@ -113,9 +115,9 @@ def test_a_resume_may_change_only_some_keys_and_records_what_it_changed(run_copy
 
 @pytest.mark.slow
 def test_a_resume_may_change_the_memory_keys_that_compute_the_same(run_copy, capsys):
-    """A run that stopped for its KV budget continues with a larger one: the KV budget, vLLM's memory and batch and
-    the micro-batch may change on resume, as resource keys (recorded like the others); what they would not be, like
-    model.lora.r, is still refused."""
+    """A run that stopped for its KV budget continues with a larger one: the KV budget, vLLM's
+    memory and batch and the micro-batch may change on resume, as resource keys (recorded like the
+    others); what they would not be, like model.lora.r, is still refused."""
     assert main(["train", "--resume", str(run_copy), "model.lora.r=4"]) == 2
     assert "cannot change model.lora.r" in error_line(capsys)
     assert (
@@ -147,10 +149,11 @@ def test_a_resume_may_change_the_memory_keys_that_compute_the_same(run_copy, cap
 def test_a_kv_budget_the_trees_can_outgrow_is_refused_before_the_first_step(
     model_dir, policy, tmp_path, capsys
 ):
-    """TreeRPO trees of 2 children and 2 levels of 4 tokens over 2 prompts a step (each under 16 tokens: one block)
-    can hold, at worst, both prompts and the 4 level-1 nodes' blocks while their forks wait, and one leaf: 7 blocks
-    of 16 tokens (8,192 bytes in the test model), 5.35e-05 GiB rounded up. One block less is refused before the
-    first step with nothing written (it started, and could die at a later step); that budget trains."""
+    """TreeRPO trees of 2 children and 2 levels of 4 tokens over 2 prompts a step (each under 16
+    tokens: one block) can hold, at worst, both prompts and the 4 level-1 nodes' blocks while their
+    forks wait, and one leaf: 7 blocks of 16 tokens (8,192 bytes in the test model), 5.35e-05 GiB
+    rounded up. One block less is refused before the first step with nothing written (it started,
+    and could die at a later step); that budget trains."""
     from treerl.rollout.lean import lean_decoder
     from treerl.rollout.lean_backend import LeanBackend, gib_up
 
@@ -375,8 +378,8 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_tmp(tmp_path, mo
 
 
 def test_a_resume_cuts_saved_trees_back_and_keeps_records_that_are_not_trees_of_a_step(tmp_path):
-    """Trees of steps after the checkpoint are redone, so they go; a line that is no tree of a numbered step (the
-    viewer skips it with a warning) is not the resume's to judge, and stays."""
+    """Trees of steps after the checkpoint are redone, so they go; a line that is no tree of a
+    numbered step (the viewer skips it with a warning) is not the resume's to judge, and stays."""
     from treerl.rundir import RunDir
 
     run = RunDir(tmp_path)

@@ -1,4 +1,5 @@
-"""docs/science.md: its verdicts by hand, its JSON follows from its runs, and the page shows the JSON's numbers."""
+"""docs/science.md: its verdicts by hand, its JSON follows from its runs, and the page shows the
+JSON's numbers."""
 
 import importlib.util
 import json

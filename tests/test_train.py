@@ -157,13 +157,14 @@ def test_equal_rewards_give_no_update(model_dir, tmp_path, monkeypatch):
 
 
 def parity_reward(self, completion, reference):
-    """A reward that depends on the sampled text, so that the policy (and optimizer state) actually move."""
+    """A reward that depends on the sampled text, so that the policy (and optimizer state) actually
+    move."""
     return False, float(sum(map(ord, completion)) % 2)
 
 
 def crash_and_resume(cfg, tmp_path, monkeypatch):
-    """Train cfg straight through into a/, and into b/ with a crash in the third update and a resume:
-    the two runs' metrics (but timings), evals and final weights must be equal."""
+    """Train cfg straight through into a/, and into b/ with a crash in the third update and a
+    resume: the two runs' metrics (but timings), evals and final weights must be equal."""
     trainer.train(cfg, tmp_path / "a")
     real_update, calls = trainer.update, itertools.count(1)
 
@@ -222,11 +223,12 @@ def test_resume_after_crash_reproduces_the_run(model_dir, tmp_path, monkeypatch)
 def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(
     model_dir, tmp_path, capsys
 ):
-    """A 2-step run (cosine learning rate, no warm-up; cosine level schedule over easy and medium) resumed with
-    train.steps=4: steps 1-2 are those of the 2-step plan and steps 3-4 run at the schedules' end values, instead
-    of a schedule reshaped over 4 steps mid-run (0.55 and 0.232 x lr, p(easy) 1/2 and 0.382). By hand, with
-    progress p = min(t / 2, 1) at t = step - 1: lr factor 0.1 + 0.45 (1 + cos(pi p)) = 1, 0.55, 0.1, 0.1;
-    p(easy) = a 2/3 + (1 - a) 1/3 with a = (1 + cos(pi p)) / 2 = 2/3, 1/2, 1/3, 1/3."""
+    """A 2-step run (cosine learning rate, no warm-up; cosine level schedule over easy and medium)
+    resumed with train.steps=4: steps 1-2 are those of the 2-step plan and steps 3-4 run at the
+    schedules' end values, instead of a schedule reshaped over 4 steps mid-run (0.55 and 0.232 x lr,
+    p(easy) 1/2 and 0.382). By hand, with progress p = min(t / 2, 1) at t = step - 1: lr factor
+    0.1 + 0.45 (1 + cos(pi p)) = 1, 0.55, 0.1, 0.1; p(easy) = a 2/3 + (1 - a) 1/3 with
+    a = (1 + cos(pi p)) / 2 = 2/3, 1/2, 1/3, 1/3."""
     from treerl.cli import main
     from treerl.rundir import RunDir
 
@@ -251,8 +253,8 @@ def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "train.steps=4"]) == 0
     line = (
-        "train.steps 2 -> 4: the learning rate, the level schedule and Re-Schedule's weights keep the run's "
-        "horizon of 2 steps; steps 3 to 4 run at their end values"
+        "train.steps 2 -> 4: the learning rate, the level schedule and Re-Schedule's weights keep "
+        "the run's horizon of 2 steps; steps 3 to 4 run at their end values"
     )
     assert line in " ".join(capsys.readouterr().out.split())
     assert RunDir(run).resumes()[0]["schedules"] == line
@@ -265,9 +267,9 @@ def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(
 def test_a_run_that_learns_nothing_says_so_on_the_console_and_in_the_report(
     model_dir, tmp_path, monkeypatch, capsys
 ):
-    """A judge that finds no answer right (as the boxed template on a model that never boxes): every step has reward
-    0 and trains no token. After the fifth such step the console says so once, with the likely causes; the report
-    says it for steps 1-6."""
+    """A judge that finds no answer right (as the boxed template on a model that never boxes): every
+    step has reward 0 and trains no token. After the fifth such step the console says so once, with
+    the likely causes; the report says it for steps 1-6."""
     from treerl.cli import main
 
     monkeypatch.setattr(Arithmetic, "judge", lambda self, completion, reference: (False, 0.0))
@@ -298,9 +300,9 @@ def test_a_run_that_learns_nothing_says_so_on_the_console_and_in_the_report(
         if line.startswith("treerl: warning: ")
     ]
     assert warnings == [
-        "treerl: warning: steps 1-5 trained no token: every sample's reward was 0, so the run learns "
-        "nothing. Likely causes: the model does not answer in task.template's format (boxed: "
-        "\\boxed{...}, think: <answer>...</answer>, plain: an 'Answer:' line), the reward "
+        "treerl: warning: steps 1-5 trained no token: every sample's reward was 0, so the run "
+        "learns nothing. Likely causes: the model does not answer in task.template's format "
+        "(boxed: \\boxed{...}, think: <answer>...</answer>, plain: an 'Answer:' line), the reward "
         "(task.format_required, task.format_reward), or the data's answer field (task.fields)"
     ]
     assert [m["tokens/trained"] for m in read_metrics(run)] == [0] * 6
@@ -312,8 +314,8 @@ def test_a_run_that_learns_nothing_says_so_on_the_console_and_in_the_report(
 
 @pytest.mark.slow
 def test_resume_restores_the_curriculum_and_online_scores(model_dir, tmp_path, monkeypatch):
-    """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same problems
-    and weighs them the same."""
+    """Pool positions and online r-scores live in the checkpoint: the resumed run draws the same
+    problems and weighs them the same."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     cfg = tiny_config(
         model_dir,
@@ -452,7 +454,8 @@ def test_curriculum_metrics_follow_the_schedule(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_query_weights_multiply_the_policy_loss(model_dir, tmp_path, monkeypatch):
-    """With w_min = w_max = 2 every query weighs 2: the same step has twice the policy loss and gradient."""
+    """With w_min = w_max = 2 every query weighs 2: the same step has twice the policy loss and
+    gradient."""
     monkeypatch.setattr(Arithmetic, "judge", parity_reward)
     common = [
         "train.steps=1",
@@ -528,8 +531,9 @@ def test_compiled_forward_trains(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_threads_give_the_same_run_twice(tmp_path):
-    """The default recipe on two threads, run twice in fresh processes: the same losses to the last bit (the
-    context gather once made them differ from run to run in the seventh digit, through a parallel backward)."""
+    """The default recipe on two threads, run twice in fresh processes: the same losses to the last
+    bit (the context gather once made them differ from run to run in the seventh digit, through a
+    parallel backward)."""
     import subprocess
     import sys
 
@@ -579,9 +583,10 @@ def test_activation_checkpointing_and_chunked_log_probs_train(model_dir, tmp_pat
 def test_a_reactive_schedule_moves_on_from_training_accuracy_and_resumes_where_it_was(
     model_dir, tmp_path, monkeypatch
 ):
-    """curriculum.name=mastery with window 2 and a threshold any accuracy above 0 passes, on the embedded model
-    (it solves easy problems): easy for steps 1-2, then medium for steps 3-4. The crash comes in step 3, after the
-    move, so the resumed run must have kept the schedule's level in the step-2 checkpoint."""
+    """curriculum.name=mastery with window 2 and a threshold any accuracy above 0 passes, on the
+    embedded model (it solves easy problems): easy for steps 1-2, then medium for steps 3-4. The
+    crash comes in step 3, after the move, so the resumed run must have kept the schedule's level in
+    the step-2 checkpoint."""
     cfg = tiny_config(
         "tiny",
         "train.steps=4",

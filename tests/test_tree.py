@@ -71,8 +71,9 @@ def test_std_and_no_normalisation():
 
 
 def test_weighting_by_groups_divides_a_trees_advantages_by_its_kept_groups():
-    """Values (0.5, 0.53) at the root (spread 0.03 < 0.1: pruned), then (1, 0) and (0.6, 0.46): two kept groups.
-    norm=none gives the mean differences +-0.5 and +-0.07; weighting=groups halves them: +-0.25, +-0.035."""
+    """Values (0.5, 0.53) at the root (spread 0.03 < 0.1: pruned), then (1, 0) and (0.6, 0.46): two
+    kept groups. norm=none gives the mean differences +-0.5 and +-0.07; weighting=groups halves
+    them: +-0.25, +-0.035."""
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])
     plain = treerpo_advantages(tree, norm="none")
     assert plain == pytest.approx({(0, 0): 0.5, (0, 1): -0.5, (1, 0): 0.07, (1, 1): -0.07})
@@ -84,7 +85,8 @@ def test_weighting_by_groups_divides_a_trees_advantages_by_its_kept_groups():
 
 
 def test_groups_whose_values_spread_less_than_tau_are_pruned():
-    # root group (0.5, 0.53): spread 0.03 < 0.1 -> dropped; (1, 0) and (0.6, 0.46): spread 1 and 0.14 -> kept
+    # root group (0.5, 0.53): spread 0.03 < 0.1 -> dropped; (1, 0) and (0.6, 0.46):
+    # spread 1 and 0.14 -> kept
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])
     assert set(treerpo_advantages(tree)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert set(treerpo_advantages(tree, prune_tau=0.2)) == {(0, 0), (0, 1)}
@@ -169,7 +171,8 @@ def test_every_inner_node_has_n_children_and_every_token_is_used_once(policy):
 
 
 def test_the_last_level_holds_the_rest_of_the_response(policy):
-    """Re-Schedule's scoring tree: branch every step_tokens down to depth d, then one full completion."""
+    """Re-Schedule's scoring tree: branch every step_tokens down to depth d, then one full
+    completion."""
     trees, stats = sample(
         policy,
         ["1+2\n", "5+5-1\n"],
@@ -194,7 +197,8 @@ def test_the_last_level_holds_the_rest_of_the_response(policy):
 
 
 def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
-    """The log-probs stored while sampling from a forked cache equal those of re-encoding the whole prefix."""
+    """The log-probs stored while sampling from a forked cache equal those of re-encoding the whole
+    prefix."""
     from treerl.train.batch import completion_logprobs, make_batch
 
     model, tokenizer = policy

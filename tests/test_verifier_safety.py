@@ -1,10 +1,12 @@
-"""Adversarial completions against every verifier: no exception escapes, no call outlasts its bound, nothing runs.
+"""Adversarial completions against every verifier: no exception escapes, no call outlasts its bound,
+nothing runs.
 
-One hypothesis test feeds each generated completion (huge numbers, deep nesting, code payloads, unbalanced
-braces, megabyte strings, non-UTF-8 bytes, odd unicode, alone or inside \\boxed{}, <answer> or an answer
-line) to all five verifiers, so each sees at least EXAMPLES completions. The in-process verifiers run with
-eval, exec, os.system and subprocess.Popen replaced by recorders; math and gsm8k run math-verify in a
-child process, so a sentinel file that every code payload would create is the check there.
+One hypothesis test feeds each generated completion (huge numbers, deep nesting, code payloads,
+unbalanced braces, megabyte strings, non-UTF-8 bytes, odd unicode, alone or inside \\boxed{},
+<answer> or an answer line) to all five verifiers, so each sees at least EXAMPLES completions. The
+in-process verifiers run with eval, exec, os.system and subprocess.Popen replaced by recorders; math
+and gsm8k run math-verify in a child process, so a sentinel file that every code payload would
+create is the check there.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ MATH_SLACK = 1.5
 IN_PROCESS_BOUND = 1.0
 
 SENTINEL = os.path.join(tempfile.gettempdir(), f"treerl-verifier-safety-{uuid.uuid4().hex}")
-"""Every code payload below would create this file if anything ran it (nothing creates it otherwise)."""
+"""Every code payload below would create this file if anything ran it (nothing creates it
+otherwise)."""
 
-# ---------------------------------------------------------------------------------------------- references
+# --------------------------------------------------------------------------------------- references
 
 ARITHMETIC_REFS = ["135", "0", "-7", "10"]
 MATH_REFS = ["\\frac{14}{3}", "2", "18", "\\sqrt{2}"]
@@ -70,7 +73,7 @@ SOLUTIONS = (
     ]
 )
 
-# ------------------------------------------------------------------------------------------------ payloads
+# ----------------------------------------------------------------------------------------- payloads
 
 PAYLOADS = [
     f"__import__('os').system('touch {SENTINEL}')",
@@ -80,7 +83,10 @@ PAYLOADS = [
     f"lambda: __import__('os').system('touch {SENTINEL}')",
     f"(lambda: 0)() or __import__('pathlib').Path('{SENTINEL}').touch()",
     f"__import__('subprocess').call(['touch', '{SENTINEL}'])",
-    f"[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0](['touch', '{SENTINEL}'])",
+    (
+        "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0]"
+        f"(['touch', '{SENTINEL}'])"
+    ),
     f"\\text{{__import__('os').system('touch {SENTINEL}')}}",
     f"\\operatorname{{exec}}(\\text{{open('{SENTINEL}', 'w')}})",
     f"\\mathrm{{eval}}(\"__import__('os').system('touch {SENTINEL}')\")",
@@ -195,7 +201,7 @@ FRAGMENTS = [
     *ACTIONS[:8],
 ]
 
-# --------------------------------------------------------------------------------------------- strategies
+# --------------------------------------------------------------------------------------- strategies
 
 SLOW_FOR_SYMPY = [
     "9^{9^{9^{9}}}",
@@ -260,7 +266,8 @@ deep_nesting = st.one_of(
     depth.map(lambda n: "<answer>" * n + "1" + "</answer>" * (n % 3)),
     depth.map(lambda n: "-" * n + "1"),
     depth.map(lambda n: "\\frac{" * n),
-    # shallow enough to reach math-verify (answers over 1000 characters never do) and ast.parse (256)
+    # shallow enough to reach math-verify (answers over 1000 characters never do) and
+    # ast.parse (256)
     small_depth.map(lambda n: "(" * n + "2" + ")" * n),
     small_depth.map(lambda n: "\\boxed{" + "{" * n + "2" + "}" * n + "}"),
     small_depth.map(lambda n: "\\boxed{" + "\\frac{1}{" * n + "2" + "}" * n + "}"),
@@ -364,7 +371,7 @@ megabyte = st.one_of(
 
 COMPLETIONS = st.one_of(candidate, in_context, in_context, megabyte)
 
-# ---------------------------------------------------------------------------------------------- verifiers
+# ---------------------------------------------------------------------------------------- verifiers
 
 
 @dataclass
@@ -407,7 +414,8 @@ VERIFIERS = {
 
 @contextmanager
 def no_code_execution():
-    """eval, exec, os.system and subprocess.Popen replaced by recorders that raise; yields the calls made."""
+    """eval, exec, os.system and subprocess.Popen replaced by recorders that raise; yields the calls
+    made."""
     calls: list[str] = []
 
     def forbidden(name):
@@ -486,7 +494,8 @@ def remove_sentinel():
 
 @pytest.fixture
 def warm_math_verify():
-    """A running math-verify child that has imported math-verify, started outside the timed calls."""
+    """A running math-verify child that has imported math-verify, started outside the timed
+    calls."""
     assert get_task("math", verify_timeout=60.0).verify("\\boxed{1+1}", "2") == 1.0
 
 
@@ -496,7 +505,8 @@ def test_adversarial_completions_are_safe_for_every_verifier(warm_math_verify):
     started = time.perf_counter()
     check_every_verifier()
     summary = ", ".join(
-        f"{name} {v.calls} calls ({v.seconds:.0f} s, slowest {v.slowest:.2f} s, {v.credited} credited)"
+        f"{name} {v.calls} calls ({v.seconds:.0f} s, slowest {v.slowest:.2f} s, "
+        f"{v.credited} credited)"
         for name, v in VERIFIERS.items()
     )
     print(
@@ -524,7 +534,8 @@ def test_math_verify_timeout_kills_the_child_and_the_next_call_works(warm_math_v
         os.kill(pid, 0)
     assert task.verify("\\boxed{2}", "2") == 1.0
     assert task.verify("\\boxed{3}", "2") == 0.0
-    # math-verify itself answers again (a new child: its first call imports sympy, so a roomy bound here)
+    # math-verify itself answers again (a new child: its first call imports sympy, so a roomy bound
+    # here)
     assert get_task("math", verify_timeout=60.0).verify("\\boxed{1+1}", "2") == 1.0
     assert MATH_VERIFY.process.pid != pid
 

@@ -1,4 +1,5 @@
-"""The reasoning-tree viewer: records of graded trees, their HTML page, trees saved in training, `treerl tree`."""
+"""The reasoning-tree viewer: records of graded trees, their HTML page, trees saved in training,
+`treerl tree`."""
 
 import json
 
@@ -23,7 +24,8 @@ class Letters:
 
 
 def hand_tree():
-    # root -> A (two leaves 1, 0: values differ by 1, kept) and B (two leaves 0, 0: pruned at any tau > 0)
+    # root -> A (two leaves 1, 0: values differ by 1, kept) and B (two leaves 0, 0: pruned at any
+    # tau > 0)
     tree = ReasoningTree.from_leaf_rewards([[1, 0], [0, 0]])
     tree.prompt_ids = [2, 3]
     for path, node in tree.walk():
@@ -32,7 +34,8 @@ def hand_tree():
 
 
 def record_of(tree, problem, **keywords):
-    """A tree's record as training saves it, at prune_tau 0.1: the r-score's greedy picks at rscore's defaults."""
+    """A tree's record as training saves it, at prune_tau 0.1: the r-score's greedy picks at
+    rscore's defaults."""
     return tree_record(tree, problem, Letters(), 0.1, greedy_choices(tree), **keywords)
 
 
@@ -50,7 +53,8 @@ def test_record_marks_pruned_groups_picks_and_leaves():
         False,
     ]
     assert root["children"][0]["text"] == "bb" and record["prompt"] == "cd"
-    # r-score: keeping child A of the root makes ACC 1/2 (gain 1/4), then keeping its first leaf makes it 1 (1/2)
+    # r-score: keeping child A of the root makes ACC 1/2 (gain 1/4), then keeping its first leaf
+    # makes it 1 (1/2)
     assert record["picks"] == [[[], 0, 0.25], [[0], 0, 0.5]] and record["r_score"] == pytest.approx(
         0.75
     )
@@ -65,8 +69,8 @@ def test_page_shows_every_node_with_its_marks():
 
 
 def test_layout_puts_leaves_in_order_and_each_parent_midway_between_its_children():
-    """root -> (leaf, inner -> (leaf, leaf)): the leaves at x = 0, 1, 2; the inner node at 1.5; the root at
-    (0 + 1.5) / 2 = 0.75; depth is the path's length."""
+    """root -> (leaf, inner -> (leaf, leaf)): the leaves at x = 0, 1, 2; the inner node at 1.5; the
+    root at (0 + 1.5) / 2 = 0.75; depth is the path's length."""
     root = NodeRecord(
         text="",
         value=0.5,
@@ -93,10 +97,11 @@ def test_drawing_has_a_circle_per_node_coloured_by_value_with_its_marks():
     drawing = page[page.index("<svg class='drawing'") : page.index("</svg>")]
     assert drawing.count("<circle") == 7 and drawing.count("<line") == 6
     assert value_colour(0.0) == "hsl(0,65%,45%)" and value_colour(1.0) == "hsl(120,65%,45%)"
-    # root 0.25, A 0.5 (leaves 1 and 0), B 0.0 (leaves 0 and 0); leaves at x = 0..3, A at 0.5, B at 2.5, the root
-    # at 1.5: 26 x 1.5 + 2 x 9 = 57
+    # root 0.25, A 0.5 (leaves 1 and 0), B 0.0 (leaves 0 and 0); leaves at x = 0..3, A at 0.5,
+    # B at 2.5, the root at 1.5: 26 x 1.5 + 2 x 9 = 57
     root = (
-        "data-path='root' data-value='0.2500' data-advantage='' data-tokens='' onclick='show(this)'>"
+        "data-path='root' data-value='0.2500' data-advantage='' data-tokens='' "
+        "onclick='show(this)'>"
         "<circle cx='57.0' cy='18.0' r='9' fill="
     )
     assert root + f"'{value_colour(0.25)}'" in drawing
@@ -125,9 +130,9 @@ def test_drawing_has_a_circle_per_node_coloured_by_value_with_its_marks():
 
 
 def test_each_node_carries_the_advantage_it_was_trained_with():
-    """TreeRPO on the hand tree (bernoulli norm, A = (v - mu) / (mu (1 - mu))): the root's group {0.5, 0.0} has
-    mu = 0.25, so A = +-0.25 / 0.1875 = +-4/3; A's leaves {1, 0} have mu = 0.5, A = +-0.5 / 0.25 = +-2; B's
-    leaves agree and are pruned, so they carry none."""
+    """TreeRPO on the hand tree (bernoulli norm, A = (v - mu) / (mu (1 - mu))): the root's group
+    {0.5, 0.0} has mu = 0.25, so A = +-0.25 / 0.1875 = +-4/3; A's leaves {1, 0} have mu = 0.5,
+    A = +-0.5 / 0.25 = +-2; B's leaves agree and are pruned, so they carry none."""
     tree = hand_tree()
     advantages = ESTIMATORS.lookup("treerpo").advantages([tree], {"prune_tau": 0.1})[0]
     record = record_of(tree, Problem("q?", "1", "easy"), advantages=advantages, weight=1.5)
@@ -262,8 +267,8 @@ def test_trees_file_with_a_bad_middle_line_is_a_clear_error(tmp_path):
 
 
 def chain(levels):
-    """A record's line whose tree is a chain `levels` levels below its root, written as text (json.dumps would
-    refuse to nest that deep)."""
+    """A record's line whose tree is a chain `levels` levels below its root, written as text
+    (json.dumps would refuse to nest that deep)."""
     good = json.dumps(record_of(hand_tree(), Problem("deep", "1", "easy"), step=1))
     root = (
         '{"text": "", "value": 0.0, "children": [' * levels
@@ -297,8 +302,8 @@ def test_tree_command_skips_a_malformed_record_and_names_its_line(bad, tmp_path,
     assert main(["tree", "--run", str(tmp_path), "--out", str(out)]) == 0
     assert out.read_text().count("<section class='tree'") == 2
     assert (
-        f"skipped 1 of the 3 saved records that are not trees; the first: {tmp_path}/trees.jsonl:2: not a "
-        "tree record" in capsys.readouterr().err
+        "skipped 1 of the 3 saved records that are not trees; the first: "
+        f"{tmp_path}/trees.jsonl:2: not a tree record" in capsys.readouterr().err
     )
 
 
@@ -326,11 +331,15 @@ def test_a_line_too_deep_to_parse_is_one_line_where_every_record_is_read(tmp_pat
         RunDir(tmp_path).trees()  # as a resume reads it, to cut it back
 
 
-ATTACK = "<img src=x onerror=\"document.body.dataset.pwned='yes'\"><script>document.body.dataset.pwned='yes'</script>"
+ATTACK = (
+    "<img src=x onerror=\"document.body.dataset.pwned='yes'\">"
+    "<script>document.body.dataset.pwned='yes'</script>"
+)
 
 
 def hostile_record(**numbers):
-    """A record whose every string field carries markup that would run if it reached the page unescaped."""
+    """A record whose every string field carries markup that would run if it reached the page
+    unescaped."""
     record = record_of(hand_tree(), Problem("q?", "1", "easy"), step=3)
     record.update(id=ATTACK, level=ATTACK, question=ATTACK, prompt=ATTACK, **numbers)
 
@@ -346,7 +355,8 @@ def hostile_record(**numbers):
 def test_hostile_strings_are_shown_as_text():
     page = render_tree(hostile_record())
     assert "<img" not in page and "<script>document" not in page and "</script><script>" not in page
-    # the id (as the section's data-id, in its heading and among the ids to search), level, prompt, 7 nodes' texts
+    # the id (as the section's data-id, in its heading and among the ids to search), level, prompt,
+    # 7 nodes' texts
     assert page.count("&lt;img src=x onerror=") == 3 + 1 + 1 + 7
 
 

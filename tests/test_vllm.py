@@ -1,7 +1,8 @@
-"""The vLLM backend on this CPU (vLLM's CPU build, installed by `make test`): samples and trees shaped as the lean
-backend's, greedy sequences equal to its, keys that make a sequence independent of its call, weights that follow
-the trainer's, log-probs that match the trainer's forward, a prefix cache that serves the forks, and training.
-None of these tests is skipped: without vLLM they fail with the line that says how to install it."""
+"""The vLLM backend on this CPU (vLLM's CPU build, installed by `make test`): samples and trees
+shaped as the lean backend's, greedy sequences equal to its, keys that make a sequence independent
+of its call, weights that follow the trainer's, log-probs that match the trainer's forward, a prefix
+cache that serves the forks, and training. None of these tests is skipped: without vLLM they fail
+with the line that says how to install it."""
 
 import json
 
@@ -47,8 +48,9 @@ def keys_for(rows, seed=0):
 
 
 def check_tree_rule(sequences, prompts, forks, budget, eos):
-    """Each sequence runs to its budget or EOS, and every sequence that went on past a fork point below the last
-    level has exactly branching - 1 forks there, each inheriting its path up to that point; no other forks."""
+    """Each sequence runs to its budget or EOS, and every sequence that went on past a fork point
+    below the last level has exactly branching - 1 forks there, each inheriting its path up to that
+    point; no other forks."""
     paths = []
     for s in sequences:
         assert len(s.token_ids) == budget - s.start or (s.finished and s.token_ids[-1] == eos)
@@ -69,9 +71,10 @@ def check_tree_rule(sequences, prompts, forks, budget, eos):
 
 
 def test_flat_samples_and_trees_have_the_lean_backends_shapes(vllm_policy):
-    """A random model (EOS about as likely as any token): one sequence per prompt row up to its budget, and trees
-    (3 children, 3 levels of 4 tokens) forked by the rule the lean backend follows, with about as many sequences
-    (which sequences stop early differs: the two draw differently)."""
+    """A random model (EOS about as likely as any token): one sequence per prompt row up to its
+    budget, and trees (3 children, 3 levels of 4 tokens) forked by the rule the lean backend
+    follows, with about as many sequences (which sequences stop early differs: the two draw
+    differently)."""
     model, tok = vllm_policy
     ids = encode(tok, PROMPTS) * 2
     flat = sample(model, tok, ids, keys_for(len(ids)), max_new_tokens=10)
@@ -100,8 +103,9 @@ def test_flat_samples_and_trees_have_the_lean_backends_shapes(vllm_policy):
 
 
 def test_greedy_sequences_equal_the_lean_backends_in_fp32():
-    """The embedded model, greedy, on 200 held-out hard problems: vLLM's sequences equal the lean backend's for
-    all but a few, where the two engines' float rounding tips a near tie between the two likeliest tokens."""
+    """The embedded model, greedy, on 200 held-out hard problems: vLLM's sequences equal the lean
+    backend's for all but a few, where the two engines' float rounding tips a near tie between the
+    two likeliest tokens."""
     from treerl.tasks.arithmetic import Arithmetic
     from treerl.tasks.prompts import render_prompt
 
@@ -141,8 +145,9 @@ def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(vllm_policy):
     assert [s.token_ids for s in other] != [
         s.token_ids for s in together
     ]  # the key is what decides
-    # more rows than vLLM runs at once (256), with more prompt tokens than one engine step prefills (4096): a
-    # prompt prefilled in chunks would draw from its generator at each chunk (and vLLM's CPU build fails on it)
+    # more rows than vLLM runs at once (256), with more prompt tokens than one engine step prefills
+    # (4096): a prompt prefilled in chunks would draw from its generator at each chunk (and vLLM's
+    # CPU build fails on it)
     crowd = ids + encode(tok, ["9-7+6+5-9\n2+6+5-9\n"]) * 300
     crowd_keys = torch.cat([keys, keys_for(len(crowd) - len(ids), seed=9)])
     crowded = sample(model, tok, crowd, crowd_keys, 1, sampling=hot)
@@ -150,9 +155,9 @@ def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(vllm_policy):
 
 
 def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):
-    """Weights changed in place (as an optimizer step changes them) change vLLM's samples; restored, the samples
-    are the old ones again. Its log-probs of what it sampled (temperature 0.7) equal the trainer's forward's
-    within 1e-4 in fp32."""
+    """Weights changed in place (as an optimizer step changes them) change vLLM's samples; restored,
+    the samples are the old ones again. Its log-probs of what it sampled (temperature 0.7) equal the
+    trainer's forward's within 1e-4 in fp32."""
     model, tok = load_policy(str(vllm_dir))
     ids = encode(tok, PROMPTS)
     keys = keys_for(len(ids))
@@ -180,7 +185,8 @@ def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_d
 
 
 def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
-    """Adapters made non-zero: vLLM's log-probs of its samples are the peft model's forward's (within 1e-4)."""
+    """Adapters made non-zero: vLLM's log-probs of its samples are the peft model's forward's
+    (within 1e-4)."""
     from treerl.config import LoraSettings
 
     model, tok = load_policy(str(vllm_dir), lora=LoraSettings(r=4))
@@ -201,8 +207,9 @@ def test_a_lora_policy_samples_with_its_adapters_merged(vllm_dir):
 
 
 def test_forks_are_served_their_prefix_from_the_cache(vllm_policy):
-    """Trees of 4 children, 3 levels of 40 tokens from prompts of about 10 tokens (blocks of 32): at least 90% of
-    the inherited tokens in whole blocks come from vLLM's prefix cache, and the step's metrics say so."""
+    """Trees of 4 children, 3 levels of 40 tokens from prompts of about 10 tokens (blocks of 32): at
+    least 90% of the inherited tokens in whole blocks come from vLLM's prefix cache, and the step's
+    metrics say so."""
     model, tok = vllm_policy
     _, stats = sample_trees(
         model,
@@ -252,10 +259,10 @@ def test_greedy_forks_of_a_tree_continue_their_parents(vllm_policy):
 
 @pytest.mark.slow
 def test_forty_demo_steps_on_vllm_lift_hard_as_the_lean_backend_does(tmp_path):
-    """The demo's recipe for 40 steps, same seed, sampled (and evaluated) by each backend: held-out hard accuracy
-    after training within 3.5 points, on 1,000 hard problems (on the demo's 200, the evaluation's own noise is
-    about as large as the bound: seeds 0-2 gave 4.0, 2.5 and 2.0 points there; seeds 0 and 2, 0.0 and 1.8 on
-    1,000); the vLLM run logs a small log-prob mismatch."""
+    """The demo's recipe for 40 steps, same seed, sampled (and evaluated) by each backend: held-out
+    hard accuracy after training within 3.5 points, on 1,000 hard problems (on the demo's 200, the
+    evaluation's own noise is about as large as the bound: seeds 0-2 gave 4.0, 2.5 and 2.0 points
+    there; seeds 0 and 2, 0.0 and 1.8 on 1,000); the vLLM run logs a small log-prob mismatch."""
     after = {}
     for backend in ("lean", "vllm"):
         cfg = load_config(
@@ -283,8 +290,9 @@ def test_forty_demo_steps_on_vllm_lift_hard_as_the_lean_backend_does(tmp_path):
 
 @pytest.mark.slow
 def test_a_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_dir, tmp_path):
-    """SIGKILL mid-run, then --resume: every step's rewards and loss, and the final weights, are those of the run
-    that was never stopped (vLLM's samples depend on the keys and the weights only)."""
+    """SIGKILL mid-run, then --resume: every step's rewards and loss, and the final weights, are
+    those of the run that was never stopped (vLLM's samples depend on the keys and the weights
+    only)."""
     import signal
     import subprocess
     import sys
