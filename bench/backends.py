@@ -1,26 +1,28 @@
-"""The sampling backends side by side, each inside treerl's own sampling call: the lean engine, the transformers
-forward (hf), vLLM, and transformers' `model.generate` for flat samples; then one GRPO step per backend.
+"""The sampling backends side by side, each inside treerl's own sampling call: the lean engine, the
+transformers forward (hf), vLLM, and transformers' `model.generate` for flat samples; then one GRPO
+step per backend.
 
     .venv/bin/python bench/backends.py --out docs/results/backends_cpu.json
     .venv/bin/python bench/backends.py --sections flat_41m step_41m --rounds 3
 
 Sections (JSON is written to --out after each one):
-- `flat_tiny`: the embedded tiny model (0.87M), 16 hard arithmetic prompts x 8 samples, up to 64 tokens at
-  temperature 0.7, each stopping at its own EOS.
-- `flat_41m`: bench/lengths.py's work: a random 41M Qwen2, 128 random prompts, each answer's length forced to a
-  draw from 10-100% of 192 tokens (EOS forbidden before it; vLLM is given that length as its budget), KV memory
-  for 32 full-length sequences (the lean backend's rollout.kv_budget_gib and vLLM's cpu_kv_cache_gib; each runs
-  as many sequences as that memory holds) and `model.generate` in batches of 32.
-- `trees_tiny`, `trees_41m`: TreeRPO trees of 8 children, 3 levels of 16 tokens (16 tiny prompts; one 41M prompt,
-  whose random model never stops early: 512 sequences), and flat samples of 48 tokens at equal tokens.
-  vLLM's prefix-cache hit rate over the forks is reported with its trees.
-- `step_41m`: `treerl train` for 3 steps of the demo's recipe (16 prompts x 8, 64 tokens, two optimizer steps) on
-  the 41M model with the tiny model's tokenizer and every sample trained (its random answers all score 0, which
-  the DASH filter would drop): the phases of steps 2 and 3 (their mean), weight reload included; with LoRA
-  (r=16) as well, whose adapters vLLM gets merged.
+- `flat_tiny`: the embedded tiny model (0.87M), 16 hard arithmetic prompts x 8 samples, up to 64
+  tokens at temperature 0.7, each stopping at its own EOS.
+- `flat_41m`: bench/lengths.py's work: a random 41M Qwen2, 128 random prompts, each answer's length
+  forced to a draw from 10-100% of 192 tokens (EOS forbidden before it; vLLM is given that length as
+  its budget), KV memory for 32 full-length sequences (the lean backend's rollout.kv_budget_gib and
+  vLLM's cpu_kv_cache_gib; each runs as many sequences as that memory holds) and `model.generate` in
+  batches of 32.
+- `trees_tiny`, `trees_41m`: TreeRPO trees of 8 children, 3 levels of 16 tokens (16 tiny prompts;
+  one 41M prompt, whose random model never stops early: 512 sequences), and flat samples of 48
+  tokens at equal tokens. vLLM's prefix-cache hit rate over the forks is reported with its trees.
+- `step_41m`: `treerl train` for 3 steps of the demo's recipe (16 prompts x 8, 64 tokens, two
+  optimizer steps) on the 41M model with the tiny model's tokenizer and every sample trained (its
+  random answers all score 0, which the DASH filter would drop): the phases of steps 2 and 3 (their
+  mean), weight reload included; with LoRA (r=16) as well, whose adapters vLLM gets merged.
 
-Every figure is the median over --rounds rounds after a warm-up round, backends alternating within a round, on
---threads torch threads. The machine is shared: compare figures of one run only.
+Every figure is the median over --rounds rounds after a warm-up round, backends alternating within a
+round, on --threads torch threads. The machine is shared: compare figures of one run only.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from treerl.train.trainer import train
 
 
 def median_rates(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
-    """Each run alternately, a warm-up round then `rounds`: median tokens per second and the tokens of a call."""
+    """Each run alternately, a warm-up round then `rounds`: median tokens per second and the tokens
+    of a call."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
     tokens: dict[str, int] = {}
     for round_ in range(rounds + 1):
@@ -150,8 +153,8 @@ def generate_natural(model, tokenizer, rows: list[list[int]], max_new_tokens: in
 def vllm_spread(
     model, prompts: list[list[int]], targets: torch.Tensor, max_new_tokens: int, slots: int
 ) -> int:
-    """vLLM through treerl's backend, each sequence's budget its target length (found by its key), with as much
-    KV memory as the lean backend's budget of `slots` full-length sequences."""
+    """vLLM through treerl's backend, each sequence's budget its target length (found by its key),
+    with as much KV memory as the lean backend's budget of `slots` full-length sequences."""
     keys = row_keys(torch.Generator().manual_seed(0), len(prompts), "cpu")
     by_key = dict(zip(keys.tolist(), targets.tolist()))
     real_run = vllm_backend.VllmBackend.run
@@ -197,7 +200,8 @@ def flat_41m(args) -> dict:
 
 
 def trees(model, prompts: list[list[int]], eos: int, args, backends: tuple[str, ...]) -> dict:
-    """8 x 3 trees at 16-token steps per backend, and flat rows of 48 tokens as many as the vLLM trees' tokens."""
+    """8 x 3 trees at 16-token steps per backend, and flat rows of 48 tokens as many as the vLLM
+    trees' tokens."""
     forks = Forks(8, 3, 16)
     stats: dict[str, list[TreeStats]] = {name: [] for name in backends}
     runs = {

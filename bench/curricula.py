@@ -1,14 +1,16 @@
-"""Curricula on the tiny model: E2H schedules, Re-Schedule (static and online) and the ACC ranking, several seeds.
+"""Curricula on the tiny model: E2H schedules, Re-Schedule (static and online) and the ACC ranking,
+several seeds.
 
     .venv/bin/python bench/curricula.py --task arithmetic --seeds 0 1 2 --out runs/bench-curricula
 
-Every variant trains on the same fixed pool of problems (curriculum.pool_size per level) of the four training
-levels for the same number of steps, and is evaluated greedily on the hard and out-of-distribution levels.
-`reschedule-static` and `acc-static` rank queries from one `treerl score` pass of the starting model
-(rscore.* below); `reschedule-online` scores them from TreeRPO's own trees while training, so it runs
-TreeRPO (the shipped config treerpo_demo), and `treerpo-balanced` is its baseline without weights. Two runs go at
-a time, each on one thread; finished runs are read back, not redone. Writes summary.json and prints a
-markdown table (mean and standard deviation over seeds).
+Every variant trains on the same fixed pool of problems (curriculum.pool_size per level) of the four
+training levels for the same number of steps, and is evaluated greedily on the hard and
+out-of-distribution levels. `reschedule-static` and `acc-static` rank queries from one
+`treerl score` pass of the starting model (rscore.* below); `reschedule-online` scores them from
+TreeRPO's own trees while training, so it runs TreeRPO (the shipped config treerpo_demo), and
+`treerpo-balanced` is its baseline without weights. Two runs go at a time, each on one thread;
+finished runs are read back, not redone. Writes summary.json and prints a markdown table (mean and
+standard deviation over seeds).
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ TASKS = {
             "rscore.batch_prompts=16",
         ],
         "report": ["hard", "ood"],
-        # the demo's 4 x 4 x 4 trees of 128-token answers cost ~50 s a step on 2 cores (68k tokens); depth 2 over
-        # 8 prompts samples about what the GRPO variants do (~10k tokens)
+        # the demo's 4 x 4 x 4 trees of 128-token answers cost ~50 s a step on 2 cores (68k tokens);
+        # depth 2 over 8 prompts samples about what the GRPO variants do (~10k tokens)
         "treerpo": ["tree.depth=2", "rollout.batch_prompts=8"],
     },
 }
@@ -78,7 +80,8 @@ def variants(task: dict, scores: Path) -> dict[str, tuple[str | None, list[str]]
         "e2h-gaussian": (None, ["curriculum.name=gaussian"]),
         "reschedule-static": (None, ["reschedule.rank_by=rscore", *static]),
         "acc-static": (None, ["reschedule.rank_by=acc", *static]),
-        # the weighted runs' mean loss weight is about 1.25: balanced at 1.25 x lr separates the two effects
+        # the weighted runs' mean loss weight is about 1.25: balanced at 1.25 x lr separates the two
+        # effects
         "balanced-lr1.25": (None, ["curriculum.name=balanced", "train.lr=6.25e-5"]),
         "treerpo-balanced": (TREERPO, ["curriculum.name=balanced", *tree]),
         "reschedule-online": (
@@ -124,7 +127,8 @@ def run_variant(
 
 
 def train_accuracy(metrics: list[dict]) -> dict[str, float]:
-    "Mean accuracy (%) of the sampled answers per training level over these steps (levels not sampled are left out)."
+    """Mean accuracy (%) of the sampled answers per training level over these steps (levels not
+    sampled are left out)."""
     levels = sorted(
         {
             key.removeprefix("acc/")

@@ -1,23 +1,26 @@
-"""DASH against standard GRPO on the tiny model: wall-clock time to a held-out accuracy target, several seeds.
+"""DASH against standard GRPO on the tiny model: wall-clock time to a held-out accuracy target,
+several seeds.
 
     .venv/bin/python bench/dash.py --seeds 0 1 2 --target 0.70 --out runs/bench-dash
 
-Both run the default recipe (arithmetic, medium + hard, 16 prompts x 8 samples, 2 optimizer steps per buffer,
-lr 5e-5) with backpropagation in micro-batches of 8 sequences, and evaluate greedy accuracy on 200 held-out
-hard problems every `--every` steps. They differ only in how they sample and what they train on:
-- `standard`: each micro-batch's rollouts are generated just before its update (rollout.generation_batch=1,
-  one prompt x 8 samples = one micro-batch), and every sample is trained on (no filtering);
-- `dash`: the whole buffer is generated in one call (rollout.generation_batch=0) and samples with |A| <= 0.1
-  skip forward and backward (train.filter_tau=0.1, the paper's tau).
-Both train for --steps steps. Time to target is the training time (evaluation excluded, from metrics.jsonl)
-up to the first evaluation that reaches the target; final accuracy is that of the last step. The two methods
-of a seed run side by side (--jobs runs at a time), one thread each, so their ratio is measured in one run on
-the same machine state.
-Finished runs are read back, not redone. Writes summary.json.
+Both run the default recipe (arithmetic, medium + hard, 16 prompts x 8 samples, 2 optimizer steps
+per buffer, lr 5e-5) with backpropagation in micro-batches of 8 sequences, and evaluate greedy
+accuracy on 200 held-out hard problems every `--every` steps. They differ only in how they sample
+and what they train on:
+- `standard`: each micro-batch's rollouts are generated just before its update
+  (rollout.generation_batch=1, one prompt x 8 samples = one micro-batch), and every sample is
+  trained on (no filtering);
+- `dash`: the whole buffer is generated in one call (rollout.generation_batch=0) and samples with
+  |A| <= 0.1 skip forward and backward (train.filter_tau=0.1, the paper's tau).
+Both train for --steps steps. Time to target is the training time (evaluation excluded, from
+metrics.jsonl) up to the first evaluation that reaches the target; final accuracy is that of the
+last step. The two methods of a seed run side by side (--jobs runs at a time), one thread each, so
+their ratio is measured in one run on the same machine state. Finished runs are read back, not
+redone. Writes summary.json.
 
-With --read-only nothing is trained: the runs in --out are summarised as they stand. A run stopped (by a time
-limit) before it reached the target gives a lower bound, `train_s_to_target_at_least` (its training time so
-far), and the seed's ratio is then `speedup_to_target_at_least`.
+With --read-only nothing is trained: the runs in --out are summarised as they stand. A run stopped
+(by a time limit) before it reached the target gives a lower bound, `train_s_to_target_at_least`
+(its training time so far), and the seed's ratio is then `speedup_to_target_at_least`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ METHODS = {
 def run(
     out: Path, seed: int, method: str, target: float, every: int, steps: int, read_only: bool
 ) -> dict:
-    """Train for `steps` steps with an evaluation every `every`; time to the first evaluation at the target."""
+    """Train for `steps` steps with an evaluation every `every`; time to the first evaluation at the
+    target."""
     run_dir = out / f"{method}-seed{seed}"
     result = (
         read(run_dir)
@@ -89,8 +93,8 @@ def main() -> None:
         steps=300,
         jobs=(
             2,
-            "runs at a time (2 on the 2-core machine: the two arms of a seed side by side; 6 on a GPU "
-            "machine)",
+            "runs at a time (2 on the 2-core machine: the two arms of a seed side by side; "
+            "6 on a GPU machine)",
         ),
         out="runs/bench-dash",
         read_only=(False, "summarise the runs in --out, train nothing"),

@@ -1,4 +1,5 @@
-"""Run the default `treerl train` for several seeds; print wall time and before/after accuracy as JSON.
+"""Run the default `treerl train` for several seeds; print wall time and before/after accuracy as
+JSON.
 
     .venv/bin/python bench/demo_seeds.py --seeds 0 1 2 --out runs/bench-demo
 

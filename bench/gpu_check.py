@@ -1,21 +1,23 @@
-"""The GPU check of issue 21, in one script that writes its JSON after every section (a section that fails
-records its error, and the rest still run).
+"""The GPU check of issue 21, in one script that writes its JSON after every section (a section that
+fails records its error, and the rest still run).
 
-    python bench/gpu_check.py --out runs/gpu-check                # on one H100/H200, about 8 minutes
-    .venv/bin/python bench/gpu_check.py --tiny --out runs/gpu-check-tiny   # the same sections, tiny, on the CPU
+    python bench/gpu_check.py --out runs/gpu-check  # on one H100/H200, about 8 minutes
+    .venv/bin/python bench/gpu_check.py --tiny --out runs/gpu-check-tiny
+        # the same sections, tiny, on the CPU
 
 Sections:
 - `bandwidth`: the device's copy bandwidth (bytes read + written per second, a 2 GiB tensor copied).
-- `decode`: random-weight bf16 models in the shapes of Qwen2.5-0.5B, 1.5B and 7B sample 256 tokens after 32-token
-  prompts at 64 and 256 rows through treerl's lean backend, its vLLM backend and `model.generate` (bf16, sdpa,
-  no EOS). Each against its roofline: per decode step the weights are read once and every row's keys and values
-  once (their mean over the steps), at the measured copy bandwidth; the goal is >= 50% of it for 1.5B at 256 rows.
-- `treerpo_step`: `treerl train --config treerpo_paper` for one step with the random 1.5B model, sampled by the
-  lean backend and by vLLM (the paper's
-  tree: 8 children, depth 3, 384-token steps, every response to 1152 tokens as random weights never stop), on
-  --tree-prompts prompts instead of 128, every sibling group trained (`algo.params.prune_tau=0`: random weights earn
-  no reward, so the paper's pruning would leave nothing to train): seconds by phase and peak GPU memory; then
-  7B's peak memory likewise.
+- `decode`: random-weight bf16 models in the shapes of Qwen2.5-0.5B, 1.5B and 7B sample 256 tokens
+  after 32-token prompts at 64 and 256 rows through treerl's lean backend, its vLLM backend and
+  `model.generate` (bf16, sdpa, no EOS). Each against its roofline: per decode step the weights are
+  read once and every row's keys and values once (their mean over the steps), at the measured copy
+  bandwidth; the goal is >= 50% of it for 1.5B at 256 rows.
+- `treerpo_step`: `treerl train --config treerpo_paper` for one step with the random 1.5B model,
+  sampled by the lean backend and by vLLM (the paper's tree: 8 children, depth 3, 384-token steps,
+  every response to 1152 tokens as random weights never stop), on --tree-prompts prompts instead of
+  128, every sibling group trained (`algo.params.prune_tau=0`: random weights earn no reward, so the
+  paper's pruning would leave nothing to train): seconds by phase and peak GPU memory; then 7B's
+  peak memory likewise.
 - `tests`: `pytest -k cuda`.
 --tiny swaps in small shapes and lengths so that every section runs on the CPU in about a minute.
 """
@@ -82,8 +84,9 @@ def random_model(shape: dict, device: torch.device) -> Qwen2ForCausalLM:
 
 
 def roofline(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, bytes_per_s: float) -> dict:
-    """Tokens per second if every decode step read the weights (the embedding table only where it is also the
-    output layer) and every row's mean context of keys and values once, at the copy bandwidth."""
+    """Tokens per second if every decode step read the weights (the embedding table only where it is
+    also the output layer) and every row's mean context of keys and values once, at the copy
+    bandwidth."""
     c = model.config
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     if not c.tie_word_embeddings:
@@ -98,8 +101,8 @@ def roofline(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, bytes_pe
 
 
 def decode(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, device: torch.device) -> dict:
-    """Generated tokens per second of the lean backend, the vLLM backend and `model.generate` (after a short warm-up
-    of each). No EOS: the sampling calls stop at token id -1, which never comes."""
+    """Generated tokens per second of the lean backend, the vLLM backend and `model.generate` (after
+    a short warm-up of each). No EOS: the sampling calls stop at token id -1, which never comes."""
     prompts = torch.randint(
         2, model.config.vocab_size, (rows, prompt), generator=torch.Generator().manual_seed(0)
     )
@@ -150,8 +153,8 @@ def decode(model: Qwen2ForCausalLM, rows: int, prompt: int, new: int, device: to
 def treerpo_step(
     size: str, shapes: dict, args, device: torch.device, backend: str = "lean"
 ) -> dict:
-    """One step of the paper's TreeRPO config with a random model of this size, sampled by `backend`; seconds by
-    phase, peak memory."""
+    """One step of the paper's TreeRPO config with a random model of this size, sampled by
+    `backend`; seconds by phase, peak memory."""
     out = Path(args.out)
     if args.tiny:
         path = out / "model-tiny"

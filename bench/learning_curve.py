@@ -1,4 +1,5 @@
-"""Print a run's learning curve: training accuracy per level (window means) and held-out evaluations.
+"""Print a run's learning curve: training accuracy per level (window means) and held-out
+evaluations.
 
 .venv/bin/python bench/learning_curve.py runs/bench-demo/seed0 --window 100
 """

@@ -1,15 +1,16 @@
-"""Peak memory and time of one whole training update (forward, backward, AdamW step) with every weight trained
-against LoRA adapters (model.lora.r), at a real model's shape.
+"""Peak memory and time of one whole training update (forward, backward, AdamW step) with every
+weight trained against LoRA adapters (model.lora.r), at a real model's shape.
 
     .venv/bin/python bench/lora_memory.py --rows 4 --tokens 256
 
-A randomly initialised model of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query and 2 key-value heads,
-MLP 4864, a tied vocabulary of 151,936 tokens; 494M parameters) runs the completion log-probs of --rows
-completions of --tokens tokens after a 64-token context, in 1024-token chunks (train.logit_chunk), backward, and
-one AdamW step over the parameters that train, with activation checkpointing (--no-checkpointing: without), in a
-fresh process per setting. Printed: the peak resident memory (CPU) or torch's peak allocated GPU memory (--device
-cuda), the memory still held after the step (weights, gradients, AdamW's state), the parameters that train, and
-the seconds. JSON.
+A randomly initialised model of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query and 2
+key-value heads, MLP 4864, a tied vocabulary of 151,936 tokens; 494M parameters) runs the completion
+log-probs of --rows completions of --tokens tokens after a 64-token context, in 1024-token chunks
+(train.logit_chunk), backward, and one AdamW step over the parameters that train, with activation
+checkpointing (--no-checkpointing: without), in a fresh process per setting. Printed: the peak
+resident memory (CPU) or torch's peak allocated GPU memory (--device cuda), the memory still held
+after the step (weights, gradients, AdamW's state), the parameters that train, and the seconds.
+JSON.
 """
 
 from __future__ import annotations

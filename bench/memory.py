@@ -1,9 +1,11 @@
-"""Does resident memory stay flat over a long run? `memory/rss_gib` of `treerl train` (the demo config) at two steps.
+"""Does resident memory stay flat over a long run? `memory/rss_gib` of `treerl train` (the demo
+config) at two steps.
 
     .venv/bin/python bench/memory.py --steps 500 --early 50 --out runs/bench-memory
 
-Runs the default `treerl train` for --steps steps and reads the resident memory logged at the end of each step;
-prints JSON with the RSS at step --early and at the last step, their ratio (the bar: within 10%), and the largest.
+Runs the default `treerl train` for --steps steps and reads the resident memory logged at the end of
+each step; prints JSON with the RSS at step --early and at the last step, their ratio (the bar:
+within 10%), and the largest.
 """
 
 from __future__ import annotations

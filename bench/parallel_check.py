@@ -1,11 +1,13 @@
-"""Do DDP and FSDP2 under torchrun make the single process's update on this machine's devices (nccl on GPUs)?
+"""Do DDP and FSDP2 under torchrun make the single process's update on this machine's devices (nccl
+on GPUs)?
 
     python bench/parallel_check.py --ranks 2 --out runs/parallel-check
 
-tests/test_parallel.py checks this on CPU with gloo; this runs the same comparison wherever torchrun puts
-the ranks (one per GPU). Greedy sampling (top_p near 0), one prompt per generation call, and an entropy
-bonus that moves the weights although greedy groups have no advantage. Prints JSON: the step-1 loss,
-entropy and gradient norm of each run, and the largest weight difference from the single process.
+tests/test_parallel.py checks this on CPU with gloo; this runs the same comparison wherever torchrun
+puts the ranks (one per GPU). Greedy sampling (top_p near 0), one prompt per generation call, and an
+entropy bonus that moves the weights although greedy groups have no advantage. Prints JSON: the
+step-1 loss, entropy and gradient norm of each run, and the largest weight difference from the
+single process.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""The default demo in fp32 and under bf16 autocast, several seeds: the learning curve both ways, and step times.
+"""The default demo in fp32 and under bf16 autocast, several seeds: the learning curve both ways,
+and step times.
 
     .venv/bin/python bench/precision.py --seeds 0 1 2 --out runs/bench-precision
 
-Each seed runs `treerl train` with all defaults (the README's demo), once as it is (fp32) and once with
-model.autocast=bfloat16, on all cores one run at a time as the demo does (--threads 0 --jobs 1), or --jobs runs
-side by side on --threads threads each. Finished runs are read back, not redone. Writes summary.json (per run:
-held-out greedy accuracy before and after per level, the training accuracy on hard per --window steps, median
-seconds per step, per rollout and per update) and precision.png (training accuracy on hard, the mean over seeds
-of each precision, every seed in a thin line).
+Each seed runs `treerl train` with all defaults (the README's demo), once as it is (fp32) and once
+with model.autocast=bfloat16, on all cores one run at a time as the demo does (--threads 0
+--jobs 1), or --jobs runs side by side on --threads threads each. Finished runs are read back, not
+redone. Writes summary.json (per run: held-out greedy accuracy before and after per level, the
+training accuracy on hard per --window steps, median seconds per step, per rollout and per update)
+and precision.png (training accuracy on hard, the mean over seeds of each precision, every seed in a
+thin line).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The machine's matmul peak, the denominator of the benches' achieved-FLOP/s figures (the CPU analogue of MFU)."""
+"""The machine's matmul peak, the denominator of the benches' achieved-FLOP/s figures (the CPU
+analogue of MFU)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 def matmul_peak(
     dtype: torch.dtype, shapes: list[tuple[int, int, int]], repeats: int = 5, device: str = "cpu"
 ) -> float:
-    """Best FLOP/s of torch.mm over the shapes (m, k, n) on `device`, each timed `repeats` times after one
-    warm-up; on a GPU also over 8192^3, which it takes to reach a GPU's peak."""
+    """Best FLOP/s of torch.mm over the shapes (m, k, n) on `device`, each timed `repeats` times
+    after one warm-up; on a GPU also over 8192^3, which it takes to reach a GPU's peak."""
     gpu = device.startswith("cuda")
     sync = torch.cuda.synchronize if gpu else lambda: None
     best = 0.0

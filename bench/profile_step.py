@@ -1,13 +1,15 @@
-"""Where one GRPO step of the tiny model spends its time: a torch.profiler table per phase, against its floor.
+"""Where one GRPO step of the tiny model spends its time: a torch.profiler table per phase, against
+its floor.
 
     .venv/bin/python bench/profile_step.py --prompts 8 --n 8 --max-new-tokens 32
 
-The step of bench/vs_trl.py at equal work: the engine samples --prompts hard arithmetic prompts x --n, then one
-update trains every sample (the clipped loss, backward, gradient clipping, AdamW). Each phase is timed over
---rounds rounds after a warm-up and profiled over the last ones. Prints JSON: per phase the median seconds, the
-matmul FLOPs it must do (2 x parameters per token encoded when sampling; 6 x parameters per token trained, each
-distinct prompt once), the floor those FLOPs set at the machine's matmul peak (bench/probe.py), and the ops
-that take the most time with their shares.
+The step of bench/vs_trl.py at equal work: the engine samples --prompts hard arithmetic
+prompts x --n, then one update trains every sample (the clipped loss, backward, gradient clipping,
+AdamW). Each phase is timed over --rounds rounds after a warm-up and profiled over the last ones.
+Prints JSON: per phase the median seconds, the matmul FLOPs it must do (2 x parameters per token
+encoded when sampling; 6 x parameters per token trained, each distinct prompt once), the floor those
+FLOPs set at the machine's matmul peak (bench/probe.py), and the ops that take the most time with
+their shares.
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
-"""Rollout speed: treerl's engine against transformers' `model.generate`, and what forking the KV cache saves
-when sampling TreeRPO trees.
+"""Rollout speed: treerl's engine against transformers' `model.generate`, and what forking the KV
+cache saves when sampling TreeRPO trees.
 
     .venv/bin/python bench/rollout.py --rounds 5 --prompts 8 --n 8 --max-new-tokens 32
     .venv/bin/python bench/rollout.py --trees --prompts 16 --branching 4 --depth 3 --step-tokens 12
 
-Engine against generate: the same hard arithmetic prompts, each repeated n times, sampled at the same
-temperature (no top-k, no top-p) on the embedded tiny model, alternately for --rounds rounds after a warm-up;
-the engine also returns every token's log-prob, generate does not. Prints the median generated tokens per
-second of each, the ratio, and the achieved FLOP/s (2 x parameters per token, prompts included) against the
-machine's matmul peak.
+Engine against generate: the same hard arithmetic prompts, each repeated n times, sampled at the
+same temperature (no top-k, no top-p) on the embedded tiny model, alternately for --rounds rounds
+after a warm-up; the engine also returns every token's log-prob, generate does not. Prints the
+median generated tokens per second of each, the ratio, and the achieved FLOP/s (2 x parameters per
+token, prompts included) against the machine's matmul peak.
 
---trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch (plain
-batched generation per level), trees of the same shape, alternately for --rounds rounds after a warm-up;
-median wall seconds, prefix tokens encoded (the engine encodes a repeated prompt or prefix once, in both),
-tokens generated, and achieved FLOP/s against the matmul peak. --wider HIDDEN LAYERS replaces the tiny model by a
-randomly initialised one of its shape, wider and deeper, where a token costs more. --device cuda runs both on
-the GPU.
+--trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch
+(plain batched generation per level), trees of the same shape, alternately for --rounds rounds after
+a warm-up; median wall seconds, prefix tokens encoded (the engine encodes a repeated prompt or
+prefix once, in both), tokens generated, and achieved FLOP/s against the matmul peak. --wider HIDDEN
+LAYERS replaces the tiny model by a randomly initialised one of its shape, wider and deeper, where a
+token costs more. --device cuda runs both on the GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from treerl.tasks.prompts import render_prompt
 def hf_generate(
     model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float
 ) -> int:
-    """transformers' sampling over the left-padded batch; the tokens generated up to each row's EOS."""
+    """transformers' sampling over the left-padded batch; the tokens generated up to each row's
+    EOS."""
     width = max(map(len, prompt_ids))
     ids = torch.tensor(
         [[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=model.device
@@ -167,8 +168,8 @@ def fork(model, tokenizer, prompt_ids, branching, depth, step_tokens, generator)
 
 
 def fork_vs_reencode(model, tokenizer, prompt_ids: list[list[int]], args) -> dict:
-    """Both ways, alternately for --rounds rounds after a warm-up: median seconds, and FLOP/s (2 x parameters
-    per token encoded or generated) against the matmul peak."""
+    """Both ways, alternately for --rounds rounds after a warm-up: median seconds, and FLOP/s
+    (2 x parameters per token encoded or generated) against the matmul peak."""
     shape = {"branching": args.branching, "depth": args.depth, "step_tokens": args.step_tokens}
     params = sum(p.numel() for p in model.parameters())
     peak = matmul_peak(
@@ -232,8 +233,8 @@ def main() -> None:
         type=int,
         nargs=2,
         metavar=("HIDDEN", "LAYERS"),
-        help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, MLP "
-        "3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more",
+        help="a randomly initialised model of the tiny model's shape, HIDDEN wide (heads of 32, "
+        "MLP 3 x HIDDEN) and LAYERS deep, instead of the tiny model: where a token costs more",
     )
     args = parser.parse_args()
     if args.threads:

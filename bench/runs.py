@@ -1,4 +1,5 @@
-"""Shared by the benches: run `treerl train` into a directory unless it finished there, and read it back."""
+"""Shared by the benches: run `treerl train` into a directory unless it finished there, and read it
+back."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 
 def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
-    """Train into run_dir (one thread, no progress bar) unless a finished run is there; its metrics and evals.
-    An unfinished one is started again."""
+    """Train into run_dir (one thread, no progress bar) unless a finished run is there; its metrics
+    and evals. An unfinished one is started again."""
     config_file = run_dir / "config.yaml"
     if not (
         config_file.is_file()
@@ -38,7 +39,8 @@ def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
 
 
 def score(path: Path, *overrides: str) -> Path:
-    """One `treerl score` pass (two threads) into path unless it is there; shared by every seed of a bench."""
+    """One `treerl score` pass (two threads) into path unless it is there; shared by every seed of a
+    bench."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -60,7 +62,8 @@ def score(path: Path, *overrides: str) -> Path:
 
 
 def read(run_dir: Path) -> dict:
-    """A run's metrics and evals as they stand: one stopped by a time limit is read as far as it got."""
+    """A run's metrics and evals as they stand: one stopped by a time limit is read as far as it
+    got."""
     evals = json.loads((run_dir / "eval.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {

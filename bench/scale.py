@@ -1,13 +1,14 @@
-"""Memory and speed of `treerl train` on GPUs with a model of real size, under one process or torchrun.
+"""Memory and speed of `treerl train` on GPUs with a model of real size, under one process or
+torchrun.
 
     python bench/scale.py --size 1.5b --strategy none --steps 3 --out runs/bench-scale
     python bench/scale.py --size 7b --strategy fsdp2 --gpus 8 --steps 3
 
-The model has random weights in the shape of Qwen2.5-0.5B, 1.5B or 7B (nothing is downloaded), saved once to
---out/model-<size> with the embedded model's tokenizer. Random weights almost never sample EOS, so every
-answer runs to --max-new-tokens: the worst case for memory. Every sample is trained (train.filter_tau=null).
-Prints JSON: parameters, the peak GPU memory of a step (largest rank), median seconds per step, and
-generated and trained tokens per second.
+The model has random weights in the shape of Qwen2.5-0.5B, 1.5B or 7B (nothing is downloaded), saved
+once to --out/model-<size> with the embedded model's tokenizer. Random weights almost never sample
+EOS, so every answer runs to --max-new-tokens: the worst case for memory. Every sample is trained
+(train.filter_tau=null). Prints JSON: parameters, the peak GPU memory of a step (largest rank),
+median seconds per step, and generated and trained tokens per second.
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
-"""Does treerl see what the four papers saw? Every paper's method against its baseline, 3 seeds, in one setting.
+"""Does treerl see what the four papers saw? Every paper's method against its baseline, 3 seeds, in
+one setting.
 
     .venv/bin/python bench/science.py --seeds 0 1 2 --out runs/science
 
-The setting (docs/science.md says why): the embedded `tiny-novice` model (the tiny model's warm-up with fewer
-medium and hard examples), which solves easy problems, half of medium and hard barely; the four training levels
-trivial..hard with a fixed pool of POOL problems each (the same in every run); STEPS steps of 16 prompts x 8
-samples (TreeRPO: 4 x 4 x 4 trees), lr 5e-5 with cosine decay; held-out greedy accuracy on 200 problems per
-level. Every arm runs the same number of steps, so the same number of prompts: that is how each paper
-compares its method (same training steps), and generated tokens and seconds are reported beside it.
+The setting (docs/science.md says why): the embedded `tiny-novice` model (the tiny model's warm-up
+with fewer medium and hard examples), which solves easy problems, half of medium and hard barely;
+the four training levels trivial..hard with a fixed pool of POOL problems each (the same in every
+run); STEPS steps of 16 prompts x 8 samples (TreeRPO: 4 x 4 x 4 trees), lr 5e-5 with cosine decay;
+held-out greedy accuracy on 200 problems per level. Every arm runs the same number of steps, so the
+same number of prompts: that is how each paper compares its method (same training steps), and
+generated tokens and seconds are reported beside it.
 
-Arms (ARMS) and the comparisons they make (COMPARISONS) are tables below. Finished runs are read back, not
-redone: the bench is resumable, and --arms or --seeds run a part of it. Runs go --jobs at a time, one thread
-each. Writes <out>/science.json (the page's source) and prints the page's tables.
+Arms (ARMS) and the comparisons they make (COMPARISONS) are tables below. Finished runs are read
+back, not redone: the bench is resumable, and --arms or --seeds run a part of it. Runs go --jobs at
+a time, one thread each. Writes <out>/science.json (the page's source) and prints the page's tables.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ COMMON = [
     f"eval.levels=[{','.join(EVAL_LEVELS)}]",
     "eval.problems=200",
 ]
-# the scoring tree of reschedule_demo: k = 3 children at the start and every 8 tokens, depth 3 (27 leaves)
+# the scoring tree of reschedule_demo: k = 3 children at the start and every 8 tokens, depth 3 (27
+# leaves)
 SCORING = [
     "rscore.branching=3",
     "rscore.depth=3",
@@ -50,8 +53,9 @@ E2H_G = ["curriculum.name=gaussian", "curriculum.params={beta: 0.5, sigma: 0.5}"
 STANDARD = ["rollout.generation_batch=1", "train.filter_tau=null", "train.micro_batch=8"]
 DASH = ["rollout.generation_batch=0", "train.filter_tau=0.1", "train.micro_batch=8"]
 
-# name -> (config file, overrides). treerl's default GRPO already samples the whole buffer at once and filters
-# |A| <= 0.1 (DASH's two parts); `standard` turns both off, as the DASH paper's baseline.
+# name -> (config file, overrides). treerl's default GRPO already samples the whole buffer at once
+# and filters |A| <= 0.1 (DASH's two parts); `standard` turns both off, as the DASH paper's
+# baseline.
 ARMS: dict[str, tuple[str | None, list[str]]] = {
     "grpo": (None, []),
     "grpo-hard-only": (None, ["curriculum.levels=[hard]"]),
@@ -70,9 +74,9 @@ ARMS: dict[str, tuple[str | None, list[str]]] = {
     ),
 }
 
-# One row per claim: the paper's method arm against its baseline arm, on `metric` (held-out hard accuracy
-# unless said), with the paper's own figures; paper_delta is the paper's change, in
-# points or % as the metric (None: no claim of the paper's, treerl's own comparison).
+# One row per claim: the paper's method arm against its baseline arm, on `metric` (held-out hard
+# accuracy unless said), with the paper's own figures; paper_delta is the paper's change, in points
+# or % as the metric (None: no claim of the paper's, treerl's own comparison).
 COMPARISONS: list[dict[str, Any]] = [
     {
         "paper": "E2H Reasoner",
@@ -201,9 +205,9 @@ def mean(values: list[float]) -> float:
 def run_arm(
     out: Path, scores: Path, name: str, seed: int, steps: int, read_only: bool = False
 ) -> dict[str, Any] | None:
-    """Train one arm for one seed (or read it back) and reduce it to the figures the page uses. Static scores
-    are scored again a third and two thirds of the way (with the pass before training, three scorings, as in
-    the paper); held-out accuracy is measured every quarter of the run."""
+    """Train one arm for one seed (or read it back) and reduce it to the figures the page uses.
+    Static scores are scored again a third and two thirds of the way (with the pass before training,
+    three scorings, as in the paper); held-out accuracy is measured every quarter of the run."""
     config, overrides = ARMS[name]
     static = "reschedule.scores=static" in overrides
     rescore = [f"reschedule.rescore_at=[{steps // 3 + 1},{2 * steps // 3 + 1}]"] * static
@@ -286,8 +290,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def figure(row: dict[str, Any], metric: str) -> float:
-    """An arm's figure for one comparison: held-out accuracy (%) on a level, its greedy response length on hard
-    (tokens), or its training seconds."""
+    """An arm's figure for one comparison: held-out accuracy (%) on a level, its greedy response
+    length on hard (tokens), or its training seconds."""
     if metric == "length":
         return row["length"]["hard"]["after"]
     if metric == "time":
@@ -296,9 +300,10 @@ def figure(row: dict[str, Any], metric: str) -> float:
 
 
 def compare(rows: list[dict[str, Any]], comparison: dict[str, Any]) -> dict[str, Any] | None:
-    """One claim measured: the method's and the baseline's figure over the seeds both ran, the paired change
-    (relative in % for length and time, points otherwise), and whether it has the paper's sign and
-    agrees with it in every seed ("same" for a claim of no change: within one evaluation's standard error)."""
+    """One claim measured: the method's and the baseline's figure over the seeds both ran, the
+    paired change (relative in % for length and time, points otherwise), and whether it has the
+    paper's sign and agrees with it in every seed ("same" for a claim of no change: within one
+    evaluation's standard error)."""
     by_seed = {(row["arm"], row["seed"]): row for row in rows}
     seeds = sorted(
         seed
@@ -337,8 +342,8 @@ def compare(rows: list[dict[str, Any]], comparison: dict[str, Any]) -> dict[str,
 
 
 def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
-    """The checks that each paper's premise holds in the setting, from the runs' first steps and the scoring
-    pass of the starting model."""
+    """The checks that each paper's premise holds in the setting, from the runs' first steps and the
+    scoring pass of the starting model."""
 
     def arm(name: str) -> list[dict[str, Any]]:
         return [row for row in rows if row["arm"] == name]
@@ -475,7 +480,8 @@ def premise_table(p: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| paper | claim | paper's result | method | baseline | change (mean ± sd, paired) | verdict |",
+        "| paper | claim | paper's result | method | baseline "
+        "| change (mean ± sd, paired) | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -517,8 +523,8 @@ def arm_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """One PNG per paper: held-out accuracy on medium and on hard against steps, each arm of its comparisons as
-    the mean over seeds with the seeds' range shaded."""
+    """One PNG per paper: held-out accuracy on medium and on hard against steps, each arm of its
+    comparisons as the mean over seeds with the seeds' range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,17 +1,21 @@
-"""A TreeRPO tree of the paper's shape, scaled to the CPU: its KV memory against its distinct tokens, and its
-time per generated token against flat sampling of as many tokens.
+"""A TreeRPO tree of the paper's shape, scaled to the CPU: its KV memory against its distinct
+tokens, and its time per generated token against flat sampling of as many tokens.
 
     .venv/bin/python bench/tree_kv.py --prompts 2 --branching 8 --depth 3 --step-tokens 16 --rounds 5
 
-The randomly initialised Qwen2-shaped model of bench/lengths.py (about 41M parameters; it never emits EOS, so
-every sequence runs to its budget: the tree's worst case) samples one tree per prompt (random prompts of 30
-tokens) through the lean backend: branching rollouts of depth x step_tokens tokens, and branching - 1
-continuations at every branch point. Reported:
-- `distinct_kv_mib`: the KV of the tree's distinct tokens (each prompt once, every generated token once);
-- `peak_kv_mib`: the blocks the paged cache held at its fullest; goal (issue 21): within 1.2x of distinct;
-- `copied_kv_mib`: what a cache holding every sequence's whole context would hold (each fork copying its prefix);
-- `tree_tok_s` and `flat_tok_s`: generated tokens per second of the tree and of flat sampling of as many tokens
-  (the same prompts, sequences of the full depth x step_tokens); goal: the tree no slower per token.
+The randomly initialised Qwen2-shaped model of bench/lengths.py (about 41M parameters; it never
+emits EOS, so every sequence runs to its budget: the tree's worst case) samples one tree per prompt
+(random prompts of 30 tokens) through the lean backend: branching rollouts of depth x step_tokens
+tokens, and branching - 1 continuations at every branch point. Reported:
+- `distinct_kv_mib`: the KV of the tree's distinct tokens (each prompt once, every generated token
+  once);
+- `peak_kv_mib`: the blocks the paged cache held at its fullest; goal (issue 21): within 1.2x of
+  distinct;
+- `copied_kv_mib`: what a cache holding every sequence's whole context would hold (each fork copying
+  its prefix);
+- `tree_tok_s` and `flat_tok_s`: generated tokens per second of the tree and of flat sampling of as
+  many tokens (the same prompts, sequences of the full depth x step_tokens); goal: the tree no
+  slower per token.
 Median over --rounds rounds after a warm-up. Prints JSON.
 """
 

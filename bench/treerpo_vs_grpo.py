@@ -1,12 +1,13 @@
-"""GRPO vs TreeRPO on the arithmetic task with the tiny model, several seeds, equal wall-clock budget.
+"""GRPO vs TreeRPO on the arithmetic task with the tiny model, several seeds, equal wall-clock
+budget.
 
     .venv/bin/python bench/treerpo_vs_grpo.py --seeds 0 1 2 --out runs/bench-tvg
 
-GRPO runs the default recipe (`treerl train`). TreeRPO runs the shipped config treerpo_demo for as many steps as
-fit in the same seed's GRPO training time, measured by a 10-step probe. Two runs go at a time, each on one
-thread. A run whose directory already holds a finished run is read, not redone, so the bench resumes.
-Prints one JSON line per run and a summary: greedy held-out accuracy per level, mean response length,
-generated tokens per prompt and training seconds.
+GRPO runs the default recipe (`treerl train`). TreeRPO runs the shipped config treerpo_demo for as
+many steps as fit in the same seed's GRPO training time, measured by a 10-step probe. Two runs go at
+a time, each on one thread. A run whose directory already holds a finished run is read, not redone,
+so the bench resumes. Prints one JSON line per run and a summary: greedy held-out accuracy per
+level, mean response length, generated tokens per prompt and training seconds.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def summary(name: str, seed: int, run: dict, batch_prompts: int) -> dict:
 
 
 def treerpo_run(out: Path, seed: int, grpo: dict) -> dict:
-    """TreeRPO for as many steps as fit in the GRPO run's training time, measured by a 10-step probe."""
+    """TreeRPO for as many steps as fit in the GRPO run's training time, measured by a 10-step
+    probe."""
     probe = train(
         out / f"treerpo-probe-seed{seed}",
         f"seed={seed}",

@@ -1,6 +1,7 @@
-"""TRL's GRPOTrainer on the embedded tiny model: the other half of bench/vs_trl.py, run in the bench's own
-environment (TRL is never a treerl dependency). Reads prompts from a JSONL file, trains, and writes one JSON
-line per optimizer step: seconds (and of them generating), generated tokens and trained tokens.
+"""TRL's GRPOTrainer on the embedded tiny model: the other half of bench/vs_trl.py, run in the
+bench's own environment (TRL is never a treerl dependency). Reads prompts from a JSONL file, trains,
+and writes one JSON line per optimizer step: seconds (and of them generating), generated tokens and
+trained tokens.
 
     runs/venv-trl/bin/python bench/trl_side.py --model DIR --prompts P.jsonl --steps 10 --out steps.jsonl
 """
@@ -22,7 +23,8 @@ ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 
 
 def correct(completions: list[str], answer: list[str], **_) -> list[float]:
-    """1.0 when the last 'Answer: N' line holds the reference (the arithmetic task's rule), else 0.0."""
+    """1.0 when the last 'Answer: N' line holds the reference (the arithmetic task's rule), else
+    0.0."""
     rewards = []
     for text, reference in zip(completions, answer):
         found = ANSWER.findall(text)
@@ -31,8 +33,9 @@ def correct(completions: list[str], answer: list[str], **_) -> list[float]:
 
 
 class StepClock(TrainerCallback):
-    """Wall-clock seconds of every optimizer step (generation, rewards, forward, backward, optimizer), and of
-    the generation in it: GRPOTrainer._generate (TRL 1.16) is wrapped with a timer."""
+    """Wall-clock seconds of every optimizer step (generation, rewards, forward, backward,
+    optimizer), and of the generation in it: GRPOTrainer._generate (TRL 1.16) is wrapped with a
+    timer."""
 
     def __init__(self, out: str):
         self.out, self.t0, self.generate_seconds = open(out, "w"), 0.0, 0.0

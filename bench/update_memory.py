@@ -1,12 +1,14 @@
-"""Peak memory of one update (forward and backward of the policy loss) at a real vocabulary, with and without
-chunked log-probs (train.logit_chunk) and activation checkpointing (train.gradient_checkpointing).
+"""Peak memory of one update (forward and backward of the policy loss) at a real vocabulary, with
+and without chunked log-probs (train.logit_chunk) and activation checkpointing
+(train.gradient_checkpointing).
 
     .venv/bin/python bench/update_memory.py --vocab 151936 --rows 8 --tokens 512
 
-A randomly initialised Qwen2-shaped model (Qwen2.5's vocabulary of 151,936 tokens by default) runs one forward
-and backward of the completion log-probs of --rows completions of --tokens tokens after a 64-token context, in
-a fresh process per setting; printed: the peak resident memory of each process (CPU) or torch's peak allocated
-GPU memory (--device cuda), against the memory of the model alone, and the seconds of the update. JSON.
+A randomly initialised Qwen2-shaped model (Qwen2.5's vocabulary of 151,936 tokens by default) runs
+one forward and backward of the completion log-probs of --rows completions of --tokens tokens after
+a 64-token context, in a fresh process per setting; printed: the peak resident memory of each
+process (CPU) or torch's peak allocated GPU memory (--device cuda), against the memory of the model
+alone, and the seconds of the update. JSON.
 """
 
 from __future__ import annotations

@@ -1,25 +1,28 @@
-"""treerl against TRL's GRPOTrainer: the same GRPO step on the same model, data and batch, timed side by side.
+"""treerl against TRL's GRPOTrainer: the same GRPO step on the same model, data and batch, timed
+side by side.
 
     .venv/bin/python bench/vs_trl.py --rounds 3 --warmup 2 --steps 8 --out runs/bench-vs-trl
     .venv/bin/python bench/vs_trl.py --precision bf16 ...
-    .venv/bin/python bench/vs_trl.py --defaults ...      # each tool at its defaults, not at equal work
+    .venv/bin/python bench/vs_trl.py --defaults ...  # each tool at its defaults, not at equal work
     .venv/bin/python bench/vs_trl.py --compile --warmup 4 ...   # treerl with train.compile=true
 
-Both tools load the embedded tiny model from its Hugging Face directory and train GRPO on hard arithmetic
-prompts: --prompts-per-step prompts x --n samples, up to --max-new-tokens tokens, the same temperature and
-learning rate, one optimizer step per generation, no KL, clipping 0.2 / 0.28. At equal work treerl trains
-every sample (train.filter_tau=null), as TRL does, and TRL keeps every activation for the backward pass
-(gradient_checkpointing=False), as treerl does. --precision bf16 runs both with bf16 autocast (TRL's bf16=True,
-treerl's model.autocast=bfloat16); the weights stay fp32 in both. --defaults runs each tool with its own defaults
-for what the user does not have to choose: TRL with bf16 and gradient checkpointing, treerl with its precision and
-its filter, which skips the samples whose advantage is near 0. The two run alternately, --rounds times each, and the
-first --warmup steps of every run are not timed. TRL is installed into its own environment (--venv, created on first
-use with the same torch and transformers as treerl); it is never a treerl dependency.
+Both tools load the embedded tiny model from its Hugging Face directory and train GRPO on hard
+arithmetic prompts: --prompts-per-step prompts x --n samples, up to --max-new-tokens tokens, the
+same temperature and learning rate, one optimizer step per generation, no KL, clipping 0.2 / 0.28.
+At equal work treerl trains every sample (train.filter_tau=null), as TRL does, and TRL keeps every
+activation for the backward pass (gradient_checkpointing=False), as treerl does. --precision bf16
+runs both with bf16 autocast (TRL's bf16=True, treerl's model.autocast=bfloat16); the weights stay
+fp32 in both. --defaults runs each tool with its own defaults for what the user does not have to
+choose: TRL with bf16 and gradient checkpointing, treerl with its precision and its filter, which
+skips the samples whose advantage is near 0. The two run alternately, --rounds times each, and the
+first --warmup steps of every run are not timed. TRL is installed into its own environment (--venv,
+created on first use with the same torch and transformers as treerl); it is never a treerl
+dependency.
 
-Prints JSON: per tool the median seconds per step and of them generating, generated and trained tokens per
-second, the achieved FLOP/s (2 x parameters per generated token, 6 x parameters per trained token, prompt tokens
-included in the update) and its share of the machine's matmul peak (a probe at the model's shapes and at
-2048^3), and the ratio.
+Prints JSON: per tool the median seconds per step and of them generating, generated and trained
+tokens per second, the achieved FLOP/s (2 x parameters per generated token, 6 x parameters per
+trained token, prompt tokens included in the update) and its share of the machine's matmul peak (a
+probe at the model's shapes and at 2048^3), and the ratio.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ HERE = Path(__file__).parent
 
 
 def trl_python(venv: Path) -> Path:
-    """The bench environment's python, with TRL and this machine's torch and transformers versions."""
+    """The bench environment's python, with TRL and this machine's torch and transformers
+    versions."""
     python = venv / "bin" / "python"
     if not python.is_file():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -71,7 +75,8 @@ def trl_python(venv: Path) -> Path:
 
 
 def write_prompts(path: Path, count: int, seed: int) -> float:
-    """count hard arithmetic prompts (plain template) with their answers; returns the mean prompt length."""
+    """count hard arithmetic prompts (plain template) with their answers; returns the mean prompt
+    length."""
     task, tokenizer, rng = get_task("arithmetic"), load_tokenizer("tiny"), random.Random(seed)
     rows = []
     for _ in range(count):
@@ -264,7 +269,10 @@ def main() -> None:
         "treerl": summary(runs["treerl"], prompt_len, batch, params, peak),
     }
     result["speedup"] = round(result["trl"]["step_s"] / result["treerl"]["step_s"], 2)
-    name = f"summary-{'defaults' if args.defaults else args.precision}{'-compile' if args.compile else ''}.json"
+    name = (
+        f"summary-{'defaults' if args.defaults else args.precision}"
+        f"{'-compile' if args.compile else ''}.json"
+    )
     (out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

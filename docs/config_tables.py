@@ -1,6 +1,7 @@
-"""Writes the key tables of docs/config.md from the config classes: each key, its default and its Field
-description, which is the one place a key's meaning is written. Run `.venv/bin/python docs/config_tables.py`
-after adding or changing a key; tests/test_docs.py checks that docs/config.md is what this writes."""
+"""Writes the key tables of docs/config.md from the config classes: each key, its default and its
+Field description, which is the one place a key's meaning is written. Run
+`.venv/bin/python docs/config_tables.py` after adding or changing a key; tests/test_docs.py checks
+that docs/config.md is what this writes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from treerl.train.pretrain import PretrainConfig
 
 PAGE = Path(__file__).parent / "config.md"
 TABLES: dict[str, type[BaseModel]] = {"config": Config, "pretrain": PretrainConfig}
-"""Each generated table's name, as in its opening marker `<!-- keys: NAME -->`, and the class it lists."""
+"""Each generated table's name, as in its opening marker `<!-- keys: NAME -->`, and the class it
+lists."""
 END = "<!-- end of generated keys -->"
 
 
 def as_documented(value: Any) -> str:
-    """A default as YAML spells it: null, true, false, numbers (below 0.01 as 5e-5), the rest in backticks."""
+    """A default as YAML spells it: null, true, false, numbers (below 0.01 as 5e-5), the rest in
+    backticks."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, float) and 0 < abs(value) < 1e-2:
@@ -36,7 +39,8 @@ def as_documented(value: Any) -> str:
 
 
 def rows(schema: type[BaseModel], prefix: str = "") -> list[str]:
-    """`| key | default | meaning |` of each key in the class's order, a nested section's keys dotted."""
+    """`| key | default | meaning |` of each key in the class's order, a nested section's keys
+    dotted."""
     lines = []
     for name, field in schema.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
@@ -50,7 +54,8 @@ def rows(schema: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def generated(page: str) -> str:
-    """`page` with each table between `<!-- keys: NAME -->` and END written anew from TABLES[NAME]."""
+    """`page` with each table between `<!-- keys: NAME -->` and END written anew from
+    TABLES[NAME]."""
     for name, schema in TABLES.items():
         opening = f"<!-- keys: {name} -->\n"
         if page.count(opening) != 1 or END not in page.partition(opening)[2]:

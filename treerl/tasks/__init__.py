@@ -6,12 +6,15 @@ import inspect
 from typing import Any
 
 from treerl.errors import UserError
-from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: F401  (each module registers itself)
+
+# each module registers itself
+from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: F401
 from treerl.tasks.base import TASKS, Grade, Problem, Task, register_task
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task registered as `name`, built with its options (e.g. format_reward=0.1, template='think')."""
+    """The task registered as `name`, built with its options (e.g. format_reward=0.1,
+    template='think')."""
     cls = TASKS.lookup(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in options:
@@ -33,7 +36,8 @@ def score(name: str, completion: str, reference: Any, **options: Any) -> float:
 
 
 def check_levels(task: Task, levels: list[str], key: str, trainable: bool = False) -> list[str]:
-    """The levels themselves, or a UserError naming the config key when one is not a level of the task."""
+    """The levels themselves, or a UserError naming the config key when one is not a level of the
+    task."""
     allowed = [lvl for lvl in task.levels if not (trainable and lvl in task.eval_only_levels)]
     for level in levels:
         if level not in allowed:

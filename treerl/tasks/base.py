@@ -20,7 +20,8 @@ class Problem:
     question: str
     """The task text, before a prompt template wraps it."""
     reference: Any
-    """What `Task.verify` compares a completion with: a string, or a JSON-like dict for synthetic tasks."""
+    """What `Task.verify` compares a completion with: a string, or a JSON-like dict for synthetic
+    tasks."""
     level: str
     subject: str = ""
     solution: str = ""
@@ -28,7 +29,8 @@ class Problem:
 
     @property
     def id(self) -> str:
-        """A stable id from the question text: the same problem has the same id in every run and file."""
+        """A stable id from the question text: the same problem has the same id in every run and
+        file."""
         return hashlib.sha1(self.question.encode()).hexdigest()[:16]
 
 
@@ -41,7 +43,8 @@ class Grade:
 
 
 class Task(ABC):
-    """A registered task: levels easiest first, problems per level, and `verify(completion, reference)`.
+    """A registered task: levels easiest first, problems per level, and
+    `verify(completion, reference)`.
 
     Subclasses implement `sample`, `eval_problems` and `judge`; the format reward is shared.
     """
@@ -70,20 +73,23 @@ class Task(ABC):
         """One training problem of a level; never one of the held-out problems."""
 
     def train_pool(self, level: str) -> list[Problem] | None:
-        """A dataset task's training problems of a level; None for a task that generates them without end."""
+        """A dataset task's training problems of a level; None for a task that generates them
+        without end."""
         return None
 
     @abstractmethod
     def eval_problems(self, level: str, n: int) -> list[Problem]:
-        """The first n held-out problems of a level, the same on every call; n = 0 means all (dataset tasks)."""
+        """The first n held-out problems of a level, the same on every call; n = 0 means all
+        (dataset tasks)."""
 
     @abstractmethod
     def judge(self, completion: str, reference: Any) -> tuple[bool, float]:
         """(correct, answer credit in [0, 1]); bounded in time, never evaluates the text."""
 
     def grade(self, completion: str, reference: Any) -> Grade:
-        """reward = (1 - f) credit + f well-formed, f = format_reward; with format_required, 0 when not well formed
-        (E2H: right 1.0, wrong but well formed f, malformed 0). `correct` is the answer's, whatever its form."""
+        """reward = (1 - f) credit + f well-formed, f = format_reward; with format_required, 0 when
+        not well formed (E2H: right 1.0, wrong but well formed f, malformed 0). `correct` is the
+        answer's, whatever its form."""
         completion = completion[-MAX_COMPLETION_CHARS:]
         correct, credit = self.judge(completion, reference)
         if self.format_reward == 0.0 and not self.format_required:

@@ -1,15 +1,17 @@
-"""Blocksworld planning (PlanBench style, as in the E2H Reasoner paper); the level is the optimal plan length.
+"""Blocksworld planning (PlanBench style, as in the E2H Reasoner paper); the level is the optimal
+plan length.
 
     trivial 1, easy 2, medium 4, hard 6, ood 8 (evaluation only)
 
-A state maps each block to its support: "table", another block, or "hand" (at most one block is held).
-Four actions, one step each: pick up X (on the table, clear, hand empty), put down X (held),
-stack X on Y (X held, Y clear), unstack X from Y (X on Y, X clear, hand empty). Every action flips the
-hand between empty and holding, so odd lengths end holding a block: the goal is the full final state.
+A state maps each block to its support: "table", another block, or "hand" (at most one block is
+held). Four actions, one step each: pick up X (on the table, clear, hand empty), put down X (held),
+stack X on Y (X held, Y clear), unstack X from Y (X on Y, X clear, hand empty). Every action flips
+the hand between empty and holding, so odd lengths end holding a block: the goal is the full final
+state.
 
 A problem's reference is `{"initial": state, "goal": state, "optimal_length": L}`; a plan is correct
-when it is legal from the initial state and ends exactly at the goal. Held-out problems are a fixed tenth
-of all (initial, goal) pairs (by hash), so training never sees them.
+when it is legal from the initial state and ends exactly at the goal. Held-out problems are a fixed
+tenth of all (initial, goal) pairs (by hash), so training never sees them.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ TABLE, HAND = "table", "hand"
 VERBS = {"pickup": "pick up", "putdown": "put down", "stack": "stack", "unstack": "unstack"}
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 STEP = re.compile(
-    r"(?:(?:step\s*)?\d{1,3}\s*[.):]?|[-*])?\s*\(?\s*(pick[-_\s]?up|put[-_\s]?down|unstack|stack)\s+(?:the\s+)?(\w+)"
-    r"(?:\s+block)?(?:\s+(?:(?:(?:from\s+)?on\s+top\s+of|from|onto|on)\s+)?(?:the\s+)?(\w+)(?:\s+block)?)?\s*\)?\s*\.?",
+    r"(?:(?:step\s*)?\d{1,3}\s*[.):]?|[-*])?\s*\(?\s*"
+    r"(pick[-_\s]?up|put[-_\s]?down|unstack|stack)\s+(?:the\s+)?(\w+)"
+    r"(?:\s+block)?(?:\s+(?:(?:(?:from\s+)?on\s+top\s+of|from|onto|on)\s+)?"
+    r"(?:the\s+)?(\w+)(?:\s+block)?)?\s*\)?\s*\.?",
     re.IGNORECASE,
 )
 SHAPE = (
     "expected {'initial': {block: support}, 'goal': {block: support}, 'optimal_length': int >= 1} "
-    "with the same lowercase block names in both, each support 'table', 'hand' or another block, no cycles"
+    "with the same lowercase block names in both, "
+    "each support 'table', 'hand' or another block, no cycles"
 )
 
 State = dict[str, str]
@@ -161,7 +166,8 @@ def random_state(blocks: Key, rng: random.Random) -> State:
 def outward_walk(
     blocks: Key, start: Key, dist: dict[Key, int], length: int, rng: random.Random
 ) -> tuple[list[Action], Key] | None:
-    """A random walk of legal actions, each one BFS layer further out: a shortest plan to where it ends."""
+    """A random walk of legal actions, each one BFS layer further out: a shortest plan to where it
+    ends."""
     plan, state = [], start
     for step in range(length):
         options = [(a, s) for a, s in moves(blocks, state) if dist.get(s) == step + 1]
@@ -216,13 +222,16 @@ Stack a block on top of another block
 
 I have the following restrictions on my actions:
 I can only pick up or unstack one block at a time, and only if my hand is empty.
-I can only pick up a block if it is on the table and clear. A block is clear if no other block is on top \
-of it and it is not picked up.
-I can only unstack a block from on top of another block if it really is on top of that block and it is clear.
+I can only pick up a block if it is on the table and clear. A block is clear if no other block \
+is on top of it and it is not picked up.
+I can only unstack a block from on top of another block if it really is on top of that block \
+and it is clear.
 Once I pick up or unstack a block, I am holding it.
 I can only put down a block that I am holding.
-I can only stack a block on top of another block if I am holding the first block and the second one is clear.
-Once I put down or stack a block, my hand becomes empty. A block with a block stacked on it is not clear."""
+I can only stack a block on top of another block if I am holding the first block and the second \
+one is clear.
+Once I put down or stack a block, my hand becomes empty. A block with a block stacked on it \
+is not clear."""
 
 
 def question(initial: State, goal: State) -> str:
@@ -281,7 +290,8 @@ def check_state(name: str, state: Any) -> None:
             raise malformed(f"'{name}' has a bad block name {block!r}")
         if not isinstance(support, str) or support not in (TABLE, HAND, *state) or support == block:
             raise malformed(
-                f"in '{name}', {block!r} rests on {support!r}, not the table, the hand or another block"
+                f"in '{name}', {block!r} rests on {support!r}, "
+                "not the table, the hand or another block"
             )
     supports = [s for s in state.values() if s != TABLE]
     if len(supports) != len(set(supports)):
@@ -295,7 +305,8 @@ def check_state(name: str, state: Any) -> None:
 
 
 def check_reference(reference: Any) -> tuple[State, State, int]:
-    """The reference's (initial, goal, optimal_length), or a UserError stating the expected shape."""
+    """The reference's (initial, goal, optimal_length), or a UserError stating the expected
+    shape."""
     if (
         not isinstance(reference, dict)
         or not {"initial", "goal", "optimal_length"} <= reference.keys()
@@ -312,7 +323,8 @@ def check_reference(reference: Any) -> tuple[State, State, int]:
 
 
 def parse_plan(text: str, state: State) -> list[Action] | None:
-    """The actions of a plan, one per non-empty line; None when a line is not an action on known blocks."""
+    """The actions of a plan, one per non-empty line; None when a line is not an action on known
+    blocks."""
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if len(lines) > MAX_PLAN_LINES or any(len(line) > MAX_LINE_CHARS for line in lines):
         return None
@@ -336,7 +348,8 @@ def parse_plan(text: str, state: State) -> list[Action] | None:
 
 
 class Blocksworld(Task):
-    """Plan to reach a goal state; the level is the optimal plan length, credit by simulating the plan."""
+    """Plan to reach a goal state; the level is the optimal plan length, credit by simulating the
+    plan."""
 
     name = "blocksworld"
     default_template = "think"
@@ -350,8 +363,8 @@ class Blocksworld(Task):
         format_required: bool = False,
         plan_shaping: str | None = None,
     ):
-        """plan_shaping, for a correct plan of length v above the optimum n: `e2h` earns (1 + n/v) / 2 (the E2H
-        code's 1 + n/v out of 2), `ratio` n/v; None: full credit."""
+        """plan_shaping, for a correct plan of length v above the optimum n: `e2h` earns
+        (1 + n/v) / 2 (the E2H code's 1 + n/v out of 2), `ratio` n/v; None: full credit."""
         super().__init__(format_reward, template, format_required)
         if plan_shaping not in PLAN_SHAPING:
             raise UserError(f"task.plan_shaping: '{plan_shaping}' is not e2h or ratio")
@@ -368,11 +381,13 @@ class Blocksworld(Task):
         return generate(level, rng, held_out=False)
 
     def eval_problems(self, level: str, n: int) -> list[Problem]:
-        """The first n distinct held-out problems of a fixed stream; n must be positive (problems are synthetic)."""
+        """The first n distinct held-out problems of a fixed stream; n must be positive (problems
+        are synthetic)."""
         self._check_level(level)
         if n <= 0:
             raise UserError(
-                f"blocksworld problems are generated: ask for a positive number of eval problems, not {n}"
+                "blocksworld problems are generated: ask for a positive number of eval problems, "
+                f"not {n}"
             )
         rng = random.Random(f"blocksworld-eval-{level}")
         seen: dict[str, Problem] = {}
@@ -384,7 +399,8 @@ class Blocksworld(Task):
         return list(seen.values())
 
     def judge(self, completion: str, reference: Any) -> tuple[bool, float]:
-        """Simulate the plan in the final answer from the initial state; correct when it ends at the goal."""
+        """Simulate the plan in the final answer from the initial state; correct when it ends at the
+        goal."""
         initial, goal, optimal = check_reference(reference)
         plan = parse_plan(final_answer(completion) or "", initial)
         if not plan:
@@ -400,6 +416,7 @@ PLAN_SHAPING = {
     "ratio": lambda ratio: ratio,
     "e2h": lambda ratio: (1.0 + ratio) / 2,
 }
-"""The credit of a correct plan from optimal / length (1 for an optimal plan): by Blocksworld's plan_shaping."""
+"""The credit of a correct plan from optimal / length (1 for an optimal plan): by Blocksworld's
+plan_shaping."""
 
 register_task("blocksworld")(Blocksworld)

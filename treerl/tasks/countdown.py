@@ -13,7 +13,8 @@ A completion is correct when its final answer is an expression of + - * / and pa
 the integer literals, using each number exactly once, whose exact value is the target. The
 expression is parsed with `ast` and evaluated with fractions, never run.
 
-Held-out problems are a fixed tenth of all (numbers, target) pairs (by hash), so training never sees them.
+Held-out problems are a fixed tenth of all (numbers, target) pairs (by hash), so training never sees
+them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def is_held_out(numbers: list[int], target: int) -> bool:
 
 
 def random_chain(numbers: list[int], rng: random.Random) -> tuple[int, str, list[str]]:
-    """A chain over the numbers in a random order: (value, fully parenthesised expression, one line per step)."""
+    """A chain over the numbers in a random order: (value, fully parenthesised expression, one line
+    per step)."""
     order = rng.sample(numbers, len(numbers))
     value, expression, steps = order[0], str(order[0]), []
     for number in order[1:]:
@@ -89,7 +91,8 @@ def question(numbers: list[int], target: int) -> str:
 
 
 def value_of(node: ast.AST, literals: list[int]) -> Fraction:
-    """The exact value of an allowed node, collecting its integer literals; ValueError for anything else."""
+    """The exact value of an allowed node, collecting its integer literals; ValueError for anything
+    else."""
     if isinstance(node, ast.Constant) and type(node.value) is int:
         literals.append(node.value)
         value = Fraction(node.value)
@@ -108,7 +111,8 @@ def value_of(node: ast.AST, literals: list[int]) -> Fraction:
 
 
 def evaluate(expression: str) -> tuple[Fraction, list[int]] | None:
-    """The exact value and the integer literals of an arithmetic expression; None when it is not one."""
+    """The exact value and the integer literals of an arithmetic expression; None when it is not
+    one."""
     expression = expression.strip()
     if len(expression) > MAX_EXPRESSION_CHARS or not EXPRESSION_CHARS.fullmatch(expression):
         return None
@@ -179,7 +183,8 @@ class Countdown(Task):
         return list(seen.values())
 
     def judge(self, completion: str, reference: Any) -> tuple[bool, float]:
-        """Bounded in time: the expression is capped in length and magnitude, and evaluated without running it."""
+        """Bounded in time: the expression is capped in length and magnitude, and evaluated without
+        running it."""
         numbers, target = check_reference(reference)
         answer = final_answer(completion)
         if answer is None:

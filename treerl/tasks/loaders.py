@@ -1,10 +1,10 @@
-"""Question/answer datasets: the six math benchmarks and two training sets by name, any JSONL or parquet file
-with configurable field names, or a Hugging Face dataset from the local cache.
+"""Question/answer datasets: the six math benchmarks and two training sets by name, any JSONL or
+parquet file with configurable field names, or a Hugging Face dataset from the local cache.
 
 The benchmarks ship inside the package (treerl/data/benchmarks), the training sets in the repository
-(data/train); `$TREERL_DATA` overrides both with a folder that holds benchmarks/ and train/. Every row becomes
-a `Problem` with the reference answer as a string; a row that cannot be read is a UserError naming the file
-and line.
+(data/train); `$TREERL_DATA` overrides both with a folder that holds benchmarks/ and train/. Every
+row becomes a `Problem` with the reference answer as a string; a row that cannot be read is a
+UserError naming the file and line.
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ REPOSITORY_DATA = Path(__file__).resolve().parents[2] / "data"
 """The repository's data/: the training sets (not in the wheel)."""
 ALL_LEVELS = "all"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-"""Files read as rows (a JSON object per line, a JSON list, or parquet); any other source is a dataset name."""
+"""Files read as rows (a JSON object per line, a JSON list, or parquet); any other source is a
+dataset name."""
 
 
 @dataclass(frozen=True)
 class Fields:
-    """Where a row keeps its parts; dotted names reach into nested fields (`reward_model.ground_truth`)."""
+    """Where a row keeps its parts; dotted names reach into nested fields
+    (`reward_model.ground_truth`)."""
 
     problem: str = "problem"
     answer: str = "answer"
     answer_format: Literal["plain", "boxed", "gsm8k"] = "plain"
-    """plain: the field is the answer; boxed: the answer is the last \\boxed{} in it; gsm8k: it follows '####'."""
+    """plain: the field is the answer; boxed: the answer is the last \\boxed{} in it; gsm8k: it
+    follows '####'."""
     level: str | None = None
     subject: str | None = None
 
@@ -51,7 +54,8 @@ class Source:
     fields: Fields
 
     def path(self) -> Path:
-        """Under $TREERL_DATA when set; else benchmarks in the package, training sets in the repository."""
+        """Under $TREERL_DATA when set; else benchmarks in the package, training sets in the
+        repository."""
         override = os.environ.get("TREERL_DATA")
         if override:
             return Path(override) / self.file
@@ -101,7 +105,8 @@ def field(row: dict[str, Any], name: str) -> Any:
 
 
 def as_text(value: Any) -> str:
-    """A field as text: chat messages give the last user turn, numbers drop a '.0', lists join with ', '."""
+    """A field as text: chat messages give the last user turn, numbers drop a '.0', lists join with
+    ', '."""
     if (
         isinstance(value, list)
         and value
@@ -156,7 +161,8 @@ def to_problem(row: Any, fields: Fields) -> Problem | None:
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, row) for each row of a JSONL, JSON-list or parquet file; `where` is 'file:line' or 'file: row N'."""
+    """(where, row) for each row of a JSONL, JSON-list or parquet file; `where` is 'file:line' or
+    'file: row N'."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -205,7 +211,8 @@ def to_problems(
 
 
 def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
-    """A Hugging Face dataset from the local cache or a local folder: 'name' or 'name:split'; nothing is downloaded."""
+    """A Hugging Face dataset from the local cache or a local folder: 'name' or 'name:split';
+    nothing is downloaded."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -214,8 +221,8 @@ def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
         rows = datasets.load_dataset(repo, split=split or default_split)
     except Exception:
         raise UserError(
-            f"'{name}' is not a file, a named dataset ({', '.join(NAMED)}) or a Hugging Face dataset "
-            f"in the local cache"
+            f"'{name}' is not a file, a named dataset ({', '.join(NAMED)}) or a Hugging Face "
+            f"dataset in the local cache"
         ) from None
     yield from ((f"{name}: row {i}", row) for i, row in enumerate(rows))
 
@@ -224,15 +231,16 @@ def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
 def load_problems(
     source: str, fields: Fields | None = None, default_split: str = "test"
 ) -> tuple[Problem, ...]:
-    """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, or a cached HF dataset name."""
+    """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, or a cached HF dataset
+    name."""
     if source in NAMED:
         named = NAMED[source]
         path = named.path()
         if not path.exists():
             raise UserError(
-                f"{source}: {path} not found; the training sets are in the repository's data/ folder "
-                "(not in an installed package): set TREERL_DATA to a folder that holds benchmarks/ "
-                "and train/"
+                f"{source}: {path} not found; the training sets are in the repository's data/ "
+                "folder (not in an installed package): set TREERL_DATA to a folder that holds "
+                "benchmarks/ and train/"
             )
         return tuple(to_problems(read_rows(path), named.fields, path))
     fields = fields or Fields()

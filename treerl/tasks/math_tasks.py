@@ -1,8 +1,9 @@
 """Math word problems from datasets: `math` (MATH, AIME, AMC, Minerva, OlympiadBench) and `gsm8k`.
 
-Training problems come from `train_data`, held-out ones from `eval_data` (a named dataset, a file, or a
-cached HF dataset; see treerl.tasks.loaders). Levels are the training set's levels when its rows have
-one, plus `all`; without levels there is only `all`. Evaluation rows keep their own level and subject.
+Training problems come from `train_data`, held-out ones from `eval_data` (a named dataset, a file,
+or a cached HF dataset; see treerl.tasks.loaders). Levels are the training set's levels when its
+rows have one, plus `all`; without levels there is only `all`. Evaluation rows keep their own level
+and subject.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class MathTask(Task):
     name = "math"
     default_template = "boxed"
     numeric = False
-    """Answers are numbers: a bare last number counts when nothing marks an answer, and only numbers compare."""
+    """Answers are numbers: a bare last number counts when nothing marks an answer, and only numbers
+    compare."""
     default_train_data = "math_train"
     default_eval_data = "math500"
 
@@ -76,7 +78,8 @@ class MathTask(Task):
     def judge(self, completion: str, reference: str | int | float) -> tuple[bool, float]:
         if isinstance(reference, bool) or not isinstance(reference, str | int | float):
             raise UserError(
-                f"a {self.name} reference is the answer as a string, like '18' or '\\frac{{14}}{{3}}'; "
+                f"a {self.name} reference is the answer as a string, "
+                f"like '18' or '\\frac{{14}}{{3}}'; "
                 f"got {type(reference).__name__}"
             )
         correct = is_correct(completion, str(reference), self.numeric, self.verify_timeout)

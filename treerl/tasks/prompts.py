@@ -4,7 +4,8 @@
 - `boxed`: the system prompt of the TreeRPO runs; the answer goes in `\\boxed{}`.
 - `think`: the E2H format, `<think>...</think><answer>...</answer>`.
 
-With a chat template in the tokenizer, `boxed` and `think` go through it; without one they are plain text.
+With a chat template in the tokenizer, `boxed` and `think` go through it; without one they are plain
+text.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def has_boxed(text: str) -> bool:
 
 
 def think_then_answer(text: str) -> bool:
-    """Exactly `<think>...</think>` then `<answer>...</answer>`, nothing else around them; linear time."""
+    """Exactly `<think>...</think>` then `<answer>...</answer>`, nothing else around them; linear
+    time."""
     text = text.strip()
     tags = ["<think>", "</think>", "<answer>", "</answer>"]
     if any(text.count(tag) != 1 for tag in tags):
@@ -73,7 +75,8 @@ TEMPLATES.add(
         "think",
         "You are a helpful assistant. You first think about the reasoning process in the mind "
         "and then provide the user with the answer.",
-        "Show your work in <think> </think> tags, and return the final answer in <answer> </answer> tags.",
+        "Show your work in <think> </think> tags, "
+        "and return the final answer in <answer> </answer> tags.",
         think_then_answer,
     ),
 )
