@@ -2,8 +2,9 @@
 
 import os
 
-# Models and datasets come from local paths or the local Hugging Face cache; nothing is downloaded at run time.
-# Set before transformers or datasets is imported; export HF_HUB_OFFLINE=0 to allow downloads anyway.
+# Models and datasets come from local paths or the local Hugging Face cache; nothing is downloaded
+# at run time. Set before transformers or datasets is imported; export HF_HUB_OFFLINE=0 to
+# allow downloads anyway.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

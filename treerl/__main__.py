@@ -1,4 +1,5 @@
-"""`python -m treerl ...`, the form torchrun starts: torchrun --nproc_per_node N -m treerl train ..."""
+"""`python -m treerl ...`, the form torchrun starts:
+torchrun --nproc_per_node N -m treerl train ..."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""The `treerl` command line: parses the arguments and runs the command's module in treerl.commands. User
-mistakes end in one line on stderr and exit code 2."""
+"""The `treerl` command line: parses the arguments and runs the command's module in treerl.commands.
+User mistakes end in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ FILE_SYSTEM_ERRORS = {
     errno.ENOTDIR,
     errno.EISDIR,
 }
-"""A path the user gave that cannot be read or written: one line (the path, the reason), exit code 2."""
+"""A path the user gave that cannot be read or written: one line (the path, the
+reason), exit code 2."""
 OVERRIDES_HELP = "dotted config overrides, e.g. train.lr=1e-5 rollout.n=8 (see docs/config.md)"
 
 
 def command(module: str, function: str = "run") -> Callable[[argparse.Namespace], None]:
-    """treerl.commands.<module>.<function>, imported when the command runs (so that --help stays quick)."""
+    """treerl.commands.<module>.<function>, imported when the command runs (so that
+    --help stays quick)."""
 
     def call(args: argparse.Namespace) -> None:
         getattr(importlib.import_module(f"treerl.commands.{module}"), function)(args)
@@ -150,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def say(line: str) -> None:
-    """One line on stderr, whatever it quotes: control characters, line breaks and undecodable bytes of a user's
-    value are shown escaped, never sent to the terminal."""
+    """One line on stderr, whatever it quotes: control characters, line breaks and undecodable bytes
+    of a user's value are shown escaped, never sent to the terminal."""
     safe = "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
     print(safe.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 

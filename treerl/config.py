@@ -21,11 +21,13 @@ from treerl.errors import UserError, warn
 from treerl.registry import check_names
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
-"""Ready configs inside the package (the demo's variants, each paper's setting): `--config NAME` finds them."""
+"""Ready configs inside the package (the demo's variants, each paper's setting):
+`--config NAME` finds them."""
 
 
 class Section(BaseModel):
-    """A config section: unknown keys, non-finite numbers and true/false for a number are refused."""
+    """A config section: unknown keys, non-finite numbers and true/false for
+    a number are refused."""
 
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, coerce_numbers_to_str=True, allow_inf_nan=False
@@ -50,9 +52,9 @@ class LoraSettings(Section):
         0,
         ge=0,
         description=(
-            "LoRA adapter rank (through peft): > 0 freezes the model's weights and trains adapters "
-            "on `model.lora.target_modules`; checkpoints then hold only the adapters. 0 trains every "
-            "weight. See [scale.md](scale.md#lora)"
+            "LoRA adapter rank (through peft): > 0 freezes the model's weights and trains "
+            "adapters on `model.lora.target_modules`; checkpoints then hold only the adapters. 0 "
+            "trains every weight. See [scale.md](scale.md#lora)"
         ),
     )
     alpha: int = Field(16, gt=0, description="the adapters' output is scaled by alpha / r")
@@ -80,11 +82,12 @@ class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
         description=(
-            "`tiny` (the embedded arithmetic model), `tiny-countdown` (the same architecture warmed "
-            "up on Countdown with `task.template=plain`), `tiny-novice` (a shorter arithmetic "
-            "warm-up that barely solves 5 operands), any local Hugging Face causal LM directory, or "
-            "a directory of LoRA adapters (a LoRA run's checkpoint or any peft adapter saved as "
-            "safetensors; its base model must be where its `adapter_config.json` says)"
+            "`tiny` (the embedded arithmetic model), `tiny-countdown` (the same architecture "
+            "warmed up on Countdown with `task.template=plain`), `tiny-novice` (a shorter "
+            "arithmetic warm-up that barely solves 5 operands), any local Hugging Face causal LM "
+            "directory, or a directory of LoRA adapters (a LoRA run's checkpoint or any peft "
+            "adapter saved as safetensors; its base model must be where its "
+            "`adapter_config.json` says)"
         ),
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -116,7 +119,8 @@ class ModelConfig(Section):
 
 
 class TaskConfig(Section):
-    """The task and its options; an option left at null takes the task's own default (docs/tasks.md)."""
+    """The task and its options; an option left at null takes the task's own
+    default (docs/tasks.md)."""
 
     name: str = Field(
         "arithmetic",
@@ -129,8 +133,8 @@ class TaskConfig(Section):
         ge=0.0,
         le=1.0,
         description=(
-            "share f of the reward for an answer in the template's format: reward = (1-f) correct + "
-            "f well-formed"
+            "share f of the reward for an answer in the template's format: reward = (1-f) "
+            "correct + f well-formed"
         ),
     )
     template: str | None = Field(
@@ -166,30 +170,31 @@ class TaskConfig(Section):
     plan_shaping: Literal["e2h", "ratio"] | None = Field(
         None,
         description=(
-            "blocksworld, a correct plan of length v above the optimum n: `e2h` earns (1 + n/v)/2 of "
-            "the credit (the E2H code), `ratio` n/v; null = full credit"
+            "blocksworld, a correct plan of length v above the optimum n: `e2h` earns (1 + n/v)/2 "
+            "of the credit (the E2H code), `ratio` n/v; null = full credit"
         ),
     )
     format_required: bool | None = Field(
         None,
         description=(
-            "`true`: an answer not in the template's format scores 0 however right, as E2H scores it "
-            "(with `task.format_reward=0.1`: right 1.0, wrong but well formed 0.1, malformed 0); "
-            "null = off"
+            "`true`: an answer not in the template's format scores 0 however right, as E2H scores "
+            "it (with `task.format_reward=0.1`: right 1.0, wrong but well formed 0.1, "
+            "malformed 0); null = off"
         ),
     )
 
 
 class VllmSettings(Section):
-    """The vLLM backend (rollout.backend=vllm; docs/scale.md): its engine runs in the training process."""
+    """The vLLM backend (rollout.backend=vllm; docs/scale.md): its engine runs in
+    the training process."""
 
     old_logprobs: Literal["trainer", "sampler"] = Field(
         "trainer",
         description=(
-            "with vLLM: where the update's old log-probs come from, `trainer` (its own forward: "
-            "vLLM's kernels round differently; the mismatch is logged as `sampler/*`) or `sampler` "
-            "(vLLM's; refused with `rollout.top_p` < 1, where vLLM's are of the renormalised nucleus "
-            "and the update's of the whole softmax)"
+            "with vLLM: where the update's old log-probs come from, `trainer` (its own "
+            "forward: vLLM's kernels round differently; the mismatch is logged as `sampler/*`) or "
+            "`sampler` (vLLM's; refused with `rollout.top_p` < 1, where vLLM's are of the "
+            "renormalised nucleus and the update's of the whole softmax)"
         ),
     )
     gpu_memory_utilization: float = Field(
@@ -207,8 +212,8 @@ class VllmSettings(Section):
     sleep: bool = Field(
         True,
         description=(
-            "GPUs: vLLM frees its weights and KV cache while the trainer updates (sleep mode, level "
-            "2) and gets the new weights when it wakes; the CPU build has no sleep mode"
+            "GPUs: vLLM frees its weights and KV cache while the trainer updates (sleep mode, "
+            "level 2) and gets the new weights when it wakes; the CPU build has no sleep mode"
         ),
     )
     cpu_kv_cache_gib: float = Field(
@@ -242,9 +247,10 @@ class RolloutConfig(Section):
         0,
         ge=0,
         description=(
-            "DAPO dynamic sampling: up to this many extra rounds of `batch_prompts` prompts while "
-            "fewer than `batch_prompts` prompts have a sample that survives `train.filter_tau`; the "
-            "buffer then keeps the first `batch_prompts` of those. Needs `train.filter_tau`"
+            "DAPO dynamic sampling: up to this many extra rounds of `batch_prompts` prompts "
+            "while fewer than `batch_prompts` prompts have a sample that survives "
+            "`train.filter_tau`; the buffer then keeps the first `batch_prompts` of those. "
+            "Needs `train.filter_tau`"
         ),
     )
     max_new_tokens: int = Field(64, ge=1, description="generation budget per sample")
@@ -267,38 +273,39 @@ class RolloutConfig(Section):
         0.0,
         ge=0.0,
         description=(
-            "the most KV cache (GiB) that sampling through the lean forward holds: sequences beyond "
-            "it wait, and each joins the batch when the cache can hold its prefix and its expected "
-            "length (the mean of the call's finished sequences); rows that outgrow it are preempted "
-            "and resume later, sampling the same tokens. 0 = all of a sampling call's sequences at "
-            "once. See [scale.md](scale.md#sampling-at-real-size)"
+            "the most KV cache (GiB) that sampling through the lean forward holds: sequences "
+            "beyond it wait, and each joins the batch when the cache can hold its prefix and its "
+            "expected length (the mean of the call's finished sequences); rows that outgrow it are "
+            "preempted and resume later, sampling the same tokens. 0 = all of a sampling call's "
+            "sequences at once. See [scale.md](scale.md#sampling-at-real-size)"
         ),
     )
     backend: Literal["auto", "lean", "hf", "vllm"] = Field(
         "auto",
         description=(
-            "the sampler of training, evaluation, `treerl score` and `treerl tree`: `lean` (treerl's "
-            "engine: Llama-family models), `hf` (the model's transformers forward: any model), "
-            "`vllm` (vLLM, in the training process), or `auto`: vLLM for a model on a GPU when vLLM "
-            "is installed, else lean where its forward covers the model, else hf. See "
-            "[scale.md](scale.md#which-sampler)"
+            "the sampler of training, evaluation, `treerl score` and `treerl tree`: `lean` "
+            "(treerl's engine: Llama-family models), `hf` (the model's transformers forward: any "
+            "model), `vllm` (vLLM, in the training process), or `auto`: vLLM for a model on a GPU "
+            "when vLLM is installed, else lean where its forward covers the model, else hf. "
+            "See [scale.md](scale.md#which-sampler)"
         ),
     )
     vllm: VllmSettings = VllmSettings()
 
     @model_validator(mode="after")
     def _one_distribution_in_the_ratio(self) -> RolloutConfig:
-        """The update's new log-probs are of softmax(logits / temperature) over the whole vocabulary; vLLM's are
-        renormalised over the top-p nucleus, so with top_p < 1 they cannot be its old log-probs."""
+        """The update's new log-probs are of softmax(logits / temperature) over the whole
+        vocabulary; vLLM's are renormalised over the top-p nucleus, so with top_p < 1 they cannot
+        be its old log-probs."""
         if (
             self.top_p < 1.0
             and self.vllm.old_logprobs == "sampler"
             and self.backend in ("auto", "vllm")
         ):
             raise ValueError(
-                f"rollout.vllm.old_logprobs=sampler with rollout.top_p={self.top_p}: vLLM's log-probs are "
-                "of the renormalised nucleus, the update's of the whole softmax; set "
-                "rollout.vllm.old_logprobs=trainer or rollout.top_p=1"
+                f"rollout.vllm.old_logprobs=sampler with rollout.top_p={self.top_p}: vLLM's "
+                "log-probs are of the renormalised nucleus, the update's of the whole softmax; "
+                "set rollout.vllm.old_logprobs=trainer or rollout.top_p=1"
             )
         return self
 
@@ -307,11 +314,12 @@ class AlgoConfig(Section):
     name: str = Field(
         "grpo",
         description=(
-            "advantage estimator ([methods.md](methods.md#advantage-estimators)): `grpo` ((r - mean) "
-            "/ (std + eps)), `dr_grpo` (r - mean), `rloo` (r minus the mean of the other samples), "
-            "`reinforce_pp` ((r - mean) / std over every response of the step), "
-            "`reinforce_pp_baseline` (r minus its prompt's mean, then normalised over the step), or "
-            "`treerpo` (tree sampling, step-level advantages among siblings; see `tree.*`)"
+            "advantage estimator ([methods.md](methods.md#advantage-estimators)): `grpo` "
+            "((r - mean) / (std + eps)), `dr_grpo` (r - mean), `rloo` (r minus the mean of the "
+            "other samples), `reinforce_pp` ((r - mean) / std over every response of the "
+            "step), `reinforce_pp_baseline` (r minus its prompt's mean, then normalised over the "
+            "step), or `treerpo` (tree sampling, step-level advantages among "
+            "siblings; see `tree.*`)"
         ),
     )
     policy_loss: str = Field(
@@ -333,8 +341,8 @@ class AlgoConfig(Section):
     loss_agg: str = Field(
         "token-mean",
         description=(
-            "`token-mean`, `seq-mean-token-mean` or `seq-mean-token-sum-norm` (Dr. GRPO, divides by "
-            "the tokens of one node: `rollout.max_new_tokens` in a flat tree)"
+            "`token-mean`, `seq-mean-token-mean` or `seq-mean-token-sum-norm` (Dr. GRPO, divides "
+            "by the tokens of one node: `rollout.max_new_tokens` in a flat tree)"
         ),
     )
     kl_coef: float = Field(
@@ -353,23 +361,23 @@ class AlgoConfig(Section):
     params: dict[str, float | str | None] = Field(
         default_factory=dict,
         description=(
-            "the estimator's own parameters, checked against its signature (defaults in "
-            "parentheses): `grpo`, `reinforce_pp`, `reinforce_pp_baseline` take `eps` (1e-6, added "
-            "to the std); `treerpo` takes `prune_tau` (0.1: a sibling group whose values spread (max "
-            "- min) less than this is dropped), `norm` (`bernoulli`: the advantage divisor mu(1-mu) "
-            "+ eps, the paper's code; `std`, the population std + eps; or `none`), `eps` (1e-6) and "
-            "`weighting` (`none`, the paper's code; or `groups`: a tree's advantages divided by its "
-            "number of kept groups, so that a tree with many does not outweigh one with few); "
-            "`dr_grpo` and `rloo` take none. Until 2026-12-06 these were `algo.std_eps`, "
-            "`tree.prune_tau` and `tree.norm`, which are still read (with a warning) as their new "
-            "names"
+            "the estimator's own parameters, checked against its signature (defaults "
+            "in parentheses): `grpo`, `reinforce_pp`, `reinforce_pp_baseline` take `eps` (1e-6, "
+            "added to the std); `treerpo` takes `prune_tau` (0.1: a sibling group whose values "
+            "spread (max - min) less than this is dropped), `norm` (`bernoulli`: the advantage "
+            "divisor mu(1-mu) + eps, the paper's code; `std`, the population std + eps; or "
+            "`none`), `eps` (1e-6) and `weighting` (`none`, the paper's code; or `groups`: a "
+            "tree's advantages divided by its number of kept groups, so that a tree with many does "
+            "not outweigh one with few); `dr_grpo` and `rloo` take none. Until 2026-12-06 these "
+            "were `algo.std_eps`, `tree.prune_tau` and `tree.norm`, which are still read (with a "
+            "warning) as their new names"
         ),
     )
 
 
 class TreeConfig(Section):
-    """Deep trees, for estimators that sample them (treerpo) and `treerl tree`: rollout.n children per inner node
-    (the paper's N)."""
+    """Deep trees, for estimators that sample them (treerpo) and `treerl tree`: rollout.n children
+    per inner node (the paper's N)."""
 
     depth: int = Field(
         3,
@@ -418,22 +426,23 @@ class CurriculumConfig(Section):
         0,
         ge=0,
         description=(
-            "generated tasks (arithmetic, countdown, blocksworld): 0 = a fresh problem per draw; N = "
-            "a fixed pool of N problems per level, the same in every run, walked in shuffled passes "
-            "(Re-Schedule needs one). Dataset tasks always walk their training set"
+            "generated tasks (arithmetic, countdown, blocksworld): 0 = a fresh problem per draw; "
+            "N = a fixed pool of N problems per level, the same in every run, walked in shuffled "
+            "passes (Re-Schedule needs one). Dataset tasks always walk their training set"
         ),
     )
 
 
 class RescheduleConfig(Section):
-    """Re-Schedule's loss weights: each query's policy-loss terms times w(rank, t) (docs/methods.md)."""
+    """Re-Schedule's loss weights: each query's policy-loss terms times
+    w(rank, t) (docs/methods.md)."""
 
     rank_by: str = Field(
         "off",
         description=(
-            "Re-Schedule loss weights: `rscore` (rank queries by r-score), `rscore_prune` (by the "
-            "pruning r-score of the reference code), `acc` (by pass rate, the paper's ACC baseline) "
-            "or `off`"
+            "Re-Schedule loss weights: `rscore` (rank queries by r-score), `rscore_prune` (by "
+            "the pruning r-score of the reference code), `acc` (by pass rate, the paper's "
+            "ACC baseline) or `off`"
         ),
     )
     scores: Literal["static", "online"] = Field(
@@ -454,8 +463,8 @@ class RescheduleConfig(Section):
     rescore_at: list[int] = Field(
         default_factory=list,
         description=(
-            "steps before which every query is scored again (`[1]` scores before training, no score "
-            "file needed)"
+            "steps before which every query is scored again (`[1]` scores before training, "
+            "no score file needed)"
         ),
     )
     scores_file: str | None = Field(
@@ -493,7 +502,8 @@ class RescheduleConfig(Section):
 
 
 class RScoreConfig(Section):
-    """The r-score and the tree `treerl score` samples for it: k-ary, a branch every step_tokens, depth d."""
+    """The r-score and the tree `treerl score` samples for it: k-ary, a branch every
+    step_tokens, depth d."""
 
     branching: int = Field(4, ge=1, description="`treerl score`: k children per branch point")
     depth: int = Field(
@@ -505,7 +515,8 @@ class RScoreConfig(Section):
         200,
         ge=1,
         description=(
-            "`treerl score`: l tokens between branch points (the deepest node completes the response)"
+            "`treerl score`: l tokens between branch points (the deepest node "
+            "completes the response)"
         ),
     )
     max_new_tokens: int | None = Field(
@@ -525,9 +536,9 @@ class RScoreConfig(Section):
     child: str = Field(
         "accuracy",
         description=(
-            "r-score: the child an edit keeps: `accuracy` (its subtree's share of correct leaves is "
-            "highest, the reference code) or `gain` (keeping it raises the tree's accuracy most); "
-            "they differ when sibling subtrees have unequal leaf counts"
+            "r-score: the child an edit keeps: `accuracy` (its subtree's share of correct leaves "
+            "is highest, the reference code) or `gain` (keeping it raises the tree's accuracy "
+            "most); they differ when sibling subtrees have unequal leaf counts"
         ),
     )
     rollouts: int = Field(
@@ -588,8 +599,8 @@ class TrainConfig(Section):
         0,
         ge=0,
         description=(
-            "steps between checkpoints; 0 = only at the end. A checkpoint is written to a temporary "
-            "folder and renamed into place when complete"
+            "steps between checkpoints; 0 = only at the end. A checkpoint is written to a "
+            "temporary folder and renamed into place when complete"
         ),
     )
     keep_checkpoints: int = Field(
@@ -608,9 +619,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False,
         description=(
-            "recompute each decoder layer's activations in the backward pass instead of keeping them "
-            "(transformers' activation checkpointing): less memory, about a third more compute; "
-            "completions then carry their own copy of their context"
+            "recompute each decoder layer's activations in the backward pass instead of keeping "
+            "them (transformers' activation checkpointing): less memory, about a third more "
+            "compute; completions then carry their own copy of their context"
         ),
     )
     logit_chunk: int = Field(
@@ -626,18 +637,18 @@ class TrainConfig(Section):
     compile: bool = Field(
         False,
         description=(
-            "`torch.compile` the model's forward (inductor, dynamic shapes): training, and sampling "
-            "for models outside the lean forward (Llama-family models sample through it uncompiled, "
-            "which is faster on the CPU); the first steps compile (10 s to 2 min on the CPU) "
-            "([performance.md](performance.md))"
+            "`torch.compile` the model's forward (inductor, dynamic shapes): training, and "
+            "sampling for models outside the lean forward (Llama-family models sample through it "
+            "uncompiled, which is faster on the CPU); the first steps compile (10 s to 2 min on "
+            "the CPU) ([performance.md](performance.md))"
         ),
     )
     strategy: Literal["ddp", "fsdp2"] = Field(
         "ddp",
         description=(
-            "under torchrun: `ddp` (a full model per process) or `fsdp2` (parameters, gradients and "
-            "optimizer state sharded across processes); one process without torchrun trains the "
-            "plain model. See [scale.md](scale.md)"
+            "under torchrun: `ddp` (a full model per process) or `fsdp2` (parameters, gradients "
+            "and optimizer state sharded across processes); one process without torchrun trains "
+            "the plain model. See [scale.md](scale.md)"
         ),
     )
 
@@ -678,8 +689,8 @@ class OutputConfig(Section):
     tensorboard: bool = Field(
         False,
         description=(
-            "also write the metrics and evaluations as TensorBoard events to `<run dir>/tensorboard` "
-            "(extra `treerl[trackers]`)"
+            "also write the metrics and evaluations as TensorBoard events to "
+            "`<run dir>/tensorboard` (extra `treerl[trackers]`)"
         ),
     )
     wandb: bool = Field(
@@ -725,8 +736,8 @@ class Config(Section):
             raise ValueError(str(err)) from None
         if self.rollout.refill and self.train.filter_tau is None:
             raise ValueError(
-                "rollout.refill resamples prompts whose samples are all filtered: set train.filter_tau "
-                "(for example 0 to drop zero-advantage groups)"
+                "rollout.refill resamples prompts whose samples are all filtered: set "
+                "train.filter_tau (for example 0 to drop zero-advantage groups)"
             )
         rs = self.reschedule
         if (
@@ -736,21 +747,21 @@ class Config(Section):
             and 1 not in rs.rescore_at
         ):
             raise ValueError(
-                "reschedule.scores=static needs reschedule.scores_file (write one with `treerl score`), "
-                "or reschedule.rescore_at=[1] to score before the first step, or "
-                "reschedule.scores=online"
+                "reschedule.scores=static needs reschedule.scores_file (write one with "
+                "`treerl score`), or reschedule.rescore_at=[1] to score before the first step, "
+                "or reschedule.scores=online"
             )
         if (rs.rescore_every or rs.rescore_at) and rs.rank_by == "off":
             raise ValueError(
-                "reschedule.rescore_every / rescore_at re-score queries for Re-Schedule's weights: set "
-                "reschedule.rank_by too"
+                "reschedule.rescore_every / rescore_at re-score queries for Re-Schedule's weights: "
+                "set reschedule.rank_by too"
             )
         return self
 
 
 class YamlLoader(yaml.SafeLoader):
-    """YAML with the booleans of YAML 1.2 (true, false): `off`, `on`, `yes` and `no` stay strings, so that
-    reschedule.rank_by=off means the name `off`."""
+    """YAML with the booleans of YAML 1.2 (true, false): `off`, `on`, `yes` and `no` stay strings,
+    so that reschedule.rank_by=off means the name `off`."""
 
 
 YamlLoader.yaml_implicit_resolvers = {
@@ -802,7 +813,8 @@ def shipped_configs() -> list[str]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, or from a config shipped in the package by its name (`treerpo_demo`)."""
+    """A YAML mapping from a file, or from a config shipped in the package by its
+    name (`treerpo_demo`)."""
     path = Path(path)
     if not path.is_file() and path.stem in shipped_configs() and path.parent == Path("."):
         path = SHIPPED_CONFIGS / f"{path.stem}.yaml"
@@ -868,7 +880,8 @@ MOVED = {
     ("tree", "prune_tau"): ("algo", "params", "prune_tau"),
     ("tree", "norm"): ("algo", "params", "norm"),
 }
-"""Keys that became an estimator's parameters (2026-12-06): configs and runs written before still load."""
+"""Keys that became an estimator's parameters (2026-12-06): configs and runs
+written before still load."""
 
 
 def moved(data: dict[str, Any]) -> dict[str, Any]:
@@ -887,7 +900,8 @@ def load_config(
     schema: type[BaseModel] = Config,
     base: dict[str, Any] | None = None,
 ) -> Any:
-    """Defaults <- YAML file (or `base`, already read) <- dotted overrides, validated into `schema`."""
+    """Defaults <- YAML file (or `base`, already read) <- dotted overrides,
+    validated into `schema`."""
     data = read_yaml(path) if path else dict(base or {})
     data = moved(_merge(data, parse_overrides(overrides or [])))
     return build(schema, data)
@@ -918,17 +932,19 @@ RESUMABLE = (
     "eval.",
     "output.",
 )
-"""The keys a resume may change (a prefix ending in '.' covers its section): how long (the learning-rate, level and
-weight schedules keep the horizon the run began with), how often to save and evaluate, where and how fast to run,
-how much memory sampling and the update take (the KV budget, vLLM's memory and batch, micro-batches, activation
-checkpointing, chunked log-probs: none changes what is computed, only the order of float sums), what to log. The
-rest would make the run's steps disagree with its config."""
+"""The keys a resume may change (a prefix ending in '.' covers its section): how long (the
+learning-rate, level and weight schedules keep the horizon the run began with), how often to save
+and evaluate, where and how fast to run, how much memory sampling and the update take (the KV
+budget, vLLM's memory and batch, micro-batches, activation checkpointing, chunked log-probs: none
+changes what is computed, only the order of float sums), what to log. The rest would make the run's
+steps disagree with its config."""
 FIXED_ON_RESUME = ("output.dir",)
 
 
 def flat(data: dict[str, Any], subsections: bool = False) -> dict[str, Any]:
-    """A config dict as {dotted key: value}: `section.key` (a dict-valued key, like curriculum.params, is one); with
-    `subsections`, a section inside a section (rollout.vllm, model.lora) is its keys: rollout.vllm.max_num_seqs."""
+    """A config dict as {dotted key: value}: `section.key` (a dict-valued key, like
+    curriculum.params, is one); with `subsections`, a section inside a section (rollout.vllm,
+    model.lora) is its keys: rollout.vllm.max_num_seqs."""
     out: dict[str, Any] = {}
     for name, value in data.items():
         if isinstance(value, dict) and name in Config.model_fields and name != "seed":
@@ -957,7 +973,8 @@ SUBSECTIONS = {
 
 
 def changes(before: Config, after: Config) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (before, after)} for every key whose value differs, a section inside a section key by key."""
+    """{dotted key: (before, after)} for every key whose value differs, a section inside
+    a section key by key."""
     old, new = (
         flat(before.model_dump(), subsections=True),
         flat(after.model_dump(), subsections=True),

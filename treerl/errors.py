@@ -1,5 +1,5 @@
-"""User mistakes (the CLI prints one line and exits 2), a requested stop (one line, exit 0), and warnings (one
-line on stderr, the run goes on)."""
+"""User mistakes (the CLI prints one line and exits 2), a requested stop (one line, exit 0), and
+warnings (one line on stderr, the run goes on)."""
 
 import sys
 
@@ -13,5 +13,6 @@ class RunStopped(Exception):
 
 
 def warn(message: str) -> None:
-    """One line on stderr that says what was done instead of failing (skipped, set aside, counted)."""
+    """One line on stderr that says what was done instead of failing (skipped,
+    set aside, counted)."""
     print(f"treerl: warning: {message}", file=sys.stderr)

@@ -21,7 +21,8 @@ from treerl.tasks.prompts import render_prompt
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021):
+    1 - C(n-c, k) / C(n, k)."""
     if k > n:
         raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
     if n - c < k:
@@ -36,9 +37,10 @@ def k_values(samples: int) -> list[int]:
 
 
 def eval_set(task: Task, cfg: EvalConfig) -> list[Problem]:
-    """The held-out problems `evaluate` runs on: cfg.problems of each level in cfg.levels (default: all levels),
-    each problem once however many of those levels hold it (a level-3 problem is also one of `all`). As multisets:
-    a problem k times in one level's list and j times in another's is evaluated max(k, j) times."""
+    """The held-out problems `evaluate` runs on: cfg.problems of each level in cfg.levels (default:
+    all levels), each problem once however many of those levels hold it (a level-3 problem is also
+    one of `all`). As multisets: a problem k times in one level's list and j times in another's is
+    evaluated max(k, j) times."""
     chosen: list[Problem] = []
     taken: Counter[tuple[str, str]] = Counter()
     for level in cfg.levels or task.levels:
@@ -68,8 +70,9 @@ def _grade(
     advance: Callable[[int], None],
     rollout: RolloutConfig | None,
 ) -> tuple[list[bool], list[int], list[bool]]:
-    """(correct, response length, too long) per problem. A prompt that leaves no room for eval.max_new_tokens in
-    the model's context is not generated: it counts as wrong, with length 0."""
+    """(correct, response length, too long) per problem. A prompt that leaves no room for
+    eval.max_new_tokens in the model's context is not generated: it counts as
+    wrong, with length 0."""
     limit = context_length(model)
     correct, lengths, too_long = [], [], []
     for start in range(0, len(problems), cfg.batch_size):
@@ -106,7 +109,8 @@ def _grade(
 
 
 def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
-    """Row indices per level, per subject ('subject:<name>') when rows have one, and with `overall` all of them."""
+    """Row indices per level, per subject ('subject:<name>') when rows have one, and with
+    `overall` all of them."""
     out: dict[str, list[int]] = {}
     for i, p in enumerate(problems):
         out.setdefault(p.level, []).append(i)
@@ -132,18 +136,19 @@ def evaluate(
     par: Parallel = Parallel(),
     rollout: RolloutConfig | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per level (and subject): accuracy (greedy), response_length, and with cfg.samples = k: avg@k, pass@j,
-    sampled through rollout.backend. Under torchrun every rank grades its share of the problems and every rank
-    returns the whole result."""
+    """Metrics per level (and subject): accuracy (greedy), response_length, and with
+    cfg.samples = k: avg@k, pass@j, sampled through rollout.backend. Under torchrun every rank
+    grades its share of the problems and every rank returns the whole result."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
     mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance, rollout)
     correct, lengths, too_long = par.unshare(mine[0]), par.unshare(mine[1]), par.unshare(mine[2])
     if any(too_long) and par.main:
         warn(
-            f"{sum(too_long)} of {len(problems)} prompts leave no room for eval.max_new_tokens={cfg.max_new_tokens} "
-            f"in the model's context of {context_length(model)} tokens: not generated, counted wrong (too_long in "
-            "the results)"
+            f"{sum(too_long)} of {len(problems)} prompts leave no room for "
+            f"eval.max_new_tokens={cfg.max_new_tokens} in the model's context of "
+            f"{context_length(model)} tokens: not generated, counted wrong "
+            "(too_long in the results)"
         )
     hits = None
     if cfg.samples:

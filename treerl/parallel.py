@@ -1,5 +1,5 @@
-"""This process's place in a torchrun job and the collectives the loop and evaluation need, on torch.distributed.
-A single process (no torchrun) is rank 0 of 1 and every collective is a no-op."""
+"""This process's place in a torchrun job and the collectives the loop and evaluation need, on
+torch.distributed. A single process (no torchrun) is rank 0 of 1 and every collective is a no-op."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 @dataclass
 class Parallel:
-    """This process's place in the run: rank, world size, strategy, and the collectives the trainer needs."""
+    """This process's place in the run: rank, world size, strategy, and the
+    collectives the trainer needs."""
 
     rank: int = 0
     world: int = 1
@@ -32,7 +33,8 @@ class Parallel:
         return self.rank == 0
 
     def share(self, items: list[T]) -> list[T]:
-        """This rank's share of a list that every rank holds in full: items rank, rank + world, ..."""
+        """This rank's share of a list that every rank holds in full: items
+        rank, rank + world, ..."""
         return items[self.rank :: self.world]
 
     def unshare(self, mine: list[T]) -> list[T]:
@@ -81,16 +83,16 @@ def launched_by_torchrun() -> bool:
 
 
 def init_parallel(strategy: str, device: torch.device) -> Parallel:
-    """Join the process group when torchrun started this process (gloo on CPU, nccl on GPUs; each process takes
-    the GPU of its LOCAL_RANK); otherwise a single process."""
+    """Join the process group when torchrun started this process (gloo on CPU, nccl on GPUs; each
+    process takes the GPU of its LOCAL_RANK); otherwise a single process."""
     if not launched_by_torchrun():
         return Parallel(device=device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(
-                f"local rank {local_rank} has no GPU (torch sees {torch.cuda.device_count()}); start at "
-                "most one process per GPU with torchrun --nproc_per_node"
+                f"local rank {local_rank} has no GPU (torch sees {torch.cuda.device_count()}); "
+                "start at most one process per GPU with torchrun --nproc_per_node"
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

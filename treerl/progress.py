@@ -31,7 +31,8 @@ def progress_bar(enabled: bool = True) -> Progress:
 
 
 def step_done(bar: Progress, job: TaskID, info: str) -> None:
-    """Advance a job by one; where no live bar can be drawn (a log file, CI), print a line every 5%."""
+    """Advance a job by one; where no live bar can be drawn (a log file, CI),
+    print a line every 5%."""
     bar.update(job, advance=1, info=info)
     task = bar.tasks[bar.task_ids.index(job)]
     every = max(1, int(task.total or 1) // LOG_LINES)

@@ -1,8 +1,9 @@
-"""Name -> value tables (advantage estimators, level schedules, tasks, templates, ...), each named by the config key
-whose values are its names: one error for an unknown name, and a name registered twice is refused.
+"""Name -> value tables (advantage estimators, level schedules, tasks, templates, ...), each named
+by the config key whose values are its names: one error for an unknown name, and a name
+registered twice is refused.
 
-`REGISTRIES` lists every registry by its config key, so that a config's names can be checked against them
-(treerl.names) and the docs and tests can follow them."""
+`REGISTRIES` lists every registry by its config key, so that a config's names can be checked against
+them (treerl.names) and the docs and tests can follow them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ T = TypeVar("T")
 
 class Registry(dict[str, T], Generic[T]):
     def __init__(self, config_key: str, extra: tuple[str, ...] = ()):
-        """`extra`: names the config key also takes that are not entries (reschedule.rank_by's `off`)."""
+        """`extra`: names the config key also takes that are not entries
+        (reschedule.rank_by's `off`)."""
         super().__init__()
         self.config_key, self.extra = config_key, extra
         if config_key in REGISTRIES:
@@ -67,7 +69,8 @@ def param_defaults(fn: Callable, fixed: int) -> dict[str, Any]:
 def check_params(
     config_key: str, owner: str, fn: Callable, params: Mapping[str, Any], fixed: int
 ) -> None:
-    """A UserError when `params` (the dict under `config_key`) names a parameter fn does not take."""
+    """A UserError when `params` (the dict under `config_key`) names a
+    parameter fn does not take."""
     accepted = list(keyword_params(fn, fixed))
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -78,8 +81,9 @@ def check_params(
 
 
 def check_names(config: Mapping[str, Any]) -> None:
-    """A UserError when a config value under a registry's key (config: the config as nested dicts) is not one of
-    its names. Registries whose modules are not imported yet are not checked here (treerl.commands imports all)."""
+    """A UserError when a config value under a registry's key (config: the config as nested dicts)
+    is not one of its names. Registries whose modules are not imported yet are not checked here
+    (treerl.commands imports all)."""
     for key, registry in REGISTRIES.items():
         value: Any = config
         for part in key.split("."):

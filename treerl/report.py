@@ -1,8 +1,8 @@
-"""See what training did: one self-contained HTML page that opens offline (`treerl report`), and several runs on
-one page laid out the same way (`treerl compare`). The first screen says whether it worked (held-out accuracy
-before and after per level; the run's steps, time, tokens and where the time went; links to the saved trees),
-then the curves in a grid (PNG, matplotlib; one colour per level in every plot, one line style per run), then
-the config, folded."""
+"""See what training did: one self-contained HTML page that opens offline (`treerl report`), and
+several runs on one page laid out the same way (`treerl compare`). The first screen says whether it
+worked (held-out accuracy before and after per level; the run's steps, time, tokens and where the
+time went; links to the saved trees), then the curves in a grid (PNG, matplotlib; one colour per
+level in every plot, one line style per run), then the config, folded."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from treerl.tree_records import saved_trees  # noqa: E402
 from treerl.viewer import pick_trees, render_trees  # noqa: E402
 
 SMOOTH = 10
-"""Per-step curves are drawn as a trailing mean over this many steps (the raw values faintly behind)."""
+"""Per-step curves are drawn as a trailing mean over this many steps (the raw
+values faintly behind)."""
 TIMINGS = {
     "timing/rollout_s": "generation",
     "timing/reward_s": "grading and scoring",
@@ -77,8 +78,8 @@ def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
 
 
 def level_colors(runs: list[RunData]) -> dict[str, str]:
-    """One colour per level (and held-out group) in every plot, the same for every run: held-out groups in their
-    order, then training levels."""
+    """One colour per level (and held-out group) in every plot, the same for every run: held-out
+    groups in their order, then training levels."""
     names = [
         group for run in runs for step in sorted(run.evals, key=int) for group in run.evals[step]
     ]
@@ -98,7 +99,8 @@ def run_style(runs: list[RunData], i: int) -> str:
 
 
 def uses_reschedule(runs: list[RunData]) -> bool:
-    """Whether any run weighted its queries (scores, or a weight other than 1): otherwise the plot is flat."""
+    """Whether any run weighted its queries (scores, or a weight other than 1):
+    otherwise the plot is flat."""
     return any(
         run.series("reschedule/score_mean")[0]
         or any(w != 1.0 for w in run.series("reschedule/weight_mean")[1])
@@ -170,7 +172,10 @@ def plot_curriculum(ax, runs: list[RunData]) -> None:
             bottom = [b + q for b, q in zip(bottom, p)]
             ax.plot(steps, bottom, color="black", linestyle="--", linewidth=0.8)
     ax.set(
-        title=f"curriculum: level shares{' of ' + run.name if len(runs) > 1 else ''} (dashed: schedule)",
+        title=(
+            f"curriculum: level shares{' of ' + run.name if len(runs) > 1 else ''} "
+            "(dashed: schedule)"
+        ),
         xlabel="step",
         ylim=(0, 1),
     )
@@ -250,7 +255,8 @@ def draw(runs: list[RunData], folder: Path) -> dict[str, Path]:
 
 
 def eval_table(runs: list[RunData]) -> str:
-    """Held-out accuracy (%) per level, first and last evaluation and the change, a row per run and level."""
+    """Held-out accuracy (%) per level, first and last evaluation and the change, a
+    row per run and level."""
     head = (
         "<tr>"
         + ("<th>run</th>" if len(runs) > 1 else "")
@@ -301,7 +307,8 @@ def facts(run: RunData) -> dict[str, str]:
 
 
 def time_bar(run: RunData) -> str:
-    """Where the time went as one bar of coloured shares (timing.json; the steps' phases for a run still going)."""
+    """Where the time went as one bar of coloured shares (timing.json; the steps' phases
+    for a run still going)."""
     phases = (
         run.timing["seconds"]
         if run.timing
@@ -327,7 +334,8 @@ def time_bar(run: RunData) -> str:
 
 
 def trees_page(run: RunData) -> tuple[Path, list[dict]] | None:
-    """RUN_DIR/trees.html from the trees the run saved (output.save_trees), and those trees; None when none."""
+    """RUN_DIR/trees.html from the trees the run saved (output.save_trees), and those
+    trees; None when none."""
     if run.path is None or not RunDir(run.path).trees_path.is_file():
         return None
     saved = saved_trees(RunDir(run.path))
@@ -339,7 +347,8 @@ def trees_page(run: RunData) -> tuple[Path, list[dict]] | None:
 
 
 def trees_links(run: RunData, page_dir: Path) -> str:
-    """Links to the run's saved trees: the paged page, and each tree of the last saved step by its fragment."""
+    """Links to the run's saved trees: the paged page, and each tree of the last saved
+    step by its fragment."""
     written = trees_page(run)
     if written is None:
         return "<p>no trees saved (train with <code>output.save_trees=N</code> to keep some)</p>"
@@ -362,15 +371,16 @@ def trees_links(run: RunData, page_dir: Path) -> str:
 
 
 def stall_warnings(run: RunData) -> str:
-    """A warning for each stretch of steps in a row that trained no token, with its likely causes."""
+    """A warning for each stretch of steps in a row that trained no token,
+    with its likely causes."""
     return "".join(
         f"<p class='warn'>{html.escape(stall.line())}</p>" for stall in stalls(run.metrics)
     )
 
 
 def summary(runs: list[RunData], page_dir: Path) -> str:
-    """The first screen: accuracy before and after, then per run whether it learned nothing for a while, its size,
-    where the time went, its trees."""
+    """The first screen: accuracy before and after, then per run whether it learned nothing for a
+    while, its size, where the time went, its trees."""
     cards = []
     for run in runs:
         size = "".join(f"<div><b>{value}</b><br>{name}</div>" for name, value in facts(run).items())
@@ -387,10 +397,13 @@ STYLE = """body{font-family:sans-serif;margin:1.5em 2em;max-width:1600px}
 .summary{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.cards{flex:1;min-width:420px}
 .card{border:1px solid #ddd;border-radius:6px;padding:0.6em 1em;margin-bottom:0.8em}
 .facts{display:flex;gap:2em}.facts b{font-size:1.4em}h3,h4{margin:0.3em 0}
-.bar{display:flex;height:1.3em;border-radius:4px;overflow:hidden}.bar span{display:block;height:100%}
-.legend i{display:inline-block;width:0.8em;height:0.8em;margin:0 0.3em 0 0.6em}.legend{font-size:0.85em}
+.bar{display:flex;height:1.3em;border-radius:4px;overflow:hidden}\
+.bar span{display:block;height:100%}
+.legend i{display:inline-block;width:0.8em;height:0.8em;margin:0 0.3em 0 0.6em}\
+.legend{font-size:0.85em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:right}
-caption{text-align:left;font-weight:bold;padding-bottom:0.3em}.up{color:#1a7f1a;font-weight:bold}.down{color:#c33}
+caption{text-align:left;font-weight:bold;padding-bottom:0.3em}\
+.up{color:#1a7f1a;font-weight:bold}.down{color:#c33}
 .warn{background:#fff3d6;border-left:4px solid #d08a00;padding:0.4em 0.7em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:0.8em}
 .grid img{width:100%;border:1px solid #eee}
@@ -429,7 +442,8 @@ def write_report(run_dir: Path) -> Path:
 
 
 def write_comparison(run_dirs: list[Path], out: Path) -> Path:
-    """The runs on one page in out (an HTML file) laid out as a report; its PNGs in a folder beside it."""
+    """The runs on one page in out (an HTML file) laid out as a report; its PNGs
+    in a folder beside it."""
     runs = [load_run(path) for path in run_dirs]
     if len({run.name for run in runs}) < len(
         runs

@@ -1,20 +1,24 @@
 """The run directory, its one owner: what a run writes, where, and how it is read back.
 
     config.yaml        the resolved config of the run's start, never rewritten
-    resumes.jsonl      each resume: when, from which step, which keys it changed (from, to), and when it changed
-                       train.steps, what that does to the schedules (`schedules`, the line it printed)
-    metrics.jsonl      one JSON object per step, appended (`stalls`: the steps in a row that trained nothing)
+    resumes.jsonl      each resume: when, from which step, which keys it changed (from, to), and
+                       when it changed train.steps, what that does to the schedules (`schedules`,
+                       the line it printed)
+    metrics.jsonl      one JSON object per step, appended (`stalls`: the steps in a row that
+                       trained nothing)
     eval.json          {step: {group: metrics}}
     trees.jsonl        saved reasoning trees (output.save_trees), appended
     timing.json        where the time went
     report.html, plots/, trees.html (the saved trees, paged)
-    checkpoints/step_N/  a Hugging Face model directory, trainer_state.pt and manifest.json (sizes, sha256)
+    checkpoints/step_N/  a Hugging Face model directory, trainer_state.pt and manifest.json
+                         (sizes, sha256)
     .lock              held (flock) by the process that trains in the run
 
-Files are replaced atomically (written beside, flushed to disk, then renamed); an appended JSONL file may end
-in a torn line after a crash, which the reader leaves out. Checkpoints are written to a temporary folder,
-flushed, listed in a manifest and renamed, so a crash or a power loss never leaves half of one; a resume
-verifies the manifest and falls back to the newest intact checkpoint, keeping a damaged one aside.
+Files are replaced atomically (written beside, flushed to disk, then renamed); an appended JSONL
+file may end in a torn line after a crash, which the reader leaves out. Checkpoints are written to a
+temporary folder, flushed, listed in a manifest and renamed, so a crash or a power loss never leaves
+half of one; a resume verifies the manifest and falls back to the newest intact checkpoint, keeping
+a damaged one aside.
 """
 
 from __future__ import annotations
@@ -61,9 +65,11 @@ DISK_ERRORS = {
     errno.EACCES: "permission is denied",
     errno.EPERM: "permission is denied",
 }
-"""OSErrors of the disk a run writes to, each said in one line (with the command that resumes the run)."""
+"""OSErrors of the disk a run writes to, each said in one line (with the command
+that resumes the run)."""
 LOW_SPACE_BYTES = 64 * 2**20
-"""torch's writer reports a full disk as a generic write failure: with less than this free, say so."""
+"""torch's writer reports a full disk as a generic write failure: with less
+than this free, say so."""
 
 
 def fsync_path(path: Path) -> None:
@@ -76,7 +82,8 @@ def fsync_path(path: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace a file with `text` in one step: written beside it, flushed, renamed, the rename flushed."""
+    """Replace a file with `text` in one step: written beside it, flushed,
+    renamed, the rename flushed."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as f:
@@ -106,13 +113,15 @@ def append_jsonl(path: Path, records: list[Any]) -> None:
 
 
 class TooDeep:
-    """A JSON line nested deeper than Python's parser goes (its recursion limit, about 1,000 levels)."""
+    """A JSON line nested deeper than Python's parser goes (its recursion limit,
+    about 1,000 levels)."""
 
 
 def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, JSON value) of each line of a file a run appends to. A torn last line (the process was
-    killed while writing it) is left out; a bad line before it is not a torn write, so it is a UserError naming
-    the file and line. A line nested too deeply to parse is a TooDeep, for the reader to refuse as it sees fit."""
+    """(line number, JSON value) of each line of a file a run appends to. A torn last line (the
+    process was killed while writing it) is left out; a bad line before it is not a torn write, so
+    it is a UserError naming the file and line. A line nested too deeply to parse is a TooDeep, for
+    the reader to refuse as it sees fit."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -134,7 +143,8 @@ def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
 
 
 def read_jsonl(path: Path) -> list[Any]:
-    """The JSON values of numbered_jsonl; a line nested too deeply to parse is a UserError naming file and line."""
+    """The JSON values of numbered_jsonl; a line nested too deeply to parse is a UserError
+    naming file and line."""
     records = []
     for number, value in numbered_jsonl(path):
         if isinstance(value, TooDeep):
@@ -156,8 +166,9 @@ def sha256(path: Path) -> str:
 
 
 def damage(checkpoint: Path) -> str | None:
-    """Why a checkpoint cannot be trusted (a file missing, or of another size or checksum than its manifest
-    says), or None. A checkpoint from before manifests (trainer_state.pt but no manifest.json) is taken as is."""
+    """Why a checkpoint cannot be trusted (a file missing, or of another size or checksum than its
+    manifest says), or None. A checkpoint from before manifests (trainer_state.pt but no
+    manifest.json) is taken as is."""
     manifest_path = checkpoint / MANIFEST
     if not manifest_path.is_file():
         return None if (checkpoint / TRAINER_STATE).is_file() else f"{MANIFEST} is missing"
@@ -177,7 +188,8 @@ def damage(checkpoint: Path) -> str | None:
 
 
 def disk_error_reason(err: BaseException, where: Path) -> str | None:
-    """What a failed write says about the disk (no space, read-only, no permission), or None for another error."""
+    """What a failed write says about the disk (no space, read-only, no permission), or
+    None for another error."""
     if isinstance(err, OSError) and err.errno in DISK_ERRORS:
         return DISK_ERRORS[err.errno]
     if isinstance(err, RuntimeError) and shutil.disk_usage(where).free < LOW_SPACE_BYTES:
@@ -186,7 +198,8 @@ def disk_error_reason(err: BaseException, where: Path) -> str | None:
 
 
 def holds_run(path: Path) -> bool:
-    """Whether a directory is a run's: it holds the run's config and its lock, metrics or checkpoints."""
+    """Whether a directory is a run's: it holds the run's config and its lock,
+    metrics or checkpoints."""
     marks = (
         (path / LOCK_FILE).is_file()
         or (path / METRICS_FILE).is_file()
@@ -206,8 +219,8 @@ IDLE_STEPS = 5
 
 @dataclass(frozen=True)
 class Stall:
-    """Steps in a row of a run that trained no token (metrics' tokens/trained 0: every sample's advantage 0, or
-    filtered out by train.filter_tau)."""
+    """Steps in a row of a run that trained no token (metrics' tokens/trained 0: every sample's
+    advantage 0, or filtered out by train.filter_tau)."""
 
     first: int
     last: int
@@ -219,15 +232,17 @@ class Stall:
         steps = f"steps {self.first}-{self.last} trained no token"
         if not self.rewarded:
             return (
-                f"{steps}: every sample's reward was 0, so the run learns nothing. Likely causes: the model does "
-                "not answer in task.template's format (boxed: \\boxed{...}, think: <answer>...</answer>, plain: "
-                "an 'Answer:' line), the reward (task.format_required, task.format_reward), or the data's answer "
-                "field (task.fields)"
+                f"{steps}: every sample's reward was 0, so the run learns nothing. Likely causes: "
+                "the model does not answer in task.template's format (boxed: \\boxed{...}, think: "
+                "<answer>...</answer>, plain: an 'Answer:' line), the reward "
+                "(task.format_required, task.format_reward), or the data's "
+                "answer field (task.fields)"
             )
         return (
-            f"{steps}: each prompt's samples earned equal rewards (all right or all wrong) or were filtered "
-            "(train.filter_tau), so the run learns nothing. Likely causes: levels too easy or too hard for the "
-            "model (curriculum.levels), too few samples per prompt (rollout.n)"
+            f"{steps}: each prompt's samples earned equal rewards (all right or all wrong) or were "
+            "filtered (train.filter_tau), so the run learns nothing. Likely causes: levels too "
+            "easy or too hard for the model (curriculum.levels), too few samples "
+            "per prompt (rollout.n)"
         )
 
 
@@ -248,8 +263,8 @@ def stalls(records: list[dict[str, Any]]) -> list[Stall]:
 
 
 def stall_begun(records: list[dict[str, Any]]) -> Stall | None:
-    """The stall whose IDLE_STEPS-th step is the last record, if any: a run says each stall once, when it begins.
-    Only the last IDLE_STEPS + 1 records matter."""
+    """The stall whose IDLE_STEPS-th step is the last record, if any: a run says each stall once,
+    when it begins. Only the last IDLE_STEPS + 1 records matter."""
     recent = stalls(records[-IDLE_STEPS - 1 :])
     if (
         recent
@@ -273,8 +288,9 @@ class RunDir:
         self.checkpoints_path = self.path / "checkpoints"
 
     def check_new(self) -> None:
-        """A new run goes into a new or empty directory: a file, a run (that needs --resume) or a directory
-        with other files in it is refused, so that nothing of the user's is overwritten."""
+        """A new run goes into a new or empty directory: a file, a run (that needs --resume) or a
+        directory with other files in it is refused, so that nothing of the
+        user's is overwritten."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file; give a new or empty directory")
         if self.config_path.exists():
@@ -289,8 +305,9 @@ class RunDir:
         )
         if others:
             raise UserError(
-                f"--out {self.path} is not empty ({', '.join(others[:3])}{', ...' if others[3:] else ''})"
-                "; give a new or empty directory, so that nothing in it is overwritten"
+                f"--out {self.path} is not empty "
+                f"({', '.join(others[:3])}{', ...' if others[3:] else ''}); give a new or empty "
+                "directory, so that nothing in it is overwritten"
             )
 
     def write_config(self, cfg: BaseModel) -> None:
@@ -308,8 +325,8 @@ class RunDir:
         return read_yaml_text(self.config_text()) or {}
 
     def config_data(self) -> dict[str, Any]:
-        """The run's config as it is now: config.yaml with the changes of every resume applied (a dotted key names
-        its place: train.steps, rollout.vllm.max_num_seqs)."""
+        """The run's config as it is now: config.yaml with the changes of every resume applied (a
+        dotted key names its place: train.steps, rollout.vllm.max_num_seqs)."""
         data = self.begun_with()
         for resume in self.resumes():
             for key, change in resume["changes"].items():
@@ -323,7 +340,8 @@ class RunDir:
     def record_resume(
         self, step: int, changed: dict[str, tuple[Any, Any]], schedules: str | None = None
     ) -> None:
-        """A line of resumes.jsonl; `schedules` says what a change of train.steps does to the schedules."""
+        """A line of resumes.jsonl; `schedules` says what a change of train.steps
+        does to the schedules."""
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "step": step,
@@ -337,9 +355,9 @@ class RunDir:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run for this process: a second process is refused in one line naming the holder. The lock
-        is an flock on .lock, which the system releases when its process ends, however it ends: a lock left by
-        a killed process is simply taken over."""
+        """Hold the run for this process: a second process is refused in one line naming the holder.
+        The lock is an flock on .lock, which the system releases when its process ends, however it
+        ends: a lock left by a killed process is simply taken over."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -360,7 +378,8 @@ class RunDir:
 
     @contextmanager
     def disk_errors(self) -> Iterator[None]:
-        """A full, read-only or forbidden disk under the run ends in one line with the command that resumes."""
+        """A full, read-only or forbidden disk under the run ends in one line with the
+        command that resumes."""
         try:
             yield
         except (OSError, RuntimeError) as err:
@@ -380,7 +399,8 @@ class RunDir:
             ) from None
 
     def metrics(self) -> list[dict[str, Any]]:
-        """The logged steps; a torn last line (the process was killed while writing it) is left out."""
+        """The logged steps; a torn last line (the process was killed while
+        writing it) is left out."""
         return read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
 
     def evals(self) -> dict[str, Any]:
@@ -390,8 +410,8 @@ class RunDir:
         """trees.jsonl, which must exist."""
         if not self.trees_path.is_file():
             raise UserError(
-                f"{self.trees_path} does not exist: train with output.save_trees=N to save trees, or "
-                "sample one with treerl tree --model PATH --problem ID"
+                f"{self.trees_path} does not exist: train with output.save_trees=N to save trees, "
+                "or sample one with treerl tree --model PATH --problem ID"
             )
         return self.trees_path
 
@@ -425,7 +445,8 @@ class RunDir:
             write_jsonl(self.metrics_path, [m for m in self.metrics() if m["step"] <= step])
         write_json(self.eval_path, {k: v for k, v in self.evals().items() if int(k) <= step})
         if self.trees_path.is_file():
-            # a record that is not a tree of a numbered step (the viewer skips those) is kept as it is
+            # a record that is not a tree of a numbered step (the viewer skips
+            # those) is kept as it is
             write_jsonl(
                 self.trees_path,
                 [
@@ -438,7 +459,8 @@ class RunDir:
             )
 
     def checkpoints(self) -> list[Path]:
-        """The complete checkpoints, oldest first (a temporary folder of an interrupted save is never one)."""
+        """The complete checkpoints, oldest first (a temporary folder of an
+        interrupted save is never one)."""
         return sorted(
             (
                 p
@@ -454,8 +476,9 @@ class RunDir:
         return found[-1] if found else None
 
     def intact_checkpoint(self, warn: Callable[[str], None]) -> Path | None:
-        """The newest checkpoint whose files match its manifest. A damaged newer one is renamed step_N.damaged
-        (never deleted; the run may write step_N again) and reported in one line through `warn`."""
+        """The newest checkpoint whose files match its manifest. A damaged newer one is renamed
+        step_N.damaged (never deleted; the run may write step_N again) and reported in one
+        line through `warn`."""
         for checkpoint in reversed(self.checkpoints()):
             why = damage(checkpoint)
             if why is None:
@@ -476,8 +499,9 @@ class RunDir:
         trainer_state: dict[str, Any],
         keep: int = 0,
     ) -> Path:
-        """Write model_state as the HF model's weights, and the trainer state, into a temporary folder, then rename
-        it: a crash never leaves a half-written step_N. With keep > 0, only the newest `keep` checkpoints stay."""
+        """Write model_state as the HF model's weights, and the trainer state, into a temporary
+        folder, then rename it: a crash never leaves a half-written step_N. With keep > 0, only the
+        newest `keep` checkpoints stay."""
         final, tmp = (
             self.checkpoints_path / f"step_{step}",
             self.checkpoints_path / f".step_{step}.tmp",
@@ -487,7 +511,8 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            # a LoRA run saves its adapters alone (treerl never changes the vocabulary, so no embedding layers)
+            # a LoRA run saves its adapters alone (treerl never changes the vocabulary, so
+            # no embedding layers)
             adapters = {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
             model.save_pretrained(tmp, state_dict=model_state, **adapters)
             tokenizer.save_pretrained(tmp)

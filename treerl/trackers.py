@@ -1,5 +1,6 @@
-"""Experiment trackers: the step metrics and evaluations also go to TensorBoard (output.tensorboard) and to
-Weights & Biases (output.wandb), each through its own library, installed as an optional extra."""
+"""Experiment trackers: the step metrics and evaluations also go to TensorBoard (output.tensorboard)
+and to Weights & Biases (output.wandb), each through its own library, installed
+as an optional extra."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class Trackers:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise UserError(
-                    "output.tensorboard needs the tensorboard package: pip install 'treerl[trackers]'"
+                    "output.tensorboard needs the tensorboard package: pip "
+                    "install 'treerl[trackers]'"
                 ) from None
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if output.wandb:

@@ -1,7 +1,8 @@
-"""A tree record, the run directory's format of one graded reasoning tree: a line of trees.jsonl (written during
-training with output.save_trees) and what a tree page draws. Built from a tree as plain data; read back typed,
-a record that is not one skipped with a warning. The ground layer: it knows a tree and a problem by the fields
-it reads (the protocols below), and takes the r-score's picks from its caller."""
+"""A tree record, the run directory's format of one graded reasoning tree: a line of trees.jsonl
+(written during training with output.save_trees) and what a tree page draws. Built from a tree as
+plain data; read back typed, a record that is not one skipped with a warning. The ground layer: it
+knows a tree and a problem by the fields it reads (the protocols below), and takes the r-score's
+picks from its caller."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def tree_record(
     advantages: dict[Path, float] | None = None,
     weight: float | None = None,
 ) -> dict[str, Any]:
-    """A graded tree as plain data: nested nodes with their decoded text, token count and (where the estimator
-    trained on it) advantage, the pruned groups, the r-score's greedy picks (r_score = the sum of their gains)
-    and the query's loss weight."""
+    """A graded tree as plain data: nested nodes with their decoded text, token count and (where the
+    estimator trained on it) advantage, the pruned groups, the r-score's greedy picks (r_score = the
+    sum of their gains) and the query's loss weight."""
     trained = advantages or {}
 
     def node_record(node: GradedNode, path: Path) -> dict[str, Any]:
@@ -105,7 +106,8 @@ def tree_record(
 
 
 class NodeRecord(BaseModel):
-    """A node as a record holds it: every value typed, so that nothing but text reaches the page as a string."""
+    """A node as a record holds it: every value typed, so that nothing but text reaches
+    the page as a string."""
 
     model_config = ConfigDict(coerce_numbers_to_str=True)
     text: str
@@ -135,8 +137,9 @@ class TreeRecord(BaseModel):
 
 
 MAX_DEPTH = 100
-"""The most levels below its root that a tree record may have: far more than any tree.depth trains with, and
-fewer than the nesting where Python's recursion (about 1,000 frames) or pydantic's (255 levels) give up."""
+"""The most levels below its root that a tree record may have: far more than any tree.depth trains
+with, and fewer than the nesting where Python's recursion (about 1,000 frames) or pydantic's
+(255 levels) give up."""
 JSON_KINDS = {
     list: "an array",
     str: "a string",
@@ -149,8 +152,8 @@ JSON_KINDS = {
 
 
 def deeper_than(root: Any, levels: int) -> bool:
-    """Whether a node tree read from JSON (possibly malformed: a non-node counts as a leaf) has a node more than
-    `levels` levels below its root; walked with a stack, so any depth is safe."""
+    """Whether a node tree read from JSON (possibly malformed: a non-node counts as a leaf) has a
+    node more than `levels` levels below its root; walked with a stack, so any depth is safe."""
     stack = [(root, 0)]
     while stack:
         node, depth = stack.pop()
@@ -163,8 +166,8 @@ def deeper_than(root: Any, levels: int) -> bool:
 
 
 def typed(record: Any) -> TreeRecord:
-    """The record typed: a JSON object whose tree is at most MAX_DEPTH levels deep and whose numbers are numbers,
-    so that nothing but text reaches the page as a string."""
+    """The record typed: a JSON object whose tree is at most MAX_DEPTH levels deep and whose numbers
+    are numbers, so that nothing but text reaches the page as a string."""
     if not isinstance(record, dict):
         raise UserError(f"not a tree record: {JSON_KINDS.get(type(record), 'not a JSON object')}")
     if deeper_than(record.get("root"), MAX_DEPTH):
@@ -179,8 +182,8 @@ def typed(record: Any) -> TreeRecord:
 
 
 def saved_trees(run: RunDir) -> list[dict[str, Any]]:
-    """The records of a run's trees.jsonl that are trees, typed (as plain data, for pick_trees); the others are
-    skipped, with one warning that counts them and names the first by file and line."""
+    """The records of a run's trees.jsonl that are trees, typed (as plain data, for pick_trees); the
+    others are skipped, with one warning that counts them and names the first by file and line."""
     lines = run.tree_lines()
     kept, skipped = [], []
     for number, value in lines:
@@ -190,6 +193,7 @@ def saved_trees(run: RunDir) -> list[dict[str, Any]]:
             skipped.append(f"{run.trees_path}:{number}: {err}")
     if skipped:
         warn(
-            f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; the first: {skipped[0]}"
+            f"skipped {len(skipped)} of the {len(lines)} saved records that are not trees; "
+            f"the first: {skipped[0]}"
         )
     return kept

@@ -1,7 +1,8 @@
-"""The reasoning-tree viewer: tree records (treerl.tree_records: saved in training, or sampled now) as one HTML
-page (`treerl tree`, the report's trees.html): each tree drawn by depth in SVG (nodes coloured by value, leaves
-marked, TreeRPO's pruned sibling groups faded, the r-score's greedy picks ringed, a click showing a node's text
-under its path's), then every node's text in collapsible branches."""
+"""The reasoning-tree viewer: tree records (treerl.tree_records: saved in training, or sampled now)
+as one HTML page (`treerl tree`, the report's trees.html): each tree drawn by depth in SVG (nodes
+coloured by value, leaves marked, TreeRPO's pruned sibling groups faded, the r-score's greedy picks
+ringed, a click showing a node's text under its path's), then every node's text in
+collapsible branches."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from treerl.errors import UserError
 from treerl.tree_records import NodeRecord, TreeRecord, typed
 
 MAX_PAGE_NODES = 30_000
-"""A page of saved trees holds the newest trees up to this many nodes in all (the tiny model's: about 8 MB);
---step picks others."""
+"""A page of saved trees holds the newest trees up to this many nodes in all (the tiny model's:
+about 8 MB); --step picks others."""
 
 
 def saved_steps(trees: list[dict[str, Any]]) -> str:
@@ -33,9 +34,9 @@ def pick_trees(
     problem: str | None,
     max_nodes: int = MAX_PAGE_NODES,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The saved trees (typed records: tree_records.saved_trees) that match the step and the problem id (either may be
-    None: any), the newest that fit in max_nodes nodes (at least one), in the order they were saved; and how
-    many matching trees were left out."""
+    """The saved trees (typed records: tree_records.saved_trees) that match the step and the problem
+    id (either may be None: any), the newest that fit in max_nodes nodes (at least one), in the
+    order they were saved; and how many matching trees were left out."""
     matches = [
         t
         for t in trees
@@ -43,7 +44,8 @@ def pick_trees(
     ]
     if not matches:
         raise UserError(
-            f"no saved tree for step {step} and problem {problem}; saved steps: {saved_steps(trees)}"
+            f"no saved tree for step {step} and problem {problem}; saved steps: "
+            f"{saved_steps(trees)}"
             if trees
             else "no tree saved in the file"
         )
@@ -108,8 +110,8 @@ def walk(root: NodeRecord) -> Iterator[tuple[tuple[int, ...], NodeRecord]]:
 
 
 def layout(root: NodeRecord) -> dict[tuple[int, ...], tuple[float, int]]:
-    """Each node's place in the drawing, (x, depth) by its path: the leaves at x = 0, 1, 2, ... from left to
-    right, an inner node midway between its first and last child."""
+    """Each node's place in the drawing, (x, depth) by its path: the leaves at x = 0, 1, 2, ... from
+    left to right, an inner node midway between its first and last child."""
     places: dict[tuple[int, ...], tuple[float, int]] = {}
     leaves = 0
 
@@ -136,9 +138,9 @@ X_STEP, Y_STEP, RADIUS = 26, 64, 9
 
 
 def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
-    """The tree drawn by depth: a circle per node coloured by its value (a thick gold ring: the r-score's pick,
-    faded: a sibling group TreeRPO pruned), its advantage beside each node trained on, a mark under each leaf,
-    a line to each child; `data-path` ties a circle to its text."""
+    """The tree drawn by depth: a circle per node coloured by its value (a thick gold ring: the
+    r-score's pick, faded: a sibling group TreeRPO pruned), its advantage beside each node trained
+    on, a mark under each leaf, a line to each child; `data-path` ties a circle to its text."""
     nodes = dict(walk(tree.root))
     places = layout(tree.root)
 
@@ -160,7 +162,8 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
         marks = ""
         if not node.children:
             marks = (
-                f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' class='{'right' if node.correct else 'wrong'}'>"
+                f"<text x='{x:.1f}' y='{y + 2.4 * RADIUS:.1f}' "
+                f"class='{'right' if node.correct else 'wrong'}'>"
                 f"{'&#10003;' if node.correct else '&#10007;'}</text>"
             )
         if node.advantage is not None:
@@ -173,7 +176,8 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
             f"<g class='{' '.join(classes)}' data-path='{name}' data-value='{node.value:.4f}' "
             f"data-advantage='{signed(node.advantage)}' data-tokens='{node.tokens or ''}' "
             "onclick='show(this)'>"
-            f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' fill='{value_colour(node.value)}'/>{marks}"
+            f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{RADIUS}' "
+            f"fill='{value_colour(node.value)}'/>{marks}"
             f"<title>{name}: v={node.value:.2f}"
             + (f", A={signed(node.advantage)}" if node.advantage is not None else "")
             + "</title></g>"
@@ -181,15 +185,16 @@ def _svg(tree: TreeRecord, picked: dict[tuple[int, ...], int]) -> str:
     width = X_STEP * max(x for x, _ in places.values()) + 4 * RADIUS
     height = Y_STEP * max(depth for _, depth in places.values()) + 5 * RADIUS
     return (
-        f"<svg class='drawing' width='{width:.0f}' height='{height:.0f}' viewBox='0 0 {width:.0f} {height:.0f}' "
+        f"<svg class='drawing' width='{width:.0f}' height='{height:.0f}' "
+        f"viewBox='0 0 {width:.0f} {height:.0f}' "
         f"data-width='{width:.0f}' data-height='{height:.0f}' role='img'>"
         f"<g class='edges'>{''.join(edges)}</g>{''.join(circles)}</svg>"
     )
 
 
 def _texts(tree: TreeRecord) -> str:
-    """Every node's text by path, and the prompt, as JSON inside a script element: '<' is written as \\u003c, so
-    no text can close the element."""
+    """Every node's text by path, and the prompt, as JSON inside a script element: '<' is written as
+    \\u003c, so no text can close the element."""
     texts = {"prompt": tree.prompt} | {
         ".".join(map(str, path)) or "root": node.text for path, node in walk(tree.root)
     }
@@ -200,9 +205,12 @@ STYLE = """body{font-family:sans-serif;margin:1.5em}
 nav{position:sticky;top:0;background:#fff;padding:0.4em 0;border-bottom:1px solid #ddd;z-index:1}
 nav input{width:14em}#missing{color:#c33}
 .scroll{overflow:auto;max-width:100%}
-.drawing line{stroke:#999;stroke-width:1.2}.drawing g.n{cursor:pointer}.drawing g.pruned{opacity:0.3}
-.drawing g.picked circle{stroke:#e6a800;stroke-width:3.5}.drawing text{text-anchor:middle;font-size:11px}
-.drawing text.right{fill:#2a2}.drawing text.wrong{fill:#c33}.drawing text.adv{font-size:9px;fill:#335}
+.drawing line{stroke:#999;stroke-width:1.2}.drawing g.n{cursor:pointer}\
+.drawing g.pruned{opacity:0.3}
+.drawing g.picked circle{stroke:#e6a800;stroke-width:3.5}\
+.drawing text{text-anchor:middle;font-size:11px}
+.drawing text.right{fill:#2a2}.drawing text.wrong{fill:#c33}\
+.drawing text.adv{font-size:9px;fill:#335}
 .drawing g.chosen circle{stroke:#000;stroke-width:2.5}
 .detail pre.context{color:#777}#legend span{padding:0 0.5em;color:#fff}
 .node{border-left:3px solid #bbb;margin:0.3em 0 0.3em 1.2em;padding-left:0.5em}
@@ -227,7 +235,8 @@ function show(g) {
   const head = document.createElement('p'); panel.appendChild(head);
   head.textContent = 'node ' + path + ', value ' + g.dataset.value
     + (g.dataset.advantage ? ', advantage ' + g.dataset.advantage : ', not trained on')
-    + (g.dataset.tokens ? ', ' + g.dataset.tokens + ' tokens' : '') + ', ' + texts[path].length + ' characters';
+    + (g.dataset.tokens ? ', ' + g.dataset.tokens + ' tokens' : '')\
+ + ', ' + texts[path].length + ' characters';
   add(texts.prompt, 'context'); add(texts.root, 'context');
   for (let i = 1; i < parts.length; i++) add(texts[parts.slice(0, i).join('.')], 'context');
   if (path !== 'root') add(texts[path], 'node');
@@ -266,21 +275,25 @@ function zoom(f) {
     svg.setAttribute('width', Math.round(svg.dataset.width * scale));
     svg.setAttribute('height', Math.round(svg.dataset.height * scale)); });
 }
-function openAll(open) { document.querySelectorAll('section.tree details').forEach(d => { d.open = open; }); }
+function openAll(open) {\
+ document.querySelectorAll('section.tree details').forEach(d => { d.open = open; }); }
 window.addEventListener('hashchange', fromHash);
 document.addEventListener('DOMContentLoaded', fromHash);"""
 
 
 def _section(tree: TreeRecord) -> str:
-    """One tree: its header, the drawing with its text panel, and every node's text in collapsible branches."""
+    """One tree: its header, the drawing with its text panel, and every node's text in
+    collapsible branches."""
     picked = {tuple(path): child for path, child, _ in tree.picks}
     leaves = [node.correct for _, node in walk(tree.root) if not node.children]
     step = f"step {tree.step}" if tree.step is not None else "sampled now"
     weight = f", loss weight {tree.weight:.2f}" if tree.weight is not None else ""
     return (
         f"<section class='tree' data-step='{'' if tree.step is None else tree.step}' "
-        f"data-id='{html.escape(tree.id)}' hidden><h2>{step}: problem <code>{html.escape(tree.id)}</code> "
-        f"(level {html.escape(tree.level)})</h2><p>{sum(map(bool, leaves))} of {len(leaves)} leaves correct, "
+        f"data-id='{html.escape(tree.id)}' hidden>"
+        f"<h2>{step}: problem <code>{html.escape(tree.id)}</code> "
+        f"(level {html.escape(tree.level)})</h2>"
+        f"<p>{sum(map(bool, leaves))} of {len(leaves)} leaves correct, "
         f"r-score {tree.r_score:.3f}{weight}; sibling groups whose values differ by less than "
         f"{tree.prune_tau:g} are pruned by TreeRPO.</p><pre>{html.escape(tree.prompt)}</pre>"
         f"<div class='scroll'>{_svg(tree, picked)}</div><div class='detail'></div>"
@@ -291,10 +304,10 @@ def _section(tree: TreeRecord) -> str:
 
 
 def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
-    """One self-contained page of trees (inline style and script, nothing fetched), one shown at a time: pages
-    turned with buttons, a step chosen from a list, a problem found by its id, the shown tree named in the URL
-    fragment (#step=S&problem=ID) so that a view can be shared. Records are typed first and every string is
-    escaped, so a hostile record shows as text and runs nothing."""
+    """One self-contained page of trees (inline style and script, nothing fetched), one shown at a
+    time: pages turned with buttons, a step chosen from a list, a problem found by its id, the shown
+    tree named in the URL fragment (#step=S&problem=ID) so that a view can be shared. Records are
+    typed first and every string is escaped, so a hostile record shows as text and runs nothing."""
     trees = [typed(record) for record in records]
     steps = list(dict.fromkeys("" if t.step is None else str(t.step) for t in trees))
     options = "".join(f"<option value='{s}'>{s or 'sampled'}</option>" for s in steps)
@@ -306,11 +319,14 @@ def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
     )
     nav = (
         f"<nav><button onclick='turn(-1)'>&larr; previous</button> <span id='position'></span> "
-        f"<button onclick='turn(1)'>next &rarr;</button> step <select id='step' onchange='byStep(this.value)'>"
-        f"{options}</select> problem <input id='search' list='ids' placeholder='problem id (or its start)' "
+        "<button onclick='turn(1)'>next &rarr;</button> "
+        f"step <select id='step' onchange='byStep(this.value)'>{options}</select> "
+        "problem <input id='search' list='ids' placeholder='problem id (or its start)' "
         f"onchange='search(this.value)'><datalist id='ids'>{ids}</datalist> "
-        "<button onclick='zoom(1.25)'>zoom in</button> <button onclick='zoom(0.8)'>zoom out</button> "
-        "<button onclick='zoom(0)'>reset</button> <button onclick='openAll(true)'>expand all</button> "
+        "<button onclick='zoom(1.25)'>zoom in</button> "
+        "<button onclick='zoom(0.8)'>zoom out</button> "
+        "<button onclick='zoom(0)'>reset</button> "
+        "<button onclick='openAll(true)'>expand all</button> "
         "<button onclick='openAll(false)'>collapse all</button> <span id='missing'></span></nav>"
     )
     legend = (
@@ -319,9 +335,9 @@ def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
         + value_colour(0.5)
         + "'>0.5</span><span style='background:"
         + value_colour(1.0)
-        + "'>1</span>; numbers above nodes: the advantage each node was trained with; a gold ring: the "
-        "r-score's pick; faded: a pruned sibling group; click a node for its text, with its path's above "
-        f"it.{older}</p>"
+        + "'>1</span>; numbers above nodes: the advantage each node was trained with; a gold ring: "
+        "the r-score's pick; faded: a pruned sibling group; click a node for its text, with its "
+        f"path's above it.{older}</p>"
     )
     title = (
         f"{len(trees)} reasoning trees"

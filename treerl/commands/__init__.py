@@ -1,5 +1,5 @@
-"""The commands of the `treerl` CLI, one module each, thin entry points above the library: each reads its
-arguments and config, calls the library and prints; `treerl.cli` parses and dispatches."""
+"""The commands of the `treerl` CLI, one module each, thin entry points above the library: each
+reads its arguments and config, calls the library and prints; `treerl.cli` parses and dispatches."""
 
 # every registry, so that loading a config checks each name it gives (treerl.registry.check_names)
 from treerl import algo, tasks  # noqa: E402, F401

@@ -1,5 +1,5 @@
-"""`treerl eval`: a model's accuracy per level (greedy), avg@k and pass@k on a task's held-out problems or on a
-benchmark (a named one, or a user's JSONL / parquet file with the same fields)."""
+"""`treerl eval`: a model's accuracy per level (greedy), avg@k and pass@k on a task's held-out
+problems or on a benchmark (a named one, or a user's JSONL / parquet file with the same fields)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from treerl.tasks import check_levels, make_task
 from treerl.tasks.loaders import BENCHMARKS, DATA_SUFFIXES
 
 BENCHMARK_TASKS = ("math", "gsm8k")
-"""The tasks a user's benchmark file may be graded as (task.name; math unless the config says gsm8k)."""
+"""The tasks a user's benchmark file may be graded as (task.name; math unless
+the config says gsm8k)."""
 
 
 def benchmark_overrides(benchmark: str, task_name: str) -> list[str]:
-    """The config overrides that evaluate a named benchmark, or a user's file, on all of its problems."""
+    """The config overrides that evaluate a named benchmark, or a user's file, on
+    all of its problems."""
     if benchmark in BENCHMARKS:
         task_name = BENCHMARKS[benchmark].task
     elif Path(benchmark).suffix in DATA_SUFFIXES:
@@ -31,9 +33,9 @@ def benchmark_overrides(benchmark: str, task_name: str) -> list[str]:
         task_name = task_name if task_name in BENCHMARK_TASKS else "math"
     else:
         raise UserError(
-            f"--benchmark {benchmark}: not a benchmark; choose from {', '.join(BENCHMARKS)}, or give a "
-            f"{' / '.join(DATA_SUFFIXES)} file with the fields problem and answer (rename them with "
-            "task.fields)"
+            f"--benchmark {benchmark}: not a benchmark; choose from {', '.join(BENCHMARKS)}, or "
+            f"give a {' / '.join(DATA_SUFFIXES)} file with the fields problem and answer (rename "
+            "them with task.fields)"
         )
     return [
         f"task.name={task_name}",

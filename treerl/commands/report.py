@@ -1,4 +1,5 @@
-"""`treerl report` and `treerl compare`: a run's report page, and several runs overlaid on one page."""
+"""`treerl report` and `treerl compare`: a run's report page, and several runs
+overlaid on one page."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""`treerl score`: sample Re-Schedule's tree for every query of the training pools, write each query's r-score,
-leaf accuracy and rank as JSONL (for reschedule.scores_file), and print their means per level.
+"""`treerl score`: sample Re-Schedule's tree for every query of the training pools, write each
+query's r-score, leaf accuracy and rank as JSONL (for reschedule.scores_file), and print
+their means per level.
 
-The destination is checked before any work: never a run directory or a file in one, never a directory, and an
-existing file only with --overwrite. Scores are kept as they are made, in OUT.partial: its first line holds the
-settings they are made with, then one line per batch holds the batch's rows and the sampling generator's state
-after it. A failed or interrupted scoring keeps that file, and `--resume` scores only the queries after it, from
-the saved generator state, so that OUT equals an uninterrupted scoring's. When every query is scored, OUT is
-written whole with the ranks (atomically: an --overwrite'n file stays until then) and OUT.partial is removed."""
+The destination is checked before any work: never a run directory or a file in one, never a
+directory, and an existing file only with --overwrite. Scores are kept as they are made, in
+OUT.partial: its first line holds the settings they are made with, then one line per batch holds the
+batch's rows and the sampling generator's state after it. A failed or interrupted scoring keeps that
+file, and `--resume` scores only the queries after it, from the saved generator state, so that OUT
+equals an uninterrupted scoring's. When every query is scored, OUT is written whole with the ranks
+(atomically: an --overwrite'n file stays until then) and OUT.partial is removed."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ SETTINGS = (
     "curriculum.pool_size",
     "rscore.",
 )
-"""The config keys (a prefix ending in '.' covers its section) that the scores depend on: a resume keeps them."""
+"""The config keys (a prefix ending in '.' covers its section) that the scores depend on:
+a resume keeps them."""
 RESUME_HINT = "make room, then continue with `treerl score --resume` and the same arguments"
 
 
@@ -52,14 +55,14 @@ def partial_path(out: Path) -> Path:
 
 
 def check_out(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse, before any work, an --out that would replace something or cannot be written: a path in a run
-    directory, a directory, an existing file (without --overwrite), the file of an interrupted scoring (without
-    --resume or --overwrite); --resume needs that file."""
+    """Refuse, before any work, an --out that would replace something or cannot be written: a path
+    in a run directory, a directory, an existing file (without --overwrite), the file of an
+    interrupted scoring (without --resume or --overwrite); --resume needs that file."""
     run = enclosing_run(out.resolve())
     if run:
         raise UserError(
-            f"--out {out} is in the run directory {run}, whose files belong to its run; write the scores "
-            f"outside it, e.g. --out {run.parent / (run.name + '-scores.jsonl')}"
+            f"--out {out} is in the run directory {run}, whose files belong to its run; write the "
+            f"scores outside it, e.g. --out {run.parent / (run.name + '-scores.jsonl')}"
         )
     if out.is_dir():
         raise UserError(
@@ -69,13 +72,13 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
     if resume and not partial.is_file():
         done = f"{out} is complete and " if out.is_file() else ""
         raise UserError(
-            f"--resume: {done}{partial} does not exist, so no scoring is left to continue; drop --resume "
-            "to score anew (with --overwrite to replace the file)"
+            f"--resume: {done}{partial} does not exist, so no scoring is left to continue; drop "
+            "--resume to score anew (with --overwrite to replace the file)"
         )
     if not (resume or overwrite) and partial.is_file():
         raise UserError(
-            f"{partial} holds an interrupted scoring for --out {out}: continue it with --resume, or "
-            "score anew with --overwrite"
+            f"{partial} holds an interrupted scoring for --out {out}: continue it with --resume, "
+            "or score anew with --overwrite"
         )
     if not (resume or overwrite) and out.exists():
         raise UserError(f"--out {out} exists; give --overwrite to replace it, or another --out")
@@ -83,7 +86,8 @@ def check_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 @contextmanager
 def writing(path: Path, kept: str) -> Iterator[None]:
-    """An OSError while writing `path` (a full disk, no permission) as one line that names it and what is kept."""
+    """An OSError while writing `path` (a full disk, no permission) as one line that names
+    it and what is kept."""
     try:
         yield
     except OSError as err:
@@ -91,7 +95,8 @@ def writing(path: Path, kept: str) -> Iterator[None]:
 
 
 def settings(cfg: Config, limit: int) -> dict[str, Any]:
-    """The settings scores are made with (as JSON gives them back): SETTINGS of the config, and --limit."""
+    """The settings scores are made with (as JSON gives them back): SETTINGS of the
+    config, and --limit."""
     chosen = {
         key: value for key, value in flat(cfg.model_dump()).items() if key.startswith(SETTINGS)
     }
@@ -103,15 +108,16 @@ def generator_state(generator: torch.Generator) -> str:
 
 
 def start_partial(partial: Path, made_with: dict[str, Any]) -> None:
-    """A new OUT.partial holding the settings alone; written before the model loads, so an --out that cannot be
-    written fails at once."""
+    """A new OUT.partial holding the settings alone; written before the model loads, so an --out
+    that cannot be written fails at once."""
     with writing(partial, "nothing was scored"):
         partial.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(partial, [{"settings": made_with}])
 
 
 def read_partial(partial: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The settings line and the batch lines of OUT.partial (a torn last line, cut by a kill, is left out)."""
+    """The settings line and the batch lines of OUT.partial (a torn last line, cut by
+    a kill, is left out)."""
     records = read_jsonl(partial)
     batches = records[1:]
     if not (
@@ -127,7 +133,8 @@ def read_partial(partial: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         )
     ):
         raise UserError(
-            f"--resume: {partial} is not the file of an interrupted scoring; score anew with --overwrite"
+            f"--resume: {partial} is not the file of an interrupted scoring; score "
+            "anew with --overwrite"
         )
     return records[0]["settings"], batches
 
@@ -135,8 +142,9 @@ def read_partial(partial: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def resume_partial(
     partial: Path, made_with: dict[str, Any], problems: list[Problem]
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The rows an interrupted scoring kept and the generator state after them, once the settings and the queries
-    are checked to be this scoring's. OUT.partial is rewritten without a torn last line, so appends stay whole."""
+    """The rows an interrupted scoring kept and the generator state after them, once the settings
+    and the queries are checked to be this scoring's. OUT.partial is rewritten without a torn last
+    line, so appends stay whole."""
     saved, batches = read_partial(partial)
     differ = sorted(
         key for key in saved.keys() | made_with.keys() if saved.get(key) != made_with.get(key)
@@ -144,9 +152,9 @@ def resume_partial(
     if differ:
         more = f" ({len(differ) - 1} more keys differ)" if differ[1:] else ""
         raise UserError(
-            f"--resume: {partial} was scored with {differ[0]}={json.dumps(saved.get(differ[0]))}, not "
-            f"{json.dumps(made_with.get(differ[0]))}{more}; resume with the same settings, or score anew "
-            "with --overwrite"
+            f"--resume: {partial} was scored with {differ[0]}={json.dumps(saved.get(differ[0]))}, "
+            f"not {json.dumps(made_with.get(differ[0]))}{more}; resume with the same settings, or "
+            "score anew with --overwrite"
         )
     rows = [row for batch in batches for row in batch["rows"]]
     if [row.get("id") for row in rows] != [problem.id for problem in problems[: len(rows)]]:
@@ -162,8 +170,8 @@ def resume_partial(
 def score_rest(
     cfg: Config, task: Task, problems: list[Problem], partial: Path, state: str | None, done: int
 ) -> list[dict[str, Any]]:
-    """Score `problems` (the queries after the first `done`), from generator `state` (None: the seed's), each
-    batch appended to OUT.partial with the generator's state after it."""
+    """Score `problems` (the queries after the first `done`), from generator `state` (None: the
+    seed's), each batch appended to OUT.partial with the generator's state after it."""
     device = resolve_device(cfg.model.device)
     model, tokenizer = load_policy(
         cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code
@@ -185,7 +193,8 @@ def score_rest(
 def score_pool(
     cfg: Config, out: Path, limit: int = 0, overwrite: bool = False, resume: bool = False
 ) -> list[dict[str, Any]]:
-    """Score every query of the training pools of curriculum.levels (the first `limit` if > 0); write JSONL."""
+    """Score every query of the training pools of curriculum.levels (the first `limit`
+    if > 0); write JSONL."""
     check_out(out, overwrite, resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -193,8 +202,8 @@ def score_pool(
     task, sampler = task_and_sampler(cfg)
     if any(pool is None for pool in sampler.pools.values()):
         raise UserError(
-            f"task '{task.name}' generates problems without end: set curriculum.pool_size=N to score "
-            "(and train on) a fixed pool of N problems per level"
+            f"task '{task.name}' generates problems without end: set curriculum.pool_size=N to "
+            "score (and train on) a fixed pool of N problems per level"
         )
     problems = sampler.problems()[: limit or None]
     check_depth(

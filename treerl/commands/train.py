@@ -1,6 +1,6 @@
-"""`treerl train`: the config (defaults <- --config <- overrides; on --resume the run's own config, with the
-changes of earlier resumes, <- overrides), the run directory, the training loop (under torchrun, in every
-process), then the report (rank 0): the loop draws no pages."""
+"""`treerl train`: the config (defaults <- --config <- overrides; on --resume the run's own config,
+with the changes of earlier resumes, <- overrides), the run directory, the training loop (under
+torchrun, in every process), then the report (rank 0): the loop draws no pages."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ def run(args: argparse.Namespace) -> None:
         resumed = RunDir(Path(args.resume))
         if not resumed.config_path.is_file():
             raise UserError(
-                f"--resume {args.resume}: no config.yaml there; give the directory of an earlier run"
+                f"--resume {args.resume}: no config.yaml there; give the "
+                "directory of an earlier run"
             )
         if args.config:
             raise UserError(
-                "--resume continues with the run's own config.yaml: drop --config and override the keys "
-                "a resume may change on the command line (for example train.steps=1000)"
+                "--resume continues with the run's own config.yaml: drop --config and override the "
+                "keys a resume may change on the command line (for example train.steps=1000)"
             )
         cfg = load_config(None, args.overrides, base=resumed.config_data())
     else:
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> None:
         train(cfg, run_dir, resume=bool(args.resume), par=par)
         if par.main:
             print(f"report: {write_report(run_dir)}")
-        par.barrier()  # every rank is done (rank 0 writes the report last) before the process group goes
+        # every rank is done (rank 0 writes the report last) before the process group goes
+        par.barrier()
     finally:
         close_parallel()
     if par.main:

@@ -1,5 +1,6 @@
-"""`treerl tree`: one reasoning tree as an HTML page, either saved in training (--run) or sampled now from a
-model for one problem, in the training tree's shape (rollout.n children, tree.depth levels of tree.step_tokens)."""
+"""`treerl tree`: one reasoning tree as an HTML page, either saved in training (--run) or sampled
+now from a model for one problem, in the training tree's shape (rollout.n children, tree.depth
+levels of tree.step_tokens)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from treerl.viewer import pick_trees, render_trees
 
 
 def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
-    """(task, problem) for an id among the training pools of curriculum.levels, every level's held-out problems
-    (eval.problems of each) and the trees a run saved (question and reference are in each record)."""
+    """(task, problem) for an id among the training pools of curriculum.levels, every level's
+    held-out problems (eval.problems of each) and the trees a run saved (question and reference
+    are in each record)."""
     task, sampler = task_and_sampler(cfg)
     candidates = sampler.problems() + [
         p for level in task.levels for p in task.eval_problems(level, cfg.eval.problems)
@@ -40,8 +42,8 @@ def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> t
             return task, problem
     where = "" if saved else f"; for an id from a run's {TREES_FILE}, add --run RUN_DIR"
     raise UserError(
-        f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and saved "
-        f"problems of task '{task.name}'{where}"
+        f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and "
+        f"saved problems of task '{task.name}'{where}"
     )
 
 
@@ -75,8 +77,8 @@ def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> None:
-    """--run alone shows the trees saved in training (those of --step and --problem when given); --model (or no
-    --run) samples one now, with the run's config if given."""
+    """--run alone shows the trees saved in training (those of --step and --problem when given);
+    --model (or no --run) samples one now, with the run's config if given."""
     run_dir = RunDir(Path(args.run)) if args.run else None
     if run_dir and not args.model:
         records, left_out = pick_trees(saved_trees(run_dir), args.step, args.problem)

@@ -1,7 +1,8 @@
 """Batches of completions with their contexts, and the per-token log-probs of completions.
 
-Each distinct context (the prompt, or a tree node's prompt + prefix) is encoded once per batch, however many
-completions continue it: with n samples per prompt the prompt tokens cost 1/n of a forward and backward pass."""
+Each distinct context (the prompt, or a tree node's prompt + prefix) is encoded once per batch,
+however many completions continue it: with n samples per prompt the prompt tokens cost 1/n of a
+forward and backward pass."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class TokenBatch:
     completion_ids: torch.Tensor
     """[B, T] right-padded."""
     completion_mask: torch.Tensor
-    """[B, T] float, 1 on completion tokens; per-token values (log-probs, losses) share this layout."""
+    """[B, T] float, 1 on completion tokens; per-token values (log-probs,
+    losses) share this layout."""
 
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(
@@ -46,8 +48,8 @@ class TokenBatch:
 def make_batch(
     context_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int = 0
 ) -> TokenBatch:
-    """Contexts deduplicated and left-padded, completions right-padded; padding is masked out, so any valid id
-    serves as pad_id."""
+    """Contexts deduplicated and left-padded, completions right-padded; padding is masked out, so
+    any valid id serves as pad_id."""
     distinct: dict[tuple[int, ...], int] = {}
     index = [distinct.setdefault(tuple(context), len(distinct)) for context in context_ids]
     contexts, context_mask = left_pad([list(context) for context in distinct], pad_id)
@@ -61,24 +63,27 @@ def make_batch(
 
 
 def scatter_completion_values(values: list[torch.Tensor], batch: TokenBatch) -> torch.Tensor:
-    """Place one value per completion token (e.g. behaviour log-probs) in the batch's layout [B, T]."""
+    """Place one value per completion token (e.g. behaviour log-probs) in the
+    batch's layout [B, T]."""
     out = torch.zeros_like(batch.completion_mask)
     out[batch.completion_mask.bool()] = torch.cat(values).to(out)
     return out
 
 
 POSTPROCESSED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-"""Config attributes of models whose forward changes the logits after the output head (Gemma's soft cap,
-Cohere's and Granite's scales): their log-probs cannot be computed from the final hidden states alone."""
+"""Config attributes of models whose forward changes the logits after the output head (Gemma's soft
+cap, Cohere's and Granite's scales): their log-probs cannot be computed from the final
+hidden states alone."""
 
 
 def completion_states(
     model: PreTrainedModel, batch: TokenBatch, hidden: bool = False, shared_contexts: bool = True
 ) -> torch.Tensor:
-    """Logits predicting each completion token [B, T, V], or with `hidden` the final hidden states [B, T, H] that
-    the output head turns into them. The contexts run once with their KV cache kept, which every completion of a
-    context then attends to (a differentiable gather, so gradients reach the context); without `shared_contexts`
-    (activation checkpointing drops caches), each completion runs with its own copy of its context in one pass."""
+    """Logits predicting each completion token [B, T, V], or with `hidden` the final hidden states
+    [B, T, H] that the output head turns into them. The contexts run once with their KV cache kept,
+    which every completion of a context then attends to (a differentiable gather, so gradients reach
+    the context); without `shared_contexts` (activation checkpointing drops caches), each completion
+    runs with its own copy of its context in one pass."""
 
     def outputs(**kwargs) -> torch.Tensor:
         if not hidden:
@@ -115,8 +120,9 @@ def completion_states(
         **{cache_argument(model): cache},
     )
     first = first[:, -1:]
-    # index_select, not tensor[index]: the backward of indexing (index_put_ with accumulate) made two runs on
-    # two CPU threads differ in the seventh digit; index_select's backward gives the same bits every time
+    # index_select, not tensor[index]: the backward of indexing (index_put_ with accumulate) made
+    # two runs on two CPU threads differ in the seventh digit; index_select's backward gives the
+    # same bits every time
     index, width = batch.context_index, batch.completion_ids.shape[1]
     first = first.index_select(0, index)
     cache = DynamicCache(
@@ -125,8 +131,8 @@ def completion_states(
             for layer in cache.layers
         ]
     )
-    # The last token predicts nothing that is trained, but one-token completions still run this second forward:
-    # under DDP every rank must make the same number of forward calls.
+    # The last token predicts nothing that is trained, but one-token completions still run this
+    # second forward: under DDP every rank must make the same number of forward calls.
     fed = max(1, width - 1)
     inputs = batch.completion_ids[:, :fed]
     mask = torch.cat([batch.context_mask[index], batch.completion_mask[:, :fed].long()], dim=1)
@@ -144,7 +150,8 @@ def completion_states(
 def token_stats(
     logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(token) [B, T] of logits / temperature at `ids`, and optionally each distribution's entropy."""
+    """log pi(token) [B, T] of logits / temperature at `ids`, and optionally each
+    distribution's entropy."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -165,11 +172,11 @@ def completion_logprobs(
     chunk: int = 0,
     shared_contexts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(token | prefix) of every completion token [B, T] for logits / temperature, and optionally the
-    entropy of each of those distributions. With `chunk` > 0, the output head runs on about `chunk` tokens at a
-    time from the final hidden states, and each chunk's logits are recomputed in the backward pass instead of
-    kept: no [tokens x vocabulary] tensor is ever whole (train.logit_chunk). `shared_contexts`: see
-    `completion_states`."""
+    """log pi(token | prefix) of every completion token [B, T] for logits / temperature, and
+    optionally the entropy of each of those distributions. With `chunk` > 0, the output head runs on
+    about `chunk` tokens at a time from the final hidden states, and each chunk's logits are
+    recomputed in the backward pass instead of kept: no [tokens x vocabulary] tensor is ever whole
+    (train.logit_chunk). `shared_contexts`: see `completion_states`."""
     if not chunk:
         return token_stats(
             completion_states(model, batch, shared_contexts=shared_contexts),
@@ -180,8 +187,8 @@ def completion_logprobs(
     module = getattr(model, "module", model)  # a DDP wrapper's model
     if any(getattr(module.config, name, None) for name in POSTPROCESSED_LOGITS):
         raise UserError(
-            f"train.logit_chunk: a {module.config.model_type} model changes its logits after the output "
-            "head, so they cannot be computed in chunks; set train.logit_chunk=0"
+            f"train.logit_chunk: a {module.config.model_type} model changes its logits after the "
+            "output head, so they cannot be computed in chunks; set train.logit_chunk=0"
         )
     head = module.get_output_embeddings()
     hidden = completion_states(model, batch, hidden=True, shared_contexts=shared_contexts)

@@ -1,6 +1,7 @@
-"""One step's rollout: draw problems from the curriculum, sample and grade a reasoning tree for each, score the
-queries, and turn every tree into training samples with the estimator's advantages and Re-Schedule's weights.
-What a step knows of a prompt is one record (PromptRollout): a new per-prompt field touches that class alone."""
+"""One step's rollout: draw problems from the curriculum, sample and grade a reasoning tree for
+each, score the queries, and turn every tree into training samples with the estimator's advantages
+and Re-Schedule's weights. What a step knows of a prompt is one record (PromptRollout): a new
+per-prompt field touches that class alone."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from treerl.train.update import trainable
 
 @dataclass
 class PromptRollout:
-    """One prompt's part of a step: its reasoning tree, the leaves' grades, and what training makes of them."""
+    """One prompt's part of a step: its reasoning tree, the leaves' grades, and what
+    training makes of them."""
 
     problem: Problem
     tree: ReasoningTree
@@ -37,17 +39,20 @@ class PromptRollout:
     advantages: dict[Path, float]
     """The estimator's advantage of each node trained on, by node path."""
     score: float | None = None
-    """The prompt's score (r-score or pass rate) as ranked at the end of the step; None when it has none."""
+    """The prompt's score (r-score or pass rate) as ranked at the end of the step;
+    None when it has none."""
 
     @property
     def groups_kept(self) -> int:
-        """Sibling groups that carry advantages (TreeRPO prunes those whose values hardly differ)."""
+        """Sibling groups that carry advantages (TreeRPO prunes those whose
+        values hardly differ)."""
         return len({path[:-1] for path in self.advantages})
 
 
 @dataclass
 class Rollout:
-    """One step's training data: a record per prompt, and the samples trained on (one per kept node)."""
+    """One step's training data: a record per prompt, and the samples trained on
+    (one per kept node)."""
 
     prompts: list[PromptRollout]
     samples: list[TrainingSample]
@@ -72,11 +77,12 @@ def collect(
     weights: QueryWeights,
     par: Parallel = Parallel(),
 ) -> Rollout:
-    """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each), generated
-    rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill, more rounds while fewer
-    than batch_prompts prompts have a sample that survives train.filter_tau. Under torchrun every rank draws the
-    same prompts and keeps its share of them; online scores are shared, so every rank ranks queries alike, and the
-    estimator sees every rank's trees of a round, so that one that normalises over the step sees all of it."""
+    """Sample, grade and score a step's buffer: rollout.batch_prompts prompts (one tree each),
+    generated rollout.generation_batch prompts at a time (0 = all at once); with rollout.refill,
+    more rounds while fewer than batch_prompts prompts have a sample that survives train.filter_tau.
+    Under torchrun every rank draws the same prompts and keeps its share of them; online scores are
+    shared, so every rank ranks queries alike, and the estimator sees every rank's trees of a round,
+    so that one that normalises over the step sees all of it."""
     ro = cfg.rollout
     shape = TreeShape.for_training(cfg, estimator.deep)
     share = len(par.share(list(range(ro.batch_prompts))))
@@ -145,7 +151,8 @@ def collect(
 def step_advantages(
     estimator: Estimator, trees: list[ReasoningTree], cfg: Config, par: Parallel
 ) -> list[Advantages]:
-    """The estimator's advantages of this rank's trees, computed over every rank's trees of the round."""
+    """The estimator's advantages of this rank's trees, computed over every
+    rank's trees of the round."""
     if par.world == 1:
         return estimator.advantages(trees, cfg.algo.params)
     parts = par.gather(trees)
@@ -155,7 +162,8 @@ def step_advantages(
 
 
 def training_samples(prompt: PromptRollout) -> list[TrainingSample]:
-    """One sample per node the estimator gave an advantage, weighted by the prompt's Re-Schedule weight."""
+    """One sample per node the estimator gave an advantage, weighted by the
+    prompt's Re-Schedule weight."""
     return [
         replace(sample, weight=prompt.weight)
         for sample in prompt.tree.training_samples(prompt.advantages)

@@ -1,5 +1,5 @@
-"""What a step logs: rewards, accuracy and tree shape over every rank's rollout, the learner's sums, timings,
-memory and the curriculum (every key is documented in docs/metrics.md)."""
+"""What a step logs: rewards, accuracy and tree shape over every rank's rollout, the learner's sums,
+timings, memory and the curriculum (every key is documented in docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def step_metrics(
     lr: float,
     levels: list[str],
 ) -> dict[str, Any]:
-    """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape, token counts, curriculum."""
+    """Rewards and accuracy over leaves, per-prompt group outcomes, tree shape,
+    token counts, curriculum."""
     prompts = rollout.prompts
     lengths = torch.tensor(
         [len(p.tree.text_ids(path)) for p in prompts for path, _ in p.tree.leaves()],
@@ -68,8 +69,9 @@ def step_metrics(
 
 
 def prefix_cache_metrics(stats: TreeStats) -> dict[str, float]:
-    """vLLM's prefix cache over the forks of a step's trees: the share of the inherited tokens in whole blocks
-    (all it can serve) that it served, and the share of all inherited tokens; nothing for other backends."""
+    """vLLM's prefix cache over the forks of a step's trees: the share of the inherited tokens in
+    whole blocks (all it can serve) that it served, and the share of all inherited tokens;
+    nothing for other backends."""
     if not stats.prefix_tokens_cacheable:
         return {}
     return {
@@ -79,8 +81,8 @@ def prefix_cache_metrics(stats: TreeStats) -> dict[str, float]:
 
 
 def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | None]:
-    """GiB, the largest over ranks: the peak GPU memory torch allocated since the last call (null on CPU) and
-    the resident memory of the process now (null where /proc is missing)."""
+    """GiB, the largest over ranks: the peak GPU memory torch allocated since the last call (null on
+    CPU) and the resident memory of the process now (null where /proc is missing)."""
     statm = Path("/proc/self/statm")
     rss = (
         int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
@@ -98,7 +100,8 @@ def memory_metrics(device: torch.device, par: Parallel) -> dict[str, float | Non
 
 
 def merged(rollout: Rollout, par: Parallel) -> Rollout:
-    """Every rank's rollout in one, for metrics (the training samples left out); timings are the slowest rank's."""
+    """Every rank's rollout in one, for metrics (the training samples left out); timings
+    are the slowest rank's."""
     if par.world == 1:
         return rollout
     parts = par.gather(replace(rollout, samples=[]))

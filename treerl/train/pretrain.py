@@ -1,4 +1,5 @@
-"""`treerl pretrain`: supervised warm-up of the embedded tiny model on synthetic worked solutions."""
+"""`treerl pretrain`: supervised warm-up of the embedded tiny model on
+synthetic worked solutions."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ class PretrainConfig(Section):
     heads: int = Field(4, ge=1, description="Qwen2 architecture: attention heads")
     level_mix: dict[str, float] = Field(
         default_factory=lambda: {"trivial": 0.25, "easy": 0.65, "medium": 0.07, "hard": 0.03},
-        description="share of each level in the warm-up data; the hard levels get little, RL does the rest",
+        description=(
+            "share of each level in the warm-up data; the hard levels get little, RL does the rest"
+        ),
     )
     eval_problems: int = Field(
         200, ge=1, description=("held-out problems per level in the closing table")
@@ -68,8 +71,9 @@ CHARSET_PROBLEMS = 500
 
 
 def task_characters(task, levels: list[str]) -> str:
-    """Every character of the task's rendered prompts and worked solutions (a fixed sample per level), sorted:
-    the tokenizer must cover them all, or the warm-up trains on <unk> and a reloaded tokenizer drops them."""
+    """Every character of the task's rendered prompts and worked solutions (a fixed sample per
+    level), sorted: the tokenizer must cover them all, or the warm-up trains on <unk> and a reloaded
+    tokenizer drops them."""
     base = build_tokenizer()
     rng = random.Random("charset")
     seen: set[str] = set()

@@ -1,5 +1,6 @@
-"""The policy under data parallelism: wrapped in DDP or FSDP2 (train.strategy), gathered for sampling, its
-gradients synchronised once per accumulated step, and its whole state gathered for a checkpoint."""
+"""The policy under data parallelism: wrapped in DDP or FSDP2 (train.strategy), gathered for
+sampling, its gradients synchronised once per accumulated step, and its whole state
+gathered for a checkpoint."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ TRAINED_ON_RANK0 = StateDictOptions(
 
 
 def wrap_policy(model: torch.nn.Module, par: Parallel) -> torch.nn.Module:
-    """DDP, or FSDP2 with one shard group per decoder layer (the model's _no_split_modules) plus the root."""
+    """DDP, or FSDP2 with one shard group per decoder layer (the model's
+    _no_split_modules) plus the root."""
     if par.strategy == "ddp":
         return DistributedDataParallel(
             model, device_ids=[par.device.index] if par.device.type == "cuda" else None
@@ -48,8 +50,9 @@ def unwrap(policy: torch.nn.Module) -> torch.nn.Module:
 
 @contextmanager
 def sampling_model(policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The model to generate with, free of collectives so that ranks may run different numbers of forward
-    passes: FSDP2 gathers every layer's full parameters for the duration (as much memory as one unsharded copy)."""
+    """The model to generate with, free of collectives so that ranks may run different numbers of
+    forward passes: FSDP2 gathers every layer's full parameters for the duration (as much memory as
+    one unsharded copy)."""
     sharded = [m for m in policy.modules() if isinstance(m, FSDPModule)]
     for module in sharded:
         module.set_reshard_after_forward(False, recurse=False)
@@ -63,8 +66,8 @@ def sampling_model(policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def gradient_sync(policy: torch.nn.Module, sync: bool):
-    """Context for one forward/backward pass of an accumulated step: gradients are reduced across ranks only in
-    the pass where sync is true (the last one)."""
+    """Context for one forward/backward pass of an accumulated step: gradients are reduced across
+    ranks only in the pass where sync is true (the last one)."""
     if isinstance(policy, DistributedDataParallel) and not sync:
         return policy.no_sync()
     if isinstance(policy, FSDPModule):
@@ -73,8 +76,8 @@ def gradient_sync(policy: torch.nn.Module, sync: bool):
 
 
 def full_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state with whole tensors, on rank 0's CPU, of the parameters that train (and the
-    buffers); keyed by parameter name, so that a run saved with N ranks resumes with M."""
+    """(model, optimizer) state with whole tensors, on rank 0's CPU, of the parameters that train
+    (and the buffers); keyed by parameter name, so that a run saved with N ranks resumes with M."""
     model = unwrap(policy)
     aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {
         name for name, _ in model.named_parameters()

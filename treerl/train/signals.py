@@ -1,4 +1,5 @@
-"""SIGINT / SIGTERM during training: finish the current step, checkpoint, stop cleanly; a second SIGINT aborts."""
+"""SIGINT / SIGTERM during training: finish the current step, checkpoint, stop cleanly; a
+second SIGINT aborts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class StopRequest:
 
 @contextmanager
 def stop_signals() -> Iterator[StopRequest]:
-    """Record SIGINT and SIGTERM instead of dying mid-step; outside the main thread, signals stay as they are."""
+    """Record SIGINT and SIGTERM instead of dying mid-step; outside the main thread,
+    signals stay as they are."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request

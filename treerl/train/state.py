@@ -1,7 +1,7 @@
-"""Everything a run carries from step to step, saved and restored by one object: the policy and its optimizer, the
-random streams (problems; sampling, one per rank), the curriculum's position in its pools, the query scores and
-the time spent outside the steps. A checkpoint holds all of it; a resume gives the run an uninterrupted one would
-have."""
+"""Everything a run carries from step to step, saved and restored by one object: the policy and its
+optimizer, the random streams (problems; sampling, one per rank), the curriculum's position in its
+pools, the query scores and the time spent outside the steps. A checkpoint holds all of it; a resume
+gives the run an uninterrupted one would have."""
 
 from __future__ import annotations
 
@@ -25,19 +25,20 @@ from treerl.rundir import RunDir, load_trainer_state
 from treerl.train.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
 
 RANK_SEED_STRIDE = 1_000_003
-"""Rank r samples with seed + r x this stride (rank 0, like a single process, with the seed itself)."""
+"""Rank r samples with seed + r x this stride (rank 0, like a single process,
+with the seed itself)."""
 
 
 LR_SCHEDULES: Registry[Callable[[float], float]] = Registry("train.lr_schedule")
-"""The factor of train.lr after the warm-up, as a function of the progress p in [0, 1] through the other steps:
-constant, or cosine decay to 10% of train.lr."""
+"""The factor of train.lr after the warm-up, as a function of the progress p in [0, 1] through the
+other steps: constant, or cosine decay to 10% of train.lr."""
 LR_SCHEDULES.add("constant", lambda progress: 1.0)
 LR_SCHEDULES.add("cosine", lambda progress: 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def lr_factor(step: int, cfg: Config, horizon: int | None = None) -> float:
-    """Linear warm-up, then train.lr_schedule over the remaining steps of the horizon (default train.steps); past
-    it, the schedule's final value."""
+    """Linear warm-up, then train.lr_schedule over the remaining steps of the horizon (default
+    train.steps); past it, the schedule's final value."""
     t = cfg.train
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
@@ -50,7 +51,8 @@ class TrainState:
     policy: torch.nn.Module
     """The model, wrapped for data parallelism (DDP, FSDP2) under torchrun."""
     reference: torch.nn.Module | None
-    """The frozen starting model for the KL term (algo.kl_coef > 0), under LoRA the base model; not saved."""
+    """The frozen starting model for the KL term (algo.kl_coef > 0), under LoRA the
+    base model; not saved."""
     tokenizer: object
     optimizer: torch.optim.Optimizer
     rng: random.Random
@@ -60,8 +62,8 @@ class TrainState:
     sampler: ProblemSampler
     weights: QueryWeights
     horizon: int
-    """The steps the learning-rate schedule spans: train.steps as the run began (a resume that changes train.steps
-    keeps it)."""
+    """The steps the learning-rate schedule spans: train.steps as the run began (a resume that
+    changes train.steps keeps it)."""
     step: int = 0
     """Steps done."""
     spent: dict[str, float] = field(
@@ -79,8 +81,8 @@ class TrainState:
         par: Parallel,
         horizon: int | None = None,
     ) -> TrainState:
-        """A fresh state from cfg.model, or the one saved in `checkpoint`; the learning rate's schedule spans
-        `horizon` steps (default train.steps)."""
+        """A fresh state from cfg.model, or the one saved in `checkpoint`; the learning rate's
+        schedule spans `horizon` steps (default train.steps)."""
         torch.manual_seed(cfg.seed)
         m = cfg.model
         model, tokenizer = load_policy(
@@ -146,14 +148,16 @@ class TrainState:
         }  # checkpoints from before 2026-12 have none
 
     def set_lr(self, cfg: Config, step: int) -> float:
-        """The learning rate of training step `step` (1-based): train.lr x lr_factor(step - 1) over the horizon."""
+        """The learning rate of training step `step` (1-based):
+        train.lr x lr_factor(step - 1) over the horizon."""
         lr = cfg.train.lr * lr_factor(step - 1, cfg, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     def save(self, run: RunDir, keep: int, par: Parallel) -> None:
-        """Collective: every rank hands its part (sharded weights, its sampling stream); rank 0 writes."""
+        """Collective: every rank hands its part (sharded weights, its sampling
+        stream); rank 0 writes."""
         model_state, optimizer_state = full_state(self.policy, self.optimizer)
         saved = {
             "optimizer": optimizer_state,

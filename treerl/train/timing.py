@@ -1,4 +1,5 @@
-"""Where a run's time went: per-phase totals over metrics.jsonl plus evaluation and checkpoints, as a table."""
+"""Where a run's time went: per-phase totals over metrics.jsonl plus evaluation and
+checkpoints, as a table."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ STEP_PHASES = {
 def time_summary(
     metrics: list[dict[str, Any]], eval_s: float, checkpoint_s: float, rescore_s: float = 0.0
 ) -> dict[str, Any]:
-    """Seconds per phase over all logged steps, the other per-step work, and token throughputs; re-scoring
-    (Re-Schedule's reschedule.rescore_*) only when the run did any."""
+    """Seconds per phase over all logged steps, the other per-step work, and token throughputs;
+    re-scoring (Re-Schedule's reschedule.rescore_*) only when the run did any."""
     steps = sum(m["timing/step_s"] for m in metrics)
     phases = {name: sum(m.get(key, 0.0) for m in metrics) for key, name in STEP_PHASES.items()}
     phases["other step work (sampling problems, metrics)"] = max(0.0, steps - sum(phases.values()))
@@ -50,6 +51,6 @@ def print_time_summary(summary: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     console.print(
-        f"generation {summary['rollout_tok_s']:.0f} tokens/s, training {summary['train_tok_s']:.0f} "
-        "tokens/s (trained tokens per second of update)"
+        f"generation {summary['rollout_tok_s']:.0f} tokens/s, training "
+        f"{summary['train_tok_s']:.0f} tokens/s (trained tokens per second of update)"
     )

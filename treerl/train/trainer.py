@@ -1,4 +1,5 @@
-"""The RL training loop: sample problems, roll out, verify, compute advantages, update, log, evaluate, save."""
+"""The RL training loop: sample problems, roll out, verify, compute advantages, update,
+log, evaluate, save."""
 
 from __future__ import annotations
 
@@ -120,8 +121,9 @@ def train_step(
 def rescore(
     state: TrainState, task: Task, cfg: Config, step: int, bar: Progress, par: Parallel
 ) -> None:
-    """Score every query of the pools again with the current policy (Re-Schedule's score updates); each rank
-    scores its share, on a stream of its own so that training's sampling stays as it was."""
+    """Score every query of the pools again with the current policy (Re-Schedule's score updates);
+    each rank scores its share, on a stream of its own so that training's
+    sampling stays as it was."""
     problems = state.sampler.problems()
     job = bar.add_task(f"re-score @ step {step}", total=len(problems), info="")
     generator = torch.Generator(device=par.device).manual_seed(
@@ -143,12 +145,14 @@ def rescore(
 
 
 GENERATED_SAMPLE = 64
-"""Problems of each level generated without end whose prompts stand for the level's in the KV budget's check."""
+"""Problems of each level generated without end whose prompts stand for the level's in
+the KV budget's check."""
 
 
 def drawable(sampler: ProblemSampler) -> list[Problem]:
-    """The training problems a step may draw: the finite pools, and a sample of GENERATED_SAMPLE fresh problems
-    of each level generated without end (from a stream of its own: training's draws stay as they are)."""
+    """The training problems a step may draw: the finite pools, and a sample of GENERATED_SAMPLE
+    fresh problems of each level generated without end (from a stream of its own: training's
+    draws stay as they are)."""
     rng = random.Random(0)
     return [
         problem
@@ -164,10 +168,11 @@ def drawable(sampler: ProblemSampler) -> list[Problem]:
 def check_kv_budget(
     state: TrainState, task: Task, cfg: Config, estimator: Estimator, par: Parallel
 ) -> None:
-    """Before step 0: a rollout.kv_budget_gib that a sampling call of the run (lean backend) could run out of is
-    refused in one line naming the least that fits, so that no run dies at a later step for it: a step's trees
-    (a call's share of rollout.batch_prompts), an evaluation (eval.batch_size prompts) and the re-scoring trees
-    (rscore.batch_prompts), each over its longest prompts."""
+    """Before step 0: a rollout.kv_budget_gib that a sampling call of the run (lean backend) could
+    run out of is refused in one line naming the least that fits, so that no run dies at a later
+    step for it: a step's trees (a call's share of rollout.batch_prompts), an evaluation
+    (eval.batch_size prompts) and the re-scoring trees (rscore.batch_prompts), each over
+    its longest prompts."""
     model, budget = unwrap(state.policy), cfg.rollout.kv_budget_gib
     if not budget or backend_name(model, cfg.rollout.backend) != "lean":
         return
@@ -195,15 +200,16 @@ def check_kv_budget(
     name, need = max(needs.items(), key=lambda item: item[1])
     if need > budget:
         raise UserError(
-            f"rollout.kv_budget_gib={budget:g} is less than {name} can need: {need:g} GiB holds every "
-            "prompt and tree node whose continuations may wait at once, and one sequence; set "
-            f"rollout.kv_budget_gib={need:g} or more"
+            f"rollout.kv_budget_gib={budget:g} is less than {name} can need: {need:g} GiB holds "
+            "every prompt and tree node whose continuations may wait at once, and one sequence; "
+            f"set rollout.kv_budget_gib={need:g} or more"
         )
 
 
 @contextmanager
 def holding(run: RunDir, par: Parallel) -> Iterator[None]:
-    """Rank 0 holds the run's lock while it trains; when another process holds it, every rank stops in one line."""
+    """Rank 0 holds the run's lock while it trains; when another process holds it, every
+    rank stops in one line."""
     with ExitStack() as stack:
         refusal = None
         if par.main:
@@ -220,14 +226,15 @@ def holding(run: RunDir, par: Parallel) -> Iterator[None]:
 def resume_point(
     run: RunDir, cfg: Config, par: Parallel
 ) -> tuple[Path | None, dict[str, tuple[Any, Any]]]:
-    """The checkpoint a resume continues from (the newest intact one) and what the resume changes in the config:
-    only keys a resume may change (config.RESUMABLE), and never train.steps below the steps already done."""
+    """The checkpoint a resume continues from (the newest intact one) and what the resume changes in
+    the config: only keys a resume may change (config.RESUMABLE), and never train.steps below
+    the steps already done."""
     changed = changes(build(Config, run.config_data()), cfg)
     refused = [key for key in changed if not resumable(key)]
     if refused:
         raise UserError(
-            f"a resume cannot change {', '.join(refused)}: the run's steps were made with the saved "
-            f"values. It may change {', '.join(RESUMABLE)}; start a new run for the rest"
+            f"a resume cannot change {', '.join(refused)}: the run's steps were made with the "
+            f"saved values. It may change {', '.join(RESUMABLE)}; start a new run for the rest"
         )
     checkpoint = par.broadcast(run.intact_checkpoint(warn) if par.main else None)
     done = checkpoint_step(checkpoint) if checkpoint else 0
@@ -240,16 +247,17 @@ def resume_point(
 
 
 def horizon_line(changed: dict[str, tuple[Any, Any]], horizon: int) -> str | None:
-    """What a resume that changes train.steps does to the schedules, in one line (None when it keeps train.steps).
-    The learning rate, the level schedule and Re-Schedule's weights keep the horizon the run began with: no step
-    of the run's plan changes, and the steps past it run at the schedules' end values."""
+    """What a resume that changes train.steps does to the schedules, in one line (None when it keeps
+    train.steps). The learning rate, the level schedule and Re-Schedule's weights keep the horizon
+    the run began with: no step of the run's plan changes, and the steps past it run at the
+    schedules' end values."""
     if "train.steps" not in changed:
         return None
     old, new = changed["train.steps"]
     past = f"; steps {horizon + 1} to {new} run at their end values" if new > horizon else ""
     return (
-        f"train.steps {old} -> {new}: the learning rate, the level schedule and Re-Schedule's weights keep the "
-        f"run's horizon of {horizon} steps{past}"
+        f"train.steps {old} -> {new}: the learning rate, the level schedule and Re-Schedule's "
+        f"weights keep the run's horizon of {horizon} steps{past}"
     )
 
 
@@ -260,16 +268,17 @@ def train(
     console: Console | None = None,
     par: Parallel | None = None,
 ) -> dict[str, Any]:
-    """Train from cfg into run_dir (or continue the run there); returns {'before': eval, 'after': eval}.
-    Under torchrun, pass the Parallel of init_parallel: only rank 0 writes and prints."""
+    """Train from cfg into run_dir (or continue the run there); returns
+    {'before': eval, 'after': eval}. Under torchrun, pass the Parallel of init_parallel: only rank
+    0 writes and prints."""
     console = console or Console(quiet=par is not None and not par.main)
     par = par or Parallel(device=resolve_device(cfg.model.device))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.rollout.batch_prompts < par.world:
         raise UserError(
-            f"rollout.batch_prompts={cfg.rollout.batch_prompts} gives some of the {par.world} processes "
-            f"no prompt; set it to at least {par.world}"
+            f"rollout.batch_prompts={cfg.rollout.batch_prompts} gives some of the {par.world} "
+            f"processes no prompt; set it to at least {par.world}"
         )
     # every name, level and file the config refers to is looked up here, before a model is loaded
     estimator, objective = ESTIMATORS.lookup(cfg.algo.name), Objective.from_config(cfg)
@@ -290,8 +299,8 @@ def train(
         console.print(weights.source)
     if (cfg.reschedule.rescore_every or cfg.reschedule.rescore_at) and pool is None:
         raise UserError(
-            f"re-scoring scores every query of the pools: task '{task.name}' generates problems without "
-            "end, so set curriculum.pool_size=N"
+            f"re-scoring scores every query of the pools: task '{task.name}' generates problems "
+            "without end, so set curriculum.pool_size=N"
         )
     if cfg.reschedule.rescore_every or cfg.reschedule.rescore_at:
         check_depth(
@@ -308,8 +317,8 @@ def train(
         check_kv_budget(state, task, cfg, estimator, par)
         if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
             raise UserError(
-                f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in one "
-                "training process for now; under torchrun set rollout.backend=lean (or hf)"
+                f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in "
+                "one training process for now; under torchrun set rollout.backend=lean (or hf)"
             )
         par.barrier()  # every rank has looked at run_dir before rank 0 writes there
         if par.main and resume:
@@ -334,8 +343,9 @@ def run_steps(
     console: Console,
     par: Parallel,
 ) -> dict[str, Any]:
-    """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints between; the
-    final evaluation and checkpoint, the tables and timing.json (the train command then writes the report)."""
+    """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints
+    between; the final evaluation and checkpoint, the tables and timing.json (the train command
+    then writes the report)."""
 
     def save() -> None:
         t0 = time.perf_counter()
@@ -429,10 +439,10 @@ def run_steps(
                 if not saved:
                     save()
                 raise UserError(
-                    f"the loss or gradient was not finite in {bad_steps} steps in a row (up to step "
-                    f"{step}), so their updates were skipped; the last good state is saved in "
-                    f"{run.path}/checkpoints/step_{step}. Lower train.lr (or check the rewards) and "
-                    f"continue with --resume {run.path}"
+                    f"the loss or gradient was not finite in {bad_steps} steps in a row (up to "
+                    f"step {step}), so their updates were skipped; the last good state is saved in "
+                    f"{run.path}/checkpoints/step_{step}. Lower train.lr (or check the rewards) "
+                    f"and continue with --resume {run.path}"
                 )
             if par.max([stop.signal is not None])[
                 0

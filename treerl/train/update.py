@@ -1,6 +1,7 @@
-"""The learner: optimizer steps on a step's training samples, with DASH's gradient filter (samples whose
-advantage is near zero skip the forward and backward passes) and the loss of algo.* (policy loss, aggregation,
-optional KL to a reference model, entropy bonus), each looked up in its registry."""
+"""The learner: optimizer steps on a step's training samples, with DASH's gradient filter (samples
+whose advantage is near zero skip the forward and backward passes) and the loss of algo.* (policy
+loss, aggregation, optional KL to a reference model, entropy bonus), each
+looked up in its registry."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from treerl.train.sharding import gradient_sync
 
 
 class NonFiniteWeights(Exception):
-    """An optimizer step left a weight that is not finite (the gradient was finite: the step was too large)."""
+    """An optimizer step left a weight that is not finite (the gradient was finite: the
+    step was too large)."""
 
 
 def weights_finite(policy: torch.nn.Module, par: Parallel) -> bool:
@@ -43,16 +45,18 @@ def weights_finite(policy: torch.nn.Module, par: Parallel) -> bool:
 
 
 def trainable(sample: TrainingSample, cfg: Config) -> bool:
-    """Whether a sample goes through forward and backward: always without train.filter_tau, else unless
-    |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and the update skipped)."""
+    """Whether a sample goes through forward and backward: always without train.filter_tau, else
+    unless |A| <= tau (a NaN advantage is kept, so that its non-finite loss is seen and
+    the update skipped)."""
     return cfg.train.filter_tau is None or not abs(sample.advantage) <= cfg.train.filter_tau
 
 
 @dataclass
 class OwnOld:
-    """For samples another engine (vLLM) sampled, whose kernels round differently from the trainer's: the policy's
-    own log-probs, taken before its first optimizer step, against the sampler's. With `use` they become the
-    samples' old log-probs (rollout.vllm.old_logprobs=trainer); either way the gap is measured."""
+    """For samples another engine (vLLM) sampled, whose kernels round differently from the
+    trainer's: the policy's own log-probs, taken before its first optimizer step, against the
+    sampler's. With `use` they become the samples' old log-probs
+    (rollout.vllm.old_logprobs=trainer); either way the gap is measured."""
 
     use: bool
     abs_diff: float = 0.0
@@ -82,8 +86,8 @@ class OwnOld:
 def take_own_logprobs(
     policy, samples: list[TrainingSample], rows: list[int], cfg: Config, own: OwnOld
 ) -> None:
-    """Measure (and with own.use, replace) the old log-probs of samples[rows] by the policy's forward, without
-    gradients, train.micro_batch sequences a pass."""
+    """Measure (and with own.use, replace) the old log-probs of samples[rows] by the policy's
+    forward, without gradients, train.micro_batch sequences a pass."""
     device = next(policy.parameters()).device
     for start in range(0, len(rows), cfg.train.micro_batch):
         part = rows[start : start + cfg.train.micro_batch]
@@ -104,19 +108,21 @@ def take_own_logprobs(
 STAND_IN = TrainingSample(
     path=(), context_ids=[0], segment_ids=[0], old_logprobs=[0.0], advantage=0.0, weight=0.0
 )
-"""Trained with weight 0 by a rank that has fewer passes to run than another, so that every rank joins each
-gradient reduction."""
+"""Trained with weight 0 by a rank that has fewer passes to run than another, so that every rank
+joins each gradient reduction."""
 
 
 @dataclass(frozen=True)
 class Objective:
-    """The loss of algo.*, each part looked up in its registry once: a wrong name fails before training."""
+    """The loss of algo.*, each part looked up in its registry once: a wrong name
+    fails before training."""
 
     policy_loss: PolicyLoss
     aggregation: Aggregation
     kl: KLEstimator
     norm_len: int
-    """seq-mean-token-sum-norm's constant length: the tokens of one node (the whole budget in a flat tree)."""
+    """seq-mean-token-sum-norm's constant length: the tokens of one node (the whole
+    budget in a flat tree)."""
 
     @classmethod
     def from_config(cls, cfg: Config) -> Objective:
@@ -140,16 +146,18 @@ def update(
     par: Parallel = Parallel(),
     own: OwnOld | None = None,
 ) -> dict[str, float]:
-    """train.epochs passes over the buffer, each in ceil(buffer / train.mini_batch) shuffled mini-batches of equal
-    size, one optimizer step each, accumulated over train.micro_batch sequences per pass. Filtered samples skip the
-    forward and backward passes, but the loss keeps its mini-batch's denominators (all its sequences and tokens),
-    so dropping a zero-advantage sample leaves the gradient unchanged. Under torchrun each rank trains its own
-    samples; the denominators, the number of passes and every skip are decided over all ranks, so the update is
+    """train.epochs passes over the buffer, each in ceil(buffer / train.mini_batch) shuffled
+    mini-batches of equal size, one optimizer step each, accumulated over train.micro_batch
+    sequences per pass. Filtered samples skip the forward and backward passes, but the loss keeps
+    its mini-batch's denominators (all its sequences and tokens), so dropping a zero-advantage
+    sample leaves the gradient unchanged. Under torchrun each rank trains its own samples; the
+    denominators, the number of passes and every skip are decided over all ranks, so the update is
     the one a single process would make from all ranks' samples.
 
-    With `own` (samples from another engine): before the first optimizer step, the first mini-batch's forward
-    gives its own old log-probs (its ratio is 1, as the policy still is the sampler's), and with own.use a
-    forward without gradients gives the other mini-batches' first; the gap to the sampler's is in the metrics."""
+    With `own` (samples from another engine): before the first optimizer step, the first
+    mini-batch's forward gives its own old log-probs (its ratio is 1, as the policy still is the
+    sampler's), and with own.use a forward without gradients gives the other mini-batches' first;
+    the gap to the sampler's is in the metrics."""
     t = cfg.train
     samples = list(samples)
     kept = [trainable(sample, cfg) for sample in samples]
@@ -251,11 +259,11 @@ def train_pass(
     scale: float,
     own: OwnOld | None = None,
 ) -> tuple[dict[str, float], list[list[float]]]:
-    """Forward and backward of scale x loss for these rows of a mini-batch whose totals (sequences, tokens,
-    trained tokens, over every rank) normalise the loss; the metric sums of the rows. No rows: a stand-in pass
-    that changes no gradient. DDP and FSDP2 average gradients over ranks, so scale is the world size. With `own`
-    the forward's log-probs are compared with the rows' old ones (and with own.use replace them), and returned
-    per row."""
+    """Forward and backward of scale x loss for these rows of a mini-batch whose totals (sequences,
+    tokens, trained tokens, over every rank) normalise the loss; the metric sums of the rows. No
+    rows: a stand-in pass that changes no gradient. DDP and FSDP2 average gradients over ranks, so
+    scale is the world size. With `own` the forward's log-probs are compared with the rows' old ones
+    (and with own.use replace them), and returned per row."""
     algo = cfg.algo
     total_seqs, total_tokens, trained_tokens = totals
     if not rows:
