@@ -1,7 +1,8 @@
 """A TreeRPO tree of the paper's shape, scaled to the CPU: its KV memory against its distinct
 tokens, and its time per generated token against flat sampling of as many tokens.
 
-    .venv/bin/python bench/tree_kv.py --prompts 2 --branching 8 --depth 3 --step-tokens 16 --rounds 5
+    .venv/bin/python bench/tree_kv.py --prompts 2 --branching 8 --depth 3 --step-tokens 16 \
+        --rounds 5
 
 The randomly initialised Qwen2-shaped model of bench/lengths.py (about 41M parameters; it never
 emits EOS, so every sequence runs to its budget: the tree's worst case) samples one tree per prompt

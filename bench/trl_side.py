@@ -3,7 +3,8 @@ bench's own environment (TRL is never a treerl dependency). Reads prompts from a
 and writes one JSON line per optimizer step: seconds (and of them generating), generated tokens and
 trained tokens.
 
-    runs/venv-trl/bin/python bench/trl_side.py --model DIR --prompts P.jsonl --steps 10 --out steps.jsonl
+    runs/venv-trl/bin/python bench/trl_side.py --model DIR --prompts P.jsonl --steps 10 \
+        --out steps.jsonl
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ window.addEventListener('load', () => {
     const drawn = tree.querySelectorAll('svg.drawing g.n');
     b.dataset.nodes = drawn.length;
     b.dataset.red = [...drawn].filter(g => g.dataset.value === '0.0000'
-                                      && g.querySelector('circle').getAttribute('fill') === 'hsl(0,65%,45%)').length;
+        && g.querySelector('circle').getAttribute('fill') === 'hsl(0,65%,45%)').length;
     b.dataset.zeros = [...drawn].filter(g => g.dataset.value === '0.0000').length;
     drawn[drawn.length - 1].dispatchEvent(new MouseEvent('click'));
     const shown = tree.querySelectorAll('.detail pre');
@@ -50,7 +50,8 @@ window.addEventListener('load', () => {
                                 + document.getElementById('position').textContent + ' '
                                 + decodeURIComponent(location.hash);
     const last = [...document.querySelectorAll('section.tree')].pop();
-    search(last.dataset.id.slice(0, 6)); b.dataset.found = visible().dataset.step + '/' + visible().dataset.id;
+    search(last.dataset.id.slice(0, 6));
+    b.dataset.found = visible().dataset.step + '/' + visible().dataset.id;
   }
   b.dataset.errors = seen.length ? seen.join(' | ') : 'none';
 });
