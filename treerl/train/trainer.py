@@ -393,10 +393,14 @@ def run_steps(
                 rollout, metrics = train_step(state, task, cfg, step, estimator, objective, par)
             except NonFiniteWeights as err:
                 latest = run.latest_checkpoint()
+                kept = (
+                    f"the last good checkpoint is {latest}"
+                    if latest
+                    else "no checkpoint was written"
+                )
                 raise UserError(
-                    f"step {step}: {err}, so the run stops without keeping them; "
-                    f"{f'the last good checkpoint is {latest}' if latest else 'no checkpoint was written'}"
-                    f". Lower train.lr and continue with --resume {run.path}"
+                    f"step {step}: {err}, so the run stops without keeping them; {kept}. "
+                    f"Lower train.lr and continue with --resume {run.path}"
                 ) from None
             recent = [*recent, metrics][-IDLE_STEPS - 1 :]
             if par.main:
