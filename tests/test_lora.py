@@ -3,8 +3,11 @@ bit, the KL reference is the base model, and an adapter directory loads for eval
 resume."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -243,3 +246,68 @@ def test_an_intact_adapter_directory_loads_its_weights(adapter_dir, model_dir):
         key.replace(".default", ""): t for key, t in model.state_dict().items() if "lora_" in key
     }
     assert len(saved) == 28 and all(torch.equal(loaded[key], t) for key, t in saved.items())
+
+
+@pytest.fixture(scope="module")
+def tiny_adapters(tmp_path_factory):
+    """Adapters (random B) on the embedded model, saved with its tokenizer as a LoRA checkpoint
+    saves them; and the adapted model."""
+    model, tok = load_policy("tiny", lora=LORA)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0.0, 0.5)
+    path = tmp_path_factory.mktemp("tiny-adapters")
+    model.save_pretrained(path, save_embedding_layers=False)
+    tok.save_pretrained(path)
+    return path, model.eval()
+
+
+def same_logits(model, other, tok) -> bool:
+    ids = torch.tensor([tok.encode("7+5-8\n")])
+    with torch.no_grad():
+        return torch.equal(model(input_ids=ids).logits, other(input_ids=ids).logits)
+
+
+PEFT_OFFLINE = """import sys, torch
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    torch.save(model(input_ids=torch.tensor([[int(i) for i in sys.argv[3:]]])).logits, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_adapters_of_the_embedded_model_load_through_peft_offline(tiny_adapters, tmp_path):
+    """Issue 31 item 7: the adapters name their base by a path transformers opens, so peft's Auto
+    class loads them in a Python without treerl and without the Hub (they named it 'tiny', which
+    peft looked up on the Hub: five tries, about 90 s, then a failure)."""
+    path, model = tiny_adapters
+    ids = load_policy("tiny")[1].encode("7+5-8\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEFT_OFFLINE,
+            str(path),
+            str(tmp_path / "logits.pt"),
+            *map(str, ids),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=True,
+        timeout=300,
+    )
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5)
+
+
+def test_adapters_naming_a_moved_embedded_model_load_on_this_one(tiny_adapters, tmp_path):
+    """A base inside another installation of treerl (`.../treerl/models/tiny`, gone) is this
+    installation's embedded model of that folder."""
+    path, model = tiny_adapters
+    moved = tmp_path / "adapters"
+    shutil.copytree(path, moved)
+    edit_config(base_model_name_or_path="/gone/site-packages/treerl/models/tiny")(moved)
+    loaded, tok = load_policy(str(moved))
+    assert same_logits(loaded.eval(), model, tok)

@@ -45,6 +45,23 @@ def resolve_model_path(name_or_path: str) -> Path:
     return path
 
 
+def embedded_base(base: str) -> str:
+    """Where treerl finds the base model an adapter directory names. Adapters trained on an embedded
+    model name its directory inside the installed package, a path that peft and transformers open
+    (`AutoPeftModelForCausalLM.from_pretrained(adapters)`); when that path no longer exists (the
+    package moved, or the adapters came from another machine), a `.../treerl/models/<folder>` base is
+    this installation's embedded model of that folder. Any other base is left as it is."""
+    path = Path(base).expanduser()
+    embedded = {folder.name: folder for folder in EMBEDDED.values()}
+    if (
+        not path.exists()
+        and path.parent.parts[-2:] == ("treerl", "models")
+        and path.name in embedded
+    ):
+        return str(embedded[path.name])
+    return base
+
+
 def check_model_files(path: Path, name: str) -> None:
     """A UserError for a model directory whose config.json is not JSON, or whose safetensors weights
     are missing or damaged (a torn download or copy), before transformers reads them."""
@@ -109,7 +126,9 @@ def load_policy(
     weights, which all train."""
     if is_adapter(Path(name_or_path).expanduser()):
         adapter = Path(name_or_path).expanduser()
-        base, tokenizer = load_policy(base_of(adapter), dtype, device, trust_remote_code)
+        base, tokenizer = load_policy(
+            embedded_base(base_of(adapter)), dtype, device, trust_remote_code
+        )
         adapted = load_adapter(base, adapter, trainable=lora is not None and lora.r > 0).to(device)
         return (
             adapted.merge_and_unload() if lora is not None and lora.r == 0 else adapted
@@ -129,7 +148,5 @@ def load_policy(
         ) from None
     use_fp32_attention_on_cpu(model)
     if lora is not None and lora.r > 0:
-        model = with_adapters(
-            model, lora, base=name_or_path if name_or_path in EMBEDDED else str(path.resolve())
-        )
+        model = with_adapters(model, lora, base=str(path.resolve()))
     return model, load_tokenizer(name_or_path, trust_remote_code)
