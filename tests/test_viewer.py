@@ -7,13 +7,16 @@ import pytest
 
 from treerl.algo.advantages import ESTIMATORS
 from treerl.cli import main
+from treerl.commands.tree import find_problem
+from treerl.config import load_config
 from treerl.curriculum.rscore import greedy_choices
 from treerl.errors import UserError
 from treerl.rollout.tree import ReasoningTree
 from treerl.rundir import RunDir
+from treerl.tasks import get_task
 from treerl.tasks.base import Problem
 from treerl.tree_records import NodeRecord, tree_record
-from treerl.viewer import layout, pick_trees, render_tree, render_trees, value_colour
+from treerl.viewer import id_by_prefix, layout, pick_trees, render_tree, render_trees, value_colour
 
 
 class Letters:
@@ -179,6 +182,35 @@ def test_pick_trees_keeps_the_newest_that_fit():
     assert pick_trees(records, None, None, max_nodes=3) == (records[5:], 5)  # always at least one
     with pytest.raises(UserError, match="saved steps: 1..2"):
         pick_trees(records, 3, None)
+
+
+def test_an_id_is_found_by_any_unique_start():
+    ids = ["ab12", "ab34", "cd56", "cd"]
+    assert id_by_prefix("ab1", ids) == "ab12" and id_by_prefix("cd", ids) == "cd"  # the id itself
+    assert id_by_prefix("ef", ids) is None
+    with pytest.raises(
+        UserError, match="^problem 'ab' is the start of 2 ids \\(ab12, ab34\\); give"
+    ):
+        id_by_prefix("ab", ids)
+
+
+def test_a_start_of_an_id_picks_its_saved_trees_and_a_problem_to_sample():
+    """Issue 31 item 9: the report shows ids by their first 10 characters; `treerl tree --problem`
+    takes them (it wanted the whole id)."""
+    records = several_records()
+    assert pick_trees(records, None, records[1]["id"][:10]) == ([records[1], records[4]], 0)
+    cfg = load_config(None, ["eval.problems=3"])
+    problem = get_task("arithmetic").eval_problems("hard", 3)[2]
+    assert find_problem(cfg, problem.id[:10], [])[1] == problem
+
+
+@pytest.mark.slow
+def test_tree_command_opens_a_saved_tree_by_the_start_of_its_id(trained_run, tmp_path):
+    first = RunDir(trained_run).trees()[0]
+    out = tmp_path / "t.html"
+    command = ["tree", "--run", str(trained_run), "--problem", first["id"][:10], "--out", str(out)]
+    assert main(command) == 0
+    assert f"data-id='{first['id']}'" in out.read_text()
 
 
 @pytest.mark.slow

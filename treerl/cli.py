@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--problem",
         metavar="ID",
-        help="the problem's id (as in `treerl score` files and trees.jsonl)",
+        help="the problem's id (as in `treerl score` files and trees.jsonl) or any unique start of "
+        "it (the report shows 10 characters)",
     )
     tr.add_argument(
         "--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from treerl.errors import UserError
@@ -28,6 +28,22 @@ def saved_steps(trees: list[dict[str, Any]]) -> str:
     return f"{', '.join(parts)} ({len(trees)} trees)"
 
 
+def id_by_prefix(prefix: str, ids: Iterable[str]) -> str | None:
+    """The one id among `ids` that starts with `prefix` (the id itself when it is one of them, as
+    the report's first 10 characters are); None when none does. A prefix that several ids start with
+    is a UserError naming two of them."""
+    ids = set(ids)
+    if prefix in ids:
+        return prefix
+    found = sorted(i for i in ids if i.startswith(prefix))
+    if len(found) > 1:
+        raise UserError(
+            f"problem '{prefix}' is the start of {len(found)} ids ({found[0]}, {found[1]}"
+            f"{', ...' if found[2:] else ''}); give more of the id"
+        )
+    return found[0] if found else None
+
+
 def pick_trees(
     trees: list[dict[str, Any]],
     step: int | None,
@@ -35,8 +51,10 @@ def pick_trees(
     max_nodes: int = MAX_PAGE_NODES,
 ) -> tuple[list[dict[str, Any]], int]:
     """The saved trees (typed records: tree_records.saved_trees) that match the step and the problem
-    id (either may be None: any), the newest that fit in max_nodes nodes (at least one), in the
-    order they were saved; and how many matching trees were left out."""
+    id or a unique start of one (either may be None: any), the newest that fit in max_nodes nodes
+    (at least one), in the order they were saved; and how many matching trees were left out."""
+    if problem is not None:
+        problem = id_by_prefix(problem, (t["id"] for t in trees)) or problem
     matches = [
         t
         for t in trees

@@ -21,13 +21,13 @@ from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rundir import TREES_FILE, RunDir
 from treerl.tasks.base import Problem, Task
 from treerl.tree_records import saved_trees, tree_record
-from treerl.viewer import pick_trees, render_trees
+from treerl.viewer import id_by_prefix, pick_trees, render_trees
 
 
 def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> tuple[Task, Problem]:
-    """(task, problem) for an id among the training pools of curriculum.levels, every level's
-    held-out problems (eval.problems of each) and the trees a run saved (question and reference
-    are in each record)."""
+    """(task, problem) for an id, or a unique start of one, among the training pools of
+    curriculum.levels, every level's held-out problems (eval.problems of each) and the trees a run
+    saved (question and reference are in each record); the first of these when several share it."""
     task, sampler = task_and_sampler(cfg)
     candidates = sampler.problems() + [
         p for level in task.levels for p in task.eval_problems(level, cfg.eval.problems)
@@ -37,9 +37,10 @@ def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> t
         for r in saved
         if r["reference"] is not None
     ]
-    for problem in candidates:
-        if problem.id == problem_id:
-            return task, problem
+    by_id = {problem.id: problem for problem in reversed(candidates)}
+    found = id_by_prefix(problem_id, by_id)
+    if found is not None:
+        return task, by_id[found]
     where = "" if saved else f"; for an id from a run's {TREES_FILE}, add --run RUN_DIR"
     raise UserError(
         f"problem '{problem_id}' is not among the {len(candidates)} training-pool, held-out and "
