@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from treerl.cli import main
 from treerl.report import PLOTS, load_run, trailing_mean
@@ -163,6 +164,62 @@ def test_a_level_has_one_colour_and_a_flat_reschedule_plot_is_left_out(tmp_path)
         [RunData("on", [{**m, "reschedule/weight_mean": 1.5} for m in metrics], evals, "")],
         tmp_path / "plots-on",
     )
+
+
+def test_legends_list_levels_easiest_first_and_the_page_explains_faint_lines(tmp_path):
+    """Issue 31 item 9: the levels' order is the held-out groups' (the task's levels), then
+    curriculum.levels; the legends listed them alphabetically (easy, hard, medium)."""
+    import matplotlib.pyplot as plt
+
+    from treerl.report import RunData, plot_accuracy, plot_curriculum, write_report
+
+    levels = ["easy", "medium", "hard"]
+    metrics = [
+        {"step": 1, "reward/mean": 0.5}
+        | {f"acc/{level}": 0.5 for level in levels}
+        | {f"curriculum/{kind}/{level}": 1 / 3 for level in levels for kind in ("share", "p")}
+    ]
+    config = "curriculum:\n  levels: [easy, medium, hard]\n"
+    for evals in ({}, {"0": {"trivial": {"accuracy": 1.0}, "easy": {}, "medium": {}, "hard": {}}}):
+        for plot, legend in ((plot_accuracy, [*levels, "reward"]), (plot_curriculum, levels)):
+            fig, ax = plt.subplots()
+            plot(ax, [RunData("run", metrics, evals, config)])
+            assert ax.get_legend_handles_labels()[1] == legend
+            plt.close(fig)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(metrics[0]) + "\n")
+    (run / "config.yaml").write_text(config)
+    page = write_report(run).read_text()
+    assert "the faint line behind it, in its colour, is the value of each step" in page
+
+
+def test_compare_opens_with_the_config_keys_that_differ(tmp_path):
+    """Issue 31 item 9: the keys whose values differ, a column per run, above everything else;
+    output.dir (always different) and the keys the runs share are left out; a resume's change
+    counts."""
+    configs = {
+        "a": {"algo": {"name": "grpo"}, "train": {"lr": 1e-5, "steps": 10}, "output": {"dir": "a"}},
+        "b": {
+            "algo": {"name": "treerpo"},
+            "train": {"lr": 1e-5, "steps": 10},
+            "output": {"dir": "b"},
+        },
+    }
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    resume = {"step": 10, "changes": {"train.steps": {"from": 10, "to": 20}}}
+    (tmp_path / "b" / "resumes.jsonl").write_text(json.dumps(resume) + "\n")
+    out = tmp_path / "both.html"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    page = out.read_text()
+    table = page[page.index("<table class='differ'>") : page.index("</table>")]
+    assert page.index("<table class='differ'>") < page.index("held-out accuracy")
+    assert table.count("<tr>") == 3 and "<th>key</th><th>a</th><th>b</th>" in table
+    assert "<td>algo.name</td><td>grpo</td><td>treerpo</td>" in table
+    assert "<td>train.steps</td><td>10</td><td>20</td>" in table
 
 
 def test_report_skips_saved_records_that_are_not_trees(tmp_path, capsys):

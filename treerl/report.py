@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from treerl.config import flat, read_yaml_text  # noqa: E402
 from treerl.errors import UserError  # noqa: E402
 from treerl.rundir import REPORT_FILE, TREES_PAGE, RunDir, stalls  # noqa: E402
 from treerl.tree_records import saved_trees  # noqa: E402
@@ -77,12 +79,23 @@ def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
     return out
 
 
+def trained_levels(run: RunData) -> list[str]:
+    """The run's curriculum.levels, easiest first as the config lists them ([] without a config)."""
+    config = read_yaml_text(run.config) if run.config else None
+    curriculum = config.get("curriculum") if isinstance(config, dict) else None
+    levels = curriculum.get("levels") if isinstance(curriculum, dict) else None
+    return [str(level) for level in levels] if isinstance(levels, list) else []
+
+
 def level_colors(runs: list[RunData]) -> dict[str, str]:
-    """One colour per level (and held-out group) in every plot, the same for every run: held-out
-    groups in their order, then training levels."""
+    """One colour per level (and held-out group) in every plot, the same for every run, in level
+    order, easiest first: held-out groups in the order evaluation wrote them (the task's levels,
+    then subjects and `all`), then the levels trained on (curriculum.levels), then any other level a
+    metric names. Plots draw, and so list in their legends, levels in this order."""
     names = [
         group for run in runs for step in sorted(run.evals, key=int) for group in run.evals[step]
     ]
+    names += [level for run in runs for level in trained_levels(run)]
     names += [
         key.removeprefix("acc/") for run in runs for key in run.keys("acc/") if key != "acc/mean"
     ]
@@ -92,6 +105,12 @@ def level_colors(runs: list[RunData]) -> dict[str, str]:
         for key in run.keys("curriculum/share/")
     ]
     return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+
+
+def in_level_order(levels: list[str], colors: dict[str, str]) -> list[str]:
+    """`levels` ordered as `colors` (level_colors) lists them: easiest first."""
+    order = list(colors)
+    return sorted(levels, key=order.index)
 
 
 def run_style(runs: list[RunData], i: int) -> str:
@@ -120,11 +139,9 @@ def plot_accuracy(ax, runs: list[RunData]) -> None:
     colors = level_colors(runs)
     for i, run in enumerate(runs):
         prefix, style = f"{run.name}: " if len(runs) > 1 else "", run_style(runs, i)
-        for key in (
-            k for k in run.keys("acc/") if k != "acc/mean"
-        ):  # the mean is the reward's curve
-            level = key.removeprefix("acc/")
-            curve(ax, *run.series(key), f"{prefix}{level}", colors[level], style)
+        levels = [k.removeprefix("acc/") for k in run.keys("acc/") if k != "acc/mean"]
+        for level in in_level_order(levels, colors):  # acc/mean is the reward's curve
+            curve(ax, *run.series(f"acc/{level}"), f"{prefix}{level}", colors[level], style)
         curve(ax, *run.series("reward/mean"), f"{prefix}reward", "black", style)
     ax.set(title="training accuracy per level and reward", xlabel="step", ylim=(-0.02, 1.02))
 
@@ -154,11 +171,11 @@ def plot_eval(ax, runs: list[RunData]) -> None:
 
 def plot_curriculum(ax, runs: list[RunData]) -> None:
     """Share of each level among the step's prompts (stacked), the schedule's p(t) dashed."""
-    run = runs[0]
-    levels = [k.removeprefix("curriculum/share/") for k in run.keys("curriculum/share/")]
+    run, colors = runs[0], level_colors(runs)
+    shares = [k.removeprefix("curriculum/share/") for k in run.keys("curriculum/share/")]
+    levels = in_level_order(shares, colors)
     if levels:
         steps = run.series(f"curriculum/share/{levels[0]}")[0]
-        colors = level_colors(runs)
         ax.stackplot(
             steps,
             *[trailing_mean(run.series(f"curriculum/share/{lvl}")[1]) for lvl in levels],
@@ -402,12 +419,19 @@ STYLE = """body{font-family:sans-serif;margin:1.5em 2em;max-width:1600px}
 .legend i{display:inline-block;width:0.8em;height:0.8em;margin:0 0.3em 0 0.6em}\
 .legend{font-size:0.85em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:0.25em 0.7em;text-align:right}
+.differ td{text-align:left}.differ{margin-bottom:1em}
 caption{text-align:left;font-weight:bold;padding-bottom:0.3em}\
 .up{color:#1a7f1a;font-weight:bold}.down{color:#c33}
 .warn{background:#fff3d6;border-left:4px solid #d08a00;padding:0.4em 0.7em}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:0.8em}
 .grid img{width:100%;border:1px solid #eee}
 pre{background:#f6f6f6;padding:1em;overflow:auto}summary{cursor:pointer;font-weight:bold}"""
+
+
+CURVES_NOTE = (
+    f"Each per-step curve is the mean of the last {SMOOTH} steps; the faint line behind it, in its "
+    "colour, is the value of each step. Legends list levels easiest first."
+)
 
 
 def page(title: str, images: dict[str, Path], first_screen: str, config: str) -> str:
@@ -420,7 +444,7 @@ def page(title: str, images: dict[str, Path], first_screen: str, config: str) ->
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{first_screen}"
-        f"<h2>curves</h2><div class='grid'>{figures}</div>{config}</body></html>"
+        f"<h2>curves</h2><p>{CURVES_NOTE}</p><div class='grid'>{figures}</div>{config}</body></html>"
     )
 
 
@@ -441,9 +465,39 @@ def write_report(run_dir: Path) -> Path:
     return out
 
 
+NOT_COMPARED = ("output.dir",)
+"""Config keys that differ between any two runs (where each was written) and say nothing of how."""
+
+
+def shown_value(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config_differences(runs: list[RunData], run_dirs: list[Path]) -> str:
+    """A table of the config keys whose values differ between the runs as they are now (config.yaml
+    with the changes of every resume; a section inside a section key by key:
+    rollout.vllm.max_num_seqs), a column per run; a key a run's config lacks shows as -."""
+    configs = [flat(RunDir(path).config_data(), subsections=True) for path in run_dirs]
+    keys = sorted({key for config in configs for key in config} - set(NOT_COMPARED))
+    differ = [key for key in keys if len({shown_value(c.get(key, "-")) for c in configs}) > 1]
+    if not differ:
+        return "<p>The runs' configs are the same.</p>"
+    head = "".join(f"<th>{html.escape(run.name)}</th>" for run in runs)
+    rows = "".join(
+        f"<tr><td>{html.escape(key)}</td>"
+        + "".join(f"<td>{html.escape(shown_value(c.get(key, '-')))}</td>" for c in configs)
+        + "</tr>"
+        for key in differ
+    )
+    return (
+        "<table class='differ'><caption>config keys that differ</caption>"
+        f"<tr><th>key</th>{head}</tr>{rows}</table>"
+    )
+
+
 def write_comparison(run_dirs: list[Path], out: Path) -> Path:
-    """The runs on one page in out (an HTML file) laid out as a report; its PNGs
-    in a folder beside it."""
+    """The runs on one page in out (an HTML file) laid out as a report, opening with the config keys
+    that differ between them; its PNGs in a folder beside it."""
     runs = [load_run(path) for path in run_dirs]
     if len({run.name for run in runs}) < len(
         runs
@@ -459,6 +513,10 @@ def write_comparison(run_dirs: list[Path], out: Path) -> Path:
     styles = ", ".join(
         f"{html.escape(run.name)} {RUN_STYLES[run_style(runs, i)]}" for i, run in enumerate(runs)
     )
-    first = summary(runs, out.parent) + f"<p>line styles in the plots: {styles}</p>"
+    first = (
+        config_differences(runs, run_dirs)
+        + summary(runs, out.parent)
+        + f"<p>line styles in the plots: {styles}</p>"
+    )
     out.write_text(page("treerl: " + " vs ".join(run.name for run in runs), images, first, configs))
     return out
