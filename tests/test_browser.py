@@ -43,6 +43,8 @@ window.addEventListener('load', () => {
     b.dataset.head = tree.querySelector('.detail p').textContent;
     const svg = tree.querySelector('svg.drawing'), width = svg.getAttribute('width');
     zoom(1.25); b.dataset.zoomed = (svg.getAttribute('width') / width).toFixed(2);
+    fit(); b.dataset.fitted = [svg.getAttribute('width'), svg.dataset.width,
+                               tree.querySelector('.scroll').clientWidth].join(' ');
     openAll(false); b.dataset.closed = tree.querySelectorAll('details:not([open])').length;
     openAll(true); b.dataset.open = tree.querySelectorAll('details[open]').length;
     search('no-such-problem'); b.dataset.missing = document.getElementById('missing').textContent;
@@ -128,6 +130,8 @@ def test_tree_page_draws_the_tree_and_its_buttons_work(trained_run, tmp_path):
     )
     assert trained in seen["head"] and f"{last['tokens']} tokens" in seen["head"]
     assert seen["zoomed"] == "1.25"  # the drawing grows
+    width, drawn, window = map(int, seen["fitted"].split())
+    assert width == drawn < window  # fitting to the window's width leaves a narrow tree as drawn
     assert (
         seen["closed"] == seen["open"] == str(inner + 1)
     )  # the list of every node, and its inner nodes
@@ -188,5 +192,7 @@ def test_a_tree_of_a_thousand_leaves_is_drawn_and_answers_a_click(tmp_path):
     start = time.perf_counter()
     seen, console = browse(page, tmp_path, "thousand")
     assert seen["nodes"] == "1111" and seen["shown"] == "d" * 40 and seen["context"] == "4"
+    width, drawn, window = map(int, seen["fitted"].split())
+    assert width == window < drawn  # a wide tree fitted to the window's width (issue 31 item 9)
     assert seen["errors"] == "none" and console == []
     assert time.perf_counter() - start < 60

@@ -239,7 +239,7 @@ pre{white-space:pre-wrap;margin:0.2em 0;font-size:0.9em;background:#f6f6f6;paddi
 .tag{font-size:0.8em;background:#eee;padding:0 0.4em;border-radius:0.3em}.tag.pick{background:#fc6}
 summary{cursor:pointer}"""
 
-SCRIPT = """let scale = 1, current = 0;
+SCRIPT = """let scale = 1, current = 0, fitted = false;
 const sections = () => [...document.querySelectorAll('section.tree')];
 function show(g) {
   const section = g.closest('section'), path = g.dataset.path;
@@ -269,6 +269,7 @@ function select(i) {
   document.getElementById('missing').textContent = '';
   history.replaceState(null, '', '#step=' + encodeURIComponent(s.dataset.step)
                                  + '&problem=' + encodeURIComponent(s.dataset.id));
+  if (fitted) fit();
 }
 function turn(by) { select(current + by); }
 function byStep(step) { select(Math.max(0, sections().findIndex(s => s.dataset.step === step))); }
@@ -287,15 +288,22 @@ function fromHash() {
                                && (!q.has('problem') || s.dataset.id === q.get('problem')));
   select(i >= 0 ? i : all.length - 1);
 }
-function zoom(f) {
-  scale = f ? scale * f : 1;
+function resize() {
   document.querySelectorAll('svg.drawing').forEach(svg => {
     svg.setAttribute('width', Math.round(svg.dataset.width * scale));
     svg.setAttribute('height', Math.round(svg.dataset.height * scale)); });
 }
+function zoom(f) { fitted = false; scale = f ? scale * f : 1; resize(); }
+function fit() {
+  const s = sections()[current], svg = s.querySelector('svg.drawing');
+  fitted = true;
+  scale = Math.min(1, Math.floor(s.querySelector('.scroll').clientWidth) / svg.dataset.width);
+  resize();
+}
 function openAll(open) {\
  document.querySelectorAll('section.tree details').forEach(d => { d.open = open; }); }
 window.addEventListener('hashchange', fromHash);
+window.addEventListener('resize', () => { if (fitted) fit(); });
 document.addEventListener('DOMContentLoaded', fromHash);"""
 
 
@@ -323,8 +331,8 @@ def _section(tree: TreeRecord) -> str:
 
 def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
     """One self-contained page of trees (inline style and script, nothing fetched), one shown at a
-    time: pages turned with buttons, a step chosen from a list, a problem found by its id, the shown
-    tree named in the URL fragment (#step=S&problem=ID) so that a view can be shared. Records are
+    time: pages turned with buttons, a step chosen from a list, a problem found by its id, a wide
+    tree zoomed or fitted to the window's width, the shown tree named in the URL fragment (#step=S&problem=ID) so that a view can be shared. Records are
     typed first and every string is escaped, so a hostile record shows as text and runs nothing."""
     trees = [typed(record) for record in records]
     steps = list(dict.fromkeys("" if t.step is None else str(t.step) for t in trees))
@@ -344,6 +352,7 @@ def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
         "<button onclick='zoom(1.25)'>zoom in</button> "
         "<button onclick='zoom(0.8)'>zoom out</button> "
         "<button onclick='zoom(0)'>reset</button> "
+        "<button onclick='fit()' title='shrink a wide tree to the window'>fit width</button> "
         "<button onclick='openAll(true)'>expand all</button> "
         "<button onclick='openAll(false)'>collapse all</button> <span id='missing'></span></nav>"
     )
