@@ -10,10 +10,14 @@ import torch
 def one_torch_thread():
     """The models here are tiny: a second intra-op thread only adds contention on a busy 2-core
     machine (test_engine.py took ~50 s with 2 threads next to another CPU job, ~4 s with 1). The
-    trainer tests set train.threads=1, which does the same for the rest of the session anyway."""
+    commands' default, train.threads=0 (the cores this process may use), is one core here too."""
+    import treerl.models
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(treerl.models, "usable_cores", lambda: 1)
+        yield
     torch.set_num_threads(previous)
 
 

@@ -1,8 +1,12 @@
+import os
+
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import treerl.models
 from treerl.errors import UserError
-from treerl.models import TINY_DIR, load_policy
+from treerl.models import TINY_DIR, load_policy, usable_cores, use_threads
 from treerl.models.tiny import build_tokenizer
 
 TEXT = "7+5-8+6\n12-8+6\n4+6\nAnswer: 10"
@@ -45,6 +49,18 @@ def test_device_names_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="torch sees none"):
             resolve_device("cuda")
+
+
+def test_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    """Issue 31 item 9: train.threads=0 is the process's CPU affinity (taskset, a batch system's
+    cpuset), not every core of a shared machine (it was torch's default, left as it was)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(treerl.models, "usable_cores", usable_cores)  # conftest's is 1 core
+    try:
+        assert use_threads(0) == 3 == torch.get_num_threads()
+        assert use_threads(2) == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.slow

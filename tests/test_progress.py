@@ -21,3 +21,13 @@ def test_disabled_progress_prints_nothing(capsys):
         for _ in range(10):
             step_done(bar, job, "x")
     assert capsys.readouterr().out == ""
+
+
+def test_with_the_bar_off_a_line_every_log_every_steps(capsys):
+    """Issue 31 item 9 (output.log_every): a batch job without progress bars still says how far it
+    is (it printed nothing)."""
+    with progress_bar(enabled=False) as bar:
+        job = bar.add_task("train", total=7, info="")
+        for step in range(7):
+            step_done(bar, job, f"reward {step}", log_every=3)
+    assert capsys.readouterr().out.splitlines() == ["train 3/7  reward 2", "train 6/7  reward 5"]

@@ -603,3 +603,14 @@ def test_a_reactive_schedule_moves_on_from_training_accuracy_and_resumes_where_i
         (0, 1),
         (0, 1),
     ]
+
+
+def test_with_progress_bars_off_training_logs_a_line_every_log_every_steps(
+    model_dir, tmp_path, capsys
+):
+    """Issue 31 item 9 (output.log_every): a batch job sees its steps go by (it saw none)."""
+    cfg = tiny_config(model_dir, "train.steps=3", "output.log_every=2", "eval.problems=1")
+    trainer.train(cfg, tmp_path / "run")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train ")]
+    assert len(lines) == 1 and lines[0].startswith("train 2/3  reward ")
+    assert lines[0].endswith(" s/step")

@@ -615,7 +615,16 @@ class TrainConfig(Section):
             "checkpoint of the last good state"
         ),
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default (all cores)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description=(
+            "torch CPU threads; 0 = the cores this process may use (its CPU affinity, which "
+            "`taskset` or a batch system's cpuset sets), not every core of the machine. On a "
+            "shared machine give each job its cores (`taskset -c 0-3 treerl train ...`) or set "
+            "this to its share ([performance.md](performance.md#on-a-shared-machine))"
+        ),
+    )
     gradient_checkpointing: bool = Field(
         False,
         description=(
@@ -686,6 +695,14 @@ class OutputConfig(Section):
         None, description=("run directory (`--out` sets it); null = `runs/<timestamp>`")
     )
     progress: bool = Field(True, description="show progress bars")
+    log_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "with `output.progress=false` (a batch job): print one line every N training steps "
+            "(the step, reward, accuracy and seconds per step); 0 = none"
+        ),
+    )
     tensorboard: bool = Field(
         False,
         description=(

@@ -30,13 +30,15 @@ def progress_bar(enabled: bool = True) -> Progress:
     )
 
 
-def step_done(bar: Progress, job: TaskID, info: str) -> None:
-    """Advance a job by one; where no live bar can be drawn (a log file, CI),
-    print a line every 5%."""
+def step_done(bar: Progress, job: TaskID, info: str, log_every: int = 0) -> None:
+    """Advance a job by one; where no live bar can be drawn (a log file, CI), print a line every 5%;
+    with the bar off (output.progress=false), a line every `log_every` steps (0: none)."""
     bar.update(job, advance=1, info=info)
     task = bar.tasks[bar.task_ids.index(job)]
-    every = max(1, int(task.total or 1) // LOG_LINES)
-    if not bar.disable and not bar.console.is_terminal and int(task.completed) % every == 0:
-        bar.console.print(
-            f"{task.description} {int(task.completed)}/{int(task.total or 0)}  {info}"
-        )
+    done = int(task.completed)
+    if bar.disable:
+        due = log_every > 0 and done % log_every == 0
+    else:
+        due = not bar.console.is_terminal and done % max(1, int(task.total or 1) // LOG_LINES) == 0
+    if due:
+        bar.console.print(f"{task.description} {done}/{int(task.total or 0)}  {info}")

@@ -332,8 +332,9 @@ def _section(tree: TreeRecord) -> str:
 def render_trees(records: list[dict[str, Any]], left_out: int = 0) -> str:
     """One self-contained page of trees (inline style and script, nothing fetched), one shown at a
     time: pages turned with buttons, a step chosen from a list, a problem found by its id, a wide
-    tree zoomed or fitted to the window's width, the shown tree named in the URL fragment (#step=S&problem=ID) so that a view can be shared. Records are
-    typed first and every string is escaped, so a hostile record shows as text and runs nothing."""
+    tree zoomed or fitted to the window's width, the shown tree named in the URL fragment
+    (#step=S&problem=ID) so that a view can be shared. Records are typed first and every string is
+    escaped, so a hostile record shows as text and runs nothing."""
     trees = [typed(record) for record in records]
     steps = list(dict.fromkeys("" if t.step is None else str(t.step) for t in trees))
     options = "".join(f"<option value='{s}'>{s or 'sampled'}</option>" for s in steps)

@@ -7,12 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.eval import eval_work, evaluate, print_eval
-from treerl.models import load_policy, resolve_device
+from treerl.models import load_policy, resolve_device, use_threads
 from treerl.progress import progress_bar
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.loaders import BENCHMARKS, DATA_SUFFIXES
@@ -56,8 +54,7 @@ def run(args: argparse.Namespace) -> None:
             args.config,
             overrides + benchmark_overrides(args.benchmark, cfg.task.name) + list(args.overrides),
         )
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     task = make_task(cfg.task)
     if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")

@@ -30,7 +30,7 @@ from treerl.curriculum.sampler import task_and_sampler
 from treerl.curriculum.scores import with_ranks
 from treerl.curriculum.scoring import score_queries
 from treerl.errors import UserError
-from treerl.models import load_policy, resolve_device
+from treerl.models import load_policy, resolve_device, use_threads
 from treerl.progress import progress_bar
 from treerl.rollout.sampling import TreeShape
 from treerl.rundir import append_jsonl, enclosing_run, read_jsonl, write_jsonl
@@ -196,8 +196,7 @@ def score_pool(
     """Score every query of the training pools of curriculum.levels (the first `limit`
     if > 0); write JSONL."""
     check_out(out, overwrite, resume)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     task, sampler = task_and_sampler(cfg)
     if any(pool is None for pool in sampler.pools.values()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -101,6 +102,23 @@ def resolve_device(name: str) -> torch.device:
             f"model.device '{name}' asks for a GPU but torch sees none; use model.device=cpu"
         )
     return device
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`, a batch system's cpuset),
+    which on a shared machine is fewer than the machine's; os.cpu_count() where the system keeps no
+    affinity (macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def use_threads(threads: int) -> int:
+    """Set torch's CPU threads to `threads` (train.threads), 0 meaning usable_cores(); returns the
+    number set."""
+    count = threads or usable_cores()
+    torch.set_num_threads(count)
+    return count
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

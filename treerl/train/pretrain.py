@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 
 from treerl.config import EvalConfig, Section, config_yaml
 from treerl.eval import evaluate, print_eval
+from treerl.models import use_threads
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
 from treerl.rundir import write_atomic
@@ -56,7 +57,9 @@ class PretrainConfig(Section):
         200, ge=1, description=("held-out problems per level in the closing table")
     )
     eval_max_new_tokens: int = Field(64, ge=1, description="response budget of that evaluation")
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads; 0 = the cores this process may use (its affinity)"
+    )
 
     @field_validator("level_mix")
     @classmethod
@@ -85,8 +88,7 @@ def task_characters(task, levels: list[str]) -> str:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg.threads)
     task = get_task(cfg.task, template=cfg.template)
     check_levels(task, list(cfg.level_mix), "level_mix")
     out = Path(cfg.out)

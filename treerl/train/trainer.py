@@ -23,7 +23,7 @@ from treerl.curriculum.scoring import score_queries
 from treerl.curriculum.weights import QueryWeights
 from treerl.errors import RunStopped, UserError, warn
 from treerl.eval import eval_set, eval_work, evaluate, print_eval
-from treerl.models import DTYPES, resolve_device
+from treerl.models import DTYPES, resolve_device, use_threads
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
 from treerl.rollout.engine import backend_for, backend_name
@@ -273,8 +273,7 @@ def train(
     0 writes and prints."""
     console = console or Console(quiet=par is not None and not par.main)
     par = par or Parallel(device=resolve_device(cfg.model.device))
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     if cfg.rollout.batch_prompts < par.world:
         raise UserError(
             f"rollout.batch_prompts={cfg.rollout.batch_prompts} gives some of the {par.world} "
@@ -432,6 +431,7 @@ def run_steps(
                 job,
                 f"reward {metrics['reward/mean']:.3f}  acc {metrics['acc/mean']:.3f}  "
                 f"{metrics['timing/step_s']:.2f} s/step",
+                cfg.output.log_every if par.main else 0,
             )
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
