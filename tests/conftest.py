@@ -44,6 +44,24 @@ def vllm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory):
+    """LoRA adapters (r=4, alpha=8, random B) on the embedded model, saved with its tokenizer as a
+    LoRA checkpoint saves them; and the adapted model (treat as read-only)."""
+    from treerl.config import LoraSettings
+    from treerl.models import load_policy
+
+    model, tok = load_policy("tiny", lora=LoraSettings(r=4, alpha=8))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0.0, 0.5)
+    path = tmp_path_factory.mktemp("tiny-adapters")
+    model.save_pretrained(path, save_embedding_layers=False)
+    tok.save_pretrained(path)
+    return path, model.eval()
+
+
+@pytest.fixture(scope="session")
 def policy(model_dir):
     """(model, tokenizer) loaded the way the trainer loads them; treat as read-only."""
     from treerl.models import load_policy

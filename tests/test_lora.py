@@ -248,21 +248,6 @@ def test_an_intact_adapter_directory_loads_its_weights(adapter_dir, model_dir):
     assert len(saved) == 28 and all(torch.equal(loaded[key], t) for key, t in saved.items())
 
 
-@pytest.fixture(scope="module")
-def tiny_adapters(tmp_path_factory):
-    """Adapters (random B) on the embedded model, saved with its tokenizer as a LoRA checkpoint
-    saves them; and the adapted model."""
-    model, tok = load_policy("tiny", lora=LORA)
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0.0, 0.5)
-    path = tmp_path_factory.mktemp("tiny-adapters")
-    model.save_pretrained(path, save_embedding_layers=False)
-    tok.save_pretrained(path)
-    return path, model.eval()
-
-
 def same_logits(model, other, tok) -> bool:
     ids = torch.tensor([tok.encode("7+5-8\n")])
     with torch.no_grad():

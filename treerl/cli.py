@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     tr.set_defaults(func=command("tree"))
 
+    exp = sub.add_parser(
+        "export", help="a run's checkpoint as a Hugging Face model folder with a model card"
+    )
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--out", required=True, help="a new or empty directory for the model folder")
+    exp.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest)")
+    exp.set_defaults(func=command("export"))
+
     pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
     pre.add_argument("--config", help="YAML file of pretrain settings")
     pre.add_argument("--out", help="output directory for the HF model (default runs/pretrain)")
