@@ -1,5 +1,7 @@
 """Math answers: extraction order, normalisation, numeric and symbolic equivalence, the public scoring API."""
 
+import time
+
 import pytest
 
 from treerl.errors import UserError
@@ -121,3 +123,83 @@ def test_gsm8k_compares_numbers_only():
     assert score("gsm8k", r"\boxed{\frac{36}{2}}", "18") == 1.0
     assert score("gsm8k", r"\boxed{2 \times 9}", "18") == 0.0
     assert score("math", r"\boxed{2 \times 9}", "18") == 1.0
+
+
+@pytest.mark.parametrize("prediction, reference", [
+    ("1000000001", "1000000000"), (r"\frac{1000000001}{3}", r"\frac{1000000000}{3}"), ("1000000001/1000000000", "1"),
+    ("1e999", "2e999"), ("1e-999", "0"),
+    ("1000000001.0", "1000000000"),    # within 1e-9 relative, but 1 is more than half a unit in the last place
+    ("0.33", r"\frac{1}{3}"),          # half a unit in the last place (0.005), yet not within 1e-9
+    ("18.0000000001", "18"),
+])
+def test_integers_fractions_and_huge_numbers_compare_exactly(prediction, reference):
+    assert not answers_match(prediction, reference, timeout=10)
+    assert not answers_match(reference, prediction, timeout=10)
+
+
+def test_gsm8k_integers_compare_exactly():
+    assert score("gsm8k", r"\boxed{1000000001}", "1000000000") == 0.0
+    assert score("gsm8k", "#### 1,000,000,000", "1000000000") == 1.0
+
+
+@pytest.mark.parametrize("prediction, reference", [
+    ("0.3333333333", r"\frac{1}{3}"),  # |diff| 3.3e-11 <= min(half a unit 5e-11, 1e-9 * 1/3)
+    ("1.60000000001", "1.6"),          # the reference 1.6 is a rounding: |diff| 1e-11 <= min(0.05, 1.6e-9)
+    ("3.89e-10", "0.000000000389"), ("1e999", "1e999"), ("1e5", "100000"),
+])
+def test_a_decimal_matches_the_value_it_rounds_to_within_1e_9(prediction, reference):
+    assert answers_match(prediction, reference, timeout=10)
+    assert answers_match(reference, prediction, timeout=10)
+
+
+@pytest.mark.parametrize("completion", [
+    r"\boxed{5} (otherwise 6)", r"\boxed{5} (else 6)", r"\boxed{5} (could be 6)", r"\boxed{5} (6?)",
+    r"\boxed{5} (unless it is 6)", r"\boxed{5} (might be 6)", r"\boxed{5}?", r"\boxed{5} (ｏｒ 6)",
+])
+def test_a_hedge_after_the_box_is_wrong(completion):
+    assert score("math", completion, "5") == 0.0
+
+
+@pytest.mark.parametrize("placeholder", [r"\phantom{2}", r"\hphantom{10}", "", "?", r"\square", r"\Box", r"\ "])
+def test_a_box_that_holds_a_placeholder_is_not_an_answer(placeholder):
+    quoting = rf"What goes in $\boxed{{{placeholder}}}$ in $x + \boxed{{{placeholder}}} = 7$? So $\boxed{{5}}$."
+    assert score("math", quoting, "5") == 1.0
+    assert score("math", rf"So $\boxed{{5}}$, the number in $\boxed{{{placeholder}}}$.", "5") == 1.0
+    assert score("math", rf"So $\boxed{{{placeholder}}}$.", "5") == 0.0
+    assert score("math", rf"So $\boxed{{4}}$, no: $\boxed{{5}}$ and $\boxed{{{placeholder}}}$.", "5") == 0.0
+
+
+MATH_TRAIN_3448 = "\n".join([
+    r"We would like to factor the left-hand side in the form \[",
+    r"(x^2-\boxed{\phantom{09}})(x^2-\boxed{\phantom{25}}).",
+    r"\] The numbers in the boxes must multiply to give $225$ and add to give $34$.  We write "
+    r"$225=3\cdot3\cdot5\cdot5$ and try a few different pairs until we find that 9 and 25 satisfy the requirements.  "
+    r"We factor further using "
+    r"difference of squares and solve. \begin{align*}",
+    r"(x^2-9)(x^2-25)&=0 \\",
+    r"(x+3)(x-3)(x-5)(x+5)&=0 \\",
+    r"x = \pm 3, x=\pm 5&",
+    r"\end{align*} The smallest of these solutions is $x=\boxed{-5}$."])
+"""The worked solution of MATH train row 3448 (data/train/math_train.parquet, extra_info.ground_truth_cot)."""
+
+
+def test_a_math_solution_that_quotes_blank_boxes_is_right():
+    assert score("math", MATH_TRAIN_3448, "-5") == 1.0
+
+
+COSTLY = (r"9^{9^{9^{9}}}", r"9^{9^{9}}")
+"""An answer and a reference that math-verify tries to compute: only the time bound stops it."""
+
+
+def test_two_costly_answers_in_a_row_each_come_back_within_the_bound():
+    """After a timeout the next call goes to a warm spare child; a new child would take 0.65 s to start here."""
+    from treerl.tasks.math_grader import MATH_VERIFY
+
+    assert answers_match("1+x^2", "x^2+1", timeout=60)  # starts the worker
+    timeouts = MATH_VERIFY.timeouts
+    for _ in range(2):
+        start = time.perf_counter()
+        assert not answers_match(*COSTLY, timeout=0.5)
+        assert time.perf_counter() - start <= 0.5 + 0.3
+    assert MATH_VERIFY.timeouts == timeouts + 2
+    assert answers_match("1+x^2", "x^2+1", timeout=60)

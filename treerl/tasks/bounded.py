@@ -1,4 +1,5 @@
-"""Run a function in a child process with a wall-clock bound per call; a call that runs over kills the child.
+"""Run a function in a child process with a wall-clock bound per call; a call that runs over kills the child, and
+a warm spare child takes the next call.
 
 The child is a fresh `python -c` that imports `module:function` and talks length-prefixed pickles over its
 stdin/stdout, so it never re-imports the caller's script (as multiprocessing's spawn would).
@@ -14,6 +15,7 @@ import select
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -44,10 +46,16 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 class BoundedWorker:
-    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or runs longer than s seconds.
+    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or has not answered s seconds after
+    the call.
 
-    fn (a module-level function) runs in a child process started on first use and restarted after a
-    timeout, so no input can hang the caller, whatever C code fn ends up in.
+    fn (a module-level function) runs in a child process, so no input can hang the caller, whatever C code fn
+    ends up in. A call that runs over kills its child; a spare child, started ahead and warmed up, serves the
+    next call, so that call does not wait for a new child to start (python, fn's imports and the warm-up take
+    seconds) and every call but the first returns within its bound: waiting for a spare that is still starting
+    counts against it. The first call (and the first after `stop`) waits up to STARTUP_TIMEOUT_S for its child.
+    Invariant after each call: `spare` is a child started (it may still be starting); `process` is None or a
+    child that reported ready.
     """
 
     def __init__(self, fn: Callable[..., Any], default: Any = None, warmup: tuple = ()):
@@ -57,49 +65,89 @@ class BoundedWorker:
         self.default = default
         self.warmup = warmup
         self.process: subprocess.Popen[bytes] | None = None
+        self.spare: subprocess.Popen[bytes] | None = None
         self.timeouts = 0
         atexit.register(self.stop)
 
-    def _start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         child = f"from treerl.tasks.bounded import serve; serve({self.target!r}, {self.warmup!r})"
-        self.process = subprocess.Popen([sys.executable, "-c", child],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        if self._response(STARTUP_TIMEOUT_S) != (True, "ready"):
+        return subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+    def _take_spare(self, timeout: float) -> bool:
+        """Whether the spare reported ready within `timeout` seconds; it then serves, and a new spare starts.
+        A dead spare is replaced first; one still starting stays the spare."""
+        if self.spare is None or self.spare.poll() is not None:
+            end(self.spare)
+            self.spare = self._spawn()
+        if response(self.spare, timeout) != (True, "ready"):
+            return False
+        self.process, self.spare = self.spare, self._spawn()
+        return True
+
+    def _serving(self, timeout: float) -> bool:
+        """Whether a ready child can take a call: the running one, else the spare within `timeout` seconds (on
+        the first call, within STARTUP_TIMEOUT_S or a RuntimeError)."""
+        if self.process is not None and self.process.poll() is None:
+            return True
+        end(self.process)
+        self.process = None
+        if self.spare is not None:
+            return self._take_spare(timeout)
+        if not self._take_spare(STARTUP_TIMEOUT_S):
             self.stop()
             raise RuntimeError(f"the worker process for {self.target} did not start")
-
-    def _response(self, timeout: float) -> tuple[bool, Any] | None:
-        """The child's next frame, or None when none starts within `timeout` seconds or the child died."""
-        assert self.process is not None and self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            return None
-        try:
-            return read_frame(self.process.stdout)
-        except (EOFError, pickle.UnpicklingError):
-            return None
+        return True
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            assert self.process.stdin is not None and self.process.stdout is not None
-            self.process.stdin.close()
-            self.process.stdout.close()
-        self.process = None
+        """End both children."""
+        end(self.process)
+        end(self.spare)
+        self.process = self.spare = None
 
-    def __call__(self, *args: Any, timeout: float) -> Any:
-        if self.process is None or self.process.poll() is not None:
-            self._start()
+    def _ask(self, args: tuple, deadline: float) -> tuple[bool, Any] | None:
+        """The serving child's (ok, value) for `args` by `deadline` (time.monotonic), or None. A child that
+        misses the deadline is ended; a call that waiting for the spare left no time is not sent at all."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
         assert self.process is not None and self.process.stdin is not None
         write_frame(self.process.stdin, args)
-        response = self._response(timeout)
-        if response is None:
+        answer = response(self.process, left)
+        if answer is None:
+            end(self.process)
+            self.process = None
+        return answer
+
+    def __call__(self, *args: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        answer = self._ask(args, deadline) if self._serving(timeout) else None
+        if answer is None:
             self.timeouts += 1
-            self.stop()
             return self.default
-        ok, value = response
+        ok, value = answer
         return value if ok else self.default
+
+
+def response(child: subprocess.Popen[bytes], timeout: float) -> tuple[bool, Any] | None:
+    """The child's next frame, or None when none starts within `timeout` seconds or the child died."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], timeout)
+    if not ready:
+        return None
+    try:
+        return read_frame(child.stdout)
+    except (EOFError, pickle.UnpicklingError):
+        return None
+
+
+def end(child: subprocess.Popen[bytes] | None) -> None:
+    """Kill and reap a child (if any) and close its pipes."""
+    if child is not None:
+        child.kill()
+        child.wait()
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()
+        child.stdout.close()
 
 
 def serve(target: str, warmup: tuple = ()) -> None:

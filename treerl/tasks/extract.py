@@ -7,6 +7,8 @@ import re
 ANSWER_MARKER = re.compile(r"the (?:final )?answer is:?|answer:|^[ \t]*a:|####", re.IGNORECASE | re.MULTILINE)
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 BOX_COMMANDS = ("\\boxed", "\\fbox")
+PLACEHOLDER = re.compile(r"(?:\\[hv]?phantom\s*\{[^{}]*\}|\\square|\\Box|\?|\\q?quad|\\(?:[,;: ]|$)|\s)*")
+"""What a box holds when it is a blank to fill in (a problem's `\\boxed{\\phantom{2}}`, quoted), not an answer."""
 
 
 def matching_braces(text: str) -> dict[int, int]:
@@ -22,8 +24,9 @@ def matching_braces(text: str) -> dict[int, int]:
 
 
 def boxes(text: str) -> list[tuple[str, int]]:
-    r"""Every complete `\boxed{...}` (or `\fbox{...}`, or `\boxed 5`) in order: its content, nested braces
-    handled, and where the text after it starts."""
+    r"""Every complete `\boxed{...}` (or `\fbox{...}`, or `\boxed 5`) that is not a blank, in order: its content,
+    nested braces handled, and where the text after it starts. A blank holds only a PLACEHOLDER (nothing, `?`,
+    `\square`, `\phantom{..}`)."""
     starts = sorted(m.start() for command in BOX_COMMANDS for m in re.finditer(re.escape(command), text))
     pairs = matching_braces(text) if starts else {}
     found = []
@@ -37,7 +40,7 @@ def boxes(text: str) -> list[tuple[str, int]]:
             word = text[after:].split(None, 1)
             if word:
                 found.append((word[0].split("$")[0], len(text) - len(text[after:].lstrip()) + len(word[0])))
-    return found
+    return [(content, end) for content, end in found if not PLACEHOLDER.fullmatch(content)]
 
 
 def last_box(text: str) -> tuple[str, int] | None:

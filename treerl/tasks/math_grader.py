@@ -2,20 +2,23 @@ r"""Grading math answers as the field does: extract, normalise, compare as numbe
 
 An answer that hedges is wrong before any comparison: several values joined by "or" (`\lor`, `\vee`), by
 "and" (`\land`, `\wedge`) or by a top-level comma or semicolon where the reference is one value, several
-boxes with different contents, or a boxed answer followed by "or", "maybe", "perhaps", ...
-(`\boxed{5} (or maybe 7)`). Otherwise a policy learns to list candidates, which math-verify would accept when
-one of them matches.
+boxes with different contents, or a boxed answer followed by "or", "maybe", "otherwise", "could be", ... or by
+a value with a question mark (`\boxed{5} (or maybe 7)`, `\boxed{5} (7?)`, `\boxed{5}?`; a rhetorical "Why?"
+passes). Otherwise a policy learns to list candidates, which math-verify would accept when one of them matches.
+Full-width forms (`ｏｒ`, `１８`) read as ASCII first, as NFKC maps them; a box that holds only a placeholder
+(`\boxed{\phantom{2}}`, `\boxed{?}`) is a blank quoted from the problem, not an answer
+(treerl.tasks.extract.boxes).
 
 Normalisation handles what math-verify leaves to the caller: `\text{}` and units, thousands separators,
-percent, degrees, currency, `\dfrac`, `x = ...`, a trailing period. Numbers compare as numbers
-(`18`, `18.0`, `\$18`, `18.00` agree). Anything else goes to math-verify's LaTeX parser (never sympy's
+percent, degrees, currency, `\dfrac`, `x = ...`, a trailing period. Numbers compare as numbers, exactly
+(`18`, `18.0`, `\$18`, `18.00` agree; `1000000001` and `1000000000` do not), except that a decimal may be a
+rounding of the other side (numbers_equal). Anything else goes to math-verify's LaTeX parser (never sympy's
 `parse_expr`, which evaluates Python) in a child process bounded in time.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from fractions import Fraction
 from functools import lru_cache
@@ -41,8 +44,15 @@ BIG_FACTORIAL = re.compile(r"\d{4,}\s*!")
 BASE_SUBSCRIPT = re.compile(r"^\w+_\{?\d+\}?$")
 OR_WORDS = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])|\bor\b", re.IGNORECASE)
 AND_WORDS = re.compile(r"\\(?:land|wedge)(?![a-zA-Z])|\band\b", re.IGNORECASE)
-HEDGE_AFTER_BOX = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])|\b(?:or|maybe|perhaps|possibly|alternatively)\b",
+HEDGE_AFTER_BOX = re.compile(r"\\(?:lor|vee)(?![a-zA-Z])|"
+                             r"(?:[\d)\]}%.]|\\[a-zA-Z]+|(?<![a-zA-Z])[a-zA-Z])[\s$]*\?|"
+                             r"\b(?:or|maybe|perhaps|possibly|alternatively|otherwise|else|unless|(?:could|might)\s+be)\b",
                              re.IGNORECASE)
+"""Words that offer another answer, or a question mark after a value (a number, a bracket, `%`, a
+command, a one-letter variable: `(6 - 6i?)`), not after a word (a rhetorical "Why?")."""
+FULL_WIDTH = str.maketrans({code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: " "})
+"""Full-width ASCII forms (U+FF01-U+FF5E) and the ideographic space -> ASCII, as NFKC maps them; a table, since
+NFKC itself takes quadratic time on a run of combining marks (6.5 s for 80,000 of them)."""
 FRACTION = re.compile(r"^(-?)\\frac\{(-?\d{1,30})\}\{(-?\d{1,30})\}$|^(-?\d{1,30})/(\d{1,30})$")
 
 
@@ -88,18 +98,28 @@ def offers_several(answer: str, reference: str) -> bool:
     return bool(AND_WORDS.search(answer) and not AND_WORDS.search(reference)) or is_list(normalize(answer))
 
 
-def as_number(s: str) -> Fraction | float | None:
-    """The value of a plain number or an integer fraction (`\\frac{14}{3}`, `14/3`); None for anything else."""
+def half_unit(decimal: str) -> Fraction:
+    """Half a unit in the last written place of a decimal: `0.33` -> 0.005, `3.89e-10` -> 5e-13, `1e5` -> 5e4;
+    0 for an integer, which is exact."""
+    mantissa, _, exponent = decimal.lower().partition("e")
+    if "." not in mantissa and not exponent:
+        return Fraction(0)
+    return Fraction(1, 2) * Fraction(10) ** (int(exponent or 0) - len(mantissa.partition(".")[2]))
+
+
+def as_number(s: str) -> tuple[Fraction, Fraction] | None:
+    """The exact value of a plain number or an integer fraction (`\\frac{14}{3}`, `14/3`) and half a unit in its
+    last written place (0 unless a decimal); None for anything else."""
     if NUMBER.match(s):
         try:
-            return Fraction(s) if "e" not in s.lower() else float(s)
-        except (ValueError, OverflowError):
+            return Fraction(s), half_unit(s)
+        except ValueError:  # more digits than int() reads
             return None
     m = FRACTION.match(s)
     if m:
         sign, num, den = (m.group(1), m.group(2), m.group(3)) if m.group(2) else ("", m.group(4), m.group(5))
         if int(den) != 0:
-            return (-1 if sign else 1) * Fraction(int(num), int(den))
+            return (-1 if sign else 1) * Fraction(int(num), int(den)), Fraction(0)
     return None
 
 
@@ -124,14 +144,13 @@ def too_costly(prediction: str, reference: str) -> bool:
                for pattern in (NESTED_EXPONENT, BIG_EXPONENT, BIG_FACTORIAL))
 
 
-def numbers_equal(a: Fraction | float, b: Fraction | float) -> bool:
-    """Equal to a relative 1e-9, compared exactly: float() of a big Fraction would overflow."""
-    if a == b:
-        return True
-    if not all(math.isfinite(x) for x in (a, b) if isinstance(x, float)):
-        return False
-    a, b = Fraction(a), Fraction(b)
-    return abs(a - b) <= Fraction(1, 10**9) * max(abs(a), abs(b))
+def numbers_equal(a: tuple[Fraction, Fraction], b: tuple[Fraction, Fraction]) -> bool:
+    """Two `as_number` values: integers and fractions compare exactly; a decimal may be a rounding of the other
+    side, so |a - b| <= min(max(half_unit_a, half_unit_b), 1e-9 max(|a|, |b|)). `0.3333333333` matches 1/3
+    (3.3e-11 <= min(5e-11, 3.3e-10)); `0.33` does not (tolerance 3.3e-10), nor `1000000001.0` 1e9 (0.05)."""
+    (a_value, a_unit), (b_value, b_unit) = a, b
+    tolerance = min(max(a_unit, b_unit), Fraction(1, 10**9) * max(abs(a_value), abs(b_value)))
+    return abs(a_value - b_value) <= tolerance
 
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we bound time ourselves
@@ -175,13 +194,14 @@ def answers_match(prediction: str, reference: str, timeout: float, symbolic: boo
 def is_correct(completion: str, reference: str, numeric: bool, timeout: float) -> bool:
     """Extract the final answer of a completion and compare it; `numeric` answers (GSM8K) may be a bare last
     number and compare only as numbers, as GSM8K is graded."""
+    completion = completion.translate(FULL_WIDTH)
     answer = final_answer(completion, numeric=numeric)
     if answer is None or offers_several(answer, reference):
         return False
     boxed = boxes(completion)
-    if boxed and boxed[-1][0] == answer and HEDGE_AFTER_BOX.search(completion[boxed[-1][1]:]):
+    if boxed and boxed[-1][0] == answer and HEDGE_AFTER_BOX.search(completion[boxed[-1][1] - 1:]):
         return False
     if len({normalize(content).replace(" ", "") for content, _ in boxed
-            if content and "\\boxed" not in content and "\\fbox" not in content}) > 1:
+            if "\\boxed" not in content and "\\fbox" not in content}) > 1:
         return False
     return answers_match(answer, reference, timeout, symbolic=not numeric)
