@@ -143,6 +143,42 @@ def test_cli_evaluates_a_benchmark_with_samples(model_dir, capsys):
     assert 0.0 <= row["pass@1"] <= row["pass@2"] <= row["pass@4"] <= 1.0
 
 
+def test_saved_completions_hold_every_answer_with_its_grade(policy, tmp_path):
+    """eval.save_completions: each problem's greedy answer, then its eval.samples sampled ones, in
+    the problems' order, each with its problem and grade (Judged: right where the reference is
+    'yes')."""
+    path = tmp_path / "deep" / "completions.jsonl"
+    cfg = EvalConfig(samples=2, max_new_tokens=2, save_completions=str(path))
+    evaluate(*policy, Judged(), cfg)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    problems = Judged().eval_problems("all", 4)
+    assert [(r["id"], r["sample"]) for r in rows] == [
+        (p.id, sample) for p in problems for sample in (None, 0, 1)
+    ]
+    assert [r["correct"] for r in rows] == [p.reference == "yes" for p in problems for _ in "abc"]
+    assert [r["reward"] for r in rows] == [float(r["correct"]) for r in rows]
+    assert all(isinstance(r["completion"], str) and 0 < r["tokens"] <= 2 for r in rows)
+    assert rows[0]["question"] == "0+1\n" and rows[0]["level"] == "2" and not rows[0]["too_long"]
+
+
+def test_cli_saves_every_completion_with_its_grade(tmp_path, capsys):
+    """Issue 31 item 9: `treerl eval --save-completions FILE`; the greedy rows give the accuracy
+    the command reports, and each row's grade is the task's grade of its completion."""
+    from treerl.cli import main
+    from treerl.tasks.arithmetic import Arithmetic
+
+    out = tmp_path / "completions.jsonl"
+    argv = ["eval", "--model", "tiny", "--save-completions", str(out), "--json"]
+    options = ["eval.problems=3", "eval.levels=[hard]", "output.progress=false"]
+    assert main([*argv, *options]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["groups"]["hard"]["accuracy"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and {r["sample"] for r in rows} == {None}
+    assert sum(r["correct"] for r in rows) / 3 == accuracy
+    task = Arithmetic()
+    assert all(task.grade(r["completion"], r["reference"]).correct == r["correct"] for r in rows)
+
+
 def test_cli_unknown_benchmark_is_a_user_error(capsys):
     from treerl.cli import main
 

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples", type=int, help="k samples per problem for avg@k and pass@k (eval.samples)"
     )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument(
+        "--save-completions",
+        metavar="FILE",
+        help="write every completion with its grade to this JSONL file (eval.save_completions)",
+    )
     ev.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     ev.set_defaults(func=command("evaluate"))
 

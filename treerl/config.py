@@ -688,6 +688,16 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, gt=0.0, description="temperature of those samples")
     max_new_tokens: int = Field(64, ge=1, description="generation budget in evaluation")
     batch_size: int = Field(256, ge=1, description="problems generated together")
+    save_completions: str | None = Field(
+        None,
+        description=(
+            "a JSONL file that each evaluation writes (replacing it) with every completion and its "
+            "grade: the problem's id, level, question and reference, `sample` (null: the greedy "
+            "answer; 0, 1, ...: the sampled ones), the completion, `correct`, `reward`, `tokens`, "
+            "`too_long`. `treerl eval --save-completions FILE` sets it; in training the file ends "
+            "with the final evaluation's; null = none"
+        ),
+    )
 
 
 class OutputConfig(Section):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +18,8 @@ from treerl.config import EvalConfig, RolloutConfig
 from treerl.errors import warn
 from treerl.parallel import Parallel
 from treerl.rollout.engine import context_length, generate
-from treerl.tasks.base import Problem, Task
+from treerl.rundir import write_jsonl
+from treerl.tasks.base import Grade, Problem, Task
 from treerl.tasks.loaders import ALL_LEVELS
 from treerl.tasks.prompts import render_prompt
 
@@ -59,6 +63,46 @@ def eval_work(task: Task, cfg: EvalConfig) -> int:
     return len(eval_set(task, cfg)) * (1 + cfg.samples)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A completion of evaluation, graded."""
+
+    text: str
+    correct: bool
+    reward: float
+    length: int
+    """Tokens generated."""
+    too_long: bool
+    """The prompt left no room to generate: not generated, counted wrong."""
+
+
+def completion_rows(
+    problems: list[Problem], greedy: list[Answer], sampled: list[Answer], samples: int
+) -> list[dict[str, Any]]:
+    """The lines of eval.save_completions: for each problem its greedy answer (`sample` null), then
+    its eval.samples sampled answers (`sample` 0, 1, ...; `sampled` holds them problem by problem),
+    each with the problem and its grade."""
+    rows = []
+    for i, problem in enumerate(problems):
+        mine = [(None, greedy[i])] + [(j, sampled[i * samples + j]) for j in range(samples)]
+        rows += [
+            {
+                "id": problem.id,
+                "level": problem.level,
+                "question": problem.question,
+                "reference": problem.reference,
+                "sample": sample,
+                "completion": answer.text,
+                "correct": answer.correct,
+                "reward": answer.reward,
+                "tokens": answer.length,
+                "too_long": answer.too_long,
+            }
+            for sample, answer in mine
+        ]
+    return rows
+
+
 def _grade(
     model,
     tokenizer,
@@ -69,12 +113,11 @@ def _grade(
     generator: torch.Generator | None,
     advance: Callable[[int], None],
     rollout: RolloutConfig | None,
-) -> tuple[list[bool], list[int], list[bool]]:
-    """(correct, response length, too long) per problem. A prompt that leaves no room for
-    eval.max_new_tokens in the model's context is not generated: it counts as
-    wrong, with length 0."""
+) -> list[Answer]:
+    """Each problem's answer, graded. A prompt that leaves no room for eval.max_new_tokens in the
+    model's context is not generated: it counts as wrong, with no text, length 0 and reward 0."""
     limit = context_length(model)
-    correct, lengths, too_long = [], [], []
+    answers: list[Answer] = []
     for start in range(0, len(problems), cfg.batch_size):
         chunk = problems[start : start + cfg.batch_size]
         ids = [
@@ -101,11 +144,10 @@ def _grade(
         done = iter(zip(gen.texts, gen.completion_ids) if gen else [])
         for problem, ok in zip(chunk, fits):
             text, completion = next(done) if ok else ("", [])
-            correct.append(ok and task.grade(text, problem.reference).correct)
-            lengths.append(len(completion))
-            too_long.append(not ok)
+            grade = task.grade(text, problem.reference) if ok else Grade(False, 0.0)
+            answers.append(Answer(text, grade.correct, grade.reward, len(completion), not ok))
         advance(len(chunk))
-    return correct, lengths, too_long
+    return answers
 
 
 def groups(problems: list[Problem], overall: bool) -> dict[str, list[int]]:
@@ -138,11 +180,13 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics per level (and subject): accuracy (greedy), response_length, and with
     cfg.samples = k: avg@k, pass@j, sampled through rollout.backend. Under torchrun every rank
-    grades its share of the problems and every rank returns the whole result."""
+    grades its share of the problems and every rank returns the whole result. With
+    cfg.save_completions, every completion and its grade is written there (rank 0)."""
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + par.rank)
     problems = eval_set(task, cfg)
     mine = _grade(model, tokenizer, task, par.share(problems), cfg, True, None, advance, rollout)
-    correct, lengths, too_long = par.unshare(mine[0]), par.unshare(mine[1]), par.unshare(mine[2])
+    greedy = par.unshare(mine)
+    too_long = [answer.too_long for answer in greedy]
     if any(too_long) and par.main:
         warn(
             f"{sum(too_long)} of {len(problems)} prompts leave no room for "
@@ -150,21 +194,25 @@ def evaluate(
             f"{context_length(model)} tokens: not generated, counted wrong "
             "(too_long in the results)"
         )
-    hits = None
+    hits, sampled = None, []
     if cfg.samples:
         repeated = [p for p in problems for _ in range(cfg.samples)]
         sampled = par.unshare(
             _grade(
                 model, tokenizer, task, par.share(repeated), cfg, False, generator, advance, rollout
-            )[0]
+            )
         )
-        hits = np.array(sampled).reshape(len(problems), cfg.samples).sum(1)
+        hits = np.array([a.correct for a in sampled]).reshape(len(problems), cfg.samples).sum(1)
+    if cfg.save_completions and par.main:
+        path = Path(cfg.save_completions).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(path, completion_rows(problems, greedy, sampled, cfg.samples))
     results: dict[str, dict[str, float]] = {}
     for name, rows in groups(problems, overall=ALL_LEVELS in (cfg.levels or task.levels)).items():
         row = {
             "problems": len(rows),
-            "accuracy": float(np.mean([correct[i] for i in rows])),
-            "response_length": float(np.mean([lengths[i] for i in rows])),
+            "accuracy": float(np.mean([greedy[i].correct for i in rows])),
+            "response_length": float(np.mean([greedy[i].length for i in rows])),
         }
         if any(too_long[i] for i in rows):
             row["too_long"] = sum(too_long[i] for i in rows)

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
             overrides + benchmark_overrides(args.benchmark, cfg.task.name) + list(args.overrides),
         )
     use_threads(cfg.train.threads)
+    if args.save_completions:
+        cfg.eval.save_completions = args.save_completions
     task = make_task(cfg.task)
     if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")
