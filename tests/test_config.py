@@ -31,6 +31,51 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.algo == AlgoConfig()  # untouched sections keep defaults
 
 
+def test_config_files_merge_in_order_then_the_overrides(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(
+        "train:\n  lr: 0.001\n  steps: 7\nrollout:\n  n: 3\nalgo:\n  params: {eps: 0.5}\n"
+    )
+    second.write_text(
+        "train:\n  steps: 9\nrollout:\n  max_new_tokens: 20\neval:\n  levels: [hard]\n"
+    )
+    cfg = load_config([first, second], ["rollout.n=5"])
+    assert (cfg.train.lr, cfg.train.steps) == (0.001, 9)  # a section merges key by key, second wins
+    assert (cfg.rollout.n, cfg.rollout.max_new_tokens) == (5, 20)  # the overrides come last
+    assert (cfg.algo.params, cfg.eval.levels) == ({"eps": 0.5}, ["hard"])
+    assert load_config([second, first]).train.steps == 7
+    assert load_config(["treerpo_demo", second]).algo.name == "treerpo"  # shipped names too
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "score", "tree", "pretrain"])
+def test_every_command_that_takes_config_takes_it_again(command):
+    from treerl.cli import build_parser
+
+    extra = ["--out", "x"] if command == "score" else []
+    args = build_parser().parse_args([command, "--config", "a", "--config", "b", *extra])
+    assert args.config == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_two_config_files_merge_on_the_command_line_and_the_run_records_the_merge(
+    in_tmp, model_dir
+):
+    (in_tmp / "small.yaml").write_text(
+        f"model: {{name_or_path: {model_dir}}}\n"
+        "rollout: {n: 2, batch_prompts: 1, max_new_tokens: 8}\n"
+        "tree: {step_tokens: 2}\n"
+        "eval: {problems: 1, levels: [easy], max_new_tokens: 4}\n"
+        "train: {steps: 5, threads: 1}\n"
+    )
+    argv = ["--config", "treerpo_demo", "--config", "small.yaml", "--out", "run", "train.steps=1"]
+    assert main(["train", *argv, "output.progress=false"]) == 0
+    recorded = load_config(in_tmp / "run" / "config.yaml")
+    assert (recorded.algo.name, recorded.tree.depth) == ("treerpo", 3)  # treerpo_demo's
+    assert (recorded.rollout.n, recorded.tree.step_tokens) == (2, 2)  # small.yaml's, over it
+    assert recorded.train.steps == 1  # the override's, over both
+    assert recorded.algo.params == {"prune_tau": 0.1, "norm": "bernoulli"}
+
+
 def test_empty_yaml_is_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")

@@ -269,14 +269,14 @@ def one_line_or_started(argv, capsys) -> None:
 def test_random_overrides_are_run_or_refused_in_one_line(
     pairs, command, monkeypatch, tmp_path_factory, capsys
 ):
-    import treerl.commands.evaluate as evaluate
+    import treerl.api as api
     import treerl.train.trainer as trainer
 
     def start(*args, **kwargs):
         raise Started
 
     monkeypatch.setattr(trainer.TrainState, "start", start)
-    monkeypatch.setattr(evaluate, "load_policy", start)
+    monkeypatch.setattr(api, "load_model", start)
     argv = [
         command,
         *([] if command == "eval" else ["--out", str(tmp_path_factory.mktemp("fuzz") / "run")]),

@@ -46,12 +46,23 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def add_config(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--config, which may be given several times: the files merge in order, then the overrides."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help=f"YAML config file{what} or a shipped config's name; repeat it to merge several in "
+        "order (a later file's keys win), then the overrides",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="treerl", description="RL from verifiable rewards on reasoning trees.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="train a policy with RL (no arguments: the embedded demo)")
-    train.add_argument("--config", help="YAML config file")
+    add_config(train)
     train.add_argument("--out", help="run directory (default runs/<timestamp>)")
     train.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint"
@@ -62,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="accuracy per level (greedy), avg@k and pass@k (eval.samples=k)"
     )
-    ev.add_argument("--config", help="YAML config file")
+    add_config(ev)
     ev.add_argument(
-        "--model", help="'tiny', a run's checkpoint or any local HF causal LM directory"
+        "--model",
+        help="'tiny', a run's checkpoint, any local HF causal LM directory or a Hub id in the local "
+        "HF cache (model.allow_download=true downloads it)",
     )
     ev.add_argument(
         "--benchmark",
@@ -86,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser(
         "score", help="Re-Schedule: sample a tree per training query, write r-scores as JSONL"
     )
-    sc.add_argument(
-        "--config", help="YAML config file (model, task, curriculum.levels/pool_size, rscore.*)"
-    )
+    add_config(sc, " (model, task, curriculum.levels/pool_size, rscore.*)")
     sc.add_argument("--out", required=True, help="JSONL file to write (for reschedule.scores_file)")
     sc.add_argument("--limit", type=int, default=0, help="score only the first N queries (0 = all)")
     again = sc.add_mutually_exclusive_group()
@@ -139,12 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it (the report shows 10 characters)",
     )
     tr.add_argument(
-        "--model", help="sample with this model: 'tiny', a checkpoint or a local HF directory"
+        "--model",
+        help="sample with this model: 'tiny', a checkpoint, a local HF directory or a Hub id",
     )
     tr.add_argument("--task", help="the task of the problem (task.name)")
-    tr.add_argument(
-        "--config", help="YAML config file (tree.*, rollout.n/max_new_tokens/temperature)"
-    )
+    add_config(tr, " (tree.*, rollout.n/max_new_tokens/temperature)")
     tr.add_argument("--out", help="HTML file to write (default tree.html, or RUN_DIR/tree.html)")
     tr.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     tr.set_defaults(func=command("tree"))
@@ -158,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=command("export"))
 
     pre = sub.add_parser("pretrain", help="rebuild the embedded tiny model by supervised warm-up")
-    pre.add_argument("--config", help="YAML file of pretrain settings")
+    add_config(pre, " of pretrain settings")
     pre.add_argument("--out", help="output directory for the HF model (default runs/pretrain)")
     pre.add_argument("overrides", nargs="*", help="e.g. steps=1200 level_mix.hard=0.05")
     pre.set_defaults(func=command("pretrain"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
@@ -85,9 +86,18 @@ class ModelConfig(Section):
             "`tiny` (the embedded arithmetic model), `tiny-countdown` (the same architecture "
             "warmed up on Countdown with `task.template=plain`), `tiny-novice` (a shorter "
             "arithmetic warm-up that barely solves 5 operands), any local Hugging Face causal LM "
-            "directory, or a directory of LoRA adapters (a LoRA run's checkpoint or any peft "
-            "adapter saved as safetensors; its base model must be where its "
+            "directory, a Hugging Face Hub id (`Qwen/Qwen2.5-0.5B-Instruct`) found in the local HF "
+            "cache (`HF_HOME`), or a directory of LoRA adapters (a LoRA run's checkpoint or any "
+            "peft adapter saved as safetensors; its base model must be where its "
             "`adapter_config.json` says)"
+        ),
+    )
+    allow_download: bool = Field(
+        False,
+        description=(
+            "`true`: a Hub id that is not in the local HF cache is downloaded into it (its "
+            "safetensors, JSON and tokenizer files); `HF_HUB_OFFLINE=0` in the environment does "
+            "the same. Off: nothing is downloaded, and a missing id is one line saying so"
         ),
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -921,15 +931,28 @@ def moved(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+ConfigFiles = str | Path | Sequence[str | Path] | None
+"""One YAML file (a path or a shipped config's name), several to merge in order, or none."""
+
+
+def read_configs(paths: ConfigFiles) -> dict[str, Any]:
+    """The YAML files merged in order: a later file's value replaces an earlier one's, and a section
+    (or a dict-valued key) merges key by key; {} for none."""
+    data: dict[str, Any] = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else list(paths or []):
+        data = _merge(data, read_yaml(path))
+    return data
+
+
 def load_config(
-    path: str | Path | None = None,
+    path: ConfigFiles = None,
     overrides: list[str] | None = None,
     schema: type[BaseModel] = Config,
     base: dict[str, Any] | None = None,
 ) -> Any:
-    """Defaults <- YAML file (or `base`, already read) <- dotted overrides,
-    validated into `schema`."""
-    data = read_yaml(path) if path else dict(base or {})
+    """Defaults <- the YAML files in order (or, without files, `base`, already read) <- dotted
+    overrides, validated into `schema`."""
+    data = read_configs(path) if path else dict(base or {})
     data = moved(_merge(data, parse_overrides(overrides or [])))
     return build(schema, data)
 
@@ -948,6 +971,7 @@ RESUMABLE = (
     "train.compile",
     "train.strategy",
     "model.device",
+    "model.allow_download",
     "rollout.kv_budget_gib",
     "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.cpu_kv_cache_gib",
@@ -961,10 +985,10 @@ RESUMABLE = (
 )
 """The keys a resume may change (a prefix ending in '.' covers its section): how long (the
 learning-rate, level and weight schedules keep the horizon the run began with), how often to save
-and evaluate, where and how fast to run, how much memory sampling and the update take (the KV
-budget, vLLM's memory and batch, micro-batches, activation checkpointing, chunked log-probs: none
-changes what is computed, only the order of float sums), what to log. The rest would make the run's
-steps disagree with its config."""
+and evaluate, where and how fast to run (and whether a Hub model may download), how much memory
+sampling and the update take (the KV budget, vLLM's memory and batch, micro-batches, activation
+checkpointing, chunked log-probs: none changes what is computed, only the order of float sums),
+what to log. The rest would make the run's steps disagree with its config."""
 FIXED_ON_RESUME = ("output.dir",)
 
 

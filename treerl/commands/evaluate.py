@@ -7,11 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from treerl.api import evaluate_task
 from treerl.config import load_config
 from treerl.errors import UserError
-from treerl.eval import eval_work, evaluate, print_eval
-from treerl.models import load_policy, resolve_device, use_threads
-from treerl.progress import progress_bar
+from treerl.eval import print_eval
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.loaders import BENCHMARKS, DATA_SUFFIXES
 
@@ -54,29 +53,12 @@ def run(args: argparse.Namespace) -> None:
             args.config,
             overrides + benchmark_overrides(args.benchmark, cfg.task.name) + list(args.overrides),
         )
-    use_threads(cfg.train.threads)
     if args.save_completions:
         cfg.eval.save_completions = args.save_completions
     task = make_task(cfg.task)
     if cfg.eval.levels and not args.benchmark:
         check_levels(task, cfg.eval.levels, "eval.levels")
-    model, tokenizer = load_policy(
-        cfg.model.name_or_path,
-        cfg.model.dtype,
-        resolve_device(cfg.model.device),
-        cfg.model.trust_remote_code,
-    )
-    with progress_bar(cfg.output.progress and not args.json) as bar:
-        job = bar.add_task("eval", total=eval_work(task, cfg.eval), info="")
-        results = evaluate(
-            model,
-            tokenizer,
-            task,
-            cfg.eval,
-            seed=cfg.seed,
-            advance=lambda k: bar.advance(job, k),
-            rollout=cfg.rollout,
-        )
+    results = evaluate_task(cfg, task, cfg.output.progress and not args.json)
     if args.json:
         print(
             json.dumps(

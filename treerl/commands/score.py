@@ -30,7 +30,7 @@ from treerl.curriculum.sampler import task_and_sampler
 from treerl.curriculum.scores import with_ranks
 from treerl.curriculum.scoring import score_queries
 from treerl.errors import UserError
-from treerl.models import load_policy, resolve_device, use_threads
+from treerl.models import load_model, resolve_device, use_threads
 from treerl.progress import progress_bar
 from treerl.rollout.sampling import TreeShape
 from treerl.rundir import append_jsonl, enclosing_run, read_jsonl, write_jsonl
@@ -172,11 +172,8 @@ def score_rest(
 ) -> list[dict[str, Any]]:
     """Score `problems` (the queries after the first `done`), from generator `state` (None: the
     seed's), each batch appended to OUT.partial with the generator's state after it."""
-    device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(
-        cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code
-    )
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model)
+    generator = torch.Generator(device=resolve_device(cfg.model.device)).manual_seed(cfg.seed)
     if state:
         generator.set_state(torch.frombuffer(bytearray(base64.b64decode(state)), dtype=torch.uint8))
     with progress_bar(cfg.output.progress) as bar:

@@ -1,20 +1,17 @@
-"""`treerl train`: the config (defaults <- --config <- overrides; on --resume the run's own config,
-with the changes of earlier resumes, <- overrides), the run directory, the training loop (under
-torchrun, in every process), then the report (rank 0): the loop draws no pages."""
+"""`treerl train`: the config (defaults <- the --config files in order <- overrides; on --resume the
+run's own config, with the changes of earlier resumes, <- overrides), then treerl.api.train: the
+run directory, the training loop (under torchrun, in every process), then the report (rank 0): the
+loop draws no pages."""
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
+from treerl.api import train
 from treerl.config import load_config
 from treerl.errors import UserError
-from treerl.models import resolve_device
-from treerl.parallel import close_parallel, init_parallel
-from treerl.report import write_report
 from treerl.rundir import RunDir
-from treerl.train.trainer import train
 
 
 def run(args: argparse.Namespace) -> None:
@@ -33,23 +30,4 @@ def run(args: argparse.Namespace) -> None:
         cfg = load_config(None, args.overrides, base=resumed.config_data())
     else:
         cfg = load_config(args.config, args.overrides)
-    par = init_parallel(cfg.train.strategy, resolve_device(cfg.model.device))
-    try:
-        if args.resume:
-            run_dir = Path(args.resume)
-        else:
-            run_dir = Path(
-                args.out
-                or cfg.output.dir
-                or par.broadcast(f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-            )
-            cfg.output.dir = str(run_dir)
-        train(cfg, run_dir, resume=bool(args.resume), par=par)
-        if par.main:
-            print(f"report: {write_report(run_dir)}")
-        # every rank is done (rank 0 writes the report last) before the process group goes
-        par.barrier()
-    finally:
-        close_parallel()
-    if par.main:
-        print(f"run directory: {run_dir}")
+    train(cfg, args.resume or args.out, resume=bool(args.resume))

@@ -8,19 +8,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from treerl.algo.treerpo import prune_tau
+from treerl.api import tree_records
 from treerl.config import Config, load_config
-from treerl.curriculum.rscore import greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.errors import UserError
-from treerl.models import load_policy, resolve_device
-from treerl.rollout.grading import grade_trees
-from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rundir import TREES_FILE, RunDir
 from treerl.tasks.base import Problem, Task
-from treerl.tree_records import saved_trees, tree_record
+from treerl.tree_records import saved_trees
 from treerl.viewer import id_by_prefix, pick_trees, render_trees
 
 
@@ -51,30 +45,7 @@ def find_problem(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> t
 def sample_tree_record(cfg: Config, problem_id: str, saved: list[dict[str, Any]]) -> dict[str, Any]:
     """Sample and grade one problem's deep tree as training would, and return its record."""
     task, problem = find_problem(cfg, problem_id, saved)
-    device = resolve_device(cfg.model.device)
-    model, tokenizer = load_policy(
-        cfg.model.name_or_path, cfg.model.dtype, device, cfg.model.trust_remote_code
-    )
-    trees = sample_problem_trees(
-        model,
-        tokenizer,
-        task,
-        [problem],
-        TreeShape.for_training(cfg, deep=True),
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        generator=torch.Generator(device=device).manual_seed(cfg.seed),
-        rollout=cfg.rollout,
-    )
-    grade_trees(trees, [problem], task, tokenizer)
-    r = cfg.rscore
-    return tree_record(
-        trees[0],
-        problem,
-        tokenizer,
-        prune_tau(cfg.algo),
-        greedy_choices(trees[0], r.top_m, r.eligible, r.child),
-    )
+    return tree_records(cfg, task, [problem])[0]
 
 
 def run(args: argparse.Namespace) -> None:

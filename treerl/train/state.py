@@ -91,6 +91,7 @@ class TrainState:
             par.device,
             m.trust_remote_code,
             m.lora,
+            allow_download=m.allow_download,
         )
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -106,7 +107,13 @@ class TrainState:
             reference = (
                 WithoutAdapters(model)
                 if isinstance(model, PeftModel)
-                else load_policy(m.name_or_path, m.dtype, par.device, m.trust_remote_code)[0].eval()
+                else load_policy(
+                    m.name_or_path,
+                    m.dtype,
+                    par.device,
+                    m.trust_remote_code,
+                    allow_download=m.allow_download,
+                )[0].eval()
             )
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
