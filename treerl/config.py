@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from treerl.errors import UserError, warn
-from treerl.registry import check_names
+from treerl.registry import absolute_user_code, check_names, is_user_code
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 """Ready configs inside the package (the demo's variants, each paper's setting):
@@ -128,6 +128,28 @@ class ModelConfig(Section):
     lora: LoraSettings = LoraSettings()
 
 
+def user_function(value: str) -> str:
+    """A `MODULE:FUNCTION` value, its `.py` path made absolute; else a ValueError."""
+    if not is_user_code(value):
+        raise ValueError(
+            f"'{value}' is not MODULE:FUNCTION (a module name or a .py path, then the function: "
+            "my_rewards:accuracy or rewards/math.py:accuracy)"
+        )
+    return absolute_user_code(value)
+
+
+class RewardTerm(Section):
+    """One of task.rewards: a reward function of the user's and its weight."""
+
+    fn: str = Field(description="the reward function, `MODULE:FUNCTION`")
+    weight: float = Field(1.0, description="its weight in the sum")
+
+    @field_validator("fn")
+    @classmethod
+    def _a_function(cls, value: str) -> str:
+        return user_function(value)
+
+
 class TaskConfig(Section):
     """The task and its options; an option left at null takes the task's own
     default (docs/tasks.md)."""
@@ -135,7 +157,32 @@ class TaskConfig(Section):
     name: str = Field(
         "arithmetic",
         description=(
-            "`arithmetic`, `math`, `gsm8k`, `countdown` or `blocksworld` ([tasks.md](tasks.md))"
+            "`arithmetic`, `math`, `gsm8k`, `countdown` or `blocksworld` ([tasks.md](tasks.md)), "
+            "or `MODULE:CLASS`, a `Task` subclass of your own (a module name or a `.py` path)"
+        ),
+    )
+    reward: str | None = Field(
+        None,
+        description=(
+            "a reward function of your own, `MODULE:FUNCTION` (a module name or a `.py` path), "
+            "with TRL's signature; it replaces the task's reward ([tasks.md](tasks.md#your-own-"
+            "reward-function)); null = the task's verifier"
+        ),
+    )
+    rewards: list[RewardTerm] | None = Field(
+        None,
+        description=(
+            "several reward functions with weights, `[{fn: MODULE:FUNCTION, weight: 1.0}, ...]`: "
+            "the reward is the weighted sum, and each function's mean is logged as "
+            "`rewards/<function>/mean`"
+        ),
+    )
+    reward_timeout: float = Field(
+        60.0,
+        gt=0.0,
+        description=(
+            "wall-clock bound in seconds for one call of a reward function (on a step's "
+            "completions); one that runs over stops the run"
         ),
     )
     format_reward: float = Field(
@@ -192,6 +239,29 @@ class TaskConfig(Section):
             "malformed 0); null = off"
         ),
     )
+
+    @field_validator("name")
+    @classmethod
+    def _task_path_absolute(cls, value: str) -> str:
+        """A `.py` path is recorded absolute (as task.reward's is), so that a resume or
+        `treerl eval` from another folder finds it."""
+        return absolute_user_code(value)
+
+    @field_validator("reward")
+    @classmethod
+    def _a_function(cls, value: str | None) -> str | None:
+        return None if value is None else user_function(value)
+
+    @model_validator(mode="after")
+    def _one_source_of_reward(self) -> TaskConfig:
+        if self.reward and self.rewards:
+            raise ValueError("set task.reward or task.rewards, not both")
+        if (self.reward or self.rewards) and (self.format_reward or self.format_required):
+            raise ValueError(
+                "task.format_reward and task.format_required shape the task's own reward; with "
+                "task.reward(s), add the format reward as a function in task.rewards"
+            )
+        return self
 
 
 class VllmSettings(Section):
@@ -964,6 +1034,7 @@ def config_yaml(cfg: BaseModel) -> str:
 
 RESUMABLE = (
     "train.steps",
+    "task.reward_timeout",
     "train.save_every",
     "train.keep_checkpoints",
     "train.max_bad_steps",

@@ -10,12 +10,16 @@ from treerl.errors import UserError
 # each module registers itself
 from treerl.tasks import arithmetic, blocksworld, countdown, math_tasks  # noqa: F401
 from treerl.tasks.base import TASKS, Grade, Problem, Task, register_task
+from treerl.tasks.rewards import UserRewards
+
+REWARD_KEYS = ("reward", "rewards", "reward_timeout")
+"""task.* keys of the user's reward functions, which the task's constructor does not take."""
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task registered as `name`, built with its options (e.g. format_reward=0.1,
-    template='think')."""
-    cls = TASKS.lookup(name)
+    """The task registered as `name` (or a Task subclass of the user's, `MODULE:CLASS`), built
+    with its options (e.g. format_reward=0.1, template='think')."""
+    cls = task_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in options:
         if key not in accepted:
@@ -25,9 +29,28 @@ def get_task(name: str, **options: Any) -> Task:
     return cls(**options)
 
 
+def task_class(name: str) -> type[Task]:
+    """The class task.name names, checked to be a Task that can be built."""
+    cls = TASKS.lookup(name)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise UserError(f"task.name={name}: that is not a subclass of treerl.tasks.Task")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise UserError(f"task.name={name}: the class does not implement {missing}")
+    for attribute in ("name", "default_template", "levels"):
+        if not hasattr(cls, attribute):
+            raise UserError(f"task.name={name}: the class sets no '{attribute}'")
+    return cls
+
+
 def make_task(cfg) -> Task:
-    """The task of a TaskConfig, with the options the config sets."""
-    return get_task(cfg.name, **cfg.model_dump(exclude_none=True, exclude={"name"}))
+    """The task of a TaskConfig, with the options the config sets and the user's reward functions
+    (task.reward or task.rewards) when it names any."""
+    task = get_task(cfg.name, **cfg.model_dump(exclude_none=True, exclude={"name", *REWARD_KEYS}))
+    functions = [(cfg.reward, 1.0)] if cfg.reward else [(r.fn, r.weight) for r in cfg.rewards or []]
+    if functions:
+        task.user_rewards = UserRewards(functions, cfg.reward_timeout)
+    return task
 
 
 def score(name: str, completion: str, reference: Any, **options: Any) -> float:
@@ -55,6 +78,7 @@ __all__ = [
     "Problem",
     "Task",
     "TASKS",
+    "UserRewards",
     "check_levels",
     "get_task",
     "make_task",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from treerl.registry import Registry
 from treerl.tasks.prompts import TEMPLATES
@@ -39,7 +39,30 @@ class Grade:
     correct: bool
     """The final answer is right: what accuracy counts."""
     reward: float
-    """The reward in [0, 1]: answer credit plus the format reward, when one is configured."""
+    """The reward in [0, 1]: answer credit plus the format reward, when one is configured; with
+    reward functions of the user's (task.reward), their weighted sum, any finite float."""
+    terms: dict[str, float] = field(default_factory=dict)
+    """Each user reward function's value, by the function's name (empty without them)."""
+
+
+@dataclass(frozen=True)
+class Completions:
+    """Completions to grade together, each with its prompt's text, its token ids and its
+    problem."""
+
+    prompts: list[str]
+    texts: list[str]
+    ids: list[list[int]]
+    problems: list[Problem]
+
+
+class Rewards(Protocol):
+    """Rewards that replace a task's own (tasks.rewards.UserRewards: the user's reward
+    functions)."""
+
+    def regrade(self, grades: list[Grade], completions: Completions) -> list[Grade]:
+        """The grades with these rewards; `correct` as it was."""
+        ...
 
 
 class Task(ABC):
@@ -60,6 +83,9 @@ class Task(ABC):
             """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
 
     eval_only_levels: list[str] = []
+    user_rewards: Rewards | None = None
+    """Reward functions of the user's (task.reward, task.rewards) that replace the reward of
+    `grade_all`; `correct` stays the task's verdict."""
 
     def __init__(
         self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False
@@ -103,6 +129,16 @@ class Task(ABC):
         """The reward in [0, 1] for a completion."""
         return self.grade(completion, reference).reward
 
+    def grade_all(self, completions: Completions) -> list[Grade]:
+        """Each completion's grade; with user reward functions, the reward is theirs."""
+        grades = [
+            self.grade(text, problem.reference)
+            for text, problem in zip(completions.texts, completions.problems)
+        ]
+        if self.user_rewards is None:
+            return grades
+        return self.user_rewards.regrade(grades, completions)
 
-TASKS: Registry[type[Task]] = Registry("task.name")
+
+TASKS: Registry[type[Task]] = Registry("task.name", user_code=True)
 register_task = TASKS.register

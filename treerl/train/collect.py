@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,7 +19,7 @@ from treerl.parallel import Parallel
 from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rollout.tree import Path, ReasoningTree, TrainingSample, TreeStats
-from treerl.tasks.base import Problem, Task
+from treerl.tasks.base import Grade, Problem, Task
 from treerl.train.update import trainable
 
 
@@ -41,6 +41,8 @@ class PromptRollout:
     score: float | None = None
     """The prompt's score (r-score or pass rate) as ranked at the end of the step;
     None when it has none."""
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    """[leaves] each of the user's reward functions' values, by its name (none without them)."""
 
     @property
     def groups_kept(self) -> int:
@@ -126,6 +128,7 @@ def collect(
                     torch.tensor([g.correct for g in graded], dtype=torch.float),
                     weights.weight(problem.id, step),
                     advantages,
+                    terms=reward_terms(graded),
                 )
             )
         timings["timing/reward_s"] += time.perf_counter() - t1
@@ -146,6 +149,12 @@ def collect(
         sampler.probs(step),
         timings,
     )
+
+
+def reward_terms(graded: list[Grade]) -> dict[str, torch.Tensor]:
+    """[leaves] each of the user's reward functions' values, by its name."""
+    names = graded[0].terms if graded else {}
+    return {name: torch.tensor([grade.terms[name] for grade in graded]) for name in names}
 
 
 def step_advantages(

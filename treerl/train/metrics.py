@@ -56,6 +56,8 @@ def step_metrics(
         "reschedule/weight_mean": sum(p.weight for p in prompts) / len(prompts),
         "reschedule/score_mean": sum(known) / len(known) if known else None,
     }
+    for name in prompts[0].terms:
+        metrics[f"rewards/{name}/mean"] = torch.cat([p.terms[name] for p in prompts]).mean().item()
     for level, prob in zip(levels, rollout.level_probs):
         metrics[f"curriculum/p/{level}"] = prob
         metrics[f"curriculum/share/{level}"] = sum(p.problem.level == level for p in prompts) / len(
