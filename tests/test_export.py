@@ -1,5 +1,5 @@
-"""`treerl export`: a run's checkpoint as a Hugging Face model folder that from_pretrained loads in a
-Python without treerl, with a model card holding the run's config, data and held-out table."""
+"""`treerl export`: a run's checkpoint as a Hugging Face model folder that from_pretrained loads in
+a Python without treerl, with a model card holding the run's config, data and held-out table."""
 
 import json
 import subprocess

@@ -262,7 +262,8 @@ def test_a_reward_that_raises_in_training_stops_the_run_in_one_line(
     assert main(["train", *args, "task.reward=rewards_stop:raises"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
-        "treerl: error: reward function rewards_stop:raises raised ZeroDivisionError: the user's bug"
+        "treerl: error: reward function rewards_stop:raises raised "
+        "ZeroDivisionError: the user's bug"
     ]
 
 

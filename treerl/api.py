@@ -80,7 +80,8 @@ def evaluate(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 def evaluate_task(cfg: Config, task: Task, progress: bool) -> dict[str, dict[str, float]]:
-    """`evaluate` on a task whose eval.levels are checked (or need no check: a benchmark's `all`)."""
+    """`evaluate` on a task whose eval.levels are checked (or need no check:
+    a benchmark's `all`)."""
     use_threads(cfg.train.threads)
     model, tokenizer = load_model(cfg.model)
     with progress_bar(progress) as bar:

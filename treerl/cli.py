@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(ev)
     ev.add_argument(
         "--model",
-        help="'tiny', a run's checkpoint, any local HF causal LM directory or a Hub id in the local "
-        "HF cache (model.allow_download=true downloads it)",
+        help="'tiny', a run's checkpoint, any local HF causal LM directory or a Hub id in the "
+        "local HF cache (model.allow_download=true downloads it)",
     )
     ev.add_argument(
         "--benchmark",

@@ -444,7 +444,8 @@ def page(title: str, images: dict[str, Path], first_screen: str, config: str) ->
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{first_screen}"
-        f"<h2>curves</h2><p>{CURVES_NOTE}</p><div class='grid'>{figures}</div>{config}</body></html>"
+        f"<h2>curves</h2><p>{CURVES_NOTE}</p><div class='grid'>{figures}</div>{config}"
+        "</body></html>"
     )
 
 

@@ -78,8 +78,8 @@ def model_card(cfg: Config, run: RunDir, step: int) -> str:
             "---",
             f"# {run.path.name}",
             "",
-            f"Trained with treerl ({cfg.algo.name}, reinforcement learning from verifiable rewards) "
-            f"from `{cfg.model.name_or_path}`: step {step} of {cfg.train.steps}"
+            f"Trained with treerl ({cfg.algo.name}, reinforcement learning from verifiable "
+            f"rewards) from `{cfg.model.name_or_path}`: step {step} of {cfg.train.steps}"
             + (", LoRA adapters merged into the weights." if cfg.model.lora.r else "."),
             "",
             "## Data",

@@ -59,8 +59,8 @@ def embedded_base(base: str) -> str:
     """Where treerl finds the base model an adapter directory names. Adapters trained on an embedded
     model name its directory inside the installed package, a path that peft and transformers open
     (`AutoPeftModelForCausalLM.from_pretrained(adapters)`); when that path no longer exists (the
-    package moved, or the adapters came from another machine), a `.../treerl/models/<folder>` base is
-    this installation's embedded model of that folder. Any other base is left as it is."""
+    package moved, or the adapters came from another machine), a `.../treerl/models/<folder>` base
+    is this installation's embedded model of that folder. Any other base is left as it is."""
     path = Path(base).expanduser()
     embedded = {folder.name: folder for folder in EMBEDDED.values()}
     if (

@@ -1,8 +1,9 @@
-"""Run a function in a child process with a wall-clock bound per call; a call that runs over kills the child, and
-a warm spare child takes the next call.
+"""Run a function in a child process with a wall-clock bound per call; a call that runs over kills
+the child, and a warm spare child takes the next call.
 
-The child is a fresh `python -c` that imports `module:function` and talks length-prefixed pickles over its
-stdin/stdout, so it never re-imports the caller's script (as multiprocessing's spawn would).
+The child is a fresh `python -c` that imports `module:function` and talks length-prefixed pickles
+over its stdin/stdout, so it never re-imports the caller's script (as
+multiprocessing's spawn would).
 """
 
 from __future__ import annotations
@@ -46,21 +47,22 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 class BoundedWorker:
-    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or has not answered s seconds after
-    the call.
+    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or has not answered
+    s seconds after the call.
 
-    fn (a module-level function) runs in a child process, so no input can hang the caller, whatever C code fn
-    ends up in. A call that runs over kills its child; a spare child, started ahead and warmed up, serves the
-    next call, so that call does not wait for a new child to start (python, fn's imports and the warm-up take
-    seconds) and every call but the first returns within its bound: waiting for a spare that is still starting
-    counts against it. The first call (and the first after `stop`) waits up to STARTUP_TIMEOUT_S for its child.
-    Invariant after each call: `spare` is a child started (it may still be starting); `process` is None or a
-    child that reported ready.
+    fn (a module-level function) runs in a child process, so no input can hang the caller, whatever
+    C code fn ends up in. A call that runs over kills its child; a spare child, started ahead and
+    warmed up, serves the next call, so that call does not wait for a new child to start (python,
+    fn's imports and the warm-up take seconds) and every call but the first returns within its
+    bound: waiting for a spare that is still starting counts against it. The first call (and the
+    first after `stop`) waits up to STARTUP_TIMEOUT_S for its child. Invariant after each call:
+    `spare` is a child started (it may still be starting); `process` is None or a child
+    that reported ready.
     """
 
     def __init__(self, fn: Callable[..., Any], default: Any = None, warmup: tuple = ()):
-        """`warmup`: arguments of a first call the child makes before it reports ready, so that the lazy
-        imports of fn do not count against a real call's bound."""
+        """`warmup`: arguments of a first call the child makes before it reports ready, so that the
+        lazy imports of fn do not count against a real call's bound."""
         self.target = f"{fn.__module__}:{fn.__qualname__}"
         self.default = default
         self.warmup = warmup
@@ -71,11 +73,13 @@ class BoundedWorker:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         child = f"from treerl.tasks.bounded import serve; serve({self.target!r}, {self.warmup!r})"
-        return subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        return subprocess.Popen(
+            [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+        )
 
     def _take_spare(self, timeout: float) -> bool:
-        """Whether the spare reported ready within `timeout` seconds; it then serves, and a new spare starts.
-        A dead spare is replaced first; one still starting stays the spare."""
+        """Whether the spare reported ready within `timeout` seconds; it then serves, and a new
+        spare starts. A dead spare is replaced first; one still starting stays the spare."""
         if self.spare is None or self.spare.poll() is not None:
             end(self.spare)
             self.spare = self._spawn()
@@ -85,8 +89,8 @@ class BoundedWorker:
         return True
 
     def _serving(self, timeout: float) -> bool:
-        """Whether a ready child can take a call: the running one, else the spare within `timeout` seconds (on
-        the first call, within STARTUP_TIMEOUT_S or a RuntimeError)."""
+        """Whether a ready child can take a call: the running one, else the spare within `timeout`
+        seconds (on the first call, within STARTUP_TIMEOUT_S or a RuntimeError)."""
         if self.process is not None and self.process.poll() is None:
             return True
         end(self.process)
@@ -105,8 +109,9 @@ class BoundedWorker:
         self.process = self.spare = None
 
     def _ask(self, args: tuple, deadline: float) -> tuple[bool, Any] | None:
-        """The serving child's (ok, value) for `args` by `deadline` (time.monotonic), or None. A child that
-        misses the deadline is ended; a call that waiting for the spare left no time is not sent at all."""
+        """The serving child's (ok, value) for `args` by `deadline` (time.monotonic), or None. A
+        child that misses the deadline is ended; a call that waiting for the spare left no
+        time is not sent at all."""
         left = deadline - time.monotonic()
         if left <= 0:
             return None
@@ -129,7 +134,8 @@ class BoundedWorker:
 
 
 def response(child: subprocess.Popen[bytes], timeout: float) -> tuple[bool, Any] | None:
-    """The child's next frame, or None when none starts within `timeout` seconds or the child died."""
+    """The child's next frame, or None when none starts within `timeout`
+    seconds or the child died."""
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], timeout)
     if not ready:
