@@ -3,7 +3,7 @@ nothing runs.
 
 One hypothesis test feeds each generated completion (huge numbers, deep nesting, code payloads,
 unbalanced braces, megabyte strings, non-UTF-8 bytes, odd unicode, alone or inside \\boxed{},
-<answer> or an answer line) to all five verifiers, so each sees at least EXAMPLES completions. The
+<answer> or an answer line) to every registered task's verifier, so each sees at least EXAMPLES completions. The
 in-process verifiers run with eval, exec, os.system and subprocess.Popen replaced by recorders; math
 and gsm8k run math-verify in a child process, so a sentinel file that every code payload would
 create is the check there.
@@ -12,6 +12,7 @@ create is the check there.
 from __future__ import annotations
 
 import builtins
+import inspect
 import os
 import random
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from treerl.tasks import get_task
+from treerl.tasks import TASKS, get_task
 from treerl.tasks.arithmetic import Arithmetic
 from treerl.tasks.blocksworld import COLOURS, Blocksworld, say
 from treerl.tasks.bounded import BoundedWorker
@@ -394,22 +395,31 @@ def variants(name: str, **options) -> list:
     ]
 
 
-VERIFIERS = {
-    "arithmetic": Verifier(variants("arithmetic"), ARITHMETIC_REFS, IN_PROCESS_BOUND, True),
-    "countdown": Verifier(variants("countdown"), COUNTDOWN_REFS, IN_PROCESS_BOUND, True),
-    "blocksworld": Verifier(
-        variants("blocksworld") + [get_task("blocksworld", plan_shaping="ratio")],
-        BLOCKS_REFS,
-        IN_PROCESS_BOUND,
-        True,
-    ),
-    "math": Verifier(
-        variants("math", verify_timeout=MATH_TIMEOUT), MATH_REFS, MATH_TIMEOUT + MATH_SLACK, False
-    ),
-    "gsm8k": Verifier(
-        variants("gsm8k", verify_timeout=MATH_TIMEOUT), GSM8K_REFS, MATH_TIMEOUT + MATH_SLACK, False
-    ),
+REFERENCES = {
+    "arithmetic": ARITHMETIC_REFS,
+    "math": MATH_REFS,
+    "gsm8k": GSM8K_REFS,
+    "countdown": COUNTDOWN_REFS,
+    "blocksworld": BLOCKS_REFS,
 }
+"""Hand-picked references; a task not listed here is checked around its held-out problems'."""
+EXTRA_VARIANTS = {"blocksworld": [get_task("blocksworld", plan_shaping="ratio")]}
+
+
+def verifier_of(name: str) -> Verifier:
+    """A registered task's verifier under test: a task that takes verify_timeout runs its verifier in
+    a child process (math-verify), bounded by that; any other runs in this process."""
+    child = "verify_timeout" in inspect.signature(TASKS[name].__init__).parameters
+    tasks = variants(name, **({"verify_timeout": MATH_TIMEOUT} if child else {}))
+    references = REFERENCES.get(name) or [
+        p.reference for level in tasks[0].levels for p in tasks[0].eval_problems(level, 2)
+    ]
+    bound = MATH_TIMEOUT + MATH_SLACK if child else IN_PROCESS_BOUND
+    return Verifier(tasks + EXTRA_VARIANTS.get(name, []), references, bound, not child)
+
+
+VERIFIERS = {name: verifier_of(name) for name in sorted(TASKS)}
+"""Every task of the registry: a new task cannot escape this test."""
 
 
 @contextmanager
@@ -477,10 +487,10 @@ def verify_once(name: str, completion: str, pick: int) -> None:
 @example(completion="Answer: " + PAYLOADS[1], pick=0)
 def check_every_verifier(completion: str, pick: int) -> None:
     with no_code_execution() as calls:
-        for name in ("arithmetic", "countdown", "blocksworld"):
+        for name in [name for name, v in VERIFIERS.items() if v.in_process]:
             verify_once(name, completion, pick)
     assert not calls, f"code execution attempted: {calls}"
-    for name in ("math", "gsm8k"):
+    for name in [name for name, v in VERIFIERS.items() if not v.in_process]:
         verify_once(name, completion, pick)
     assert not os.path.exists(SENTINEL), f"a payload ran: {completion[:300]!r}"
 
