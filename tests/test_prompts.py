@@ -2,8 +2,10 @@
 
 import pytest
 
-from treerl.tasks import get_task
-from treerl.tasks.prompts import TEMPLATES, render_prompt
+from treerl.config import load_config
+from treerl.errors import UserError
+from treerl.tasks import Problem, get_task
+from treerl.tasks.prompts import PREVIEW_CHARS, TEMPLATES, preview, render_prompt
 
 CHAT = (
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
@@ -90,3 +92,93 @@ def test_each_task_has_its_default_template():
         "blocksworld": "think",
     }
     assert get_task("countdown", template="boxed").template.name == "boxed"
+
+
+def chat_problem(*turns):
+    """A dataset row's problem in the conversational format: its last turn is the question."""
+    return Problem("Q", "4", "all", context=tuple(turns))
+
+
+def test_messages_rows_render_with_the_system_prompt(chat_tokenizer):
+    """task.system_prompt is the system turn of every prompt: a messages row's own is replaced,
+    its other turns stay, and the chat template is applied as TRL applies it (generation prompt
+    added, not tokenized)."""
+    task = get_task("math", system_prompt="Be brief.")
+    row = chat_problem(("system", "Row's own."), ("user", "1+1?"), ("assistant", "2"))
+    assert task.prompt(row, chat_tokenizer) == (
+        "<|system|>Be brief.\n<|user|>1+1?\n<|assistant|>2\n<|user|>Q\n<|assistant|>"
+    )
+    assert get_task("math", system_prompt="").prompt(row, chat_tokenizer) == (
+        "<|user|>1+1?\n<|assistant|>2\n<|user|>Q\n<|assistant|>"
+    )
+
+
+def test_a_rows_own_system_turn_comes_before_the_templates(chat_tokenizer):
+    task = get_task("math")
+    assert task.prompt(chat_problem(("system", "Row's own.")), chat_tokenizer) == (
+        "<|system|>Row's own.\n<|user|>Q\n<|assistant|>"
+    )
+    assert task.prompt(chat_problem(), chat_tokenizer).startswith(
+        "<|system|>Please reason step by step"
+    )
+
+
+def test_a_format_string_template_is_the_user_message(chat_tokenizer):
+    """`{problem}` is replaced, other braces stay; no system turn unless task.system_prompt; the
+    answer format is the task's default template's (math: boxed)."""
+    task = get_task("math", template="Solve: {problem}\nPut it in \\boxed{}.")
+    problem = Problem("What is 1+1?", "2", "all")
+    assert task.prompt(problem, chat_tokenizer) == (
+        "<|user|>Solve: What is 1+1?\nPut it in \\boxed{}.\n<|assistant|>"
+    )
+    assert task.template.well_formed("\\boxed{2}") and not task.template.well_formed("2")
+    with pytest.raises(UserError, match=r"available: boxed, plain, think, or a format string"):
+        get_task("math", template="{question}")
+
+
+def test_a_format_string_template_passes_the_configs_check():
+    """On the command line YAML reads `Q: {problem}` as a mapping unless it is quoted."""
+    assert load_config(None, ['task.template="Q: {problem}"']).task.template == "Q: {problem}"
+    with pytest.raises(UserError, match="YAML read the text as a mapping .* quote it"):
+        load_config(None, ["task.template=Q: {problem}"])
+    with pytest.raises(UserError, match="unknown task.template 'boxd'"):
+        load_config(None, ["task.template=boxd"])
+
+
+def test_without_a_chat_template_the_turns_are_text(policy):
+    task = get_task("math", system_prompt="S")
+    assert task.prompt(chat_problem(("user", "U"), ("assistant", "A")), policy[1]) == (
+        "S\n\nU\n\nA\n\nQ\n"
+    )
+    assert get_task("arithmetic", system_prompt="S").prompt(chat_problem(), policy[1]) == "S\n\nQ"
+    task = get_task("math", template="Solve: {problem}")
+    assert task.prompt(Problem("1+1?", "2", "all"), policy[1]) == "Solve: 1+1?\n"
+
+
+def test_a_chat_template_that_refuses_the_prompt_is_one_line(chat_tokenizer):
+    chat_tokenizer.chat_template = (
+        "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + CHAT
+    )
+    with pytest.raises(UserError, match=r"refuses the prompt \(System role not supported\)"):
+        get_task("math").prompt(chat_problem(), chat_tokenizer)
+    assert get_task("math", system_prompt="").prompt(chat_problem(), chat_tokenizer) == (
+        "<|user|>Q\n<|assistant|>"
+    )
+
+
+def test_the_preview_says_it_went_through_the_chat_template(chat_tokenizer):
+    text = "<|system|>S\n<|user|>Q\n<|assistant|>"
+    assert preview(TEMPLATES["boxed"], text, chat_tokenizer) == (
+        "the first prompt, as the model reads it (task.template=boxed; through the model's chat "
+        "template):\n  | <|system|>S\n  | <|user|>Q\n  | <|assistant|>"
+    )
+
+
+def test_the_preview_shows_every_line_and_cuts_a_long_prompt(policy):
+    assert preview(TEMPLATES["boxed"], "S\n\nQ\n", policy[1]).endswith(
+        "(task.template=boxed; plain text: the tokenizer has no chat template):\n"
+        "  | S\n  | \n  | Q\n  | "
+    )
+    long = preview(TEMPLATES["plain"], "x" * (PREVIEW_CHARS + 5), policy[1])
+    assert long.endswith("x... (5 more characters)")

@@ -197,26 +197,38 @@ class TaskConfig(Section):
     template: str | None = Field(
         None,
         description=(
-            "`plain`, `boxed` or `think`; null = the task's default "
-            "([tasks.md](tasks.md#prompt-templates))"
+            "`plain`, `boxed` or `think`, or a format string of your own with `{problem}` (the "
+            "user message; answers are checked as the task's default template checks them); "
+            "null = the task's default ([tasks.md](tasks.md#prompt-templates))"
         ),
     )
-    train_data: str | None = Field(
+    system_prompt: str | None = Field(
+        None,
+        description=(
+            "the system turn of every prompt (`''`: none); null = a dataset row's own (its "
+            "`messages`), else the template's ([tasks.md](tasks.md#chat-prompts))"
+        ),
+    )
+    train_data: Any = Field(
         None,
         description=(
             "math, gsm8k: training problems: a named dataset (`math_train`, `gsm8k_train`, a "
-            "benchmark), a `.jsonl`/`.parquet` path, or a Hugging Face dataset in the local cache "
-            "(`name` or `name:split`); null = `math_train` / `gsm8k_train`"
+            "benchmark), a `.jsonl`/`.parquet` path, a `datasets` save_to_disk folder, or a "
+            "Hugging Face dataset in the local cache (`name`, `name:split` or "
+            "`name:config:split`); from Python also a `datasets.Dataset` (a run saves it in its "
+            "directory and records that folder); null = `math_train` / `gsm8k_train` "
+            "([tasks.md](tasks.md#datasets))"
         ),
     )
-    eval_data: str | None = Field(
+    eval_data: Any = Field(
         None, description=("math, gsm8k: held-out problems, same forms; null = `math500` / `gsm8k`")
     )
     fields: dict[str, str] | None = Field(
         None,
         description=(
             "math, gsm8k: field names of a custom file: `problem`, `answer`, `answer_format` "
-            "(`plain`, `boxed`, `gsm8k`), `level`, `subject`; dotted names reach into nested fields"
+            "(`plain`, `boxed`, `gsm8k`), `level`, `subject`, `messages` (a conversation that "
+            "prompts the row instead of `problem`); dotted names reach into nested fields"
         ),
     )
     verify_timeout: float | None = Field(
@@ -239,6 +251,32 @@ class TaskConfig(Section):
             "malformed 0); null = off"
         ),
     )
+
+    @field_validator("template", "system_prompt", mode="before")
+    @classmethod
+    def _text_not_a_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """Unquoted, YAML reads `Q: {problem}` as a mapping, not as the text."""
+        if isinstance(value, dict):
+            raise ValueError(
+                "YAML read the text as a mapping (it has ': ' or starts with '{'); quote it, as in "
+                f"task.{info.field_name}='\"Q: {{problem}}\"'"
+            )
+        return value
+
+    @field_validator("train_data", "eval_data")
+    @classmethod
+    def _a_data_source(cls, value: Any) -> Any:
+        """A name or a path; from Python also a datasets.Dataset or DatasetDict (the trainer saves
+        it in the run directory and records that folder)."""
+        if isinstance(value, Path):
+            return str(value)
+        in_memory = type(value).__module__.startswith("datasets.")
+        if value is None or isinstance(value, str) or in_memory:
+            return value
+        raise ValueError(
+            f"a dataset name or path is needed here (from Python also a datasets.Dataset), not "
+            f"{type(value).__name__}"
+        )
 
     @field_validator("name")
     @classmethod

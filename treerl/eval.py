@@ -21,7 +21,6 @@ from treerl.rollout.engine import context_length, generate
 from treerl.rundir import write_jsonl
 from treerl.tasks.base import Grade, Problem, Task
 from treerl.tasks.loaders import ALL_LEVELS
-from treerl.tasks.prompts import render_prompt
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -121,9 +120,7 @@ def _grade(
     for start in range(0, len(problems), cfg.batch_size):
         chunk = problems[start : start + cfg.batch_size]
         ids = [
-            tokenizer(
-                render_prompt(task.template, p.question, tokenizer), add_special_tokens=False
-            )["input_ids"]
+            tokenizer(task.prompt(p, tokenizer), add_special_tokens=False)["input_ids"]
             for p in chunk
         ]
         fits = [limit is None or len(prompt) + cfg.max_new_tokens <= limit for prompt in ids]

@@ -16,7 +16,6 @@ from treerl.rollout.engine import context_length
 from treerl.rollout.lean_backend import LeanBackend
 from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
 from treerl.tasks.base import Problem, Task
-from treerl.tasks.prompts import render_prompt
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,7 @@ def prompt_ids(
 ) -> list[list[int]]:
     """Each problem's prompt in the task's template, encoded without special tokens."""
     return [
-        tokenizer(render_prompt(task.template, p.question, tokenizer), add_special_tokens=False)[
-            "input_ids"
-        ]
+        tokenizer(task.prompt(p, tokenizer), add_special_tokens=False)["input_ids"]
         for p in problems
     ]
 

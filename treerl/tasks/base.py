@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from treerl.registry import Registry
-from treerl.tasks.prompts import TEMPLATES
+from treerl.tasks.prompts import Turn, render_prompt, template_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MAX_COMPLETION_CHARS = 1 << 16
 """Verifiers read at most this many characters from the end of a completion (answers come last)."""
@@ -26,12 +30,17 @@ class Problem:
     subject: str = ""
     solution: str = ""
     """A worked solution in the task's answer format, where the task has one (used for warm-up)."""
+    context: tuple[Turn, ...] = ()
+    """A dataset row's conversation before `question`, its last user turn (the row's `messages`):
+    (role, content) turns, a system turn among them where the row has one; empty for a plain
+    question."""
 
     @property
     def id(self) -> str:
-        """A stable id from the question text: the same problem has the same id in every run and
-        file."""
-        return hashlib.sha1(self.question.encode()).hexdigest()[:16]
+        """A stable id from the question text (and the turns before it, where it has any): the same
+        problem has the same id in every run and file."""
+        text = json.dumps([*self.context, self.question]) if self.context else self.question
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -83,16 +92,29 @@ class Task(ABC):
             """All levels, easiest first; the ones in `eval_only_levels` are never trained on."""
 
     eval_only_levels: list[str] = []
+    system_prompt: str | None = None
+    """The system turn of every prompt ('' for none); None: a row's own, else the template's."""
     user_rewards: Rewards | None = None
     """Reward functions of the user's (task.reward, task.rewards) that replace the reward of
     `grade_all`; `correct` stays the task's verdict."""
 
     def __init__(
-        self, format_reward: float = 0.0, template: str | None = None, format_required: bool = False
+        self,
+        format_reward: float = 0.0,
+        template: str | None = None,
+        format_required: bool = False,
+        system_prompt: str | None = None,
     ):
         self.format_reward = format_reward
         self.format_required = format_required
-        self.template = TEMPLATES.lookup(template or self.default_template)
+        self.template = template_for(template, self.default_template)
+        self.system_prompt = system_prompt
+
+    def prompt(self, problem: Problem, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The problem's prompt text as the model reads it (prompts.render_prompt)."""
+        return render_prompt(
+            self.template, problem.question, tokenizer, problem.context, self.system_prompt
+        )
 
     @abstractmethod
     def sample(self, level: str, rng: random.Random) -> Problem:

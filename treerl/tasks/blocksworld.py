@@ -362,10 +362,11 @@ class Blocksworld(Task):
         template: str | None = None,
         format_required: bool = False,
         plan_shaping: str | None = None,
+        system_prompt: str | None = None,
     ):
         """plan_shaping, for a correct plan of length v above the optimum n: `e2h` earns
         (1 + n/v) / 2 (the E2H code's 1 + n/v out of 2), `ratio` n/v; None: full credit."""
-        super().__init__(format_reward, template, format_required)
+        super().__init__(format_reward, template, format_required, system_prompt)
         if plan_shaping not in PLAN_SHAPING:
             raise UserError(f"task.plan_shaping: '{plan_shaping}' is not e2h or ratio")
         self.plan_shaping = plan_shaping

@@ -1,10 +1,12 @@
 """Question/answer datasets: the six math benchmarks and two training sets by name, any JSONL or
-parquet file with configurable field names, or a Hugging Face dataset from the local cache.
+parquet file with configurable field names, a `datasets` save_to_disk folder, a Hugging Face dataset
+from the local cache, or (from Python) a `datasets.Dataset`.
 
 The benchmarks ship inside the package (treerl/data/benchmarks), the training sets in the repository
 (data/train); `$TREERL_DATA` overrides both with a folder that holds benchmarks/ and train/. Every
-row becomes a `Problem` with the reference answer as a string; a row that cannot be read is a
-UserError naming the file and line.
+row becomes a `Problem` with the reference answer as a string; a row with a `messages` column (the
+conversational format) keeps its conversation. A row that cannot be read is a UserError naming the
+file and line.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from treerl.errors import UserError
 from treerl.tasks.base import Problem
 from treerl.tasks.extract import last_boxed
+from treerl.tasks.prompts import Turn
 
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
 """treerl/data: the benchmarks, inside the package (and so inside an installed wheel)."""
@@ -30,6 +33,14 @@ ALL_LEVELS = "all"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 """Files read as rows (a JSON object per line, a JSON list, or parquet); any other source is a
 dataset name."""
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
+"""A folder with one of these was written by `datasets`' save_to_disk (a DatasetDict, a Dataset)."""
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    InMemory: TypeAlias = Dataset | DatasetDict
+    """A dataset handed over from Python."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class Fields:
     follows '####'."""
     level: str | None = None
     subject: str | None = None
+    messages: str = "messages"
+    """A conversation ([{role, content}, ...]): a row that has it is prompted with its turns up to
+    the last user turn, whose text is the problem."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +154,37 @@ def reference_answer(value: Any, answer_format: str) -> str:
     return as_text(value)
 
 
+def conversation(value: Any) -> tuple[Turn, ...]:
+    """A row's messages as (role, content) turns up to its last user turn: trailing assistant turns
+    are an answer, not part of the prompt."""
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise ValueError("has messages that are not a list of {role, content} text turns")
+    turns = [(m["role"], m["content"]) for m in value]
+    users = [i for i, (role, _) in enumerate(turns) if role == "user"]
+    if not users:
+        raise ValueError("has messages without a user turn")
+    return tuple(turns[: users[-1] + 1])
+
+
+def question_of(row: dict[str, Any], fields: Fields) -> tuple[str, tuple[Turn, ...]]:
+    """(question, the turns before it): the last user turn and the conversation before it for a row
+    with messages, else the problem field and no turns."""
+    try:
+        turns = conversation(field(row, fields.messages))
+    except KeyError:
+        return as_text(field(row, fields.problem)), ()
+    return turns[-1][1].strip(), turns[:-1]
+
+
 def to_problem(row: Any, fields: Fields) -> Problem | None:
     """The row as a Problem; None when its answer is empty (real sets have a few such rows)."""
     if not isinstance(row, dict):
         raise ValueError("is not a JSON object")
     try:
-        question = as_text(field(row, fields.problem))
+        question, context = question_of(row, fields)
         answer = reference_answer(field(row, fields.answer), fields.answer_format)
         level = as_text(field(row, fields.level)) if fields.level else ALL_LEVELS
         subject = as_text(field(row, fields.subject)) if fields.subject else ""
@@ -157,7 +196,7 @@ def to_problem(row: Any, fields: Fields) -> Problem | None:
         raise ValueError("has an empty problem")
     if not answer:
         return None
-    return Problem(question=question, reference=answer, level=level, subject=subject)
+    return Problem(question, answer, level, subject, context=context)
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -210,29 +249,86 @@ def to_problems(
     return problems
 
 
-def hub_rows(name: str, default_split: str) -> Iterator[tuple[str, Any]]:
-    """A Hugging Face dataset from the local cache or a local folder: 'name' or 'name:split';
-    nothing is downloaded."""
+class UnknownSource(UserError):
+    """A data source that is no named dataset, file, save_to_disk folder or cached dataset;
+    `reason`: why `datasets` could not load it, in one line."""
+
+    def __init__(self, source: str, reason: str):
+        self.reason = reason
+        super().__init__(
+            f"'{source}' is not a file, a named dataset ({', '.join(NAMED)}), a save_to_disk "
+            f"folder or a Hugging Face dataset in the local cache ({reason})"
+        )
+
+
+def hub_parts(source: str) -> tuple[str, str | None, str | None]:
+    """(name, config, split) of `name`, `name:split` or `name:config:split` (None where not
+    given)."""
+    parts = source.split(":")
+    if len(parts) > 3:
+        raise UserError(f"'{source}': a dataset is `name`, `name:split` or `name:config:split`")
+    name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
+    return name, config or None, split if len(parts) > 1 and split else None
+
+
+def dataset_rows(data: InMemory, where: str, split: str, fix: str) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each row of a Dataset, or of the `split` of a DatasetDict; `fix` says how
+    to name another split."""
+    from datasets import DatasetDict
+
+    if isinstance(data, DatasetDict):
+        if split not in data:
+            raise UserError(f"{where} has no split '{split}' (splits: {', '.join(data)}); {fix}")
+        data = data[split]
+    yield from ((f"{where}: row {i}", row) for i, row in enumerate(data))
+
+
+def saved_rows(
+    path: Path, source: str, split: str | None, default_split: str
+) -> Iterator[tuple[str, Any]]:
+    """The rows of a save_to_disk folder: a Dataset whole, a DatasetDict's split."""
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if split and isinstance(data, datasets.Dataset):
+        raise UserError(f"{source}: {path} holds one dataset, not splits; give {path}")
+    return dataset_rows(data, source, split or default_split, f"give {path}:SPLIT")
+
+
+def hub_rows(source: str, default_split: str) -> Iterator[tuple[str, Any]]:
+    """The rows of a save_to_disk folder, a folder of data files or a Hugging Face dataset in the
+    local cache: `name`, `name:split` or `name:config:split`; nothing is downloaded."""
     import datasets
 
     datasets.disable_progress_bars()
-    repo, _, split = name.partition(":")
+    name, config, split = hub_parts(source)
+    path = Path(name).expanduser()
+    if any((path / saved).is_file() for saved in SAVED_DATASET_FILES):
+        if config:
+            raise UserError(f"'{source}': a save_to_disk folder has no configs; give {name}:SPLIT")
+        return saved_rows(path, source, split, default_split)
+    # as the environment says (treerl sets it), even where datasets was imported before treerl
+    offline = os.environ.get("HF_DATASETS_OFFLINE", "1").upper()
+    datasets.config.HF_HUB_OFFLINE = offline in datasets.config.ENV_VARS_TRUE_VALUES
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # not "Using the latest cached version" each time
     try:
-        rows = datasets.load_dataset(repo, split=split or default_split)
-    except Exception:
-        raise UserError(
-            f"'{name}' is not a file, a named dataset ({', '.join(NAMED)}) or a Hugging Face "
-            f"dataset in the local cache"
-        ) from None
-    yield from ((f"{name}: row {i}", row) for i, row in enumerate(rows))
+        splits = datasets.load_dataset(name, config)
+    except Exception as error:
+        raise UnknownSource(source, " ".join(str(error).split())) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    stem = f"{name}:{config}" if config else name
+    return dataset_rows(splits, source, split or default_split, f"give {stem}:SPLIT")
 
 
 @lru_cache(maxsize=16)
 def load_problems(
-    source: str, fields: Fields | None = None, default_split: str = "test"
+    source: str | Path, fields: Fields | None = None, default_split: str = "test"
 ) -> tuple[Problem, ...]:
-    """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, or a cached HF dataset
-    name."""
+    """The problems of a named dataset (NAMED), a .jsonl/.json/.parquet path, a save_to_disk folder
+    or a cached HF dataset name."""
+    source = str(source)
     if source in NAMED:
         named = NAMED[source]
         path = named.path()
@@ -250,6 +346,42 @@ def load_problems(
             raise UserError(f"data file {path} not found")
         return tuple(to_problems(read_rows(path), fields, path))
     return tuple(to_problems(hub_rows(source, default_split), fields, source))
+
+
+def problems_from(
+    source: str | Path | InMemory, fields: Fields | None, default_split: str
+) -> tuple[Problem, ...]:
+    """load_problems for a name or a path; a datasets.Dataset (or DatasetDict) from Python is read
+    as it is."""
+    if isinstance(source, str | Path):
+        return load_problems(source, fields, default_split)
+    import datasets
+
+    if not isinstance(source, datasets.Dataset | datasets.DatasetDict):
+        raise UserError(
+            "task.train_data / eval_data: a dataset name, a path, or a datasets.Dataset; "
+            f"got {type(source).__name__}"
+        )
+    where = source_name(source)
+    rows = dataset_rows(
+        source, where, default_split, f"pass one split, as dataset['{default_split}']"
+    )
+    return tuple(to_problems(rows, fields or Fields(), where))
+
+
+def save_dataset(data: InMemory, folder: Path) -> None:
+    """A Dataset or DatasetDict written with save_to_disk (no progress bar), for load_problems."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    data.save_to_disk(str(folder))
+
+
+def source_name(source: str | Path | InMemory) -> str:
+    """A data source as messages name it: its name or path, or `the datasets.Dataset`."""
+    return (
+        str(source) if isinstance(source, str | Path) else f"the datasets.{type(source).__name__}"
+    )
 
 
 def with_fields(fields: dict[str, str] | None) -> Fields | None:

@@ -19,7 +19,6 @@ from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
 from treerl.rundir import write_atomic
 from treerl.tasks import check_levels, get_task
-from treerl.tasks.prompts import render_prompt
 from treerl.train.batch import completion_logprobs, make_batch
 
 
@@ -83,7 +82,7 @@ def task_characters(task, levels: list[str]) -> str:
     for level in levels:
         for _ in range(CHARSET_PROBLEMS):
             problem = task.sample(level, rng)
-            seen.update(render_prompt(task.template, problem.question, base) + problem.solution)
+            seen.update(task.prompt(problem, base) + problem.solution)
     return "".join(sorted(seen))
 
 
@@ -117,7 +116,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             problems = [
                 task.sample(rng.choices(levels, weights)[0], rng) for _ in range(cfg.batch_size)
             ]
-            texts = [render_prompt(task.template, p.question, tokenizer) for p in problems]
+            texts = [task.prompt(p, tokenizer) for p in problems]
             prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
             targets = [
                 tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [eos]

@@ -32,6 +32,8 @@ from treerl.rollout.sampling import TreeShape, least_kv_gib
 from treerl.rundir import IDLE_STEPS, RunDir, checkpoint_step, stall_begun
 from treerl.tasks import check_levels
 from treerl.tasks.base import Problem, Task
+from treerl.tasks.loaders import save_dataset
+from treerl.tasks.prompts import preview
 from treerl.trackers import Trackers
 from treerl.train.collect import Rollout, collect
 from treerl.train.metrics import memory_metrics, merged, step_metrics
@@ -206,6 +208,33 @@ def check_kv_budget(
         )
 
 
+def first_prompt(state: TrainState, task: Task) -> str:
+    """The run's prompts as the model reads them, for its first lines: the first training level's
+    first problem (of its pool, or generated from seed 0: training's draws stay as they are)."""
+    level = state.sampler.levels[0]
+    pool = state.sampler.pools[level]
+    problem = pool[0] if pool else task.sample(level, random.Random(0))
+    return preview(task.template, task.prompt(problem, state.tokenizer), state.tokenizer)
+
+
+def data_recorded(cfg: Config, run: RunDir, par: Parallel) -> Config:
+    """cfg with each datasets.Dataset of task.train_data and eval_data (given from Python) saved in
+    the run directory (save_to_disk) and named by that folder: config.yaml says where the run's
+    data is, so that --resume and `treerl eval` find it."""
+    saved = {}
+    for key in ("train_data", "eval_data"):
+        data = getattr(cfg.task, key)
+        if data is not None and not isinstance(data, str):
+            folder = (run.path / "data" / key).resolve()
+            if par.main:
+                save_dataset(data, folder)
+            saved[key] = str(folder)
+    if not saved:
+        return cfg
+    par.barrier()
+    return cfg.model_copy(update={"task": cfg.task.model_copy(update=saved)})
+
+
 @contextmanager
 def holding(run: RunDir, par: Parallel) -> Iterator[None]:
     """Rank 0 holds the run's lock while it trains; when another process holds it, every
@@ -314,6 +343,8 @@ def train(
         schedules = horizon_line(changed, horizon)
         state = TrainState.start(cfg, sampler, weights, checkpoint, par, horizon)
         check_kv_budget(state, task, cfg, estimator, par)
+        console.print(first_prompt(state, task), markup=False, highlight=False, soft_wrap=True)
+        cfg = data_recorded(cfg, run, par)
         if par.world > 1 and backend_name(unwrap(state.policy), cfg.rollout.backend) == "vllm":
             raise UserError(
                 f"rollout.backend={cfg.rollout.backend} samples through vLLM, which treerl runs in "
