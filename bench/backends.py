@@ -41,6 +41,7 @@ import torch
 
 from lengths import EOS, random_model, run_engine, run_generate
 from treerl.config import RolloutConfig, VllmSettings, load_config
+from treerl.loop.trainer import train
 from treerl.models import TINY_DIR, load_policy, load_tokenizer
 from treerl.rollout import vllm_backend
 from treerl.rollout.backend import Forks
@@ -49,7 +50,6 @@ from treerl.rollout.engine import backend_for
 from treerl.rollout.tree import TreeStats
 from treerl.tasks import get_task
 from treerl.tasks.prompts import render_prompt
-from treerl.train.trainer import train
 
 
 def median_rates(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:

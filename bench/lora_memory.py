@@ -47,8 +47,8 @@ def child(args: argparse.Namespace) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from treerl.config import LoraSettings
+    from treerl.loop.batch import completion_logprobs, make_batch
     from treerl.models.lora import with_adapters
-    from treerl.train.batch import completion_logprobs, make_batch
 
     torch.set_num_threads(args.threads)
     config = Qwen2Config(

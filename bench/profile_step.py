@@ -26,11 +26,11 @@ from common import options
 from probe import matmul_peak, model_shapes
 from treerl.algo.loss import clipped_policy_loss, token_mean
 from treerl.config import AlgoConfig
+from treerl.loop.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.models import TINY_DIR, load_policy
 from treerl.rollout.engine import generate
 from treerl.tasks import get_task
 from treerl.tasks.prompts import render_prompt
-from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 
 
 def top_ops(prof, count: int) -> list[dict]:

@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from treerl.train.batch import completion_logprobs, make_batch
+    from treerl.loop.batch import completion_logprobs, make_batch
 
     torch.set_num_threads(args.threads)
     config = Qwen2Config(

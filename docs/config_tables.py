@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from treerl.config import Config
-from treerl.train.pretrain import PretrainConfig
+from treerl.loop.pretrain import PretrainConfig
 
 PAGE = Path(__file__).parent / "config.md"
 TABLES: dict[str, type[BaseModel]] = {"config": Config, "pretrain": PretrainConfig}

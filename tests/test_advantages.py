@@ -102,7 +102,8 @@ def test_unknown_estimator_lists_available_names():
         ),
         (
             "task.name=chess",
-            "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math",
+            "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math, "
+            "or MODULE:NAME from your own code",
         ),
         (
             "algo.name=ppo",
@@ -118,7 +119,11 @@ def test_unknown_estimator_lists_available_names():
             "reschedule.rank_by=length",
             "unknown reschedule.rank_by 'length'; available: acc, off, rscore, rscore_prune",
         ),
-        ("task.template=chat", "unknown task.template 'chat'; available: boxed, plain, think"),
+        (
+            "task.template=chat",
+            "unknown task.template 'chat'; available: boxed, plain, think, or a format string with "
+            "{problem}",
+        ),
         (
             "train.lr_schedule=linear",
             "unknown train.lr_schedule 'linear'; available: constant, cosine",

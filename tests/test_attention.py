@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from treerl.loop.batch import completion_logprobs, make_batch
 from treerl.models import load_policy
 from treerl.models.attention import NAME
 from treerl.rollout import engine
 from treerl.rollout.engine import generate
 from treerl.rollout.lean import LeanDecoder
-from treerl.train.batch import completion_logprobs, make_batch
 
 
 @pytest.fixture
@@ -28,9 +28,10 @@ def attention_calls(monkeypatch):
 
 
 def test_loaded_models_use_it_and_do_not_save_it(model_dir, tmp_path):
-    model, _ = load_policy(str(model_dir))
+    model, tokenizer = load_policy(str(model_dir))
     assert model.config._attn_implementation == NAME
     model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)  # a model folder needs its tokenizer to load
     assert NAME not in (tmp_path / "config.json").read_text()
     assert load_policy(str(tmp_path))[0].config._attn_implementation == NAME
 

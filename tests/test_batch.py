@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from treerl.train.batch import completion_logprobs, make_batch
+from treerl.loop.batch import completion_logprobs, make_batch
 
 CONTEXTS = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [8, 9], [8, 9], [5, 6, 7, 10, 11, 12], [4]]
 COMPLETIONS = [[20, 21, 1], [22], [23, 24, 25, 26], [30, 31], [32, 33, 34], [40, 1], [50, 51, 52]]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import treerl.train.trainer as trainer
+import treerl.loop.trainer as trainer
 from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.rundir import RunDir

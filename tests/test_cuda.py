@@ -108,7 +108,7 @@ def test_cuda_training_step_reports_its_gpu_memory_and_changes_the_weights(model
     from safetensors.torch import load_file
 
     from treerl.config import load_config
-    from treerl.train.trainer import train
+    from treerl.loop.trainer import train
 
     out = tmp_path / "run"
     train(

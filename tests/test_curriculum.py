@@ -346,7 +346,7 @@ def test_score_writes_one_row_per_query_and_training_reads_it(model_dir, tmp_pat
 
     from treerl.cli import main
     from treerl.config import load_config
-    from treerl.train import trainer
+    from treerl.loop import trainer
 
     out = tmp_path / "scores.jsonl"
     assert main(score_args(model_dir, out)) == 0
@@ -723,7 +723,7 @@ def test_rescoring_is_due_at_the_steps_asked_for():
 def test_training_rescores_every_query_of_the_pool_with_the_current_policy(
     model_dir, tmp_path, monkeypatch
 ):
-    import treerl.train.trainer as trainer
+    import treerl.loop.trainer as trainer
 
     seen = []
     real = trainer.score_queries

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+import treerl.loop.trainer as trainer
+import treerl.loop.update as learner_module
 import treerl.rollout.sampling as sampling
-import treerl.train.trainer as trainer
-import treerl.train.update as learner_module
 from treerl.config import load_config
 from treerl.rollout.tree import TrainingSample
 from treerl.tasks.arithmetic import Arithmetic
@@ -18,7 +18,7 @@ from treerl.tasks.arithmetic import Arithmetic
 def samples_with(policy, advantages, shift=0.0):
     """One sample per advantage: prompt '1+2\\n', a 3-token segment, behaviour log-probs = the
     model's own + shift."""
-    from treerl.train.batch import completion_logprobs, make_batch
+    from treerl.loop.batch import completion_logprobs, make_batch
 
     model, tok = policy
     context = tok("1+2\n", add_special_tokens=False)["input_ids"]

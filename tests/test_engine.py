@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from treerl.loop.batch import completion_logprobs, make_batch, scatter_completion_values
 from treerl.rollout import engine, tree
 from treerl.rollout.engine import generate
 from treerl.rollout.lean import LeanDecoder
-from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
 
 PROMPTS = ["37+52\n", "1+2-3+4-5+6\n", "9\n"]  # different lengths: left padding in the engine
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "treerl"
 
 LAYERS = [  # top first: a module may import from its own layer and the layers below it
     ("commands", ["treerl", "treerl.__main__", "treerl.cli", "treerl.commands"]),
-    ("loop", ["treerl.train"]),
+    ("loop", ["treerl.loop"]),
     ("views", ["treerl.report", "treerl.viewer"]),
     ("evaluation", ["treerl.eval"]),
     ("methods", ["treerl.algo", "treerl.curriculum"]),
@@ -162,9 +162,9 @@ def test_pure_parts_never_reach_the_loop_the_commands_or_the_views():
         (
             {
                 "treerl.algo.__init__": "",
-                "treerl.algo.x": "def f():\n    from treerl.train import trainer\n",
-                "treerl.train.__init__": "",
-                "treerl.train.trainer": "",
+                "treerl.algo.x": "def f():\n    from treerl.loop import trainer\n",
+                "treerl.loop.__init__": "",
+                "treerl.loop.trainer": "",
             },
             "forbidden",
         ),
@@ -178,24 +178,24 @@ def test_pure_parts_never_reach_the_loop_the_commands_or_the_views():
         ),
         (
             {
-                "treerl.eval": "from treerl.train.parallel import Parallel\n",
-                "treerl.train.__init__": "",
-                "treerl.train.parallel": "",
+                "treerl.eval": "from treerl.loop.parallel import Parallel\n",
+                "treerl.loop.__init__": "",
+                "treerl.loop.parallel": "",
             },
             "forbidden",
         ),
         (
             {
-                "treerl.train.__init__": "",
-                "treerl.train.trainer": "from treerl.report import write_report\n",
+                "treerl.loop.__init__": "",
+                "treerl.loop.trainer": "from treerl.report import write_report\n",
                 "treerl.report": "",
             },
             "forbidden",
         ),
         (
             {
-                "treerl.train.__init__": "",
-                "treerl.train.trainer": "def f():\n    from treerl.viewer import render_tree\n",
+                "treerl.loop.__init__": "",
+                "treerl.loop.trainer": "def f():\n    from treerl.viewer import render_tree\n",
                 "treerl.viewer": "",
             },
             "forbidden",

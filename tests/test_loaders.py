@@ -12,7 +12,7 @@ import pytest
 import yaml
 from datasets.arrow_writer import ArrowWriter
 
-import treerl.train.trainer as trainer
+import treerl.loop.trainer as trainer
 from treerl.config import load_config
 from treerl.errors import UserError
 from treerl.tasks import Problem, get_task, make_task

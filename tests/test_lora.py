@@ -15,18 +15,18 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-import treerl.train.trainer as trainer
+import treerl.loop.trainer as trainer
 from test_lean import PROMPTS, assert_same_samples, draw, lean_then_transformers
 from test_train import crash_and_resume, parity_reward, read_metrics, tiny_config
 from treerl.cli import main
 from treerl.config import LoraSettings
 from treerl.errors import UserError
+from treerl.loop.batch import completion_logprobs, make_batch
 from treerl.models import load_policy
 from treerl.models.lora import WithoutAdapters
 from treerl.rollout.engine import generate
 from treerl.rollout.lean import lean_decoder
 from treerl.tasks.arithmetic import Arithmetic
-from treerl.train.batch import completion_logprobs, make_batch
 
 LORA = LoraSettings(r=4, alpha=8)
 

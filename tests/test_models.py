@@ -69,8 +69,8 @@ def test_threads_default_to_the_cores_this_process_may_use(monkeypatch):
 def test_pretrain_warms_up_a_model_on_another_task_and_template(tmp_path):
     import json
 
+    from treerl.loop.pretrain import PretrainConfig, pretrain
     from treerl.models import load_policy
-    from treerl.train.pretrain import PretrainConfig, pretrain
 
     out = tmp_path / "warm"
     cfg = PretrainConfig(
@@ -115,11 +115,11 @@ def test_the_embedded_countdown_model_solves_some_countdown_problems():
 def test_a_task_tokenizer_covers_its_characters_and_reloads_identically(tmp_path):
     import random
 
+    from treerl.loop.pretrain import task_characters
     from treerl.models import load_tokenizer
     from treerl.models.tiny import build_model
     from treerl.tasks import get_task
     from treerl.tasks.prompts import render_prompt
-    from treerl.train.pretrain import task_characters
 
     task = get_task("countdown", template="plain")
     built = build_tokenizer(task_characters(task, ["trivial", "hard"]))

@@ -270,7 +270,7 @@ def test_random_overrides_are_run_or_refused_in_one_line(
     pairs, command, monkeypatch, tmp_path_factory, capsys
 ):
     import treerl.api as api
-    import treerl.train.trainer as trainer
+    import treerl.loop.trainer as trainer
 
     def start(*args, **kwargs):
         raise Started
@@ -304,7 +304,7 @@ def test_random_overrides_are_run_or_refused_in_one_line(
 def test_random_yaml_configs_are_run_or_refused_in_one_line(
     document, monkeypatch, tmp_path_factory, capsys
 ):
-    import treerl.train.trainer as trainer
+    import treerl.loop.trainer as trainer
 
     def start(*args, **kwargs):
         raise Started

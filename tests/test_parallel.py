@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from treerl.config import load_config
+from treerl.loop.update import Objective, train_pass
 from treerl.parallel import Parallel
-from treerl.train.update import Objective, train_pass
 
 
 def overrides(model_dir, steps=1):

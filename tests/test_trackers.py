@@ -7,8 +7,8 @@ import pytest
 
 from treerl.config import OutputConfig, load_config
 from treerl.errors import UserError
+from treerl.loop.trainer import train
 from treerl.trackers import Trackers
-from treerl.train.trainer import train
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import treerl.train.trainer as trainer
+import treerl.loop.trainer as trainer
 from treerl.config import load_config
 from treerl.rundir import TRAINER_STATE
 from treerl.tasks.arithmetic import Arithmetic

@@ -199,7 +199,7 @@ def test_the_last_level_holds_the_rest_of_the_response(policy):
 def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
     """The log-probs stored while sampling from a forked cache equal those of re-encoding the whole
     prefix."""
-    from treerl.train.batch import completion_logprobs, make_batch
+    from treerl.loop.batch import completion_logprobs, make_batch
 
     model, tokenizer = policy
     trees, _ = sample(
@@ -220,7 +220,7 @@ def test_forked_continuations_score_like_a_fresh_forward_pass(policy):
 
 
 def test_each_kept_node_is_a_sample_whose_mask_covers_only_its_segment():
-    from treerl.train.batch import make_batch
+    from treerl.loop.batch import make_batch
 
     def leaf(ids, reward):
         return Node(token_ids=ids, logprobs=[-0.5] * len(ids), reward=reward, finished=True)

@@ -11,15 +11,15 @@ import torch
 
 from treerl.config import RolloutConfig, load_config
 from treerl.errors import UserError
+from treerl.loop.batch import completion_logprobs, make_batch
+from treerl.loop.metrics import prefix_cache_metrics
+from treerl.loop.trainer import train
 from treerl.models import load_policy
 from treerl.rollout import engine
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.engine import backend_for, backend_name
 from treerl.rollout.tree import TreeStats, sample_trees
-from treerl.train.batch import completion_logprobs, make_batch
-from treerl.train.metrics import prefix_cache_metrics
-from treerl.train.trainer import train
 
 VLLM = RolloutConfig(backend="vllm")
 LEAN = RolloutConfig(backend="lean")

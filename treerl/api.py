@@ -24,6 +24,7 @@ from treerl.curriculum.rscore import greedy_choices
 from treerl.curriculum.sampler import task_and_sampler
 from treerl.eval import eval_work
 from treerl.eval import evaluate as evaluate_model
+from treerl.loop import trainer
 from treerl.models import load_model, resolve_device, use_threads
 from treerl.parallel import close_parallel, init_parallel
 from treerl.progress import progress_bar
@@ -33,7 +34,6 @@ from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, check_context, prompt_ids, sample_problem_trees
 from treerl.tasks import check_levels, make_task
 from treerl.tasks.base import Problem, Task
-from treerl.train import trainer
 from treerl.tree_records import tree_record
 
 

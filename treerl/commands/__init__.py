@@ -4,4 +4,4 @@ reads its arguments and config, calls the library and prints; `treerl.cli` parse
 # every registry, so that loading a config checks each name it gives (treerl.registry.check_names)
 from treerl import algo, tasks  # noqa: E402, F401
 from treerl.curriculum import scores  # noqa: E402, F401  (reschedule.rank_by)
-from treerl.train import state  # noqa: E402, F401  (train.lr_schedule)
+from treerl.loop import state  # noqa: E402, F401  (train.lr_schedule)

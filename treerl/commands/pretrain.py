@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from treerl.config import load_config
-from treerl.train.pretrain import PretrainConfig, pretrain
+from treerl.loop.pretrain import PretrainConfig, pretrain
 
 
 def run(args: argparse.Namespace) -> None:

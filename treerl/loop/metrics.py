@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from treerl.loop.collect import Rollout
 from treerl.parallel import Parallel
 from treerl.rollout.tree import TreeStats
-from treerl.train.collect import Rollout
 
 
 def step_metrics(

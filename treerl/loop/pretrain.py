@@ -14,12 +14,12 @@ from pydantic import Field, field_validator
 
 from treerl.config import EvalConfig, Section, config_yaml
 from treerl.eval import evaluate, print_eval
+from treerl.loop.batch import completion_logprobs, make_batch
 from treerl.models import use_threads
 from treerl.models.tiny import build_model, build_tokenizer
 from treerl.progress import progress_bar, step_done
 from treerl.rundir import write_atomic
 from treerl.tasks import check_levels, get_task
-from treerl.train.batch import completion_logprobs, make_batch
 
 
 class PretrainConfig(Section):

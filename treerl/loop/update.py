@@ -22,11 +22,11 @@ from treerl.algo.loss import (
     k3,
 )
 from treerl.config import Config
+from treerl.loop.batch import completion_logprobs, make_batch, scatter_completion_values
+from treerl.loop.sharding import gradient_sync
 from treerl.parallel import Parallel
 from treerl.rollout.sampling import TreeShape
 from treerl.rollout.tree import TrainingSample
-from treerl.train.batch import completion_logprobs, make_batch, scatter_completion_values
-from treerl.train.sharding import gradient_sync
 
 
 class NonFiniteWeights(Exception):

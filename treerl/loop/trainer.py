@@ -23,6 +23,13 @@ from treerl.curriculum.scoring import score_queries
 from treerl.curriculum.weights import QueryWeights
 from treerl.errors import RunStopped, UserError, warn
 from treerl.eval import eval_set, eval_work, evaluate, print_eval
+from treerl.loop.collect import Rollout, collect
+from treerl.loop.metrics import memory_metrics, merged, step_metrics
+from treerl.loop.sharding import sampling_model, unwrap
+from treerl.loop.signals import stop_signals
+from treerl.loop.state import RANK_SEED_STRIDE, TrainState
+from treerl.loop.timing import print_time_summary, time_summary
+from treerl.loop.update import NonFiniteWeights, Objective, OwnOld, update
 from treerl.models import DTYPES, resolve_device, use_threads
 from treerl.parallel import Parallel
 from treerl.progress import progress_bar, step_done
@@ -35,13 +42,6 @@ from treerl.tasks.base import Problem, Task
 from treerl.tasks.loaders import save_dataset
 from treerl.tasks.prompts import preview
 from treerl.trackers import Trackers
-from treerl.train.collect import Rollout, collect
-from treerl.train.metrics import memory_metrics, merged, step_metrics
-from treerl.train.sharding import sampling_model, unwrap
-from treerl.train.signals import stop_signals
-from treerl.train.state import RANK_SEED_STRIDE, TrainState
-from treerl.train.timing import print_time_summary, time_summary
-from treerl.train.update import NonFiniteWeights, Objective, OwnOld, update
 from treerl.tree_records import tree_record
 
 

@@ -17,12 +17,12 @@ from peft import PeftModel
 from treerl.config import Config
 from treerl.curriculum.sampler import ProblemSampler
 from treerl.curriculum.weights import QueryWeights
+from treerl.loop.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
 from treerl.models import load_policy
 from treerl.models.lora import WithoutAdapters
 from treerl.parallel import Parallel
 from treerl.registry import Registry
 from treerl.rundir import RunDir, load_trainer_state
-from treerl.train.sharding import full_state, load_optimizer_state, unwrap, wrap_policy
 
 RANK_SEED_STRIDE = 1_000_003
 """Rank r samples with seed + r x this stride (rank 0, like a single process,

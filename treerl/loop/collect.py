@@ -15,12 +15,12 @@ from treerl.algo.advantages import Advantages, Estimator
 from treerl.config import Config
 from treerl.curriculum.sampler import ProblemSampler
 from treerl.curriculum.weights import QueryWeights
+from treerl.loop.update import trainable
 from treerl.parallel import Parallel
 from treerl.rollout.grading import grade_trees
 from treerl.rollout.sampling import TreeShape, sample_problem_trees
 from treerl.rollout.tree import Path, ReasoningTree, TrainingSample, TreeStats
 from treerl.tasks.base import Grade, Problem, Task
-from treerl.train.update import trainable
 
 
 @dataclass
