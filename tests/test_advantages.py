@@ -102,8 +102,8 @@ def test_unknown_estimator_lists_available_names():
         ),
         (
             "task.name=chess",
-            "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, math, "
-            "or MODULE:NAME from your own code",
+            "unknown task.name 'chess'; available: arithmetic, blocksworld, countdown, gsm8k, "
+            "math, or MODULE:NAME from your own code",
         ),
         (
             "algo.name=ppo",

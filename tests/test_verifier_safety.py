@@ -3,10 +3,10 @@ nothing runs.
 
 One hypothesis test feeds each generated completion (huge numbers, deep nesting, code payloads,
 unbalanced braces, megabyte strings, non-UTF-8 bytes, odd unicode, alone or inside \\boxed{},
-<answer> or an answer line) to every registered task's verifier, so each sees at least EXAMPLES completions. The
-in-process verifiers run with eval, exec, os.system and subprocess.Popen replaced by recorders; math
-and gsm8k run math-verify in a child process, so a sentinel file that every code payload would
-create is the check there.
+<answer> or an answer line) to every registered task's verifier, so each sees at least EXAMPLES
+completions. The in-process verifiers run with eval, exec, os.system and subprocess.Popen replaced
+by recorders; math and gsm8k run math-verify in a child process, so a sentinel file that every code
+payload would create is the check there.
 """
 
 from __future__ import annotations
@@ -407,8 +407,8 @@ EXTRA_VARIANTS = {"blocksworld": [get_task("blocksworld", plan_shaping="ratio")]
 
 
 def verifier_of(name: str) -> Verifier:
-    """A registered task's verifier under test: a task that takes verify_timeout runs its verifier in
-    a child process (math-verify), bounded by that; any other runs in this process."""
+    """A registered task's verifier under test: a task that takes verify_timeout runs its verifier
+    in a child process (math-verify), bounded by that; any other runs in this process."""
     child = "verify_timeout" in inspect.signature(TASKS[name].__init__).parameters
     tasks = variants(name, **({"verify_timeout": MATH_TIMEOUT} if child else {}))
     references = REFERENCES.get(name) or [
