@@ -16,7 +16,6 @@ import select
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -47,17 +46,17 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 class BoundedWorker:
-    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or has not answered
-    s seconds after the call.
+    """`worker(*args, timeout=s)` returns fn(*args), or `default` when it raises or runs longer
+    than s seconds.
 
     fn (a module-level function) runs in a child process, so no input can hang the caller, whatever
-    C code fn ends up in. A call that runs over kills its child; a spare child, started ahead and
-    warmed up, serves the next call, so that call does not wait for a new child to start (python,
-    fn's imports and the warm-up take seconds) and every call but the first returns within its
-    bound: waiting for a spare that is still starting counts against it. The first call (and the
-    first after `stop`) waits up to STARTUP_TIMEOUT_S for its child. Invariant after each call:
-    `spare` is a child started (it may still be starting); `process` is None or a child
-    that reported ready.
+    C code fn ends up in. A call that runs over kills its child. A spare child, started with the
+    first and again whenever a spare takes over, waits warmed up: the call after a timeout goes to
+    it instead of waiting for a new child to start (python, fn's imports and the warm-up take
+    seconds), so each call takes at most its bound. Only the first call (and the first after
+    `stop`), or a call after timeouts that came faster than a child starts, waits for a child to
+    start (at most STARTUP_TIMEOUT_S) before its bound begins; a call never has less than its bound,
+    however loaded the machine.
     """
 
     def __init__(self, fn: Callable[..., Any], default: Any = None, warmup: tuple = ()):
@@ -67,7 +66,9 @@ class BoundedWorker:
         self.default = default
         self.warmup = warmup
         self.process: subprocess.Popen[bytes] | None = None
+        """The child that serves calls; it has reported ready."""
         self.spare: subprocess.Popen[bytes] | None = None
+        """The next child, started ahead; it may still be starting."""
         self.timeouts = 0
         atexit.register(self.stop)
 
@@ -77,30 +78,23 @@ class BoundedWorker:
             [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         )
 
-    def _take_spare(self, timeout: float) -> bool:
-        """Whether the spare reported ready within `timeout` seconds; it then serves, and a new
-        spare starts. A dead spare is replaced first; one still starting stays the spare."""
+    def _serving(self) -> subprocess.Popen[bytes]:
+        """The child for the next call: the one serving, else the spare (a new child if there is
+        none or it died), waited for until it reports ready. A new spare starts at once."""
+        if self.process is not None and self.process.poll() is None:
+            return self.process
+        end(self.process)
+        self.process = None
         if self.spare is None or self.spare.poll() is not None:
             end(self.spare)
             self.spare = self._spawn()
-        if response(self.spare, timeout) != (True, "ready"):
-            return False
-        self.process, self.spare = self.spare, self._spawn()
-        return True
-
-    def _serving(self, timeout: float) -> bool:
-        """Whether a ready child can take a call: the running one, else the spare within `timeout`
-        seconds (on the first call, within STARTUP_TIMEOUT_S or a RuntimeError)."""
-        if self.process is not None and self.process.poll() is None:
-            return True
-        end(self.process)
-        self.process = None
-        if self.spare is not None:
-            return self._take_spare(timeout)
-        if not self._take_spare(STARTUP_TIMEOUT_S):
+        child, self.spare = self.spare, self._spawn()
+        if response(child, STARTUP_TIMEOUT_S) != (True, "ready"):
+            end(child)
             self.stop()
             raise RuntimeError(f"the worker process for {self.target} did not start")
-        return True
+        self.process = child
+        return child
 
     def stop(self) -> None:
         """End both children."""
@@ -108,26 +102,15 @@ class BoundedWorker:
         end(self.spare)
         self.process = self.spare = None
 
-    def _ask(self, args: tuple, deadline: float) -> tuple[bool, Any] | None:
-        """The serving child's (ok, value) for `args` by `deadline` (time.monotonic), or None. A
-        child that misses the deadline is ended; a call that waiting for the spare left no
-        time is not sent at all."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        assert self.process is not None and self.process.stdin is not None
-        write_frame(self.process.stdin, args)
-        answer = response(self.process, left)
-        if answer is None:
-            end(self.process)
-            self.process = None
-        return answer
-
     def __call__(self, *args: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        answer = self._ask(args, deadline) if self._serving(timeout) else None
+        child = self._serving()
+        assert child.stdin is not None
+        write_frame(child.stdin, args)
+        answer = response(child, timeout)
         if answer is None:
             self.timeouts += 1
+            end(child)
+            self.process = None
             return self.default
         ok, value = answer
         return value if ok else self.default
