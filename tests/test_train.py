@@ -265,6 +265,29 @@ def test_a_resume_that_adds_steps_keeps_the_schedules_horizon_and_says_so(
 
 
 @pytest.mark.slow
+def test_a_token_budget_stops_the_run_and_a_resume_counts_from_its_record(model_dir, tmp_path):
+    """Tokens generated per step of a 4-step run: t1..t4. With train.max_tokens = t1 + t2 the run
+    stops after step 2 (the first whose sum reaches it) and evaluates there, on the 4-step learning
+    rate; resumed with the budget t1 + t2 + 1, it adds step 3 only, as t1 + t2 + t3 is the first sum
+    to reach it. Both runs' steps are those of the 4-step run."""
+    four_steps = ["train.steps=4", "train.lr=1e-3", "train.warmup_steps=0"]
+    trainer.train(tiny_config(model_dir, *four_steps), tmp_path / "full")
+    steps = read_metrics(tmp_path / "full")
+    tokens = [m["tokens/generated"] for m in steps]
+    assert all(t > 0 for t in tokens)
+    budget = f"train.max_tokens={tokens[0] + tokens[1]}"
+    trainer.train(tiny_config(model_dir, *four_steps, budget), tmp_path / "cut")
+    cut = read_metrics(tmp_path / "cut")
+    assert [m["lr"] for m in cut] == [m["lr"] for m in steps[:2]]
+    assert sorted(json.loads((tmp_path / "cut" / "eval.json").read_text()), key=int) == ["0", "2"]
+    longer = f"train.max_tokens={tokens[0] + tokens[1] + 1}"
+    trainer.train(tiny_config(model_dir, *four_steps, longer), tmp_path / "cut", resume=True)
+    resumed = read_metrics(tmp_path / "cut")
+    assert [m["step"] for m in resumed] == [1, 2, 3]
+    assert [m["tokens/generated"] for m in resumed] == tokens[:3]
+
+
+@pytest.mark.slow
 def test_a_run_that_learns_nothing_says_so_on_the_console_and_in_the_report(
     model_dir, tmp_path, monkeypatch, capsys
 ):

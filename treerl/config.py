@@ -671,6 +671,16 @@ class RScoreConfig(Section):
 
 class TrainConfig(Section):
     steps: int = Field(600, ge=1, description="training steps (one rollout batch each), at least 1")
+    max_tokens: int = Field(
+        0,
+        ge=0,
+        description=(
+            "a budget of generated tokens: training stops after the first step whose cumulative "
+            "`tokens/generated` (the run's record, resumes included) reaches it, or at "
+            "`train.steps`; 0 = off. The learning-rate, level and weight schedules still span "
+            "`train.steps`, so set that to about the steps the budget takes"
+        ),
+    )
     lr: float = Field(
         5e-5,
         gt=0.0,
@@ -1072,6 +1082,7 @@ def config_yaml(cfg: BaseModel) -> str:
 
 RESUMABLE = (
     "train.steps",
+    "train.max_tokens",
     "task.reward_timeout",
     "train.save_every",
     "train.keep_checkpoints",

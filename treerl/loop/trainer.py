@@ -373,7 +373,8 @@ def run_steps(
     console: Console,
     par: Parallel,
 ) -> dict[str, Any]:
-    """The loop: evaluate at step 0, then train_step by step, with evaluations and checkpoints
+    """The loop: evaluate at step 0, then train_step by step up to train.steps, or up to the first
+    step whose cumulative generated tokens reach train.max_tokens, with evaluations and checkpoints
     between; the final evaluation and checkpoint, the tables and timing.json (the train command
     then writes the report)."""
 
@@ -414,7 +415,10 @@ def run_steps(
         job = bar.add_task("train", total=cfg.train.steps, completed=state.step, info="")
         bad_steps = 0
         recent: list[dict[str, Any]] = []  # the last steps' metrics, for stall_begun
+        generated = par.broadcast(sum(m["tokens/generated"] for m in run.metrics()))
         for step in range(state.step + 1, cfg.train.steps + 1):
+            if 0 < cfg.train.max_tokens <= generated:
+                break  # the budget of generated tokens is spent
             if state.weights.rescore_due(step):
                 t0 = time.perf_counter()
                 rescore(state, task, cfg, step, bar, par)
@@ -433,6 +437,7 @@ def run_steps(
                     f"Lower train.lr and continue with --resume {run.path}"
                 ) from None
             recent = [*recent, metrics][-IDLE_STEPS - 1 :]
+            generated += metrics["tokens/generated"]
             if par.main:
                 run.log(metrics)
                 trackers.log(metrics)
@@ -491,7 +496,7 @@ def run_steps(
                     f"stopped by {name} after step {step} of {cfg.train.steps}; the "
                     f"checkpoint is saved: continue with treerl train --resume {run.path}"
                 )
-        final = cfg.train.steps
+        final = state.step
         if str(final) not in par.broadcast(run.evals()):
             run_eval(final)
     latest = par.broadcast(run.latest_checkpoint())
