@@ -8,30 +8,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from treerl.config import Config, build, changes, load_config
+from treerl.rundir import RunDir
+
+RUN_OPTIONS = ["output.progress=false", "train.threads=1"]
+"""How every bench run trains: no progress bar, one thread (the benches run several side by
+side)."""
 
 
-def finished(run_dir: Path, steps: int) -> bool:
-    """Whether the run in run_dir ended: eval.json holds its evaluation after `steps` steps."""
-    evals = (
-        json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-    )
-    return str(steps) in evals
+def finished(run_dir: Path, *overrides: str, config: str | None = None) -> bool:
+    """Whether run_dir holds a run of this config (its output keys aside) that ended: timing.json
+    is the last file a run writes, after its final evaluation and checkpoint."""
+    run = RunDir(run_dir)
+    if not (run.config_path.is_file() and run.timing() is not None):
+        return False
+    asked = load_config(config, [*RUN_OPTIONS, *overrides])
+    differ = changes(build(Config, run.config_data()), asked)
+    return not [key for key in differ if not key.startswith("output.")]
 
 
 def train(run_dir: Path, *overrides: str, config: str | None = None) -> dict:
-    """Train into run_dir (one thread, no progress bar) unless a finished run is there; its metrics
-    and evals. An unfinished one is started again."""
-    config_file = run_dir / "config.yaml"
-    if not (
-        config_file.is_file()
-        and finished(run_dir, yaml.safe_load(config_file.read_text())["train"]["steps"])
-    ):
+    """Train into run_dir (one thread, no progress bar) unless a finished run of this config is
+    there; its metrics and evals. Anything else there (an unfinished run, another config's) is
+    removed and the run started again."""
+    if not finished(run_dir, *overrides, config=config):
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
         command = [sys.executable, "-m", "treerl.cli", "train", "--out", str(run_dir)]
         command += ["--config", config] if config else []
         subprocess.run(
-            command + ["output.progress=false", "train.threads=1", *overrides],
+            command + [*RUN_OPTIONS, *overrides],
             check=True,
             stdout=subprocess.DEVNULL,
         )
