@@ -56,6 +56,13 @@ SHAPES = {
 }
 
 
+def parameter_count(shape: dict) -> int:
+    """The parameters of a Qwen2 model of this shape (counted on the meta device: nothing is
+    allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in Qwen2ForCausalLM(Qwen2Config(**shape)).parameters())
+
+
 def make_model(size: str, path: Path) -> int:
     """Save a random bf16 model of this shape to path (once); its parameter count."""
     config = Qwen2Config(**SHAPES[size], max_position_embeddings=32768, rope_theta=1e6)
@@ -68,8 +75,7 @@ def make_model(size: str, path: Path) -> int:
         load_tokenizer("tiny").save_pretrained(path)
         del model
         torch.cuda.empty_cache()  # the training process needs the GPU, not this one
-    with torch.device("meta"):
-        return sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+    return parameter_count(SHAPES[size])
 
 
 def main() -> None:
