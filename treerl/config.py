@@ -44,6 +44,9 @@ class Section(BaseModel):
 
 
 NUMBER_TYPES = (int, float, int | None, float | None)
+MAX_POOL = 100_000
+"""The largest `curriculum.pool_size`: every problem of a pool is generated at start-up (20 draws per
+slot at most), so a pool of 10^9 would never start."""
 
 
 class LoraSettings(Section):
@@ -543,6 +546,7 @@ class CurriculumConfig(Section):
     pool_size: int = Field(
         0,
         ge=0,
+        le=MAX_POOL,
         description=(
             "generated tasks (arithmetic, countdown, blocksworld): 0 = a fresh problem per draw; "
             "N = a fixed pool of N problems per level, the same in every run, walked in shuffled "
