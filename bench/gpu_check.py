@@ -506,11 +506,11 @@ class Check:
         part.replace(self.path)
 
     def waits(self, piece: Piece) -> str | None:
-        """Why the piece does not start: its estimate is over the time left, or an earlier piece of
-        its section and size did not start (that one carries the size's start-up: the model, vLLM's
-        engine)."""
+        """Why the piece does not start: its estimate is over the time left (a piece of 0 s, a
+        refusal, always runs), or an earlier piece of its section and size did not start (that one
+        carries the size's start-up: the model, vLLM's engine)."""
         left = self.left_s()
-        if piece.estimate_s > left:
+        if piece.estimate_s > max(left, 0):
             return f"budget: about {piece.estimate_s:.0f} s, {max(left, 0):.0f} s left"
         for earlier in self.skipped:
             if piece.size and (earlier.section, earlier.size) == (piece.section, piece.size):

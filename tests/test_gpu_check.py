@@ -111,3 +111,10 @@ def test_a_piece_over_the_budget_is_skipped_and_the_json_keeps_every_piece(tmp_p
     assert result["left"] == ["decode/7b/64", "decode/7b/256", "treerpo_step/7b/lean"]
     assert result["rest"] == "--sections decode treerpo_step --sizes 7b"
     assert result["tests"]["tok_s"] == 1.0
+
+
+def test_a_refusal_is_recorded_after_the_budget_is_spent(tmp_path):
+    check = gpu_check.Check(tmp_path / "gpu_check.json", budget_s=-5, head={})
+    check.run(gpu_check.Piece("treerpo_step", "7b/lean", 0, lambda: {"refused": "7b: ..."}, "7b"))
+    assert check.result["treerpo_step"]["7b/lean"]["refused"] == "7b: ..."
+    assert check.result["left"] == []
