@@ -9,12 +9,18 @@ The setting (docs/science.md says why): the embedded `tiny-novice` model (the ti
 with fewer medium and hard examples), which solves easy problems, half of medium and hard barely;
 the four training levels trivial..hard with a fixed pool of POOL problems each (the same in every
 run); STEPS steps of 16 prompts x 8 samples (TreeRPO: trees of N children per node, depth 3) with
-cosine learning-rate decay; held-out greedy accuracy on 200 problems per level.
+cosine learning-rate decay; held-out greedy accuracy on EVAL_PROBLEMS (200) problems per level.
 
 The protocol (issue 32):
-1. Tuning apart from evaluation, on TUNING_SEEDS only, by held-out hard accuracy after STEPS steps
-   (the mean over those seeds; ties go to the setting tried first). A full grid of learning rates
-   times knobs is too big, so the search is staged:
+1. Tuning apart from evaluation, on TUNING_SEEDS only, by validation accuracy after STEPS steps
+   (the mean over those seeds; ties go to the setting tried first). The validation problems are
+   held-out hard problems that no evaluation run sees: a tuning run evaluates hard on the first
+   TUNING_PROBLEMS (400) held-out problems, saving its completions (eval.save_completions), and is
+   scored by its greedy accuracy on those after the first EVAL_PROBLEMS (200), which are the
+   evaluation runs' problems (the task lists its held-out problems in the same order on every call:
+   problems 201-400 of arithmetic's hard level, which has more than 400). The JSON records them
+   (setting.tuning_problems). A full grid of learning rates times knobs is too big, so the search
+   is staged:
    - stage 1: each arm's learning rate from LRS, at its shipped knob;
    - stage 2: an arm with a main knob (Arm.knobs: TreeRPO's N and norm, E2H-G's beta and sigma)
      tries its knob's settings at its stage-1 learning rate;
@@ -53,6 +59,21 @@ from runs import finished, read, score, train
 
 MODEL = "tiny-novice"
 EVAL_SE = 3.5  # points: the standard error of one greedy evaluation on 200 problems at 50% accuracy
+EVAL_PROBLEMS = 200
+"""Held-out problems per level that the evaluation runs evaluate: the first of the task's list."""
+TUNING_PROBLEMS = 400
+"""Held-out hard problems that a tuning run evaluates; those after the first EVAL_PROBLEMS are the
+validation problems it is scored on."""
+VALIDATION_LEVEL = "hard"
+COMPLETIONS = "completions.jsonl"
+"""A tuning run's saved completions (eval.save_completions), in its run directory."""
+TUNING_SET = {
+    "level": VALIDATION_LEVEL,
+    "problems": [EVAL_PROBLEMS + 1, TUNING_PROBLEMS],
+    "of": "the level's held-out problems in the task's order (the same on every call); the "
+    f"evaluation runs evaluate problems 1-{EVAL_PROBLEMS}",
+}
+"""The validation problems tuning is scored on (first and last, counted from 1), for the JSON."""
 POOL = 128
 STEPS = 150
 LEVELS = ["trivial", "easy", "medium", "hard"]
@@ -62,7 +83,7 @@ COMMON = [
     f"curriculum.levels=[{','.join(LEVELS)}]",
     f"curriculum.pool_size={POOL}",
     f"eval.levels=[{','.join(EVAL_LEVELS)}]",
-    "eval.problems=200",
+    f"eval.problems={EVAL_PROBLEMS}",
 ]
 # the scoring tree of reschedule_demo: k = 3 children at the start and every 8 tokens, depth 3 (27
 # leaves)
@@ -306,16 +327,26 @@ class Run:
         knob = f"-{self.knob}" if self.knob else ""
         return f"{self.budget}/{self.arm}-lr{self.lr:g}{knob}-seed{self.seed}"
 
-    def overrides(self, scores: Path) -> list[str]:
-        """Its overrides of the arm's config file. Static Re-Schedule scores are scored again a
-        third and two thirds of the way (with the pass before training, three scorings, as in the
-        paper). A tuning run evaluates hard before and after; the others every level every quarter
-        of the run."""
+    def completions(self, out: Path) -> Path:
+        """Where a tuning run in the bench's folder `out` saves its evaluation's completions."""
+        return out / self.directory / COMPLETIONS
+
+    def overrides(self, out: Path) -> list[str]:
+        """Its overrides of the arm's config file, in the bench's folder `out`. Static Re-Schedule
+        scores are scored again a third and two thirds of the way (with the pass before training,
+        three scorings, as in the paper). A tuning run evaluates TUNING_PROBLEMS of the validation
+        level before and after, saving the completions; the others EVAL_PROBLEMS of every level
+        every quarter of the run."""
         arm = ARMS[self.arm]
         static = "reschedule.scores=static" in arm.overrides
         third, two_thirds = self.steps // 3 + 1, 2 * self.steps // 3 + 1
         evals = (
-            ["eval.levels=[hard]", "eval.every=0"]
+            [
+                f"eval.levels=[{VALIDATION_LEVEL}]",
+                "eval.every=0",
+                f"eval.problems={TUNING_PROBLEMS}",
+                f"eval.save_completions={self.completions(out)}",
+            ]
             if self.budget == "tune"
             else [f"eval.every={max(1, self.steps // 4)}"]
         )
@@ -326,7 +357,7 @@ class Run:
             f"train.max_tokens={self.max_tokens}",
             f"train.lr={self.lr:g}",
             *SCORING,
-            f"reschedule.scores_file={scores}",
+            f"reschedule.scores_file={scores_file(out)}",
             *[f"reschedule.rescore_at=[{third},{two_thirds}]"] * static,
             *arm.overrides,
             *self.knob_overrides,
@@ -334,9 +365,13 @@ class Run:
         ]
 
     def estimated_s(self) -> float:
-        """Its wall time, estimated from the measured constants (Arm.step_s, STARTUP_S, ...)."""
+        """Its wall time, estimated from the measured constants (Arm.step_s, STARTUP_S, ...): a
+        tuning run's two evaluations of TUNING_PROBLEMS cost TUNING_PROBLEMS / EVAL_PROBLEMS level
+        evaluations each."""
         arm = ARMS[self.arm]
-        evals = 2 if self.budget == "tune" else 5 * len(EVAL_LEVELS)
+        evals = (
+            2 * TUNING_PROBLEMS / EVAL_PROBLEMS if self.budget == "tune" else 5 * len(EVAL_LEVELS)
+        )
         rescorings = 2 * ("reschedule.scores=static" in arm.overrides)
         return STARTUP_S + evals * EVAL_LEVEL_S + self.steps * arm.step_s + rescorings * RESCORE_S
 
@@ -357,8 +392,7 @@ class Bench:
 
     @property
     def scores(self) -> Path:
-        """The scoring pass of the starting model over the pool, shared by every run."""
-        return self.out / "scores.jsonl"
+        return scores_file(self.out)
 
     def settle(self, runs: list[Run]) -> Found:
         """Each run's figures (reduce): trained or read back when executing, else read back if
@@ -368,7 +402,7 @@ class Bench:
             self.seen.setdefault(run, self.finished(run))
         if not self.execute:
             return {
-                run: reduce(run, read(self.out / run.directory)) if self.seen[run] else None
+                run: self.summarise(run, read(self.out / run.directory)) if self.seen[run] else None
                 for run in unique
             }
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -376,11 +410,31 @@ class Bench:
 
     def finished(self, run: Run) -> bool:
         directory, config = self.out / run.directory, ARMS[run.arm].config
-        return finished(directory, *run.overrides(self.scores), config=config)
+        return finished(directory, *run.overrides(self.out), config=config)
 
     def train(self, run: Run) -> dict[str, Any]:
         directory, config = self.out / run.directory, ARMS[run.arm].config
-        return reduce(run, train(directory, *run.overrides(self.scores), config=config))
+        return self.summarise(run, train(directory, *run.overrides(self.out), config=config))
+
+    def summarise(self, run: Run, result: dict[str, Any]) -> dict[str, Any]:
+        """A run's figures (reduce), a tuning run's with its validation accuracy."""
+        row = reduce(run, result)
+        if run.budget == "tune":
+            row["validation"] = validation_accuracy(run.completions(self.out))
+        return row
+
+
+def scores_file(out: Path) -> Path:
+    """The scoring pass of the starting model over the pool, shared by every run in `out`."""
+    return out / "scores.jsonl"
+
+
+def validation_accuracy(completions: Path) -> float:
+    """Greedy accuracy (%) on the validation problems, from a tuning run's saved completions: the
+    greedy answers (`sample` null) of the validation level after its first EVAL_PROBLEMS."""
+    rows = [json.loads(line) for line in completions.read_text().splitlines() if line.strip()]
+    greedy = [row for row in rows if row["sample"] is None and row["level"] == VALIDATION_LEVEL]
+    return round(100 * mean([row["correct"] for row in greedy[EVAL_PROBLEMS:]]), 1)
 
 
 Found = dict[Run, dict[str, Any] | None]
@@ -452,7 +506,7 @@ def reduce(run: Run, result: dict[str, Any]) -> dict[str, Any]:
 class Choice:
     """An arm's tuned setting: learning rate, knob (name and overrides), and the mean generated
     tokens of its tuning runs at them (an estimate from Arm.step_tokens until they finish); the mean
-    held-out hard accuracy of every setting tried (None: not all its runs finished); `complete`:
+    validation accuracy of every setting tried (None: not all its runs finished); `complete`:
     every tuning run it rests on finished (if not, the first setting of each grid stands in, for
     --plan)."""
 
@@ -479,13 +533,13 @@ def tuning_runs(bench: Bench, arm: str, lr: float, knob: tuple[str, tuple[str, .
 
 
 def figures(grid: Grid, found: Found) -> dict[Any, float | None]:
-    """Each setting's mean held-out hard accuracy after training over its runs (None if one has
-    not finished)."""
+    """Each setting's mean validation accuracy after training over its runs (None if one has not
+    finished)."""
     out: dict[Any, float | None] = {}
     for key, runs in grid.items():
         rows = [found[run] for run in runs]
-        hard = [row["accuracy"]["hard"]["after"] for row in rows if row]
-        out[key] = round(mean(hard), 2) if len(hard) == len(rows) else None
+        validation = [row["validation"] for row in rows if row]
+        out[key] = round(mean(validation), 2) if len(validation) == len(rows) else None
     return out
 
 
@@ -869,12 +923,12 @@ def arm_table(rows: list[dict[str, Any]], budget: str) -> str:
 
 
 def tuning_table(choices: dict[str, dict[str, Any]]) -> str:
-    """Each arm's tuning: held-out hard accuracy (mean over the tuning seeds) at each learning rate
-    and knob setting tried, and the choice, as a markdown table."""
+    """Each arm's tuning: validation accuracy (mean over the tuning seeds) at each learning rate and
+    knob setting tried, and the choice, as a markdown table."""
     lines = [
         "| arm | "
-        + " | ".join(f"hard (%) at lr {lr:g}" for lr in LRS)
-        + " | chosen lr | hard (%) at each knob | chosen knob | tokens generated |",
+        + " | ".join(f"validation (%) at lr {lr:g}" for lr in LRS)
+        + " | chosen lr | validation (%) at each knob | chosen knob | tokens generated |",
         "|---" * (len(LRS) + 5) + "|",
     ]
     for name, c in choices.items():
@@ -891,7 +945,7 @@ def tuning_table(choices: dict[str, dict[str, Any]]) -> str:
 def plot(rows: list[dict[str, Any]], choices: dict[str, dict[str, Any]], folder: Path) -> None:
     """One PNG per paper: held-out accuracy on medium and on hard against steps at equal prompts,
     each arm of its comparisons as the mean over seeds with the seeds' range shaded; and one of
-    held-out hard accuracy against the learning rate in tuning, per arm."""
+    validation accuracy against the learning rate in tuning, per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -923,8 +977,8 @@ def plot(rows: list[dict[str, Any]], choices: dict[str, dict[str, Any]], folder:
         lrs = [lr for lr in LRS if c["lr_grid"].get(f"{lr:g}") is not None]
         if len(lrs) > 1:
             ax.plot(lrs, [c["lr_grid"][f"{lr:g}"] for lr in lrs], marker="o", ms=3, label=name)
-    ax.set(xscale="log", xlabel="learning rate", ylabel="held-out hard (%), tuning seeds")
-    ax.set_title("tuning: hard accuracy against the learning rate", fontsize=10)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="validation hard (%), tuning seeds")
+    ax.set_title("tuning: validation hard accuracy against the learning rate", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -1021,6 +1075,7 @@ def main() -> None:
             "levels": LEVELS,
             "lrs": LRS,
             "tuning_seeds": args.tuning_seeds,
+            "tuning_problems": TUNING_SET,
             "eval_seeds": args.seeds,
             "token_budget": round(choices["grpo"].tokens),
             "token_tolerance": TOKEN_TOLERANCE,

@@ -10,6 +10,7 @@ import pytest
 
 from treerl.config import load_config
 from treerl.rundir import RunDir
+from treerl.tasks.arithmetic import Arithmetic
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -135,33 +136,94 @@ def test_an_arm_far_from_the_token_budget_gets_runs_that_stop_at_it():
     # 150 x 369,000 / 574,500 = 96.3 steps, stopped at 369,000 generated tokens
     cut = science.token_run(run, 574_500, 369_000)
     assert (cut.budget, cut.steps, cut.max_tokens) == ("tokens", 96, 369_000)
-    assert "train.max_tokens=369000" in cut.overrides(Path("s.jsonl"))
+    assert "train.max_tokens=369000" in cut.overrides(Path("out"))
     # 4.9% above the budget: its equal-prompt runs count for both budgets
     assert science.token_run(run, 387_081, 369_000) is run
     # fewer tokens a step than the budget's arm: more steps, 150 x 369,000 / 246,000 = 225
     assert science.token_run(run, 246_000, 369_000).steps == 225
 
 
-def test_every_arm_and_knob_is_a_valid_config_and_a_tuning_run_evaluates_hard_only():
-    scores = Path("runs/science/scores.jsonl")
+def test_every_arm_and_knob_is_a_valid_config_and_a_tuning_run_evaluates_400_hard_only():
+    out = Path("runs/science")
     for name, arm in science.ARMS.items():
         for knob in [*arm.knobs.items()] or [("", ())]:
             run = science.Run(name, 100, 1.5e-5, *knob, "tune", 150)
-            cfg = load_config(arm.config, run.overrides(scores))
+            cfg = load_config(arm.config, run.overrides(out))
             assert cfg.train.lr == 1.5e-5 and cfg.eval.levels == ["hard"] and cfg.eval.every == 0
+            assert cfg.eval.problems == 400
+            assert cfg.eval.save_completions == str(out / run.directory / "completions.jsonl")
+            assert cfg.reschedule.scores_file == str(out / "scores.jsonl")
     treerpo = science.Run(
         "treerpo", 0, 5e-6, "N2-none", science.TREERPO_KNOBS["N2-none"], "steps", 150
     )
-    cfg = load_config(science.TREERPO, treerpo.overrides(scores))
+    cfg = load_config(science.TREERPO, treerpo.overrides(out))
     assert (cfg.rollout.n, cfg.algo.params["norm"], cfg.eval.every) == (2, "none", 37)
     assert cfg.eval.levels == science.EVAL_LEVELS
+    assert cfg.eval.problems == 200 and cfg.eval.save_completions is None
+
+
+def test_arithmetic_holds_400_held_out_hard_problems_whose_first_200_are_the_evaluations():
+    task = Arithmetic()
+    tuning, evaluation = task.eval_problems("hard", 400), task.eval_problems("hard", 200)
+    assert len({problem.question for problem in tuning}) == 400
+    assert tuning[:200] == evaluation
+
+
+def completion(index, correct, sample=None):
+    """One line of eval.save_completions (treerl/eval.py completion_rows)."""
+    return {
+        "id": f"hard-{index}",
+        "level": "hard",
+        "question": f"question {index}",
+        "reference": "1",
+        "sample": sample,
+        "completion": "1" if correct else "2",
+        "correct": correct,
+        "reward": float(correct),
+        "tokens": 3,
+        "too_long": False,
+    }
+
+
+def write_completions(path, greedy, samples=0, sampled_correct=False):
+    """A completions file as an evaluation with eval.samples = `samples` writes it: each problem's
+    greedy answer (right as `greedy` says), then its sampled ones."""
+    lines = []
+    for index, correct in enumerate(greedy):
+        lines.append(completion(index, correct))
+        lines += [completion(index, sampled_correct, j) for j in range(samples)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_validation_accuracy_is_greedy_on_the_problems_after_the_evaluations_200(tmp_path):
+    """200 evaluation problems all right, then 4 validation problems right, wrong, right, right;
+    each with 2 sampled answers, all wrong: 3 of 4 greedy, 75%. Counting the first 200 would give
+    203 / 204; counting the samples, 3 of 12."""
+    path = tmp_path / "completions.jsonl"
+    write_completions(path, [True] * 200 + [True, False, True, True], samples=2)
+    assert science.validation_accuracy(path) == 75.0
+    # the samples right and the greedy answers as before: still 75%
+    write_completions(
+        path, [True] * 200 + [True, False, True, True], samples=2, sampled_correct=True
+    )
+    assert science.validation_accuracy(path) == 75.0
+
+
+def test_a_tuning_run_costs_two_evaluations_of_400_problems_in_the_plan():
+    # grpo, 150 steps: 12 s start + 2 x 2 x 0.9 s (400 problems) + 150 x 0.38 s = 72.6 s
+    assert science.Run("grpo", 100, 5e-5, "", (), "tune", 150).estimated_s() == pytest.approx(72.6)
+    # at equal prompts: 5 evaluations of 4 levels of 200, 12 + 20 x 0.9 + 57 = 87 s
+    assert science.Run("grpo", 0, 5e-5, "", (), "steps", 150).estimated_s() == pytest.approx(87.0)
 
 
 def fake_run(bench, run, hard, tokens):
     """A finished run of `run` in bench.out, as `treerl train` leaves one: its config, `run.steps`
-    steps that generated `tokens` in all, and `hard` held-out accuracy (%) at its end."""
+    steps that generated `tokens` in all, and `hard` held-out accuracy (%) at its end. A tuning
+    run's `hard` is on its 200 validation problems; on the 200 evaluation problems before them it
+    gets 100 - hard (%), so that tuning on those, or on all 400 (50% for every run), would choose
+    otherwise."""
     directory = bench.out / run.directory
-    overrides = [*RUN_OPTIONS, *run.overrides(bench.scores), f"output.dir={directory}"]
+    overrides = [*RUN_OPTIONS, *run.overrides(bench.out), f"output.dir={directory}"]
     RunDir(directory).write_config(load_config(science.ARMS[run.arm].config, overrides))
     step = {
         "tokens/generated": tokens / run.steps,
@@ -178,14 +240,21 @@ def fake_run(bench, run, hard, tokens):
     lines = [json.dumps({"step": s, **step}) for s in range(1, run.steps + 1)]
     (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     at = {"hard": {"accuracy": hard / 100, "response_length": 30.0}}
+    if run.budget == "tune":
+        right = round(2 * hard)  # of 200
+        greedy = [i < 200 - right for i in range(200)] + [i < right for i in range(200)]
+        write_completions(run.completions(bench.out), greedy)
+        at = {"hard": {"accuracy": 0.5, "response_length": 30.0}}
     (directory / "eval.json").write_text(json.dumps({"0": at, str(run.steps): at}))
     (directory / "timing.json").write_text("{}")
 
 
 def test_tuning_picks_the_best_learning_rate_then_the_knob_on_tuning_seeds(tmp_path):
-    """grpo's hard accuracy on seeds 100 and 101 by learning rate: 5e-5 20, 22 (21); 2.5e-5 24, 23
-    (23.5); 1.5e-5 25, 23 (24); 5e-6 18, 18: 1.5e-5. E2H-G: the same but 5 points more at 2.5e-5
-    (28.5) at its shipped knob, then its other knobs at 2.5e-5: beta 1.0 sigma 0.5 best (30)."""
+    """grpo's validation accuracy on seeds 100 and 101 by learning rate: 5e-5 20, 22 (21); 2.5e-5
+    24, 23 (23.5); 1.5e-5 25, 23 (24); 5e-6 18, 18: 1.5e-5. E2H-G: the same but 5 points more at
+    2.5e-5 (28.5) at its shipped knob, then its other knobs at 2.5e-5: beta 1.0 sigma 0.5 best
+    (30). On the evaluation problems (fake_run) 5e-6 would win, and on all 400 every setting ties
+    and the first, 5e-5, would stand."""
     bench = science.Bench(tmp_path, jobs=1, execute=False, steps=4)
     grpo = {5e-5: (20, 22), 2.5e-5: (24, 23), 1.5e-5: (25, 23), 5e-6: (18, 18)}
     shipped = ("beta0.5-sigma0.5", science.E2H_KNOBS["beta0.5-sigma0.5"])
