@@ -105,7 +105,7 @@ def test_unknown_section_is_rejected():
         ("train.lr=-1", "train.lr"),
         ("reschedule.mix=cubic", "reschedule.mix"),
         ("algo.clip_ratio_c=0.5", "algo.clip_ratio_c"),
-        # every pool problem is generated at start-up: 10^9 of them never started (the fuzz test hung)
+        # every pool problem is generated at start-up: 10^9 never started (the fuzz test hung)
         ("curriculum.pool_size=1000000000", "curriculum.pool_size"),
     ],
 )

@@ -45,8 +45,8 @@ class Section(BaseModel):
 
 NUMBER_TYPES = (int, float, int | None, float | None)
 MAX_POOL = 100_000
-"""The largest `curriculum.pool_size`: every problem of a pool is generated at start-up (20 draws per
-slot at most), so a pool of 10^9 would never start."""
+"""The largest `curriculum.pool_size`: every problem of a pool is generated at start-up (20 draws
+per slot at most), so a pool of 10^9 would never start."""
 
 
 class LoraSettings(Section):
