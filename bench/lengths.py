@@ -86,9 +86,9 @@ def run_engine(
     by_key = dict(zip(keys.tolist(), targets.tolist()))
     real_pick = lean_backend.pick
 
-    def pick(logits, row_keys_, positions, sampling):
+    def pick(logits, row_keys_, positions, sampling, u=None):
         target = torch.tensor([by_key[k] for k in row_keys_.tolist()])
-        return real_pick(forced(logits, target, positions), row_keys_, positions, sampling)
+        return real_pick(forced(logits, target, positions), row_keys_, positions, sampling, u)
 
     backend = LeanBackend(lean_decoder(model))
     per_sequence = blocks(max(map(len, prompts))) + blocks(max_new_tokens)

@@ -152,13 +152,13 @@ def short_ones_first(tok, monkeypatch):
     short = set(keys[:6].tolist())
     real_pick = lean_backend.pick
 
-    def pick(logits, row_keys_, positions, sampling):
+    def pick(logits, row_keys_, positions, sampling, u=None):
         logits = logits.clone()
         ends = torch.tensor([k in short for k in row_keys_.tolist()]) & (positions == 1)
         logits[:, tok.eos_token_id] = float("-inf")
         logits[ends] = float("-inf")
         logits[ends, tok.eos_token_id] = 0.0
-        return real_pick(logits, row_keys_, positions, sampling)
+        return real_pick(logits, row_keys_, positions, sampling, u)
 
     monkeypatch.setattr(lean_backend, "pick", pick)
     return ids, keys

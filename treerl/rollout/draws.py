@@ -111,12 +111,18 @@ def sample_tokens(
 
 
 def pick(
-    logits: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | int, sampling: Sampling
+    logits: torch.Tensor,
+    keys: torch.Tensor,
+    positions: torch.Tensor | int,
+    sampling: Sampling,
+    u: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's
-    (key, position)."""
+    (key, position); `u`, where given, is uniforms(keys, positions) computed ahead."""
     logits = logits.float()
     if sampling.greedy:
         tokens = logits.argmax(-1)
         return tokens, F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    return sample_tokens(logits, sampling.temperature, sampling.top_p, uniforms(keys, positions))
+    if u is None:
+        u = uniforms(keys, positions)
+    return sample_tokens(logits, sampling.temperature, sampling.top_p, u)

@@ -37,6 +37,9 @@ Bookkeeping invariants (what `sample` and its helpers keep true between decode s
 - **The block table keeps one extra column.** A row that forks in the middle of a block goes on
   writing in that block, which it shares with the new group (`Rows.offset` > 0); its own tokens then
   span up to blocks(limit) + 1 blocks, hence `Call.table_columns`.
+- **A row's draws are fixed when it joins.** `Rows.draws` holds uniforms(key, t) (`draws.py`) for
+  every generated position t of the call, computed once; the token at t is drawn at `draws[t]`,
+  the uniform the row would draw at t alone. A fork's first row keeps its key and so its draws.
 - **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its
   prefix's blocks while it has unfinished sequences (`Group.unfinished`), waiting ones included.
   When `sample` returns, every block is free again.
@@ -52,7 +55,7 @@ import torch
 
 from treerl.errors import UserError
 from treerl.rollout.backend import Forks, Sequence
-from treerl.rollout.draws import Sampling, pick
+from treerl.rollout.draws import Sampling, pick, uniforms
 from treerl.rollout.hf_backend import left_pad
 from treerl.rollout.lean import KVCache, LeanDecoder, Plan
 
@@ -196,6 +199,9 @@ class Rows:
     """Tokens it sampled before it was preempted and has not fed again."""
     logits: torch.Tensor
     """[B, vocab] the logits its next token is drawn from."""
+    draws: torch.Tensor
+    """[B, max_new_tokens] float64: the uniform it draws its token at each generated position at,
+    uniforms(key, position), computed once when it joins."""
 
     def select(self, keep: torch.Tensor) -> Rows:
         """The rows `keep` picks, in their order."""
@@ -421,7 +427,9 @@ class LeanBackend:
             call.prompt_queue.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
         rows = self.join(call, pool, self.no_rows(call, device))
         while len(rows.sequence):
-            tokens, logps = pick(rows.logits, rows.key, rows.start + rows.length, sampling)
+            positions = rows.start + rows.length
+            u = rows.draws.gather(1, positions[:, None]).squeeze(1)
+            tokens, logps = pick(rows.logits, rows.key, positions, sampling, u)
             replaying = rows.replay > 0
             for row in torch.nonzero(replaying).squeeze(-1).tolist():
                 n = int(rows.sequence[row])
@@ -462,6 +470,7 @@ class LeanBackend:
             offset=none,
             replay=none,
             logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float(),
+            draws=torch.zeros(0, call.max_new_tokens, dtype=torch.float64, device=device),
         )
 
     def make_room(
@@ -559,9 +568,10 @@ class LeanBackend:
             return torch.tensor(values, dtype=torch.long, device=device)
 
         zeros = [0] * len(joining)
+        keys = torch.stack([w.key for w in joining])
         return Rows(
             sequence=long([w.sequence for w in joining]),
-            key=torch.stack([w.key for w in joining]),
+            key=keys,
             group=long(group_ids),
             prefix=long([call.groups[g].length for g in group_ids]),
             start=long(list(starts)),
@@ -571,6 +581,10 @@ class LeanBackend:
             offset=long(zeros),
             replay=long(list(replays)),
             logits=torch.stack(logits),
+            draws=uniforms(
+                keys[:, None].expand(-1, call.max_new_tokens),
+                torch.arange(call.max_new_tokens, device=device),
+            ),
         )
 
     def encode(self, call: Call, pool: Pool, prompts: list[tuple[int, ...]]) -> None:
