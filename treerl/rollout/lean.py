@@ -9,7 +9,7 @@ transformers forward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import torch
@@ -178,7 +178,9 @@ class LayerWeights:
 class Plan:
     """Where the rows of one decode step write and read in a paged cache: the pool's slots come in
     blocks of `block` slots, read a block at a time (whole blocks copy faster than scattered slots),
-    and `visible` says which of the slots read each row attends to."""
+    and `visible` says which of the slots read each row attends to. What depends on the rows' groups
+    only (`place`, `in_order`) is computed once, not once per layer; a backend that keeps its groups
+    across steps passes them on."""
 
     write: torch.Tensor
     """[B] the slot each row's new token goes to."""
@@ -196,6 +198,20 @@ class Plan:
     """[B, (Nshared + Nown) x block] which slots of its group's shared blocks and its own blocks
     each row attends to."""
     block: int
+    known_place: InitVar[torch.Tensor | None] = None
+    """`place`, where the caller knows it already."""
+    in_order: bool = False
+    """Whether `place` is 0, 1, ..., B - 1 (each group has most_rows rows, one group after the
+    other): the rows are then laid out by group as they are, with no copy in and out."""
+    place: torch.Tensor = field(init=False)
+    """[B] each row's place among the G x most_rows places of the groups' rows:
+    group x most_rows + slot."""
+    hidden: torch.Tensor = field(init=False)
+    """[1, B, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
+
+    def __post_init__(self, known_place: torch.Tensor | None) -> None:
+        self.place = self.group * self.most_rows + self.slot if known_place is None else known_place
+        self.hidden = ~self.visible[None, :, None]
 
 
 class KVCache:
@@ -388,30 +404,30 @@ class LeanDecoder:
             by_block = pool.view(kv, -1, plan.block * dim).index_select(1, blocks.flatten())
             return by_block.view(kv, blocks.shape[0], -1, dim).to(dtype)
 
-        place = plan.group * slots + plan.slot  # [B] in [G x slots]
+        def by_group(per_row: torch.Tensor) -> torch.Tensor:
+            """[KV, G, most_rows x g, last] from [KV, B, g, last]: each group's rows together, in
+            their slots (zeros in the slots of a group with fewer rows)."""
+            if plan.in_order:
+                return per_row.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
+            laid_out = per_row.new_zeros(kv, groups * slots, per_kv, per_row.shape[-1])
+            return laid_out.index_copy_(1, plan.place, per_row).view(kv, groups, slots * per_kv, -1)
+
+        def by_row(per_group: torch.Tensor) -> torch.Tensor:
+            """[KV, B, g, last] from [KV, G, most_rows x g, last]: each row's part."""
+            laid_out = per_group.view(kv, groups * slots, per_kv, -1)
+            return laid_out if plan.in_order else laid_out.index_select(1, plan.place)
+
         mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)  # [KV, B, g, D]
         own_keys, own_values = read(keys, plan.own), read(values, plan.own)  # [KV, B, Wo, D]
         shared_keys, shared_values = (
             read(keys, plan.shared),
             read(values, plan.shared),
         )  # [KV, G, Wg, D]
-        grouped = mine.new_zeros(kv, groups * slots, per_kv, dim).index_copy_(1, place, mine)
-        shared = (
-            grouped.view(kv, groups, slots * per_kv, dim) @ shared_keys.transpose(-1, -2)
-        ) * scaling
-        shared = shared.view(kv, groups * slots, per_kv, width).index_select(
-            1, place
+        shared = by_row(
+            (by_group(mine) @ shared_keys.transpose(-1, -2)) * scaling
         )  # [KV, B, g, Wg]
         own = (mine @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
-        scores = torch.cat([shared, own], -1).masked_fill(
-            ~plan.visible[None, :, None], float("-inf")
-        )
+        scores = torch.cat([shared, own], -1).masked_fill(plan.hidden, float("-inf"))
         probs = scores.softmax(-1)
-        back = probs.new_zeros(kv, groups * slots, per_kv, width).index_copy_(
-            1, place, probs[..., :width]
-        )
-        out = (back.view(kv, groups, slots * per_kv, width) @ shared_values).view(
-            kv, groups * slots, per_kv, dim
-        )
-        out = out.index_select(1, place) + probs[..., width:] @ own_values  # [KV, B, g, D]
+        out = by_row(by_group(probs[..., :width]) @ shared_values) + probs[..., width:] @ own_values
         return out.transpose(0, 1).reshape(rows, heads, dim).to(q.dtype)

@@ -34,12 +34,23 @@ Bookkeeping invariants (what `sample` and its helpers keep true between decode s
   values are in the pool. A step draws the token at position `start + length`, `feed` writes it and
   only then adds 1; so a row stops when `length + 1` reaches its `limit`, and its next slot is
   `offset + length`.
-- **The block table keeps one extra column.** A row that forks in the middle of a block goes on
-  writing in that block, which it shares with the new group (`Rows.offset` > 0); its own tokens then
-  span up to blocks(limit) + 1 blocks, hence `Call.table_columns`.
+- **A row's table lists exactly its own blocks.** `Rows.table[row]` holds blocks(offset + length)
+  blocks: `feed` appends the block a row opens, a fork keeps only a last block it shares with the
+  new group. A row that forks in the middle of a block goes on writing in that block (`Rows.offset`
+  > 0); its own tokens then span up to blocks(limit) + 1 blocks, hence `Call.table_columns`, the
+  width of `Layout.own`.
 - **A row's draws are fixed when it joins.** `Rows.draws` holds uniforms(key, t) (`draws.py`) for
   every generated position t of the call, computed once; the token at t is drawn at `draws[t]`,
   the uniform the row would draw at t alone. A fork's first row keeps its key and so its draws.
+- **The bookkeeping is on the host; a step reads back only its tokens.** Lengths, tables, groups
+  and replays are Python ints, so which rows stop, open a block, fork or fit in the pool is known
+  without reading the device; the one read of a step is its tokens and log-probs (which the call
+  returns, and whose EOS stops rows).
+- **The layout is kept while the rows stay the same.** `Call.layout` (`Layout`) is what the decoder
+  reads on the device: block tables, masks, groups, each row's next position and slot. Whatever
+  changes the rows (`join`, `finish`, `make_room`, `fork`) drops it and the next step builds it
+  again from the bookkeeping; in between, a step only opens blocks (`Layout.opened`) and moves
+  every row on by one slot (`Layout.advance`), so it equals what `Layout.of` would build.
 - **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its
   prefix's blocks while it has unfinished sequences (`Group.unfinished`), waiting ones included.
   When `sample` returns, every block is free again.
@@ -50,6 +61,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -68,6 +80,11 @@ REFILL_SHARE = 8
 
 def blocks(tokens: int) -> int:
     return -(-tokens // BLOCK)
+
+
+def longs(values: list[int] | list[list[int]], device: torch.device) -> torch.Tensor:
+    """Host ints as a long tensor on `device`."""
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def least_blocks(
@@ -174,64 +191,70 @@ class Waiting:
 
 @dataclass
 class Rows:
-    """The running sequences, one row each, as tensors over the rows, in the order they joined (see
-    the module's docstring)."""
+    """The running sequences, one row each, in the order they joined (see the module's docstring).
+    Their bookkeeping is kept on the host, so that a step reads back from the device only the
+    tokens it drew; `key`, `logits` and `draws` are on the device, and `Layout` holds what the
+    decoder reads of the rest."""
 
-    sequence: torch.Tensor
+    sequence: list[int]
     """Its index in `Call.sequences`."""
-    key: torch.Tensor
-    group: torch.Tensor
+    group: list[int]
     """Its group in `Call.groups`."""
-    prefix: torch.Tensor
+    prefix: list[int]
     """Tokens of the group's prefix (where the row's own tokens start)."""
-    start: torch.Tensor
+    start: list[int]
     """Tokens of the sequence's path in its group's prefix (where its own tokens count from)."""
-    length: torch.Tensor
+    length: list[int]
     """Own tokens in the cache: not the token just drawn, until `feed` writes it."""
-    limit: torch.Tensor
+    limit: list[int]
     """Own tokens it may sample."""
-    table: torch.Tensor
-    """[B, `Call.table_columns`] the blocks of its own tokens."""
-    offset: torch.Tensor
+    table: list[list[int]]
+    """The blocks of its own tokens, in order: blocks(offset + length) of them between steps."""
+    offset: list[int]
     """Where its own tokens start in its first block: a row that forked goes on in the block where
     its group's prefix ends."""
-    replay: torch.Tensor
+    replay: list[int]
     """Tokens it sampled before it was preempted and has not fed again."""
+    key: torch.Tensor
+    """[B] its key (`draws.py`)."""
     logits: torch.Tensor
     """[B, vocab] the logits its next token is drawn from."""
     draws: torch.Tensor
     """[B, max_new_tokens] float64: the uniform it draws its token at each generated position at,
     uniforms(key, position), computed once when it joins."""
 
-    def select(self, keep: torch.Tensor) -> Rows:
+    def bookkeeping(self) -> dict[str, list[Any]]:
+        """Its host columns by name: all but the last three fields, which are on the device."""
+        return {column.name: getattr(self, column.name) for column in fields(self)[:-3]}
+
+    def select(self, keep: list[int]) -> Rows:
         """The rows `keep` picks, in their order."""
-        return Rows(**{column.name: getattr(self, column.name)[keep] for column in fields(self)})
+        index = longs(keep, self.key.device)
+        return Rows(
+            **{name: [column[row] for row in keep] for name, column in self.bookkeeping().items()},
+            key=self.key[index],
+            logits=self.logits[index],
+            draws=self.draws[index],
+        )
 
     def extend(self, other: Rows) -> Rows:
         """These rows, then `other`'s."""
+        theirs = other.bookkeeping()
         return Rows(
-            **{
-                column.name: torch.cat([getattr(self, column.name), getattr(other, column.name)])
-                for column in fields(self)
-            }
+            **{name: column + theirs[name] for name, column in self.bookkeeping().items()},
+            key=torch.cat([self.key, other.key]),
+            logits=torch.cat([self.logits, other.logits]),
+            draws=torch.cat([self.draws, other.draws]),
         )
 
-    def used(self) -> torch.Tensor:
+    def used(self) -> list[int]:
         """Slots of its blocks in use, counted from its first block's first."""
-        return self.offset + self.length
+        return [o + n for o, n in zip(self.offset, self.length)]
 
-    def held(self, row: int) -> list[int]:
-        """The blocks the row holds."""
-        return self.table[row, : blocks(int(self.used()[row]))].tolist()
-
-    def opening(self) -> torch.Tensor:
-        """Whether each row's next token starts a block."""
-        return self.used() % BLOCK == 0
-
-    def next_slots(self) -> torch.Tensor:
-        """[B] the pool slot of each row's next token."""
-        used = self.used()
-        return self.table.gather(1, (used // BLOCK)[:, None]).squeeze(1) * BLOCK + used % BLOCK
+    def generated(self) -> list[int]:
+        """Tokens its sequence has sampled from its prompt on, in the cache: the position its next
+        token is drawn at."""
+        return [s + n for s, n in zip(self.start, self.length)]
 
 
 @dataclass
@@ -251,19 +274,26 @@ class Grouping:
     """[B] each row's place among its group's rows: 0, 1, ... in row order."""
     most_rows: int
     """The most rows in one group (`Plan.most_rows`)."""
+    place: torch.Tensor
+    """[B] local x most_rows + slot (`Plan.place`)."""
+    in_order: bool
+    """Whether place is 0, 1, ..., B - 1 (`Plan.in_order`)."""
 
     @classmethod
-    def of(cls, groups: list[Group], row_groups: torch.Tensor) -> Grouping:
-        """The layout for rows in groups `row_groups` (indices into `groups`)."""
-        device = row_groups.device
-        distinct, local = torch.unique(row_groups, return_inverse=True)
-        counts = torch.bincount(local, minlength=len(distinct))
-        order = torch.argsort(local, stable=True)  # rows by group, in row order within each
-        slot = torch.empty_like(local)
-        slot[order] = (
-            torch.arange(len(row_groups), device=device) - (counts.cumsum(0) - counts)[local[order]]
-        )
-        prefixes = [groups[g] for g in distinct.tolist()]
+    def of(cls, groups: list[Group], row_groups: list[int], device: torch.device) -> Grouping:
+        """The layout for rows in groups `row_groups` (indices into `groups`), worked out on the
+        host."""
+        distinct = sorted(set(row_groups))
+        index = {g: i for i, g in enumerate(distinct)}
+        counts = [0] * len(distinct)
+        local, slot = [], []
+        for g in row_groups:
+            local.append(index[g])
+            slot.append(counts[index[g]])
+            counts[index[g]] += 1
+        most_rows = max(counts)
+        place = [i * most_rows + s for i, s in zip(local, slot)]
+        prefixes = [groups[g] for g in distinct]
         width = max(len(prefix.blocks) for prefix in prefixes)
         shared = torch.zeros(len(distinct), width, dtype=torch.long, device=device)
         shared_visible = torch.zeros(len(distinct), width * BLOCK, dtype=torch.bool, device=device)
@@ -271,8 +301,105 @@ class Grouping:
             shared[i, : len(prefix.blocks)] = prefix.blocks
             shared_visible[i, : len(prefix.visible)] = prefix.visible
         return cls(
-            tuple(row_groups.tolist()), shared, shared_visible, local, slot, int(counts.max())
+            tuple(row_groups),
+            shared,
+            shared_visible,
+            longs(local, device),
+            longs(slot, device),
+            most_rows,
+            longs(place, device),
+            place == list(range(len(distinct) * most_rows)),
         )
+
+
+@dataclass
+class Layout:
+    """What a decode step reads of the running rows on the device, kept across steps while the rows
+    stay the same: `Call.layout` is dropped when a row joins, leaves or forks, and built again from
+    the rows' bookkeeping (`of`). In between, a step only moves every row on by one slot (`advance`)
+    and writes the blocks that rows open (`opened`): no plan is built and nothing is read back."""
+
+    grouping: Grouping
+    own: torch.Tensor
+    """[B, `Call.table_columns`] the blocks of each row's own tokens, padded."""
+    visible: torch.Tensor
+    """[B, N x BLOCK + `Call.table_columns` x BLOCK] which slots of its group's prefix blocks and of
+    its own blocks each row attends to: its own up to the slot of the token it is fed next."""
+    cursor: torch.Tensor
+    """[5, B], each row's: position of its next token (rotary), generated position (its draw's),
+    that position's place in `Rows.draws` flattened, its next slot's place in `visible` flattened,
+    and the pool slot of its next token. Each moves on by one a step (a slot in a new block is set
+    when the row opens it)."""
+    furthest: int
+    """The furthest next slot of a row, counted from the first slot of its first own block: the
+    step's plan reads own blocks up to the one it is in."""
+
+    @classmethod
+    def of(cls, call: Call, rows: Rows, device: torch.device) -> Layout:
+        """The layout of `rows` about to be fed (each with the block of its next token)."""
+        if call.grouping is None or call.grouping.row_groups != tuple(rows.group):
+            call.grouping = Grouping.of(call.groups, rows.group, device)
+        grouping = call.grouping
+        columns = call.table_columns()
+        used = rows.used()
+        own = longs([table + [0] * (columns - len(table)) for table in rows.table], device)
+        slots = torch.arange(columns * BLOCK, device=device)
+        offset, next_slot = (longs(values, device)[:, None] for values in (rows.offset, used))
+        visible = torch.cat(
+            [grouping.shared_visible[grouping.local], (slots >= offset) & (slots <= next_slot)],
+            dim=1,
+        )
+        width, shared_width = visible.shape[1], grouping.shared_visible.shape[1]
+        generated = rows.generated()
+        cursor = [
+            [p + n for p, n in zip(rows.prefix, rows.length)],
+            generated,
+            [row * call.max_new_tokens + g for row, g in enumerate(generated)],
+            [row * width + shared_width + u for row, u in enumerate(used)],
+            # a row about to open a block gets its slot in `opened`
+            [
+                table[u // BLOCK] * BLOCK + u % BLOCK if u % BLOCK else 0
+                for table, u in zip(rows.table, used)
+            ],
+        ]
+        return cls(
+            grouping,
+            own,
+            visible,
+            longs(cursor, device),
+            max(used),
+        )
+
+    def opened(self, rows: list[int], columns: list[int], taken: list[int]) -> None:
+        """Rows `rows` start block `taken` in their column `columns`: their next token goes to its
+        first slot."""
+        device = self.own.device
+        index, blocks_taken = longs(rows, device), longs(taken, device)
+        self.own[index, longs(columns, device)] = blocks_taken
+        self.cursor[4, index] = blocks_taken * BLOCK
+
+    def plan(self) -> Plan:
+        """This step's plan: the own blocks up to the last one in use."""
+        grouping = self.grouping
+        own_columns = blocks(self.furthest + 1)
+        return Plan(
+            self.cursor[4],
+            self.own[:, :own_columns],
+            grouping.shared,
+            grouping.local,
+            grouping.slot,
+            grouping.most_rows,
+            self.visible[:, : grouping.shared_visible.shape[1] + own_columns * BLOCK],
+            BLOCK,
+            grouping.place,
+            grouping.in_order,
+        )
+
+    def advance(self) -> None:
+        """Every row moves on to its next slot, which it attends to from then on."""
+        self.cursor += 1
+        self.visible.view(-1).index_fill_(0, self.cursor[3], True)
+        self.furthest += 1
 
 
 @dataclass
@@ -298,6 +425,8 @@ class Call:
     sequence."""
     grouping: Grouping | None = None
     """The last decode step's rows' groups, laid out for cascade attention."""
+    layout: Layout | None = None
+    """What the decode steps read of the running rows, until one joins, leaves or forks."""
     finished_tokens: int = 0
     finished: int = 0
     """Own tokens of the sequences that finished, and how many they were: the expected length of the
@@ -426,49 +555,64 @@ class LeanBackend:
         for index, key in enumerate(keys.to(device)):
             call.prompt_queue.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
         rows = self.join(call, pool, self.no_rows(call, device))
-        while len(rows.sequence):
-            positions = rows.start + rows.length
-            u = rows.draws.gather(1, positions[:, None]).squeeze(1)
-            tokens, logps = pick(rows.logits, rows.key, positions, sampling, u)
-            replaying = rows.replay > 0
-            for row in torch.nonzero(replaying).squeeze(-1).tolist():
-                n = int(rows.sequence[row])
-                tokens[row] = call.tokens[n][
-                    int(rows.start[row] + rows.length[row]) - call.sequences[n].start
-                ]
-            for n, token, logp, fed in zip(
-                rows.sequence.tolist(), tokens.tolist(), logps.tolist(), replaying.tolist()
-            ):
+        while rows.sequence:
+            if call.layout is None:
+                call.layout = Layout.of(call, rows, device)
+            generated, drawn_at = call.layout.cursor[1], call.layout.cursor[2]
+            u = rows.draws.view(-1).index_select(0, drawn_at)
+            tokens, logps = pick(rows.logits, rows.key, generated, sampling, u)
+            drawn = self.replayed(call, rows, tokens, tokens.tolist())
+            for n, token, logp, fed in zip(rows.sequence, drawn, logps.tolist(), rows.replay):
                 if not fed:
                     call.tokens[n].append(token)
                     call.logprobs[n].append(logp)
-            stop = ~replaying & (
-                (tokens == eos_id) | (rows.length + 1 >= rows.limit)
-            )  # + 1: the token just drawn
-            if bool(stop.any()):
-                self.finish(call, pool, rows.select(stop))
-                rows, tokens = rows.select(~stop), tokens[~stop]
+            stop = [  # + 1: the token just drawn
+                not fed and (token == eos_id or n + 1 >= limit)
+                for token, fed, n, limit in zip(drawn, rows.replay, rows.length, rows.limit)
+            ]
+            if any(stop):
+                keep = [row for row, stops in enumerate(stop) if not stops]
+                self.finish(call, pool, rows, [row for row, stops in enumerate(stop) if stops])
+                rows, tokens = rows.select(keep), tokens[longs(keep, device)]
+                call.layout = None
             if len(pool.free) < len(rows.sequence):  # else every row can start a block
                 rows, tokens = self.make_room(call, pool, rows, tokens)
-            if len(rows.sequence):
+            if rows.sequence:
                 rows = self.feed(call, pool, rows, tokens)
             if call.prompt_queue or call.prefix_queue:
                 rows = self.join(call, pool, rows)
         return [call.result(n, eos_id) for n in range(len(call.sequences))]
 
+    @staticmethod
+    def replayed(call: Call, rows: Rows, tokens: torch.Tensor, drawn: list[int]) -> list[int]:
+        """The tokens `drawn`, a replaying row's replaced by the one it drew before it was
+        preempted (in `tokens` too)."""
+        replaying = [row for row, fed in enumerate(rows.replay) if fed]
+        if not replaying:
+            return drawn
+        for row in replaying:
+            n = rows.sequence[row]
+            drawn[row] = call.tokens[n][
+                rows.start[row] + rows.length[row] - call.sequences[n].start
+            ]
+        tokens[longs(replaying, tokens.device)] = longs(
+            [drawn[row] for row in replaying], tokens.device
+        )
+        return drawn
+
     def no_rows(self, call: Call, device: torch.device) -> Rows:
         none = torch.zeros(0, dtype=torch.long, device=device)
         return Rows(
-            sequence=none,
+            sequence=[],
+            group=[],
+            prefix=[],
+            start=[],
+            length=[],
+            limit=[],
+            table=[],
+            offset=[],
+            replay=[],
             key=none,
-            group=none,
-            prefix=none,
-            start=none,
-            length=none,
-            limit=none,
-            table=none.new_zeros(0, call.table_columns()),
-            offset=none,
-            replay=none,
             logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float(),
             draws=torch.zeros(0, call.max_new_tokens, dtype=torch.float64, device=device),
         )
@@ -479,24 +623,22 @@ class LeanBackend:
         """Preempt the rows that joined last until the pool has a block for every row about to start
         one: each gives back its own blocks and waits, first in line, to replay its tokens."""
         keep = len(rows.sequence)
-        opening = rows.opening()
-        while keep > 1 and int(opening[:keep].sum()) > len(pool.free):
+        opening = [used % BLOCK == 0 for used in rows.used()]
+        while keep > 1 and sum(opening[:keep]) > len(pool.free):
             keep -= 1
-            pool.drop(rows.held(keep))
+            pool.drop(rows.table[keep])
             preempted = Waiting(
-                int(rows.sequence[keep]),
-                rows.key[keep],
-                int(rows.group[keep]),
-                int(rows.start[keep]),
+                rows.sequence[keep], rows.key[keep], rows.group[keep], rows.start[keep]
             )
             call.prefix_queue.appendleft(
                 preempted
             )  # ahead of the rows preempted before it, which joined after it
-        if int(opening[:keep].sum()) > len(pool.free):
+        if sum(opening[:keep]) > len(pool.free):
             raise self.out_of_room(call)
         if keep == len(rows.sequence):
             return rows, tokens
-        return rows.select(torch.arange(keep, device=tokens.device)), tokens[:keep]
+        call.layout = None
+        return rows.select(list(range(keep))), tokens[:keep]
 
     def join(self, call: Call, pool: Pool, rows: Rows) -> Rows:
         """Waiting sequences join the batch in order while the pool can hold what they are expected
@@ -504,12 +646,13 @@ class LeanBackend:
         sequences and forks first, then prompts' sequences, whose new prompts are encoded together
         once room for 1/REFILL_SHARE of the batch is free."""
         expected = call.expected_blocks()
-        held = (rows.used() + BLOCK - 1) // BLOCK
-        to_hold = torch.clamp((rows.offset + rows.limit + BLOCK - 1) // BLOCK, max=expected)
         # blocks each running row may still take: up to what it is expected to hold, at least the
         # one it opens next
-        outstanding = torch.maximum(torch.clamp(to_hold - held, min=0), rows.opening().long())
-        room = len(pool.free) - int(outstanding.sum())
+        outstanding = sum(
+            max(min(blocks(offset + limit), expected) - blocks(used), int(used % BLOCK == 0))
+            for offset, limit, used in zip(rows.offset, rows.limit, rows.used())
+        )
+        room = len(pool.free) - outstanding
         joining: list[Waiting] = []
         while call.prefix_queue:
             start, replay = call.start_and_replay(call.prefix_queue[0])
@@ -537,9 +680,10 @@ class LeanBackend:
             self.encode(call, pool, fresh)
             joining += [call.prompt_queue.popleft() for _ in range(admitted)]
         if not joining:
-            if not len(rows.sequence) and (call.prompt_queue or call.prefix_queue):
+            if not rows.sequence and (call.prompt_queue or call.prefix_queue):
                 raise self.out_of_room(call)
             return rows
+        call.layout = None
         return rows.extend(self.new_rows(call, joining))
 
     def new_rows(self, call: Call, joining: list[Waiting]) -> Rows:
@@ -562,24 +706,19 @@ class LeanBackend:
             if not group.joining:
                 group.logits = None
         starts, replays = zip(*(call.start_and_replay(w) for w in joining))
-        limits = [call.max_new_tokens - start for start in starts]
-
-        def long(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
         zeros = [0] * len(joining)
         keys = torch.stack([w.key for w in joining])
         return Rows(
-            sequence=long([w.sequence for w in joining]),
+            sequence=[w.sequence for w in joining],
+            group=group_ids,
+            prefix=[call.groups[g].length for g in group_ids],
+            start=list(starts),
+            length=list(zeros),
+            limit=[call.max_new_tokens - start for start in starts],
+            table=[[] for _ in joining],
+            offset=list(zeros),
+            replay=list(replays),
             key=keys,
-            group=long(group_ids),
-            prefix=long([call.groups[g].length for g in group_ids]),
-            start=long(list(starts)),
-            length=long(zeros),
-            limit=long(limits),
-            table=torch.zeros(len(joining), call.table_columns(), dtype=torch.long, device=device),
-            offset=long(zeros),
-            replay=long(list(replays)),
             logits=torch.stack(logits),
             draws=uniforms(
                 keys[:, None].expand(-1, call.max_new_tokens),
@@ -634,14 +773,13 @@ class LeanBackend:
                 flat = new.transpose(0, 1).reshape(new.shape[1], count * width, new.shape[3])
                 pooled.index_copy_(1, target, flat.index_select(1, source).to(pooled.dtype))
 
-    def finish(self, call: Call, pool: Pool, done: Rows) -> None:
-        """Stopped rows give back their blocks (a fork's group keeps those it refers to)."""
-        call.finished += len(done.sequence)
-        call.finished_tokens += int(done.length.sum()) + len(done.sequence)
-        for row in range(len(done.sequence)):
-            pool.drop(done.held(row))
-        for g in done.group.tolist():
-            group = call.groups[g]
+    def finish(self, call: Call, pool: Pool, rows: Rows, done: list[int]) -> None:
+        """Stopped rows `done` give back their blocks (a fork's group keeps those it refers to)."""
+        call.finished += len(done)
+        call.finished_tokens += sum(rows.length[row] + 1 for row in done)
+        for row in done:
+            pool.drop(rows.table[row])
+            group = call.groups[rows.group[row]]
             group.unfinished -= 1
             if not group.unfinished:
                 pool.drop(group.held)
@@ -650,33 +788,22 @@ class LeanBackend:
         """One decode step: each row writes its token's keys and values to its next slot (taking a
         block when it starts one) and gets its next logits; then the rows that reached a fork point
         fork."""
-        opening = torch.nonzero(rows.opening()).squeeze(-1)
-        if len(opening):
-            taken = torch.tensor(pool.take(len(opening)), device=rows.table.device)
-            rows.table[opening, rows.used()[opening] // BLOCK] = taken
+        if call.layout is None:
+            call.layout = Layout.of(call, rows, tokens.device)
+        layout = call.layout
         used = rows.used()
-        own = rows.table[:, : blocks(int(used.max()) + 1)]
-        columns = torch.arange(own.shape[1] * BLOCK, device=own.device)
-        own_visible = (columns >= rows.offset[:, None]) & (columns <= used[:, None])
-        if call.grouping is None or call.grouping.row_groups != tuple(rows.group.tolist()):
-            call.grouping = Grouping.of(call.groups, rows.group)
-        grouping = call.grouping
-        visible = torch.cat([grouping.shared_visible[grouping.local], own_visible], dim=1)
-        plan = Plan(
-            rows.next_slots(),
-            own,
-            grouping.shared,
-            grouping.local,
-            grouping.slot,
-            grouping.most_rows,
-            visible,
-            BLOCK,
-        )
+        opening = [row for row, slots in enumerate(used) if slots % BLOCK == 0]
+        if opening:
+            taken = pool.take(len(opening))
+            for row, block in zip(opening, taken):
+                rows.table[row].append(block)
+            layout.opened(opening, [used[row] // BLOCK for row in opening], taken)
         rows.logits = self.decoder.step(
-            tokens, rows.prefix + rows.length, pool.layers, plan
+            tokens, layout.cursor[0], pool.layers, layout.plan()
         ).float()
-        rows.length += 1
-        rows.replay -= (rows.replay > 0).long()
+        layout.advance()
+        rows.length = [n + 1 for n in rows.length]
+        rows.replay = [max(fed - 1, 0) for fed in rows.replay]
         if call.forks:
             self.fork(call, pool, rows)
         return rows
@@ -687,20 +814,17 @@ class LeanBackend:
         passes a fork point again: a row's preempted tokens are those after its last fork.)"""
         forks = call.forks
         assert forks is not None
-        generated = rows.start + rows.length
-        at = torch.nonzero(
-            (generated % forks.step_tokens == 0) & (generated < forks.depth * forks.step_tokens)
-        )
-        for row in at.squeeze(-1).tolist():
-            length, total = int(rows.length[row]), int(generated[row])
-            parent = call.groups[int(rows.group[row])]
+        device = rows.key.device
+        for row, total in enumerate(rows.generated()):
+            if total % forks.step_tokens or total >= forks.depth * forks.step_tokens:
+                continue
+            length, offset, own = rows.length[row], rows.offset[row], rows.table[row]
+            parent = call.groups[rows.group[row]]
             pool.hold(parent.held)
-            own = rows.held(row)
-            columns = torch.arange(len(own) * BLOCK, device=rows.table.device)
-            offset = int(rows.offset[row])
+            columns = torch.arange(len(own) * BLOCK, device=device)
             call.groups.append(
                 Group(
-                    blocks=torch.cat([parent.blocks, rows.table[row, : len(own)]]),
+                    blocks=torch.cat([parent.blocks, longs(own, device)]),
                     visible=torch.cat(
                         [parent.visible, (columns >= offset) & (columns < offset + length)]
                     ),
@@ -714,17 +838,16 @@ class LeanBackend:
             parent.unfinished -= 1
             if not parent.unfinished:
                 pool.drop(parent.held)
-            offset = int(rows.used()[row]) % BLOCK
-            rows.table[row] = 0
-            if (
-                offset
-            ):  # the row goes on writing in its last block, which it now shares with the group
-                rows.table[row, 0] = own[-1]
-                pool.hold(own[-1:])
+            offset = (offset + length) % BLOCK
+            # a row that forks mid-block goes on writing in its last block, which it now shares
+            # with the group
+            rows.table[row] = own[-1:] if offset else []
+            pool.hold(rows.table[row])
             rows.group[row], rows.prefix[row] = len(call.groups) - 1, call.groups[-1].length
             rows.start[row], rows.limit[row], rows.length[row] = total, rows.limit[row] - length, 0
             rows.offset[row] = offset
-            n = int(rows.sequence[row])
+            call.layout = None
+            n = rows.sequence[row]
             for child in range(1, forks.branching):
                 m = call.add_sequence(call.sequences[n].prompt, n, total, child)
                 key = forks.child_key(rows.key[row], total // forks.step_tokens, child)
