@@ -242,10 +242,23 @@ class LeanDecoder:
         self.inv_freq = body.rotary_emb.inv_freq
         self.rope_scale = float(getattr(body.rotary_emb, "attention_scaling", 1.0))
         self.layers = [LayerWeights.of(layer) for layer in body.layers]
+        self.rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        """`rotary` of positions 0, 1, ... (`keep_rotary`)."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        dtype, x = x.dtype, x.float()
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        """transformers' RMSNorm, in fp32 (its casts skipped where they change nothing: each is an
+        operation)."""
+        wide = x if x.dtype == torch.float32 else x.float()
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * (normed if normed.dtype == x.dtype else normed.to(x.dtype))
+
+    def keep_rotary(self, positions: int) -> None:
+        """Keep `rotary` of positions 0 .. positions - 1 for `step`, which looks its rows' up (the
+        same bits: cos and sin are computed element by element)."""
+        if self.rotary_table is None or len(self.rotary_table[0]) < positions:
+            self.rotary_table = self.rotary(
+                torch.arange(positions, device=self.embed.device), self.embed.dtype
+            )
 
     def rotary(
         self, positions: torch.Tensor, dtype: torch.dtype
@@ -313,29 +326,23 @@ class LeanDecoder:
         )
 
     def qkv(
-        self, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, w: LayerWeights, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries [B, H, T, D], keys and values [B, KV, T, D] of x [B, T, hidden], rotated."""
-        rows, length, _ = x.shape
+        """Queries [..., H, D], keys and values [..., KV, D] of x [..., hidden], not rotated."""
         h = self.rms_norm(x, w.input_norm)
-        q = w.q(h).view(rows, length, self.heads, self.head_dim)
-        k = w.k(h).view(rows, length, self.kv_heads, self.head_dim)
+        q = w.q(h).unflatten(-1, (self.heads, self.head_dim))
+        k = w.k(h).unflatten(-1, (self.kv_heads, self.head_dim))
         if w.q_norm is not None and w.k_norm is not None:
             q, k = self.rms_norm(q, w.q_norm), self.rms_norm(k, w.k_norm)
-        v = w.v(h).view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        return self.rotate(q.transpose(1, 2), cos, sin), self.rotate(k.transpose(1, 2), cos, sin), v
+        return q, k, w.v(h).unflatten(-1, (self.kv_heads, self.head_dim))
 
     def rest_of_layer(
         self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor
     ) -> torch.Tensor:
-        """x after the attention output [B, H, T, D] and the MLP."""
-        rows, _, length, _ = attended.shape
-        x = x + w.o(attended.transpose(1, 2).reshape(rows, length, -1))
+        """x after the attention output [..., H x D] and the MLP."""
+        x = x + w.o(attended)
         h = self.rms_norm(x, w.post_norm)
         return x + w.down(F.silu(w.gate(h)) * w.up(h))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
 
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor
@@ -345,16 +352,18 @@ class LeanDecoder:
         to."""
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(positions, x.dtype)
-        start, end = cache.width, cache.width + ids.shape[1]
+        rows, length = ids.shape
+        start, end = cache.width, cache.width + length
         for w, (keys, values) in zip(self.layers, cache.layers):
-            q, k, v = self.qkv(w, x, cos, sin)
-            keys[:, :, start:end] = k
+            q, k, v = (t.transpose(1, 2) for t in self.qkv(w, x))  # [B, heads, T, D]
+            keys[:, :, start:end] = self.rotate(k, cos, sin)
             values[:, :, start:end] = v
-            x = self.rest_of_layer(
-                w, x, self.attend(q, keys[:, :, :end], values[:, :, :end], mask, w.scaling)
+            attended = self.attend(
+                self.rotate(q, cos, sin), keys[:, :, :end], values[:, :, :end], mask, w.scaling
             )
+            x = self.rest_of_layer(w, x, attended.transpose(1, 2).reshape(rows, length, -1))
         cache.width = end
-        return self.logits(x)
+        return F.linear(self.rms_norm(x[:, -1], self.norm), self.head)
 
     def step(
         self,
@@ -365,17 +374,22 @@ class LeanDecoder:
     ) -> torch.Tensor:
         """Next-token logits after one token per row, tokens [B] at positions [B], over a paged
         cache: `pool` holds each layer's keys and values [KV, slots, D]; the plan says where each
-        row writes and what it attends to."""
-        x = F.embedding(tokens[:, None], self.embed)
-        cos, sin = self.rotary(positions[:, None], x.dtype)
+        row writes and what it attends to. Rows are [B, hidden] throughout (no token axis); the
+        rotary angles are looked up in the table `keep_rotary` kept, which must reach every
+        position."""
+        x = F.embedding(tokens, self.embed)
+        assert self.rotary_table is not None, "keep_rotary before step"
+        cos, sin = (table.index_select(0, positions) for table in self.rotary_table)
         for w, (keys, values) in zip(self.layers, pool):
-            q, k, v = self.qkv(w, x, cos, sin)
-            keys.index_copy_(1, plan.write, k[:, :, 0].transpose(0, 1).to(keys.dtype))
-            values.index_copy_(1, plan.write, v[:, :, 0].transpose(0, 1).to(values.dtype))
-            x = self.rest_of_layer(
-                w, x, self.attend_paged(q[:, :, 0], keys, values, plan, w.scaling)[:, :, None]
-            )
-        return self.logits(x)
+            q, k, v = self.qkv(w, x)  # [B, heads, D]
+            for pooled, new in ((keys, self.rotate(k, cos, sin)), (values, v)):
+                new = new.transpose(0, 1)
+                pooled.index_copy_(
+                    1, plan.write, new if new.dtype == pooled.dtype else new.to(pooled.dtype)
+                )
+            attended = self.attend_paged(self.rotate(q, cos, sin), keys, values, plan, w.scaling)
+            x = self.rest_of_layer(w, x, attended.flatten(1))
+        return F.linear(self.rms_norm(x, self.norm), self.head)
 
     def attend_paged(
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan, scaling: float

@@ -551,6 +551,7 @@ class LeanBackend:
             self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed
         )
         call = Call(max_new_tokens, forks, [tuple(p) for p in prompts])
+        self.decoder.keep_rotary(max(map(len, prompts)) + max_new_tokens)
         call.uses.update(call.prompts)
         for index, key in enumerate(keys.to(device)):
             call.prompt_queue.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
