@@ -67,6 +67,10 @@ def test_a_copy_of_the_repository_with_nothing_beside_it_runs_the_data_tests(tmp
             "tests/test_packaging.py",
             "-k",
             "not copy_of_the_repository and not wheel",
+            # every file is read and graded by the quick tests; the slow sweeps over every
+            # reference (about 4 CPU minutes) run once, in the suite itself
+            "-m",
+            "not slow",
         ],
         cwd=copy,
         env=clean_env(PYTHONPATH=str(copy)),
