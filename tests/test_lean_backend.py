@@ -237,22 +237,18 @@ def test_a_budget_below_one_sequence_is_a_user_error(policy):
         backend_sample(policy, PROMPTS, 24, budget=1e-9)
 
 
-@pytest.mark.parametrize(
-    "forks, spare",
-    [
-        (None, None),
-        (Forks(branching=3, depth=3, step_tokens=4), None),
-        (None, 2),
-        (Forks(branching=2, depth=2, step_tokens=20), 30),
-    ],
-)
-def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypatch, forks, spare):
-    """A row gives back its own blocks when it stops or is preempted, a group those of its prefix
-    when its last sequence finishes, a fork's shared last block is held by both: after each call no
-    block has a holder and each is free exactly once. Flat and forked, with all the memory a call
-    can need and (`spare` blocks above two full sequences and the prompts) under a budget tight
-    enough to preempt."""
-    preempted = preemptions(monkeypatch)
+SHAPES = [
+    (None, None),
+    (Forks(branching=3, depth=3, step_tokens=4), None),
+    (None, 2),
+    (Forks(branching=2, depth=2, step_tokens=20), 30),
+]
+"""Flat and forked calls, with all the memory a call can need and (`spare` blocks above two full
+sequences and the prompts) under a budget tight enough to preempt."""
+
+
+def sample_shape(policy, forks, spare, seed=0) -> LeanBackend:
+    """A backend after sampling PROMPTS six times, 40 tokens, in a call of this shape."""
     model, tok = policy
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS * 6]
     decoder = lean_decoder(model)
@@ -262,10 +258,69 @@ def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypa
         else 2 * blocks(40) + sum(blocks(len(p)) for p in {tuple(p) for p in ids}) + spare
     )
     backend = LeanBackend(decoder, room * LeanBackend(decoder).block_bytes() / 2**30)
+    keys = row_keys(torch.Generator().manual_seed(seed), len(ids), "cpu")
+    backend.sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
+    return backend
+
+
+@pytest.mark.parametrize("forks, spare", SHAPES)
+def test_every_block_is_back_in_the_pool_after_each_sample_call(policy, monkeypatch, forks, spare):
+    """A row gives back its own blocks when it stops or is preempted, a group those of its prefix
+    when its last sequence finishes, a fork's shared last block is held by both: after each call no
+    block has a holder and each is free exactly once (`SHAPES`)."""
+    preempted = preemptions(monkeypatch)
     for seed in range(3):
-        keys = row_keys(torch.Generator().manual_seed(seed), len(ids), "cpu")
-        backend.sample(ids, keys, 40, Sampling(), tok.eos_token_id, forks)
-        pool = backend.pool
+        pool = sample_shape(policy, forks, spare, seed).pool
         assert pool is not None and pool.peak > 0
         assert pool.holders == [0] * pool.size and sorted(pool.free) == list(range(pool.size))
     assert (sum(preempted) > 0) == (spare is not None)
+
+
+@pytest.mark.parametrize("forks, spare", SHAPES)
+def test_a_decode_step_reads_back_only_its_tokens_and_logprobs(policy, monkeypatch, forks, spare):
+    """The bookkeeping is on the host: from one draw to the next, the only reads of the device are
+    the tokens drawn and their log-probs (two `tolist`), whatever joins, leaves, forks or is
+    preempted in between."""
+    reads, at_draws = [], []
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_pick = lean_backend.pick
+    monkeypatch.setattr(
+        lean_backend, "pick", lambda *args: at_draws.append(list(reads)) or real_pick(*args)
+    )
+    sample_shape(policy, forks, spare)
+    between = [later[len(earlier) :] for earlier, later in zip(at_draws, at_draws[1:])]
+    assert len(between) > 30 and [read for read in between if read != ["tolist"] * 2] == []
+
+
+@pytest.mark.parametrize("forks, spare", SHAPES)
+def test_the_kept_layout_is_the_one_the_rows_would_build(policy, monkeypatch, forks, spare):
+    """A layout kept across steps (moved on by `advance`, given the blocks rows open by `opened`)
+    equals the one `Layout.of` builds from the rows' bookkeeping at that step; the running rows
+    hold distinct slab rows, and every slab row is free when the call returns."""
+    kept_steps, calls = [], []
+    real_feed = LeanBackend.feed
+
+    def feed(self, call, pool, rows, tokens):
+        kept, calls[:] = call.layout, [call]
+        assert len(set(rows.slab)) == len(rows.slab) and not set(rows.slab) & set(call.slab.free)
+        if kept is not None and kept.contexts is not None:  # kept from an earlier step
+            fresh = lean_backend.Layout.of(call, rows, tokens.device)
+            opening = torch.tensor([used % BLOCK == 0 for used in rows.used()])
+            assert torch.equal(kept.cursor[[0, 1, 2, 3, 5]], fresh.cursor[[0, 1, 2, 3, 5]])
+            assert torch.equal(kept.cursor[4][~opening], fresh.cursor[4][~opening])
+            assert torch.equal(kept.own, fresh.own) and torch.equal(kept.visible, fresh.visible)
+            assert kept.furthest == fresh.furthest
+            kept_steps.append(len(rows.sequence))
+        return real_feed(self, call, pool, rows, tokens)
+
+    monkeypatch.setattr(LeanBackend, "feed", feed)
+    sample_shape(policy, forks, spare)
+    slab = calls[0].slab
+    assert len(kept_steps) >= 8 and sorted(slab.free) == list(range(slab.rows))

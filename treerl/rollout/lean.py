@@ -206,12 +206,36 @@ class Plan:
     place: torch.Tensor = field(init=False)
     """[B] each row's place among the G x most_rows places of the groups' rows:
     group x most_rows + slot."""
+    contexts: list[Context] | None = None
+    """Each layer's keys and values, kept by the backend; None: `step` reads them out of the
+    pool."""
+    own_rows: torch.Tensor | None = None
+    """[B] with `contexts`: each row's row in the contexts' own keys and values; None: row b's is
+    b."""
+    own_at: torch.Tensor | None = None
+    """[B] with `contexts`: where each row's new token goes among the R x S own slots of a
+    context."""
     hidden: torch.Tensor = field(init=False)
     """[1, B, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
 
     def __post_init__(self, known_place: torch.Tensor | None) -> None:
         self.place = self.group * self.most_rows + self.slot if known_place is None else known_place
         self.hidden = ~self.visible[None, :, None]
+
+
+@dataclass
+class Context:
+    """One layer's keys and values that a decode step's rows attend to, in the layout
+    `attend_paged` computes on, in the pool's dtype: each group's prefix [KV, G, Wg, D]
+    (`Plan.shared` read out of the pool) and the rows' own tokens [KV, R, S, D], row b's own slots
+    in row `Plan.own_rows[b]`, its first Wo slots those of `Plan.own` (R >= B, S >= Wo). A backend
+    may keep it across steps: `step` writes each new token into it (at `Plan.own_at`) as into the
+    pool."""
+
+    shared_keys: torch.Tensor
+    shared_values: torch.Tensor
+    own_keys: torch.Tensor
+    own_values: torch.Tensor
 
 
 class KVCache:
@@ -380,19 +404,37 @@ class LeanDecoder:
         x = F.embedding(tokens, self.embed)
         assert self.rotary_table is not None, "keep_rotary before step"
         cos, sin = (table.index_select(0, positions) for table in self.rotary_table)
-        for w, (keys, values) in zip(self.layers, pool):
+        contexts: list[Context | None] = [None] * len(self.layers)
+        for w, (keys, values), context in zip(self.layers, pool, plan.contexts or contexts):
             q, k, v = self.qkv(w, x)  # [B, heads, D]
-            for pooled, new in ((keys, self.rotate(k, cos, sin)), (values, v)):
+            owns = (None, None) if context is None else (context.own_keys, context.own_values)
+            for pooled, new, own in zip((keys, values), (self.rotate(k, cos, sin), v), owns):
                 new = new.transpose(0, 1)
-                pooled.index_copy_(
-                    1, plan.write, new if new.dtype == pooled.dtype else new.to(pooled.dtype)
-                )
-            attended = self.attend_paged(self.rotate(q, cos, sin), keys, values, plan, w.scaling)
+                new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)
+                pooled.index_copy_(1, plan.write, new)
+                if own is not None and plan.own_at is not None:
+                    own.view(self.kv_heads, -1, self.head_dim).index_copy_(1, plan.own_at, new)
+            attended = self.attend_paged(
+                self.rotate(q, cos, sin), keys, values, plan, w.scaling, context
+            )
             x = self.rest_of_layer(w, x, attended.flatten(1))
         return F.linear(self.rms_norm(x, self.norm), self.head)
 
+    def read(self, pool: torch.Tensor, blocks: torch.Tensor, block: int) -> torch.Tensor:
+        """[KV, N, n x block, D]: the slots of blocks [N, n] of a pool [KV, slots, D], in order."""
+        by_block = pool.view(self.kv_heads, -1, block * pool.shape[-1])
+        return by_block.index_select(1, blocks.flatten()).view(
+            self.kv_heads, blocks.shape[0], -1, pool.shape[-1]
+        )
+
     def attend_paged(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, plan: Plan, scaling: float
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        plan: Plan,
+        scaling: float,
+        context: Context | None = None,
     ) -> torch.Tensor:
         """Attention of one query per row, q [B, H, D], over its group's shared prefix and its own
         tokens.
@@ -404,44 +446,69 @@ class LeanDecoder:
         are computed in fp32 (or in q's dtype, if wider) and rounded to q's dtype at the end, as
         fused attention kernels do: a bf16 score between 16 and 32 is rounded by up to 0.06, which
         moves its probability by up to 6%. Under CPU autocast, autocast is off inside
-        (as `attend_fp32_on_cpu`)."""
+        (as `attend_fp32_on_cpu`). `context`: the layer's keys and values read already (`read`)."""
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
-                return self.attend_paged(q.float(), keys, values, plan, scaling).to(q.dtype)
+                return self.attend_paged(q.float(), keys, values, plan, scaling, context).to(
+                    q.dtype
+                )
         rows, heads, dim = q.shape
         kv, groups = self.kv_heads, plan.shared.shape[0]
         per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.most_rows
         dtype = torch.promote_types(q.dtype, torch.float32)
+        own_width = plan.own.shape[1] * plan.block
+        own_rows = None if context is None else plan.own_rows
+        if context is None:
+            context = Context(
+                *(self.read(pool, plan.shared, plan.block) for pool in (keys, values)),
+                *(self.read(pool, plan.own, plan.block) for pool in (keys, values)),
+            )
+        shared_keys, shared_values, own_keys, own_values = (
+            t if t.dtype == dtype else t.to(dtype)
+            for t in (
+                context.shared_keys,
+                context.shared_values,
+                *(
+                    own if own.shape[2] == own_width else own[:, :, :own_width]
+                    for own in (context.own_keys, context.own_values)
+                ),
+            )
+        )  # [KV, G, Wg, D] and [KV, R, Wo, D]
 
-        def read(pool: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-            """[KV, N, blocks x block, D]: the blocks' slots, in order."""
-            by_block = pool.view(kv, -1, plan.block * dim).index_select(1, blocks.flatten())
-            return by_block.view(kv, blocks.shape[0], -1, dim).to(dtype)
+        def spread(per_row: torch.Tensor, places: torch.Tensor, count: int) -> torch.Tensor:
+            """[KV, count, g, last] from [KV, B, g, last]: row b at places[b], zeros elsewhere."""
+            laid_out = per_row.new_zeros(kv, count, per_kv, per_row.shape[-1])
+            return laid_out.index_copy_(1, places, per_row)
 
         def by_group(per_row: torch.Tensor) -> torch.Tensor:
             """[KV, G, most_rows x g, last] from [KV, B, g, last]: each group's rows together, in
             their slots (zeros in the slots of a group with fewer rows)."""
-            if plan.in_order:
-                return per_row.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
-            laid_out = per_row.new_zeros(kv, groups * slots, per_kv, per_row.shape[-1])
-            return laid_out.index_copy_(1, plan.place, per_row).view(kv, groups, slots * per_kv, -1)
+            laid_out = per_row if plan.in_order else spread(per_row, plan.place, groups * slots)
+            return laid_out.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
 
         def by_row(per_group: torch.Tensor) -> torch.Tensor:
             """[KV, B, g, last] from [KV, G, most_rows x g, last]: each row's part."""
             laid_out = per_group.view(kv, groups * slots, per_kv, -1)
             return laid_out if plan.in_order else laid_out.index_select(1, plan.place)
 
-        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1).to(dtype)  # [KV, B, g, D]
-        own_keys, own_values = read(keys, plan.own), read(values, plan.own)  # [KV, B, Wo, D]
-        shared_keys, shared_values = (
-            read(keys, plan.shared),
-            read(values, plan.shared),
-        )  # [KV, G, Wg, D]
+        def with_own(per_row: torch.Tensor) -> torch.Tensor:
+            """[KV, R, g, last] from [KV, B, g, last]: each row in its own keys' and values' row."""
+            return per_row if own_rows is None else spread(per_row, own_rows, own_keys.shape[1])
+
+        def own_row(per_own: torch.Tensor) -> torch.Tensor:
+            """[KV, B, g, last] from [KV, R, g, last]: each row's part."""
+            return per_own if own_rows is None else per_own.index_select(1, own_rows)
+
+        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1)  # [KV, B, g, D]
+        mine = mine if mine.dtype == dtype else mine.to(dtype)
         shared = by_row(
             (by_group(mine) @ shared_keys.transpose(-1, -2)) * scaling
         )  # [KV, B, g, Wg]
-        own = (mine @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
+        own = own_row(with_own(mine) @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
         scores = torch.cat([shared, own], -1).masked_fill(plan.hidden, float("-inf"))
         probs = scores.softmax(-1)
-        out = by_row(by_group(probs[..., :width]) @ shared_values) + probs[..., width:] @ own_values
-        return out.transpose(0, 1).reshape(rows, heads, dim).to(q.dtype)
+        out = by_row(by_group(probs[..., :width]) @ shared_values) + own_row(
+            with_own(probs[..., width:]) @ own_values
+        )
+        out = out.transpose(0, 1).reshape(rows, heads, dim)
+        return out if out.dtype == q.dtype else out.to(q.dtype)

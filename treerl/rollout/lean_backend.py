@@ -7,6 +7,10 @@
 - **Groups.** Sequences that continue the same prefix (a prompt's samples, a fork point's
   continuations) form a group; decoding reads a group's prefix once for all of its rows (cascade
   attention, `LeanDecoder.attend_paged`).
+- **Slab.** The running rows' own keys and values are also kept dense, a row of the slab each
+  (`Slab`), where attention reads them in place: a step copies no row's tokens out of the pool, and
+  rows that join, leave or fork copy nothing either. The pool keeps them for forks, whose groups
+  read them as their prefix; so a running row's own tokens are held twice.
 - **Continuous batching.** A sequence that stops (EOS or its budget) leaves the batch at once and
   frees its blocks; waiting sequences (more than the KV budget holds, forks as they appear) take its
   place. Forks join the batch the step their fork point is decoded, without encoding anything again.
@@ -51,6 +55,10 @@ Bookkeeping invariants (what `sample` and its helpers keep true between decode s
   changes the rows (`join`, `finish`, `make_room`, `fork`) drops it and the next step builds it
   again from the bookkeeping; in between, a step only opens blocks (`Layout.opened`) and moves
   every row on by one slot (`Layout.advance`), so it equals what `Layout.of` would build.
+- **A running row holds one slab row.** `new_rows` takes it (`Slab.take`), `finish` and
+  `make_room` give it back; a fork keeps it. A row's own slot s (s = offset + length for the next
+  token) is column s of its slab row, as it is slot s % BLOCK of its block s // BLOCK; the columns
+  it has not written since it took the row are masked out.
 - **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its
   prefix's blocks while it has unfinished sequences (`Group.unfinished`), waiting ones included.
   When `sample` returns, every block is free again.
@@ -69,7 +77,7 @@ from treerl.errors import UserError
 from treerl.rollout.backend import Forks, Sequence
 from treerl.rollout.draws import Sampling, pick, uniforms
 from treerl.rollout.hf_backend import left_pad
-from treerl.rollout.lean import KVCache, LeanDecoder, Plan
+from treerl.rollout.lean import Context, KVCache, LeanDecoder, Plan
 
 BLOCK = 16
 """Token slots per block of the pool."""
@@ -153,6 +161,57 @@ class Pool:
                 self.free.append(block)
 
 
+class Slab:
+    """The running rows' own keys and values, dense, next to the pool: each layer's [KV, R, S, D]
+    in the pool's dtype. A sequence holds a row of R from when it joins the batch until it leaves
+    (`Rows.slab`); its own tokens' slots are those of its own blocks (`Rows.offset` + its length).
+    Attention reads the rows where they are (`Context`), so that rows joining, leaving and forking
+    copy nothing: a row that leaves frees its row, one that joins takes a free one (its slots are
+    masked out until it writes them), one that forks goes on writing in its row. Grown by doubling
+    when rows or slots run out."""
+
+    def __init__(self, decoder: LeanDecoder, like: torch.Tensor, most_slots: int):
+        self.kv_heads, self.head_dim, self.most_slots = (
+            decoder.kv_heads,
+            decoder.head_dim,
+            most_slots,
+        )
+        self.like, self.layer_count = like, len(decoder.layers)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rows, self.slots = 0, 0
+        self.free: list[int] = []
+        self.resize(0, min(2 * BLOCK, most_slots))
+
+    def resize(self, rows: int, slots: int) -> None:
+        """R = rows, S = slots (not fewer than now), the contents kept."""
+        shape = (self.kv_heads, rows, slots, self.head_dim)
+        layers = [
+            (self.like.new_zeros(shape), self.like.new_zeros(shape))
+            for _ in range(self.layer_count)
+        ]
+        for (keys, values), (old_keys, old_values) in zip(layers, self.layers):
+            keys[:, : self.rows, : self.slots] = old_keys
+            values[:, : self.rows, : self.slots] = old_values
+        self.free += list(range(rows - 1, self.rows - 1, -1))
+        self.layers, self.rows, self.slots = layers, rows, slots
+
+    def take(self, count: int) -> list[int]:
+        """Rows for `count` sequences joining the batch."""
+        if len(self.free) < count:
+            self.resize(max(2 * self.rows, self.rows + count - len(self.free)), self.slots)
+        return [self.free.pop() for _ in range(count)]
+
+    def give(self, rows: list[int]) -> None:
+        self.free += rows
+
+    def fit(self, slots: int) -> bool:
+        """Whether S had to grow to hold `slots` slots a row."""
+        if slots <= self.slots:
+            return False
+        self.resize(self.rows, min(max(2 * self.slots, slots), self.most_slots))
+        return True
+
+
 @dataclass
 class Group:
     """A prefix shared by the sequences that continue it."""
@@ -215,6 +274,8 @@ class Rows:
     its group's prefix ends."""
     replay: list[int]
     """Tokens it sampled before it was preempted and has not fed again."""
+    slab: list[int]
+    """Its row in `Call.slab`."""
     key: torch.Tensor
     """[B] its key (`draws.py`)."""
     logits: torch.Tensor
@@ -316,8 +377,9 @@ class Grouping:
 class Layout:
     """What a decode step reads of the running rows on the device, kept across steps while the rows
     stay the same: `Call.layout` is dropped when a row joins, leaves or forks, and built again from
-    the rows' bookkeeping (`of`). In between, a step only moves every row on by one slot (`advance`)
-    and writes the blocks that rows open (`opened`): no plan is built and nothing is read back."""
+    the rows' bookkeeping (`of`), as it is when the slab grows. In between, a step only moves every
+    row on by one slot (`advance`) and writes the blocks that rows open (`opened`); its plan is a
+    few slices of the layout, and nothing is read back."""
 
     grouping: Grouping
     own: torch.Tensor
@@ -326,13 +388,18 @@ class Layout:
     """[B, N x BLOCK + `Call.table_columns` x BLOCK] which slots of its group's prefix blocks and of
     its own blocks each row attends to: its own up to the slot of the token it is fed next."""
     cursor: torch.Tensor
-    """[5, B], each row's: position of its next token (rotary), generated position (its draw's),
+    """[6, B], each row's: position of its next token (rotary), generated position (its draw's),
     that position's place in `Rows.draws` flattened, its next slot's place in `visible` flattened,
-    and the pool slot of its next token. Each moves on by one a step (a slot in a new block is set
-    when the row opens it)."""
+    the pool slot of its next token, and its slot in `Call.slab` flattened (`Plan.own_at`). Each
+    moves on by one a step (a slot in a new block is set when the row opens it)."""
     furthest: int
     """The furthest next slot of a row, counted from the first slot of its first own block: the
     step's plan reads own blocks up to the one it is in."""
+    own_rows: torch.Tensor | None
+    """[B] each row's row in `Call.slab` (`Plan.own_rows`); None: row b's is b."""
+    contexts: list[Context] | None = None
+    """Each layer's keys and values the rows attend to: their groups' prefixes, read out of the
+    pool by the first step, and `Call.slab`."""
 
     @classmethod
     def of(cls, call: Call, rows: Rows, device: torch.device) -> Layout:
@@ -361,13 +428,16 @@ class Layout:
                 table[u // BLOCK] * BLOCK + u % BLOCK if u % BLOCK else 0
                 for table, u in zip(rows.table, used)
             ],
+            [row * call.slab.slots + u for row, u in zip(rows.slab, used)],
         ]
+        in_order = rows.slab == list(range(call.slab.rows))
         return cls(
             grouping,
             own,
             visible,
             longs(cursor, device),
             max(used),
+            None if in_order else longs(rows.slab, device),
         )
 
     def opened(self, rows: list[int], columns: list[int], taken: list[int]) -> None:
@@ -378,11 +448,12 @@ class Layout:
         self.own[index, longs(columns, device)] = blocks_taken
         self.cursor[4, index] = blocks_taken * BLOCK
 
-    def plan(self) -> Plan:
-        """This step's plan: the own blocks up to the last one in use."""
+    def plan(self, decoder: LeanDecoder, pool: Pool, slab: Slab) -> Plan:
+        """This step's plan: the own blocks up to the last one in use, and each layer's context
+        (its prefixes read out of the pool the first time)."""
         grouping = self.grouping
         own_columns = blocks(self.furthest + 1)
-        return Plan(
+        plan = Plan(
             self.cursor[4],
             self.own[:, :own_columns],
             grouping.shared,
@@ -394,6 +465,17 @@ class Layout:
             grouping.place,
             grouping.in_order,
         )
+        if self.contexts is None:
+            self.contexts = [
+                Context(
+                    decoder.read(keys, grouping.shared, BLOCK),
+                    decoder.read(values, grouping.shared, BLOCK),
+                    *own,
+                )
+                for (keys, values), own in zip(pool.layers, slab.layers)
+            ]
+        plan.contexts, plan.own_rows, plan.own_at = self.contexts, self.own_rows, self.cursor[5]
+        return plan
 
     def advance(self) -> None:
         """Every row moves on to its next slot, which it attends to from then on."""
@@ -409,6 +491,7 @@ class Call:
     max_new_tokens: int
     forks: Forks | None
     prompts: list[tuple[int, ...]]
+    slab: Slab
     groups: list[Group] = field(default_factory=list)
     prompt_group: dict[tuple[int, ...], int] = field(default_factory=dict)
     """The group of each encoded prompt."""
@@ -550,7 +633,12 @@ class LeanBackend:
         pool = self.pool = Pool(
             self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed
         )
-        call = Call(max_new_tokens, forks, [tuple(p) for p in prompts])
+        call = Call(
+            max_new_tokens,
+            forks,
+            [tuple(p) for p in prompts],
+            Slab(self.decoder, self.decoder.embed, (blocks(max_new_tokens) + 1) * BLOCK),
+        )
         self.decoder.keep_rotary(max(map(len, prompts)) + max_new_tokens)
         call.uses.update(call.prompts)
         for index, key in enumerate(keys.to(device)):
@@ -613,6 +701,7 @@ class LeanBackend:
             table=[],
             offset=[],
             replay=[],
+            slab=[],
             key=none,
             logits=self.decoder.embed.new_zeros(0, self.decoder.embed.shape[0]).float(),
             draws=torch.zeros(0, call.max_new_tokens, dtype=torch.float64, device=device),
@@ -628,6 +717,7 @@ class LeanBackend:
         while keep > 1 and sum(opening[:keep]) > len(pool.free):
             keep -= 1
             pool.drop(rows.table[keep])
+            call.slab.give(rows.slab[keep : keep + 1])
             preempted = Waiting(
                 rows.sequence[keep], rows.key[keep], rows.group[keep], rows.start[keep]
             )
@@ -719,6 +809,7 @@ class LeanBackend:
             table=[[] for _ in joining],
             offset=list(zeros),
             replay=list(replays),
+            slab=call.slab.take(len(joining)),
             key=keys,
             logits=torch.stack(logits),
             draws=uniforms(
@@ -778,6 +869,7 @@ class LeanBackend:
         """Stopped rows `done` give back their blocks (a fork's group keeps those it refers to)."""
         call.finished += len(done)
         call.finished_tokens += sum(rows.length[row] + 1 for row in done)
+        call.slab.give([rows.slab[row] for row in done])
         for row in done:
             pool.drop(rows.table[row])
             group = call.groups[rows.group[row]]
@@ -789,10 +881,12 @@ class LeanBackend:
         """One decode step: each row writes its token's keys and values to its next slot (taking a
         block when it starts one) and gets its next logits; then the rows that reached a fork point
         fork."""
+        used = rows.used()
+        if call.slab.fit(blocks(max(used) + 1) * BLOCK):
+            call.layout = None
         if call.layout is None:
             call.layout = Layout.of(call, rows, tokens.device)
         layout = call.layout
-        used = rows.used()
         opening = [row for row, slots in enumerate(used) if slots % BLOCK == 0]
         if opening:
             taken = pool.take(len(opening))
@@ -800,7 +894,7 @@ class LeanBackend:
                 rows.table[row].append(block)
             layout.opened(opening, [used[row] // BLOCK for row in opening], taken)
         rows.logits = self.decoder.step(
-            tokens, layout.cursor[0], pool.layers, layout.plan()
+            tokens, layout.cursor[0], pool.layers, layout.plan(self.decoder, pool, call.slab)
         ).float()
         layout.advance()
         rows.length = [n + 1 for n in rows.length]
