@@ -182,8 +182,9 @@ class Plan:
     only (`place`, `in_order`) is computed once, not once per layer; a backend that keeps its groups
     across steps passes them on."""
 
-    write: torch.Tensor
-    """[B] the slot each row's new token goes to."""
+    write: torch.Tensor | None
+    """[B] the slot each row's new token goes to; None (with `contexts`): to the contexts only, as
+    nothing will read it out of the pool."""
     own: torch.Tensor
     """[B, Nown] the blocks of each row's own tokens, the new one included, padded."""
     shared: torch.Tensor
@@ -411,7 +412,8 @@ class LeanDecoder:
             for pooled, new, own in zip((keys, values), (self.rotate(k, cos, sin), v), owns):
                 new = new.transpose(0, 1)
                 new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)
-                pooled.index_copy_(1, plan.write, new)
+                if plan.write is not None:
+                    pooled.index_copy_(1, plan.write, new)
                 if own is not None and plan.own_at is not None:
                     own.view(self.kv_heads, -1, self.head_dim).index_copy_(1, plan.own_at, new)
             attended = self.attend_paged(

@@ -448,13 +448,15 @@ class Layout:
         self.own[index, longs(columns, device)] = blocks_taken
         self.cursor[4, index] = blocks_taken * BLOCK
 
-    def plan(self, decoder: LeanDecoder, pool: Pool, slab: Slab) -> Plan:
+    def plan(self, decoder: LeanDecoder, pool: Pool, slab: Slab, forks: bool) -> Plan:
         """This step's plan: the own blocks up to the last one in use, and each layer's context
-        (its prefixes read out of the pool the first time)."""
+        (its prefixes read out of the pool the first time). The rows' new tokens go to the pool
+        only where they may fork: else no one reads them there (the slab holds them for
+        attention, and a preempted row replays its tokens)."""
         grouping = self.grouping
         own_columns = blocks(self.furthest + 1)
         plan = Plan(
-            self.cursor[4],
+            self.cursor[4] if forks else None,
             self.own[:, :own_columns],
             grouping.shared,
             grouping.local,
@@ -894,7 +896,10 @@ class LeanBackend:
                 rows.table[row].append(block)
             layout.opened(opening, [used[row] // BLOCK for row in opening], taken)
         rows.logits = self.decoder.step(
-            tokens, layout.cursor[0], pool.layers, layout.plan(self.decoder, pool, call.slab)
+            tokens,
+            layout.cursor[0],
+            pool.layers,
+            layout.plan(self.decoder, pool, call.slab, call.forks is not None),
         ).float()
         layout.advance()
         rows.length = [n + 1 for n in rows.length]
