@@ -9,8 +9,9 @@
   attention, `LeanDecoder.attend_paged`).
 - **Slab.** The running rows' own keys and values are also kept dense, a row of the slab each
   (`Slab`), where attention reads them in place: a step copies no row's tokens out of the pool, and
-  rows that join, leave or fork copy nothing either. The pool keeps them for forks, whose groups
-  read them as their prefix; so a running row's own tokens are held twice.
+  rows that join, leave or fork copy nothing either. In a call with forks the pool keeps them too,
+  as a fork's group reads them as its prefix (a running row's own tokens are then held twice); in a
+  flat call the pool only counts their blocks against the budget.
 - **Continuous batching.** A sequence that stops (EOS or its budget) leaves the batch at once and
   frees its blocks; waiting sequences (more than the KV budget holds, forks as they appear) take its
   place. Forks join the batch the step their fork point is decoded, without encoding anything again.
@@ -22,7 +23,9 @@
   are freed, and they join again first, replaying their tokens (fed, not sampled) before they sample
   on. Prefixes that waiting sequences continue stay held, so a budget below `least_blocks` (every
   prompt and inner node held at once, and one leaf) can run out with one row left; the call then
-  stops in one line naming that least, which training checks for before its first step.
+  stops in one line naming that least, which training checks for before its first step. The slab
+  comes on top of the budget: a row for each running sequence, as wide as the longest one's own
+  tokens (rounded up to a power of two blocks).
 
 A sequence's tokens depend on its key and the model only (see `draws.py`); which sequences share its
 batch (and a replay) changes the floating-point order of its log-probs' sums, so they agree with a
