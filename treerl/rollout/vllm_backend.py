@@ -20,9 +20,11 @@ size.
   top_p < 1 vLLM's cannot stand in for them, and rollout.vllm.old_logprobs=sampler is refused.
 
 The environment vLLM needs is set here before it is imported: its engine runs in this process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process, no `__main__` guard needed), it does not bind
-this process's threads or memory to cores (VLLM_CPU_OMP_THREADS_BIND=nobind), and
-torch.set_num_threads, which its CPU worker replaces with a no-op, is given back.
+(VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process, no `__main__` guard needed), and
+torch.set_num_threads, which its CPU worker replaces with a no-op, is given back. vLLM binds threads
+to cores only in engine processes of its own (VLLM_CPU_OMP_THREADS_BIND changes nothing in this
+one); its CPU worker binds this process's memory to the NUMA node of its first CPU, which no setting
+turns off.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from treerl.rollout.draws import Sampling
 
 ENVIRONMENT = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "VLLM_LOGGING_LEVEL": "ERROR",
 }
 INSTALL = (
