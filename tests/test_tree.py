@@ -84,6 +84,43 @@ def test_weighting_by_groups_divides_a_trees_advantages_by_its_kept_groups():
     assert treerpo_advantages(one_group, weighting="groups") == treerpo_advantages(one_group)
 
 
+def test_the_mean_difference_composes_with_pruning_and_weighting():
+    """norm=none (A = v - mu) on the tree above: prune_tau=0.2 keeps only the group under (0,)
+    (spread 1; (0.6, 0.46) spreads 0.14, the root (0.5, 0.53) 0.03): w = 1, A = +-0.5.
+    prune_tau=0 keeps all three: the root mu = 0.515 gives -+0.015, then +-0.5 and +-0.07, all
+    divided by w = 3. eps takes no part."""
+    tree = ReasoningTree.from_leaf_rewards([[1, 0], [0.6, 0.46]])
+    assert treerpo_advantages(
+        tree, prune_tau=0.2, norm="none", weighting="groups"
+    ) == pytest.approx({(0, 0): 0.5, (0, 1): -0.5})
+    assert treerpo_advantages(
+        tree, prune_tau=0.0, norm="none", weighting="groups", eps=0.5
+    ) == pytest.approx(
+        {
+            (0,): -0.005,
+            (1,): 0.005,
+            (0, 0): 0.5 / 3,
+            (0, 1): -0.5 / 3,
+            (1, 0): 0.07 / 3,
+            (1, 1): -0.07 / 3,
+        }
+    )
+
+
+def test_a_group_of_equal_values_weighs_nothing_even_when_kept():
+    """[[1, 1], [1, 0]]: root values (1, 0.5), mu 0.75 -> +-0.25; under (1,) (1, 0) -> +-0.5; the
+    group under (0,) has equal values: pruned at tau 0.1, kept at tau 0 with A = 0, and in neither
+    case counted, so w = 2 both times. A tree whose groups are all pruned has no advantages."""
+    tree = ReasoningTree.from_leaf_rewards([[1, 1], [1, 0]])
+    kept = {(0,): 0.125, (1,): -0.125, (1, 0): 0.25, (1, 1): -0.25}
+    assert treerpo_advantages(tree, norm="none", weighting="groups") == pytest.approx(kept)
+    assert treerpo_advantages(
+        tree, prune_tau=0.0, norm="none", weighting="groups"
+    ) == pytest.approx({**kept, (0, 0): 0.0, (0, 1): 0.0})
+    flat = ReasoningTree.from_leaf_rewards([[1, 1], [1, 1]])
+    assert treerpo_advantages(flat, norm="none", weighting="groups") == {}
+
+
 def test_groups_whose_values_spread_less_than_tau_are_pruned():
     # root group (0.5, 0.53): spread 0.03 < 0.1 -> dropped; (1, 0) and (0.6, 0.46):
     # spread 1 and 0.14 -> kept

@@ -484,11 +484,12 @@ class AlgoConfig(Section):
             "added to the std); `treerpo` takes `prune_tau` (0.1: a sibling group whose values "
             "spread (max - min) less than this is dropped), `norm` (`bernoulli`: the advantage "
             "divisor mu(1-mu) + eps, the paper's code; `std`, the population std + eps; or "
-            "`none`), `eps` (1e-6) and `weighting` (`none`, the paper's code; or `groups`: a "
-            "tree's advantages divided by its number of kept groups, so that a tree with many does "
-            "not outweigh one with few); `dr_grpo` and `rloo` take none. Until 2026-12-06 these "
-            "were `algo.std_eps`, `tree.prune_tau` and `tree.norm`, which are still read (with a "
-            "warning) as their new names"
+            "`none`, the mean difference), `eps` (1e-6) and `weighting` (`none`, the paper's "
+            "code; or `groups`: a tree's advantages divided by its number of kept groups whose "
+            "values differ, so that a tree with many does not outweigh one with few); `dr_grpo` "
+            "and `rloo` take none. Until 2026-12-06 these were `algo.std_eps`, `tree.prune_tau` "
+            "and `tree.norm`, which are still read (with a warning) as their new names, as is "
+            "`tree.weighting`"
         ),
     )
 
@@ -1024,9 +1025,11 @@ MOVED = {
     ("algo", "std_eps"): ("algo", "params", "eps"),
     ("tree", "prune_tau"): ("algo", "params", "prune_tau"),
     ("tree", "norm"): ("algo", "params", "norm"),
+    ("tree", "weighting"): ("algo", "params", "weighting"),
 }
-"""Keys that became an estimator's parameters (2026-12-06): configs and runs
-written before still load."""
+"""Keys read as an estimator's parameters, with a warning that names the one key: those that became
+its parameters (2026-12-06), so that configs and runs written before still load, and
+`tree.weighting`, which sits with them."""
 
 
 def moved(data: dict[str, Any]) -> dict[str, Any]:
