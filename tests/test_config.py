@@ -308,3 +308,10 @@ def test_tree_weighting_is_read_as_the_estimators_weighting_with_a_warning(capsy
     assert cfg.algo.params == {"weighting": "groups", "norm": "none"}
     assert ESTIMATORS.lookup("treerpo").params(cfg.algo.params)["weighting"] == "groups"
     assert "tree.weighting is now algo.params.weighting: read as that" in capsys.readouterr().err
+
+
+def test_branch_top_k_needs_entropy_branching():
+    with pytest.raises(UserError, match="tree.branch_top_k ranks fork points by entropy"):
+        load_config(None, ["tree.branch_top_k=2"])
+    cfg = load_config(None, ["tree.branch_at=entropy", "tree.branch_top_k=2"])
+    assert (cfg.tree.branch_at, cfg.tree.branch_top_k) == ("entropy", 2)

@@ -514,6 +514,36 @@ class TreeConfig(Section):
             "holds the rest of `rollout.max_new_tokens`"
         ),
     )
+    branch_at: str = Field(
+        "fixed",
+        description=(
+            "where a node's children fork: `fixed`, every `tree.step_tokens` tokens (the paper's); "
+            "`entropy`, at the token of highest entropy in the step before that point (the l-th "
+            "fork's among tokens (l-1) s + 1 .. l s of the response), that token drawn again by "
+            "every child; the entropies are those of the distributions sampled from (temperature "
+            "and top-p), recorded while sampling, and the forks are sampled level by level, each "
+            "fork point's prefix encoded once more. Lean and hf backends (vLLM gives no "
+            "entropies). See [methods.md](methods.md#treerpo)"
+        ),
+    )
+    branch_top_k: int = Field(
+        0,
+        ge=0,
+        description=(
+            "`tree.branch_at=entropy`: at each level, only each tree's k fork points of highest "
+            "entropy branch and its other nodes go on unbranched (TreeRL's top-N); 0 = every node "
+            "branches, the tree shape of `fixed`"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _top_k_ranks_entropies(self) -> TreeConfig:
+        if self.branch_top_k and self.branch_at == "fixed":
+            raise ValueError(
+                "tree.branch_top_k ranks fork points by entropy: set tree.branch_at=entropy, or "
+                "tree.branch_top_k=0"
+            )
+        return self
 
 
 class CurriculumConfig(Section):

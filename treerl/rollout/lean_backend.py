@@ -284,6 +284,8 @@ class Call:
     sequences: list[Sequence] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)
+    entropies: list[list[float]] = field(default_factory=list)
+    """With Sampling.entropy: each sequence's draws' entropies."""
     prompt_queue: deque[Waiting] = field(default_factory=deque)
     """Prompts' sequences not yet in the batch, in order."""
     prefix_queue: deque[Waiting] = field(default_factory=deque)
@@ -324,6 +326,7 @@ class Call:
         self.sequences.append(Sequence(prompt, parent, start, child, [], torch.zeros(0), False))
         self.tokens.append([])
         self.logprobs.append([])
+        self.entropies.append([])
         return len(self.sequences) - 1
 
     def result(self, n: int, eos_id: int) -> Sequence:
@@ -336,6 +339,7 @@ class Call:
             tokens,
             torch.tensor(self.logprobs[n]),
             bool(tokens) and tokens[-1] == eos_id,
+            entropies=torch.tensor(self.entropies[n]) if self.entropies[n] else None,
         )
 
 
@@ -421,7 +425,9 @@ class LeanBackend:
             call.prompt_queue.append(Waiting(call.add_sequence(index, None, 0, 0), key, None))
         rows = self.join(call, pool, self.no_rows(call, device))
         while len(rows.sequence):
-            tokens, logps = pick(rows.logits, rows.key, rows.start + rows.length, sampling)
+            tokens, logps, entropies = pick(
+                rows.logits, rows.key, rows.start + rows.length, sampling
+            )
             replaying = rows.replay > 0
             for row in torch.nonzero(replaying).squeeze(-1).tolist():
                 n = int(rows.sequence[row])
@@ -434,6 +440,13 @@ class LeanBackend:
                 if not fed:
                     call.tokens[n].append(token)
                     call.logprobs[n].append(logp)
+            for n, entropy, fed in zip(
+                rows.sequence.tolist(),
+                [] if entropies is None else entropies.tolist(),
+                replaying.tolist(),
+            ):
+                if not fed:
+                    call.entropies[n].append(entropy)
             stop = ~replaying & (
                 (tokens == eos_id) | (rows.length + 1 >= rows.limit)
             )  # + 1: the token just drawn
