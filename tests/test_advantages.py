@@ -141,6 +141,7 @@ def test_unknown_estimator_lists_available_names():
             "token-mean",
         ),
         ("algo.kl_estimator=k4", "unknown algo.kl_estimator 'k4'; available: k1, k2, k3"),
+        ("tree.branch_at=random", "unknown tree.branch_at 'random'; available: entropy, fixed"),
     ],
 )
 def test_every_registry_names_the_config_key_and_the_choices(override, message, capsys, tmp_path):

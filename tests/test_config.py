@@ -298,3 +298,22 @@ def test_vllm_log_probs_of_a_nucleus_are_never_the_updates_old_log_probs():
         ["rollout.backend=lean", "rollout.vllm.old_logprobs=sampler", "rollout.top_p=0.9"],
     ):
         load_config(None, fine)
+
+
+def test_tree_weighting_is_read_as_the_estimators_weighting_with_a_warning(capsys):
+    """tree.weighting sits beside tree.norm and tree.prune_tau, which moved to algo.params: it is
+    read as algo.params.weighting, and one line says so, since algo.params is the one place the
+    estimator's parameters live."""
+    from treerl.algo.advantages import ESTIMATORS
+
+    cfg = load_config(None, ["algo.name=treerpo", "tree.weighting=groups", "tree.norm=none"])
+    assert cfg.algo.params == {"weighting": "groups", "norm": "none"}
+    assert ESTIMATORS.lookup("treerpo").params(cfg.algo.params)["weighting"] == "groups"
+    assert "tree.weighting is now algo.params.weighting: read as that" in capsys.readouterr().err
+
+
+def test_branch_top_k_needs_entropy_branching():
+    with pytest.raises(UserError, match="tree.branch_top_k ranks fork points by entropy"):
+        load_config(None, ["tree.branch_top_k=2"])
+    cfg = load_config(None, ["tree.branch_at=entropy", "tree.branch_top_k=2"])
+    assert (cfg.tree.branch_at, cfg.tree.branch_top_k) == ("entropy", 2)

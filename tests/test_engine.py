@@ -207,18 +207,34 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     from treerl.rollout.draws import row_keys, sample_tokens, uniforms
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
-    tokens, _ = sample_tokens(
+    tokens, _, _ = sample_tokens(
         logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0)
     )
     share = torch.bincount(tokens, minlength=3) / 20000
     assert torch.allclose(share, torch.softmax(logits[0], -1), atol=0.01)
-    top, top_logps = sample_tokens(
+    top, top_logps, _ = sample_tokens(
         logits, 1.0, 0.5, uniforms(row_keys(torch.Generator().manual_seed(0), 20000, "cpu"), 0)
     )
     assert set(top.tolist()) == {2}  # nucleus 0.5 keeps the 0.665 token only
     assert torch.allclose(top_logps, torch.tensor(0.6652409557748219).log())
-    edge, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
+    edge, _, _ = sample_tokens(logits[:2], 1.0, 0.5, torch.tensor([0.0, 1.0 - 2.0**-53]))
     assert edge.tolist() == [2, 2]
+
+
+def test_a_draws_entropy_is_that_of_the_nucleus_it_was_drawn_from():
+    """Probabilities (0.5, 0.3, 0.2): H = -(0.5 ln 0.5 + 0.3 ln 0.3 + 0.2 ln 0.2) = 1.0297; with
+    top_p = 0.6 the nucleus is (0.5, 0.3), renormalised (0.625, 0.375): H = 0.6616; greedy: 0.
+    Without Sampling.entropy none is computed."""
+    from treerl.rollout.draws import Sampling, pick
+
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(2, 3)
+    keys = torch.tensor([1, 2])
+    _, _, whole = pick(logits, keys, 0, Sampling(entropy=True))
+    assert whole.tolist() == pytest.approx([1.0296530] * 2, abs=1e-6)
+    _, _, nucleus = pick(logits, keys, 0, Sampling(top_p=0.6, entropy=True))
+    assert nucleus.tolist() == pytest.approx([0.6615632] * 2, abs=1e-6)
+    assert pick(logits, keys, 0, Sampling(greedy=True, entropy=True))[2].tolist() == [0.0, 0.0]
+    assert pick(logits, keys, 0, Sampling())[2] is None
 
 
 def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
@@ -229,7 +245,7 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
 
     logits = torch.full((20000, 1000), float("-inf"))
     logits[:, [5, 300, 999]] = torch.tensor([0.2, 0.3, 0.5]).log()
-    tokens, logps = sample_tokens(
+    tokens, logps, _ = sample_tokens(
         logits, 1.0, 1.0, uniforms(row_keys(torch.Generator().manual_seed(1), 20000, "cpu"), 3)
     )
     assert set(tokens.tolist()) == {5, 300, 999}
@@ -238,7 +254,7 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
     assert torch.allclose(
         logps, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-6
     )
-    hot, _ = sample_tokens(logits[:3] * 0.1, 0.1, 1.0, torch.tensor([0.0, 0.45, 1.0 - 2.0**-53]))
+    hot, _, _ = sample_tokens(logits[:3] * 0.1, 0.1, 1.0, torch.tensor([0.0, 0.45, 1.0 - 2.0**-53]))
     assert hot.tolist() == [5, 300, 999]
 
 

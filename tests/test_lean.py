@@ -53,7 +53,7 @@ def test_lean_greedy_equals_transformers_greedy(policy, monkeypatch):
     assert lean.completion_ids == reference.completion_ids
 
 
-def trees(model, tok):
+def trees(model, tok, branch_at="fixed"):
     found, _ = sample_trees(
         model,
         tok,
@@ -63,6 +63,7 @@ def trees(model, tok):
         step_tokens=4,
         temperature=1.0,
         generator=torch.Generator().manual_seed(2),
+        branch_at=branch_at,
     )
     return [[(path, node.token_ids, node.logprobs) for path, node in tree.walk()] for tree in found]
 
@@ -80,6 +81,10 @@ def assert_same_trees(lean, reference):
 
 def test_forked_lean_caches_give_the_transformers_trees(policy, monkeypatch):
     assert_same_trees(*lean_then_transformers(lambda: trees(*policy), monkeypatch))
+
+
+def test_both_backends_record_the_same_entropies_and_fork_at_them_alike(policy, monkeypatch):
+    assert_same_trees(*lean_then_transformers(lambda: trees(*policy, "entropy"), monkeypatch))
 
 
 def test_grouped_query_attention_with_biasless_llama(policy, monkeypatch):

@@ -324,3 +324,42 @@ def test_the_kept_layout_is_the_one_the_rows_would_build(policy, monkeypatch, fo
     sample_shape(policy, forks, spare)
     slab = calls[0].slab
     assert len(kept_steps) >= 8 and sorted(slab.free) == list(range(slab.rows))
+
+
+def test_entropy_trees_fit_the_least_budget_computed_for_their_calls(policy):
+    """Sampled level by level (N = 3, D = 3, s = 4, 12 tokens), the level-2 call of forks holds at
+    most 3^2 = 9 fork points per prompt, each its prompt and up to 8 tokens, whose 2 rows each
+    sample at most 12 - 4 - 1 = 7 tokens (2 fork points with branch_top_k = 2). The least budget
+    takes the largest call, more than fixed branching needs; at that budget the trees sample as
+    with all the memory they need."""
+    import random
+
+    from treerl.config import RolloutConfig
+    from treerl.rollout.sampling import TreeShape, least_kv_gib, sample_problem_trees
+    from treerl.tasks import get_task
+
+    shape = TreeShape(3, 3, 4, 12, "entropy")
+    assert shape.forks_call([5, 7], 2) == ([13] * 9 + [15] * 9, 36, 7)
+    assert TreeShape(3, 3, 4, 12, "entropy", 2).forks_call([5, 7], 2) == ([13, 13, 15, 15], 8, 7)
+    model, tok = policy
+    task = get_task("arithmetic")
+    problems = [task.sample("hard", random.Random(i)) for i in range(2)]
+    backend = LeanBackend(lean_decoder(model))
+    least = least_kv_gib(backend, tok, task, problems, 2, shape)
+    assert least > least_kv_gib(backend, tok, task, problems, 2, TreeShape(3, 3, 4, 12))
+
+    def trees(budget):
+        found = sample_problem_trees(
+            model,
+            tok,
+            task,
+            problems,
+            shape,
+            temperature=1.0,
+            top_p=1.0,
+            generator=torch.Generator().manual_seed(0),
+            rollout=RolloutConfig(kv_budget_gib=budget),
+        )
+        return [[node.token_ids for _, node in tree.walk()] for tree in found]
+
+    assert trees(least) == trees(0.0)

@@ -487,11 +487,12 @@ class AlgoConfig(Section):
             "added to the std); `treerpo` takes `prune_tau` (0.1: a sibling group whose values "
             "spread (max - min) less than this is dropped), `norm` (`bernoulli`: the advantage "
             "divisor mu(1-mu) + eps, the paper's code; `std`, the population std + eps; or "
-            "`none`), `eps` (1e-6) and `weighting` (`none`, the paper's code; or `groups`: a "
-            "tree's advantages divided by its number of kept groups, so that a tree with many does "
-            "not outweigh one with few); `dr_grpo` and `rloo` take none. Until 2026-12-06 these "
-            "were `algo.std_eps`, `tree.prune_tau` and `tree.norm`, which are still read (with a "
-            "warning) as their new names"
+            "`none`, the mean difference), `eps` (1e-6) and `weighting` (`none`, the paper's "
+            "code; or `groups`: a tree's advantages divided by its number of kept groups whose "
+            "values differ, so that a tree with many does not outweigh one with few); `dr_grpo` "
+            "and `rloo` take none. Until 2026-12-06 these were `algo.std_eps`, `tree.prune_tau` "
+            "and `tree.norm`, which are still read (with a warning) as their new names, as is "
+            "`tree.weighting`"
         ),
     )
 
@@ -516,6 +517,36 @@ class TreeConfig(Section):
             "holds the rest of `rollout.max_new_tokens`"
         ),
     )
+    branch_at: str = Field(
+        "fixed",
+        description=(
+            "where a node's children fork: `fixed`, every `tree.step_tokens` tokens (the paper's); "
+            "`entropy`, at the token of highest entropy in the step before that point (the l-th "
+            "fork's among tokens (l-1) s + 1 .. l s of the response), that token drawn again by "
+            "every child; the entropies are those of the distributions sampled from (temperature "
+            "and top-p), recorded while sampling, and the forks are sampled level by level, each "
+            "fork point's prefix encoded once more. Lean and hf backends (vLLM gives no "
+            "entropies). See [methods.md](methods.md#treerpo)"
+        ),
+    )
+    branch_top_k: int = Field(
+        0,
+        ge=0,
+        description=(
+            "`tree.branch_at=entropy`: at each level, only each tree's k fork points of highest "
+            "entropy branch and its other nodes go on unbranched (TreeRL's top-N); 0 = every node "
+            "branches, the tree shape of `fixed`"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _top_k_ranks_entropies(self) -> TreeConfig:
+        if self.branch_top_k and self.branch_at == "fixed":
+            raise ValueError(
+                "tree.branch_top_k ranks fork points by entropy: set tree.branch_at=entropy, or "
+                "tree.branch_top_k=0"
+            )
+        return self
 
 
 class CurriculumConfig(Section):
@@ -1038,9 +1069,11 @@ MOVED = {
     ("algo", "std_eps"): ("algo", "params", "eps"),
     ("tree", "prune_tau"): ("algo", "params", "prune_tau"),
     ("tree", "norm"): ("algo", "params", "norm"),
+    ("tree", "weighting"): ("algo", "params", "weighting"),
 }
-"""Keys that became an estimator's parameters (2026-12-06): configs and runs
-written before still load."""
+"""Keys read as an estimator's parameters, with a warning that names the one key: those that became
+its parameters (2026-12-06), so that configs and runs written before still load, and
+`tree.weighting`, which sits with them."""
 
 
 def moved(data: dict[str, Any]) -> dict[str, Any]:

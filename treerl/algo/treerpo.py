@@ -12,9 +12,12 @@ dropped. Within a kept group A = (v - mu) / d, where d is, by `norm`:
 Then, by `weighting`, every advantage of a tree is divided by w:
 - `none`: w = 1 (the paper's code): a tree with many kept groups weighs more in the loss than one
   with few;
-- `groups`: w = the tree's number of kept groups, so that every prompt weighs about as much as in
-  GRPO, whose tree has one group.
-Pruning comes first, so w counts the groups that carry advantages, whatever the norm.
+- `groups`: w = the tree's number of kept groups whose values differ, so that every prompt weighs
+  about as much as in GRPO, whose tree has one group.
+Pruning comes first, so w counts the groups that carry advantages, whatever the norm; a group of
+equal values (kept only with prune_tau = 0, its advantages 0) is not counted. One tree is one draw
+of a prompt: a prompt drawn twice in a step has two trees, weighed apart, as GRPO gives it two
+groups.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ NORMS.add("bernoulli", lambda values, mu, eps: mu * (1.0 - mu) + eps)
 NORMS.add("std", lambda values, mu, eps: statistics.pstdev(values) + eps)
 NORMS.add("none", lambda values, mu, eps: 1.0)
 WEIGHTINGS: Registry[Callable[[int], float]] = Registry("algo.params.weighting")
-"""weighting name -> the divisor w of a tree's advantages, from its number of kept groups."""
+"""weighting name -> the divisor w of a tree's advantages, from its number of kept groups whose
+values differ."""
 WEIGHTINGS.add("none", lambda groups: 1.0)
 WEIGHTINGS.add("groups", lambda groups: float(max(groups, 1)))
 
@@ -50,17 +54,20 @@ def treerpo_advantages(
     up. The parameters are algo.params.prune_tau, .norm, .eps and .weighting."""
     divisor, weight = NORMS.lookup(norm), WEIGHTINGS.lookup(weighting)
     advantages: dict[Path, float] = {}
+    differing = 0
     for path, node in tree.walk():
         if node.is_leaf:
             continue
         values = [child.value for child in node.children]
-        if max(values) - min(values) < prune_tau:
+        spread = max(values) - min(values)
+        if spread < prune_tau:
             continue
+        differing += spread > 0
         mu = sum(values) / len(values)
         d = divisor(values, mu, eps)
         for i, value in enumerate(values):
             advantages[path + (i,)] = (value - mu) / d
-    w = weight(len({path[:-1] for path in advantages}))
+    w = weight(differing)
     return {path: a / w for path, a in advantages.items()}
 
 

@@ -60,6 +60,10 @@ class Sequence:
     cacheable_tokens: int = 0
     """vLLM: those of the tokens above that fill whole KV blocks before the last one, which is all
     the cache can serve."""
+    entropies: torch.Tensor | None = None
+    """With Sampling.entropy (lean and transformers backends): the entropy in nats of the
+    distribution each token was drawn from, one per token (softmax(logits / temperature), with
+    top_p < 1 its nucleus renormalised)."""
 
 
 class Backend(Protocol):

@@ -21,6 +21,8 @@ class Sampling:
     top_p: float = 1.0
     greedy: bool = False
     """Argmax instead of a draw (evaluation)."""
+    entropy: bool = False
+    """Also the entropy of each draw's distribution (tree.branch_at=entropy)."""
 
 
 def _shift(z: torch.Tensor, bits: int) -> torch.Tensor:
@@ -73,13 +75,25 @@ def first_past(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True)
 
 
+def entropy(weights: torch.Tensor) -> torch.Tensor:
+    """[B, V] non-negative weights -> [B] the entropy in nats of the distribution w / Z they give,
+    Z = sum_k w_k: H = log Z - sum_k w_k log w_k / Z (0 log 0 = 0), summed in float64."""
+    total = weights.sum(-1, dtype=torch.float64)
+    return total.log() - torch.xlogy(weights, weights).sum(-1, dtype=torch.float64) / total
+
+
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    u: torch.Tensor,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`,
-    and their log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1
+    their log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1
     (never renormalised over the nucleus: the update's new log-probs are of that distribution, so
-    its ratio compares like with like; a drawn token's is never -inf).
+    its ratio compares like with like; a drawn token's is never -inf), and with `with_entropy` the
+    entropy of the distribution each token was drawn from (the nucleus, renormalised).
 
     The CDF is searched in two levels: the chunk c of CHUNK tokens where the running sum of the
     chunks' weights passes target = u x total, then the token within c where its running sum passes
@@ -107,7 +121,8 @@ def sample_tokens(
     tokens = (
         chunk * CHUNK + first_past(within.double().cumsum(-1), (target - before).clamp_min(0.0))
     ).squeeze(-1)
-    return tokens, probs.gather(-1, tokens[:, None]).squeeze(-1).log()
+    logprobs = probs.gather(-1, tokens[:, None]).squeeze(-1).log()
+    return tokens, logprobs, entropy(weights) if with_entropy else None
 
 
 def pick(
@@ -116,13 +131,15 @@ def pick(
     positions: torch.Tensor | int,
     sampling: Sampling,
     u: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's next token and its log-prob: the argmax (greedy), or a draw at the row's
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each row's next token, its log-prob and (with sampling.entropy) the entropy of the
+    distribution it was drawn from: the argmax (greedy: entropy 0), or a draw at the row's
     (key, position); `u`, where given, is uniforms(keys, positions) computed ahead."""
     logits = logits.float()
     if sampling.greedy:
         tokens = logits.argmax(-1)
-        return tokens, F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+        logprobs = F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+        return tokens, logprobs, torch.zeros_like(logprobs) if sampling.entropy else None
     if u is None:
         u = uniforms(keys, positions)
-    return sample_tokens(logits, sampling.temperature, sampling.top_p, u)
+    return sample_tokens(logits, sampling.temperature, sampling.top_p, u, sampling.entropy)

@@ -84,13 +84,15 @@ def sample_sequences(
     generator: torch.Generator | None,
     rollout: RolloutConfig | None = None,
     forks: Forks | None = None,
+    keys: torch.Tensor | None = None,
 ) -> list[Sequence]:
     """Each prompt sampled once (and forked into trees with `forks`) in eval mode, each row keyed
-    from one draw of `generator`; the model's mode is restored after."""
+    from one draw of `generator` (or by its given key); the model's mode is restored after."""
     was_training = model.training
     model.eval()
     try:
-        keys = row_keys(generator, len(prompt_ids), next(model.parameters()).device)
+        if keys is None:
+            keys = row_keys(generator, len(prompt_ids), next(model.parameters()).device)
         return backend_for(model, rollout).sample(
             prompt_ids, keys, max_new_tokens, sampling, eos_id, forks
         )

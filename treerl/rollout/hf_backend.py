@@ -126,23 +126,27 @@ class TransformersBackend:
 
     def decode(
         self, batch: Batch, steps: int, sampling: Sampling, eos_id: int
-    ) -> tuple[list[list[int]], list[torch.Tensor]]:
-        """Up to `steps` tokens per row (every row is fed until the last one stops) and their
-        log-probs."""
-        tokens_out, logps_out = [], []
+    ) -> list[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+        """Up to `steps` tokens per row (every row is fed until the last one stops), their log-probs
+        and (with sampling.entropy) their draws' entropies."""
+        tokens_out, logps_out, entropies_out = [], [], []
         finished = torch.zeros(len(batch.sequences), dtype=torch.bool, device=batch.keys.device)
         for step in range(steps):
-            tokens, logps = pick(batch.logits, batch.keys, batch.generated, sampling)
+            tokens, logps, entropies = pick(batch.logits, batch.keys, batch.generated, sampling)
             tokens_out.append(torch.where(finished, eos_id, tokens))
             logps_out.append(logps)
+            if entropies is not None:
+                entropies_out.append(entropies)
             finished |= tokens == eos_id
             if finished.all() or step == steps - 1:
                 break
             self.feed(batch, tokens)
         ids, logps = torch.stack(tokens_out, 1).cpu(), torch.stack(logps_out, 1).float().cpu()
+        entropies = torch.stack(entropies_out, 1).float().cpu() if entropies_out else None
         cut = [row.index(eos_id) + 1 if eos_id in row else len(row) for row in ids.tolist()]
-        return [row[:n] for row, n in zip(ids.tolist(), cut)], [
-            logps[r, :n] for r, n in enumerate(cut)
+        return [
+            (row[:n], logps[r, :n], None if entropies is None else entropies[r, :n])
+            for r, (row, n) in enumerate(zip(ids.tolist(), cut))
         ]
 
     def fork(
@@ -195,10 +199,14 @@ class TransformersBackend:
         sequences: list[Sequence] = []
         paths: list[list[int]] = []
         """Every generated token of each sequence, inherited ones included."""
-        for prompt, (tokens, logps) in enumerate(
-            zip(*self.decode(batch, max_new_tokens, sampling, eos_id))
+        for prompt, (tokens, logps, entropies) in enumerate(
+            self.decode(batch, max_new_tokens, sampling, eos_id)
         ):
-            sequences.append(Sequence(prompt, None, 0, 0, tokens, logps, tokens[-1] == eos_id))
+            sequences.append(
+                Sequence(
+                    prompt, None, 0, 0, tokens, logps, tokens[-1] == eos_id, entropies=entropies
+                )
+            )
             paths.append(tokens)
         where = {seq: (0, row) for row, seq in enumerate(batch.sequences)}
         """The batch and row that sampled each sequence."""
@@ -233,8 +241,8 @@ class TransformersBackend:
                 )
                 forked = self.fork(batches[b], rows, keys, [paths[n] for n in mine], mine)
                 batches.append(forked)
-                decoded = zip(*self.decode(forked, max_new_tokens - cut, sampling, eos_id))
-                for row, (n, (tokens, logps)) in enumerate(zip(mine, decoded)):
+                decoded = self.decode(forked, max_new_tokens - cut, sampling, eos_id)
+                for row, (n, (tokens, logps, entropies)) in enumerate(zip(mine, decoded)):
                     where[n] = (len(batches) - 1, row)
                     sequences[n] = Sequence(
                         sequences[n].prompt,
@@ -244,6 +252,7 @@ class TransformersBackend:
                         tokens,
                         logps,
                         tokens[-1] == eos_id,
+                        entropies=entropies,
                     )
                     paths[n] = paths[n] + tokens
         return sequences

@@ -505,6 +505,8 @@ class Call:
     sequences: list[Sequence] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)
+    entropies: list[list[float]] = field(default_factory=list)
+    """With Sampling.entropy: each sequence's draws' entropies."""
     prompt_queue: deque[Waiting] = field(default_factory=deque)
     """Prompts' sequences not yet in the batch, in order."""
     prefix_queue: deque[Waiting] = field(default_factory=deque)
@@ -547,6 +549,7 @@ class Call:
         self.sequences.append(Sequence(prompt, parent, start, child, [], torch.zeros(0), False))
         self.tokens.append([])
         self.logprobs.append([])
+        self.entropies.append([])
         return len(self.sequences) - 1
 
     def result(self, n: int, eos_id: int) -> Sequence:
@@ -559,6 +562,7 @@ class Call:
             tokens,
             torch.tensor(self.logprobs[n]),
             bool(tokens) and tokens[-1] == eos_id,
+            entropies=torch.tensor(self.entropies[n]) if self.entropies[n] else None,
         )
 
 
@@ -654,12 +658,17 @@ class LeanBackend:
                 call.layout = Layout.of(call, rows, device)
             generated, drawn_at = call.layout.cursor[1], call.layout.cursor[2]
             u = rows.draws.view(-1).index_select(0, drawn_at)
-            tokens, logps = pick(rows.logits, rows.key, generated, sampling, u)
+            tokens, logps, entropies = pick(rows.logits, rows.key, generated, sampling, u)
             drawn = self.replayed(call, rows, tokens, tokens.tolist())
-            for n, token, logp, fed in zip(rows.sequence, drawn, logps.tolist(), rows.replay):
+            spread = [None] * len(drawn) if entropies is None else entropies.tolist()
+            for n, token, logp, entropy, fed in zip(
+                rows.sequence, drawn, logps.tolist(), spread, rows.replay
+            ):
                 if not fed:
                     call.tokens[n].append(token)
                     call.logprobs[n].append(logp)
+                    if entropy is not None:
+                        call.entropies[n].append(entropy)
             stop = [  # + 1: the token just drawn
                 not fed and (token == eos_id or n + 1 >= limit)
                 for token, fed, n, limit in zip(drawn, rows.replay, rows.length, rows.limit)

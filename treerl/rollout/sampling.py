@@ -14,24 +14,44 @@ from treerl.errors import UserError
 from treerl.rollout.backend import Forks
 from treerl.rollout.engine import context_length
 from treerl.rollout.lean_backend import LeanBackend
-from treerl.rollout.tree import ReasoningTree, TreeStats, sample_trees
+from treerl.rollout.tree import BRANCHINGS, ReasoningTree, TreeStats, sample_trees
 from treerl.tasks.base import Problem, Task
 
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How a tree is sampled: `branching` children per inner node, a branch point every
-    `step_tokens` down to `depth` levels, `max_new_tokens` per root-to-leaf response. GRPO's n
-    samples: depth 1, step_tokens = the whole budget."""
+    """How a tree is sampled: `branching` children per inner node, a branch point in every
+    `step_tokens` (at its end, or where `branch_at` says) down to `depth` levels, `max_new_tokens`
+    per root-to-leaf response. GRPO's n samples: depth 1, step_tokens = the whole budget."""
 
     branching: int
     depth: int
     step_tokens: int
     max_new_tokens: int
+    branch_at: str = "fixed"
+    """Where nodes fork (tree.branch_at; `tree.BRANCHINGS`)."""
+    branch_top_k: int = 0
+    """tree.branch_top_k: the fork points each tree keeps per level, by entropy (0: all)."""
 
     def forks(self) -> Forks | None:
         """Where its sequences fork (None: a flat sample)."""
         return Forks(self.branching, self.depth, self.step_tokens) if self.depth > 1 else None
+
+    def by_level(self) -> bool:
+        """Whether its forks are sampled level by level, each in a call of its own."""
+        return self.depth > 1 and BRANCHINGS.lookup(self.branch_at).by_level
+
+    def forks_call(self, prompt_lengths: list[int], level: int) -> tuple[list[int], int, int]:
+        """Sampled level by level, the call of a level's forks (1 .. D - 1) at its largest: each
+        prompt's N^level fork points (at most branch_top_k with top-k), each a prompt of its own
+        prompt and up to level x s tokens, continued by N - 1 rows of at most
+        max_new_tokens - (level - 1) s - 1 tokens: (its prompts' lengths, rows, max_new_tokens)."""
+        points = self.branching**level
+        points = min(points, self.branch_top_k) if self.branch_top_k else points
+        prefixed = level * self.step_tokens
+        lengths = [length + prefixed for length in prompt_lengths for _ in range(points)]
+        budget = self.max_new_tokens - (level - 1) * self.step_tokens - 1
+        return lengths, len(lengths) * (self.branching - 1), budget
 
     @classmethod
     def for_training(cls, cfg: Config, deep: bool) -> TreeShape:
@@ -48,7 +68,8 @@ class TreeShape:
                 f"last level within rollout.max_new_tokens={budget}; raise rollout.max_new_tokens "
                 "or lower tree.step_tokens or tree.depth"
             )
-        return cls(cfg.rollout.n, cfg.tree.depth, step, budget)
+        t = cfg.tree
+        return cls(cfg.rollout.n, t.depth, step, budget, t.branch_at, t.branch_top_k)
 
     @classmethod
     def for_scoring(cls, cfg: Config) -> TreeShape:
@@ -85,13 +106,18 @@ def least_kv_gib(
 ) -> float:
     """The least rollout.kv_budget_gib that no lean sampling call of `per_call` of `problems` in
     trees of `shape` can run out of: that of the call of their `per_call` longest prompts
-    (`lean_backend.least_blocks`)."""
+    (`lean_backend.least_blocks`); sampled level by level, the largest of the first call's and
+    each level's forks' (`TreeShape.forks_call`)."""
     lengths = sorted((len(ids) for ids in prompt_ids(tokenizer, task, problems)), reverse=True)[
         :per_call
     ]
-    return backend.least_gib(
-        lengths, len(lengths) * shape.branching, shape.forks(), shape.max_new_tokens
-    )
+    rows = len(lengths) * shape.branching
+    if not shape.by_level():
+        return backend.least_gib(lengths, rows, shape.forks(), shape.max_new_tokens)
+    calls = [(lengths, rows, shape.max_new_tokens)] + [
+        shape.forks_call(lengths, level) for level in range(1, shape.depth)
+    ]
+    return max(backend.least_gib(call, call_rows, None, new) for call, call_rows, new in calls)
 
 
 def check_context(
@@ -142,6 +168,8 @@ def sample_problem_trees(
             top_p=top_p,
             generator=generator,
             rollout=rollout,
+            branch_at=shape.branch_at,
+            branch_top_k=shape.branch_top_k,
         )
         trees += chunk_trees
         if stats is not None:
