@@ -31,4 +31,4 @@ test: $(VENV)/.installed
 	$(BIN)/ruff format --check treerl tests bench docs/config_tables.py
 	$(BIN)/ruff check treerl tests bench docs/config_tables.py
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup

@@ -14,6 +14,11 @@ from treerl.config import load_config
 from treerl.loop.update import Objective, train_pass
 from treerl.parallel import Parallel
 
+# One torchrun job at a time: two at once on the suite's parallel workers once aborted a rank in
+# gloo ("terminate called without an active exception"); each passes alone. `make test` runs the
+# suite with --dist loadgroup, which keeps a group on one worker.
+pytestmark = pytest.mark.xdist_group("torchrun")
+
 
 def overrides(model_dir, steps=1):
     # top_p near 0 samples greedily, so that every rank draws what the single process draws (one
