@@ -211,11 +211,13 @@ class Plan:
     """Each layer's keys and values, kept by the backend; None: `step` reads them out of the
     pool."""
     own_rows: torch.Tensor | None = None
-    """[B] with `contexts`: each row's row in the contexts' own keys and values; None: row b's is
-    b."""
+    """[B] with `contexts`: each row's row among the first B rows of the contexts' own keys and
+    values; None: row b's is b."""
+    own_order: torch.Tensor | None = None
+    """[B] with `own_rows`: the row whose own keys and values each of those B rows holds."""
     own_at: torch.Tensor | None = None
-    """[B] with `contexts`: where each row's new token goes among the R x S own slots of a
-    context."""
+    """[B x KV] with `contexts`: where each row's new token goes, head by head, among the
+    R x KV x S own slots of a context."""
     hidden: torch.Tensor = field(init=False)
     """[1, B, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
 
@@ -228,10 +230,12 @@ class Plan:
 class Context:
     """One layer's keys and values that a decode step's rows attend to, in the layout
     `attend_paged` computes on, in the pool's dtype: each group's prefix [KV, G, Wg, D]
-    (`Plan.shared` read out of the pool) and the rows' own tokens [KV, R, S, D], row b's own slots
-    in row `Plan.own_rows[b]`, its first Wo slots those of `Plan.own` (R >= B, S >= Wo). A backend
-    may keep it across steps: `step` writes each new token into it (at `Plan.own_at`) as into the
-    pool."""
+    (`Plan.shared` read out of the pool) and the rows' own tokens [R, KV, S, D], row b's own slots
+    in row `Plan.own_rows[b]` < B, its first Wo slots those of `Plan.own` (R >= B, S >= Wo): the
+    first B rows, sliced to Wo slots, are batches of [Wo, D] matrices that a matmul reads in place
+    (rows first: a slice of [KV, R, ...] would be copied, and its matmul rounds differently). A
+    backend may keep it across steps: `step` writes each new token into it (at `Plan.own_at`) as
+    into the pool."""
 
     shared_keys: torch.Tensor
     shared_values: torch.Tensor
@@ -410,12 +414,11 @@ class LeanDecoder:
             q, k, v = self.qkv(w, x)  # [B, heads, D]
             owns = (None, None) if context is None else (context.own_keys, context.own_values)
             for pooled, new, own in zip((keys, values), (self.rotate(k, cos, sin), v), owns):
-                new = new.transpose(0, 1)
-                new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)
+                new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)  # [B, KV, D]
                 if plan.write is not None:
-                    pooled.index_copy_(1, plan.write, new)
+                    pooled.index_copy_(1, plan.write, new.transpose(0, 1))
                 if own is not None and plan.own_at is not None:
-                    own.view(self.kv_heads, -1, self.head_dim).index_copy_(1, plan.own_at, new)
+                    own.view(-1, self.head_dim).index_copy_(0, plan.own_at, new.flatten(0, 1))
             attended = self.attend_paged(
                 self.rotate(q, cos, sin), keys, values, plan, w.scaling, context
             )
@@ -448,7 +451,8 @@ class LeanDecoder:
         are computed in fp32 (or in q's dtype, if wider) and rounded to q's dtype at the end, as
         fused attention kernels do: a bf16 score between 16 and 32 is rounded by up to 0.06, which
         moves its probability by up to 6%. Under CPU autocast, autocast is off inside
-        (as `attend_fp32_on_cpu`). `context`: the layer's keys and values read already (`read`)."""
+        (as `attend_fp32_on_cpu`). `context`: the layer's keys and values as the backend keeps them
+        (`Context`); without it, they are read out of the pool (`read`)."""
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return self.attend_paged(q.float(), keys, values, plan, scaling, context).to(
@@ -459,11 +463,14 @@ class LeanDecoder:
         per_kv, width, slots = heads // kv, plan.shared.shape[1] * plan.block, plan.most_rows
         dtype = torch.promote_types(q.dtype, torch.float32)
         own_width = plan.own.shape[1] * plan.block
-        own_rows = None if context is None else plan.own_rows
+        own_rows, own_order = (None, None) if context is None else (plan.own_rows, plan.own_order)
         if context is None:
             context = Context(
                 *(self.read(pool, plan.shared, plan.block) for pool in (keys, values)),
-                *(self.read(pool, plan.own, plan.block) for pool in (keys, values)),
+                *(
+                    self.read(pool, plan.own, plan.block).transpose(0, 1).contiguous()
+                    for pool in (keys, values)
+                ),
             )
         shared_keys, shared_values, own_keys, own_values = (
             t if t.dtype == dtype else t.to(dtype)
@@ -471,22 +478,21 @@ class LeanDecoder:
                 context.shared_keys,
                 context.shared_values,
                 *(
-                    own if own.shape[2] == own_width else own[:, :, :own_width]
+                    own
+                    if own.shape[0] == rows and own.shape[2] == own_width
+                    else own[:rows, :, :own_width]
                     for own in (context.own_keys, context.own_values)
                 ),
             )
-        )  # [KV, G, Wg, D] and [KV, R, Wo, D]
-
-        def spread(per_row: torch.Tensor, places: torch.Tensor, count: int) -> torch.Tensor:
-            """[KV, count, g, last] from [KV, B, g, last]: row b at places[b], zeros elsewhere."""
-            laid_out = per_row.new_zeros(kv, count, per_kv, per_row.shape[-1])
-            return laid_out.index_copy_(1, places, per_row)
+        )  # [KV, G, Wg, D] and [B, KV, Wo, D]
 
         def by_group(per_row: torch.Tensor) -> torch.Tensor:
             """[KV, G, most_rows x g, last] from [KV, B, g, last]: each group's rows together, in
             their slots (zeros in the slots of a group with fewer rows)."""
-            laid_out = per_row if plan.in_order else spread(per_row, plan.place, groups * slots)
-            return laid_out.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
+            if plan.in_order:
+                return per_row.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
+            laid_out = per_row.new_zeros(kv, groups * slots, per_kv, per_row.shape[-1])
+            return laid_out.index_copy_(1, plan.place, per_row).view(kv, groups, slots * per_kv, -1)
 
         def by_row(per_group: torch.Tensor) -> torch.Tensor:
             """[KV, B, g, last] from [KV, G, most_rows x g, last]: each row's part."""
@@ -494,23 +500,26 @@ class LeanDecoder:
             return laid_out if plan.in_order else laid_out.index_select(1, plan.place)
 
         def with_own(per_row: torch.Tensor) -> torch.Tensor:
-            """[KV, R, g, last] from [KV, B, g, last]: each row in its own keys' and values' row."""
-            return per_row if own_rows is None else spread(per_row, own_rows, own_keys.shape[1])
+            """[B, KV, g, last] in the order of the rows' own keys and values."""
+            return per_row if own_order is None else per_row.index_select(0, own_order)
 
         def own_row(per_own: torch.Tensor) -> torch.Tensor:
-            """[KV, B, g, last] from [KV, R, g, last]: each row's part."""
-            return per_own if own_rows is None else per_own.index_select(1, own_rows)
+            """[KV, B, g, last] from [B, KV, g, last] in that order: in the rows' order."""
+            return (per_own if own_rows is None else per_own.index_select(0, own_rows)).transpose(
+                0, 1
+            )
 
-        mine = q.view(rows, kv, per_kv, dim).transpose(0, 1)  # [KV, B, g, D]
-        mine = mine if mine.dtype == dtype else mine.to(dtype)
+        by_head = q.view(rows, kv, per_kv, dim)  # [B, KV, g, D]
+        by_head = by_head if by_head.dtype == dtype else by_head.to(dtype)
+        mine = by_head.transpose(0, 1)  # [KV, B, g, D]
         shared = by_row(
             (by_group(mine) @ shared_keys.transpose(-1, -2)) * scaling
         )  # [KV, B, g, Wg]
-        own = own_row(with_own(mine) @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
+        own = own_row(with_own(by_head) @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
         scores = torch.cat([shared, own], -1).masked_fill(plan.hidden, float("-inf"))
         probs = scores.softmax(-1)
         out = by_row(by_group(probs[..., :width]) @ shared_values) + own_row(
-            with_own(probs[..., width:]) @ own_values
+            with_own(probs[..., width:].transpose(0, 1)) @ own_values
         )
         out = out.transpose(0, 1).reshape(rows, heads, dim)
         return out if out.dtype == q.dtype else out.to(q.dtype)

@@ -58,10 +58,11 @@ Bookkeeping invariants (what `sample` and its helpers keep true between decode s
   changes the rows (`join`, `finish`, `make_room`, `fork`) drops it and the next step builds it
   again from the bookkeeping; in between, a step only opens blocks (`Layout.opened`) and moves
   every row on by one slot (`Layout.advance`), so it equals what `Layout.of` would build.
-- **A running row holds one slab row.** `new_rows` takes it (`Slab.take`), `finish` and
-  `make_room` give it back; a fork keeps it. A row's own slot s (s = offset + length for the next
-  token) is column s of its slab row, as it is slot s % BLOCK of its block s // BLOCK; the columns
-  it has not written since it took the row are masked out.
+- **The B running rows hold the slab's first B rows.** `new_rows` takes rows B, B + 1, ...
+  (`Slab.take`); when rows stop or are preempted, `Slab.keep` moves those held beyond the new B
+  into the rows the others left; a fork keeps its row. A row's own slot s (s = offset + length for
+  the next token) is column s of its slab row, as it is slot s % BLOCK of its block s // BLOCK; the
+  columns it has not written since it took the row are masked out.
 - **Each block counts its holders.** A row holds the blocks of its own tokens; a group holds its
   prefix's blocks while it has unfinished sequences (`Group.unfinished`), waiting ones included.
   When `sample` returns, every block is free again.
@@ -165,12 +166,12 @@ class Pool:
 
 
 class Slab:
-    """The running rows' own keys and values, dense, next to the pool: each layer's [KV, R, S, D]
-    in the pool's dtype. A sequence holds a row of R from when it joins the batch until it leaves
-    (`Rows.slab`); its own tokens' slots are those of its own blocks (`Rows.offset` + its length).
-    Attention reads the rows where they are (`Context`), so that rows joining, leaving and forking
-    copy nothing: a row that leaves frees its row, one that joins takes a free one (its slots are
-    masked out until it writes them), one that forks goes on writing in its row. Grown by doubling
+    """The running rows' own keys and values, dense, next to the pool: each layer's [R, KV, S, D]
+    in the pool's dtype, of which the B running rows hold the first B rows (`Rows.slab`); a row's
+    own tokens' slots are those of its own blocks (`Rows.offset` + its length). Attention reads the
+    rows where they are (`Context`): a row that joins takes row B (its slots are masked out until
+    it writes them), one that forks goes on writing in its row, and when rows leave, the rows held
+    beyond the new B move into the rows they left (`keep`), a row's slots each. Grown by doubling
     when rows or slots run out."""
 
     def __init__(self, decoder: LeanDecoder, like: torch.Tensor, most_slots: int):
@@ -181,31 +182,44 @@ class Slab:
         )
         self.like, self.layer_count = like, len(decoder.layers)
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.rows, self.slots = 0, 0
-        self.free: list[int] = []
+        self.rows, self.slots, self.held = 0, 0, 0
         self.resize(0, min(2 * BLOCK, most_slots))
 
     def resize(self, rows: int, slots: int) -> None:
         """R = rows, S = slots (not fewer than now), the contents kept."""
-        shape = (self.kv_heads, rows, slots, self.head_dim)
+        shape = (rows, self.kv_heads, slots, self.head_dim)
         layers = [
             (self.like.new_zeros(shape), self.like.new_zeros(shape))
             for _ in range(self.layer_count)
         ]
         for (keys, values), (old_keys, old_values) in zip(layers, self.layers):
-            keys[:, : self.rows, : self.slots] = old_keys
-            values[:, : self.rows, : self.slots] = old_values
-        self.free += list(range(rows - 1, self.rows - 1, -1))
+            keys[: self.rows, :, : self.slots] = old_keys
+            values[: self.rows, :, : self.slots] = old_values
         self.layers, self.rows, self.slots = layers, rows, slots
 
     def take(self, count: int) -> list[int]:
-        """Rows for `count` sequences joining the batch."""
-        if len(self.free) < count:
-            self.resize(max(2 * self.rows, self.rows + count - len(self.free)), self.slots)
-        return [self.free.pop() for _ in range(count)]
+        """Rows for `count` sequences joining the batch: the next `count` after those held."""
+        if self.held + count > self.rows:
+            self.resize(max(2 * self.rows, self.held + count), self.slots)
+        self.held += count
+        return list(range(self.held - count, self.held))
 
-    def give(self, rows: list[int]) -> None:
-        self.free += rows
+    def keep(self, kept: list[int]) -> list[int]:
+        """The rows of the sequences that stay, `kept` (their rows, in their order), once the
+        others have left: those at len(kept) or beyond move, slots and all, into the rows below it
+        that the others left."""
+        self.held = len(kept)
+        staying = set(kept)
+        left = [row for row in range(self.held) if row not in staying]
+        moving = [row for row in kept if row >= self.held]
+        if moving:
+            device = self.like.device
+            sources, targets = longs(moving, device), longs(left, device)
+            for keys, values in self.layers:
+                keys[targets] = keys[sources]
+                values[targets] = values[sources]
+        moved = dict(zip(moving, left))
+        return [moved.get(row, row) for row in kept]
 
     def fit(self, slots: int) -> bool:
         """Whether S had to grow to hold `slots` slots a row."""
@@ -391,15 +405,19 @@ class Layout:
     """[B, N x BLOCK + `Call.table_columns` x BLOCK] which slots of its group's prefix blocks and of
     its own blocks each row attends to: its own up to the slot of the token it is fed next."""
     cursor: torch.Tensor
-    """[6, B], each row's: position of its next token (rotary), generated position (its draw's),
+    """[5, B], each row's: position of its next token (rotary), generated position (its draw's),
     that position's place in `Rows.draws` flattened, its next slot's place in `visible` flattened,
-    the pool slot of its next token, and its slot in `Call.slab` flattened (`Plan.own_at`). Each
-    moves on by one a step (a slot in a new block is set when the row opens it)."""
+    and the pool slot of its next token. Each moves on by one a step (a slot in a new block is set
+    when the row opens it)."""
+    own_at: torch.Tensor
+    """[B x KV] each row's next slot in `Call.slab` flattened, head by head (`Plan.own_at`); moves
+    on by one a step."""
     furthest: int
     """The furthest next slot of a row, counted from the first slot of its first own block: the
     step's plan reads own blocks up to the one it is in."""
-    own_rows: torch.Tensor | None
-    """[B] each row's row in `Call.slab` (`Plan.own_rows`); None: row b's is b."""
+    own_rows: tuple[torch.Tensor, torch.Tensor] | None
+    """Each row's row in `Call.slab` and, for each of the first B rows of the slab, the row that
+    holds it (`Plan.own_rows`, `Plan.own_order`); None: row b's is b."""
     contexts: list[Context] | None = None
     """Each layer's keys and values the rows attend to: their groups' prefixes, read out of the
     pool by the first step, and `Call.slab`."""
@@ -431,16 +449,25 @@ class Layout:
                 table[u // BLOCK] * BLOCK + u % BLOCK if u % BLOCK else 0
                 for table, u in zip(rows.table, used)
             ],
-            [row * call.slab.slots + u for row, u in zip(rows.slab, used)],
         ]
-        in_order = rows.slab == list(range(call.slab.rows))
+        heads, slab_slots = call.slab.kv_heads, call.slab.slots
+        own_at = [
+            (slab_row * heads + head) * slab_slots + u
+            for slab_row, u in zip(rows.slab, used)
+            for head in range(heads)
+        ]
+        in_order = rows.slab == list(range(len(rows.slab)))
+        order = [0] * len(rows.slab)
+        for row, slab_row in enumerate(rows.slab):
+            order[slab_row] = row
         return cls(
             grouping,
             own,
             visible,
             longs(cursor, device),
+            longs(own_at, device),
             max(used),
-            None if in_order else longs(rows.slab, device),
+            None if in_order else (longs(rows.slab, device), longs(order, device)),
         )
 
     def opened(self, rows: list[int], columns: list[int], taken: list[int]) -> None:
@@ -479,12 +506,15 @@ class Layout:
                 )
                 for (keys, values), own in zip(pool.layers, slab.layers)
             ]
-        plan.contexts, plan.own_rows, plan.own_at = self.contexts, self.own_rows, self.cursor[5]
+        plan.contexts, plan.own_at = self.contexts, self.own_at
+        if self.own_rows is not None:
+            plan.own_rows, plan.own_order = self.own_rows
         return plan
 
     def advance(self) -> None:
         """Every row moves on to its next slot, which it attends to from then on."""
         self.cursor += 1
+        self.own_at += 1
         self.visible.view(-1).index_fill_(0, self.cursor[3], True)
         self.furthest += 1
 
@@ -677,6 +707,7 @@ class LeanBackend:
                 keep = [row for row, stops in enumerate(stop) if not stops]
                 self.finish(call, pool, rows, [row for row, stops in enumerate(stop) if stops])
                 rows, tokens = rows.select(keep), tokens[longs(keep, device)]
+                rows.slab = call.slab.keep(rows.slab)
                 call.layout = None
             if len(pool.free) < len(rows.sequence):  # else every row can start a block
                 rows, tokens = self.make_room(call, pool, rows, tokens)
@@ -731,7 +762,6 @@ class LeanBackend:
         while keep > 1 and sum(opening[:keep]) > len(pool.free):
             keep -= 1
             pool.drop(rows.table[keep])
-            call.slab.give(rows.slab[keep : keep + 1])
             preempted = Waiting(
                 rows.sequence[keep], rows.key[keep], rows.group[keep], rows.start[keep]
             )
@@ -743,7 +773,9 @@ class LeanBackend:
         if keep == len(rows.sequence):
             return rows, tokens
         call.layout = None
-        return rows.select(list(range(keep))), tokens[:keep]
+        rows = rows.select(list(range(keep)))
+        rows.slab = call.slab.keep(rows.slab)
+        return rows, tokens[:keep]
 
     def join(self, call: Call, pool: Pool, rows: Rows) -> Rows:
         """Waiting sequences join the batch in order while the pool can hold what they are expected
@@ -883,7 +915,6 @@ class LeanBackend:
         """Stopped rows `done` give back their blocks (a fork's group keeps those it refers to)."""
         call.finished += len(done)
         call.finished_tokens += sum(rows.length[row] + 1 for row in done)
-        call.slab.give([rows.slab[row] for row in done])
         for row in done:
             pool.drop(rows.table[row])
             group = call.groups[rows.group[row]]
