@@ -165,6 +165,24 @@ ARMS: dict[str, Arm] = {
         step_s=0.59,
         step_tokens=3870,
     ),
+    # the two tree methods of issue 32: every prompt weighs as much as in GRPO, and forks at the
+    # tokens of highest entropy; each takes TreeRPO's chosen N and norm and tunes its learning rate
+    # (their step_s and step_tokens are estimates: TreeRPO's, and 1.7x its tokens for entropy
+    # trees, bench/branching.py)
+    "treerpo-groups": Arm(
+        TREERPO,
+        ("algo.params.weighting=groups",),
+        knob_from=("treerpo",),
+        step_s=0.74,
+        step_tokens=3830,
+    ),
+    "treerpo-entropy": Arm(
+        TREERPO,
+        ("tree.branch_at=entropy",),
+        knob_from=("treerpo",),
+        step_s=1.0,
+        step_tokens=6500,
+    ),
     # DASH's two parts are the defaults: one generation call per step, |A| <= 0.1 filtered
     "all-four": Arm(
         TREERPO,
@@ -222,6 +240,24 @@ COMPARISONS: list[dict[str, Any]] = [
         "paper": "TreeRPO",
         "claim": "(treerl's check: advantages over the group's std, not mu (1 - mu))",
         "method": "treerpo-std",
+        "baseline": "grpo",
+        "metric": "hard",
+        "paper_result": "-",
+        "paper_delta": None,
+    },
+    {
+        "paper": "TreeRPO",
+        "claim": "(treerl's check: each tree's advantages over its number of kept groups)",
+        "method": "treerpo-groups",
+        "baseline": "grpo",
+        "metric": "hard",
+        "paper_result": "-",
+        "paper_delta": None,
+    },
+    {
+        "paper": "TreeRPO",
+        "claim": "(treerl's check: forks at the tokens of highest entropy, as TreeRL and ARPO)",
+        "method": "treerpo-entropy",
         "baseline": "grpo",
         "metric": "hard",
         "paper_result": "-",
