@@ -20,6 +20,8 @@ Sections (JSON is written to --out after each one):
   optimizer steps) on the 41M model with the tiny model's tokenizer and every sample trained (its
   random answers all score 0, which the DASH filter would drop): the phases of steps 2 and 3 (their
   mean), weight reload included; with LoRA (r=16) as well, whose adapters vLLM gets merged.
+- `compiled_41m`: flat_41m's vLLM call on an eager engine (treerl's setting on the CPU) against a
+  compiled one (vLLM's default), a new engine per round and mode, its first call timed apart.
 
 Every figure is the median over --rounds rounds after a warm-up round, backends alternating within a
 round, on --threads torch threads. The machine is shared: compare figures of one run only.
@@ -28,6 +30,7 @@ round, on --threads torch threads. The machine is shared: compare figures of one
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -307,12 +310,52 @@ def step_41m(args) -> dict:
     return result
 
 
+def compiled_41m(args) -> dict:
+    """flat_41m's vLLM call on an eager engine (treerl's setting on the CPU) and on a compiled one
+    (vLLM's default), alternating: per round and mode a new engine, its first call (start-up and
+    compilation) timed apart from the next one."""
+    model = random_model(512, 8, 32768)
+    prompts = random_prompts(128, 32768)
+    spread = torch.randint(19, 193, (128,), generator=torch.Generator().manual_seed(2))
+    vllm = vllm_backend.import_vllm()
+    real_llm, eager = vllm.LLM, {"on": True}
+
+    def llm(*positional, **options):
+        return real_llm(*positional, **{**options, "enforce_eager": eager["on"]})
+
+    vllm.LLM = llm
+    first: dict[str, list[float]] = {"eager": [], "compiled": []}
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    try:
+        for _ in range(args.rounds):
+            for mode in first:
+                eager["on"] = mode == "eager"
+                vllm_backend.ENGINE = None  # the next call starts an engine of this mode
+                gc.collect()
+                t0 = time.perf_counter()
+                vllm_spread(model, prompts, spread, 192, 32)
+                first[mode].append(round(time.perf_counter() - t0, 1))
+                t0 = time.perf_counter()
+                tokens = vllm_spread(model, prompts, spread, 192, 32)
+                rates[mode].append(tokens / (time.perf_counter() - t0))
+    finally:
+        vllm.LLM = real_llm
+        vllm_backend.ENGINE = None
+    result: dict = {
+        mode: {"tok_s": round(statistics.median(rates[mode]), 1), "first_call_s": first[mode]}
+        for mode in first
+    }
+    result["compiled_vs_eager"] = round(result["compiled"]["tok_s"] / result["eager"]["tok_s"], 2)
+    return result
+
+
 SECTIONS = {
     "flat_tiny": flat_tiny,
     "flat_41m": flat_41m,
     "trees_tiny": trees_tiny,
     "trees_41m": trees_41m,
     "step_41m": step_41m,
+    "compiled_41m": compiled_41m,
 }
 
 
