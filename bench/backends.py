@@ -162,9 +162,13 @@ def vllm_spread(
     by_key = dict(zip(keys.tolist(), targets.tolist()))
     real_run = vllm_backend.VllmBackend.run
 
-    def run(engine, requests, sampling, eos_id):
+    def run(engine, requests, sampling, eos_id, forks=None):
         return real_run(
-            engine, [replace(r, max_tokens=by_key[r.key]) for r in requests], sampling, eos_id
+            engine,
+            [replace(r, max_tokens=by_key[r.key]) for r in requests],
+            sampling,
+            eos_id,
+            forks,
         )
 
     vllm_backend.VllmBackend.run = staticmethod(run)  # type: ignore[method-assign]

@@ -154,6 +154,37 @@ def test_a_sequences_tokens_depend_on_its_key_not_on_its_call(vllm_policy):
     assert [s.token_ids for s in crowded[: len(ids)]] == [s.token_ids[:1] for s in together]
 
 
+def paths_of(sequences):
+    """Each sequence's path: the generated tokens from its prompt, inherited ones included."""
+    paths = []
+    for s in sequences:
+        paths.append((paths[s.parent][: s.start] if s.parent is not None else []) + s.token_ids)
+    return paths
+
+
+def test_a_trees_sequences_depend_on_its_keys_not_on_its_call(vllm_policy):
+    """Forks join the engine run the step their parents reach their fork points, so when they join
+    depends on the other trees of the call; what they sample does not, nor where they come in the
+    call's order: the prompts' sequences, then the forks by fork point, parent and child."""
+    model, tok = vllm_policy
+    ids, forks, hot = encode(tok, PROMPTS), Forks(3, 3, 4), Sampling(temperature=1.5)
+    keys = keys_for(len(ids))
+    together = sample(model, tok, ids, keys, 12, hot, forks)
+    alone = sample(model, tok, ids[1:2], keys[1:2], 12, hot, forks)
+
+    def tree(sequences, prompt):
+        return [
+            (s.start, s.child, path)
+            for s, path in zip(sequences, paths_of(sequences))
+            if s.prompt == prompt
+        ]
+
+    assert len(alone) > 3 and tree(together, 1) == tree(alone, 0)
+    order = [(s.start, s.parent, s.child) for s in together if s.parent is not None]
+    assert order == sorted(order) and len(order) > 2 * len(ids)
+    assert all(s.parent is None for s in together[: len(ids)])
+
+
 def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):
     """Weights changed in place (as an optimizer step changes them) change vLLM's samples; restored,
     the samples are the old ones again. Its log-probs of what it sampled (temperature 0.7) equal the
@@ -250,9 +281,7 @@ def test_greedy_forks_of_a_tree_continue_their_parents(vllm_policy):
     model, tok = vllm_policy
     ids = encode(tok, PROMPTS[:2])
     sequences = sample(model, tok, ids, keys_for(2), 12, Sampling(greedy=True), Forks(2, 3, 4))
-    paths = []
-    for s in sequences:
-        paths.append((paths[s.parent][: s.start] if s.parent is not None else []) + s.token_ids)
+    paths = paths_of(sequences)
     forks = [n for n, s in enumerate(sequences) if s.parent is not None]
     assert forks and all(paths[n] == paths[sequences[n].parent] for n in forks)
 

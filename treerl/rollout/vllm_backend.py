@@ -9,11 +9,12 @@ size.
 - **Keys.** A sequence's vLLM seed is its treerl key, so its tokens depend on the key and the model
   only, never on the other requests of its call: vLLM draws each seeded request's tokens from a
   generator of its own.
-- **Trees** are sampled level by level: the prompts' sequences first, then each level's forks, each
-  a request whose prompt is its prompt plus the tokens it inherits. vLLM's prefix cache serves the
-  inherited tokens that fill whole blocks (it caches whole blocks only); each fork reports how many
-  it was served. The prefix cache is reset at the start of every call, so a call's samples depend on
-  its own requests alone (a resume is exact).
+- **Trees** are sampled in one engine run: a fork is a request whose prompt is its prompt plus the
+  tokens it inherits, added the step its parent has sampled the token at its fork point (the
+  engine's step loop, not `LLM.generate`). vLLM's prefix cache serves the inherited tokens that
+  fill whole blocks (it caches whole blocks only); each fork reports how many it was served. The
+  prefix cache is reset at the start of every call, so a call's samples depend on its own requests
+  alone (a resume is exact).
 - **Log-probs** are vLLM's, of the distribution it sampled from (logits / temperature, renormalised
   over the top-p nucleus): `processed_logprobs`. The trainer takes its old log-probs from its own
   forward by default (rollout.vllm.old_logprobs), of the whole softmax as its new ones; with
@@ -35,7 +36,7 @@ import json
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,37 +249,65 @@ class VllmBackend:
 
     @staticmethod
     def run(
-        engine: Engine, requests: list[Request], sampling: Sampling, eos_id: int
-    ) -> list[tuple[list[int], torch.Tensor, int]]:
-        """(tokens, log-probs, context tokens served from the prefix cache) of each request, in one
-        engine call. An eos_id below 0 stops no sequence early (the engine knows no EOS of its own:
-        it reads no tokenizer)."""
+        engine: Engine,
+        requests: list[Request],
+        sampling: Sampling,
+        eos_id: int,
+        forks: Forks | None = None,
+    ) -> list[tuple[Request, list[int], torch.Tensor, int]]:
+        """(request, tokens, log-probs, context tokens served from the prefix cache) of each
+        request and, with forks, of each fork, sampled in one engine run: the given requests first,
+        in order, then the forks in the order they were made. A request's forks at a fork point
+        join the run the step it has sampled the token there (which they draw again), as in the
+        lean backend, not after a whole level has finished: the batch stays full, and the prefix
+        cache holds the parent's blocks. An eos_id below 0 stops no sequence early (the engine
+        knows no EOS of its own: it reads no tokenizer)."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind as kinds
 
-        params = [
-            SamplingParams(
+        core = engine.llm.llm_engine
+        tree = forks if forks and forks.branching > 1 and forks.depth > 1 else None
+        made: list[Request] = []
+        next_level: list[int] = []
+        """Per request, the level of its next fork point (at level x step_tokens generated tokens,
+        inherited ones included); the tree's depth when it has none left."""
+        done: dict[int, tuple[list[int], torch.Tensor, int]] = {}
+
+        def add(request: Request) -> None:
+            level = request.start // tree.step_tokens + 1 if tree else 1
+            streamed = tree is not None and level < tree.depth  # read as it comes, to fork it
+            params = SamplingParams(
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=sampling.top_p,
-                max_tokens=r.max_tokens,
-                seed=seed_of(r.key),
+                max_tokens=request.max_tokens,
+                seed=seed_of(request.key),
                 stop_token_ids=[eos_id] if eos_id >= 0 else [],
                 logprobs=0,
                 detokenize=False,
+                output_kind=kinds.CUMULATIVE if streamed else kinds.FINAL_ONLY,
             )
-            for r in requests
-        ]
-        outputs = engine.llm.generate(
-            [{"prompt_token_ids": r.context} for r in requests], params, use_tqdm=False
-        )
-        results = []
-        for output in outputs:  # in the order of the requests
-            completion = output.outputs[0]
-            tokens = list(completion.token_ids)
-            logprobs = torch.tensor(
-                [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
-            )
-            results.append((tokens, logprobs, output.num_cached_tokens or 0))
-        return results
+            core.add_request(str(len(made)), {"prompt_token_ids": request.context}, params)
+            made.append(request)
+            next_level.append(level)
+
+        for request in requests:
+            add(request)
+        while core.has_unfinished_requests():
+            for output in core.step():
+                n, completion = int(output.request_id), output.outputs[0]
+                tokens = list(completion.token_ids)
+                while tree and next_level[n] < tree.depth:
+                    if made[n].start + len(tokens) <= next_level[n] * tree.step_tokens:
+                        break  # it has not sampled the token at its next fork point yet
+                    for fork in forks_of(made[n], n, tokens, tree, next_level[n]):
+                        add(fork)
+                    next_level[n] += 1
+                if output.finished:
+                    logprobs = torch.tensor(
+                        [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+                    )
+                    done[n] = (tokens, logprobs, output.num_cached_tokens or 0)
+        return [(request, *done[n]) for n, request in enumerate(made)]
 
     @torch.no_grad()
     def sample(
@@ -296,62 +325,60 @@ class VllmBackend:
             Request(n, None, 0, 0, list(p), key, max_new_tokens)
             for n, (p, key) in enumerate(zip(prompts, keys.tolist()))
         ]
-        sequences: list[Sequence] = []
-        paths: list[list[int]] = []
-        """Every generated token of each sequence, inherited ones included."""
-        sequence_keys: list[int] = []
-        for level in range(forks.depth if forks and forks.branching > 1 else 1):
-            if level:
-                assert forks is not None
-                requests = fork_requests(
-                    sequences, paths, sequence_keys, prompts, forks, level, max_new_tokens
-                )
-            for r, (tokens, logprobs, cached) in zip(
-                requests, self.run(engine, requests, sampling, eos_id)
-            ):
-                cacheable = (len(r.context) - 1) // engine.block_size * engine.block_size
-                sequences.append(
-                    Sequence(
-                        r.prompt,
-                        r.parent,
-                        r.start,
-                        r.child,
-                        tokens,
-                        logprobs,
-                        tokens[-1:] == [eos_id],
-                        cached,
-                        cacheable,
-                    )
-                )
-                paths.append((paths[r.parent][: r.start] if r.parent is not None else []) + tokens)
-                sequence_keys.append(r.key)
+        sampled = self.run(engine, requests, sampling, eos_id, forks)
+        sequences = [
+            Sequence(
+                r.prompt,
+                r.parent,
+                r.start,
+                r.child,
+                tokens,
+                logprobs,
+                tokens[-1:] == [eos_id],
+                cached,
+                (len(r.context) - 1) // engine.block_size * engine.block_size,
+            )
+            for r, tokens, logprobs, cached in sampled
+        ]
         release(engine, self.settings)
-        return sequences
+        return level_order(sequences)
 
 
-def fork_requests(
-    sequences: list[Sequence],
-    paths: list[list[int]],
-    keys: list[int],
-    prompts: list[list[int]],
-    forks: Forks,
-    level: int,
-    max_new_tokens: int,
-) -> list[Request]:
-    """The forks at `level`: branching - 1 continuations of every sequence that went on past level x
-    step_tokens generated tokens (inherited ones included), each keyed from its parent's key."""
+def forks_of(parent: Request, n: int, tokens: list[int], forks: Forks, level: int) -> list[Request]:
+    """The forks of request n (`parent`) at `level`, once it has sampled `tokens`: branching - 1
+    continuations of its path's first level x step_tokens tokens, each keyed from its key."""
     cut = level * forks.step_tokens
+    own = cut - parent.start  # of its own tokens, those the forks inherit
     return [
         Request(
-            seq.prompt,
-            s,
+            parent.prompt,
+            n,
             cut,
             child,
-            prompts[seq.prompt] + paths[s][:cut],
-            int(forks.child_key(torch.tensor(keys[s]), level, child)),
-            max_new_tokens - cut,
+            parent.context + tokens[:own],
+            int(forks.child_key(torch.tensor(parent.key), level, child)),
+            parent.max_tokens - own,
         )
-        for s, seq in enumerate(sequences)
-        if seq.start < cut < len(paths[s])
         for child in range(1, forks.branching)
+    ]
+
+
+def level_order(sequences: list[Sequence]) -> list[Sequence]:
+    """The sequences in a call's order: the prompts' first, then the forks by fork point, each
+    point's by parent (in this order) and child; parents renumbered. The order a tree's forks are
+    made in depends on when their parents reach their fork points; this one on the tree alone."""
+    order = [n for n, s in enumerate(sequences) if s.parent is None]
+    position = {n: i for i, n in enumerate(order)}
+    forks = [n for n, s in enumerate(sequences) if s.parent is not None]
+    for start in sorted({sequences[n].start for n in forks}):
+        level = [n for n in forks if sequences[n].start == start]
+        # a fork's parent started before its fork point, so it has a position already
+        level.sort(key=lambda n: (position[sequences[n].parent], sequences[n].child))  # type: ignore[index]
+        for n in level:
+            position[n] = len(order)
+            order.append(n)
+    return [
+        replace(sequences[n], parent=None if s.parent is None else position[s.parent])
+        for n in order
+        for s in (sequences[n],)
     ]
