@@ -49,6 +49,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -450,7 +452,17 @@ class Bench:
 
     def train(self, run: Run) -> dict[str, Any]:
         directory, config = self.out / run.directory, ARMS[run.arm].config
-        return self.summarise(run, train(directory, *run.overrides(self.out), config=config))
+        start = time.perf_counter()
+        row = self.summarise(run, train(directory, *run.overrides(self.out), config=config))
+        if not self.seen[run]:  # trained now: a log line (runs read back say nothing)
+            figure = f", validation {row['validation']:.1f}" if "validation" in row else ""
+            print(
+                f"{time.strftime('%H:%M:%S')} finished {run.directory} in "
+                f"{time.perf_counter() - start:.0f} s{figure}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return row
 
     def summarise(self, run: Run, result: dict[str, Any]) -> dict[str, Any]:
         """A run's figures (reduce), a tuning run's with its validation accuracy."""
