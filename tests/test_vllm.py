@@ -15,7 +15,7 @@ from treerl.loop.batch import completion_logprobs, make_batch
 from treerl.loop.metrics import prefix_cache_metrics
 from treerl.loop.trainer import train
 from treerl.models import load_policy
-from treerl.rollout import engine
+from treerl.rollout import engine, vllm_backend
 from treerl.rollout.backend import Forks
 from treerl.rollout.draws import Sampling, row_keys
 from treerl.rollout.engine import backend_for, backend_name
@@ -183,6 +183,30 @@ def test_a_trees_sequences_depend_on_its_keys_not_on_its_call(vllm_policy):
     order = [(s.start, s.parent, s.child) for s in together if s.parent is not None]
     assert order == sorted(order) and len(order) > 2 * len(ids)
     assert all(s.parent is None for s in together[: len(ids)])
+
+
+def test_an_interrupted_call_leaves_no_request_in_the_engine(vllm_policy, monkeypatch):
+    """A call stopped mid-run (Ctrl-C in a notebook) aborts its requests: the next call samples
+    what it would have sampled anyway, not the stopped call's leftovers."""
+    model, tok = vllm_policy
+    ids, keys, hot = encode(tok, PROMPTS), keys_for(len(PROMPTS)), Sampling(temperature=1.5)
+    expected = sample(model, tok, ids, keys, sampling=hot, forks=Forks(2, 2, 4))
+    core = vllm_backend.ENGINE.llm.llm_engine
+    real_step, steps = core.step, []
+
+    def step():
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(core, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        sample(model, tok, ids, keys, sampling=hot, forks=Forks(2, 2, 4))
+    monkeypatch.setattr(core, "step", real_step)
+    assert not core.has_unfinished_requests()
+    again = sample(model, tok, ids, keys, sampling=hot, forks=Forks(2, 2, 4))
+    assert [(s.parent, s.token_ids) for s in again] == [(s.parent, s.token_ids) for s in expected]
 
 
 def test_a_weight_update_reaches_vllm_and_its_logprobs_match_the_trainers(vllm_dir):

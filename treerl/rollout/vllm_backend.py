@@ -286,27 +286,36 @@ class VllmBackend:
                 detokenize=False,
                 output_kind=kinds.CUMULATIVE if streamed else kinds.FINAL_ONLY,
             )
-            core.add_request(str(len(made)), {"prompt_token_ids": request.context}, params)
+            added.append(
+                core.add_request(str(len(made)), {"prompt_token_ids": request.context}, params)
+            )
             made.append(request)
             next_level.append(level)
 
-        for request in requests:
-            add(request)
-        while core.has_unfinished_requests():
-            for output in core.step():
-                n, completion = int(output.request_id), output.outputs[0]
-                tokens = list(completion.token_ids)
-                while tree and next_level[n] < tree.depth:
-                    if made[n].start + len(tokens) <= next_level[n] * tree.step_tokens:
-                        break  # it has not sampled the token at its next fork point yet
-                    for fork in forks_of(made[n], n, tokens, tree, next_level[n]):
-                        add(fork)
-                    next_level[n] += 1
-                if output.finished:
-                    logprobs = torch.tensor(
-                        [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
-                    )
-                    done[n] = (tokens, logprobs, output.num_cached_tokens or 0)
+        added: list[str] = []  # the engine's ids of the requests
+        try:
+            for request in requests:
+                add(request)
+            while core.has_unfinished_requests():
+                for output in core.step():
+                    n, completion = int(output.request_id), output.outputs[0]
+                    tokens = list(completion.token_ids)
+                    while tree and next_level[n] < tree.depth:
+                        if made[n].start + len(tokens) <= next_level[n] * tree.step_tokens:
+                            break  # it has not sampled the token at its next fork point yet
+                        for fork in forks_of(made[n], n, tokens, tree, next_level[n]):
+                            add(fork)
+                        next_level[n] += 1
+                    if output.finished:
+                        logprobs = torch.tensor(
+                            [step[t].logprob for step, t in zip(completion.logprobs, tokens)]
+                        )
+                        done[n] = (tokens, logprobs, output.num_cached_tokens or 0)
+        except BaseException:
+            # an interrupted call (Ctrl-C in a notebook, an error) leaves no request in the engine,
+            # whose outputs the next call would read as its own
+            core.abort_request([a for n, a in enumerate(added) if n not in done], internal=True)
+            raise
         return [(request, *done[n]) for n, request in enumerate(made)]
 
     @torch.no_grad()
