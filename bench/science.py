@@ -339,6 +339,10 @@ COMPARISONS: list[dict[str, Any]] = [
     },
 ]
 BUDGETS = {"steps": "equal prompts", "tokens": "equal generated tokens"}
+GRADIENT_ARMS = ["grpo", "treerpo", "treerpo-groups", "treerpo-entropy"]
+"""The arms whose gradient norms the premises compare (the tree methods against GRPO)."""
+MAX_GRAD_NORM = 1.0
+"""train.max_grad_norm, the same in every arm: a step whose norm is above it was clipped."""
 
 
 def mean(values: list[float]) -> float:
@@ -489,6 +493,19 @@ Found = dict[Run, dict[str, Any] | None]
 """Runs' figures (reduce), None for a run not finished."""
 
 
+def gradients(metrics: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Over the steps that made an optimizer step: the mean of their gradient norms before clipping
+    (each step's metric is the mean over its optimizer steps), and the share of them above
+    MAX_GRAD_NORM, which clipping scaled down."""
+    norms = [m["grad_norm"] for m in metrics if m["train/optimizer_steps"]]
+    if not norms:
+        return {"grad_norm": None, "clipped_steps": None}
+    return {
+        "grad_norm": round(mean(norms), 3),
+        "clipped_steps": round(sum(n > MAX_GRAD_NORM for n in norms) / len(norms), 3),
+    }
+
+
 def reduce(run: Run, result: dict[str, Any]) -> dict[str, Any]:
     """A run's figures for the page: held-out accuracy and length per evaluated level before and
     after, seconds, tokens, and the premises from its own first 10 steps (sampled at the training
@@ -527,6 +544,7 @@ def reduce(run: Run, result: dict[str, Any]) -> dict[str, Any]:
         "update_s": round(sum(m["timing/update_s"] for m in metrics), 1),
         "tokens_generated": sum(m["tokens/generated"] for m in metrics),
         "tokens_trained": sum(m["tokens/trained"] for m in metrics),
+        **gradients(metrics),
         "start": {
             "sampled_acc": {
                 level: round(100 * mean(values), 1)
@@ -810,6 +828,12 @@ def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
                     ("update", "update_s"),
                 )
             }
+    trees = [name for name in GRADIENT_ARMS if arm(name)]
+    if trees:
+        out["grad_norm"] = {name: spread([r["grad_norm"] for r in arm(name)]) for name in trees}
+        out["clipped_steps"] = {
+            name: spread([100 * r["clipped_steps"] for r in arm(name)]) for name in trees
+        }
     if scores.is_file():
         score_rows = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
         out["r_score"] = {}
@@ -839,8 +863,9 @@ def premise_table(p: dict[str, Any]) -> str:
         "r_score",
         "standard_rollout_share",
         "dash_rollout_share",
+        "grad_norm",
     ]
-    if any(key not in p for key in needed):
+    if any(key not in p for key in needed) or set(p["grad_norm"]) != set(GRADIENT_ARMS):
         return "(premises: some arms have not run yet)"
     greedy = " / ".join(f"{p['greedy_before'][level]['before']}" for level in EVAL_LEVELS)
     sampled = " / ".join(ms(p["sampled_acc_first10"][level]) for level in LEVELS)
@@ -898,6 +923,18 @@ def premise_table(p: dict[str, Any]) -> str:
             "",
             "seconds of training / generation / update, DASH",
             " / ".join(ms(p["dash_seconds"][k]) for k in ("train", "generation", "update")),
+        ),
+        (
+            "TreeRPO",
+            "(treerl's check: gradients that clipping leaves alone)",
+            f"gradient norm before clipping, mean over steps, {' / '.join(GRADIENT_ARMS)}",
+            " / ".join(ms(p["grad_norm"][name]) for name in GRADIENT_ARMS),
+        ),
+        (
+            "TreeRPO",
+            "",
+            f"steps clipped to norm {MAX_GRAD_NORM:g} (%), {' / '.join(GRADIENT_ARMS)}",
+            " / ".join(ms(p["clipped_steps"][name]) for name in GRADIENT_ARMS),
         ),
         (
             "DASH",

@@ -65,6 +65,18 @@ def test_the_95_interval_of_five_differences_uses_t_at_4_degrees_of_freedom():
     assert science.interval([3.0]) is None
 
 
+def test_gradient_figures_count_only_steps_that_stepped_and_clipping_above_1():
+    metrics = [
+        {"grad_norm": 0.5, "train/optimizer_steps": 2},
+        {"grad_norm": 0.0, "train/optimizer_steps": 0},  # every sample filtered: no step, no norm
+        {"grad_norm": 2.5, "train/optimizer_steps": 1},
+        {"grad_norm": 1.0, "train/optimizer_steps": 2},  # at the bound: not clipped
+    ]
+    # (0.5 + 2.5 + 1.0) / 3 = 1.333; one of the three above 1.0
+    assert science.gradients(metrics) == {"grad_norm": 1.333, "clipped_steps": 0.333}
+    assert science.gradients(metrics[1:2]) == {"grad_norm": None, "clipped_steps": None}
+
+
 @pytest.mark.parametrize(
     ("method", "baseline", "paper_delta", "mean", "verdict"),
     [
