@@ -178,6 +178,16 @@ ARMS: dict[str, Arm] = {
         step_s=0.74,
         step_tokens=3830,
     ),
+    # groups weighting shrinks a deep tree's advantages, and the default gradient filter (|A| <=
+    # 0.1) then drops about half of the samples that pruning kept (6% without the weighting): the
+    # same arm with the filter off
+    "treerpo-groups-unfiltered": Arm(
+        TREERPO,
+        ("algo.params.weighting=groups", "train.filter_tau=null"),
+        knob_from=("treerpo",),
+        step_s=0.74,
+        step_tokens=3830,
+    ),
     "treerpo-entropy": Arm(
         TREERPO,
         ("tree.branch_at=entropy",),
@@ -251,6 +261,15 @@ COMPARISONS: list[dict[str, Any]] = [
         "paper": "TreeRPO",
         "claim": "(treerl's check: each tree's advantages over its number of kept groups)",
         "method": "treerpo-groups",
+        "baseline": "grpo",
+        "metric": "hard",
+        "paper_result": "-",
+        "paper_delta": None,
+    },
+    {
+        "paper": "TreeRPO",
+        "claim": "(treerl's check: the same, with the gradient filter off)",
+        "method": "treerpo-groups-unfiltered",
         "baseline": "grpo",
         "metric": "hard",
         "paper_result": "-",
@@ -834,6 +853,9 @@ def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
         out["clipped_steps"] = {
             name: spread([100 * r["clipped_steps"] for r in arm(name)]) for name in trees
         }
+        out["filtered_first10"] = {
+            name: spread([100 * r["start"]["filtered"] for r in arm(name)]) for name in trees
+        }
     if scores.is_file():
         score_rows = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
         out["r_score"] = {}
@@ -935,6 +957,13 @@ def premise_table(p: dict[str, Any]) -> str:
             "",
             f"steps clipped to norm {MAX_GRAD_NORM:g} (%), {' / '.join(GRADIENT_ARMS)}",
             " / ".join(ms(p["clipped_steps"][name]) for name in GRADIENT_ARMS),
+        ),
+        (
+            "TreeRPO",
+            "",
+            "samples the gradient filter drops (advantage within ±0.1), first 10 steps (%), "
+            + " / ".join(GRADIENT_ARMS),
+            " / ".join(ms(p["filtered_first10"][name]) for name in GRADIENT_ARMS),
         ),
         (
             "DASH",

@@ -248,6 +248,8 @@ def fake_run(bench, run, hard, tokens):
         "groups/all_correct": 0.5,
         "groups/none_correct": 0.0,
         "filter/dropped_frac": 0.5,
+        "grad_norm": 0.5,
+        "train/optimizer_steps": 2,
     }
     lines = [json.dumps({"step": s, **step}) for s in range(1, run.steps + 1)]
     (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
