@@ -358,6 +358,16 @@ COMPARISONS: list[dict[str, Any]] = [
     },
 ]
 BUDGETS = {"steps": "equal prompts", "tokens": "equal generated tokens"}
+TREE_ARMS = [
+    "treerpo",
+    "treerpo-std",
+    "treerpo-groups",
+    "treerpo-groups-unfiltered",
+    "treerpo-entropy",
+    "treerpo-online",
+    "all-four",
+]
+"""The arms that train on trees, for issue 32's goal (goal())."""
 GRADIENT_ARMS = ["grpo", "treerpo", "treerpo-groups", "treerpo-entropy"]
 """The arms whose gradient norms the premises compare (the tree methods against GRPO)."""
 MAX_GRAD_NORM = 1.0
@@ -813,6 +823,43 @@ def compare(rows: list[dict[str, Any]], comparison: dict[str, Any]) -> dict[str,
     return {**comparison, "delta_unit": unit, **budgets}
 
 
+def goal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 32's goal, per tree arm: its held-out hard accuracy against GRPO's at equal generated
+    tokens, paired by seed; `beats_grpo` when it is above GRPO in every seed, over at least
+    EVERY_SEED seeds."""
+    hard = {
+        (row["arm"], row["seed"]): figure(row, "hard") for row in rows if row["budget"] == "tokens"
+    }
+    out = []
+    for arm in TREE_ARMS:
+        claim = {"method": arm, "baseline": "grpo", "metric": "hard", "paper_delta": 1.0}
+        m = measure(rows, claim, "tokens")
+        if m is not None:
+            above = sum(hard[(arm, seed)] > hard[("grpo", seed)] for seed in m["seeds"])
+            beats = m["verdict"] == "same sign, every seed"
+            out.append({"arm": arm, **m, "seeds_above": above, "beats_grpo": beats})
+    return out
+
+
+def goal_table(results: list[dict[str, Any]]) -> str:
+    """The goal's rows as a markdown table."""
+    lines = [
+        "| tree arm | hard, equal tokens (%) | GRPO (%) | change (mean ± sd, 95% interval) "
+        "| seeds above GRPO | beats GRPO in every seed |",
+        "|---" * 6 + "|",
+    ]
+    for r in results:
+        ci, d = r["interval"], r["delta"]
+        within = f", [{ci['low']:+}, {ci['high']:+}]" if ci else ""
+        lines.append(
+            f"| {r['arm']} | {r['method_value']['mean']} ± {r['method_value']['sd']} "
+            f"| {r['baseline_value']['mean']} | {d['mean']:+} ± {d['sd']}{within} "
+            f"| {r['seeds_above']} of {len(r['seeds'])} "
+            f"| {'yes' if r['beats_grpo'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def premises(rows: list[dict[str, Any]], scores: Path) -> dict[str, Any]:
     """The checks that each paper's premise holds in the setting, from the equal-prompt runs' first
     steps and the scoring pass of the starting model."""
@@ -1198,12 +1245,14 @@ def main() -> None:
         "tuning": tuning,
         "premises": premises(rows, dry.scores),
         "comparisons": results,
+        "goal": goal(rows),
         "runs": rows,
     }
     (out / "science.json").write_text(json.dumps(summary, indent=1))
     Path(args.plots).mkdir(parents=True, exist_ok=True)
     plot(rows, tuning, Path(args.plots))
     tables = [premise_table(summary["premises"]), tuning_table(tuning), table(results)]
+    tables.append(goal_table(summary["goal"]))
     tables += [f"{name}:\n\n{arm_table(rows, budget)}" for budget, name in BUDGETS.items()]
     print(*tables, sep="\n\n")
 

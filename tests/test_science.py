@@ -317,12 +317,37 @@ def test_the_plan_counts_the_staged_runs_before_any_ran(tmp_path):
     assert "42 runs, 42 to run" in lines[-1]
 
 
+def test_a_tree_arm_meets_the_goal_only_above_grpo_in_every_seed_at_equal_tokens():
+    grpo = [20, 22, 18, 25, 19]
+    rows = [row("grpo", s, v, budget="tokens") for s, v in enumerate(grpo)]
+    rows += [row("treerpo", s, v + 0.5, budget="tokens") for s, v in enumerate(grpo)]
+    rows += [
+        row("treerpo-std", s, v + (9 if s else -0.5), budget="tokens") for s, v in enumerate(grpo)
+    ]
+    # at equal prompts treerpo-entropy is far above: the goal counts only equal tokens
+    rows += [row("treerpo-entropy", s, 90, budget="steps") for s in range(5)]
+    rows += [row("treerpo-entropy", s, v - 1, budget="tokens") for s, v in enumerate(grpo[:4])]
+    results = {r["arm"]: r for r in science.goal(rows)}
+    assert set(results) == {"treerpo", "treerpo-std", "treerpo-entropy"}
+    # +0.5 in each of 5 seeds: small, but above in 5 of 5
+    assert (results["treerpo"]["seeds_above"], results["treerpo"]["beats_grpo"]) == (5, True)
+    # 4 x +9 and -0.5: mean +7.1, but not every seed
+    std = results["treerpo-std"]
+    assert (std["delta"]["mean"], std["seeds_above"], std["beats_grpo"]) == (7.1, 4, False)
+    # below in the 4 seeds it ran
+    entropy = results["treerpo-entropy"]
+    assert (entropy["seeds_above"], len(entropy["seeds"]), entropy["beats_grpo"]) == (0, 4, False)
+    lines = science.goal_table(science.goal(rows)).splitlines()
+    assert lines[2].startswith("| treerpo | 21.3 ± ") and lines[2].endswith("| 5 of 5 | yes |")
+
+
 @UNDER_PROTOCOL
 def test_the_json_follows_from_its_runs_and_its_tuning_grids():
     recomputed = [
         r for r in (science.compare(RESULTS["runs"], c) for c in science.COMPARISONS) if r
     ]
     assert recomputed == RESULTS["comparisons"]
+    assert science.goal(RESULTS["runs"]) == RESULTS["goal"]
     assert {r["seed"] for r in RESULTS["runs"]} == set(science.EVAL_SEEDS)
     assert not set(RESULTS["setting"]["tuning_seeds"]) & set(science.EVAL_SEEDS)
     assert {r["arm"] for r in RESULTS["runs"]} == set(science.ARMS)
@@ -336,5 +361,6 @@ def test_the_page_shows_the_json_tables():
     assert science.premise_table(RESULTS["premises"]) in PAGE
     assert science.tuning_table(RESULTS["tuning"]) in PAGE
     assert science.table(RESULTS["comparisons"]) in PAGE
+    assert science.goal_table(RESULTS["goal"]) in PAGE
     for budget in science.BUDGETS:
         assert science.arm_table(RESULTS["runs"], budget) in PAGE
