@@ -368,7 +368,14 @@ TREE_ARMS = [
     "all-four",
 ]
 """The arms that train on trees, for issue 32's goal (goal())."""
-GRADIENT_ARMS = ["grpo", "treerpo", "treerpo-groups", "treerpo-entropy"]
+GRADIENT_ARMS = [
+    "grpo",
+    "treerpo",
+    "treerpo-std",
+    "treerpo-groups",
+    "treerpo-groups-unfiltered",
+    "treerpo-entropy",
+]
 """The arms whose gradient norms the premises compare (the tree methods against GRPO)."""
 MAX_GRAD_NORM = 1.0
 """train.max_grad_norm, the same in every arm: a step whose norm is above it was clipped."""
@@ -995,7 +1002,7 @@ def premise_table(p: dict[str, Any]) -> str:
         ),
         (
             "TreeRPO",
-            "(treerl's check: gradients that clipping leaves alone)",
+            "(treerl's check: the gradients' size, and what the filter drops)",
             f"gradient norm before clipping, mean over steps, {' / '.join(GRADIENT_ARMS)}",
             " / ".join(ms(p["grad_norm"][name]) for name in GRADIENT_ARMS),
         ),
@@ -1133,15 +1140,20 @@ def plot(rows: list[dict[str, Any]], choices: dict[str, dict[str, Any]], folder:
         fig.tight_layout()
         fig.savefig(folder / f"science_{paper.lower().replace(' ', '_').replace('-', '_')}.png")
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for name, c in choices.items():
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    colors = plt.get_cmap("tab20").colors  # more arms than the default cycle's 10 colors
+    for i, (name, c) in enumerate(choices.items()):
         lrs = [lr for lr in LRS if c["lr_grid"].get(f"{lr:g}") is not None]
         if len(lrs) > 1:
-            ax.plot(lrs, [c["lr_grid"][f"{lr:g}"] for lr in lrs], marker="o", ms=3, label=name)
+            values = [c["lr_grid"][f"{lr:g}"] for lr in lrs]
+            style = "-" if i % 2 == 0 else "--"
+            ax.plot(lrs, values, style, marker="o", ms=3, color=colors[i], label=name)
     ax.set(xscale="log", xlabel="learning rate", ylabel="validation hard (%), tuning seeds")
+    ax.set_xticks(LRS, [f"{lr:g}" for lr in LRS])
+    ax.minorticks_off()
     ax.set_title("tuning: validation hard accuracy against the learning rate", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(folder / "science_lr.png")
     plt.close(fig)
