@@ -258,6 +258,29 @@ def test_two_level_inverse_cdf_matches_the_distribution_across_chunks():
     assert hot.tolist() == [5, 300, 999]
 
 
+@pytest.mark.parametrize("vocab", [3, 85, 256])
+def test_one_chunk_draws_what_the_two_level_search_draws(vocab):
+    """Within one chunk inverse_cdf searches the weights alone: for weights spread from flat to
+    peaked, with a nucleus's zeros, and u at 0, just below 1 and at random, it draws bit for bit the
+    tokens of the two-level search over that chunk (whose chunk search can only give chunk 0)."""
+    from treerl.rollout.draws import CHUNK, inverse_cdf, search_chunks
+
+    generator = torch.Generator().manual_seed(vocab)
+    scale = torch.linspace(0.1, 12.0, 64)[:, None]
+    weights = torch.softmax(torch.randn(64, vocab, generator=generator) * scale, -1)
+    weights[::4, : vocab // 2] = 0.0  # a nucleus keeps part of the vocabulary
+    padded = torch.nn.functional.pad(weights, (0, CHUNK - vocab))[:, None]
+    totals = padded.sum(-1, dtype=torch.float64)
+    # u at random, and u on the running sum's steps, where one rounding more picks the next token
+    steps = weights.double().cumsum(-1) / totals
+    at_step = steps.gather(1, torch.randint(vocab, (64, 1), generator=generator))[:, 0]
+    for u in (torch.rand(64, dtype=torch.float64, generator=generator), at_step.clamp(max=0.999)):
+        u[:2] = torch.tensor([0.0, 1.0 - 2.0**-53])
+        expected = search_chunks(padded, totals, u)
+        assert torch.equal(inverse_cdf(weights, u), expected)
+        assert len(set(expected.tolist())) > 2  # the draws spread over the vocabulary
+
+
 GRID = 2**53
 """`uniforms` draws u = n / 2^53, n in [0, 2^53): a draw's exact probability is a count of n over
 GRID."""

@@ -89,20 +89,12 @@ def sample_tokens(
     u: torch.Tensor,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`,
-    their log-probs under softmax(logits / T) over the whole vocabulary, also with top_p < 1
-    (never renormalised over the nucleus: the update's new log-probs are of that distribution, so
-    its ratio compares like with like; a drawn token's is never -inf), and with `with_entropy` the
-    entropy of the distribution each token was drawn from (the nucleus, renormalised).
-
-    The CDF is searched in two levels: the chunk c of CHUNK tokens where the running sum of the
-    chunks' weights passes target = u x total, then the token within c where its running sum passes
-    target - (sum of the chunks before c), clamped at 0 (rounding can take it below, which would
-    pick the chunk's first token whatever its weight); only one chunk's running sum is taken per
-    row. The weights w are fp32; u, the target, the chunk sums and both running sums are float64, so
-    token k is drawn with probability w_k / sum(w) to float64's rounding (fp32 sums and target, with
-    u rounded to 24 bits, were 1.1e-3 off in total variation on a flat 152k-token vocabulary, and
-    never drew a token below about 6e-8 late in the CDF)."""
+    """Tokens drawn from softmax(logits / T), nucleus-filtered, by inverse CDF at the uniforms `u`
+    (`inverse_cdf`), their log-probs under softmax(logits / T) over the whole vocabulary, also with
+    top_p < 1 (never renormalised over the nucleus: the update's new log-probs are of that
+    distribution, so its ratio compares like with like; a drawn token's is never -inf), and with
+    `with_entropy` the entropy of the distribution each token was drawn from (the nucleus,
+    renormalised)."""
     probs = weights = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_weights, order = weights.sort(dim=-1, descending=True)
@@ -110,19 +102,47 @@ def sample_tokens(
         weights = torch.zeros_like(weights).scatter(
             -1, order, sorted_weights.masked_fill(drop, 0.0)
         )
+    tokens = inverse_cdf(weights, u)
+    logprobs = probs.gather(-1, tokens[:, None]).squeeze(-1).log()
+    return tokens, logprobs, entropy(weights) if with_entropy else None
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row of non-negative fp32 weights [B, V], the token k where the running sum of the weights
+    passes target = u x total, u [B] in [0, 1): token k with probability w_k / sum(w) to float64's
+    rounding (u, the target, the sums and the running sums are float64; fp32 sums and target, with u
+    rounded to 24 bits, were 1.1e-3 off in total variation on a flat 152k-token vocabulary, and
+    never drew a token below about 6e-8 late in the CDF).
+
+    The total is the sum of the chunks' sums, CHUNK tokens a chunk (the last one padded with
+    zeros). Over more than one chunk the search has two levels (`search_chunks`). Within one chunk
+    it is that search's second level alone, with the same draws in half the operations: the chunk
+    search would give chunk 0 with nothing before it, and a running sum adds term after term, so
+    the padding changes none of its first V values."""
     rows, vocab = weights.shape
     padded = F.pad(weights, (0, -vocab % CHUNK)).view(rows, -1, CHUNK)
-    chunk_sums = padded.sum(-1, dtype=torch.float64)
+    chunk_sums = padded.sum(-1, dtype=torch.float64)  # [B, chunks]
+    if vocab > CHUNK:
+        return search_chunks(padded, chunk_sums, u)
+    target = u.to(chunk_sums)[:, None] * chunk_sums
+    return first_past(weights.double().cumsum(-1), target).squeeze(-1)
+
+
+def search_chunks(padded: torch.Tensor, chunk_sums: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The two-level inverse CDF over weights in chunks, padded [B, chunks, CHUNK] with their sums
+    chunk_sums [B, chunks] (float64): the chunk c where the running sum of the chunks' sums passes
+    target = u x total, then the token within c where its running sum passes target - (sum of the
+    chunks before c), clamped at 0 (rounding can take it below, which would pick the chunk's first
+    token whatever its weight); only one chunk's running sum is taken per row."""
+    rows = padded.shape[0]
     chunk_cdf = chunk_sums.cumsum(-1)
     target = u.to(chunk_cdf)[:, None] * chunk_cdf[:, -1:]
     chunk = first_past(chunk_cdf, target)  # [B, 1]
     before = chunk_cdf.gather(-1, chunk) - chunk_sums.gather(-1, chunk)
     within = padded.gather(1, chunk[:, :, None].expand(rows, 1, CHUNK)).squeeze(1)
-    tokens = (
+    return (
         chunk * CHUNK + first_past(within.double().cumsum(-1), (target - before).clamp_min(0.0))
     ).squeeze(-1)
-    logprobs = probs.gather(-1, tokens[:, None]).squeeze(-1).log()
-    return tokens, logprobs, entropy(weights) if with_entropy else None
 
 
 def pick(
