@@ -140,6 +140,7 @@ class Pool:
         same shape and dtype (a new pool's zeros cost the CPU its pages: 2-3% of the tiny model's
         call)."""
         shape = (decoder.kv_heads, size * BLOCK, decoder.head_dim)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]]
         if last is not None and all(
             t.shape == shape and t.dtype == like.dtype and t.device == like.device
             for layer in last.layers
