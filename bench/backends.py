@@ -16,6 +16,9 @@ Sections (JSON is written to --out after each one):
 - `trees_tiny`, `trees_41m`: TreeRPO trees of 8 children, 3 levels of 16 tokens (16 tiny prompts;
   one 41M prompt, whose random model never stops early: 512 sequences), and flat samples of 48
   tokens at equal tokens. vLLM's prefix-cache hit rate over the forks is reported with its trees.
+- `trees_41m_blocks`: trees_41m from a 32-token prompt at 32-token steps, where every fork point
+  ends a whole block of vLLM's prefix cache (32 tokens, the least its CPU attention takes), and at
+  16-token steps, where every other one does not: what re-encoding a fork's part block costs.
 - `step_41m`: `treerl train` for 3 steps of the demo's recipe (16 prompts x 8, 64 tokens, two
   optimizer steps) on the 41M model with the tiny model's tokenizer and every sample trained (its
   random answers all score 0, which the DASH filter would drop): the phases of steps 2 and 3 (their
@@ -56,8 +59,8 @@ from treerl.tasks.prompts import render_prompt
 
 
 def median_rates(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
-    """Each run alternately, a warm-up round then `rounds`: median tokens per second and the tokens
-    of a call."""
+    """Each run alternately, a warm-up round then `rounds`: median tokens per second, each round's,
+    and the tokens of a call."""
     rates: dict[str, list[float]] = {name: [] for name in runs}
     tokens: dict[str, int] = {}
     for round_ in range(rounds + 1):
@@ -67,7 +70,11 @@ def median_rates(runs: dict[str, Callable[[], int]], rounds: int) -> dict[str, d
             if round_:
                 rates[name].append(tokens[name] / (time.perf_counter() - t0))
     return {
-        name: {"tok_s": round(statistics.median(rates[name]), 1), "tokens": tokens[name]}
+        name: {
+            "tok_s": round(statistics.median(rates[name]), 1),
+            "tok_s_rounds": [round(rate, 1) for rate in rates[name]],
+            "tokens": tokens[name],
+        }
         for name in runs
     }
 
@@ -206,28 +213,36 @@ def flat_41m(args) -> dict:
     return result
 
 
-def trees(model, prompts: list[list[int]], eos: int, args, backends: tuple[str, ...]) -> dict:
-    """8 x 3 trees at 16-token steps per backend, and flat rows of 48 tokens as many as the vLLM
-    trees' tokens."""
-    forks = Forks(8, 3, 16)
+def trees(
+    model, prompts: list[list[int]], eos: int, args, backends: tuple[str, ...], step: int = 16
+) -> dict:
+    """8 x 3 trees at `step`-token steps per backend, and flat rows of 3 x `step` tokens as many as
+    the vLLM trees' tokens."""
+    forks = Forks(8, 3, step)
     stats: dict[str, list[TreeStats]] = {name: [] for name in backends}
     runs = {
         f"{name}_trees": (
             lambda n=name: sampled(
-                model, [p for p in prompts for _ in range(8)], 48, BACKENDS[n], eos, forks, stats[n]
+                model,
+                [p for p in prompts for _ in range(8)],
+                3 * step,
+                BACKENDS[n],
+                eos,
+                forks,
+                stats[n],
             )
         )
         for name in backends
     }
     tree_tokens = runs["vllm_trees"]()
-    rows = [prompts[i % len(prompts)] for i in range(max(1, round(tree_tokens / 48)))]
+    rows = [prompts[i % len(prompts)] for i in range(max(1, round(tree_tokens / (3 * step))))]
     for name in ("lean", "vllm"):
-        runs[f"{name}_flat"] = lambda n=name: sampled(model, rows, 48, BACKENDS[n], eos)
+        runs[f"{name}_flat"] = lambda n=name: sampled(model, rows, 3 * step, BACKENDS[n], eos)
     result: dict = {
         "prompts": len(prompts),
         "branching": 8,
         "depth": 3,
-        "step_tokens": 16,
+        "step_tokens": step,
         "flat_rows": len(rows),
         **median_rates(runs, args.rounds),
     }
@@ -251,6 +266,17 @@ def trees_tiny(args) -> dict:
 
 def trees_41m(args) -> dict:
     return trees(random_model(512, 8, 32768), random_prompts(1, 32768), EOS, args, ("lean", "vllm"))
+
+
+def trees_41m_blocks(args) -> dict:
+    """trees_41m with every fork point on a whole 32-token block of vLLM's prefix cache: a 32-token
+    prompt and 32-token steps, then the same prompt at 16-token steps."""
+    prompt = torch.randint(2, 32768, (32,), generator=torch.Generator().manual_seed(1)).tolist()
+    model = random_model(512, 8, 32768)
+    return {
+        f"steps_of_{step}": trees(model, [prompt], EOS, args, ("lean", "vllm"), step)
+        for step in (32, 16)
+    }
 
 
 def step_41m(args) -> dict:
@@ -358,6 +384,7 @@ SECTIONS = {
     "flat_41m": flat_41m,
     "trees_tiny": trees_tiny,
     "trees_41m": trees_41m,
+    "trees_41m_blocks": trees_41m_blocks,
     "step_41m": step_41m,
     "compiled_41m": compiled_41m,
 }
