@@ -22,7 +22,9 @@ dependency.
 Prints JSON: per tool the median seconds per step and of them generating, generated and trained
 tokens per second, the achieved FLOP/s (2 x parameters per generated token, 6 x parameters per
 trained token, prompt tokens included in the update) and its share of the machine's matmul peak (a
-probe at the model's shapes and at 2048^3), and the ratio.
+probe at the model's shapes and at 2048^3), and the ratio; `round_speedups` gives each round's own
+ratio, which on a shared machine moves by a fifth or more between rounds and runs: one run decides
+no goal (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -255,9 +257,18 @@ def main() -> None:
         t.numel() for t in load_file(TINY_DIR / "model.safetensors").values()
     )  # tied weights once
     runs: dict[str, list[dict]] = {"trl": [], "treerl": []}
+    round_speedups = []  # how far the ratio moves within one run, round to round
     for _ in range(args.rounds):
-        runs["trl"] += run_trl(python, args, prompts, out)
-        runs["treerl"] += run_treerl(args, out)
+        trl_steps, treerl_steps = run_trl(python, args, prompts, out), run_treerl(args, out)
+        runs["trl"] += trl_steps
+        runs["treerl"] += treerl_steps
+        round_speedups.append(
+            round(
+                statistics.median(s["seconds"] for s in trl_steps)
+                / statistics.median(s["seconds"] for s in treerl_steps),
+                2,
+            )
+        )
     result = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("venv", "out")},
         "parameters": params,
@@ -269,6 +280,7 @@ def main() -> None:
         "treerl": summary(runs["treerl"], prompt_len, batch, params, peak),
     }
     result["speedup"] = round(result["trl"]["step_s"] / result["treerl"]["step_s"], 2)
+    result["round_speedups"] = round_speedups
     name = (
         f"summary-{'defaults' if args.defaults else args.precision}"
         f"{'-compile' if args.compile else ''}.json"
