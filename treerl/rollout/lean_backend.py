@@ -133,27 +133,11 @@ class Pool:
     holders each block has: a sequence holds the blocks of its own tokens, a group those of its
     prefix. A block without holders is free."""
 
-    def __init__(
-        self, decoder: LeanDecoder, size: int, like: torch.Tensor, last: Pool | None = None
-    ):
-        """`last`: the backend's previous pool, whose tensors are taken over where they have the
-        same shape and dtype (a new pool's zeros cost the CPU its pages: 2-3% of the tiny model's
-        call)."""
+    def __init__(self, decoder: LeanDecoder, size: int, like: torch.Tensor):
         shape = (decoder.kv_heads, size * BLOCK, decoder.head_dim)
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]]
-        if last is not None and all(
-            t.shape == shape and t.dtype == like.dtype and t.device == like.device
-            for layer in last.layers
-            for t in layer
-        ):
-            # A reused pool's slots hold its calls' keys and values, finite as zeros are: a
-            # masked-out slot's probability is exactly 0, so it adds 0 x v (+-0) to the output,
-            # which changes no bit of it
-            self.layers = last.layers
-        else:
-            # zeros: padding reads slots that may never be written, and a masked-out NaN would
-            # still give 0 x NaN
-            self.layers = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers]
+        # zeros: padding reads slots that may never be written, and a masked-out NaN would still
+        # give 0 x NaN
+        self.layers = [(like.new_zeros(shape), like.new_zeros(shape)) for _ in decoder.layers]
         self.holders = [0] * size
         self.free = list(range(size - 1, -1, -1))
         self.peak = 0
@@ -686,10 +670,7 @@ class LeanBackend:
             forks = None
         device = self.decoder.embed.device
         pool = self.pool = Pool(
-            self.decoder,
-            self.pool_size(prompts, max_new_tokens, forks),
-            self.decoder.embed,
-            self.pool,
+            self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed
         )
         call = Call(
             max_new_tokens,
