@@ -7,7 +7,8 @@ cache saves when sampling TreeRPO trees.
 Engine against generate: the same hard arithmetic prompts, each repeated n times, sampled at the
 same temperature (no top-k, no top-p) on the embedded tiny model, alternately for --rounds rounds
 after a warm-up; the engine also returns every token's log-prob, generate does not. Prints the
-median generated tokens per second of each, the ratio, and the achieved FLOP/s (2 x parameters per
+median generated tokens per second of each, the ratio (and each round's, `round_speedups`), and
+the achieved FLOP/s (2 x parameters per
 token, prompts included) against the machine's matmul peak.
 
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch
@@ -109,6 +110,9 @@ def engine_vs_generate(model, tokenizer, prompt_ids: list[list[int]], args) -> d
             "of_matmul_peak": round(flops_per_s / peak, 4),
         }
     result["speedup"] = round(result["treerl"]["tok_s"] / result["generate"]["tok_s"], 2)
+    result["round_speedups"] = [  # how far the ratio moves round to round within one run
+        round(ours / theirs, 2) for ours, theirs in zip(rates["treerl"], rates["generate"])
+    ]
     return result
 
 
