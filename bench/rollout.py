@@ -8,8 +8,7 @@ Engine against generate: the same hard arithmetic prompts, each repeated n times
 same temperature (no top-k, no top-p) on the embedded tiny model, alternately for --rounds rounds
 after a warm-up; the engine also returns every token's log-prob, generate does not. Prints the
 median generated tokens per second of each, the ratio (and each round's, `round_speedups`), and
-the achieved FLOP/s (2 x parameters per
-token, prompts included) against the machine's matmul peak.
+the achieved FLOP/s (2 x parameters per token, prompts included) against the machine's matmul peak.
 
 --trees: the tree sampler against re-encoding every continuation's prompt and prefix from scratch
 (plain batched generation per level), trees of the same shape, alternately for --rounds rounds after
