@@ -219,11 +219,11 @@ class Plan:
     """[B x KV] with `contexts`: where each row's new token goes, head by head, among the
     R x KV x S own slots of a context."""
     hidden: torch.Tensor = field(init=False)
-    """[1, B, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
+    """[B, 1, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
 
     def __post_init__(self, known_place: torch.Tensor | None) -> None:
         self.place = self.group * self.most_rows + self.slot if known_place is None else known_place
-        self.hidden = ~self.visible[None, :, None]
+        self.hidden = ~self.visible[:, None, None]
 
 
 @dataclass
@@ -278,8 +278,8 @@ class LeanDecoder:
         """transformers' RMSNorm, in fp32 (its casts skipped where they change nothing: each is an
         operation)."""
         wide = x if x.dtype == torch.float32 else x.float()
-        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * (normed if normed.dtype == x.dtype else normed.to(x.dtype))
+        normed = wide * wide.pow(2).mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        return (normed if normed.dtype == x.dtype else normed.to(x.dtype)).mul_(weight)
 
     def keep_rotary(self, positions: int) -> None:
         """Keep `rotary` of positions 0 .. positions - 1 for `step`, which looks its rows' up (the
@@ -306,7 +306,7 @@ class LeanDecoder:
         """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits:
         rotate_half(x) is x with its halves swapped and the first one negated, and -a * b == a * -b
         exactly."""
-        return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+        return (x * cos).add_(x.roll(x.shape[-1] // 2, -1).mul_(signed_sin))
 
     def attend(
         self,
@@ -369,9 +369,9 @@ class LeanDecoder:
         self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor
     ) -> torch.Tensor:
         """x after the attention output [..., H x D] and the MLP."""
-        x = x + w.o(attended)
+        x = w.o(attended).add_(x)
         h = self.rms_norm(x, w.post_norm)
-        return x + w.down(F.silu(w.gate(h)) * w.up(h))
+        return w.down(F.silu(w.gate(h), inplace=True).mul_(w.up(h))).add_(x)
 
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor
@@ -487,39 +487,41 @@ class LeanDecoder:
         )  # [KV, G, Wg, D] and [B, KV, Wo, D]
 
         def by_group(per_row: torch.Tensor) -> torch.Tensor:
-            """[KV, G, most_rows x g, last] from [KV, B, g, last]: each group's rows together, in
+            """[KV, G, most_rows x g, last] from [B, KV, g, last]: each group's rows together, in
             their slots (zeros in the slots of a group with fewer rows)."""
             if plan.in_order:
-                return per_row.reshape(kv, groups, slots * per_kv, per_row.shape[-1])
+                return per_row.transpose(0, 1).reshape(kv, groups, slots * per_kv, -1)
             laid_out = per_row.new_zeros(kv, groups * slots, per_kv, per_row.shape[-1])
-            return laid_out.index_copy_(1, plan.place, per_row).view(kv, groups, slots * per_kv, -1)
+            return laid_out.index_copy_(1, plan.place, per_row.transpose(0, 1)).view(
+                kv, groups, slots * per_kv, -1
+            )
 
         def by_row(per_group: torch.Tensor) -> torch.Tensor:
-            """[KV, B, g, last] from [KV, G, most_rows x g, last]: each row's part."""
+            """[B, KV, g, last] from [KV, G, most_rows x g, last]: each row's part (a view)."""
             laid_out = per_group.view(kv, groups * slots, per_kv, -1)
-            return laid_out if plan.in_order else laid_out.index_select(1, plan.place)
+            return (laid_out if plan.in_order else laid_out.index_select(1, plan.place)).transpose(
+                0, 1
+            )
 
         def with_own(per_row: torch.Tensor) -> torch.Tensor:
             """[B, KV, g, last] in the order of the rows' own keys and values."""
             return per_row if own_order is None else per_row.index_select(0, own_order)
 
         def own_row(per_own: torch.Tensor) -> torch.Tensor:
-            """[KV, B, g, last] from [B, KV, g, last] in that order: in the rows' order."""
-            return (per_own if own_rows is None else per_own.index_select(0, own_rows)).transpose(
-                0, 1
-            )
+            """[B, KV, g, last] from [B, KV, g, last] in that order: in the rows' order."""
+            return per_own if own_rows is None else per_own.index_select(0, own_rows)
 
+        # rows first throughout ([B, KV, g, ...]): the scores, the own part's matmuls and the
+        # output are contiguous as they come, and the output is a view of [B, H x D]
         by_head = q.view(rows, kv, per_kv, dim)  # [B, KV, g, D]
         by_head = by_head if by_head.dtype == dtype else by_head.to(dtype)
-        mine = by_head.transpose(0, 1)  # [KV, B, g, D]
-        shared = by_row(
-            (by_group(mine) @ shared_keys.transpose(-1, -2)) * scaling
-        )  # [KV, B, g, Wg]
-        own = own_row(with_own(by_head) @ own_keys.transpose(-1, -2)) * scaling  # [KV, B, g, Wo]
-        scores = torch.cat([shared, own], -1).masked_fill(plan.hidden, float("-inf"))
+        shared = by_row(by_group(by_head) @ shared_keys.transpose(-1, -2))  # [B, KV, g, Wg]
+        own = own_row(with_own(by_head) @ own_keys.transpose(-1, -2))  # [B, KV, g, Wo]
+        # scaled after the cat, in place: the same bits as scaling each part, in fewer operations
+        scores = torch.cat([shared, own], -1).mul_(scaling).masked_fill_(plan.hidden, float("-inf"))
         probs = scores.softmax(-1)
-        out = by_row(by_group(probs[..., :width]) @ shared_values) + own_row(
-            with_own(probs[..., width:].transpose(0, 1)) @ own_values
-        )
-        out = out.transpose(0, 1).reshape(rows, heads, dim)
+        out = own_row(with_own(probs[..., width:]) @ own_values).add_(
+            by_row(by_group(probs[..., :width]) @ shared_values)
+        )  # [B, KV, g, D]; own + shared == shared + own, bit for bit
+        out = out.view(rows, heads, dim)
         return out if out.dtype == q.dtype else out.to(q.dtype)
