@@ -329,7 +329,7 @@ def test_the_kept_layout_is_the_one_the_rows_would_build(policy, monkeypatch, fo
             assert torch.equal(kept.cursor[4][~opening], fresh.cursor[4][~opening])
             assert torch.equal(kept.own_at, fresh.own_at)
             assert torch.equal(kept.own, fresh.own) and torch.equal(kept.visible, fresh.visible)
-            assert kept.furthest == fresh.furthest
+            assert (kept.furthest, kept.shared_slot) == (fresh.furthest, fresh.shared_slot)
             kept_steps.append(len(rows.sequence))
         return real_feed(self, call, pool, rows, tokens)
 

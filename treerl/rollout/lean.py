@@ -218,6 +218,10 @@ class Plan:
     own_at: torch.Tensor | None = None
     """[B x KV] with `contexts`: where each row's new token goes, head by head, among the
     R x KV x S own slots of a context."""
+    own_slot: int | None = None
+    """With `own_at`, where every row's new token goes to the same slot s (rows that joined
+    together): s, written as one strided copy into the first B rows (16 against 41 us a write of
+    `own_at`'s scattered one, 128 rows, the slab out of cache)."""
     hidden: torch.Tensor = field(init=False)
     """[B, 1, 1, (Nshared + Nown) x block] not `visible`: the slots each row's scores mask out."""
 
@@ -417,8 +421,14 @@ class LeanDecoder:
                 new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)  # [B, KV, D]
                 if plan.write is not None:
                     pooled.index_copy_(1, plan.write, new.transpose(0, 1))
-                if own is not None and plan.own_at is not None:
+                if own is None or plan.own_at is None:
+                    continue
+                if plan.own_slot is None:
                     own.view(-1, self.head_dim).index_copy_(0, plan.own_at, new.flatten(0, 1))
+                else:  # row j of the contexts holds row own_order[j]'s
+                    own[: len(tokens), :, plan.own_slot] = (
+                        new if plan.own_order is None else new.index_select(0, plan.own_order)
+                    )
             attended = self.attend_paged(
                 self.rotate(q, cos, sin), keys, values, plan, w.scaling, context
             )

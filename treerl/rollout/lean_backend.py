@@ -415,6 +415,8 @@ class Layout:
     furthest: int
     """The furthest next slot of a row, counted from the first slot of its first own block: the
     step's plan reads own blocks up to the one it is in."""
+    shared_slot: int | None
+    """The next slot of every row where all share one (`Plan.own_slot`); moves on by one a step."""
     own_rows: tuple[torch.Tensor, torch.Tensor] | None
     """Each row's row in `Call.slab` and, for each of the first B rows of the slab, the row that
     holds it (`Plan.own_rows`, `Plan.own_order`); None: row b's is b."""
@@ -467,6 +469,7 @@ class Layout:
             longs(cursor, device),
             longs(own_at, device),
             max(used),
+            used[0] if len(set(used)) == 1 else None,
             None if in_order else (longs(rows.slab, device), longs(order, device)),
         )
 
@@ -506,7 +509,7 @@ class Layout:
                 )
                 for (keys, values), own in zip(pool.layers, slab.layers)
             ]
-        plan.contexts, plan.own_at = self.contexts, self.own_at
+        plan.contexts, plan.own_at, plan.own_slot = self.contexts, self.own_at, self.shared_slot
         if self.own_rows is not None:
             plan.own_rows, plan.own_order = self.own_rows
         return plan
@@ -517,6 +520,8 @@ class Layout:
         self.own_at += 1
         self.visible.view(-1).index_fill_(0, self.cursor[3], True)
         self.furthest += 1
+        if self.shared_slot is not None:
+            self.shared_slot += 1
 
 
 @dataclass
