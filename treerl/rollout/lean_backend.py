@@ -216,8 +216,8 @@ class Slab:
             device = self.like.device
             sources, targets = longs(moving, device), longs(left, device)
             for keys, values in self.layers:
-                keys[targets] = keys[sources]
-                values[targets] = values[sources]
+                keys.index_copy_(0, targets, keys.index_select(0, sources))
+                values.index_copy_(0, targets, values.index_select(0, sources))
         moved = dict(zip(moving, left))
         return [moved.get(row, row) for row in kept]
 
