@@ -76,6 +76,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from treerl.errors import UserError
 from treerl.rollout.backend import Forks, Sequence
@@ -372,16 +373,10 @@ class Grouping:
         most_rows = max(counts)
         place = [i * most_rows + s for i, s in zip(local, slot)]
         prefixes = [groups[g] for g in distinct]
-        width = max(len(prefix.blocks) for prefix in prefixes)
-        shared = torch.zeros(len(distinct), width, dtype=torch.long, device=device)
-        shared_visible = torch.zeros(len(distinct), width * BLOCK, dtype=torch.bool, device=device)
-        for i, prefix in enumerate(prefixes):
-            shared[i, : len(prefix.blocks)] = prefix.blocks
-            shared_visible[i, : len(prefix.visible)] = prefix.visible
         return cls(
             tuple(row_groups),
-            shared,
-            shared_visible,
+            pad_sequence([prefix.blocks for prefix in prefixes], batch_first=True),
+            pad_sequence([prefix.visible for prefix in prefixes], batch_first=True),
             longs(local, device),
             longs(slot, device),
             most_rows,
