@@ -283,7 +283,7 @@ class LeanDecoder:
         operation)."""
         wide = x if x.dtype == torch.float32 else x.float()
         normed = wide * wide.pow(2).mean(-1, keepdim=True).add_(self.eps).rsqrt_()
-        return (normed if normed.dtype == x.dtype else normed.to(x.dtype)).mul_(weight)
+        return weight * (normed if normed.dtype == x.dtype else normed.to(x.dtype))
 
     def keep_rotary(self, positions: int) -> None:
         """Keep `rotary` of positions 0 .. positions - 1 for `step`, which looks its rows' up (the
@@ -310,7 +310,7 @@ class LeanDecoder:
         """transformers' x * cos + rotate_half(x) * sin in fewer ops and the same bits:
         rotate_half(x) is x with its halves swapped and the first one negated, and -a * b == a * -b
         exactly."""
-        return (x * cos).add_(x.roll(x.shape[-1] // 2, -1).mul_(signed_sin))
+        return (x * cos).add_(x.roll(x.shape[-1] // 2, -1) * signed_sin)
 
     def attend(
         self,
@@ -373,9 +373,11 @@ class LeanDecoder:
         self, w: LayerWeights, x: torch.Tensor, attended: torch.Tensor
     ) -> torch.Tensor:
         """x after the attention output [..., H x D] and the MLP."""
-        x = w.o(attended).add_(x)
+        # in place only where the result keeps the tensor's dtype: under autocast the linear
+        # layers' outputs are bf16 and the residual stream fp32
+        x = x + w.o(attended)
         h = self.rms_norm(x, w.post_norm)
-        return w.down(F.silu(w.gate(h), inplace=True).mul_(w.up(h))).add_(x)
+        return x + w.down(F.silu(w.gate(h), inplace=True).mul_(w.up(h)))
 
     def forward(
         self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor
