@@ -509,7 +509,8 @@ class LeanDecoder:
             )
 
         def by_row(per_group: torch.Tensor) -> torch.Tensor:
-            """[B, KV, g, last] from [KV, G, most_rows x g, last]: each row's part (a view)."""
+            """[B, KV, g, last] from [KV, G, most_rows x g, last]: each row's part (a view where
+            `in_order`)."""
             laid_out = per_group.view(kv, groups * slots, per_kv, -1)
             return (laid_out if plan.in_order else laid_out.index_select(1, plan.place)).transpose(
                 0, 1
