@@ -156,6 +156,21 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
         assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("forks", [None, Forks(branching=2, depth=2, step_tokens=6)])
+def test_keys_never_written_change_no_bit_of_a_sample(policy, monkeypatch, forks):
+    """The pool's and the slab's keys are not zeroed (`unset_keys`): slots never written, NaN here,
+    sample exactly what zeroed ones sample, as attention masks their scores whatever they are."""
+    samples = {}
+    for fill in (0.0, float("nan")):
+        monkeypatch.setattr(
+            lean_backend, "unset_keys", lambda like, shape, fill=fill: like.new_full(shape, fill)
+        )
+        samples[fill] = backend_sample(policy, PROMPTS * 4, 24, forks)[2]
+    zeroed, nan = samples.values()
+    assert [s.token_ids for s in nan] == [s.token_ids for s in zeroed]
+    assert all(torch.equal(a.logprobs, b.logprobs) for a, b in zip(nan, zeroed))
+
+
 def short_ones_first(tok, monkeypatch):
     """18 prompts (PROMPTS six times) and their keys: the first six sequences stop after 2 tokens,
     no other stops."""

@@ -276,7 +276,7 @@ class LeanDecoder:
         self.rope_scale = float(getattr(body.rotary_emb, "attention_scaling", 1.0))
         self.layers = [LayerWeights.of(layer) for layer in body.layers]
         self.rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
-        """`rotary` of positions 0, 1, ... (`keep_rotary`)."""
+        """`rotary` of positions 0, 1, ..., [positions, H, D] each (`keep_rotary`)."""
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """transformers' RMSNorm, in fp32 (its casts skipped where they change nothing: each is an
@@ -287,10 +287,16 @@ class LeanDecoder:
 
     def keep_rotary(self, positions: int) -> None:
         """Keep `rotary` of positions 0 .. positions - 1 for `step`, which looks its rows' up (the
-        same bits: cos and sin are computed element by element)."""
+        same bits: cos and sin are computed element by element), repeated for each query head: on
+        the CPU a product with a [B, H, D] operand takes half the time of one broadcast from
+        [B, 1, D] (5 against 10 us at [128, 4, 32])."""
         if self.rotary_table is None or len(self.rotary_table[0]) < positions:
-            self.rotary_table = self.rotary(
+            cos, sin = self.rotary(
                 torch.arange(positions, device=self.embed.device), self.embed.dtype
+            )
+            self.rotary_table = (
+                cos.expand(-1, self.heads, -1).contiguous(),
+                sin.expand(-1, self.heads, -1).contiguous(),
             )
 
     def rotary(
@@ -414,12 +420,19 @@ class LeanDecoder:
         position."""
         x = F.embedding(tokens, self.embed)
         assert self.rotary_table is not None, "keep_rotary before step"
-        cos, sin = (table.index_select(0, positions) for table in self.rotary_table)
+        cos, sin = (table.index_select(0, positions) for table in self.rotary_table)  # [B, H, D]
+        kv_cos, kv_sin = (
+            (cos, sin)
+            if self.kv_heads == self.heads
+            else (
+                table[:, : self.kv_heads].index_select(0, positions) for table in self.rotary_table
+            )
+        )
         contexts: list[Context | None] = [None] * len(self.layers)
         for w, (keys, values), context in zip(self.layers, pool, plan.contexts or contexts):
             q, k, v = self.qkv(w, x)  # [B, heads, D]
             owns = (None, None) if context is None else (context.own_keys, context.own_values)
-            for pooled, new, own in zip((keys, values), (self.rotate(k, cos, sin), v), owns):
+            for pooled, new, own in zip((keys, values), (self.rotate(k, kv_cos, kv_sin), v), owns):
                 new = new if new.dtype == pooled.dtype else new.to(pooled.dtype)  # [B, KV, D]
                 if plan.write is not None:
                     pooled.index_copy_(1, plan.write, new.transpose(0, 1))
