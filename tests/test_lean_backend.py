@@ -157,13 +157,14 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
 
 
 @pytest.mark.parametrize("forks", [None, Forks(branching=2, depth=2, step_tokens=6)])
-def test_keys_never_written_change_no_bit_of_a_sample(policy, monkeypatch, forks):
-    """The pool's and the slab's keys are not zeroed (`unset_keys`): slots never written, NaN here,
-    sample exactly what zeroed ones sample, as attention masks their scores whatever they are."""
+def test_slots_never_written_change_no_bit_of_a_sample(policy, monkeypatch, forks):
+    """The pool's and the slab's keys, and a flat call's pool values, are not zeroed (`unset`):
+    slots never written, NaN here, sample exactly what zeroed ones sample, as attention masks their
+    scores whatever they are and reads no value there that was not zeroed first."""
     samples = {}
     for fill in (0.0, float("nan")):
         monkeypatch.setattr(
-            lean_backend, "unset_keys", lambda like, shape, fill=fill: like.new_full(shape, fill)
+            lean_backend, "unset", lambda like, shape, fill=fill: like.new_full(shape, fill)
         )
         samples[fill] = backend_sample(policy, PROMPTS * 4, 24, forks)[2]
     zeroed, nan = samples.values()

@@ -122,11 +122,15 @@ def least_blocks(
     )
 
 
-def unset_keys(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Room for keys, not zeroed: attention reads slots that were never written (padding, a row's
-    slots ahead of it), but replaces each of their scores by -inf (`Plan.hidden`) whatever the key,
-    NaN included. Values are zeroed where they are made: a masked slot's weight 0 times a NaN value
-    would still be NaN. (Zeroing both took 4% of a flat call on the tiny model.)"""
+def unset(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Room for keys or values, not zeroed (zeroing the pool and the slab took 4% of a flat call on
+    the tiny model). Attention reads slots that were never written (padding, a prefix's last block
+    past its end, a row's own slots ahead of it) and masks their scores to -inf (`Plan.hidden`),
+    whatever the keys there, NaN included; but a masked slot's weight 0 times a NaN value is NaN, so
+    values that attention may read unwritten are zeroed first: the slab's, a prompt's blocks when
+    `encode` fills them, and with forks the whole pool, as any row's blocks may become a fork's
+    prefix. A flat call's rows' blocks are only counted, never read or written (the slab holds their
+    tokens), and never touched."""
     return like.new_empty(shape)
 
 
@@ -142,9 +146,12 @@ class Pool:
     holders each block has: a sequence holds the blocks of its own tokens, a group those of its
     prefix. A block without holders is free."""
 
-    def __init__(self, decoder: LeanDecoder, size: int, like: torch.Tensor):
+    def __init__(self, decoder: LeanDecoder, size: int, like: torch.Tensor, forks: bool):
         shape = (decoder.kv_heads, size * BLOCK, decoder.head_dim)
-        self.layers = [(unset_keys(like, shape), like.new_zeros(shape)) for _ in decoder.layers]
+        self.layers = [
+            (unset(like, shape), like.new_zeros(shape) if forks else unset(like, shape))
+            for _ in decoder.layers
+        ]
         self.holders = [0] * size
         self.free = list(range(size - 1, -1, -1))
         self.peak = 0
@@ -197,8 +204,7 @@ class Slab:
         """R = rows, S = slots (not fewer than now), the contents kept."""
         shape = (rows, self.kv_heads, slots, self.head_dim)
         layers = [
-            (unset_keys(self.like, shape), self.like.new_zeros(shape))
-            for _ in range(self.layer_count)
+            (unset(self.like, shape), self.like.new_zeros(shape)) for _ in range(self.layer_count)
         ]
         for (keys, values), (old_keys, old_values) in zip(layers, self.layers):
             keys[: self.rows, :, : self.slots] = old_keys
@@ -681,7 +687,10 @@ class LeanBackend:
             forks = None
         device = self.decoder.embed.device
         pool = self.pool = Pool(
-            self.decoder, self.pool_size(prompts, max_new_tokens, forks), self.decoder.embed
+            self.decoder,
+            self.pool_size(prompts, max_new_tokens, forks),
+            self.decoder.embed,
+            forks is not None,
         )
         call = Call(
             max_new_tokens,
@@ -918,7 +927,12 @@ class LeanBackend:
             sources.append(torch.arange(width - len(prompt), width, device=device) + i * width)
             targets.append(slots)
         source, target = torch.cat(sources), torch.cat(targets)
+        taken_blocks = torch.cat([call.groups[call.prompt_group[p]].blocks for p in prompts])
         for (keys, values), (new_keys, new_values) in zip(pool.layers, cache.layers):
+            # the slots past a prompt's end are read, masked (see `unset`)
+            values.view(values.shape[0], -1, BLOCK * values.shape[-1]).index_fill_(
+                1, taken_blocks, 0.0
+            )
             for pooled, new in ((keys, new_keys), (values, new_values)):
                 flat = new.transpose(0, 1).reshape(new.shape[1], count * width, new.shape[3])
                 pooled.index_copy_(1, target, flat.index_select(1, source).to(pooled.dtype))
