@@ -132,6 +132,29 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(listing)
 
 
+def test_escaped_surrogate_pairs_are_read_as_their_character(tmp_path):
+    """JSON writes a character beyond U+FFFF as two escapes, which YAML reads as two surrogates:
+    joined, in an override and in a file alike."""
+    assert load_config(
+        None, ['task.system_prompt="\\ud83d\\ude00 be brief"']
+    ).task.system_prompt == ("\U0001f600 be brief")
+    config = tmp_path / "config.yaml"
+    config.write_text('task:\n  system_prompt: "\\ud83d\\ude00"\n', encoding="utf-8")
+    assert load_config(config).task.system_prompt == "\U0001f600"
+
+
+def test_half_a_character_is_a_user_error_naming_the_override_or_file(tmp_path):
+    with pytest.raises(UserError, match="task.system_prompt.*half a character"):
+        load_config(None, ['task.system_prompt="\\ud800"'])
+    config = tmp_path / "config.yaml"
+    config.write_text('task:\n  system_prompt: "x\\udc00"\n', encoding="utf-8")
+    with pytest.raises(UserError, match="config.yaml.*half a character"):
+        load_config(config)
+    # bytes of the command line that are not UTF-8 reach argv as lone surrogates
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_config(None, ["task.system_prompt=\udcff"])
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()

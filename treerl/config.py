@@ -966,7 +966,29 @@ YamlLoader.add_implicit_resolver(
 
 
 def read_yaml_text(text: str) -> Any:
-    return yaml.load(text, Loader=YamlLoader)
+    """YAML, its strings' escaped surrogate pairs joined (`joined`); ValueError for one left
+    alone."""
+    return joined(yaml.load(text, Loader=YamlLoader))
+
+
+def joined(value: Any) -> Any:
+    """`value` with each string's UTF-16 surrogate pairs joined into the character they encode: YAML
+    reads the escapes "\\ud800\\udc00" (as JSON writes a character beyond U+FFFF) as two
+    surrogates, which are not text and which pydantic cannot read. ValueError for a surrogate left
+    alone (an escape of half a character)."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            raise ValueError(
+                "an escaped surrogate (\\ud800-\\udfff) without its pair is half a character, "
+                "not text; write the character itself"
+            ) from None
+    if isinstance(value, list):
+        return [joined(item) for item in value]
+    if isinstance(value, dict):
+        return {joined(key): joined(item) for key, item in value.items()}
+    return value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -976,10 +998,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UserError(f"override '{pair}' is not key=value (for example train.lr=1e-5)")
+        if not pair.isascii() and any("\ud800" <= char <= "\udfff" for char in pair):
+            # the command line's bytes that are not UTF-8 arrive as lone surrogates
+            raise UserError(f"override {ascii(pair)} is not UTF-8 text; write it in UTF-8")
         try:
             value = read_yaml_text(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        except ValueError as err:
+            raise UserError(f"override '{pair}': {err}") from None
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -1021,6 +1048,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"config file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8"
         ) from None
+    except ValueError as err:  # a lone surrogate (`joined`)
+        raise UserError(f"config file '{path}': {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
