@@ -131,12 +131,18 @@ def test_parquet_file(tmp_path):
         ),
         ('{"problem": "", "answer": "4"}', r"q.jsonl:2: the row has an empty problem"),
         ("[1, 2]", r"q.jsonl:2: the row is not a JSON object"),
+        ('{"problem": "2+2? \\ud800", "answer": "4"}', r"q.jsonl:2: a \\u escape of a surrogate"),
     ],
 )
 def test_a_bad_row_names_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "q.jsonl", [{"problem": "1+1?", "answer": "2"}, line])
     with pytest.raises(UserError, match=message):
         load_problems(path)
+
+
+def test_escaped_surrogate_pairs_in_a_row_are_their_character(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", ['{"problem": "\\ud83d\\ude00 + 1?", "answer": "2"}'])
+    assert load_problems(path)[0].question == "\U0001f600 + 1?"
 
 
 def test_rows_without_an_answer_are_skipped_with_a_warning(tmp_path):

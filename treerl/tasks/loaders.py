@@ -221,9 +221,25 @@ def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 ) from None
             if line.strip():
                 try:
-                    yield f"{path}:{number}", json.loads(line)
+                    row = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                if "\\u" in line and not text_only(row):
+                    raise UserError(
+                        f"{path}:{number}: a \\u escape of a surrogate (\\ud800-\\udfff) "
+                        "without its pair, half a character; write the character itself"
+                    )
+                yield f"{path}:{number}", row
+
+
+def text_only(row: Any) -> bool:
+    """Whether a JSON row's strings are all text: JSON reads a surrogate escape without its pair
+    as a lone surrogate, which a tokenizer refuses."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def to_problems(
