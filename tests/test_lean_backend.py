@@ -156,17 +156,25 @@ def test_a_kv_budget_bounds_the_pool_not_the_batch_and_changes_no_sample(policy,
         assert torch.allclose(a.logprobs, b.logprobs, rtol=0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("forks", [None, Forks(branching=2, depth=2, step_tokens=6)])
-def test_slots_never_written_change_no_bit_of_a_sample(policy, monkeypatch, forks):
+@pytest.mark.parametrize(
+    "forks, budget_blocks",
+    [(None, 0), (None, 12), (Forks(branching=2, depth=2, step_tokens=6), 0)],
+    ids=["flat", "flat, blocks reused", "forks"],
+)
+def test_slots_never_written_change_no_bit_of_a_sample(policy, monkeypatch, forks, budget_blocks):
     """The pool's and the slab's keys, and a flat call's pool values, are not zeroed (`unset`):
     slots never written, NaN here, sample exactly what zeroed ones sample, as attention masks their
-    scores whatever they are and reads no value there that was not zeroed first."""
+    scores whatever they are and reads no value there that was not zeroed first; also where a tight
+    budget hands the blocks of finished prompts and rows to others."""
+    block_bytes = LeanBackend(lean_decoder(policy[0])).block_bytes()
     samples = {}
     for fill in (0.0, float("nan")):
         monkeypatch.setattr(
             lean_backend, "unset", lambda like, shape, fill=fill: like.new_full(shape, fill)
         )
-        samples[fill] = backend_sample(policy, PROMPTS * 4, 24, forks)[2]
+        samples[fill] = backend_sample(
+            policy, PROMPTS * 4, 24, forks, budget=budget_blocks * block_bytes / 2**30
+        )[2]
     zeroed, nan = samples.values()
     assert [s.token_ids for s in nan] == [s.token_ids for s in zeroed]
     assert all(torch.equal(a.logprobs, b.logprobs) for a, b in zip(nan, zeroed))

@@ -130,7 +130,8 @@ def unset(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     values that attention may read unwritten are zeroed first: the slab's, a prompt's blocks when
     `encode` fills them, and with forks the whole pool, as any row's blocks may become a fork's
     prefix. A flat call's rows' blocks are only counted, never read or written (the slab holds their
-    tokens), and never touched."""
+    tokens), and never touched. Padding reads block 0, the first block a call takes, for its first
+    prompt: zeroed and written then, it holds finite values whoever takes it after."""
     return like.new_empty(shape)
 
 
